@@ -1,0 +1,1 @@
+"""The ``b2m`` command line: one entry point, thin subcommands over the packages."""

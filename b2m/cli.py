@@ -1,0 +1,56 @@
+"""``b2m``: the one console script. Each subcommand lives in ``b2m/commands/``.
+
+Exit codes: 0 success, 1 the job ran but did not fully succeed (e.g. volumes
+left unacked), 2 bad usage or input, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+from protocols.errors import ProtocolError
+from realtime.transport import TransportError
+
+from .commands import demo, receive, replay
+
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+stderr = Console(stderr=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="b2m", description="brain2music-rt: real-time music decoding from fMRI.")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more diagnostics on stderr")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    scanner = sub.add_parser("scanner", help="the scanner side (replay a recorded run)")
+    ssub = scanner.add_subparsers(dest="scanner_command", required=True, metavar="SUBCOMMAND")
+    replay.add_parser(ssub)
+    receive.add_parser(sub)
+    demo.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
+                        handlers=[RichHandler(console=stderr, show_path=False, rich_tracebacks=False)])
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        stderr.print("[yellow]interrupted[/yellow]")
+        return EXIT_INTERRUPTED
+    except (ProtocolError, TransportError, ValueError, OSError) as e:
+        stderr.print(f"[red]error:[/red] {e}", highlight=False)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""``b2m scanner replay RUN.nii[.gz]``: stream a recorded run as a scanner would."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from realtime.scanner.pacing import parse_speed
+from realtime.scanner.replay import replay_nifti
+from realtime.transport import DEFAULT_ENDPOINT
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("replay", help="stream a recorded 4-D NIfTI to a receiver at TR pace",
+                       description="Stream a recorded 4-D NIfTI as a scanner would: native dtype, "
+                                   "absolute-deadline pacing, every volume kept until acked.")
+    p.add_argument("run", help="4-D NIfTI file (.nii or .nii.gz)")
+    p.add_argument("--connect", default=DEFAULT_ENDPOINT, help=f"receiver endpoint (default {DEFAULT_ENDPOINT})")
+    p.add_argument("--tr", type=float, default=None, help="TR in seconds (default: the header's pixdim[4])")
+    p.add_argument("--speed", default="1", help="1 = real time, N = N times faster, max = as fast as acks allow")
+    p.add_argument("--run-id", default=None, help="run id (default: from the file name)")
+    p.add_argument("--start", type=int, default=0, help="first volume index to send (default 0)")
+    p.add_argument("--stop", type=int, default=None, help="stop before this volume index (default: the end)")
+    p.add_argument("--resend-timeout", type=float, default=1.0, help="seconds before an unacked volume is resent")
+    p.add_argument("--drain-timeout", type=float, default=60.0,
+                   help="seconds to wait for the last acks before giving up (exit 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    speed = parse_speed(args.speed)
+    console = Console(stderr=True)
+    with Progress(TextColumn("[bold]replay[/bold] {task.fields[run]}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("lag {task.fields[lag]:>6.1f} ms"), TextColumn("unacked {task.fields[unacked]:>3}"),
+                  TimeElapsedColumn(), console=console, disable=args.quiet, transient=False) as bar:
+        task = bar.add_task("replay", total=None, run=args.run_id or "", lag=0.0, unacked=0)
+
+        def progress(k, n, lag_s, unacked):
+            bar.update(task, completed=k, total=n, lag=1e3 * lag_s, unacked=unacked)
+
+        res = replay_nifti(args.run, args.connect, tr_s=args.tr, speed=speed, run_id=args.run_id,
+                           start=args.start, stop=args.stop, resend_timeout_s=args.resend_timeout,
+                           drain_timeout_s=args.drain_timeout, progress=progress)
+    lat = res.latency_s * 1e3
+    summary = {
+        "run_id": res.run_id, "sent": res.n_sent, "all_acked": res.all_acked, "resent": res.resent,
+        "reconnects": res.reconnects, "rejected": [list(map(str, r)) for r in res.rejected],
+        "unacked": [list(map(str, k)) for k in res.unacked],
+        "latency_ms_p50": round(float(np.median(lat)), 3) if lat.size else None,
+        "latency_ms_p99": round(float(np.percentile(lat, 99)), 3) if lat.size else None,
+        "pacing_error_ms_p99": round(float(np.percentile(res.pacing_error_s, 99) * 1e3), 3),
+        "wall_s": round(res.wall_s, 3),
+    }
+    print(json.dumps(summary), file=sys.stdout, flush=True)
+    for key, field, reason in res.rejected:
+        console.print(f"[red]rejected[/red] {key}: {field}: {reason}", highlight=False)
+    if res.unacked:
+        console.print(f"[red]{len(res.unacked)} message(s) never acked[/red]; is the receiver running at "
+                      f"{args.connect}? Rerun with --start to resume.", highlight=False)
+    return 0 if res.all_acked else 1

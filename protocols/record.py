@@ -1,0 +1,213 @@
+"""Append-only, crash-safe record log: the storage format of a session record.
+
+A *record log* is one file of consecutive records. Each record is::
+
+    offset  size  field
+    0       4     magic  b"B2MR"
+    4       4     header length H, uint32 little-endian
+    8       8     payload length P, uint64 little-endian
+    16      4     CRC-32 of (header bytes + payload bytes), uint32 little-endian
+    20      4     reserved, zero
+    24      H     header: a msgpack map; its "kind" key says what the record is
+    24+H    P     payload: raw bytes (voxel data for a volume)
+
+Records are only ever appended. The writer makes each record durable
+(``fdatasync``) before :meth:`RecordLog.append` returns, so a caller may
+acknowledge it. After a crash the file may end in a torn record; opening the
+log moves the torn bytes aside to ``<name>.torn-<offset>`` (so nothing that
+arrived is thrown away) and continues from the last whole record.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import msgpack
+
+from .errors import RecordError
+
+__all__ = ["RecordLog", "Record", "RECORD_MAGIC", "scan_records"]
+
+RECORD_MAGIC = b"B2MR"
+_PREFIX = struct.Struct("<4sIQII")
+PREFIX_BYTES = _PREFIX.size  # 24
+_MAX_HEADER = 1 << 20
+
+
+@dataclass
+class Record:
+    """One record read back from a log.
+
+    ``payload`` is a memoryview into a read buffer, or ``None`` when the
+    log was scanned with ``payloads=False``.
+    """
+
+    offset: int
+    header: dict
+    payload_offset: int
+    payload_len: int
+    payload: memoryview | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.header.get("kind", "")
+
+
+def scan_records(path: str | os.PathLike, *, payloads: bool = True) -> tuple[list[Record], int]:
+    """Read every whole record of a log file.
+
+    Parameters
+    ----------
+    path : path-like
+        The log file.
+    payloads : bool
+        If False, payloads are skipped (seeked over) and not read.
+
+    Returns
+    -------
+    records : list of Record
+        Whole, checksum-valid records in file order.
+    end : int
+        Byte offset just past the last whole record. Bytes beyond it are a
+        torn or corrupt tail.
+    """
+    records: list[Record] = []
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        off = 0
+        while off + PREFIX_BYTES <= size:
+            f.seek(off)
+            magic, hlen, plen, crc, _ = _PREFIX.unpack(f.read(PREFIX_BYTES))
+            if magic != RECORD_MAGIC or hlen > _MAX_HEADER or off + PREFIX_BYTES + hlen + plen > size:
+                break
+            hbytes = f.read(hlen)
+            # The CRC covers the payload, so a record is read whole to be trusted.
+            pbytes = f.read(plen)
+            if zlib.crc32(pbytes, zlib.crc32(hbytes)) & 0xFFFFFFFF != crc:
+                break
+            try:
+                header = msgpack.unpackb(hbytes, raw=False, strict_map_key=True)
+            except Exception:
+                break
+            rec = Record(offset=off, header=header, payload_offset=off + PREFIX_BYTES + hlen,
+                         payload_len=plen, payload=memoryview(pbytes) if payloads else None)
+            records.append(rec)
+            off += PREFIX_BYTES + hlen + plen
+    return records, off
+
+
+class RecordLog:
+    """A durable append-only log file.
+
+    Parameters
+    ----------
+    path : path-like
+        The log file; created (with its folder) if missing.
+    sync : bool
+        If True (default), every append is followed by ``fdatasync`` so the
+        record survives a crash or power loss once ``append`` returns.
+
+    Attributes
+    ----------
+    records : list of Record
+        Records found when the log was opened (payloads not loaded).
+    torn_path : str or None
+        Where a torn tail found at open was moved, if any.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, sync: bool = True):
+        self.path = os.fspath(path)
+        self.sync = sync
+        folder = os.path.dirname(self.path) or "."
+        new_dir = not os.path.isdir(folder)
+        os.makedirs(folder, exist_ok=True)
+        existed = os.path.exists(self.path)
+        self.torn_path = None
+        if existed:
+            self.records, end = scan_records(self.path, payloads=False)
+            size = os.path.getsize(self.path)
+            if end < size:
+                self.torn_path = f"{self.path}.torn-{end}"
+                with open(self.path, "rb") as src, open(self.torn_path, "wb") as dst:
+                    src.seek(end)
+                    dst.write(src.read())
+                    dst.flush()
+                    os.fsync(dst.fileno())
+                os.truncate(self.path, end)
+        else:
+            self.records, end = [], 0
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._end = end
+        if not existed or new_dir:
+            _fsync_dir(folder)
+
+    @property
+    def end(self) -> int:
+        """Byte offset where the next record will be written."""
+        return self._end
+
+    def append(self, header: dict, payload=b"") -> Record:
+        """Append one record and make it durable.
+
+        Parameters
+        ----------
+        header : dict
+            msgpack-serialisable map; should hold a ``"kind"`` key.
+        payload : bytes-like
+            Raw bytes, written verbatim.
+
+        Returns
+        -------
+        Record
+            Where it was written (payload not attached).
+        """
+        hbytes = msgpack.packb(header, use_bin_type=True)
+        if len(hbytes) > _MAX_HEADER:
+            raise RecordError("header", f"record header is {len(hbytes)} bytes; limit {_MAX_HEADER}")
+        payload = memoryview(payload).cast("B") if not isinstance(payload, bytes) else payload
+        crc = zlib.crc32(payload, zlib.crc32(hbytes)) & 0xFFFFFFFF
+        prefix = _PREFIX.pack(RECORD_MAGIC, len(hbytes), len(payload), crc, 0)
+        off = self._end
+        n = os.pwritev(self._fd, [prefix, hbytes, payload], off)
+        want = PREFIX_BYTES + len(hbytes) + len(payload)
+        while n < want:  # short writes are legal; finish the record
+            done = n
+            n += os.pwrite(self._fd, (prefix + hbytes + bytes(payload))[done:], off + done)
+        if self.sync:
+            os.fdatasync(self._fd)
+        self._end = off + want
+        return Record(offset=off, header=header, payload_offset=off + PREFIX_BYTES + len(hbytes),
+                      payload_len=len(payload))
+
+    def read_payload(self, rec: Record) -> bytes:
+        """Read the payload bytes of a record of this log."""
+        return os.pread(self._fd, rec.payload_len, rec.payload_offset)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def iter_headers(path) -> Iterator[dict]:
+    """Yield the header of every whole record in a log file."""
+    for rec in scan_records(path, payloads=False)[0]:
+        yield rec.header

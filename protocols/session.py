@@ -1,0 +1,263 @@
+"""Session record v1: the on-disk layout of everything a session received.
+
+::
+
+    SESSION/
+      session.json              format name, version, creation time
+      runs/<run_id>/volumes.log record log (see protocols.record): run_start,
+                                volume and run_end records, in arrival order
+      runs/<run_id>/summary.json written when a run is complete (or ended with gaps)
+      rejected.log              record log of every refused message, frames kept
+      nifti/<run_id>.nii        export of each complete run (written by realtime)
+
+A volume record's header holds the wire header fields as received plus
+``t_recv`` (Unix s); its payload is the voxel bytes exactly as received. The
+record is therefore bit-exact with what the scanner side sent, and the run
+can be exported back to NIfTI or replayed deterministically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import RecordError
+from .record import RecordLog, scan_records
+from .wire import RunEnd, RunStart, VolumeMessage
+
+__all__ = ["SESSION_FORMAT", "SESSION_VERSION", "RunRecord", "SessionRecord", "load_run", "list_runs"]
+
+SESSION_FORMAT = "b2m-session-record"
+SESSION_VERSION = 1
+
+
+def _atomic_json(path: str, obj) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class RunRecord:
+    """The state of one run in a session record.
+
+    Attributes
+    ----------
+    run_id : str
+    start : dict or None
+        Header of the run_start record, if one was received.
+    geometry : dict or None
+        ``shape``, ``dtype``, ``order``, ``affine`` (16 floats) and ``tr_s`` of the
+        run's first volume; later volumes must match it.
+    n_volumes : int or None
+        Expected volume count (from run_start, a volume header or run_end).
+    received : dict of int -> Record
+        Volume index -> where its record lies in the log.
+    ended : bool
+        A run_end record was received.
+    """
+
+    run_id: str
+    log: RecordLog
+    start: dict | None = None
+    geometry: dict | None = None
+    n_volumes: int | None = None
+    received: dict = field(default_factory=dict)
+    ended: bool = False
+
+    def missing(self) -> list[int]:
+        """Indices not received, among 0..n_volumes-1 (or up to the highest seen)."""
+        n = self.n_volumes if self.n_volumes is not None else (max(self.received) + 1 if self.received else 0)
+        return [i for i in range(n) if i not in self.received]
+
+    @property
+    def complete(self) -> bool:
+        return self.n_volumes is not None and len(self.received) >= self.n_volumes and not self.missing()
+
+    def volume(self, index: int) -> np.ndarray:
+        """The recorded volume ``index``, as sent (native dtype and order)."""
+        rec = self.received[index]
+        g = self.geometry
+        buf = self.log.read_payload(rec)
+        return np.frombuffer(buf, dtype=np.dtype(g["dtype"])).reshape(g["shape"], order=g["order"])
+
+    def _absorb(self, header: dict, rec) -> None:
+        kind = header.get("kind")
+        if kind == "run_start":
+            self.start = header
+            if header.get("n_volumes") is not None:
+                self.n_volumes = header["n_volumes"]
+        elif kind == "volume":
+            if self.geometry is None:
+                self.geometry = {k: header[k] for k in ("shape", "dtype", "order", "affine", "tr_s")}
+            if header.get("n_volumes") is not None and self.n_volumes is None:
+                self.n_volumes = header["n_volumes"]
+            self.received[header["index"]] = rec
+        elif kind == "run_end":
+            self.ended = True
+            if self.n_volumes is None:
+                self.n_volumes = header["n_volumes"]
+
+
+class SessionRecord:
+    """Open (or create) a session record folder and append to it.
+
+    Reopening an existing folder continues it: every run's log is scanned,
+    torn tails are moved aside, and what was recorded is known again, so a
+    restarted receiver drops duplicates and completes interrupted runs.
+
+    Parameters
+    ----------
+    path : path-like
+        The session folder.
+    sync : bool
+        fdatasync every record before returning (default True).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, sync: bool = True):
+        self.path = os.fspath(path)
+        self.sync = sync
+        os.makedirs(os.path.join(self.path, "runs"), exist_ok=True)
+        meta_path = os.path.join(self.path, "session.json")
+        if os.path.exists(meta_path):
+            with open(meta_path) as f:
+                meta = json.load(f)
+            if meta.get("format") != SESSION_FORMAT:
+                raise RecordError(meta_path, f"is not a session record (format {meta.get('format')!r}); "
+                                             "choose another --out folder")
+            if meta.get("version") != SESSION_VERSION:
+                raise RecordError(meta_path, f"session record version {meta.get('version')} is not supported "
+                                             f"(this is version {SESSION_VERSION})")
+        else:
+            _atomic_json(meta_path, {"format": SESSION_FORMAT, "version": SESSION_VERSION,
+                                     "created_unix": time.time()})
+        self.runs: dict[str, RunRecord] = {}
+        self.torn: list[str] = []
+        for run_id in sorted(os.listdir(os.path.join(self.path, "runs"))):
+            log_path = os.path.join(self.path, "runs", run_id, "volumes.log")
+            if os.path.exists(log_path):
+                self._open_run(run_id)
+        self._rejected: RecordLog | None = None
+
+    def _open_run(self, run_id: str) -> RunRecord:
+        log = RecordLog(os.path.join(self.path, "runs", run_id, "volumes.log"), sync=self.sync)
+        if log.torn_path:
+            self.torn.append(log.torn_path)
+        run = RunRecord(run_id=run_id, log=log)
+        for rec in log.records:
+            run._absorb(rec.header, rec)
+        self.runs[run_id] = run
+        return run
+
+    def run(self, run_id: str) -> RunRecord:
+        """The run's record, created if new."""
+        return self.runs.get(run_id) or self._open_run(run_id)
+
+    # ---- appending -------------------------------------------------------
+
+    def append_run_start(self, msg: RunStart, t_recv: float) -> RunRecord:
+        run = self.run(msg.run_id)
+        h = {"kind": "run_start", "run_id": msg.run_id, "tr_s": msg.tr_s, "n_volumes": msg.n_volumes,
+             "shape": None if msg.shape is None else list(msg.shape), "dtype": msg.dtype,
+             "affine": None if msg.affine is None else [float(v) for v in np.ravel(msg.affine)],
+             "meta": msg.meta, "t_send": msg.t_sent, "t_recv": t_recv}
+        rec = run.log.append(h)
+        run._absorb(h, rec)
+        return run
+
+    def append_volume(self, msg: VolumeMessage, payload, t_recv: float, order: str) -> RunRecord:
+        """Durably record a validated volume; ``payload`` is the received frame."""
+        run = self.run(msg.run_id)
+        h = {"kind": "volume", "run_id": msg.run_id, "index": msg.index, "n_volumes": msg.n_volumes,
+             "shape": list(msg.data.shape), "dtype": msg.data.dtype.str, "order": order,
+             "affine": [float(v) for v in msg.affine.ravel()], "tr_s": msg.tr_s,
+             "t_acq": msg.t_acquired, "t_send": msg.t_sent, "t_recv": t_recv, "crc32": msg.checksum}
+        rec = run.log.append(h, payload)
+        run._absorb(h, rec)
+        return run
+
+    def append_run_end(self, msg: RunEnd, t_recv: float) -> RunRecord:
+        run = self.run(msg.run_id)
+        h = {"kind": "run_end", "run_id": msg.run_id, "n_volumes": msg.n_volumes,
+             "t_send": msg.t_sent, "t_recv": t_recv}
+        rec = run.log.append(h)
+        run._absorb(h, rec)
+        return run
+
+    def append_rejected(self, frames, field_: str, reason: str, t_recv: float, peer: bytes = b"",
+                        max_bytes: int = 64 << 20) -> None:
+        """Keep a refused message (frames capped at ``max_bytes``) with its reason."""
+        if self._rejected is None:
+            self._rejected = RecordLog(os.path.join(self.path, "rejected.log"), sync=self.sync)
+        lens = [len(f) for f in frames]
+        blob = b"".join(bytes(f) for f in frames)
+        h = {"kind": "rejected", "field": field_, "reason": reason, "t_recv": t_recv,
+             "peer": peer.hex(), "frame_lens": lens, "truncated": len(blob) > max_bytes}
+        self._rejected.append(h, blob[:max_bytes])
+
+    def write_summary(self, run: RunRecord, extra: dict | None = None) -> str:
+        path = os.path.join(self.path, "runs", run.run_id, "summary.json")
+        summary = {"run_id": run.run_id, "n_volumes": run.n_volumes, "n_received": len(run.received),
+                   "missing": run.missing(), "complete": run.complete, "ended": run.ended}
+        summary.update(extra or {})
+        _atomic_json(path, summary)
+        return path
+
+    def close(self) -> None:
+        for run in self.runs.values():
+            run.log.close()
+        if self._rejected is not None:
+            self._rejected.close()
+
+
+def list_runs(path: str | os.PathLike) -> list[str]:
+    """Run ids present in a session record folder."""
+    runs = os.path.join(os.fspath(path), "runs")
+    return sorted(r for r in os.listdir(runs) if os.path.exists(os.path.join(runs, r, "volumes.log")))
+
+
+def load_run(path: str | os.PathLike, run_id: str) -> tuple[np.ndarray, dict, list[dict]]:
+    """Read one recorded run back as a 4-D array (read-only, needs only numpy).
+
+    Returns
+    -------
+    data : ndarray of shape (x, y, z, n_volumes)
+        Voxel values in the received dtype, volumes in index order.
+    geometry : dict
+        ``shape``, ``dtype``, ``order``, ``affine`` (ndarray (4, 4)), ``tr_s``.
+    headers : list of dict
+        The volume record headers, in index order (timestamps included).
+
+    Raises
+    ------
+    RecordError
+        If a volume is missing: the run cannot be exported bit-exact.
+    """
+    log_path = os.path.join(os.fspath(path), "runs", run_id, "volumes.log")
+    if not os.path.exists(log_path):
+        raise RecordError(log_path, f"no such run {run_id!r} in the session record")
+    records, _ = scan_records(log_path)
+    vols = {r.header["index"]: r for r in records if r.header.get("kind") == "volume"}
+    n = max(vols) + 1 if vols else 0
+    for r in records:
+        if r.header.get("kind") in ("run_start", "run_end") and r.header.get("n_volumes") is not None:
+            n = max(n, r.header["n_volumes"])
+    missing = [i for i in range(n) if i not in vols]
+    if missing or not vols:
+        raise RecordError(log_path, f"run {run_id!r} is missing volumes {missing[:20]}"
+                                    f"{'...' if len(missing) > 20 else ''}; it cannot be exported bit-exact")
+    g = dict(vols[0].header)
+    shape, dtype, order = tuple(g["shape"]), np.dtype(g["dtype"]), g["order"]
+    data = np.empty(shape + (n,), dtype=dtype, order="F")
+    for i in range(n):
+        data[..., i] = np.frombuffer(vols[i].payload, dtype=dtype).reshape(shape, order=order)
+    geometry = {"shape": list(shape), "dtype": dtype.str, "order": order, "tr_s": g["tr_s"],
+                "affine": np.asarray(g["affine"], dtype=np.float64).reshape(4, 4)}
+    return data, geometry, [vols[i].header for i in range(n)]

@@ -1,0 +1,539 @@
+"""Wire protocol v1: the messages that travel over ZeroMQ.
+
+Every message is a ZeroMQ multipart message whose first frame is a msgpack
+map (the *header*). A volume message has exactly one more frame, the raw voxel
+bytes (the *payload*); every other message has only the header. The full
+specification, written so it can be implemented in another language, is in
+``protocols/README.md``. Nothing here ever unpickles anything.
+
+Decoding untrusted bytes goes through :func:`decode`, which either returns a
+message object or raises :class:`~protocols.errors.MessageError` naming the
+field that was wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+import msgpack
+import numpy as np
+
+from .errors import MessageError
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "MAX_HEADER_BYTES",
+    "MAX_PAYLOAD_BYTES",
+    "ALLOWED_DTYPES",
+    "VolumeMessage",
+    "RunStart",
+    "RunEnd",
+    "Heartbeat",
+    "Ack",
+    "Reject",
+    "Message",
+    "encode",
+    "decode",
+    "decode_header",
+    "payload_checksum",
+]
+
+#: Version spoken by this implementation. A header with another ``v`` is rejected.
+PROTOCOL_VERSION = 1
+#: Magic value of the ``proto`` key, so stray traffic is recognised at once.
+PROTOCOL_MAGIC = "b2m"
+#: Largest accepted header frame, in bytes.
+MAX_HEADER_BYTES = 64 * 1024
+#: Largest accepted payload frame, in bytes (a 4-D float64 run of 512 MiB).
+MAX_PAYLOAD_BYTES = 512 * 1024 * 1024
+#: Largest accepted extent of one axis, in voxels.
+MAX_AXIS = 4096
+#: dtypes a scanner may send, with explicit byte order. ``|`` means one byte.
+ALLOWED_DTYPES = (
+    "|u1", "|i1",
+    "<i2", ">i2", "<u2", ">u2",
+    "<i4", ">i4", "<u4", ">u4",
+    "<f4", ">f4", "<f8", ">f8",
+)
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_MAX_INDEX = 2**31 - 1
+_MAX_TR_S = 60.0
+
+# Every numpy dtype str normalised to the explicit-byte-order spelling above.
+_NATIVE = "<" if np.little_endian else ">"
+
+
+def _dtype_str(dtype: np.dtype) -> str:
+    s = np.dtype(dtype).str
+    if s[0] == "=":
+        s = _NATIVE + s[1:]
+    return s
+
+
+def payload_checksum(payload) -> int:
+    """CRC-32 (zlib polynomial) of the payload bytes, as an unsigned int."""
+    return zlib.crc32(payload) & 0xFFFFFFFF
+
+
+# --------------------------------------------------------------------------
+# Message types
+# --------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class VolumeMessage:
+    """One acquired volume.
+
+    Attributes
+    ----------
+    run_id : str
+        Run identifier, 1-128 characters of ``[A-Za-z0-9._-]`` (it names a
+        folder in the session record).
+    index : int
+        0-based volume index within the run.
+    data : ndarray of shape (x, y, z) or (x, y, z, t)
+        Voxel values in the scanner's native dtype; never widened.
+    affine : ndarray of shape (4, 4), float64
+        Voxel index -> scanner mm (RAS+, as in NIfTI).
+    tr_s : float
+        Repetition time in seconds.
+    n_volumes : int or None
+        Expected number of volumes in the run, if known.
+    t_acquired, t_sent : float
+        Unix time in seconds of acquisition and of sending.
+    checksum : int or None
+        CRC-32 of the payload as received (filled in by :func:`decode`).
+    """
+
+    run_id: str
+    index: int
+    data: np.ndarray
+    affine: np.ndarray
+    tr_s: float
+    n_volumes: int | None = None
+    t_acquired: float = 0.0
+    t_sent: float = 0.0
+    checksum: int | None = None
+    type: Literal["volume"] = field(default="volume", init=False)
+
+
+@dataclass(eq=False)
+class RunStart:
+    """Announces a run and its metadata before its first volume.
+
+    ``meta`` is a flat map of str -> msgpack scalars, lists or bytes, e.g.
+    ``{"source": "replay", "nifti_header": b"..."}``.
+    """
+
+    run_id: str
+    tr_s: float
+    n_volumes: int | None = None
+    shape: tuple[int, ...] | None = None
+    dtype: str | None = None
+    affine: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+    t_sent: float = 0.0
+    type: Literal["run_start"] = field(default="run_start", init=False)
+
+
+@dataclass(eq=False)
+class RunEnd:
+    """Says that the sender has sent its last volume of the run.
+
+    ``n_volumes`` is how many volumes the sender sent in total.
+    """
+
+    run_id: str
+    n_volumes: int
+    t_sent: float = 0.0
+    type: Literal["run_end"] = field(default="run_end", init=False)
+
+
+@dataclass(eq=False)
+class Heartbeat:
+    """Keeps a quiet link visibly alive."""
+
+    t_sent: float = 0.0
+    type: Literal["heartbeat"] = field(default="heartbeat", init=False)
+
+
+@dataclass(eq=False)
+class Ack:
+    """The receiver's answer to an accepted message.
+
+    ``of`` is the acknowledged message type; ``index`` is set for volumes.
+    ``status`` is ``"recorded"`` (durably written before this ack was sent),
+    ``"duplicate"`` (already recorded earlier) or ``"ok"`` (control).
+    """
+
+    of: str
+    run_id: str | None = None
+    index: int | None = None
+    status: Literal["recorded", "duplicate", "ok"] = "ok"
+    t_ack: float = 0.0
+    type: Literal["ack"] = field(default="ack", init=False)
+
+
+@dataclass(eq=False)
+class Reject:
+    """The receiver's answer to a message it refused; it is never retried.
+
+    ``field`` names the offending field, ``reason`` says what to do.
+    ``of`` (the refused message's type), ``run_id`` and ``index`` are echoed
+    when they could be read.
+    """
+
+    field: str
+    reason: str
+    of: str | None = None
+    run_id: str | None = None
+    index: int | None = None
+    t_ack: float = 0.0
+    type: Literal["reject"] = field(default="reject", init=False)
+
+
+Message = Union[VolumeMessage, RunStart, RunEnd, Heartbeat, Ack, Reject]
+
+
+# --------------------------------------------------------------------------
+# Encoding
+# --------------------------------------------------------------------------
+
+
+def _base(kind: str) -> dict:
+    return {"proto": PROTOCOL_MAGIC, "v": PROTOCOL_VERSION, "type": kind}
+
+
+def _affine_list(affine) -> list[float]:
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape != (4, 4):
+        raise MessageError("affine", f"expected shape (4, 4), got {a.shape}")
+    return [float(v) for v in a.ravel()]
+
+
+def encode(msg: Message) -> list:
+    """Encode a message into ZeroMQ frames.
+
+    Returns
+    -------
+    frames : list of bytes-like
+        ``[header]`` or, for a volume, ``[header, payload]``. The payload is a
+        zero-copy view of ``msg.data`` when it is C- or F-contiguous.
+    """
+    if isinstance(msg, VolumeMessage):
+        data = msg.data
+        if data.flags.c_contiguous:
+            order = "C"
+        elif data.flags.f_contiguous:
+            order = "F"
+        else:
+            data = np.ascontiguousarray(data)
+            order = "C"
+        payload = memoryview(data.reshape(-1, order="A") if data.ndim else data).cast("B")
+        h = _base("volume")
+        h.update(
+            run_id=msg.run_id,
+            index=int(msg.index),
+            n_volumes=None if msg.n_volumes is None else int(msg.n_volumes),
+            shape=[int(s) for s in data.shape],
+            dtype=_dtype_str(data.dtype),
+            order=order,
+            affine=_affine_list(msg.affine),
+            tr_s=float(msg.tr_s),
+            t_acq=float(msg.t_acquired),
+            t_send=float(msg.t_sent or time.time()),
+            crc32=payload_checksum(payload),
+        )
+        return [msgpack.packb(h, use_bin_type=True), payload]
+    if isinstance(msg, RunStart):
+        h = _base("run_start")
+        h.update(
+            run_id=msg.run_id,
+            tr_s=float(msg.tr_s),
+            n_volumes=None if msg.n_volumes is None else int(msg.n_volumes),
+            shape=None if msg.shape is None else [int(s) for s in msg.shape],
+            dtype=None if msg.dtype is None else _dtype_str(np.dtype(msg.dtype)),
+            affine=None if msg.affine is None else _affine_list(msg.affine),
+            meta=dict(msg.meta),
+            t_send=float(msg.t_sent or time.time()),
+        )
+    elif isinstance(msg, RunEnd):
+        h = _base("run_end")
+        h.update(run_id=msg.run_id, n_volumes=int(msg.n_volumes),
+                 t_send=float(msg.t_sent or time.time()))
+    elif isinstance(msg, Heartbeat):
+        h = _base("heartbeat")
+        h.update(t_send=float(msg.t_sent or time.time()))
+    elif isinstance(msg, Ack):
+        h = _base("ack")
+        h.update(of=msg.of, run_id=msg.run_id, index=msg.index, status=msg.status,
+                 t_ack=float(msg.t_ack or time.time()))
+    elif isinstance(msg, Reject):
+        h = _base("reject")
+        h.update(field=msg.field, reason=msg.reason, of=msg.of, run_id=msg.run_id, index=msg.index,
+                 t_ack=float(msg.t_ack or time.time()))
+    else:
+        raise TypeError(f"cannot encode {type(msg).__name__}; expected one of {Message}")
+    return [msgpack.packb(h, use_bin_type=True)]
+
+
+# --------------------------------------------------------------------------
+# Decoding and validation
+# --------------------------------------------------------------------------
+
+_MISSING = object()
+
+
+def _get(h: dict, key: str, kinds, *, optional: bool = False, what: str = "") -> Any:
+    v = h.get(key, _MISSING)
+    if v is _MISSING or (v is None and optional):
+        if optional:
+            return None
+        raise MessageError(f"header.{key}", f"required field is missing{what}")
+    # bool is an int subclass in Python; never accept it for numbers.
+    if isinstance(v, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
+        raise MessageError(f"header.{key}", f"expected {_kind_names(kinds)}, got a boolean")
+    if not isinstance(v, kinds):
+        raise MessageError(f"header.{key}", f"expected {_kind_names(kinds)}, got {type(v).__name__} {_short(v)}")
+    return v
+
+
+def _kind_names(kinds) -> str:
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    names = {int: "an integer", float: "a number", str: "a string", list: "a list",
+             dict: "a map", bytes: "bytes", bool: "a boolean"}
+    return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
+
+
+def _short(v) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _finite(h: dict, key: str, *, optional: bool = False) -> float | None:
+    v = _get(h, key, (int, float), optional=optional)
+    if v is None:
+        return None
+    v = float(v)
+    if not math.isfinite(v):
+        raise MessageError(f"header.{key}", f"must be a finite number, got {v}")
+    return v
+
+
+def _run_id(h: dict, *, optional: bool = False) -> str | None:
+    v = _get(h, "run_id", str, optional=optional)
+    if v is not None and not _RUN_ID.match(v):
+        raise MessageError(
+            "header.run_id",
+            f"{_short(v)} is not a valid run id: use 1-128 characters of A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit",
+        )
+    return v
+
+
+def _index(h: dict, key: str = "index", *, optional: bool = False) -> int | None:
+    v = _get(h, key, int, optional=optional)
+    if v is not None and not 0 <= v <= _MAX_INDEX:
+        raise MessageError(f"header.{key}", f"must be in [0, {_MAX_INDEX}], got {v}")
+    return v
+
+
+def _tr(h: dict, *, optional: bool = False) -> float | None:
+    v = _finite(h, "tr_s", optional=optional)
+    if v is not None and not 0.0 < v <= _MAX_TR_S:
+        raise MessageError(
+            "header.tr_s", f"TR must be in seconds, in (0, {_MAX_TR_S}], got {v} "
+            "(a value like 1500 is milliseconds: divide by 1000)"
+        )
+    return v
+
+
+def _shape(h: dict, *, optional: bool = False) -> tuple[int, ...] | None:
+    v = _get(h, "shape", list, optional=optional)
+    if v is None:
+        return None
+    if not 1 <= len(v) <= 4:
+        raise MessageError("header.shape", f"expected 1 to 4 dimensions, got {len(v)}")
+    for s in v:
+        if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= MAX_AXIS:
+            raise MessageError("header.shape", f"each extent must be an integer in [1, {MAX_AXIS}], got {_short(v)}")
+    return tuple(v)
+
+
+def _dtype(h: dict, *, optional: bool = False) -> np.dtype | None:
+    v = _get(h, "dtype", str, optional=optional)
+    if v is None:
+        return None
+    if v not in ALLOWED_DTYPES:
+        raise MessageError(
+            "header.dtype",
+            f"{_short(v)} is not allowed; send one of {', '.join(ALLOWED_DTYPES)} "
+            "(explicit byte order; never widen int16 to float64)",
+        )
+    return np.dtype(v)
+
+
+def _affine(h: dict, *, optional: bool = False) -> np.ndarray | None:
+    v = _get(h, "affine", list, optional=optional)
+    if v is None:
+        return None
+    if len(v) != 16 or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in v):
+        raise MessageError("header.affine", "expected 16 numbers (the 4x4 matrix, row by row)")
+    a = np.asarray(v, dtype=np.float64).reshape(4, 4)
+    if not np.all(np.isfinite(a)):
+        raise MessageError("header.affine", "contains NaN or infinity; send the scanner's voxel-to-mm matrix")
+    if not np.array_equal(a[3], [0.0, 0.0, 0.0, 1.0]):
+        raise MessageError("header.affine", f"last row must be [0, 0, 0, 1], got {a[3].tolist()}")
+    if abs(np.linalg.det(a[:3, :3])) < 1e-12:
+        raise MessageError("header.affine", "is singular (zero voxel size?)")
+    return a
+
+
+def decode_header(frame) -> dict:
+    """Unpack and check the envelope of a header frame (size, magic, version, type).
+
+    Raises
+    ------
+    MessageError
+        With ``field`` set to ``"header"``, ``"header.proto"``, ``"header.v"``
+        or ``"header.type"``.
+    """
+    n = len(frame)
+    if n > MAX_HEADER_BYTES:
+        raise MessageError("header", f"is {n} bytes; the limit is {MAX_HEADER_BYTES}")
+    if n == 0:
+        raise MessageError("header", "is empty; the first frame must be a msgpack map")
+    try:
+        h = msgpack.unpackb(
+            bytes(frame), raw=False, strict_map_key=True, use_list=True,
+            timestamp=0,
+        )
+    except Exception as e:  # msgpack raises several unrelated types
+        raise MessageError("header", f"is not valid msgpack ({type(e).__name__}: {e})") from None
+    if not isinstance(h, dict):
+        raise MessageError("header", f"must be a msgpack map, got {type(h).__name__}")
+    if h.get("proto") != PROTOCOL_MAGIC:
+        raise MessageError("header.proto", f"expected {PROTOCOL_MAGIC!r}, got {_short(h.get('proto'))}; "
+                                           "this is not a brain2music-rt message")
+    v = h.get("v")
+    if v != PROTOCOL_VERSION or isinstance(v, bool):
+        raise MessageError("header.v", f"protocol version {_short(v)} is not supported; "
+                                       f"this end speaks version {PROTOCOL_VERSION}: upgrade the older side")
+    t = h.get("type")
+    if t not in _DECODERS:
+        raise MessageError("header.type", f"unknown message type {_short(t)}; expected one of {sorted(_DECODERS)}")
+    return h
+
+
+def decode(frames) -> Message:
+    """Decode and validate ZeroMQ frames into a message.
+
+    Parameters
+    ----------
+    frames : sequence of bytes-like
+        The frames after any ROUTER identity frame.
+
+    Raises
+    ------
+    MessageError
+        Naming the first offending field; never any other exception type.
+    """
+    if len(frames) == 0:
+        raise MessageError("frames", "no frames received")
+    h = decode_header(frames[0])
+    kind = h["type"]
+    want = 2 if kind == "volume" else 1
+    if len(frames) != want:
+        raise MessageError(
+            "frames", f"a {kind} message has {want} frame(s) "
+            f"({'header and payload' if want == 2 else 'header only'}), got {len(frames)}"
+        )
+    try:
+        return _DECODERS[kind](h, frames)
+    except MessageError:
+        raise
+    except Exception as e:  # belt and braces: no other exception type escapes
+        raise MessageError("header", f"could not be decoded ({type(e).__name__}: {e})") from None
+
+
+def _decode_volume(h: dict, frames) -> VolumeMessage:
+    run_id = _run_id(h)
+    index = _index(h)
+    n_volumes = _index(h, "n_volumes", optional=True)
+    shape = _shape(h)
+    dtype = _dtype(h)
+    order = _get(h, "order", str)
+    if order not in ("C", "F"):
+        raise MessageError("header.order", f"expected 'C' or 'F', got {_short(order)}")
+    affine = _affine(h)
+    tr_s = _tr(h)
+    t_acq = _finite(h, "t_acq")
+    t_send = _finite(h, "t_send")
+    crc = _get(h, "crc32", int)
+    payload = frames[1]
+    expected = math.prod(shape) * dtype.itemsize
+    if len(payload) != expected:
+        raise MessageError(
+            "payload", f"is {len(payload)} bytes but shape {list(shape)} of {dtype.str} "
+            f"needs {expected}: the frame was truncated or the header is wrong"
+        )
+    if expected > MAX_PAYLOAD_BYTES:
+        raise MessageError("payload", f"{expected} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit")
+    got = payload_checksum(payload)
+    if got != crc:
+        raise MessageError("header.crc32", f"payload CRC-32 is {got:#010x} but the header says "
+                                           f"{crc & 0xFFFFFFFF:#010x}: the payload was corrupted in transit")
+    data = np.frombuffer(payload, dtype=dtype).reshape(shape, order=order)
+    return VolumeMessage(run_id=run_id, index=index, data=data, affine=affine, tr_s=tr_s,
+                         n_volumes=n_volumes, t_acquired=t_acq, t_sent=t_send, checksum=got)
+
+
+def _decode_run_start(h: dict, frames) -> RunStart:
+    meta = _get(h, "meta", dict, optional=True) or {}
+    for k in meta:
+        if not isinstance(k, str):
+            raise MessageError("header.meta", f"keys must be strings, got {_short(k)}")
+    dtype = _dtype(h, optional=True)
+    return RunStart(
+        run_id=_run_id(h), tr_s=_tr(h), n_volumes=_index(h, "n_volumes", optional=True),
+        shape=_shape(h, optional=True), dtype=None if dtype is None else dtype.str,
+        affine=_affine(h, optional=True), meta=meta, t_sent=_finite(h, "t_send"),
+    )
+
+
+def _decode_run_end(h: dict, frames) -> RunEnd:
+    return RunEnd(run_id=_run_id(h), n_volumes=_index(h, "n_volumes"), t_sent=_finite(h, "t_send"))
+
+
+def _decode_heartbeat(h: dict, frames) -> Heartbeat:
+    return Heartbeat(t_sent=_finite(h, "t_send"))
+
+
+def _decode_ack(h: dict, frames) -> Ack:
+    status = _get(h, "status", str)
+    if status not in ("recorded", "duplicate", "ok"):
+        raise MessageError("header.status", f"unknown ack status {_short(status)}")
+    return Ack(of=_get(h, "of", str), run_id=_run_id(h, optional=True),
+               index=_index(h, optional=True), status=status, t_ack=_finite(h, "t_ack"))
+
+
+def _decode_reject(h: dict, frames) -> Reject:
+    return Reject(field=_get(h, "field", str), reason=_get(h, "reason", str),
+                  of=_get(h, "of", str, optional=True),
+                  run_id=_get(h, "run_id", str, optional=True), index=_index(h, optional=True),
+                  t_ack=_finite(h, "t_ack"))
+
+
+_DECODERS = {
+    "volume": _decode_volume,
+    "run_start": _decode_run_start,
+    "run_end": _decode_run_end,
+    "heartbeat": _decode_heartbeat,
+    "ack": _decode_ack,
+    "reject": _decode_reject,
+}

@@ -1,0 +1,148 @@
+"""NIfTI in and out for the live path: reading a recorded run to replay it,
+and exporting a recorded run back to NIfTI bit-exact.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+
+from protocols.session import load_run
+
+__all__ = ["NiftiRun", "read_nifti_run", "tr_seconds", "export_run_nifti"]
+
+
+@dataclass
+class NiftiRun:
+    """A 4-D NIfTI opened for replay.
+
+    Attributes
+    ----------
+    path : str
+    data : ndarray of shape (x, y, z, n_volumes)
+        Raw (unscaled) on-disk values in the file's own dtype and byte order;
+        a memory map for uncompressed files.
+    affine : ndarray of shape (4, 4)
+        nibabel's best affine (sform if set, else qform).
+    tr_s : float or None
+        TR in seconds from pixdim[4] and the time units, if they make sense.
+    header_bytes : bytes
+        The raw NIfTI header, sent along so the receiver can write the same header.
+    """
+
+    path: str
+    data: np.ndarray
+    affine: np.ndarray
+    tr_s: float | None
+    tr_note: str
+    header_bytes: bytes
+
+    @property
+    def n_volumes(self) -> int:
+        return self.data.shape[3]
+
+
+def tr_seconds(header) -> tuple[float | None, str]:
+    """TR in seconds from a NIfTI header, with a note when it had to be guessed.
+
+    Returns ``(None, reason)`` when the header's TR cannot be trusted (zero, or
+    a value over 60 labelled as seconds, which is really milliseconds).
+    """
+    zooms = header.get_zooms()
+    if len(zooms) < 4:
+        return None, "the header has no 4th pixdim"
+    tr = float(zooms[3])
+    unit = header.get_xyzt_units()[1]
+    if unit == "msec":
+        tr /= 1000.0
+    elif unit == "usec":
+        tr /= 1e6
+    if not np.isfinite(tr) or tr <= 0:
+        return None, f"pixdim[4] is {zooms[3]}"
+    if tr > 60:
+        return None, f"pixdim[4] is {zooms[3]} labelled '{unit}', which is not a plausible TR in seconds"
+    note = "" if unit in ("sec", "msec", "usec") else f"time unit is '{unit}'; assumed seconds"
+    return tr, note
+
+
+def read_nifti_run(path: str | os.PathLike) -> NiftiRun:
+    """Open a 4-D NIfTI for replay without scaling or widening its data.
+
+    Raises
+    ------
+    ValueError
+        If the file is not a 4-D NIfTI; the message names the file.
+    """
+    path = os.fspath(path)
+    try:
+        img = nib.load(path)
+    except Exception as e:
+        raise ValueError(f"{path}: cannot be read as NIfTI ({e})") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise ValueError(f"{path}: is a {type(img).__name__}, not NIfTI; convert it to NIfTI first")
+    if len(img.shape) != 4:
+        raise ValueError(f"{path}: has shape {img.shape}; replay needs a 4-D run (x, y, z, time)")
+    data = np.asanyarray(img.dataobj.get_unscaled())
+    tr, note = tr_seconds(img.header)
+    return NiftiRun(path=path, data=data, affine=np.asarray(img.affine, dtype=np.float64),
+                    tr_s=tr, tr_note=note, header_bytes=img.header.binaryblock)
+
+
+def _header_from_bytes(blob: bytes):
+    for cls in (nib.Nifti1Header, nib.Nifti2Header):
+        try:
+            return cls.from_fileobj(io.BytesIO(blob), check=False)
+        except Exception:
+            continue
+    return None
+
+
+def export_run_nifti(session_path: str | os.PathLike, run_id: str, out_path: str | os.PathLike,
+                     header_bytes: bytes | None = None) -> str:
+    """Write a recorded run as a 4-D NIfTI whose data, dtype and affine are the received ones.
+
+    Parameters
+    ----------
+    session_path : path-like
+        Session record folder.
+    run_id : str
+    out_path : path-like
+        ``.nii`` or ``.nii.gz``.
+    header_bytes : bytes, optional
+        The source NIfTI header sent in the run start; reused verbatim (but for
+        shape) so scaling, units and codes survive. Otherwise a header is made
+        from the affine and TR, with scanner-space codes.
+
+    Returns
+    -------
+    str
+        The written path.
+    """
+    data, g, _ = load_run(session_path, run_id)
+    hdr = _header_from_bytes(header_bytes) if header_bytes else None
+    if hdr is not None and np.dtype(hdr.get_data_dtype()).newbyteorder("=") == data.dtype.newbyteorder("="):
+        hdr = hdr.copy()
+        hdr.set_data_shape(data.shape)
+        cls = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
+        img = cls(data, affine=None, header=hdr)
+        # keep the source's scl_slope/inter: nibabel resets them for unscaled arrays
+        img.header.set_slope_inter(*hdr.get_slope_inter())
+        img.update_header()
+    else:
+        img = nib.Nifti1Image(data, affine=g["affine"])
+        img.header.set_data_dtype(data.dtype)
+        img.header.set_xyzt_units("mm", "sec")
+        zooms = list(img.header.get_zooms()[:3]) + [float(g["tr_s"])]
+        img.header.set_zooms(zooms)
+        img.header.set_sform(g["affine"], code=1)
+        img.header.set_qform(g["affine"], code=1)
+    out_path = os.fspath(out_path)
+    os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
+    tmp = out_path + ".part" + (".nii.gz" if out_path.endswith(".gz") else ".nii")
+    nib.save(img, tmp)
+    os.replace(tmp, out_path)
+    return out_path

@@ -1,0 +1,273 @@
+"""The receiving end of the scanner link: validate, record durably, ack.
+
+One thread owns the ROUTER socket. For each message it validates the frames
+(:func:`protocols.wire.decode`), appends the message to the session record
+(``fdatasync`` before returning), and only then acks. A bad message gets a
+reject with the reason and is kept in ``rejected.log``; the receiver keeps
+serving. Duplicates, recognised by (run id, volume index), are acked again
+without being recorded twice, so a sender that resends after a restart of
+either side converges. Complete runs are exported to NIfTI off the hot path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import msgpack
+import zmq
+
+from protocols.errors import MessageError
+from protocols.session import RunRecord, SessionRecord
+from protocols.wire import Ack, Heartbeat, Reject, RunEnd, RunStart, VolumeMessage, decode, encode
+
+from .nifti_io import export_run_nifti
+from .transport import DEFAULT_ENDPOINT, bind_router
+
+__all__ = ["Receiver", "ReceiverStats"]
+
+log = logging.getLogger("b2m.receiver")
+
+
+class ReceiverStats:
+    """Counters since the receiver started."""
+
+    def __init__(self):
+        self.recorded = 0
+        self.duplicates = 0
+        self.rejected = 0
+        self.controls = 0
+        self.affine_changes = 0
+        self.last_reject: tuple[str, str] | None = None
+
+
+def _peek(frames) -> dict:
+    """Best-effort type/run_id/index from a header that failed validation."""
+    try:
+        h = msgpack.unpackb(bytes(frames[0])[:65536], raw=False, strict_map_key=False)
+    except Exception:
+        return {}
+    if not isinstance(h, dict):
+        return {}
+    out = {}
+    if isinstance(h.get("type"), str) and len(h["type"]) < 32:
+        out["of"] = h["type"]
+    if isinstance(h.get("run_id"), str) and len(h["run_id"]) <= 128:
+        out["run_id"] = h["run_id"]
+    if isinstance(h.get("index"), int) and not isinstance(h.get("index"), bool) and 0 <= h["index"] < 2**31:
+        out["index"] = h["index"]
+    return out
+
+
+class Receiver:
+    """Record-only receiver; later stages hook in through ``on_volume``.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        Session record folder; an existing one is continued.
+    bind : str
+        ZeroMQ endpoint to bind (loopback by default).
+    insecure : bool
+        Allow a non-loopback bind without CURVE keys.
+    on_volume : callable, optional
+        Called as ``on_volume(msg, t_recv)`` after a new volume is recorded
+        and acked. Exceptions it raises are logged, never propagated.
+    export : bool
+        Write ``nifti/<run_id>.nii`` when a run is complete.
+    sync : bool
+        fdatasync each record before acking (default True).
+    """
+
+    def __init__(self, out_dir, bind: str = DEFAULT_ENDPOINT, *, insecure: bool = False,
+                 on_volume: Callable | None = None, on_run_complete: Callable | None = None,
+                 export: bool = True, sync: bool = True, ctx: zmq.Context | None = None):
+        self.out_dir = os.fspath(out_dir)
+        self.record = SessionRecord(self.out_dir, sync=sync)
+        for torn in self.record.torn:
+            log.warning("a torn record from an earlier crash was moved to %s; its sender will resend it", torn)
+        self._own_ctx = ctx is None
+        self.ctx = ctx or zmq.Context()
+        self.sock = bind_router(self.ctx, bind, insecure=insecure)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.on_volume = on_volume
+        self.on_run_complete = on_run_complete
+        self.export = export
+        self.stats = ReceiverStats()
+        self._exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="b2m-export")
+        self._exports: dict[str, object] = {}
+        self._finalised: set[str] = set()
+        for run in self.record.runs.values():
+            if self._summary_complete(run):
+                self._finalised.add(run.run_id)
+            elif run.complete:
+                self._finalise(run)
+
+    # ---- serving ---------------------------------------------------------
+
+    def serve(self, stop: threading.Event | None = None, *, poll_ms: int = 200) -> None:
+        """Serve until ``stop`` is set (checked on each wake-up) or forever."""
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        while stop is None or not stop.is_set():
+            if not poller.poll(poll_ms):
+                continue
+            while True:
+                try:
+                    frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                peer, body = frames[0].bytes, [f.buffer for f in frames[1:]]
+                for reply in self.handle(body, peer):
+                    self.sock.send_multipart([peer] + reply, copy=False)
+
+    def handle(self, frames, peer: bytes = b"") -> list[list]:
+        """Process one message's frames; return the reply messages' frames."""
+        t_recv = time.time()
+        try:
+            msg = decode(frames)
+            reply = self._dispatch(msg, frames, t_recv)
+        except MessageError as e:
+            return [self._reject(frames, e.field, e.reason, t_recv, peer)]
+        except Exception as e:  # a bug must not take the session down; keep the message
+            log.exception("internal error while handling a message")
+            return [self._reject(frames, "internal", f"{type(e).__name__}: {e}; the message was kept "
+                                 "in rejected.log, please report this", t_recv, peer)]
+        return [encode(reply)] if reply is not None else []
+
+    def _reject(self, frames, field: str, reason: str, t_recv: float, peer: bytes) -> list:
+        self.stats.rejected += 1
+        self.stats.last_reject = (field, reason)
+        ids = _peek(frames) if len(frames) else {}
+        log.warning("rejected %s %s/%s: %s: %s", ids.get("of", "message"), ids.get("run_id", "?"),
+                    ids.get("index", "?"), field, reason)
+        try:
+            self.record.append_rejected(frames, field, reason, t_recv, peer)
+        except Exception:
+            log.exception("could not keep a rejected message in rejected.log")
+        return encode(Reject(field=field, reason=reason, **ids))
+
+    def _dispatch(self, msg, frames, t_recv: float):
+        if isinstance(msg, VolumeMessage):
+            return self._on_volume(msg, frames[1], t_recv)
+        if isinstance(msg, RunStart):
+            self.stats.controls += 1
+            run = self.record.runs.get(msg.run_id)
+            if run is None or run.start is None:
+                run = self.record.append_run_start(msg, t_recv)
+                log.info("run %s started (%s volumes, TR %.3f s)", msg.run_id, msg.n_volumes, msg.tr_s)
+            return Ack(of="run_start", run_id=msg.run_id, status="recorded")
+        if isinstance(msg, RunEnd):
+            self.stats.controls += 1
+            run = self.record.runs.get(msg.run_id)
+            if run is None or not run.ended:
+                run = self.record.append_run_end(msg, t_recv)
+            self._maybe_finalise(run, ended=True)
+            return Ack(of="run_end", run_id=msg.run_id, status="recorded")
+        if isinstance(msg, Heartbeat):
+            return Ack(of="heartbeat", status="ok")
+        raise MessageError("header.type", f"a receiver does not accept {msg.type!r} messages")
+
+    def _on_volume(self, msg: VolumeMessage, payload, t_recv: float):
+        run = self.record.runs.get(msg.run_id)
+        if run is not None and msg.index in run.received:
+            self.stats.duplicates += 1
+            return Ack(of="volume", run_id=msg.run_id, index=msg.index, status="duplicate")
+        if run is not None:
+            self._check_geometry(run, msg)
+        order = "F" if (msg.data.flags.f_contiguous and not msg.data.flags.c_contiguous) else "C"
+        run = self.record.append_volume(msg, payload, t_recv, order)
+        self.stats.recorded += 1
+        if self.on_volume is not None:
+            try:
+                self.on_volume(msg, t_recv)
+            except Exception:
+                log.exception("on_volume failed for %s/%d; the volume is recorded", msg.run_id, msg.index)
+        self._maybe_finalise(run)
+        return Ack(of="volume", run_id=msg.run_id, index=msg.index, status="recorded")
+
+    def _check_geometry(self, run: RunRecord, msg: VolumeMessage) -> None:
+        n = run.n_volumes
+        if n is not None and msg.index >= n:
+            raise MessageError("header.index", f"volume {msg.index} is past the run's {n} volumes")
+        g = run.geometry
+        if g is None:
+            start = run.start or {}
+            if start.get("shape") and tuple(start["shape"]) != msg.data.shape:
+                raise MessageError("header.shape", f"{list(msg.data.shape)} differs from the run start's "
+                                   f"{start['shape']}; start a new run for a new geometry")
+            return
+        if tuple(g["shape"]) != msg.data.shape:
+            raise MessageError("header.shape", f"{list(msg.data.shape)} differs from this run's "
+                               f"{g['shape']}; start a new run id for a new geometry")
+        if g["dtype"] != msg.data.dtype.str:
+            raise MessageError("header.dtype", f"{msg.data.dtype.str} differs from this run's {g['dtype']}")
+        if [float(v) for v in msg.affine.ravel()] != g["affine"]:
+            # Kept, not refused: some scanners update the affine (prospective motion correction).
+            self.stats.affine_changes += 1
+            log.warning("run %s volume %d: the affine changed within the run; recorded as sent",
+                        msg.run_id, msg.index)
+
+    # ---- run completion ----------------------------------------------------
+
+    def _summary_complete(self, run: RunRecord) -> bool:
+        p = os.path.join(self.out_dir, "runs", run.run_id, "summary.json")
+        try:
+            with open(p) as f:
+                return bool(json.load(f).get("complete"))
+        except (OSError, ValueError):
+            return False
+
+    def _maybe_finalise(self, run: RunRecord, ended: bool = False) -> None:
+        if run.run_id in self._finalised:
+            return
+        if run.complete:
+            self._finalise(run)
+        elif ended:
+            missing = run.missing()
+            log.warning("run %s ended with %d of %s volumes; missing %s", run.run_id, len(run.received),
+                        run.n_volumes, missing[:20])
+            self.record.write_summary(run)
+
+    def _finalise(self, run: RunRecord) -> None:
+        self._finalised.add(run.run_id)
+        nifti = os.path.join(self.out_dir, "nifti", f"{run.run_id}.nii") if self.export else None
+        header_bytes = (run.start or {}).get("meta", {}).get("nifti_header")
+
+        def job():
+            try:
+                if nifti:
+                    export_run_nifti(self.out_dir, run.run_id, nifti, header_bytes)
+                self.record.write_summary(run, {"nifti": nifti})
+                log.info("run %s complete: %d volumes%s", run.run_id, len(run.received),
+                         f" -> {nifti}" if nifti else "")
+                if self.on_run_complete is not None:
+                    self.on_run_complete(run.run_id, nifti)
+            except Exception:
+                log.exception("export of run %s failed; its volumes are safe in the session record",
+                              run.run_id)
+
+        self._exports[run.run_id] = self._exporter.submit(job)
+
+    def wait_exports(self, timeout_s: float | None = None) -> None:
+        """Block until pending NIfTI exports are written."""
+        for fut in list(self._exports.values()):
+            fut.result(timeout=timeout_s)
+
+    def close(self) -> None:
+        self._exporter.shutdown(wait=True)
+        self.sock.close(0)
+        self.record.close()
+        if self._own_ctx:
+            self.ctx.term()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

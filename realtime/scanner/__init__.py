@@ -1,0 +1,1 @@
+"""The scanner side: replay of recorded runs (and, later, export-folder watchers)."""

@@ -1,0 +1,37 @@
+"""Absolute-deadline pacing: volume k is due at t0 + k * TR / speed.
+
+Deadlines are computed from the start time, never by adding sleeps, so errors
+do not accumulate and a late volume never causes a negative wait.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["parse_speed", "deadline"]
+
+
+def parse_speed(text: str | float) -> float:
+    """``"1"``, ``"20"``, ``"0.5"`` or ``"max"`` -> speed factor (``inf`` for max).
+
+    Raises
+    ------
+    ValueError
+        If the speed is not a positive number or ``max``.
+    """
+    if isinstance(text, str) and text.strip().lower() == "max":
+        return math.inf
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"--speed must be a positive number or 'max', got {text!r}") from None
+    if not v > 0 or math.isnan(v):
+        raise ValueError(f"--speed must be a positive number or 'max', got {text!r}")
+    return v
+
+
+def deadline(t0: float, k: int, tr_s: float, speed: float) -> float:
+    """Monotonic time at which volume ``k`` (counted from the first sent) is due."""
+    if math.isinf(speed):
+        return t0
+    return t0 + k * tr_s / speed

@@ -1,0 +1,214 @@
+"""The scanner side of the link: a sender that never loses a volume.
+
+Every message that expects an ack (volumes, run start, run end) is kept until
+the receiver acks or rejects it. Unacked messages are resent after a timeout
+and at once after a reconnect, so either side can restart mid-run.
+Waiting is event-driven: one ``zmq.Poller`` wakes on acks, on socket
+events, or at the next deadline; there is no sleep-polling.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from protocols.errors import MessageError
+from protocols.wire import Ack, Message, Reject, RunEnd, RunStart, VolumeMessage, decode, encode
+
+from .transport import connect_dealer
+
+__all__ = ["ReliableSender", "SenderStats"]
+
+
+def _key(msg) -> tuple:
+    if isinstance(msg, VolumeMessage):
+        return ("volume", msg.run_id, msg.index)
+    if isinstance(msg, (RunStart, RunEnd)):
+        return (msg.type, msg.run_id, None)
+    raise TypeError(f"{type(msg).__name__} is not acked")
+
+
+@dataclass
+class _Pending:
+    frames: list
+    first_sent: float = 0.0
+    last_sent: float = float("-inf")
+    sends: int = 0
+
+
+@dataclass
+class SenderStats:
+    """Counters of one sender, all since it started.
+
+    ``latencies_s`` maps a message key to its send -> ack time in seconds,
+    measured from the last send of that message.
+    """
+
+    sent: int = 0
+    resent: int = 0
+    acked: int = 0
+    duplicates: int = 0
+    reconnects: int = 0
+    rejected: list = field(default_factory=list)
+    latencies_s: dict = field(default_factory=dict)
+
+
+class ReliableSender:
+    """Send protocol messages and keep each one until it is acked.
+
+    Parameters
+    ----------
+    endpoint : str
+        ZeroMQ endpoint the receiver binds, e.g. ``tcp://127.0.0.1:5555``.
+    resend_timeout_s : float
+        Resend a message that has not been acked after this many seconds.
+    window : int
+        At most this many unacked messages; :meth:`send` waits beyond it.
+    ctx : zmq.Context, optional
+    """
+
+    def __init__(self, endpoint: str, *, resend_timeout_s: float = 1.0, window: int = 64,
+                 ctx: zmq.Context | None = None):
+        self.endpoint = endpoint
+        self.resend_timeout_s = float(resend_timeout_s)
+        self.window = int(window)
+        self._own_ctx = ctx is None
+        self.ctx = ctx or zmq.Context()
+        self.sock = connect_dealer(self.ctx, endpoint)
+        self._monitor = self.sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self._poller = zmq.Poller()
+        self._poller.register(self.sock, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        self.pending: dict[tuple, _Pending] = {}
+        self.stats = SenderStats()
+        self.connected = False
+
+    # ---- public API ------------------------------------------------------
+
+    def send(self, msg: Message) -> None:
+        """Send a message; keep it until acked. Waits while the window is full."""
+        while len(self.pending) >= self.window:
+            self.poll(self.resend_timeout_s)
+        key = _key(msg)
+        p = _Pending(frames=encode(msg), first_sent=time.monotonic())
+        self.pending[key] = p
+        self._transmit(key, p)
+
+    def poll(self, timeout_s: float) -> None:
+        """Handle acks and socket events for up to ``timeout_s`` seconds.
+
+        Returns early after the first batch of events; resends what is due.
+        """
+        timeout_ms = max(0, int(timeout_s * 1000))
+        due = self._next_resend_in()
+        if due is not None:
+            timeout_ms = min(timeout_ms, max(0, int(due * 1000) + 1))
+        events = dict(self._poller.poll(timeout_ms))
+        if self._monitor in events:
+            self._drain_monitor()
+        if self.sock in events:
+            self._drain_replies()
+        self._resend_due()
+
+    def wait_until(self, deadline: float) -> None:
+        """Service the link until ``time.monotonic()`` reaches ``deadline``."""
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            self.poll(deadline - now)
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until every message is acked or rejected, or the timeout passes.
+
+        Returns
+        -------
+        bool
+            True if nothing is left unacked.
+        """
+        end = time.monotonic() + timeout_s
+        while self.pending and time.monotonic() < end:
+            self.poll(min(self.resend_timeout_s, end - time.monotonic()))
+        return not self.pending
+
+    def close(self) -> None:
+        self.sock.disable_monitor()
+        self._monitor.close(0)
+        self.sock.close(0)
+        if self._own_ctx:
+            self.ctx.term()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- internals -------------------------------------------------------
+
+    def _transmit(self, key, p: _Pending) -> None:
+        p.last_sent = time.monotonic()
+        try:
+            self.sock.send_multipart(p.frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return  # no receiver connected: kept, and sent on (re)connect
+        if p.sends:
+            self.stats.resent += 1
+        else:
+            self.stats.sent += 1
+        p.sends += 1
+
+    def _next_resend_in(self) -> float | None:
+        if not self.pending:
+            return None
+        oldest = min(p.last_sent for p in self.pending.values())
+        return max(0.0, oldest + self.resend_timeout_s - time.monotonic())
+
+    def _resend_due(self, force: bool = False) -> None:
+        now = time.monotonic()
+        for key, p in list(self.pending.items()):
+            if force or now - p.last_sent >= self.resend_timeout_s:
+                self._transmit(key, p)
+
+    def _drain_monitor(self) -> None:
+        reconnected = False
+        while True:
+            try:
+                evt = parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            if evt["event"] == zmq.EVENT_CONNECTED:
+                if self.stats.sent or self.stats.resent:
+                    self.stats.reconnects += 1
+                self.connected = reconnected = True
+            elif evt["event"] == zmq.EVENT_DISCONNECTED:
+                self.connected = False
+        if reconnected:
+            self._resend_due(force=True)
+
+    def _drain_replies(self) -> None:
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                reply = decode(frames)
+            except MessageError:
+                continue  # not ours; the receiver never sends such a thing
+            now = time.monotonic()
+            if isinstance(reply, Ack):
+                key = (reply.of, reply.run_id, reply.index)
+                p = self.pending.pop(key, None)
+                if p is not None:
+                    self.stats.acked += 1
+                    self.stats.latencies_s[key] = now - p.last_sent
+                    if reply.status == "duplicate":
+                        self.stats.duplicates += 1
+            elif isinstance(reply, Reject):
+                key = (reply.of, reply.run_id, reply.index)
+                self.pending.pop(key, None)
+                self.stats.rejected.append((key, reply.field, reply.reason))
