@@ -32,6 +32,9 @@ class NiftiRun:
         TR in seconds from pixdim[4] and the time units, if they make sense.
     header_bytes : bytes
         The raw NIfTI header, sent along so the receiver can write the same header.
+    scl_slope, scl_inter : float
+        The file's scaling (nibabel moves it from the header into the array
+        proxy on load, so ``header_bytes`` alone does not carry it).
     """
 
     path: str
@@ -40,6 +43,8 @@ class NiftiRun:
     tr_s: float | None
     tr_note: str
     header_bytes: bytes
+    scl_slope: float = 1.0
+    scl_inter: float = 0.0
 
     @property
     def n_volumes(self) -> int:
@@ -89,7 +94,8 @@ def read_nifti_run(path: str | os.PathLike) -> NiftiRun:
     data = np.asanyarray(img.dataobj.get_unscaled())
     tr, note = tr_seconds(img.header)
     return NiftiRun(path=path, data=data, affine=np.asarray(img.affine, dtype=np.float64),
-                    tr_s=tr, tr_note=note, header_bytes=img.header.binaryblock)
+                    tr_s=tr, tr_note=note, header_bytes=img.header.binaryblock,
+                    scl_slope=float(img.dataobj.slope), scl_inter=float(img.dataobj.inter))
 
 
 def _header_from_bytes(blob: bytes):
@@ -102,7 +108,7 @@ def _header_from_bytes(blob: bytes):
 
 
 def export_run_nifti(session_path: str | os.PathLike, run_id: str, out_path: str | os.PathLike,
-                     header_bytes: bytes | None = None) -> str:
+                     header_bytes: bytes | None = None, scaling: tuple[float, float] | None = None) -> str:
     """Write a recorded run as a 4-D NIfTI whose data, dtype and affine are the received ones.
 
     Parameters
@@ -114,8 +120,10 @@ def export_run_nifti(session_path: str | os.PathLike, run_id: str, out_path: str
         ``.nii`` or ``.nii.gz``.
     header_bytes : bytes, optional
         The source NIfTI header sent in the run start; reused verbatim (but for
-        shape) so scaling, units and codes survive. Otherwise a header is made
+        shape) so units and codes survive. Otherwise a header is made
         from the affine and TR, with scanner-space codes.
+    scaling : (slope, intercept), optional
+        Written as scl_slope/scl_inter so scaled values match the source.
 
     Returns
     -------
@@ -129,9 +137,6 @@ def export_run_nifti(session_path: str | os.PathLike, run_id: str, out_path: str
         hdr.set_data_shape(data.shape)
         cls = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
         img = cls(data, affine=None, header=hdr)
-        # keep the source's scl_slope/inter: nibabel resets them for unscaled arrays
-        img.header.set_slope_inter(*hdr.get_slope_inter())
-        img.update_header()
     else:
         img = nib.Nifti1Image(data, affine=g["affine"])
         img.header.set_data_dtype(data.dtype)
@@ -140,6 +145,8 @@ def export_run_nifti(session_path: str | os.PathLike, run_id: str, out_path: str
         img.header.set_zooms(zooms)
         img.header.set_sform(g["affine"], code=1)
         img.header.set_qform(g["affine"], code=1)
+    if scaling is not None and tuple(scaling) != (1.0, 0.0):
+        img.header.set_slope_inter(*scaling)
     out_path = os.fspath(out_path)
     os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
     tmp = out_path + ".part" + (".nii.gz" if out_path.endswith(".gz") else ".nii")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -78,6 +79,10 @@ class Receiver:
     on_volume : callable, optional
         Called as ``on_volume(msg, t_recv)`` after a new volume is recorded
         and acked. Exceptions it raises are logged, never propagated.
+    on_run_complete : callable, optional
+        Called as ``on_run_complete(run_id, nifti_path)`` from the export thread.
+    on_run_gaps : callable, optional
+        Called as ``on_run_gaps(run_id, missing_indices)`` when a run ends incomplete.
     export : bool
         Write ``nifti/<run_id>.nii`` when a run is complete.
     sync : bool
@@ -86,6 +91,7 @@ class Receiver:
 
     def __init__(self, out_dir, bind: str = DEFAULT_ENDPOINT, *, insecure: bool = False,
                  on_volume: Callable | None = None, on_run_complete: Callable | None = None,
+                 on_run_gaps: Callable | None = None,
                  export: bool = True, sync: bool = True, ctx: zmq.Context | None = None):
         self.out_dir = os.fspath(out_dir)
         self.record = SessionRecord(self.out_dir, sync=sync)
@@ -97,6 +103,7 @@ class Receiver:
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.on_volume = on_volume
         self.on_run_complete = on_run_complete
+        self.on_run_gaps = on_run_gaps
         self.export = export
         self.stats = ReceiverStats()
         self._exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="b2m-export")
@@ -233,16 +240,23 @@ class Receiver:
             log.warning("run %s ended with %d of %s volumes; missing %s", run.run_id, len(run.received),
                         run.n_volumes, missing[:20])
             self.record.write_summary(run)
+            if self.on_run_gaps is not None:
+                self.on_run_gaps(run.run_id, missing)
 
     def _finalise(self, run: RunRecord) -> None:
         self._finalised.add(run.run_id)
         nifti = os.path.join(self.out_dir, "nifti", f"{run.run_id}.nii") if self.export else None
-        header_bytes = (run.start or {}).get("meta", {}).get("nifti_header")
+        meta = (run.start or {}).get("meta", {})
+        header_bytes = meta.get("nifti_header")
+        scaling = (meta.get("scl_slope", 1.0), meta.get("scl_inter", 0.0))
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in scaling):
+            log.warning("run %s: ignoring non-numeric scl_slope/scl_inter in the run start", run.run_id)
+            scaling = None
 
         def job():
             try:
                 if nifti:
-                    export_run_nifti(self.out_dir, run.run_id, nifti, header_bytes)
+                    export_run_nifti(self.out_dir, run.run_id, nifti, header_bytes, scaling)
                 self.record.write_summary(run, {"nifti": nifti})
                 log.info("run %s complete: %d volumes%s", run.run_id, len(run.received),
                          f" -> {nifti}" if nifti else "")

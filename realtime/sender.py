@@ -37,6 +37,7 @@ class _Pending:
     first_sent: float = 0.0
     last_sent: float = float("-inf")
     sends: int = 0
+    held: bool = False
 
 
 @dataclass
@@ -49,6 +50,7 @@ class SenderStats:
 
     sent: int = 0
     resent: int = 0
+    held: int = 0
     acked: int = 0
     duplicates: int = 0
     reconnects: int = 0
@@ -154,6 +156,9 @@ class ReliableSender:
         try:
             self.sock.send_multipart(p.frames, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
+            if not p.sends and not p.held:
+                p.held = True
+                self.stats.held += 1
             return  # no receiver connected: kept, and sent on (re)connect
         if p.sends:
             self.stats.resent += 1

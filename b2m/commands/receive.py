@@ -42,8 +42,11 @@ def run(args) -> int:
     def on_complete(run_id, nifti):
         print(f"{run_id}\t{nifti}", file=sys.stdout, flush=True)
 
+    def on_gaps(run_id, missing):
+        print(f"{run_id}\tincomplete\tmissing={missing}", file=sys.stdout, flush=True)
+
     with Receiver(args.out, args.bind, insecure=args.insecure, sync=not args.no_fsync,
-                  on_run_complete=on_complete) as rx:
+                  on_run_complete=on_complete, on_run_gaps=on_gaps) as rx:
         log.info("receiving on %s, recording to %s", rx.endpoint, args.out)
         print(f"ready\t{rx.endpoint}", file=sys.stderr, flush=True)
         rx.serve(stop)

@@ -48,7 +48,7 @@ def run(args) -> int:
                            drain_timeout_s=args.drain_timeout, progress=progress)
     lat = res.latency_s * 1e3
     summary = {
-        "run_id": res.run_id, "sent": res.n_sent, "all_acked": res.all_acked, "resent": res.resent,
+        "run_id": res.run_id, "sent": res.n_sent, "all_acked": res.all_acked, "resent": res.resent, "held": res.held,
         "reconnects": res.reconnects, "rejected": [list(map(str, r)) for r in res.rejected],
         "unacked": [list(map(str, k)) for k in res.unacked],
         "latency_ms_p50": round(float(np.median(lat)), 3) if lat.size else None,

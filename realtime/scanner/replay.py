@@ -41,6 +41,7 @@ class ReplayResult:
     n_sent: int
     all_acked: bool
     resent: int
+    held: int
     reconnects: int
     rejected: list
     unacked: list
@@ -103,7 +104,8 @@ def replay_nifti(path, endpoint: str = DEFAULT_ENDPOINT, *, tr_s: float | None =
         sender.send(RunStart(run_id=run_id, tr_s=tr_s, n_volumes=n_total, shape=run.data.shape[:3],
                              dtype=run.data.dtype.str, affine=run.affine,
                              meta={"source": "replay", "file": os.path.basename(run.path),
-                                   "nifti_header": run.header_bytes}))
+                                   "nifti_header": run.header_bytes,
+                                   "scl_slope": run.scl_slope, "scl_inter": run.scl_inter}))
         t0 = time.monotonic()
         wall0 = time.time()
         for k in range(n):
@@ -124,7 +126,7 @@ def replay_nifti(path, endpoint: str = DEFAULT_ENDPOINT, *, tr_s: float | None =
             progress(n, n, 0.0, len(sender.pending))
         st = sender.stats
         lat = np.array([v for k, v in st.latencies_s.items() if k[0] == "volume"])
-        return ReplayResult(run_id=run_id, n_sent=n, all_acked=ok and not st.rejected, resent=st.resent,
+        return ReplayResult(run_id=run_id, n_sent=n, all_acked=ok and not st.rejected, resent=st.resent, held=st.held,
                             reconnects=st.reconnects, rejected=list(st.rejected),
                             unacked=sorted(k for k in sender.pending), pacing_error_s=pacing,
                             latency_s=lat, wall_s=time.monotonic() - t0)

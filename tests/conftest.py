@@ -1,0 +1,122 @@
+"""Shared fixtures: a seeded rng, free loopback endpoints, real data paths,
+and a helper that runs ``b2m`` subcommands as real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.abspath(os.path.join(REPO, "..", "shared"))
+
+
+@pytest.fixture
+def rng():
+    """A seeded generator: every test sees the same 'random' data."""
+    return np.random.default_rng(0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def endpoint() -> str:
+    """A loopback TCP endpoint on a currently free port."""
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="session")
+def functional_nii() -> str:
+    """nibabel's real functional run: 17x21x3x20 int16, TR 2 s."""
+    from nibabel.testing import data_path
+
+    return os.path.join(data_path, "functional.nii")
+
+
+@pytest.fixture(scope="session")
+def fmri1_nii() -> str:
+    """nitime's real fMRI run: 10x10x18x40 int16, TR 1.35 s."""
+    import nitime
+
+    return os.path.join(os.path.dirname(nitime.__file__), "data", "fmri1.nii.gz")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> str:
+    """The read-only ``shared/data`` folder beside the repository."""
+    path = os.path.join(SHARED, "data")
+    if not os.path.isdir(path):
+        pytest.skip(f"shared data not found at {path}")
+    return path
+
+
+class Proc:
+    """A ``b2m`` subprocess whose stderr/stdout go to files, stopped by PID."""
+
+    def __init__(self, args, log_dir, name):
+        self.out_path = os.path.join(log_dir, f"{name}.out")
+        self.err_path = os.path.join(log_dir, f"{name}.err")
+        self._out = open(self.out_path, "w")
+        self._err = open(self.err_path, "w")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="200")
+        self.p = subprocess.Popen([sys.executable, "-m", "b2m", *args], stdout=self._out,
+                                  stderr=self._err, env=env, cwd=REPO)
+
+    @property
+    def pid(self) -> int:
+        return self.p.pid
+
+    def stderr(self) -> str:
+        with open(self.err_path) as f:
+            return f.read()
+
+    def stdout(self) -> str:
+        with open(self.out_path) as f:
+            return f.read()
+
+    def wait_for(self, text: str, timeout: float = 30.0, stream: str = "stderr") -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if text in (self.stderr() if stream == "stderr" else self.stdout()):
+                return
+            if self.p.poll() is not None:
+                raise AssertionError(f"process exited ({self.p.returncode}) before {text!r}:\n{self.stderr()}")
+            time.sleep(0.02)
+        raise AssertionError(f"timed out waiting for {text!r}:\n{self.stderr()}")
+
+    def kill(self, sig=signal.SIGKILL) -> None:
+        if self.p.poll() is None:
+            os.kill(self.p.pid, sig)
+        self.p.wait(timeout=30)
+
+    def wait(self, timeout: float = 120.0) -> int:
+        rc = self.p.wait(timeout=timeout)
+        self._out.close()
+        self._err.close()
+        return rc
+
+
+@pytest.fixture
+def b2m_proc(tmp_path):
+    """Start ``b2m`` subcommands as processes; all are killed at teardown."""
+    procs: list[Proc] = []
+
+    def start(*args, name=None):
+        proc = Proc([str(a) for a in args], tmp_path, name or f"p{len(procs)}")
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.p.poll() is None:
+            proc.kill(signal.SIGKILL)
