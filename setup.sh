@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(libportaudio2 libsndfile1 jackd2)
+# portaudio19-dev: tinysoundfont's pyaudio dependency builds against it.
+APT_PACKAGES=(libportaudio2 portaudio19-dev libsndfile1 jackd2)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -16,6 +16,12 @@ Records are only ever appended. The writer makes each record durable
 acknowledge it. After a crash the file may end in a torn record; opening the
 log moves the torn bytes aside to ``<name>.torn-<offset>`` (so nothing that
 arrived is thrown away) and continues from the last whole record.
+
+Space can be reserved ahead (:meth:`RecordLog.reserve`): the file is extended
+with real zero bytes, so a later append overwrites allocated blocks and its
+``fdatasync`` flushes data only, with no metadata journal commit (about 5x
+faster on ext4 here; see ``bench/transport.py``). A reserved zero tail is not
+a torn record: readers stop at it and the writer trims it on close.
 """
 
 from __future__ import annotations
@@ -130,18 +136,21 @@ class RecordLog:
         if existed:
             self.records, end = scan_records(self.path, payloads=False)
             size = os.path.getsize(self.path)
-            if end < size:
+            last = _last_nonzero(self.path, end, size)
+            if last > end:
                 self.torn_path = f"{self.path}.torn-{end}"
                 with open(self.path, "rb") as src, open(self.torn_path, "wb") as dst:
                     src.seek(end)
-                    dst.write(src.read())
+                    dst.write(src.read(last - end))
                     dst.flush()
                     os.fsync(dst.fileno())
+            if size > end:
                 os.truncate(self.path, end)
         else:
             self.records, end = [], 0
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         self._end = end
+        self._alloc_end = end
         if not existed or new_dir:
             _fsync_dir(folder)
 
@@ -149,6 +158,29 @@ class RecordLog:
     def end(self) -> int:
         """Byte offset where the next record will be written."""
         return self._end
+
+    @property
+    def reserved(self) -> int:
+        """Bytes allocated and zero-filled past :attr:`end`."""
+        return self._alloc_end - self._end
+
+    def reserve(self, nbytes: int, *, chunk: int = 8 << 20) -> None:
+        """Make sure ``nbytes`` past the end are allocated and zero-filled on disk.
+
+        Costs one sequential write of zeros and one ``fdatasync`` now, so that
+        the appends filling that space are fast. Call it at run start.
+        """
+        target = self._end + int(nbytes)
+        if target <= self._alloc_end:
+            return
+        zeros = bytes(min(chunk, target - self._alloc_end))
+        off = self._alloc_end
+        while off < target:
+            n = min(len(zeros), target - off)
+            os.pwrite(self._fd, zeros[:n] if n < len(zeros) else zeros, off)
+            off += n
+        os.fdatasync(self._fd)
+        self._alloc_end = target
 
     def append(self, header: dict, payload=b"") -> Record:
         """Append one record and make it durable.
@@ -180,6 +212,7 @@ class RecordLog:
         if self.sync:
             os.fdatasync(self._fd)
         self._end = off + want
+        self._alloc_end = max(self._alloc_end, self._end)
         return Record(offset=off, header=header, payload_offset=off + PREFIX_BYTES + len(hbytes),
                       payload_len=len(payload))
 
@@ -188,7 +221,11 @@ class RecordLog:
         return os.pread(self._fd, rec.payload_len, rec.payload_offset)
 
     def close(self) -> None:
+        """Trim unused reserved space and close the file."""
         if self._fd >= 0:
+            if self._alloc_end > self._end:
+                os.ftruncate(self._fd, self._end)
+                os.fdatasync(self._fd)
             os.close(self._fd)
             self._fd = -1
 
@@ -197,6 +234,23 @@ class RecordLog:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _last_nonzero(path: str, start: int, stop: int, chunk: int = 8 << 20) -> int:
+    """Offset just past the last non-zero byte in [start, stop), or ``start``."""
+    last = start
+    with open(path, "rb") as f:
+        f.seek(start)
+        off = start
+        while off < stop:
+            b = f.read(min(chunk, stop - off))
+            if not b:
+                break
+            stripped = b.rstrip(b"\0")
+            if stripped:
+                last = off + len(stripped)
+            off += len(b)
+    return last
 
 
 def _fsync_dir(folder: str) -> None:

@@ -1,0 +1,332 @@
+"""Building a music library: sources -> clips -> embeddings -> library folder.
+
+Sources are *units* of work (an audio file, a MIDI file, a music21 corpus work,
+one procedurally generated clip). Each unit yields one or more clips: long
+audio is cut into consecutive windows of ``clip_s`` seconds (default 15 s, the
+length of ds003720's excerpts); a last remainder shorter than half a window is
+dropped. Every clip is embedded (clip vector = mean of the embedder's windows,
+then L2-normalised) and appended to ``LIB/.build/progress.log`` (a durable
+record log), so a rerun skips units already done. A unit that fails is
+skipped with its reason in ``LIB/build.log`` and ``LIB/skipped.tsv``; one bad
+file never aborts a build. The library files are written at the end, each
+atomically, so a library folder is always either the previous one or the new one.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protocols.library import (LIBRARY_FORMAT, LIBRARY_VERSION, Clip, check_same_embedder, sha256_file,
+                               write_clips_tsv)
+from protocols.record import RecordLog
+
+from ..audio import read_audio, write_audio
+from ..embedding.base import Embedder
+from .index import FAISS_THRESHOLD, FaissHNSWIndex, normalize_rows
+
+__all__ = ["Unit", "BuildResult", "build_library", "discover_sources", "generated_units", "AUDIO_EXTS",
+           "MIDI_EXTS", "DEFAULT_CLIP_S", "LIBRARY_SR"]
+
+log = logging.getLogger("b2m.library")
+
+AUDIO_EXTS = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff")
+MIDI_EXTS = (".mid", ".midi")
+#: Length of library clips cut from longer audio, seconds.
+DEFAULT_CLIP_S = 15.0
+#: Sample rate of audio the library writes (GTZAN's rate), Hz.
+LIBRARY_SR = 22050
+GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
+
+
+@dataclass
+class Unit:
+    """One unit of work.
+
+    ``produce()`` returns a list of ``(audio, sr, start_s, meta)`` where
+    ``audio`` is mono float32 and ``meta`` may set ``path`` (an existing
+    file to point at) or leave it out (the builder writes the audio).
+    """
+
+    id: str
+    source: str
+    genre: str
+    produce: Callable[[], list]
+    label: str = ""
+
+
+@dataclass
+class BuildResult:
+    n_clips: int
+    n_new: int
+    skipped: list = field(default_factory=list)
+    wall_s: float = 0.0
+    audio_s: float = 0.0
+
+
+def _cut(x: np.ndarray, sr: int, clip_s: float) -> list[tuple[np.ndarray, float]]:
+    n = int(round(clip_s * sr))
+    if len(x) <= n:
+        return [(x, 0.0)]
+    out = []
+    for start in range(0, len(x), n):
+        seg = x[start: start + n]
+        if len(seg) < n / 2:
+            break
+        out.append((seg, start / sr))
+    return out
+
+
+def _audio_unit(path: str, clip_s: float) -> Unit:
+    def produce():
+        x, sr = read_audio(path, sr=None, mono=True)
+        return [(seg, sr, start, {"path": os.path.abspath(path)}) for seg, start in _cut(x, sr, clip_s)]
+
+    return Unit(id=f"audio:{os.path.abspath(path)}", source="audio", genre="", produce=produce,
+                label=os.path.basename(path))
+
+
+def _midi_unit(path: str, clip_s: float, source: str = "midi", genre: str = "", load=None) -> Unit:
+    def produce():
+        from ..render import render_midi
+
+        pm = load() if load is not None else path
+        x = render_midi(pm, sr=LIBRARY_SR)
+        return [(seg, LIBRARY_SR, start, {}) for seg, start in _cut(x, LIBRARY_SR, clip_s)]
+
+    return Unit(id=f"{source}:{path}", source=source, genre=genre, produce=produce, label=os.path.basename(path))
+
+
+def _music21_units(spec: str, clip_s: float) -> list[Unit]:
+    """``music21:bach`` (composer, all works), ``music21:bach:50`` (first 50), or
+    ``music21:bach/bwv66.6`` (one corpus path)."""
+    from music21 import corpus
+
+    body = spec.split(":", 1)[1]
+    name, _, limit = body.partition(":")
+    if "/" in name:
+        paths = [str(corpus.getWork(name))]
+    else:
+        paths = sorted(str(p) for p in corpus.getComposer(name))
+        if not paths:
+            raise ValueError(f"{spec}: music21's corpus has no works by {name!r}")
+    if limit:
+        paths = paths[: int(limit)]
+    units = []
+    for p in paths:
+        rel = p.split("corpus" + os.sep, 1)[-1]
+
+        def load(p=p):
+            import io
+
+            import pretty_midi
+            from music21 import converter
+
+            score = converter.parse(p)
+            midi = score.write("midi")
+            with open(midi, "rb") as f:
+                data = f.read()
+            os.remove(midi)
+            return pretty_midi.PrettyMIDI(io.BytesIO(data))
+
+        units.append(_midi_unit(rel, clip_s, source="music21", genre="", load=load))
+    return units
+
+
+def generated_units(n: int, *, shared_instruments: bool = False, seed: int = 0,
+                    duration_s: float = DEFAULT_CLIP_S, first_track: int = 0) -> list[Unit]:
+    """``n`` procedural clips spread evenly over the 10 GTZAN genres."""
+    units = []
+    for i in range(n):
+        genre, track = GENRES[i % len(GENRES)], first_track + i // len(GENRES)
+
+        def produce(genre=genre, track=track):
+            from ..generator import generate_clip
+
+            x, info = generate_clip(genre, track, seed=seed, duration_s=duration_s, sr=LIBRARY_SR,
+                                    shared_instruments=shared_instruments)
+            return [(x, LIBRARY_SR, 0.0, {})]
+
+        tag = "gen-shared" if shared_instruments else "gen"
+        units.append(Unit(id=f"{tag}:{genre}.{track:05d}:seed{seed}", source="generated", genre=genre,
+                          produce=produce, label=f"{genre}.{track:05d}"))
+    return units
+
+
+def discover_sources(sources: Iterable[str], clip_s: float = DEFAULT_CLIP_S) -> tuple[list[Unit], list]:
+    """Units from folders (audio and MIDI files, recursively), single files, and
+    ``music21:`` corpus selections. Returns ``(units, problems)``."""
+    units, problems = [], []
+    for src in sources:
+        if src.startswith("music21:"):
+            try:
+                units.extend(_music21_units(src, clip_s))
+            except Exception as e:
+                problems.append((src, f"music21 selection failed: {e}"))
+            continue
+        if os.path.isdir(src):
+            files = sorted(glob.glob(os.path.join(src, "**", "*"), recursive=True))
+        elif os.path.exists(src):
+            files = [src]
+        else:
+            problems.append((src, "no such file or folder"))
+            continue
+        for f in files:
+            ext = os.path.splitext(f)[1].lower()
+            if ext in AUDIO_EXTS:
+                units.append(_audio_unit(f, clip_s))
+            elif ext in MIDI_EXTS:
+                units.append(_midi_unit(os.path.abspath(f), clip_s))
+    return units, problems
+
+
+def _clip_id(unit: Unit, k: int, n: int) -> str:
+    base = unit.id.split(":", 1)[1] if unit.source in ("audio", "midi", "music21") else unit.id
+    if unit.source in ("audio", "midi", "music21"):
+        base = os.path.splitext(os.path.basename(base))[0]
+        base = f"{unit.source}.{base}"
+    else:
+        base = base.replace(":", ".")
+    return base if n == 1 else f"{base}#{k:03d}"
+
+
+def build_library(out: str, units: list[Unit], embedder: Embedder, *, problems: list | None = None,
+                  progress: Callable | None = None, index: str = "auto",
+                  clip_s: float = DEFAULT_CLIP_S) -> BuildResult:
+    """Embed every unit not yet done and (re)write the library folder.
+
+    Parameters
+    ----------
+    out : str
+        Library folder; an interrupted or earlier build there is continued.
+    units : list of Unit
+    embedder : Embedder
+    problems : list of (source, reason), optional
+        Sources that could not even be listed; reported with the skipped units.
+    progress : callable, optional
+        ``progress(done, total, label)`` after each unit.
+    index : {"auto", "none", "faiss"}
+        Also save a FAISS index when the library is large (auto) or always.
+    """
+    t0 = time.monotonic()
+    os.makedirs(os.path.join(out, ".build"), exist_ok=True)
+    os.makedirs(os.path.join(out, "audio"), exist_ok=True)
+    ident_path = os.path.join(out, ".build", "embedder.json")
+    ident = embedder.identity()
+    if os.path.exists(ident_path):
+        with open(ident_path) as f:
+            check_same_embedder(json.load(f), ident, "partial build in " + out, "requested embedder")
+    else:
+        with open(ident_path, "w") as f:
+            json.dump(ident, f)
+    file_handler = logging.FileHandler(os.path.join(out, "build.log"))
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(file_handler)
+    progress_log = RecordLog(os.path.join(out, ".build", "progress.log"))
+    done = {r.header["unit"] for r in progress_log.records if r.kind == "unit_done"}
+    skipped = list(problems or [])
+    n_new, audio_s = 0, 0.0
+    n_tags = len(embedder.tag_names)
+    try:
+        for i, unit in enumerate(units):
+            if unit.id in done:
+                if progress:
+                    progress(i + 1, len(units), unit.label)
+                continue
+            try:
+                pieces = unit.produce()
+                for k, (x, sr, start, meta) in enumerate(pieces):
+                    cid = _clip_id(unit, k, len(pieces))
+                    e = embedder.embed(x, sr)
+                    vec = e.clip.astype(np.float32)
+                    tags = e.clip_tags.astype(np.float32) if e.clip_tags is not None else np.zeros(0, np.float32)
+                    if "path" in meta:
+                        path, start_s = meta["path"], start
+                    else:
+                        path, start_s = os.path.join("audio", f"{cid}.flac"), 0.0
+                        write_audio(os.path.join(out, path), x, sr)
+                    top = ";".join(f"{n}:{p:.3f}" for n, p in e.top_tags(5))
+                    h = {"kind": "clip", "unit": unit.id, "id": cid, "path": path, "start_s": float(start_s),
+                         "duration_s": len(x) / sr, "genre": unit.genre, "source": unit.source, "top_tags": top,
+                         "dim": int(vec.size), "n_tags": int(tags.size)}
+                    progress_log.append(h, vec.tobytes() + tags.tobytes())
+                    n_new += 1
+                    audio_s += len(x) / sr
+                progress_log.append({"kind": "unit_done", "unit": unit.id})
+            except Exception as e:  # one bad source never aborts the build
+                reason = f"{type(e).__name__}: {e}"
+                log.warning("skipped %s: %s", unit.label or unit.id, reason)
+                skipped.append((unit.id, reason))
+            if progress:
+                progress(i + 1, len(units), unit.label)
+    finally:
+        progress_log.close()
+        log.removeHandler(file_handler)
+        file_handler.close()
+    n_clips = _write_library(out, ident, embedder.tag_names, n_tags, skipped, index,
+                             extra={"embedder_spec": embedder.spec, "clip_s": clip_s})
+    return BuildResult(n_clips=n_clips, n_new=n_new, skipped=skipped, wall_s=time.monotonic() - t0,
+                       audio_s=audio_s)
+
+
+def _write_library(out: str, ident: dict, tag_names, n_tags: int, skipped: list, index: str,
+                   extra: dict | None = None) -> int:
+    from protocols.record import scan_records
+
+    records, _ = scan_records(os.path.join(out, ".build", "progress.log"))
+    by_id: dict[str, tuple] = {}
+    for r in records:
+        if r.kind != "clip":
+            continue
+        h = r.header
+        raw = np.frombuffer(r.payload, dtype=np.float32)
+        by_id[h["id"]] = (h, raw[: h["dim"]], raw[h["dim"]:])
+    ids = list(by_id)
+    dim = ident["dim"]
+    emb = normalize_rows(np.stack([by_id[i][1] for i in ids])) if ids else np.zeros((0, dim), np.float32)
+    tags = np.stack([by_id[i][2] for i in ids]) if ids and n_tags else None
+    clips = [Clip(id=i, path=by_id[i][0]["path"], start_s=by_id[i][0]["start_s"],
+                  duration_s=by_id[i][0]["duration_s"], genre=by_id[i][0]["genre"],
+                  source=by_id[i][0]["source"], top_tags=by_id[i][0]["top_tags"]) for i in ids]
+    files = {}
+    _atomic_npy(os.path.join(out, "embeddings.npy"), emb.astype(np.float32))
+    files["embeddings.npy"] = sha256_file(os.path.join(out, "embeddings.npy"))
+    if tags is not None:
+        _atomic_npy(os.path.join(out, "tags.npy"), tags.astype(np.float32))
+        files["tags.npy"] = sha256_file(os.path.join(out, "tags.npy"))
+    tmp = os.path.join(out, "clips.tsv.tmp")
+    write_clips_tsv(tmp, clips)
+    os.replace(tmp, os.path.join(out, "clips.tsv"))
+    files["clips.tsv"] = sha256_file(os.path.join(out, "clips.tsv"))
+    faiss_path = os.path.join(out, "index.faiss")
+    if index == "faiss" or (index == "auto" and len(ids) > FAISS_THRESHOLD):
+        FaissHNSWIndex(emb).save(faiss_path + ".tmp")
+        os.replace(faiss_path + ".tmp", faiss_path)
+        files["index.faiss"] = sha256_file(faiss_path)
+    elif os.path.exists(faiss_path):
+        os.remove(faiss_path)
+    with open(os.path.join(out, "skipped.tsv"), "w") as f:
+        f.write("source\treason\n")
+        for src, reason in skipped:
+            f.write(f"{src}\t{reason}\n".replace("\r", " "))
+    manifest = {"format": LIBRARY_FORMAT, "version": LIBRARY_VERSION, "embedder": ident,
+                "n_clips": len(ids), "tag_names": list(tag_names), "files": files,
+                "audio_sr": LIBRARY_SR, "created_unix": time.time(), **(extra or {})}
+    tmp = os.path.join(out, "manifest.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=2)
+    os.replace(tmp, os.path.join(out, "manifest.json"))
+    return len(ids)
+
+
+def _atomic_npy(path: str, arr: np.ndarray) -> None:
+    tmp = path + ".tmp.npy"
+    np.save(tmp, arr)
+    os.replace(tmp, path)
