@@ -138,7 +138,7 @@ class RecordLog:
             size = os.path.getsize(self.path)
             last = _last_nonzero(self.path, end, size)
             if last > end:
-                self.torn_path = f"{self.path}.torn-{end}"
+                self.torn_path = _unused(f"{self.path}.torn-{end}")
                 with open(self.path, "rb") as src, open(self.torn_path, "wb") as dst:
                     src.seek(end)
                     dst.write(src.read(last - end))
@@ -251,6 +251,15 @@ def _last_nonzero(path: str, start: int, stop: int, chunk: int = 8 << 20) -> int
                 last = off + len(stripped)
             off += len(b)
     return last
+
+
+def _unused(path: str) -> str:
+    """``path``, or ``path.1``, ``path.2``... whichever does not exist yet."""
+    candidate, k = path, 0
+    while os.path.exists(candidate):
+        k += 1
+        candidate = f"{path}.{k}"
+    return candidate
 
 
 def _fsync_dir(folder: str) -> None:

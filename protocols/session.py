@@ -132,8 +132,14 @@ class SessionRecord:
         os.makedirs(os.path.join(self.path, "runs"), exist_ok=True)
         meta_path = os.path.join(self.path, "session.json")
         if os.path.exists(meta_path):
-            with open(meta_path) as f:
-                meta = json.load(f)
+            try:
+                with open(meta_path) as f:
+                    meta = json.load(f)
+            except (OSError, ValueError) as e:
+                raise RecordError(meta_path, f"cannot be read as JSON ({e}); is this a session record? "
+                                             "Choose another --out folder") from None
+            if not isinstance(meta, dict):
+                raise RecordError(meta_path, "is not a session record; choose another --out folder")
             if meta.get("format") != SESSION_FORMAT:
                 raise RecordError(meta_path, f"is not a session record (format {meta.get('format')!r}); "
                                              "choose another --out folder")

@@ -60,7 +60,7 @@ ALLOWED_DTYPES = (
     "<i4", ">i4", "<u4", ">u4",
     "<f4", ">f4", "<f8", ">f8",
 )
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # used with fullmatch
 _MAX_INDEX = 2**31 - 1
 _MAX_TR_S = 60.0
 
@@ -327,7 +327,7 @@ def _finite(h: dict, key: str, *, optional: bool = False) -> float | None:
 
 def _run_id(h: dict, *, optional: bool = False) -> str | None:
     v = _get(h, "run_id", str, optional=optional)
-    if v is not None and not _RUN_ID.match(v):
+    if v is not None and not _RUN_ID.fullmatch(v):
         raise MessageError(
             "header.run_id",
             f"{_short(v)} is not a valid run id: use 1-128 characters of A-Z a-z 0-9 . _ -, "
@@ -405,7 +405,8 @@ def decode_header(frame) -> dict:
     """
     n = len(frame)
     if n > MAX_HEADER_BYTES:
-        raise MessageError("header", f"is {n} bytes; the limit is {MAX_HEADER_BYTES}")
+        raise MessageError("header", f"is {n} bytes; the limit is {MAX_HEADER_BYTES}: keep the header "
+                                     "small and send bulky metadata once, in the run start's meta")
     if n == 0:
         raise MessageError("header", "is empty; the first frame must be a msgpack map")
     try:
@@ -414,18 +415,21 @@ def decode_header(frame) -> dict:
             timestamp=0,
         )
     except Exception as e:  # msgpack raises several unrelated types
-        raise MessageError("header", f"is not valid msgpack ({type(e).__name__}: {e})") from None
+        raise MessageError("header", f"is not valid msgpack ({type(e).__name__}: {e}); this port speaks "
+                                     "brain2music-rt wire v1: send a msgpack map (protocols/README.md), and check "
+                                     "that nothing else is pointed at this port") from None
     if not isinstance(h, dict):
-        raise MessageError("header", f"must be a msgpack map, got {type(h).__name__}")
+        raise MessageError("header", f"must be a msgpack map, got {type(h).__name__}; send the header "
+                                     "map described in protocols/README.md")
     if h.get("proto") != PROTOCOL_MAGIC:
         raise MessageError("header.proto", f"expected {PROTOCOL_MAGIC!r}, got {_short(h.get('proto'))}; "
                                            "this is not a brain2music-rt message")
     v = h.get("v")
-    if v != PROTOCOL_VERSION or isinstance(v, bool):
+    if type(v) is not int or v != PROTOCOL_VERSION:
         raise MessageError("header.v", f"protocol version {_short(v)} is not supported; "
                                        f"this end speaks version {PROTOCOL_VERSION}: upgrade the older side")
     t = h.get("type")
-    if t not in _DECODERS:
+    if not isinstance(t, str) or t not in _DECODERS:
         raise MessageError("header.type", f"unknown message type {_short(t)}; expected one of {sorted(_DECODERS)}")
     return h
 
@@ -465,6 +469,9 @@ def _decode_volume(h: dict, frames) -> VolumeMessage:
     run_id = _run_id(h)
     index = _index(h)
     n_volumes = _index(h, "n_volumes", optional=True)
+    if n_volumes is not None and index >= n_volumes:
+        raise MessageError("header.index", f"volume {index} is past the run's own n_volumes={n_volumes} "
+                                           "(indices are 0-based)")
     shape = _shape(h)
     dtype = _dtype(h)
     order = _get(h, "order", str)

@@ -28,11 +28,13 @@ from protocols.session import RunRecord, SessionRecord
 from protocols.wire import Ack, Heartbeat, Reject, RunEnd, RunStart, VolumeMessage, decode, encode
 
 from .nifti_io import export_run_nifti
-from .transport import DEFAULT_ENDPOINT, bind_router
+from .transport import DEFAULT_ENDPOINT, bind_router, check_exposure
 
 __all__ = ["Receiver", "ReceiverStats"]
 
 log = logging.getLogger("b2m.receiver")
+# Oversized headers are still read (up to here) to echo their ids in the reject.
+_PEEK_MAX = 16 << 20
 
 
 class ReceiverStats:
@@ -49,8 +51,10 @@ class ReceiverStats:
 
 def _peek(frames) -> dict:
     """Best-effort type/run_id/index from a header that failed validation."""
+    if len(frames[0]) > _PEEK_MAX:
+        return {}
     try:
-        h = msgpack.unpackb(bytes(frames[0])[:65536], raw=False, strict_map_key=False)
+        h = msgpack.unpackb(bytes(frames[0]), raw=False, strict_map_key=False)
     except Exception:
         return {}
     if not isinstance(h, dict):
@@ -94,6 +98,7 @@ class Receiver:
                  on_run_gaps: Callable | None = None,
                  export: bool = True, sync: bool = True, ctx: zmq.Context | None = None):
         self.out_dir = os.fspath(out_dir)
+        check_exposure(bind, curve=False, insecure=insecure)  # refuse before touching the disk
         self.record = SessionRecord(self.out_dir, sync=sync)
         for torn in self.record.torn:
             log.warning("a torn record from an earlier crash was moved to %s; its sender will resend it", torn)

@@ -1,0 +1,151 @@
+"""ReliableSender against a real Receiver over loopback: nothing is lost when
+either side starts late or restarts, and nothing is recorded twice."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numpy as np
+import pytest
+
+from protocols.record import scan_records
+from protocols.session import SessionRecord, load_run
+from protocols.wire import RunEnd, RunStart, VolumeMessage
+from realtime.receiver import Receiver
+from realtime.sender import ReliableSender
+
+AFFINE = np.array([[-2.0, 0, 0, 90], [0, 2.0, 0, -126], [0, 0, 2.0, -72], [0, 0, 0, 1]])
+SHAPE = (5, 4, 3)
+RESEND_S = 0.2  # short, so a lost message comes back quickly
+DRAIN_S = 20.0  # generous upper bound; the drains below finish in well under a second
+
+
+@contextlib.contextmanager
+def serving(out, endpoint, **kw):
+    """A real Receiver serving in a thread until the block ends."""
+    rx = Receiver(out, endpoint, **kw)
+    stop = threading.Event()
+    thread = threading.Thread(target=rx.serve, args=(stop,), kwargs={"poll_ms": 20}, daemon=True)
+    thread.start()
+    try:
+        yield rx
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "the receiver did not stop"
+        rx.close()
+
+
+def _volumes(rng, n: int) -> list[np.ndarray]:
+    return [rng.integers(-32768, 32767, size=SHAPE, dtype=np.int16) for _ in range(n)]
+
+
+def _msg(vols, i, run_id="run1") -> VolumeMessage:
+    return VolumeMessage(run_id, i, vols[i], AFFINE, 1.5, n_volumes=len(vols), t_acquired=1.7e9 + i)
+
+
+def _assert_recorded_once(out, vols, run_id="run1") -> None:
+    """Every volume present exactly once in the session record, bit-exact."""
+    records, _ = scan_records(out / "runs" / run_id / "volumes.log", payloads=False)
+    indices = [r.header["index"] for r in records if r.kind == "volume"]
+    assert sorted(indices) == list(range(len(vols)))  # each exactly once
+    rec = SessionRecord(out)
+    try:
+        run = rec.runs[run_id]
+        assert run.complete and run.missing() == []
+    finally:
+        rec.close()
+    data, geometry, _ = load_run(out, run_id)
+    assert data.dtype == np.int16 and np.array_equal(data, np.stack(vols, axis=-1))
+    assert np.array_equal(geometry["affine"], AFFINE)
+
+
+def test_reliable_sender_resends_on_connect(rng, tmp_path, endpoint):
+    out = tmp_path / "session"
+    vols = _volumes(rng, 5)
+    with ReliableSender(endpoint, resend_timeout_s=RESEND_S) as tx:
+        for i in range(5):
+            tx.send(_msg(vols, i))
+        # No receiver yet: every volume is kept, none counted as sent.
+        assert len(tx.pending) == 5 and tx.stats.sent == 0 and not tx.connected
+        with serving(out, endpoint, export=False) as rx:
+            assert tx.drain(DRAIN_S), f"unacked: {sorted(tx.pending)}"
+            assert tx.stats.acked == 5 and tx.stats.sent == 5
+            assert tx.stats.rejected == [] and tx.connected
+            assert rx.stats.recorded == 5
+    _assert_recorded_once(out, vols)
+
+
+def test_reliable_sender_survives_receiver_restart(rng, tmp_path, endpoint):
+    out = tmp_path / "session"
+    vols = _volumes(rng, 10)
+    with ReliableSender(endpoint, resend_timeout_s=RESEND_S) as tx:
+        stop1 = threading.Event()
+        rx1 = Receiver(out, endpoint, export=False)
+        thread = threading.Thread(target=rx1.serve, args=(stop1,), kwargs={"poll_ms": 20}, daemon=True)
+        thread.start()
+        tx.send(RunStart("run1", 1.5, n_volumes=10, shape=SHAPE, dtype="<i2", affine=AFFINE))
+        for i in range(5):
+            tx.send(_msg(vols, i))
+        assert tx.drain(DRAIN_S)
+        # The receiver stops reading mid-run; the next volumes reach its socket
+        # but are never recorded or acked, and are lost when it goes down.
+        stop1.set()
+        thread.join(timeout=10)
+        for i in range(5, 10):
+            tx.send(_msg(vols, i))
+        assert len(tx.pending) == 5 and tx.stats.sent == 11
+        rx1.close()
+
+        with serving(out, endpoint) as rx2:  # same folder, same endpoint
+            tx.send(RunEnd("run1", 10))
+            assert tx.drain(DRAIN_S), f"unacked: {sorted(tx.pending)}"
+            assert tx.stats.resent >= 5  # what the first receiver dropped went out again
+            assert tx.stats.acked == 12 and tx.stats.rejected == []
+            assert rx2.stats.recorded == 5 and rx2.stats.rejected == 0
+            rx2.wait_exports(timeout_s=DRAIN_S)
+        assert (out / "nifti" / "run1.nii").exists()  # the run completed on the new receiver
+    _assert_recorded_once(out, vols)
+
+
+def test_reliable_sender_resend_to_recorded_session_is_duplicate(rng, tmp_path, endpoint):
+    out = tmp_path / "session"
+    vols = _volumes(rng, 4)
+    with serving(out, endpoint, export=False) as rx:
+        with ReliableSender(endpoint, resend_timeout_s=RESEND_S) as tx:
+            for i in range(4):
+                tx.send(_msg(vols, i))
+            assert tx.drain(DRAIN_S) and tx.stats.duplicates == 0
+        # A restarted sender that does not know what was acked sends it all again.
+        with ReliableSender(endpoint, resend_timeout_s=RESEND_S) as tx2:
+            for i in range(4):
+                tx2.send(_msg(vols, i))
+            assert tx2.drain(DRAIN_S)
+            assert tx2.stats.acked == 4 and tx2.stats.duplicates == 4
+        assert rx.stats.recorded == 4 and rx.stats.duplicates >= 4
+    _assert_recorded_once(out, vols)
+
+
+def test_reliable_sender_drops_rejected_message(rng, tmp_path, endpoint):
+    out = tmp_path / "session"
+    vols = _volumes(rng, 2)
+    bad = VolumeMessage("run1", 1, vols[1][:, :, :2], AFFINE, 1.5, n_volumes=2)  # shape differs
+    with serving(out, endpoint, export=False):
+        with ReliableSender(endpoint, resend_timeout_s=RESEND_S) as tx:
+            tx.send(_msg(vols, 0))
+            tx.send(bad)
+            assert tx.drain(DRAIN_S)  # a rejected message is not retried forever
+            assert tx.stats.acked == 1
+            ((key, field, reason),) = tx.stats.rejected
+            assert key == ("volume", "run1", 1) and field == "header.shape" and reason
+
+
+def test_reliable_sender_drops_rejected_oversized_run_start(tmp_path, endpoint):
+    big = RunStart("run1", 1.5, meta={"nifti_header": bytes(70_000)})  # e.g. a header with extensions
+    with serving(tmp_path / "session", endpoint, export=False):
+        with ReliableSender(endpoint, resend_timeout_s=RESEND_S) as tx:
+            tx.send(big)
+            drained = tx.drain(2.0)
+            assert [f for _, f, _ in tx.stats.rejected][:1] == ["header"]
+            assert drained
