@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 
-__all__ = ["RESULTS_DIR", "machine_info", "write_json", "summarize"]
+__all__ = ["RESULTS_DIR", "machine_info", "source_digest", "write_json", "summarize"]
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(BENCH_DIR)
@@ -113,6 +113,29 @@ def machine_info() -> dict:
         timestamp_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
     return info
+
+
+def source_digest(paths) -> dict:
+    """SHA-256 (first 16 hex digits) of source files, so a result names the code it measured.
+
+    Useful when the working tree differs from ``git_commit``. Paths are taken
+    relative to the repository root; a missing file maps to ``None``.
+
+    Parameters
+    ----------
+    paths : iterable of str
+        Files relative to the repository root, e.g. ``"protocols/record.py"``.
+    """
+    import hashlib
+
+    out = {}
+    for rel in paths:
+        try:
+            with open(os.path.join(REPO_DIR, rel), "rb") as f:
+                out[rel] = hashlib.sha256(f.read()).hexdigest()[:16]
+        except OSError:
+            out[rel] = None
+    return out
 
 
 def write_json(name: str, payload: dict) -> str:

@@ -6,8 +6,8 @@ A *record log* is one file of consecutive records. Each record is::
     0       4     magic  b"B2MR"
     4       4     header length H, uint32 little-endian
     8       8     payload length P, uint64 little-endian
-    16      4     CRC-32 of (header bytes + payload bytes), uint32 little-endian
-    20      4     reserved, zero
+    16      4     CRC-32 of the header bytes, uint32 little-endian
+    20      4     CRC-32 of the payload bytes, uint32 little-endian
     24      H     header: a msgpack map; its "kind" key says what the record is
     24+H    P     payload: raw bytes (voxel data for a volume)
 
@@ -22,6 +22,10 @@ with real zero bytes, so a later append overwrites allocated blocks and its
 ``fdatasync`` flushes data only, with no metadata journal commit (about 5x
 faster on ext4 here; see ``bench/transport.py``). A reserved zero tail is not
 a torn record: readers stop at it and the writer trims it on close.
+
+The payload has its own CRC so a caller that already verified a wire CRC-32
+of the same bytes (a received volume) passes it in instead of computing it
+a third time.
 """
 
 from __future__ import annotations
@@ -87,13 +91,13 @@ def scan_records(path: str | os.PathLike, *, payloads: bool = True) -> tuple[lis
         off = 0
         while off + PREFIX_BYTES <= size:
             f.seek(off)
-            magic, hlen, plen, crc, _ = _PREFIX.unpack(f.read(PREFIX_BYTES))
+            magic, hlen, plen, hcrc, pcrc = _PREFIX.unpack(f.read(PREFIX_BYTES))
             if magic != RECORD_MAGIC or hlen > _MAX_HEADER or off + PREFIX_BYTES + hlen + plen > size:
                 break
             hbytes = f.read(hlen)
             # The CRC covers the payload, so a record is read whole to be trusted.
             pbytes = f.read(plen)
-            if zlib.crc32(pbytes, zlib.crc32(hbytes)) & 0xFFFFFFFF != crc:
+            if zlib.crc32(hbytes) != hcrc or zlib.crc32(pbytes) != pcrc:
                 break
             try:
                 header = msgpack.unpackb(hbytes, raw=False, strict_map_key=True)
@@ -168,7 +172,8 @@ class RecordLog:
         """Make sure ``nbytes`` past the end are allocated and zero-filled on disk.
 
         Costs one sequential write of zeros and one ``fdatasync`` now, so that
-        the appends filling that space are fast. Call it at run start.
+        the appends filling that space are fast. Call it off the latency path
+        (e.g. right after an ack).
         """
         target = self._end + int(nbytes)
         if target <= self._alloc_end:
@@ -182,7 +187,7 @@ class RecordLog:
         os.fdatasync(self._fd)
         self._alloc_end = target
 
-    def append(self, header: dict, payload=b"") -> Record:
+    def append(self, header: dict, payload=b"", payload_crc: int | None = None) -> Record:
         """Append one record and make it durable.
 
         Parameters
@@ -191,6 +196,8 @@ class RecordLog:
             msgpack-serialisable map; should hold a ``"kind"`` key.
         payload : bytes-like
             Raw bytes, written verbatim.
+        payload_crc : int, optional
+            CRC-32 (zlib) of ``payload`` if the caller already has it.
 
         Returns
         -------
@@ -201,8 +208,8 @@ class RecordLog:
         if len(hbytes) > _MAX_HEADER:
             raise RecordError("header", f"record header is {len(hbytes)} bytes; limit {_MAX_HEADER}")
         payload = memoryview(payload).cast("B") if not isinstance(payload, bytes) else payload
-        crc = zlib.crc32(payload, zlib.crc32(hbytes)) & 0xFFFFFFFF
-        prefix = _PREFIX.pack(RECORD_MAGIC, len(hbytes), len(payload), crc, 0)
+        pcrc = zlib.crc32(payload) if payload_crc is None else int(payload_crc) & 0xFFFFFFFF
+        prefix = _PREFIX.pack(RECORD_MAGIC, len(hbytes), len(payload), zlib.crc32(hbytes), pcrc)
         off = self._end
         n = os.pwritev(self._fd, [prefix, hbytes, payload], off)
         want = PREFIX_BYTES + len(hbytes) + len(payload)

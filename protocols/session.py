@@ -32,11 +32,12 @@ from .wire import RunEnd, RunStart, VolumeMessage
 __all__ = ["SESSION_FORMAT", "SESSION_VERSION", "RunRecord", "SessionRecord", "load_run", "list_runs"]
 
 SESSION_FORMAT = "b2m-session-record"
-# Reservation ahead of appends: room for this many volumes at a time, with
-# this many bytes allowed for each record's msgpack header.
+# Reservation ahead of appends (see SessionRecord.top_up): keep room for this
+# many volumes, zero-filled by steps of at most this many, allowing this many
+# bytes for each record's msgpack header.
 _HEADER_ALLOWANCE = 1024
-_RESERVE_CHUNK = 64
-_RESERVE_MAX = 1024
+_RESERVE_AHEAD = 16
+_RESERVE_STEP = 4
 SESSION_VERSION = 1
 
 
@@ -173,15 +174,27 @@ class SessionRecord:
 
     # ---- appending -------------------------------------------------------
 
-    def _reserve(self, run: RunRecord, shape, dtype, *, at_least: int = 1) -> None:
-        """Zero-fill room for the run's remaining volumes ahead of time (fast fsyncs)."""
-        if shape is None or dtype is None:
+    def top_up(self, run_id: str) -> None:
+        """Zero-fill a little more room ahead of the run's next volumes.
+
+        Meant to be called *after* an ack, off the latency path: it keeps
+        :data:`_RESERVE_AHEAD` volumes of room by steps of at most
+        :data:`_RESERVE_STEP` volumes, so the next appends overwrite allocated
+        blocks and their ``fdatasync`` is cheaper.
+        """
+        run = self.runs.get(run_id)
+        if run is None or not self.sync:
             return
-        rec_bytes = PREFIX_BYTES + _HEADER_ALLOWANCE + int(np.prod(shape)) * np.dtype(dtype).itemsize
-        if run.log.reserved >= rec_bytes * at_least:
+        g = run.geometry or ({"shape": run.start.get("shape"), "dtype": run.start.get("dtype")}
+                             if run.start else None)
+        if not g or g.get("shape") is None or g.get("dtype") is None:
             return
-        left = (run.n_volumes - len(run.received)) if run.n_volumes else _RESERVE_CHUNK
-        run.log.reserve(max(at_least, min(left, _RESERVE_MAX)) * rec_bytes)
+        rec_bytes = PREFIX_BYTES + _HEADER_ALLOWANCE + int(np.prod(g["shape"])) * np.dtype(g["dtype"]).itemsize
+        left = (run.n_volumes - len(run.received)) if run.n_volumes else _RESERVE_AHEAD
+        want = min(max(left, 0), _RESERVE_AHEAD) * rec_bytes
+        have = run.log.reserved
+        if have < want:
+            run.log.reserve(have + min(want - have, _RESERVE_STEP * rec_bytes))
 
     def append_run_start(self, msg: RunStart, t_recv: float) -> RunRecord:
         run = self.run(msg.run_id)
@@ -191,20 +204,16 @@ class SessionRecord:
              "meta": msg.meta, "t_send": msg.t_sent, "t_recv": t_recv}
         rec = run.log.append(h)
         run._absorb(h, rec)
-        if self.sync:
-            self._reserve(run, msg.shape, msg.dtype)
         return run
 
     def append_volume(self, msg: VolumeMessage, payload, t_recv: float, order: str) -> RunRecord:
         """Durably record a validated volume; ``payload`` is the received frame."""
         run = self.run(msg.run_id)
-        if self.sync:
-            self._reserve(run, msg.data.shape, msg.data.dtype)
         h = {"kind": "volume", "run_id": msg.run_id, "index": msg.index, "n_volumes": msg.n_volumes,
              "shape": list(msg.data.shape), "dtype": msg.data.dtype.str, "order": order,
              "affine": [float(v) for v in msg.affine.ravel()], "tr_s": msg.tr_s,
              "t_acq": msg.t_acquired, "t_send": msg.t_sent, "t_recv": t_recv, "crc32": msg.checksum}
-        rec = run.log.append(h, payload)
+        rec = run.log.append(h, payload, payload_crc=msg.checksum)
         run._absorb(h, rec)
         return run
 

@@ -111,6 +111,7 @@ class Receiver:
         self.on_run_gaps = on_run_gaps
         self.export = export
         self.stats = ReceiverStats()
+        self._last_run: str | None = None
         self._exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="b2m-export")
         self._exports: dict[str, object] = {}
         self._finalised: set[str] = set()
@@ -137,6 +138,7 @@ class Receiver:
                 peer, body = frames[0].bytes, [f.buffer for f in frames[1:]]
                 for reply in self.handle(body, peer):
                     self.sock.send_multipart([peer] + reply, copy=False)
+                self._after_ack()
 
     def handle(self, frames, peer: bytes = b"") -> list[list]:
         """Process one message's frames; return the reply messages' frames."""
@@ -151,6 +153,15 @@ class Receiver:
             return [self._reject(frames, "internal", f"{type(e).__name__}: {e}; the message was kept "
                                  "in rejected.log, please report this", t_recv, peer)]
         return [encode(reply)] if reply is not None else []
+
+    def _after_ack(self) -> None:
+        """Housekeeping once the ack is out: room on disk for the next volumes."""
+        run_id = self._last_run
+        if run_id is not None:
+            try:
+                self.record.top_up(run_id)
+            except OSError:
+                log.exception("could not reserve disk space for run %s; appends continue unreserved", run_id)
 
     def _reject(self, frames, field: str, reason: str, t_recv: float, peer: bytes) -> list:
         self.stats.rejected += 1
@@ -172,6 +183,7 @@ class Receiver:
             run = self.record.runs.get(msg.run_id)
             if run is None or run.start is None:
                 run = self.record.append_run_start(msg, t_recv)
+                self._last_run = msg.run_id
                 log.info("run %s started (%s volumes, TR %.3f s)", msg.run_id, msg.n_volumes, msg.tr_s)
             return Ack(of="run_start", run_id=msg.run_id, status="recorded")
         if isinstance(msg, RunEnd):
@@ -194,6 +206,7 @@ class Receiver:
             self._check_geometry(run, msg)
         order = "F" if (msg.data.flags.f_contiguous and not msg.data.flags.c_contiguous) else "C"
         run = self.record.append_volume(msg, payload, t_recv, order)
+        self._last_run = msg.run_id
         self.stats.recorded += 1
         if self.on_volume is not None:
             try:

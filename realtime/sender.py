@@ -9,6 +9,7 @@ events, or at the next deadline; there is no sleep-polling.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -21,6 +22,8 @@ from protocols.wire import Ack, Message, Reject, RunEnd, RunStart, VolumeMessage
 from .transport import connect_dealer
 
 __all__ = ["ReliableSender", "SenderStats"]
+
+_EARLY_RETRY_S = 0.01
 
 
 def _key(msg) -> tuple:
@@ -79,8 +82,10 @@ class ReliableSender:
         self.window = int(window)
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
-        self.sock = connect_dealer(self.ctx, endpoint)
-        self._monitor = self.sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        # The handshake (not the TCP connect) is when IMMEDIATE lets messages through.
+        self.sock, self._monitor = connect_dealer(
+            self.ctx, endpoint, monitor_events=zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self._retry_at = math.inf  # an early retry after a send found no peer
         self._poller = zmq.Poller()
         self._poller.register(self.sock, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
@@ -104,15 +109,20 @@ class ReliableSender:
 
         Returns early after the first batch of events; resends what is due.
         """
-        timeout_ms = max(0, int(timeout_s * 1000))
+        timeout_ms = max(0, math.ceil(timeout_s * 1000))  # ceil: wake at or after, never spin
         due = self._next_resend_in()
         if due is not None:
-            timeout_ms = min(timeout_ms, max(0, int(due * 1000) + 1))
+            timeout_ms = min(timeout_ms, max(0, math.ceil(due * 1000)))
+        if self._retry_at < math.inf:
+            timeout_ms = min(timeout_ms, max(0, math.ceil((self._retry_at - time.monotonic()) * 1000)))
         events = dict(self._poller.poll(timeout_ms))
         if self._monitor in events:
             self._drain_monitor()
         if self.sock in events:
             self._drain_replies()
+        if time.monotonic() >= self._retry_at:
+            self._retry_at = math.inf
+            self._resend_due(force_unsent=True)
         self._resend_due()
 
     def wait_until(self, deadline: float) -> None:
@@ -159,6 +169,8 @@ class ReliableSender:
             if not p.sends and not p.held:
                 p.held = True
                 self.stats.held += 1
+            if self.connected:  # handshake done but pipe not attached yet: retry soon
+                self._retry_at = min(self._retry_at, time.monotonic() + _EARLY_RETRY_S)
             return  # no receiver connected: kept, and sent on (re)connect
         if p.sends:
             self.stats.resent += 1
@@ -172,10 +184,10 @@ class ReliableSender:
         oldest = min(p.last_sent for p in self.pending.values())
         return max(0.0, oldest + self.resend_timeout_s - time.monotonic())
 
-    def _resend_due(self, force: bool = False) -> None:
+    def _resend_due(self, force: bool = False, force_unsent: bool = False) -> None:
         now = time.monotonic()
         for key, p in list(self.pending.items()):
-            if force or now - p.last_sent >= self.resend_timeout_s:
+            if force or (force_unsent and p.held and not p.sends) or now - p.last_sent >= self.resend_timeout_s:
                 self._transmit(key, p)
 
     def _drain_monitor(self) -> None:
@@ -185,7 +197,7 @@ class ReliableSender:
                 evt = parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 break
-            if evt["event"] == zmq.EVENT_CONNECTED:
+            if evt["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 if self.stats.sent or self.stats.resent:
                     self.stats.reconnects += 1
                 self.connected = reconnected = True

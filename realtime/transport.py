@@ -82,11 +82,14 @@ def bind_router(ctx: zmq.Context, endpoint: str, *, insecure: bool = False) -> z
     return sock
 
 
-def connect_dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+def connect_dealer(ctx: zmq.Context, endpoint: str, monitor_events: int = 0):
     """A DEALER socket connected to ``endpoint`` for sending volumes.
 
     ``IMMEDIATE`` makes sends fail fast while no receiver is connected, so the
     sender keeps the message as unacked instead of queueing it on a dead pipe.
+
+    Returns the socket, or ``(socket, monitor)`` when ``monitor_events`` is
+    given: the monitor is attached *before* connecting so no event is missed.
     """
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -95,9 +98,13 @@ def connect_dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
+    monitor = sock.get_monitor_socket(monitor_events) if monitor_events else None
     try:
         sock.connect(endpoint)
     except zmq.ZMQError as e:
+        if monitor is not None:
+            sock.disable_monitor()
+            monitor.close(0)
         sock.close(0)
         raise TransportError(f"cannot connect to {endpoint}: {e}. Use the form tcp://HOST:PORT.") from None
-    return sock
+    return (sock, monitor) if monitor_events else sock

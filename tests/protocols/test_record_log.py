@@ -53,13 +53,22 @@ def test_append_layout_matches_documented_format(rng, tmp_path):
     with RecordLog(tmp_path / "v.log") as log:
         log.append(header, payload)
     raw = (tmp_path / "v.log").read_bytes()
-    magic, hlen, plen, crc, reserved = struct.unpack_from("<4sIQII", raw, 0)
-    assert (magic, plen, reserved) == (RECORD_MAGIC, 123, 0)
+    magic, hlen, plen, hcrc, pcrc = struct.unpack_from("<4sIQII", raw, 0)
+    assert (magic, plen) == (RECORD_MAGIC, 123)
     hbytes = raw[24:24 + hlen]
     assert msgpack.unpackb(hbytes, raw=False) == header
     assert raw[24 + hlen:] == payload
-    assert crc == zlib.crc32(hbytes + payload) & 0xFFFFFFFF
+    assert hcrc == zlib.crc32(hbytes) and pcrc == zlib.crc32(payload)
     assert PREFIX_BYTES == 24
+
+
+def test_append_with_known_payload_crc_is_verified_on_scan(rng, tmp_path):
+    payload = rng.bytes(64)
+    with RecordLog(tmp_path / "v.log") as log:
+        log.append({"kind": "a"}, payload, payload_crc=zlib.crc32(payload))
+        log.append({"kind": "b"}, payload, payload_crc=zlib.crc32(payload) ^ 1)  # a lying caller
+    records, end = scan_records(tmp_path / "v.log")
+    assert [r.kind for r in records] == ["a"]  # the bad record is not trusted
 
 
 def test_append_after_reopen_continues_at_end(rng, tmp_path):
