@@ -141,7 +141,10 @@ class TrilinearSampler:
         if np.any(self.hi - self.lo < 1):
             raise ValueError(f"volume of shape {self.shape} is too small to interpolate in "
                              f"(valid range {self.lo.ravel()}..{self.hi.ravel()})")
-        self._hi_floor = self.hi - 1
+        self._lo1, self._hi1 = self.lo.ravel(), self.hi.ravel()
+        self._hi_floor = [np.float32(h - 1) for h in self._hi1]
+        self._cmin = np.empty(3, np.float32)
+        self._cmax = np.empty(3, np.float32)
         self.n = int(n)
         self._c = np.empty((3, n), np.float32)
         self._f = np.empty((3, n), np.float32)
@@ -171,15 +174,22 @@ class TrilinearSampler:
             How many points fell outside ``[lo, hi]``; ``self.valid`` marks the others.
         """
         c, f, i, v = coords, self._f, self._i, self._v
-        np.greater_equal(c, self.lo, out=self._bge)
-        np.less_equal(c, self.hi, out=self._ble)
-        self._bge &= self._ble
-        np.logical_and.reduce(self._bge, axis=0, out=self.valid)
-        n_invalid = self.n - int(np.count_nonzero(self.valid))
-        if n_invalid:
-            np.clip(c, self.lo, self.hi, out=c)
+        np.minimum.reduce(c, axis=1, out=self._cmin)
+        np.maximum.reduce(c, axis=1, out=self._cmax)
+        if np.all(self._cmin >= self._lo1) and np.all(self._cmax <= self._hi1):
+            n_invalid = 0  # the common case: everything inside, no per-point test
+            self.valid.fill(True)
+        else:
+            np.greater_equal(c, self.lo, out=self._bge)
+            np.less_equal(c, self.hi, out=self._ble)
+            self._bge &= self._ble
+            np.logical_and.reduce(self._bge, axis=0, out=self.valid)
+            n_invalid = self.n - int(np.count_nonzero(self.valid))
+            if n_invalid:
+                np.clip(c, self.lo, self.hi, out=c)
         np.floor(c, out=f)
-        np.minimum(f, self._hi_floor, out=f)
+        for a in range(3):  # per axis with a scalar: much faster than broadcasting a (3, 1)
+            np.minimum(f[a], self._hi_floor[a], out=f[a])
         np.copyto(i, f, casting="unsafe")
         np.subtract(c, f, out=f)  # f now holds the fractions, in [0, 1]
         base, tmp = self._base, self._tmp

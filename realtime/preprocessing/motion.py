@@ -111,7 +111,8 @@ class MotionConfig:
         if not isinstance(self.max_iter, int) or isinstance(self.max_iter, bool) or self.max_iter < 1:
             raise ValueError(f"MotionConfig.max_iter must be an int >= 1; got {self.max_iter!r}")
         if self.max_points is not None and (not isinstance(self.max_points, int) or self.max_points < 100):
-            raise ValueError(f"MotionConfig.max_points must be None or an int >= 100; got {self.max_points!r}")
+            raise ValueError("MotionConfig.max_points must be None or an int >= 100; "
+                             f"got {self.max_points!r}")
         if not isinstance(self.scaling, bool):
             raise ValueError(f"MotionConfig.scaling must be True or False; got {self.scaling!r}")
 
@@ -125,7 +126,8 @@ def _check_affine(affine) -> np.ndarray:
     if a.shape != (4, 4) or not np.all(np.isfinite(a)):
         raise ValueError(f"affine must be a finite 4x4 voxel->world (mm) matrix; got shape {a.shape}")
     if abs(np.linalg.det(a[:3, :3])) < 1e-9:
-        raise ValueError("affine is singular: its 3x3 block must map voxels to mm (check the NIfTI sform/qform)")
+        raise ValueError("affine is singular: its 3x3 block must map voxels to mm "
+                         "(check the NIfTI sform/qform)")
     return a
 
 
@@ -167,6 +169,17 @@ def _voxel_list(mask, shape) -> np.ndarray:
     return ijk
 
 
+def _transform(vox: np.ndarray, pts: np.ndarray, out: np.ndarray) -> None:
+    """``out = vox[:3, :3] @ pts + vox[:3, 3]`` in float32, for pts of shape (3, n).
+
+    einsum rather than matmul: a multi-threaded BLAS call on the hot path
+    leaves its worker threads spinning, which costs more than it saves on 2
+    busy cores.
+    """
+    np.einsum("ij,jn->in", vox[:3, :3].astype(np.float32), pts, out=out)
+    out += vox[:3, 3:].astype(np.float32)
+
+
 class _Reslicer:
     """Trilinear sampling of raw volumes at fixed reference-grid voxels."""
 
@@ -182,8 +195,7 @@ class _Reslicer:
 
     def __call__(self, flat32: np.ndarray, matrix: np.ndarray, out: np.ndarray) -> int:
         v = self.inv_affine @ matrix @ self.affine
-        np.matmul(v[:3, :3].astype(np.float32), self._pts, out=self._coords)
-        self._coords += v[:3, 3:].astype(np.float32)
+        _transform(v, self._pts, self._coords)
         return self._sampler.sample(flat32, self._coords, out)
 
 
@@ -333,6 +345,7 @@ class MotionReference:
         self._coords = np.empty((3, n), np.float32)
         self._sampled = np.empty(n, np.float32)
         self._invalid = np.empty(n, bool)
+        self._b = np.empty(len(self._jac), np.float32)
         self._sampler = TrilinearSampler(self.shape, n, lo, hi)
 
     def prepare(self, volume) -> np.ndarray:
@@ -382,9 +395,7 @@ class MotionReference:
         e, coords, jac = self._sampled, self._coords, self._jac
         n_iter, converged = 0, False
         for n_iter in range(1, cfg.max_iter + 1):
-            v = self.inv_affine @ m @ self.affine
-            np.matmul(v[:3, :3].astype(np.float32), self._pts, out=coords)
-            coords += v[:3, 3:].astype(np.float32)
+            _transform(self.inv_affine @ m @ self.affine, self._pts, coords)
             n_invalid = self._sampler.sample(self._smoothed, coords, e)
             if n_invalid > (1.0 - _MIN_VALID_FRACTION) * self.n_points:
                 break
@@ -394,8 +405,8 @@ class MotionReference:
                 np.logical_not(self._sampler.valid, out=self._invalid)
                 np.copyto(e, 0.0, where=self._invalid)
                 j_out = jac[:, self._invalid].astype(np.float64)
-                hess = hess - j_out @ j_out.T
-            b = (jac @ e).astype(np.float64)
+                hess = hess - np.einsum("ik,jk->ij", j_out, j_out)
+            b = np.einsum("ij,j->i", jac, e, out=self._b).astype(np.float64)
             try:
                 dp = np.linalg.solve(hess, b)
             except np.linalg.LinAlgError:
@@ -487,9 +498,26 @@ class MotionCorrector:
         """The last volume's parameters, shape (6,), or None before the first update."""
         return None if self._prev is None else self._prev.copy()
 
-    def reset(self) -> None:
-        """Forget the previous volume: the next starts from zero motion and has FD 0."""
-        self._prev = None
+    def reset(self, previous_params=None) -> None:
+        """Forget the previous volume, or set it.
+
+        Parameters
+        ----------
+        previous_params : array-like of shape (6,), optional
+            None: the next volume starts from zero motion and has FD 0.
+            Otherwise the parameters of the volume before the next one (mm,
+            radians), e.g. the last recorded estimate when a restarted session
+            resumes a run; the next volume starts from them and its FD is
+            measured from them, exactly as if the run had not been interrupted.
+        """
+        if previous_params is None:
+            self._prev = None
+            return
+        p = np.array(previous_params, dtype=np.float64)
+        if p.shape != (6,) or not np.all(np.isfinite(p)):
+            raise ValueError("previous_params must be 6 finite numbers (mm, radians); "
+                             f"got {previous_params!r}")
+        self._prev = p
 
     def update(self, volume, *, out: np.ndarray | None = None) -> MotionResult:
         """Correct one volume.
@@ -509,7 +537,7 @@ class MotionCorrector:
         raw = ref.prepare(volume)
         params, n_iter, converged = ref.estimate(None, init=self._prev)
         fd = 0.0 if self._prev is None else _fd_step(self._prev, params, self.config.fd_radius_mm)
-        self._prev = params
+        self._prev = params.copy()
         values = None
         if self._reslicer is not None:
             if out is None:
@@ -588,7 +616,8 @@ def realign_run(data, affine, *, reference_index: int = 0, config: MotionConfig 
     values = None if mc.n_voxels is None else np.empty((n, mc.n_voxels), np.float32)
     for t in range(n):
         r = mc.update(np.asarray(data[..., t]), out=None if values is None else values[t])
-        params[t], fd[t], flagged[t], n_iter[t], converged[t] = r.params, r.fd, r.flagged, r.n_iter, r.converged
+        params[t], fd[t], flagged[t] = r.params, r.fd, r.flagged
+        n_iter[t], converged[t] = r.n_iter, r.converged
     return RunMotion(params=params, fd=fd, flagged=flagged, n_iter=n_iter, converged=converged,
                      values=values, reference_index=reference_index)
 

@@ -377,7 +377,40 @@ def test_reset_restarts_from_zero(epi, moved_run):
     np.testing.assert_array_equal(again.params, first.params)
 
 
+def test_reset_with_previous_params_resumes_a_run(epi, moved_run):
+    _, affine = epi
+    data = moved_run[..., :6]
+    full = realign_run(data, affine)
+    resumed = MotionCorrector(data[..., 0], affine)  # a restarted session, same reference
+    resumed.reset(previous_params=full.params[2])
+    for t in range(3, 6):
+        res = resumed.update(data[..., t])
+        np.testing.assert_array_equal(res.params, full.params[t])
+        assert res.fd == full.fd[t]
+    with pytest.raises(ValueError, match="6 finite numbers"):
+        resumed.reset(previous_params=[0, 0, np.nan, 0, 0, 0])
+
+
+def test_result_params_do_not_alias_the_state(epi, moved_run):
+    _, affine = epi
+    mc = MotionCorrector(moved_run[..., 0], affine)
+    res = mc.update(moved_run[..., 7])
+    kept = res.params.copy()
+    res.params[:] = 99.0
+    np.testing.assert_array_equal(mc.previous_params, kept)
+
+
 # ---------------------------------------------------------------- bad input
+
+def test_blank_volume_does_not_derail_the_run(epi, moved_run):
+    ref, affine = epi
+    mc = MotionCorrector(ref, affine, reslice_mask=ref > 300)
+    blank = mc.update(np.zeros(ref.shape, np.int16))  # e.g. a dropped-out volume
+    assert np.all(np.isfinite(blank.params)) and np.all(blank.values == 0)
+    after = mc.update(moved_run[..., 7])
+    err_mm, err_deg = _rms_errors(after.params[None], _true_params()[7:8])
+    assert err_mm <= 0.05 and err_deg <= 0.05
+
 
 def test_nonfinite_values_do_not_crash(epi, moved_run):
     ref, affine = epi
