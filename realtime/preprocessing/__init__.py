@@ -1,32 +1,49 @@
 """Per-TR preprocessing, shared by the live session and offline training.
 
-Motion correction (:mod:`.motion`): rigid-body realignment to a reference
-volume, framewise displacement, and reslicing of the voxels the model needs.
-The parameter convention is documented in :mod:`._rigid`.
+motion correction (:mod:`.motion`) -> mask -> causal detrending
+(:mod:`.detrend`) -> normalisation (:mod:`.normalize`) -> delay stack
+(:mod:`.delays`), chained by :mod:`.pipeline`. Offline training calls the same
+:class:`OnlinePreprocessor` through :func:`preprocess_run`, so a model is
+trained on exactly what the live session computes. The motion parameter
+convention is documented in :mod:`._rigid`.
 """
 
 from ._rigid import framewise_displacement, params_from_matrix, params_from_spm, params_to_spm, rigid_matrix
-from .motion import (
-    MotionConfig,
-    MotionCorrector,
-    MotionReference,
-    MotionResult,
-    RunMotion,
-    realign_run,
-    reslice,
-)
+from .delays import DelayStack, stack_delays
+from .detrend import CausalDetrender, detrend_run, detrend_run_offline, drift_basis, median_filter_detrend
+from .motion import MotionConfig, MotionCorrector, MotionReference, MotionResult, RunMotion, realign_run, reslice
+from .normalize import RunningNormalizer, normalize_run, zscore_run
+from .pipeline import (GeometryError, OnlinePreprocessor, PreprocessConfig, RunPreprocessed, StepResult,
+                       check_geometry, preprocess_run)
 
 __all__ = [
-    "rigid_matrix",
-    "params_from_matrix",
-    "framewise_displacement",
-    "params_from_spm",
-    "params_to_spm",
+    "CausalDetrender",
+    "DelayStack",
+    "GeometryError",
     "MotionConfig",
+    "MotionCorrector",
     "MotionReference",
     "MotionResult",
-    "MotionCorrector",
+    "OnlinePreprocessor",
+    "PreprocessConfig",
     "RunMotion",
+    "RunPreprocessed",
+    "RunningNormalizer",
+    "StepResult",
+    "check_geometry",
+    "detrend_run",
+    "detrend_run_offline",
+    "drift_basis",
+    "framewise_displacement",
+    "median_filter_detrend",
+    "normalize_run",
+    "params_from_matrix",
+    "params_from_spm",
+    "params_to_spm",
+    "preprocess_run",
     "realign_run",
     "reslice",
+    "rigid_matrix",
+    "stack_delays",
+    "zscore_run",
 ]

@@ -1,0 +1,300 @@
+"""The whole per-TR preprocessing chain, and the same chain over a run.
+
+motion correction -> mask -> detrend -> normalise -> delay stack
+
+:class:`OnlinePreprocessor` does one volume per :meth:`~OnlinePreprocessor.process`
+call. :func:`preprocess_run` feeds a whole run through the same object when
+the configuration is causal, so offline training sees exactly what the live
+session will compute. Non-causal configurations (whole-run regression,
+Brain2Music's 240 s median filter, whole-run z-score) exist for comparison
+only and are refused for realtime bundles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+
+from .delays import DelayStack, stack_delays
+from .detrend import CausalDetrender, detrend_run_offline, median_filter_detrend
+from .motion import MotionConfig, MotionCorrector, MotionResult, realign_run
+from .normalize import RunningNormalizer, zscore_run
+
+__all__ = ["PreprocessConfig", "GeometryError", "check_geometry", "OnlinePreprocessor", "StepResult",
+           "RunPreprocessed", "preprocess_run"]
+
+DETREND_MODES = ("causal", "none", "offline", "median240")
+NORM_MODES = ("running", "baseline", "bundle", "none", "zscore_run")
+
+
+class GeometryError(ValueError):
+    """The model's mask does not fit the incoming volumes."""
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Everything that defines the preprocessing; stored in every model bundle.
+
+    Attributes
+    ----------
+    motion : bool
+        Rigid-body motion correction before masking.
+    motion_config : MotionConfig
+    detrend : {"causal", "none", "offline", "median240"}
+        ``causal``: incremental GLM on volumes so far (realtime).
+        ``offline``: the same regressors fit on the whole run; ``median240``:
+        Brain2Music's 240 s running median (both need the future).
+    poly_order : int
+        Polynomial drift order of the GLM.
+    motion_regressors : bool
+        Add the 6 motion parameters to the GLM.
+    normalize : {"running", "baseline", "bundle", "none", "zscore_run"}
+        See :mod:`realtime.preprocessing.normalize`; ``zscore_run`` is offline only.
+    n_baseline : int
+        Baseline window for ``normalize="baseline"``, volumes.
+    delays : tuple of int
+        Delay stack in TRs.
+    """
+
+    motion: bool = True
+    motion_config: MotionConfig = field(default_factory=MotionConfig)
+    detrend: Literal["causal", "none", "offline", "median240"] = "causal"
+    poly_order: int = 2
+    motion_regressors: bool = False
+    normalize: Literal["running", "baseline", "bundle", "none", "zscore_run"] = "running"
+    n_baseline: int = 20
+    delays: tuple = (2, 3, 4)
+
+    def __post_init__(self):
+        if self.detrend not in DETREND_MODES:
+            raise ValueError(f"detrend must be one of {DETREND_MODES}, got {self.detrend!r}")
+        if self.normalize not in NORM_MODES:
+            raise ValueError(f"normalize must be one of {NORM_MODES}, got {self.normalize!r}")
+        if self.motion_regressors and not self.motion:
+            raise ValueError("motion_regressors needs motion=True")
+        object.__setattr__(self, "delays", tuple(int(d) for d in self.delays))
+
+    @property
+    def causal(self) -> bool:
+        """True if every step uses only past and present volumes (deployable live)."""
+        return self.detrend in ("causal", "none") and self.normalize != "zscore_run"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["motion_config"] = self.motion_config.to_dict()
+        d["delays"] = list(self.delays)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessConfig":
+        d = dict(d)
+        d["motion_config"] = MotionConfig(**d.get("motion_config", {}))
+        d["delays"] = tuple(d.get("delays", (2, 3, 4)))
+        return cls(**d)
+
+    def offline_variant(self) -> "PreprocessConfig":
+        """The non-causal counterpart (whole-run regression and z-score), for comparison."""
+        return replace(self, detrend="offline", normalize="zscore_run")
+
+
+def check_geometry(mask_shape, mask_affine, shape, affine, *, atol_mm: float = 1e-3, what: str = "run") -> None:
+    """Refuse, with a clear message, a mask that does not fit the volumes.
+
+    Raises
+    ------
+    GeometryError
+        If the grids differ in shape or the affines by more than ``atol_mm``.
+    """
+    if tuple(mask_shape) != tuple(shape[:3]):
+        raise GeometryError(f"the model's mask has shape {tuple(mask_shape)} but the {what}'s volumes are "
+                            f"{tuple(shape[:3])}: this model was trained on another acquisition grid")
+    diff = np.abs(np.asarray(mask_affine, float) - np.asarray(affine, float)).max()
+    if diff > atol_mm:
+        raise GeometryError(f"the model's mask affine differs from the {what}'s by up to {diff:.4g} mm: the "
+                            "volumes are on another grid (different FOV or slice prescription); use a model "
+                            "trained on this grid")
+
+
+@dataclass
+class StepResult:
+    """One volume through the chain.
+
+    Attributes
+    ----------
+    t : int
+        0-based volume count within the run.
+    x : ndarray of shape (len(delays) * n_voxels,), float32, or None
+        The decoder input (a reused buffer), None until the delay stack is full.
+    values : ndarray of shape (n_voxels,), float32
+        This volume after normalisation (a reused buffer).
+    motion : MotionResult or None
+    """
+
+    t: int
+    x: np.ndarray | None
+    values: np.ndarray
+    motion: MotionResult | None
+
+
+class OnlinePreprocessor:
+    """The per-TR chain for one run.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (nx, ny, nz)
+        The voxels the model needs. Voxel order everywhere is C order of the
+        mask (``np.argwhere(mask)``, ``volume[mask]``).
+    affine : ndarray of shape (4, 4)
+        The mask's (and the runs') voxel -> mm matrix.
+    config : PreprocessConfig
+        Must be causal.
+    n_volumes : int
+        Expected run length (time axis of the drift basis).
+    reference : ndarray of shape (nx, ny, nz), optional
+        Motion reference; default the run's first volume. A model bundle
+        carries the training reference so live runs are aligned to the mask.
+    norm_mean, norm_std : ndarray of shape (n_voxels,), optional
+        Training statistics for ``normalize="bundle"``.
+    """
+
+    def __init__(self, mask: np.ndarray, affine: np.ndarray, config: PreprocessConfig, n_volumes: int,
+                 reference: np.ndarray | None = None, norm_mean=None, norm_std=None):
+        if not config.causal:
+            raise ValueError(f"realtime preprocessing must be causal; detrend={config.detrend!r}, "
+                             f"normalize={config.normalize!r} need the whole run")
+        self.mask = np.asarray(mask, dtype=bool)
+        self.affine = np.asarray(affine, dtype=np.float64)
+        self.config = config
+        self.n_voxels = int(self.mask.sum())
+        self.n_volumes = n_volumes
+        self._motion: MotionCorrector | None = None
+        if config.motion and reference is not None:
+            self._make_motion(reference)
+        self._raw = np.empty(self.n_voxels, np.float32)
+        n_extra = 6 if config.motion_regressors else 0
+        self._detrend = (CausalDetrender(self.n_voxels, n_volumes, config.poly_order, n_extra)
+                         if config.detrend == "causal" else None)
+        self._norm = RunningNormalizer(self.n_voxels, config.normalize, norm_mean, norm_std, config.n_baseline)
+        self._stack = DelayStack(self.n_voxels, config.delays)
+        self.t = 0
+
+    def _make_motion(self, reference) -> None:
+        check_geometry(self.mask.shape, self.affine, np.shape(reference), self.affine, what="reference")
+        self._motion = MotionCorrector(reference, self.affine, config=self.config.motion_config,
+                                       reslice_mask=self.mask)
+
+    def check(self, shape, affine) -> None:
+        """Check a run's geometry against the mask before its first volume."""
+        check_geometry(self.mask.shape, self.affine, shape, affine)
+
+    def process(self, volume: np.ndarray) -> StepResult:
+        """Run one volume of shape (nx, ny, nz) (any real dtype) through the chain."""
+        if volume.shape[:3] != self.mask.shape:
+            raise GeometryError(f"volume shape {volume.shape} does not match the mask {self.mask.shape}")
+        motion = None
+        if self.config.motion:
+            if self._motion is None:
+                self._make_motion(volume)
+            motion = self._motion.update(volume, out=self._raw)
+            values = self._raw
+        else:
+            values = self._raw
+            np.copyto(values, volume[self.mask], casting="unsafe")
+        if self._detrend is not None:
+            values = self._detrend.step(values, motion.params if self.config.motion_regressors else None)
+        values = self._norm.step(values)
+        x = self._stack.push(values)
+        self.t += 1
+        return StepResult(t=self.t - 1, x=x, values=values, motion=motion)
+
+
+@dataclass
+class RunPreprocessed:
+    """A run through the chain.
+
+    Attributes
+    ----------
+    x : ndarray of shape (n_volumes, len(delays) * n_voxels), float32
+        Decoder inputs; rows before the delay stack is full are NaN.
+    values : ndarray of shape (n_volumes, n_voxels), float32
+        Normalised voxel values per volume.
+    motion_params : ndarray of shape (n_volumes, 6) or None
+    fd : ndarray of shape (n_volumes,) or None
+    flagged : ndarray of shape (n_volumes,), bool
+    """
+
+    x: np.ndarray
+    values: np.ndarray
+    motion_params: np.ndarray | None
+    fd: np.ndarray | None
+    flagged: np.ndarray
+
+
+def preprocess_run(data, affine, mask: np.ndarray, config: PreprocessConfig, *, tr_s: float = 1.5,
+                   reference: np.ndarray | None = None, norm_mean=None, norm_std=None) -> RunPreprocessed:
+    """Preprocess a whole run.
+
+    Causal configurations call :class:`OnlinePreprocessor` volume by volume
+    (the live code); non-causal ones use the whole-run variants.
+
+    Parameters
+    ----------
+    data : array-like of shape (nx, ny, nz, n_volumes)
+        The run (a nibabel ``dataobj`` works).
+    tr_s : float
+        TR in seconds (for the median filter).
+    """
+    shape = tuple(data.shape)
+    check_geometry(mask.shape, affine, shape, affine)
+    n = shape[3]
+    if config.causal:
+        pre = OnlinePreprocessor(mask, affine, config, n, reference, norm_mean, norm_std)
+        n_vox = pre.n_voxels
+        x = np.full((n, len(config.delays) * n_vox), np.nan, np.float32)
+        values = np.empty((n, n_vox), np.float32)
+        params = np.empty((n, 6)) if config.motion else None
+        fd = np.empty(n) if config.motion else None
+        flagged = np.zeros(n, bool)
+        for t in range(n):
+            r = pre.process(np.asarray(data[..., t]))
+            values[t] = r.values
+            if r.x is not None:
+                x[t] = r.x
+            if r.motion is not None:
+                params[t], fd[t], flagged[t] = r.motion.params, r.motion.fd, r.motion.flagged
+        return RunPreprocessed(x=x, values=values, motion_params=params, fd=fd, flagged=flagged)
+    # non-causal comparison path
+    if config.motion:
+        if reference is not None:
+            mc = MotionCorrector(reference, affine, config=config.motion_config, reslice_mask=mask)
+            res = [mc.update(np.asarray(data[..., t])) for t in range(n)]
+            values = np.stack([r.values for r in res])
+            params = np.stack([r.params for r in res])
+            fd = np.array([r.fd for r in res])
+            flagged = np.array([r.flagged for r in res])
+        else:
+            rm = realign_run(data, affine, config=config.motion_config, reslice_mask=mask)
+            values, params, fd, flagged = rm.values, rm.params, rm.fd, rm.flagged
+    else:
+        values = np.stack([np.asarray(data[..., t])[mask] for t in range(n)]).astype(np.float32)
+        params = fd = None
+        flagged = np.zeros(n, bool)
+    extra = params if (config.motion_regressors and params is not None) else None
+    if config.detrend == "offline":
+        values = detrend_run_offline(values, config.poly_order, extra)
+    elif config.detrend == "median240":
+        values = median_filter_detrend(values, tr_s, 240.0)
+    elif config.detrend == "causal":
+        from .detrend import detrend_run
+
+        values = detrend_run(values, config.poly_order, extra)
+    if config.normalize == "zscore_run":
+        values = zscore_run(values)
+    elif config.normalize != "none":
+        from .normalize import normalize_run
+
+        values = normalize_run(values, config.normalize, norm_mean, norm_std, config.n_baseline)
+    return RunPreprocessed(x=stack_delays(values, config.delays), values=values, motion_params=params, fd=fd,
+                           flagged=flagged)
