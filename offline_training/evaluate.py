@@ -1,0 +1,158 @@
+"""Decoding metrics, as Brain2Music defined them and beyond.
+
+All functions are pure: arrays in, numbers or arrays out.
+
+- :func:`identification_accuracy` is Brain2Music's metric: for each test clip,
+  the fraction of the *other* test clips whose true embedding correlates with
+  the prediction less than the clip's own does (chance 0.5). A clip is never
+  counted against itself.
+- ``foils="same_genre"`` restricts the foils to clips of the same genre
+  (within-genre identification): a decoder that only knows genre scores 0.5.
+- ``centre=`` subtracts a reference embedding (the mean training embedding)
+  from predictions and targets first, since raw correlations share an offset.
+- :func:`nway_topk` is N-way identification (top-1, top-5) among all clips.
+- :func:`explainable_variance` is the noise ceiling of each voxel from repeats.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+__all__ = ["corr_matrix", "identification_accuracy", "identification_per_clip", "nway_topk",
+           "bootstrap_ci", "per_dim_correlation", "explainable_variance", "genre_prior_predictions",
+           "retrieval_genre_agreement", "tag_agreement"]
+
+
+def corr_matrix(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Pearson correlations between every prediction and every target.
+
+    Parameters
+    ----------
+    pred : ndarray of shape (n_clips, dim)
+    true : ndarray of shape (n_clips, dim)
+
+    Returns
+    -------
+    ndarray of shape (n_clips, n_clips)
+        ``C[i, j] = corr(pred[i], true[j])`` across embedding dimensions.
+    """
+    p = pred - pred.mean(1, keepdims=True)
+    t = true - true.mean(1, keepdims=True)
+    p /= np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
+    t /= np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+    return p @ t.T
+
+
+def identification_per_clip(pred: np.ndarray, true: np.ndarray, *, genres=None,
+                            foils: Literal["all", "same_genre"] = "all", centre: np.ndarray | None = None) -> np.ndarray:
+    """Per-clip identification accuracy, shape (n_clips,); NaN where a clip has no foil."""
+    pred = np.asarray(pred, dtype=np.float64)
+    true = np.asarray(true, dtype=np.float64)
+    if pred.shape != true.shape:
+        raise ValueError(f"pred {pred.shape} and true {true.shape} must have the same shape")
+    if centre is not None:
+        pred = pred - centre
+        true = true - centre
+    c = corr_matrix(pred, true)
+    n = len(c)
+    own = np.diag(c)
+    valid = ~np.eye(n, dtype=bool)  # never count a clip against itself
+    if foils == "same_genre":
+        if genres is None:
+            raise ValueError("foils='same_genre' needs genres")
+        g = np.asarray(genres)
+        valid &= g[:, None] == g[None, :]
+    elif foils != "all":
+        raise ValueError(f"foils must be 'all' or 'same_genre', got {foils!r}")
+    wins = (c < own[:, None]) & valid
+    n_foils = valid.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n_foils > 0, wins.sum(1) / np.maximum(n_foils, 1), np.nan)
+
+
+def identification_accuracy(pred, true, **kwargs) -> float:
+    """Mean of :func:`identification_per_clip` over clips (chance 0.5)."""
+    return float(np.nanmean(identification_per_clip(pred, true, **kwargs)))
+
+
+def nway_topk(pred: np.ndarray, true: np.ndarray, ks=(1, 5)) -> dict:
+    """N-way identification: is the clip's own target among the k best-correlated?"""
+    c = corr_matrix(np.asarray(pred, float), np.asarray(true, float))
+    rank = (c > np.diag(c)[:, None]).sum(1)  # 0 = own target is the best
+    return {f"top{k}": float(np.mean(rank < k)) for k in ks} | {"n_way": int(len(c))}
+
+
+def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of per-clip values (clips resampled)."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(1)
+    lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+def per_dim_correlation(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Pearson correlation across clips for each embedding dimension, shape (dim,)."""
+    a = pred - pred.mean(0)
+    b = true - true.mean(0)
+    den = np.sqrt((a * a).sum(0) * (b * b).sum(0))
+    return np.where(den > 0, (a * b).sum(0) / np.where(den > 0, den, 1.0), 0.0)
+
+
+def explainable_variance(repeats: np.ndarray, bias_correction: bool = True) -> np.ndarray:
+    """Noise ceiling of each voxel from repeated presentations.
+
+    Parameters
+    ----------
+    repeats : ndarray of shape (n_repeats, n_samples, n_voxels)
+        Responses to the same stimuli, repeated.
+
+    Returns
+    -------
+    ndarray of shape (n_voxels,)
+        The fraction of variance that is stimulus-locked: variance over time
+        of the mean response, over the mean variance of single repeats, with
+        the bias correction ``ev - (1 - ev) / (n_repeats - 1)``.
+    """
+    r = np.asarray(repeats, dtype=np.float64)
+    n_rep = r.shape[0]
+    if n_rep < 2:
+        raise ValueError("explainable variance needs at least 2 repeats")
+    mean_var = r.var(axis=1).mean(0)
+    var_mean = r.mean(0).var(0)
+    ev = var_mean / np.where(mean_var > 0, mean_var, 1.0)
+    if bias_correction:
+        ev = ev - (1 - ev) / (n_rep - 1)
+    return ev
+
+
+def genre_prior_predictions(train_emb: np.ndarray, train_genres, test_genres) -> np.ndarray:
+    """The genre-only baseline: each test clip gets its genre's mean training embedding."""
+    train_genres = np.asarray(train_genres)
+    means = {g: train_emb[train_genres == g].mean(0) for g in np.unique(train_genres)}
+    return np.stack([means[g] for g in test_genres])
+
+
+def retrieval_genre_agreement(pred: np.ndarray, library_emb: np.ndarray, library_genres, true_genres,
+                              ks=(1, 2)) -> dict:
+    """Does the library clip retrieved from the prediction have the right genre?
+
+    ``top{k}`` is the fraction of clips whose true genre is among the genres
+    of the k nearest library clips (cosine).
+    """
+    p = pred / np.maximum(np.linalg.norm(pred, axis=1, keepdims=True), 1e-12)
+    lib = library_emb / np.maximum(np.linalg.norm(library_emb, axis=1, keepdims=True), 1e-12)
+    order = np.argsort(-(p @ lib.T), axis=1)
+    lg = np.asarray(library_genres)
+    tg = np.asarray(true_genres)
+    return {f"top{k}": float(np.mean([tg[i] in set(lg[order[i, :k]]) for i in range(len(p))])) for k in ks}
+
+
+def tag_agreement(pred_tags: np.ndarray, true_tags: np.ndarray, k: int = 5) -> float:
+    """Mean overlap (0-1) of the top-k tags of predicted and true tag vectors."""
+    a = np.argsort(-pred_tags, axis=1)[:, :k]
+    b = np.argsort(-true_tags, axis=1)[:, :k]
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b)]))
