@@ -1,0 +1,125 @@
+"""Model bundle v1: what offline training hands to the live session.
+
+::
+
+    BUNDLE/
+      manifest.json   format, version, embedder identity, TR, delays, mask geometry,
+                      preprocessing config, training metrics, sha256 of every file
+      decoder.onnx    input "x" float32 (N, n_delays * n_voxels) -> output
+                      "embedding" float32 (N, dim), rows L2-normalised
+      mask.npy        bool (nx, ny, nz): the voxels the decoder reads, C order
+      reference.npy   float32 (nx, ny, nz): motion-correction reference volume
+      norm_mean.npy, norm_std.npy   float32 (n_voxels,): training statistics
+                      (used when the preprocessing normalises with "bundle")
+
+Everything the runtime needs loads with numpy and onnxruntime alone. Any
+file whose sha256 differs from the manifest, or a manifest that disagrees
+with the arrays, is refused with an error naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from .errors import ProtocolError
+from .library import sha256_file
+
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "BundleError", "REQUIRED_FILES", "read_bundle_manifest",
+           "validate_bundle", "write_bundle_manifest"]
+
+BUNDLE_FORMAT = "b2m-model-bundle"
+BUNDLE_VERSION = 1
+REQUIRED_FILES = ("decoder.onnx", "mask.npy", "reference.npy", "norm_mean.npy", "norm_std.npy")
+_REQUIRED_KEYS = ("embedder", "tr_s", "delays", "mask", "preprocess", "input_dim", "files")
+
+
+class BundleError(ProtocolError):
+    """A model bundle breaks the contract."""
+
+
+def read_bundle_manifest(bundle: str | os.PathLike) -> dict:
+    path = os.path.join(os.fspath(bundle), "manifest.json")
+    try:
+        with open(path) as f:
+            m = json.load(f)
+    except FileNotFoundError:
+        raise BundleError(path, "not found: is this a model bundle? Make one with `b2m train`") from None
+    except (OSError, ValueError) as e:
+        raise BundleError(path, f"cannot be read as JSON ({e})") from None
+    if m.get("format") != BUNDLE_FORMAT:
+        raise BundleError(path, f"format is {m.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+    if m.get("version") != BUNDLE_VERSION:
+        raise BundleError(path, f"bundle version {m.get('version')!r} is not supported (this is {BUNDLE_VERSION}); "
+                                "retrain or upgrade")
+    for k in _REQUIRED_KEYS:
+        if k not in m:
+            raise BundleError(f"{path}:{k}", "required key is missing")
+    return m
+
+
+def validate_bundle(bundle: str | os.PathLike, *, check_hashes: bool = True) -> dict:
+    """Check a bundle folder; return its manifest with the arrays loaded under ``"arrays"``.
+
+    Raises
+    ------
+    BundleError
+        Naming the file: missing, tampered (sha256), or inconsistent shapes.
+    """
+    bundle = os.fspath(bundle)
+    m = read_bundle_manifest(bundle)
+    for name in REQUIRED_FILES:
+        if name not in m["files"]:
+            raise BundleError(os.path.join(bundle, "manifest.json"), f"files has no entry for {name}")
+    for name, digest in m["files"].items():
+        p = os.path.join(bundle, name)
+        if not os.path.exists(p):
+            raise BundleError(p, "is listed in manifest.json but missing")
+        if check_hashes and sha256_file(p) != digest:
+            raise BundleError(p, "sha256 does not match manifest.json: the bundle was modified after export; "
+                                 "re-export it with `b2m train`")
+    arrays = {}
+    for name in ("mask.npy", "reference.npy", "norm_mean.npy", "norm_std.npy"):
+        p = os.path.join(bundle, name)
+        try:
+            arrays[name[:-4]] = np.load(p, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise BundleError(p, f"cannot be read as .npy ({e})") from None
+    mask = arrays["mask"]
+    geom = m["mask"]
+    if mask.dtype != bool or list(mask.shape) != list(geom["shape"]):
+        raise BundleError(os.path.join(bundle, "mask.npy"), f"expected bool of shape {geom['shape']}, "
+                                                            f"got {mask.dtype} {mask.shape}")
+    n_vox = int(mask.sum())
+    if n_vox != geom["n_voxels"]:
+        raise BundleError(os.path.join(bundle, "mask.npy"), f"has {n_vox} voxels; manifest says {geom['n_voxels']}")
+    if arrays["reference"].shape != mask.shape:
+        raise BundleError(os.path.join(bundle, "reference.npy"), f"shape {arrays['reference'].shape} differs "
+                                                                 f"from the mask's {mask.shape}")
+    for k in ("norm_mean", "norm_std"):
+        if arrays[k].shape != (n_vox,):
+            raise BundleError(os.path.join(bundle, f"{k}.npy"), f"expected shape ({n_vox},), got {arrays[k].shape}")
+    if m["input_dim"] != n_vox * len(m["delays"]):
+        raise BundleError(os.path.join(bundle, "manifest.json"),
+                          f"input_dim {m['input_dim']} != n_voxels {n_vox} x {len(m['delays'])} delays")
+    affine = np.asarray(geom.get("affine"), dtype=np.float64)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        raise BundleError(os.path.join(bundle, "manifest.json"), "mask.affine must be a finite 4x4 matrix")
+    m = dict(m)
+    m["arrays"] = arrays
+    return m
+
+
+def write_bundle_manifest(bundle: str | os.PathLike, manifest: dict) -> str:
+    """Hash every listed file and write manifest.json atomically."""
+    bundle = os.fspath(bundle)
+    m = dict(manifest)
+    m["format"], m["version"] = BUNDLE_FORMAT, BUNDLE_VERSION
+    m["files"] = {name: sha256_file(os.path.join(bundle, name)) for name in m.get("files", REQUIRED_FILES)}
+    path = os.path.join(bundle, "manifest.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(m, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    return path
