@@ -1,0 +1,167 @@
+"""Decoder targets: embeddings of exactly what was heard, aligned to TRs.
+
+For every excerpt named in the events, the audio actually played
+(:func:`offline_training.bids.stimulus_segment`: the cut and the fades) is
+embedded twice with the same model:
+
+- a **clip** embedding, the mean of the embedder's own non-overlapping windows,
+  L2-normalised: the same summary the music library stores, so a decoded
+  point can be searched in the library (Brain2Music's per-clip target);
+- **window** embeddings at a hop of one TR (each window is the model's 3 s
+  window starting at that TR's offset in the clip), L2-normalised: the
+  per-TR targets.
+
+TR ``t`` covers acquisition time ``[t * TR, (t + 1) * TR)``; its target is that
+of the event playing at ``t * TR``. Embeddings are cached per excerpt under
+``cache_dir/<embedder id>/<version>/`` so a second training run is fast.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .bids import Event, stimulus_segment
+
+__all__ = ["ExcerptEmbeddings", "StimulusTargets", "embed_stimuli", "tr_targets", "excerpt_id"]
+
+
+def excerpt_id(ev: Event) -> str:
+    """Stable name of an excerpt: ``blues.00098@012.340``."""
+    return f"{ev.genre}.{ev.track:05d}@{ev.start_s:07.3f}"
+
+
+@dataclass
+class ExcerptEmbeddings:
+    """Embeddings of one excerpt.
+
+    Attributes
+    ----------
+    clip : ndarray of shape (dim,), unit norm
+    windows : ndarray of shape (n_windows, dim), unit rows; window k starts at k * TR
+    tags : ndarray of shape (n_tags,)
+    genre : str
+    """
+
+    clip: np.ndarray
+    windows: np.ndarray
+    tags: np.ndarray
+    genre: str
+
+
+@dataclass
+class StimulusTargets:
+    """All excerpts' embeddings, by :func:`excerpt_id`."""
+
+    by_id: dict = field(default_factory=dict)
+    embedder: dict = field(default_factory=dict)
+    tag_names: tuple = ()
+
+    def __getitem__(self, key: str) -> ExcerptEmbeddings:
+        return self.by_id[key]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def embed_stimuli(events: list[Event], stimuli_dir: str, embedder, tr_s: float, *, cache_dir: str | None = None,
+                  sr: int = 22050, progress: Callable | None = None) -> StimulusTargets:
+    """Embed every distinct excerpt among ``events`` (cached).
+
+    Parameters
+    ----------
+    events : list of Event
+        Events of all runs (duplicates are embedded once).
+    stimuli_dir : str
+        Folder of GTZAN-named tracks (``blues.00098.wav``).
+    embedder : music.embedding.Embedder
+        Its window hop is left as is for the clip embedding; a second pass
+        with a hop of ``tr_s`` gives the per-TR windows.
+    tr_s : float
+        TR in seconds.
+    progress : callable, optional
+        ``progress(done, total)``.
+    """
+    from music.embedding import embedder_from_spec
+
+    uniq: dict[str, Event] = {}
+    for ev in events:
+        uniq.setdefault(excerpt_id(ev), ev)
+    ident = embedder.identity()
+    tr_embedder = None
+    cache = None
+    if cache_dir:
+        cache = os.path.join(cache_dir, ident["id"], ident["version"], f"tr{tr_s:g}")
+        os.makedirs(cache, exist_ok=True)
+    out = StimulusTargets(embedder=ident, tag_names=tuple(embedder.tag_names))
+    for i, (key, ev) in enumerate(sorted(uniq.items())):
+        path = os.path.join(cache, f"{key}.npz") if cache else None
+        if path and os.path.exists(path):
+            z = np.load(path)
+            out.by_id[key] = ExcerptEmbeddings(z["clip"], z["windows"], z["tags"], ev.genre)
+        else:
+            audio = stimulus_segment(ev, stimuli_dir, sr)
+            e = embedder.embed(audio, sr)
+            if tr_embedder is None:
+                spec = getattr(embedder, "spec", None)
+                if spec is None:
+                    raise ValueError("per-TR targets need an embedder made by music.embedding.get_embedder")
+                tr_embedder = embedder_from_spec(spec, hop_s=tr_s)
+            w = tr_embedder.embed(audio, sr)
+            tags = e.clip_tags if e.clip_tags is not None else np.zeros(0, np.float32)
+            item = ExcerptEmbeddings(_unit(e.clip).astype(np.float32), _unit(w.windows).astype(np.float32),
+                                     tags.astype(np.float32), ev.genre)
+            if path:
+                tmp = path + ".tmp.npz"
+                np.savez(tmp, clip=item.clip, windows=item.windows, tags=item.tags)
+                os.replace(tmp, path)
+            out.by_id[key] = item
+        if progress is not None:
+            progress(i + 1, len(uniq))
+    return out
+
+
+def tr_targets(events: list[Event], n_volumes: int, tr_s: float, targets: StimulusTargets,
+               kind: str = "clip") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Targets of every TR of a run.
+
+    Parameters
+    ----------
+    events : list of Event
+        The run's events.
+    n_volumes : int
+    kind : {"clip", "window"}
+        Per-clip targets (every TR of an excerpt gets the clip embedding) or
+        per-TR window targets.
+
+    Returns
+    -------
+    y : ndarray of shape (n_volumes, dim), float32
+        NaN rows where nothing was playing.
+    event_index : ndarray of shape (n_volumes,), int
+        Index into ``events`` of the event playing at each TR, -1 if none.
+    tr_in_event : ndarray of shape (n_volumes,), int
+        Which TR of its event each TR is (0 = the TR the excerpt starts in).
+    """
+    if kind not in ("clip", "window"):
+        raise ValueError(f"kind must be 'clip' or 'window', got {kind!r}")
+    dim = next(iter(targets.by_id.values())).clip.shape[0]
+    y = np.full((n_volumes, dim), np.nan, np.float32)
+    idx = np.full(n_volumes, -1, int)
+    k_in = np.full(n_volumes, -1, int)
+    t0 = np.arange(n_volumes) * tr_s
+    for j, ev in enumerate(events):
+        on = (t0 >= ev.onset_s - 1e-9) & (t0 < ev.onset_s + ev.duration_s - 1e-9)
+        idx[on] = j
+        k = np.round((t0[on] - ev.onset_s) / tr_s).astype(int)
+        k_in[on] = k
+        emb = targets[excerpt_id(ev)]
+        if kind == "clip":
+            y[on] = emb.clip
+        else:
+            y[on] = emb.windows[np.minimum(k, len(emb.windows) - 1)]
+    return y, idx, k_in

@@ -1,0 +1,60 @@
+"""TR alignment of stimulus embeddings, on tiny WAVs and a tiny plug-in embedder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from music.embedding import Embedder, Embedding, get_embedder, register_embedder
+from offline_training.bids import Event
+from offline_training.targets import embed_stimuli, excerpt_id, tr_targets
+
+
+class LoudnessEmbedder(Embedder):
+    """2-d embedding: (RMS, 1) per window; windows of 3 s at a chosen hop."""
+
+    id, version, dim, sr, window_s = "loudness", "1", 2, 8000, 3.0
+    tag_names = ("loud",)
+
+    def __init__(self, hop_s: float = 3.0):
+        self.hop_s = hop_s
+
+    def embed(self, audio, sr):
+        win, hop = int(self.window_s * sr), int(round(self.hop_s * sr))
+        starts = np.arange(0, max(len(audio) - win, 0) + 1, hop)
+        rms = np.array([np.sqrt(np.mean(audio[s:s + win] ** 2)) for s in starts])
+        w = np.column_stack([rms, np.ones_like(rms)]).astype(np.float32)
+        return Embedding(windows=w, times_s=starts / sr, tags=rms[:, None].astype(np.float32), tag_names=("loud",))
+
+
+@pytest.fixture
+def stimuli(tmp_path):
+    sr = 8000
+    t = np.arange(30 * sr) / sr
+    for genre, track, amp in (("jazz", 1, 0.1), ("metal", 2, 0.5)):
+        ramp = amp * (0.5 + t / 60)  # loudness grows along the track
+        sf.write(tmp_path / f"{genre}.{track:05d}.wav", (ramp * np.sin(2 * np.pi * 200 * t)).astype(np.float32), sr)
+    return tmp_path
+
+
+def test_tr_targets_follow_the_events(stimuli, tmp_path):
+    register_embedder("loudness", lambda **kw: LoudnessEmbedder(**kw))
+    emb = get_embedder("loudness")
+    events = [Event(0.0, 15.0, "jazz", 1, 0.0, 15.0), Event(15.0, 15.0, "metal", 2, 10.0, 25.0)]
+    targets = embed_stimuli(events, str(stimuli), emb, tr_s=1.5, cache_dir=str(tmp_path / "cache"), sr=8000)
+    assert set(targets.by_id) == {excerpt_id(e) for e in events}
+    y, idx, k = tr_targets(events, 24, 1.5, targets, kind="clip")
+    assert list(idx[:10]) == [0] * 10 and list(idx[10:20]) == [1] * 10 and list(idx[20:]) == [-1] * 4
+    np.testing.assert_array_equal(k[:10], np.arange(10))
+    assert np.isnan(y[20:]).all()
+    np.testing.assert_allclose(np.linalg.norm(y[:20], axis=1), 1.0, atol=1e-6)
+    yw, _, _ = tr_targets(events, 24, 1.5, targets, kind="window")
+    metal = targets[excerpt_id(events[1])]
+    # window targets step through the clip: TR k uses the window starting k * 1.5 s in
+    assert metal.windows.shape[0] == 9  # 15 s clip, 3 s windows every 1.5 s
+    np.testing.assert_array_equal(yw[10:19], metal.windows)
+    np.testing.assert_array_equal(yw[19], metal.windows[-1])
+    # the cache answers a second time with identical arrays
+    again = embed_stimuli(events, str(stimuli), emb, tr_s=1.5, cache_dir=str(tmp_path / "cache"), sr=8000)
+    np.testing.assert_array_equal(again[excerpt_id(events[0])].windows, targets[excerpt_id(events[0])].windows)
