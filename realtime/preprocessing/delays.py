@@ -1,9 +1,18 @@
 """The delay stack: the decoder's input is the last few TRs side by side.
 
-A ring buffer holds the most recent ``max(delays) + 1`` preprocessed volumes
-(preallocated, float32). After volume ``t`` is pushed, the stacked vector is
-``[v(t - d) for d in delays]`` concatenated, written into one preallocated
-output array; the history itself is never copied.
+The BOLD response to what was heard at time ``s`` shows in the volumes at
+``s + d`` for ``d`` in ``delays`` (e.g. 2, 3 and 4 TRs = 3, 4.5 and 6 s at
+TR 1.5 s). So when volume ``t`` arrives, the newest decodable moment is
+``s = t - lag`` with ``lag = max(delays)``, and the decoder input is::
+
+    [v(s + d) for d in delays]  =  [v(t - lag + d) for d in delays]
+
+(for delays 2, 3, 4: volumes t-2, t-1, t). Training pairs that input with the
+stimulus at ``t - lag``; the live session reports the decoded moment.
+
+A ring buffer holds the most recent ``lag + 1`` preprocessed volumes
+(preallocated, float32); each push writes the stacked vector into one
+preallocated output array. The history itself is never copied.
 """
 
 from __future__ import annotations
@@ -20,10 +29,12 @@ class DelayStack:
     ----------
     n_voxels : int
     delays : sequence of int
-        Delays in TRs (e.g. (2, 3, 4) = 3, 4.5 and 6 s at TR 1.5 s).
+        Hemodynamic delays in TRs, non-negative.
 
     Attributes
     ----------
+    lag : int
+        ``max(delays)``: the input after volume ``t`` decodes the moment ``t - lag``.
     out : ndarray of shape (len(delays) * n_voxels,), float32
         The stacked vector, overwritten by each :meth:`push`.
     """
@@ -33,26 +44,27 @@ class DelayStack:
         if not delays or min(delays) < 0:
             raise ValueError(f"delays must be non-negative TR counts, got {delays}")
         self.delays = delays
+        self.lag = max(delays)
         self.n_voxels = n_voxels
-        self.depth = max(delays) + 1
+        self.depth = self.lag + 1
         self.ring = np.zeros((self.depth, n_voxels), dtype=np.float32)
         self.out = np.zeros(len(delays) * n_voxels, dtype=np.float32)
         self.t = 0
 
     @property
     def ready(self) -> bool:
-        """True once every delay refers to a volume of this run."""
-        return self.t > max(self.delays)
+        """True once the decoded moment ``t - lag`` lies inside the run."""
+        return self.t > self.lag
 
     def push(self, volume: np.ndarray) -> np.ndarray | None:
-        """Add volume ``t``; return the stacked input, or None until :attr:`ready`."""
+        """Add volume ``t``; return the stacked input for moment ``t - lag``, or None until :attr:`ready`."""
         self.ring[self.t % self.depth] = volume
         self.t += 1
         if not self.ready:
             return None
-        now = self.t - 1
+        s = self.t - 1 - self.lag
         for j, d in enumerate(self.delays):
-            self.out[j * self.n_voxels:(j + 1) * self.n_voxels] = self.ring[(now - d) % self.depth]
+            self.out[j * self.n_voxels:(j + 1) * self.n_voxels] = self.ring[(s + d) % self.depth]
         return self.out
 
 
@@ -66,7 +78,8 @@ def stack_delays(data: np.ndarray, delays=(2, 3, 4)) -> np.ndarray:
     Returns
     -------
     ndarray of shape (n_volumes, len(delays) * n_voxels), float32
-        Rows before the stack is ready are NaN (no decodable input yet).
+        Row ``t`` is the input available after volume ``t``, decoding the
+        moment ``t - max(delays)``; rows before that is inside the run are NaN.
     """
     n, v = data.shape
     ds = DelayStack(v, delays)

@@ -216,8 +216,9 @@ class RunPreprocessed:
 
     Attributes
     ----------
-    x : ndarray of shape (n_volumes, len(delays) * n_voxels), float32
-        Decoder inputs; rows before the delay stack is full are NaN.
+    x : ndarray of shape (n_volumes, len(delays) * n_voxels), float32, or None
+        Decoder inputs; row t decodes the moment ``t - max(delays)``; rows
+        before that moment lies in the run are NaN. None if not requested.
     values : ndarray of shape (n_volumes, n_voxels), float32
         Normalised voxel values per volume.
     motion_params : ndarray of shape (n_volumes, 6) or None
@@ -225,7 +226,7 @@ class RunPreprocessed:
     flagged : ndarray of shape (n_volumes,), bool
     """
 
-    x: np.ndarray
+    x: np.ndarray | None
     values: np.ndarray
     motion_params: np.ndarray | None
     fd: np.ndarray | None
@@ -233,7 +234,8 @@ class RunPreprocessed:
 
 
 def preprocess_run(data, affine, mask: np.ndarray, config: PreprocessConfig, *, tr_s: float = 1.5,
-                   reference: np.ndarray | None = None, norm_mean=None, norm_std=None) -> RunPreprocessed:
+                   reference: np.ndarray | None = None, norm_mean=None, norm_std=None,
+                   stack: bool = True, progress=None) -> RunPreprocessed:
     """Preprocess a whole run.
 
     Causal configurations call :class:`OnlinePreprocessor` volume by volume
@@ -245,6 +247,12 @@ def preprocess_run(data, affine, mask: np.ndarray, config: PreprocessConfig, *, 
         The run (a nibabel ``dataobj`` works).
     tr_s : float
         TR in seconds (for the median filter).
+    stack : bool
+        Also build the delay-stacked inputs (``x``); skip for large voxel sets
+        when the stack is built later on a selected subset (the same rows:
+        stacking is only indexing).
+    progress : callable, optional
+        ``progress(done, total)`` per volume.
     """
     shape = tuple(data.shape)
     check_geometry(mask.shape, affine, shape, affine)
@@ -252,7 +260,7 @@ def preprocess_run(data, affine, mask: np.ndarray, config: PreprocessConfig, *, 
     if config.causal:
         pre = OnlinePreprocessor(mask, affine, config, n, reference, norm_mean, norm_std)
         n_vox = pre.n_voxels
-        x = np.full((n, len(config.delays) * n_vox), np.nan, np.float32)
+        x = np.full((n, len(config.delays) * n_vox), np.nan, np.float32) if stack else None
         values = np.empty((n, n_vox), np.float32)
         params = np.empty((n, 6)) if config.motion else None
         fd = np.empty(n) if config.motion else None
@@ -260,8 +268,10 @@ def preprocess_run(data, affine, mask: np.ndarray, config: PreprocessConfig, *, 
         for t in range(n):
             r = pre.process(np.asarray(data[..., t]))
             values[t] = r.values
-            if r.x is not None:
+            if r.x is not None and x is not None:
                 x[t] = r.x
+            if progress is not None:
+                progress(t + 1, n)
             if r.motion is not None:
                 params[t], fd[t], flagged[t] = r.motion.params, r.motion.fd, r.motion.flagged
         return RunPreprocessed(x=x, values=values, motion_params=params, fd=fd, flagged=flagged)
@@ -296,5 +306,5 @@ def preprocess_run(data, affine, mask: np.ndarray, config: PreprocessConfig, *, 
         from .normalize import normalize_run
 
         values = normalize_run(values, config.normalize, norm_mean, norm_std, config.n_baseline)
-    return RunPreprocessed(x=stack_delays(values, config.delays), values=values, motion_params=params, fd=fd,
-                           flagged=flagged)
+    return RunPreprocessed(x=stack_delays(values, config.delays) if stack else None, values=values,
+                           motion_params=params, fd=fd, flagged=flagged)

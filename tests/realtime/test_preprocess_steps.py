@@ -92,13 +92,15 @@ def test_zscore_run_closed_form(rng):
     np.testing.assert_allclose(z.std(0, ddof=1), 1, atol=1e-5)
 
 
-def test_delay_stack_concatenates_past_volumes(rng):
+def test_delay_stack_concatenates_the_volumes_after_the_decoded_moment(rng):
     y = rng.standard_normal((10, 3)).astype(np.float32)
     ds = DelayStack(3, (1, 3))
+    assert ds.lag == 3
     outs = [None if (o := ds.push(y[t])) is None else o.copy() for t in range(10)]
     assert all(o is None for o in outs[:3])
     for t in range(3, 10):
-        np.testing.assert_array_equal(outs[t], np.concatenate([y[t - 1], y[t - 3]]))
+        s = t - 3  # the decoded moment: its response shows 1 and 3 TRs later
+        np.testing.assert_array_equal(outs[t], np.concatenate([y[s + 1], y[s + 3]]))
     batch = stack_delays(y, (1, 3))
     assert np.isnan(batch[:3]).all()
     np.testing.assert_array_equal(batch[3:], np.stack(outs[3:]))
