@@ -16,7 +16,7 @@ from rich.logging import RichHandler
 from protocols.errors import ProtocolError
 from realtime.transport import TransportError
 
-from .commands import demo, library, receive, replay
+from .commands import demo, library, receive, replay, train
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_parser(ssub)
     receive.add_parser(sub)
     library.add_parser(sub)
+    train.add_parser(sub)
     demo.add_parser(sub)
     return p
 

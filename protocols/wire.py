@@ -36,6 +36,7 @@ __all__ = [
     "Heartbeat",
     "Ack",
     "Reject",
+    "Result",
     "Message",
     "encode",
     "decode",
@@ -197,7 +198,53 @@ class Reject:
     type: Literal["reject"] = field(default="reject", init=False)
 
 
-Message = Union[VolumeMessage, RunStart, RunEnd, Heartbeat, Ack, Reject]
+@dataclass(eq=False)
+class Result:
+    """What the session decided for one volume, published every TR (PUB).
+
+    Attributes
+    ----------
+    run_id, index : str, int
+        The volume that triggered this result.
+    decoded_index : int or None
+        The moment the decoder input refers to (``index - lag``), None before
+        the delay stack is full.
+    timestamps : dict of str -> float
+        Unix seconds: ``acquired``, ``received``, ``preprocessed``, ``decoded``,
+        ``decided``, ``audio_scheduled`` (those reached).
+    latency_ms : dict of str -> float
+        Per stage, from the previous stage.
+    motion : list of 6 float or None
+        (tx, ty, tz) mm, (rx, ry, rz) radians.
+    fd_mm : float or None
+    flagged : bool
+        FD over threshold: the policy held its state.
+    embedding : ndarray of shape (dim,), float32, or None
+    topk : list of (clip_id, score)
+    tags : list of (tag, probability)
+    action : str
+        ``neutral``, ``keep``, ``switch``, ``hold`` (motion) or ``error``.
+    clip : str or None
+        The clip playing (or about to) after this decision.
+    """
+
+    run_id: str
+    index: int
+    decoded_index: int | None = None
+    timestamps: dict = field(default_factory=dict)
+    latency_ms: dict = field(default_factory=dict)
+    motion: list | None = None
+    fd_mm: float | None = None
+    flagged: bool = False
+    embedding: np.ndarray | None = None
+    topk: list = field(default_factory=list)
+    tags: list = field(default_factory=list)
+    action: str = "neutral"
+    clip: str | None = None
+    type: Literal["result"] = field(default="result", init=False)
+
+
+Message = Union[VolumeMessage, RunStart, RunEnd, Heartbeat, Ack, Reject, Result]
 
 
 # --------------------------------------------------------------------------
@@ -273,6 +320,16 @@ def encode(msg: Message) -> list:
         h = _base("ack")
         h.update(of=msg.of, run_id=msg.run_id, index=msg.index, status=msg.status,
                  t_ack=float(msg.t_ack or time.time()))
+    elif isinstance(msg, Result):
+        h = _base("result")
+        emb = None if msg.embedding is None else np.asarray(msg.embedding, "<f4").tobytes()
+        h.update(run_id=msg.run_id, index=int(msg.index), decoded_index=msg.decoded_index,
+                 timestamps={k: float(v) for k, v in msg.timestamps.items()},
+                 latency_ms={k: float(v) for k, v in msg.latency_ms.items()},
+                 motion=None if msg.motion is None else [float(v) for v in msg.motion],
+                 fd_mm=None if msg.fd_mm is None else float(msg.fd_mm), flagged=bool(msg.flagged),
+                 embedding=emb, topk=[[str(c), float(v)] for c, v in msg.topk],
+                 tags=[[str(t), float(v)] for t, v in msg.tags], action=msg.action, clip=msg.clip)
     elif isinstance(msg, Reject):
         h = _base("reject")
         h.update(field=msg.field, reason=msg.reason, of=msg.of, run_id=msg.run_id, index=msg.index,
@@ -536,6 +593,19 @@ def _decode_reject(h: dict, frames) -> Reject:
                   t_ack=_finite(h, "t_ack"))
 
 
+def _decode_result(h: dict, frames) -> Result:
+    emb = _get(h, "embedding", bytes, optional=True)
+    if emb is not None and len(emb) % 4:
+        raise MessageError("header.embedding", "must be little-endian float32 bytes")
+    motion = _get(h, "motion", list, optional=True)
+    return Result(run_id=_run_id(h), index=_index(h), decoded_index=_index(h, "decoded_index", optional=True),
+                  timestamps=_get(h, "timestamps", dict), latency_ms=_get(h, "latency_ms", dict),
+                  motion=motion, fd_mm=_finite(h, "fd_mm", optional=True), flagged=bool(_get(h, "flagged", bool)),
+                  embedding=None if emb is None else np.frombuffer(emb, "<f4"),
+                  topk=[(c, v) for c, v in _get(h, "topk", list)], tags=[(t, v) for t, v in _get(h, "tags", list)],
+                  action=_get(h, "action", str), clip=_get(h, "clip", str, optional=True))
+
+
 _DECODERS = {
     "volume": _decode_volume,
     "run_start": _decode_run_start,
@@ -543,4 +613,5 @@ _DECODERS = {
     "heartbeat": _decode_heartbeat,
     "ack": _decode_ack,
     "reject": _decode_reject,
+    "result": _decode_result,
 }

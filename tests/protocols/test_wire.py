@@ -429,3 +429,17 @@ def test_decode_volume_index_past_own_n_volumes_rejected(rng):
     with pytest.raises(MessageError) as e:
         decode([bytes(f) for f in encode(msg)])
     assert e.value.field == "header.index" and "0-based" in e.value.reason
+
+
+def test_result_roundtrip_exact(rng):
+    from protocols.wire import Result
+
+    emb = rng.standard_normal(200).astype(np.float32)
+    r = Result(run_id="run1", index=17, decoded_index=13, timestamps={"received": 1.5, "decided": 1.6},
+               latency_ms={"decode": 0.4}, motion=[0.1, 0, 0, 0.001, 0, 0], fd_mm=0.12, flagged=False,
+               embedding=emb, topk=[("gen.jazz.00001", 0.91)], tags=[("jazz", 0.7)], action="switch",
+               clip="gen.jazz.00001")
+    got = decode(encode(r))
+    assert isinstance(got, Result) and got.index == 17 and got.decoded_index == 13 and got.action == "switch"
+    np.testing.assert_array_equal(got.embedding, emb)
+    assert got.topk == [("gen.jazz.00001", 0.91)] and got.timestamps == r.timestamps and got.fd_mm == 0.12

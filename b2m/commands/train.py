@@ -1,0 +1,72 @@
+"""``b2m train DS --subject 001 --out BUNDLE``: fit, evaluate and export a decoder."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a decoder on a ds003720-style BIDS dataset and export a bundle",
+                       description="Embed the stimuli, preprocess every run with the realtime code, select voxels "
+                                   "and fit a per-dimension ridge decoder with leave-one-run-out CV over the "
+                                   "Training runs, evaluate on the Test runs, and write BUNDLE.")
+    p.add_argument("dataset", help="BIDS dataset root (ds003720 layout)")
+    p.add_argument("--subject", default="001")
+    p.add_argument("--out", required=True, help="bundle folder")
+    p.add_argument("--embedder", default="musicnn-msd")
+    p.add_argument("--delays", default="2,3,4", help="hemodynamic delays in TRs (default 2,3,4)")
+    p.add_argument("--voxels", type=int, default=2000, help="voxels kept by CV encoding performance")
+    p.add_argument("--target", choices=["clip", "window"], default="clip", help="per-clip or per-TR window targets")
+    p.add_argument("--alphas", default="1e-2:1e7:19", help="alpha grid as MIN:MAX:N (log-spaced)")
+    p.add_argument("--preprocessing", choices=["causal", "offline"], default="causal",
+                   help="causal (deployable, default); offline variants are always reported alongside")
+    p.add_argument("--no-motion", action="store_true", help="skip motion correction")
+    p.add_argument("--no-compare-offline", action="store_true", help="skip the offline-preprocessing comparison")
+    p.add_argument("--stimuli", default=None, help="stimulus folder (default DS/stimuli)")
+    p.add_argument("--cache", default=None, help="embedding cache (default DS/derivatives/b2m/embeddings)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from offline_training.train import TrainConfig, train
+
+    lo, hi, n = args.alphas.split(":")
+    cfg = TrainConfig(subject=args.subject, embedder=args.embedder,
+                      delays=tuple(int(d) for d in args.delays.split(",")), n_voxels=args.voxels,
+                      target=args.target, alphas=tuple(float(a) for a in np.logspace(np.log10(float(lo)),
+                                                                                      np.log10(float(hi)), int(n))),
+                      motion=not args.no_motion, compare_offline=not args.no_compare_offline,
+                      stimuli=args.stimuli, cache=args.cache)
+    if args.preprocessing == "offline":
+        Console(stderr=True).print("[red]error:[/red] a bundle for the live session must use causal "
+                                   "preprocessing; offline figures are reported alongside automatically")
+        return 2
+    console = Console(stderr=True)
+    with Progress(TextColumn("[bold]train[/bold] {task.description:<32}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage, done, total):
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        m = train(args.dataset, args.out, cfg, progress)
+    c = m["identification_accuracy_ci95"]
+    headline = {
+        "identification_accuracy": round(m["identification_accuracy"], 4),
+        "identification_accuracy_ci95": [round(c[0], 4), round(c[1], 4)],
+        "identification_accuracy_centred": round(m["identification_accuracy_centred"], 4),
+        "within_genre_identification_accuracy": round(m["within_genre_identification_accuracy"], 4),
+        "genre_prior_identification_accuracy": round(m["genre_prior"]["identification_accuracy"], 4),
+        "offline_identification_accuracy": round(m["offline"]["identification_accuracy"], 4) if "offline" in m else None,
+        "bundle": args.out, "wall_s": round(m["wall_s"], 1),
+    }
+    print(json.dumps(headline), file=sys.stdout)
+    return 0
