@@ -43,6 +43,15 @@ def add_parser(sub) -> None:
     s.add_argument("--json", action="store_true", help="print results as JSON lines")
     s.set_defaults(func=run_search)
 
+    e = lsub.add_parser("eval", help="k-NN genre accuracy of a library's embeddings (5-fold, cosine)",
+                        description="Stratified 5-fold cross-validated k-NN (cosine) genre classification of the "
+                                    "library's clip embeddings, over clips that have a genre label.")
+    e.add_argument("library")
+    e.add_argument("-k", type=int, default=5)
+    e.add_argument("--folds", type=int, default=5)
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=run_eval)
+
 
 def run_build(args) -> int:
     from music.embedding import get_embedder
@@ -107,4 +116,21 @@ def run_search(args) -> int:
     for rank, (c, s) in enumerate(hits, 1):
         t.add_row(str(rank), c.id, f"{s:.4f}", c.genre or c.source, c.top_tags.replace(";", " "))
     Console(file=sys.stdout, width=160).print(t)
+    return 0
+
+
+def run_eval(args) -> int:
+    from music.library import Library
+    from music.library.evaluate import knn_genre_accuracy
+
+    lib = Library(args.library, check_hashes=True)
+    idx = [i for i, c in enumerate(lib.clips) if c.genre]
+    if len(idx) < args.folds * 2:
+        Console(stderr=True).print("[red]error:[/red] too few clips with a genre label for k-NN evaluation")
+        return 2
+    res = knn_genre_accuracy(np.asarray(lib.embeddings)[idx], [lib.clips[i].genre for i in idx], k=args.k,
+                             folds=args.folds, seed=args.seed)
+    res["library"] = args.library
+    res["embedder"] = lib.embedder["id"]
+    print(json.dumps(res))
     return 0
