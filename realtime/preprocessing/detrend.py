@@ -75,6 +75,7 @@ class CausalDetrender:
         self._x = np.zeros(self.p)
         self._out = np.empty(n_voxels, dtype=np.float32)
         self._fit = np.empty(n_voxels)
+        self._tmp = np.empty(n_voxels)
 
     def _row(self, t: int, extra) -> np.ndarray:
         x = self._x
@@ -105,12 +106,17 @@ class CausalDetrender:
         x = self._row(self.t, extra)
         self.xtx += np.outer(x, x)
         for i in range(self.p):  # X'Y += x y' row by row, into preallocated buffers
-            np.multiply(y, x[i], out=self._fit)
-            self.xty[i] += self._fit
+            np.multiply(y, x[i], out=self._tmp)
+            self.xty[i] += self._tmp
         lam = self.ridge * max(np.trace(self.xtx), 1e-12) / self.p
         # fit = x' (X'X)^-1 X'Y = w' X'Y with w = (X'X)^-1 x: a p-vector solve, not p x n_voxels
         w = np.linalg.solve(self.xtx + lam * np.eye(self.p), x)
-        np.dot(w, self.xty, out=self._fit)
+        # fit = w @ X'Y, row by row into preallocated buffers (a BLAS gemv here
+        # would spin up threads on every TR; see bench/preprocess.py)
+        np.multiply(self.xty[0], w[0], out=self._fit)
+        for i in range(1, self.p):
+            np.multiply(self.xty[i], w[i], out=self._tmp)
+            self._fit += self._tmp
         np.subtract(y, self._fit, out=self._out, casting="unsafe")
         self.t += 1
         return self._out

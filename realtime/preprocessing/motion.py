@@ -74,7 +74,8 @@ class MotionConfig:
     max_points : int or None
         Keep at most this many sample points, the most informative ones
         (largest leverage on the 6 parameters), as SPM's ``quality`` does.
-        None keeps all.
+        None keeps all. The default 20,000 halves the time of a 96x96x68
+        volume for ~0.001 mm of RMS error (bench/preprocess.py).
     mask_fraction : float
         Without an estimation mask, sample points are where the smoothed
         reference exceeds this fraction of its global mean (the mean over
@@ -91,7 +92,7 @@ class MotionConfig:
     sep_mm: float = 4.0
     max_iter: int = 8
     tol_mm: float = 1e-3
-    max_points: int | None = None
+    max_points: int | None = 20000
     mask_fraction: float = 0.1
     scaling: bool = True
     fd_threshold_mm: float = 0.5

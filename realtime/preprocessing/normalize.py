@@ -54,6 +54,7 @@ class RunningNormalizer:
         self._m2 = np.zeros(n_voxels)
         self._scale = np.ones(n_voxels) if std is None else 1.0 / np.maximum(np.asarray(std, np.float64), _EPS)
         self._delta = np.empty(n_voxels)
+        self._delta2 = np.empty(n_voxels)
         self._out = np.empty(n_voxels, dtype=np.float32)
 
     def step(self, y: np.ndarray) -> np.ndarray:
@@ -62,12 +63,18 @@ class RunningNormalizer:
             self._out[:] = y
             return self._out
         if self.mode == "running" or (self.mode == "baseline" and self.n < self.n_baseline):
+            # Welford's update, in place (no temporaries per TR)
             self.n += 1
-            np.subtract(y, self.mean, out=self._delta)
-            self.mean += self._delta / self.n
-            self._m2 += self._delta * (y - self.mean)
+            d, d2 = self._delta, self._delta2
+            np.subtract(y, self.mean, out=d)
+            np.multiply(d, 1.0 / self.n, out=d2)
+            self.mean += d2
+            np.subtract(y, self.mean, out=d2)
+            np.multiply(d, d2, out=d2)
+            self._m2 += d2
             if self.n > 1:
-                np.sqrt(self._m2 / (self.n - 1), out=self._scale)
+                np.multiply(self._m2, 1.0 / (self.n - 1), out=self._scale)
+                np.sqrt(self._scale, out=self._scale)
                 np.maximum(self._scale, _EPS, out=self._scale)
                 np.divide(1.0, self._scale, out=self._scale)
             else:
