@@ -1,0 +1,27 @@
+"""The scheduling surface every output shares (the session talks to outputs through it)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class _OutputAPI:
+    """What every output offers the session; delegates to ``self.mixer``."""
+
+    def schedule_switch(self, at_frame: int, source: np.ndarray, crossfade_frames: int = 0, *,
+                        loop: bool = True, offset: int = 0, beat_frames=None) -> int:
+        """See :meth:`Mixer.schedule_switch`."""
+        return self.mixer.schedule_switch(at_frame, source, crossfade_frames, loop=loop, offset=offset,
+                                          beat_frames=beat_frames)
+
+    def schedule_stop(self, at_frame: int, fade_frames: int = 0) -> int:
+        """See :meth:`Mixer.schedule_stop`."""
+        return self.mixer.schedule_stop(at_frame, fade_frames)
+
+    def next_beat_frame(self, after_frame: int, every: int = 1) -> int | None:
+        """See :meth:`Mixer.next_beat_frame`."""
+        return self.mixer.next_beat_frame(after_frame, every)
+
+    def executed(self) -> list[dict]:
+        """See :meth:`Mixer.executed`."""
+        return self.mixer.executed()
