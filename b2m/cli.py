@@ -16,7 +16,7 @@ from rich.logging import RichHandler
 from protocols.errors import ProtocolError
 from realtime.transport import TransportError
 
-from .commands import demo, library, receive, replay, train
+from .commands import demo, library, receive, replay, simulate, train
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     receive.add_parser(sub)
     library.add_parser(sub)
     train.add_parser(sub)
+    simulate.add_parser(sub)
     demo.add_parser(sub)
     return p
 
