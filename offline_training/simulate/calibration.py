@@ -429,7 +429,8 @@ def calibrate_dataset(root: os.PathLike | str, subjects: Sequence[str] | None = 
     checked = [p for p in per if "skipped" not in p]
     result = {"targets": {"test_r_median": list(TARGET_MEDIAN), "test_r_max": TARGET_MAX,
                           "reference": "Nakai, Koide-Majima & Nishimoto (2021), Brain and Behavior 11(1), e01936"},
-              "method": __doc__.split("Everything is read back", 1)[1].strip() if __doc__ else "",
+              "method": ("Everything is read back" + __doc__.split("Everything is read back", 1)[1]).strip()
+              if __doc__ else "",
               "subjects": per,
               "pass": bool(checked) and all(p["models"]["generative"]["pass"] for p in checked)}
     path = root / "derivatives" / "simulation" / "calibration.json"
