@@ -84,8 +84,10 @@ def smooth_fields(mni_mm: np.ndarray, n_fields: int, rng: np.random.Generator, *
     phi = rng.uniform(0.0, 2 * np.pi, (n_fields, n_features))
     a = rng.standard_normal((n_fields, n_features))
     out = np.empty((x.shape[0], n_fields))
+    chunk = 16384  # bounds the (chunk, n_features) temporary
     for i in range(n_fields):
-        out[:, i] = np.cos(x @ w[i].T + phi[i]) @ a[i] * np.sqrt(2.0 / n_features)
+        for c in range(0, x.shape[0], chunk):
+            out[c:c + chunk, i] = np.cos(x[c:c + chunk] @ w[i].T + phi[i]) @ a[i] * np.sqrt(2.0 / n_features)
     return out
 
 
