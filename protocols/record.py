@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import msgpack
 
+from ._crc import crc32
 from .errors import RecordError
 
 __all__ = ["RecordLog", "Record", "RECORD_MAGIC", "scan_records"]
@@ -97,7 +97,7 @@ def scan_records(path: str | os.PathLike, *, payloads: bool = True) -> tuple[lis
             hbytes = f.read(hlen)
             # The CRC covers the payload, so a record is read whole to be trusted.
             pbytes = f.read(plen)
-            if zlib.crc32(hbytes) != hcrc or zlib.crc32(pbytes) != pcrc:
+            if crc32(hbytes) != hcrc or crc32(pbytes) != pcrc:
                 break
             try:
                 header = msgpack.unpackb(hbytes, raw=False, strict_map_key=True)
@@ -197,7 +197,7 @@ class RecordLog:
         payload : bytes-like
             Raw bytes, written verbatim.
         payload_crc : int, optional
-            CRC-32 (zlib) of ``payload`` if the caller already has it.
+            CRC-32 (zlib polynomial) of ``payload`` if the caller already has it.
 
         Returns
         -------
@@ -208,8 +208,8 @@ class RecordLog:
         if len(hbytes) > _MAX_HEADER:
             raise RecordError("header", f"record header is {len(hbytes)} bytes; limit {_MAX_HEADER}")
         payload = memoryview(payload).cast("B") if not isinstance(payload, bytes) else payload
-        pcrc = zlib.crc32(payload) if payload_crc is None else int(payload_crc) & 0xFFFFFFFF
-        prefix = _PREFIX.pack(RECORD_MAGIC, len(hbytes), len(payload), zlib.crc32(hbytes), pcrc)
+        pcrc = crc32(payload) if payload_crc is None else int(payload_crc) & 0xFFFFFFFF
+        prefix = _PREFIX.pack(RECORD_MAGIC, len(hbytes), len(payload), crc32(hbytes), pcrc)
         off = self._end
         n = os.pwritev(self._fd, [prefix, hbytes, payload], off)
         want = PREFIX_BYTES + len(hbytes) + len(payload)

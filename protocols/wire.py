@@ -16,13 +16,13 @@ from __future__ import annotations
 import math
 import re
 import time
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 import msgpack
 import numpy as np
 
+from ._crc import crc32
 from .errors import MessageError
 
 __all__ = [
@@ -78,7 +78,7 @@ def _dtype_str(dtype: np.dtype) -> str:
 
 def payload_checksum(payload) -> int:
     """CRC-32 (zlib polynomial) of the payload bytes, as an unsigned int."""
-    return zlib.crc32(payload) & 0xFFFFFFFF
+    return crc32(payload)
 
 
 # --------------------------------------------------------------------------

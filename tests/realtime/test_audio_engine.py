@@ -12,7 +12,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import soundfile as sf
-from jack_fixture import check_no_underruns, jackd, reference_xruns  # noqa: F401  (jackd: the fixture)
+from jack_fixture import check_no_underruns, jackd, poisson_upper, reference_xruns  # noqa: F401  (jackd: the fixture)
 
 from music.audio import crossfade_gains, write_audio
 from realtime.audio import (AudioDeviceError, DeviceOutput, IsolatedOutput, Mixer, WavSink, load_clip,
@@ -292,6 +292,15 @@ def test_wav_sink_writes_atomically(tmp_path):
 
 
 # ---------------------------------------------------------------------------- real streams on JACK
+
+
+def test_poisson_upper_bound_matches_closed_form():
+    # k = 0: P(0 events | mu) = exp(-mu) = 0.05  ->  mu = -ln 0.05; k = 1: (1 + mu) exp(-mu) = 0.05
+    from scipy.optimize import brentq
+
+    assert poisson_upper(0) == pytest.approx(-np.log(0.05), rel=1e-9)
+    mu1 = brentq(lambda m: (1 + m) * np.exp(-m) - 0.05, 0.1, 20)
+    assert poisson_upper(1) == pytest.approx(mu1, rel=1e-7)
 
 
 def test_missing_device_error_lists_devices(jackd):
