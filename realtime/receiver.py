@@ -81,8 +81,11 @@ class Receiver:
     insecure : bool
         Allow a non-loopback bind without CURVE keys.
     on_volume : callable, optional
-        Called as ``on_volume(msg, t_recv)`` after a new volume is recorded
-        and acked. Exceptions it raises are logged, never propagated.
+        Called as ``on_volume(msg, t_recv)`` for each new volume once it is
+        recorded and its ack is on the wire (by :meth:`serve`; a caller of
+        :meth:`handle` runs them with :meth:`run_callbacks`), so the scanner
+        link never waits for the decoder. Exceptions it raises are logged,
+        never propagated.
     on_run_complete : callable, optional
         Called as ``on_run_complete(run_id, nifti_path)`` from the export thread.
     on_run_gaps : callable, optional
@@ -112,6 +115,7 @@ class Receiver:
         self.export = export
         self.stats = ReceiverStats()
         self._last_run: str | None = None
+        self._new_volumes: list = []  # (msg, t_recv) recorded and acked, not yet given to on_volume
         self._exporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="b2m-export")
         self._exports: dict[str, object] = {}
         self._finalised: set[str] = set()
@@ -139,6 +143,7 @@ class Receiver:
                 for reply in self.handle(body, peer):
                     self.sock.send_multipart([peer] + reply, copy=False)
                 self._after_ack()
+                self.run_callbacks()
 
     def handle(self, frames, peer: bytes = b"") -> list[list]:
         """Process one message's frames; return the reply messages' frames."""
@@ -153,6 +158,15 @@ class Receiver:
             return [self._reject(frames, "internal", f"{type(e).__name__}: {e}; the message was kept "
                                  "in rejected.log, please report this", t_recv, peer)]
         return [encode(reply)] if reply is not None else []
+
+    def run_callbacks(self) -> None:
+        """Give the volumes recorded since the last call to ``on_volume``, in arrival order."""
+        while self._new_volumes:
+            msg, t_recv = self._new_volumes.pop(0)
+            try:
+                self.on_volume(msg, t_recv)
+            except Exception:
+                log.exception("on_volume failed for %s/%d; the volume is recorded", msg.run_id, msg.index)
 
     def _after_ack(self) -> None:
         """Housekeeping once the ack is out: room on disk for the next volumes."""
@@ -209,10 +223,7 @@ class Receiver:
         self._last_run = msg.run_id
         self.stats.recorded += 1
         if self.on_volume is not None:
-            try:
-                self.on_volume(msg, t_recv)
-            except Exception:
-                log.exception("on_volume failed for %s/%d; the volume is recorded", msg.run_id, msg.index)
+            self._new_volumes.append((msg, t_recv))
         self._maybe_finalise(run)
         return Ack(of="volume", run_id=msg.run_id, index=msg.index, status="recorded")
 

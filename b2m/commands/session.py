@@ -1,0 +1,198 @@
+"""``b2m session``: the live loop (receive, decode, choose music, play it), and ``b2m session replay``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+log = logging.getLogger("b2m.session")
+
+DEFAULT_RESULTS = "tcp://127.0.0.1:5556"
+
+
+def add_parser(sub) -> None:
+    from realtime.feedback import PolicyConfig
+    from realtime.transport import DEFAULT_ENDPOINT
+
+    d = PolicyConfig()
+    p = sub.add_parser(
+        "session", help="run a neurofeedback session (or `b2m session replay SESSION`)",
+        description="Receive volumes from the scanner, record them, decode each TR with the model bundle, "
+                    "choose music from the library and play it. `b2m session replay SESSION` reruns a recorded "
+                    "session through the same bundle and library and checks every decision is reproduced.")
+    p.add_argument("action", nargs="?", choices=["replay"], help="replay a recorded session (give its folder)")
+    p.add_argument("session", nargs="?", help="with `replay`: the session folder")
+    p.add_argument("--model", help="model bundle folder (from `b2m train`)")
+    p.add_argument("--library", help="music library folder (from `b2m library build`)")
+    p.add_argument("--out", help="session record folder (an existing one is continued)")
+    p.add_argument("--bind", default=DEFAULT_ENDPOINT, help=f"scanner link endpoint (default {DEFAULT_ENDPOINT})")
+    p.add_argument("--audio", default="default",
+                   help="output device name or index, 'default', or wav:PATH to write what would be played")
+    p.add_argument("--in-process-audio", action="store_true",
+                   help="run the audio stream in this process (default: an isolated child process)")
+    p.add_argument("--mode", default="retrieval", choices=["retrieval"],
+                   help="how music follows the decoded embedding (retrieval from the library)")
+    p.add_argument("--results", default=DEFAULT_RESULTS, help=f"ZeroMQ PUB endpoint for per-TR results "
+                   f"(default {DEFAULT_RESULTS}; 'none' to disable)")
+    p.add_argument("--pyneal-port", type=int, default=None,
+                   help="also serve Pyneal-style results on this TCP port (0: any free port)")
+    p.add_argument("--runs", type=int, default=None, help="stop after this many runs have ended (default: run "
+                   "until SIGINT/SIGTERM)")
+    p.add_argument("--no-dashboard", action="store_true", help="no live terminal view (scripts)")
+    p.add_argument("--insecure", action="store_true", help="allow non-loopback endpoints without CURVE keys")
+    p.add_argument("--no-fsync", action="store_true", help=argparse_suppress())
+    g = p.add_argument_group("feedback policy")
+    g.add_argument("--smooth-trs", type=int, default=d.smooth_trs, help=f"TRs averaged (default {d.smooth_trs})")
+    g.add_argument("--top-k", type=int, default=d.k, help=f"candidates retrieved (default {d.k})")
+    g.add_argument("--margin", type=float, default=d.margin,
+                   help=f"cosine margin a new clip must win by (default {d.margin})")
+    g.add_argument("--min-dwell", type=float, default=d.min_dwell_s,
+                   help=f"minimum seconds between switches (default {d.min_dwell_s})")
+    g.add_argument("--crossfade", type=float, default=d.crossfade_s, help=f"seconds (default {d.crossfade_s})")
+    g.add_argument("--align", default=d.align, choices=["bar", "beat", "none"],
+                   help=f"where switches land in the music (default {d.align})")
+    p.set_defaults(func=run)
+
+
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def _policy(args):
+    from realtime.feedback import PolicyConfig
+
+    return PolicyConfig(smooth_trs=args.smooth_trs, k=args.top_k, margin=args.margin, min_dwell_s=args.min_dwell,
+                        crossfade_s=args.crossfade, align=args.align)
+
+
+def run(args) -> int:
+    if args.action == "replay":
+        if not args.session:
+            raise ValueError("`b2m session replay` needs the session folder: b2m session replay SESSION")
+        return run_replay(args.session)
+    missing = [f"--{k}" for k in ("model", "library", "out") if not getattr(args, k)]
+    if missing:
+        raise ValueError(f"b2m session needs {', '.join(missing)} (see b2m session --help)")
+    return run_live(args)
+
+
+def open_parts(model: str, library: str):
+    from music.library import Library
+    from realtime.decoder import Decoder
+
+    return Decoder(model, threads=1), Library(library)
+
+
+def run_live(args) -> int:
+    from realtime.audio import AudioDeviceError, open_output
+    from realtime.receiver import Receiver
+    from realtime.results import PynealResultsServer, ResultsPublisher
+    from realtime.session import Dashboard, SessionEngine, write_session_info
+
+    os.makedirs(args.out, exist_ok=True)
+    fh = logging.FileHandler(os.path.join(args.out, "session.log"))
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.getLogger("b2m").addHandler(fh)
+    decoder, library = open_parts(args.model, args.library)
+    policy = _policy(args)
+    try:
+        output = open_output(args.audio, isolate=not args.in_process_audio)
+    except AudioDeviceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    ended: list[str] = []
+    parts: list = []
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def run_over(run_id, *_):
+        ended.append(run_id)
+        print(f"run\t{run_id}\tended", file=sys.stderr, flush=True)
+        if args.runs is not None and len(ended) >= args.runs:
+            stop.set()
+
+    publisher = pyneal = dashboard = None
+    try:
+        output.start()
+        parts.append(output)
+        if args.results and args.results != "none":
+            publisher = ResultsPublisher(args.results, insecure=args.insecure)
+            print(f"results\t{publisher.endpoint}", file=sys.stderr, flush=True)
+        if args.pyneal_port is not None:
+            pyneal = PynealResultsServer(port=args.pyneal_port, insecure=args.insecure)
+            print(f"pyneal\t{pyneal.host}:{pyneal.port}", file=sys.stderr, flush=True)
+        engine = SessionEngine(decoder, library, output, policy, record_dir=args.out, publisher=publisher,
+                               pyneal=pyneal)
+        write_session_info(args.out, {
+            "model": os.path.abspath(args.model), "library": os.path.abspath(args.library),
+            "policy": policy.to_dict(), "options": engine.options.__dict__, "mode": args.mode,
+            "audio": args.audio, "started_unix": time.time(),
+            "embedder": decoder.embedder, "bundle_sha256": decoder.manifest.get("sha256", {}),
+        })
+        with Receiver(args.out, args.bind, insecure=args.insecure, sync=not args.no_fsync,
+                      on_volume=engine.on_volume, on_run_complete=run_over, on_run_gaps=run_over) as rx:
+            print(f"ready\t{rx.endpoint}", file=sys.stderr, flush=True)
+            if not args.no_dashboard:
+                dashboard = Dashboard(engine, rx, engine.preprocess.motion_config.fd_threshold_mm).start()
+            rx.serve(stop)
+            rx.wait_exports()
+        engine.finish()
+    finally:
+        if dashboard is not None:
+            dashboard.stop()
+        for part in (publisher, pyneal):
+            if part is not None:
+                part.close()
+        for part in parts:
+            part.close()
+    summary = session_summary(engine, ended)
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    lat = summary["latency_ms"].get("total", {})
+    print(f"session: {summary['counts']['volumes']} volumes, {summary['counts']['decoded']} decoded, "
+          f"{summary['counts']['switches']} switches, {summary['counts']['holds']} motion holds, "
+          f"{summary['counts']['errors']} errors; latency p50 {lat.get('p50', float('nan')):.2f} ms, "
+          f"p99 {lat.get('p99', float('nan')):.2f} ms; audio underruns {summary['audio_underruns']}")
+    return 0
+
+
+def session_summary(engine, ended) -> dict:
+    st = engine.stats()
+    audio = st.get("audio") or {}
+    return {"runs_ended": ended, "counts": st["counts"], "latency_ms": st["latency_ms"],
+            "audio_underruns": audio.get("underruns"), "audio": audio, "clips": st.get("clips")}
+
+
+def run_replay(session: str) -> int:
+    from rich.progress import Progress
+
+    from realtime.session import SessionEngine, read_session_info, replay_session
+    from realtime.session.engine import SessionOptions
+    from realtime.feedback import PolicyConfig
+
+    info = read_session_info(session)
+    decoder, library = open_parts(info["model"], info["library"])
+    policy = PolicyConfig(**info["policy"])
+    options = SessionOptions(**info.get("options", {}))
+    with Progress(transient=True) as bar:
+        task = bar.add_task("replaying", total=None)
+        report = replay_session(session, lambda offsets: SessionEngine(decoder, library, None, policy, options,
+                                                                        run_offsets=offsets),
+                                progress=lambda d, t: bar.update(task, completed=d, total=t))
+    print(json.dumps(report, indent=2))
+    verdict = "identical" if report["identical"] else f"DIFFERENT (first: {report['first_mismatch']})"
+    print(f"replay: {report['n_compared']} of {report['n_recorded']} recorded decisions compared; "
+          f"{verdict}; embedding max abs diff {report['embedding_max_abs_diff']:.3g}")
+    return 0 if report["identical"] else 1

@@ -1,0 +1,143 @@
+"""Library clips ready for the mixer: loaded, resampled and beat-tracked off the hot path.
+
+A switch needs the new clip as a float32 array at the output rate and its
+beat positions (to land the switch on a beat or bar and to start the clip on
+its own first beat). Reading and beat-tracking a 15 s clip takes tens of
+milliseconds, so :class:`ClipCache` does it on a loader thread for the
+policy's current candidates (:meth:`prefetch`), keeps the most recent clips
+(LRU), and loads synchronously only when a switch asks for a clip that is
+not ready yet (counted in ``stats["sync_loads"]``).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger("b2m.session")
+
+__all__ = ["ReadyClip", "ClipCache"]
+
+
+@dataclass(frozen=True)
+class ReadyClip:
+    """A library clip prepared for the mixer.
+
+    Attributes
+    ----------
+    index : int
+        Library row.
+    source : ndarray of shape (n_frames, channels), float32
+        At the output rate.
+    beat_frames : ndarray of shape (n_beats,), int64
+        Beat positions in source frames (empty if the clip has no clear beat).
+    tempo_bpm : float
+        ``nan`` without a beat.
+    """
+
+    index: int
+    source: np.ndarray
+    beat_frames: np.ndarray
+    tempo_bpm: float
+
+
+class ClipCache:
+    """Loads library clips for one output format, on a background thread.
+
+    Parameters
+    ----------
+    library : music.library.Library
+    samplerate, channels : int
+        The output's format.
+    capacity : int
+        Clips kept (a 15 s stereo clip at 48 kHz is 5.8 MB).
+    """
+
+    def __init__(self, library, samplerate: int, channels: int = 2, capacity: int = 24):
+        self.library = library
+        self.samplerate = int(samplerate)
+        self.channels = int(channels)
+        self.capacity = int(capacity)
+        self._clips: OrderedDict[int, ReadyClip] = OrderedDict()
+        self._lock = threading.Condition()  # guards _clips and _queued; held only for dict operations
+        self._todo: queue.Queue = queue.Queue()
+        self._queued: set[int] = set()
+        self.stats = {"loads": 0, "sync_loads": 0, "load_ms_max": 0.0, "errors": 0}
+        self._thread = threading.Thread(target=self._work, name="b2m-clip-loader", daemon=True)
+        self._thread.start()
+
+    def _load(self, index: int) -> ReadyClip:
+        from music.beats import estimate_beats
+        from realtime.audio import load_clip
+
+        t0 = time.perf_counter()
+        clip = self.library.clips[index]
+        src = load_clip(self.library.audio_path(clip), clip.start_s, clip.duration_s,
+                        samplerate=self.samplerate, channels=self.channels)
+        tempo, beats_s = estimate_beats(src.mean(axis=1), self.samplerate)
+        ready = ReadyClip(index, src, np.round(beats_s * self.samplerate).astype(np.int64), float(tempo))
+        ms = (time.perf_counter() - t0) * 1e3
+        self.stats["loads"] += 1
+        self.stats["load_ms_max"] = max(self.stats["load_ms_max"], ms)
+        return ready
+
+    def _put(self, ready: ReadyClip) -> None:
+        with self._lock:
+            self._clips[ready.index] = ready
+            self._clips.move_to_end(ready.index)
+            while len(self._clips) > self.capacity:
+                self._clips.popitem(last=False)
+            self._lock.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            index = self._todo.get()
+            if index is None:
+                return
+            try:
+                with self._lock:
+                    have = index in self._clips
+                if not have:
+                    self._put(self._load(index))
+            except Exception:
+                self.stats["errors"] += 1
+                log.exception("could not load library clip %s", self.library.clips[index].id)
+            finally:
+                with self._lock:
+                    self._queued.discard(index)
+                    self._lock.notify_all()
+
+    def prefetch(self, indices) -> None:
+        """Queue clips for loading (no-op for those ready or queued)."""
+        for i in indices:
+            i = int(i)
+            with self._lock:
+                if i in self._clips or i in self._queued:
+                    continue
+                self._queued.add(i)
+            self._todo.put(i)
+
+    def get(self, index: int) -> ReadyClip:
+        """The clip: from the cache, from the loader if it is loading it now, else loaded here."""
+        index = int(index)
+        with self._lock:
+            while index in self._queued and index not in self._clips:
+                self._lock.wait(1.0)
+            ready = self._clips.get(index)
+            if ready is not None:
+                self._clips.move_to_end(index)
+                return ready
+        self.stats["sync_loads"] += 1
+        ready = self._load(index)
+        self._put(ready)
+        return ready
+
+    def close(self) -> None:
+        self._todo.put(None)
+        self._thread.join(timeout=5)

@@ -1,0 +1,102 @@
+"""The live terminal view of a session (rich), refreshed off the hot path.
+
+A rich ``Live`` display on stderr, redrawn 4 times a second by rich's own
+refresh thread from the engine's latest result and statistics; the per-TR
+loop never waits for it (it only reads what the loop already stored).
+``--no-dashboard`` leaves it out (scripts, benchmarks).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+__all__ = ["Dashboard"]
+
+_SPARK = " ▁▂▃▄▅▆▇█"
+
+
+def sparkline(values, hi: float) -> str:
+    """One character per value, scaled to [0, hi]."""
+    v = np.clip(np.nan_to_num(np.asarray(values, float)) / max(hi, 1e-9), 0, 1)
+    return "".join(_SPARK[int(round(x * (len(_SPARK) - 1)))] for x in v)
+
+
+class Dashboard:
+    """Live view of a :class:`~realtime.session.engine.SessionEngine` (and its receiver).
+
+    Parameters
+    ----------
+    engine : SessionEngine
+    receiver : realtime.receiver.Receiver or None
+        For rejected-message counts.
+    fd_threshold_mm : float
+        Drawn as the scale of the FD trace.
+    """
+
+    def __init__(self, engine, receiver=None, fd_threshold_mm: float = 0.5, console=None):
+        from rich.console import Console
+
+        self.engine = engine
+        self.receiver = receiver
+        self.fd_threshold_mm = fd_threshold_mm
+        self.console = console or Console(stderr=True)
+        self._live = None
+        self._t0 = time.monotonic()
+
+    def render(self):
+        from rich.console import Group
+        from rich.panel import Panel
+        from rich.table import Table
+
+        e, r = self.engine, self.engine.last
+        st = e.stats()
+        head = Table.grid(padding=(0, 2))
+        head.add_column(style="bold")
+        head.add_column()
+        if r is None:
+            head.add_row("waiting", "for the first volume ...")
+        else:
+            lag = time.time() - r.timestamps.get("acquired", time.time()) if r.timestamps.get("acquired") else None
+            head.add_row("run / volume", f"{r.run_id} / {r.index}  (decodes moment {r.decoded_index})")
+            head.add_row("lag behind scanner", f"{lag:.2f} s" if lag is not None else "n/a (no acquisition time)")
+            head.add_row("action", f"{r.action}{'  [motion hold]' if r.flagged else ''}")
+            clip = e.library.clips[e.library.index_of(r.clip)] if r.clip else None
+            head.add_row("playing", f"{r.clip}  ({clip.genre or clip.source})" if clip else "-")
+            head.add_row("tags", ", ".join(f"{t} {p:.2f}" for t, p in r.tags) or "-")
+            head.add_row("next candidate", e.next_candidate or "-")
+            fds = [x.fd_mm for x in e.results[-60:] if x.run_id == r.run_id]
+            head.add_row(f"FD (last {len(fds)}, scale {self.fd_threshold_mm:g} mm)",
+                         sparkline(fds, self.fd_threshold_mm) + (f"  {r.fd_mm:.2f} mm" if r.fd_mm is not None else ""))
+            if r.motion:
+                head.add_row("motion", "t " + " ".join(f"{v:+.2f}" for v in r.motion[:3]) + " mm, r "
+                             + " ".join(f"{np.degrees(v):+.2f}" for v in r.motion[3:]) + " deg")
+        lat = Table(title="latency per stage (ms)", title_justify="left", box=None)
+        for col in ("stage", "last", "p50", "p99", "n"):
+            lat.add_column(col, justify="right" if col != "stage" else "left")
+        for k, v in st["latency_ms"].items():
+            lat.add_row(k, f"{v['last']:.2f}", f"{v['p50']:.2f}", f"{v['p99']:.2f}", str(v["n"]))
+        c = st["counts"]
+        audio = st.get("audio") or {}
+        rejected = self.receiver.stats.rejected if self.receiver is not None else 0
+        foot = (f"volumes {c['volumes']}  decoded {c['decoded']}  switches {c['switches']}  motion holds "
+                f"{c['holds']}  errors {c['errors']}  stand-ins {c['stand_ins']}  rejected messages {rejected}  "
+                f"audio underruns {audio.get('underruns', 'n/a')}  late audio commands "
+                f"{audio.get('late_commands', 'n/a')}  uptime {time.monotonic() - self._t0:.0f} s")
+        return Panel(Group(head, lat, foot), title="b2m session", border_style="cyan")
+
+    def __rich__(self):
+        return self.render()
+
+    def start(self) -> "Dashboard":
+        from rich.live import Live
+
+        self._live = Live(self, console=self.console, refresh_per_second=4, transient=False)
+        self._live.start()
+        return self
+
+    def stop(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None

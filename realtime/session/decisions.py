@@ -1,0 +1,54 @@
+"""The decisions half of the session record: one append-only log per run.
+
+``SESSION/runs/<run_id>/decisions.log`` is a :class:`protocols.record.RecordLog`
+next to the run's ``volumes.log``. Record ``i`` holds what the session did with
+one volume: a msgpack header (the fields of :class:`protocols.wire.Result`
+plus the audio command) and, as payload, the decoded embedding as
+little-endian float32 (empty before the first decodable volume).
+
+Records are written without ``fdatasync``: they reach the page cache before
+the next volume is handled, so a crash of the session process (even SIGKILL)
+loses none of them; only a power cut can lose the last few, and those are
+recomputed exactly from the volumes, which *are* synced (:mod:`.replay`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from protocols.record import RecordLog, scan_records
+
+__all__ = ["DecisionLog", "read_decisions", "decisions_path"]
+
+
+def decisions_path(session_dir, run_id: str) -> str:
+    return os.path.join(os.fspath(session_dir), "runs", run_id, "decisions.log")
+
+
+class DecisionLog:
+    """Append decisions of one run (``path`` is created with its folder)."""
+
+    def __init__(self, path: str):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self.path = path
+        self._log = RecordLog(path, sync=False)
+
+    def append(self, header: dict, embedding: np.ndarray | None) -> None:
+        payload = b"" if embedding is None else np.ascontiguousarray(embedding, "<f4").tobytes()
+        self._log.append(header, payload)
+
+    def close(self) -> None:
+        self._log.close()
+
+
+def read_decisions(path: str) -> list[dict]:
+    """All decision records of a run, in order; each header gets ``"embedding"`` (ndarray or None)."""
+    records, _ = scan_records(path)
+    out = []
+    for rec in records:
+        h = dict(rec.header)
+        h["embedding"] = np.frombuffer(rec.payload, "<f4").copy() if rec.payload else None
+        out.append(h)
+    return out

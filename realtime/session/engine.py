@@ -1,0 +1,364 @@
+"""The per-TR loop of a session: volume in, decision and music out.
+
+:class:`SessionEngine` takes each recorded volume (from the receiver, after
+its ack, or from a session record in :mod:`.replay`) through
+
+1. the shared per-TR preprocessing (:class:`realtime.preprocessing.OnlinePreprocessor`,
+   configured by the bundle, one per run),
+2. the ONNX decoder (:class:`realtime.decoder.Decoder`, one thread, bound buffers),
+3. the feedback policy (:class:`realtime.feedback.FeedbackPolicy`: smoothing,
+   top-k retrieval, hysteresis, dwell, motion hold, neutral start),
+4. the audio engine: a switch is scheduled on the next bar (or beat) of the
+   clip playing, with an equal-power crossfade, the new clip entering on its
+   own first beat,
+
+then publishes a :class:`protocols.wire.Result`, answers Pyneal clients, and
+appends the decision to the session record (:mod:`.decisions`).
+
+**Session time.** The policy's clock is the scanner's: volume ``i`` of a run
+is acquired at ``offset_s + i * TR`` and decided at ``offset_s + (i + 1) * TR``,
+where ``offset_s`` is where the run starts in the session (0 for the first
+run, the end of the previous run for the next). Decisions therefore depend on
+the volumes alone, never on the wall clock, and a replay reproduces them
+exactly. A WAV sink follows the same clock (a switch decided at volume ``i``
+is heard no earlier than ``(i + 1) * TR`` into the run, as it would be at TR
+pace, whatever the replay speed); a sound device plays on its own clock, so
+the switch lands on the first bar at least ``lead_s`` after the decision.
+
+**Order and gaps.** Volumes are processed in index order. One arriving early
+(a resend after a reconnect can overtake) waits; a missing volume that has
+not arrived when ``max_wait`` later ones have is stood in for by the last
+volume (flagged, so the policy holds), because the causal filters need one
+input per TR. The real volume, arriving later, is recorded but not decoded.
+
+**Errors.** A volume that cannot be processed (wrong grid for the model, a
+bug) gets an ``error`` result with the reason; the session continues.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protocols.wire import Result
+
+from ..feedback import Decision, FeedbackPolicy, PolicyConfig
+from ..preprocessing import OnlinePreprocessor, PreprocessConfig
+from .clips import ClipCache
+from .decisions import DecisionLog, decisions_path
+
+log = logging.getLogger("b2m.session")
+
+__all__ = ["SessionEngine", "SessionOptions", "STAGES"]
+
+# Result stages, in order; latency of each is measured from the previous one.
+STAGES = ("received", "preprocessed", "decoded", "decided", "audio_scheduled")
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """Session options beyond the policy's.
+
+    Attributes
+    ----------
+    lead_s : float
+        A device switch is scheduled at least this long after the decision
+        (room for the command to reach the audio thread), seconds.
+    max_wait : int
+        Volumes that may arrive after a missing one before it is stood in for.
+    n_tags : int
+        Tags of the playing clip reported per result.
+    """
+
+    lead_s: float = 0.05
+    max_wait: int = 4
+    n_tags: int = 3
+
+
+@dataclass
+class _Run:
+    run_id: str
+    tr_s: float
+    offset_s: float
+    pre: OnlinePreprocessor | None
+    log: DecisionLog | None
+    next_index: int = 0
+    waiting: dict = field(default_factory=dict)  # index -> (msg, t_recv)
+    last_volume: np.ndarray | None = None
+    error: str | None = None
+    n_decoded: int = 0
+
+
+class SessionEngine:
+    """Volumes in order -> preprocessing -> decoder -> policy -> audio, results and record.
+
+    Parameters
+    ----------
+    decoder : realtime.decoder.Decoder
+    library : music.library.Library
+        Must come from the same embedder as the decoder's bundle.
+    output : audio output or None
+        :func:`realtime.audio.open_output` (started by the caller); None
+        decides without sound (replays, benchmarks).
+    policy : PolicyConfig
+    options : SessionOptions
+    record_dir : path-like or None
+        Session record folder for ``runs/<id>/decisions.log``; None keeps no log.
+    publisher, pyneal : optional
+        :class:`realtime.results.ResultsPublisher` and :class:`~realtime.results.PynealResultsServer`.
+    run_offsets : dict, optional
+        ``run_id -> offset_s`` to reuse (a replay passes the recorded ones).
+    """
+
+    def __init__(self, decoder, library, output=None, policy: PolicyConfig | None = None,
+                 options: SessionOptions | None = None, record_dir=None, publisher=None, pyneal=None,
+                 run_offsets: dict | None = None):
+        from protocols.library import check_same_embedder
+
+        check_same_embedder(decoder.embedder, library.embedder, "model bundle", "library")
+        self.decoder = decoder
+        self.library = library
+        self.output = output
+        self.policy_config = policy or PolicyConfig()
+        self.options = options or SessionOptions()
+        self.policy = FeedbackPolicy(library, self.policy_config)
+        self.record_dir = record_dir
+        self.publisher = publisher
+        self.pyneal = pyneal
+        m = decoder.manifest
+        self.preprocess = PreprocessConfig.from_dict(m["preprocess"])
+        self.lag = max(self.preprocess.delays)
+        self._arrays = m["arrays"]
+        self._affine = np.asarray(m["mask"]["affine"], float)
+        self._default_n = int(m.get("n_volumes") or 410)
+        self._run_offsets = dict(run_offsets or {})
+        self.runs: dict[str, _Run] = {}
+        self._session_end_s = 0.0  # session time at which the latest run's last decided volume ends
+        self.clips = (ClipCache(library, output.samplerate, output.channels) if output is not None else None)
+        self._audio_started = False
+        self._last_cmd_frame = 0
+        self.results: list[Result] = []  # kept for summaries; small (one per TR)
+        self.latency_ms = {s: deque(maxlen=2000) for s in STAGES[1:] + ("total",)}
+        self.counts = {"volumes": 0, "decoded": 0, "switches": 0, "holds": 0, "errors": 0, "stand_ins": 0,
+                       "late": 0}
+        self.last: Result | None = None
+        self.next_candidate: str | None = None
+        if self.clips is not None:  # the first sound must not wait for a disk read: load it now
+            self.clips.get(self.policy.neutral_clip)
+
+    # ---- runs -----------------------------------------------------------
+
+    def _run(self, msg) -> _Run:
+        run = self.runs.get(msg.run_id)
+        if run is not None:
+            return run
+        offset = self._run_offsets.get(msg.run_id, self._session_end_s)
+        pre, error = None, None
+        n = int(msg.n_volumes or self._default_n)
+        try:
+            pre = OnlinePreprocessor(self._arrays["mask"], self._affine, self.preprocess, n,
+                                     reference=self._arrays["reference"], norm_mean=self._arrays["norm_mean"],
+                                     norm_std=self._arrays["norm_std"])
+            pre.check(msg.data.shape[:3], msg.affine)
+        except ValueError as e:  # GeometryError included
+            error = f"run {msg.run_id} cannot be decoded with this model: {e}"
+            log.error("%s", error)
+        dlog = DecisionLog(decisions_path(self.record_dir, msg.run_id)) if self.record_dir is not None else None
+        run = _Run(msg.run_id, float(msg.tr_s), float(offset), pre, dlog, error=error)
+        self.runs[msg.run_id] = run
+        log.info("run %s: decoding from session time %.1f s (TR %.3f s, lag %d TRs)", msg.run_id, offset,
+                 msg.tr_s, self.lag)
+        return run
+
+    # ---- entry point ----------------------------------------------------
+
+    def on_volume(self, msg, t_recv: float) -> list[Result]:
+        """Handle one recorded volume (any order); returns the results produced now."""
+        run = self._run(msg)
+        out = []
+        if msg.index < run.next_index:
+            self.counts["late"] += 1
+            log.warning("%s/%d arrived after it was stood in for; recorded, not decoded", msg.run_id, msg.index)
+            return out
+        run.waiting[msg.index] = (msg, t_recv)
+        while True:
+            if run.next_index in run.waiting:
+                m, t = run.waiting.pop(run.next_index)
+                out.append(self._step(run, m, m.data, t, stand_in=False))
+            elif run.waiting and (max(run.waiting) - run.next_index >= self.options.max_wait) \
+                    and run.last_volume is not None:
+                self.counts["stand_ins"] += 1
+                log.warning("%s/%d missing after %d later volumes: the previous volume stands in (flagged)",
+                            run.run_id, run.next_index, self.options.max_wait)
+                first = run.waiting[min(run.waiting)][0]
+                out.append(self._step(run, first, run.last_volume, time.time(), stand_in=True,
+                                      index=run.next_index))
+            else:
+                break
+        return out
+
+    # ---- one TR ---------------------------------------------------------
+
+    def _step(self, run: _Run, msg, volume: np.ndarray, t_recv: float, *, stand_in: bool,
+              index: int | None = None) -> Result:
+        index = msg.index if index is None else index
+        run.next_index = index + 1
+        self.counts["volumes"] += 1
+        p0 = time.perf_counter()
+        stamps = {"acquired": float(msg.t_acquired), "received": float(t_recv)}
+        lat: dict[str, float] = {}
+        res = Result(run_id=run.run_id, index=index)
+        t_scan = run.offset_s + (index + 1) * run.tr_s  # the decision's session time
+        self._session_end_s = max(self._session_end_s, t_scan)
+        embedding, audio_frame, error = None, None, None
+        try:
+            if run.error is not None:
+                raise ValueError(run.error)
+            step = run.pre.process(volume)
+            run.last_volume = volume if not stand_in else run.last_volume
+            p1 = time.perf_counter()
+            stamps["preprocessed"] = time.time()
+            lat["preprocessed"] = (p1 - p0) * 1e3
+            flagged = stand_in
+            if step.motion is not None:
+                res.motion = [float(v) for v in step.motion.params]
+                res.fd_mm = float(step.motion.fd)
+                flagged = flagged or bool(step.motion.flagged)
+            res.flagged = flagged
+            if step.x is not None:
+                embedding = self.decoder.decode(step.x).copy()
+                res.decoded_index = index - self.lag
+                run.n_decoded += 1
+                self.counts["decoded"] += 1
+            p2 = time.perf_counter()
+            stamps["decoded"] = time.time()
+            lat["decoded"] = (p2 - p1) * 1e3
+            decision = self.policy.step(t_scan, embedding, flagged)
+            p3 = time.perf_counter()
+            stamps["decided"] = time.time()
+            lat["decided"] = (p3 - p2) * 1e3
+            audio_frame = self._audio(decision, t_scan)
+            p4 = time.perf_counter()
+            stamps["audio_scheduled"] = time.time()
+            lat["audio_scheduled"] = (p4 - p3) * 1e3
+            self._fill(res, decision, embedding)
+        except Exception as e:  # never let one volume take the session down
+            self.counts["errors"] += 1
+            res.action = "error"
+            error = f"{type(e).__name__}: {e}"
+            if run.error is None:
+                log.exception("%s/%d could not be processed; the session continues", run.run_id, index)
+            res.clip = self.library.clips[self.policy.current].id if self.policy.current is not None else None
+        lat["total"] = (time.perf_counter() - p0) * 1e3
+        res.timestamps = stamps
+        res.latency_ms = {k: round(v, 4) for k, v in lat.items()}
+        for k, v in lat.items():
+            self.latency_ms[k].append(v)
+        if res.action == "switch":
+            self.counts["switches"] += 1
+        elif res.action == "hold":
+            self.counts["holds"] += 1
+        self._emit(run, res, embedding, t_scan, stand_in, audio_frame, error)
+        self._render(t_scan)
+        return res
+
+    def _fill(self, res: Result, d: Decision, embedding) -> None:
+        res.action = d.action
+        res.clip = self.library.clips[d.clip].id
+        res.embedding = embedding
+        res.topk = [(self.library.clips[i].id, round(s, 6)) for i, s in d.topk]
+        res.tags = self.library.clips[d.clip].tag_list()[: self.options.n_tags]
+        cand = [i for i, _ in d.topk if i != d.clip]
+        self.next_candidate = self.library.clips[cand[0]].id if cand else None
+        if self.clips is not None and d.topk:
+            self.clips.prefetch(i for i, _ in d.topk[:2])
+
+    # ---- audio ------------------------------------------------------------
+
+    def _decision_frame(self, t_scan: float) -> int:
+        out = self.output
+        if hasattr(out, "advance_to"):  # a WAV sink: the session's clock is its clock
+            return out.time_to_frame(t_scan)
+        return out.time_to_frame(out.now() + self.options.lead_s)
+
+    def _audio(self, d: Decision, t_scan: float) -> int | None:
+        out = self.output
+        if out is None:
+            return None
+        frame = None
+        if not self._audio_started or d.action == "switch":
+            ready = self.clips.get(d.clip)
+            at = self._decision_frame(t_scan)
+            if self._audio_started and self.policy_config.align != "none":
+                every = 4 if self.policy_config.align == "bar" else 1
+                on_beat = out.next_beat_frame(at, every)
+                at = on_beat if on_beat is not None else at
+            offset = int(ready.beat_frames[0]) if ready.beat_frames.size else 0
+            fade = int(round(self.policy_config.crossfade_s * out.samplerate))
+            out.schedule_switch(at, ready.source, fade, offset=offset, beat_frames=ready.beat_frames)
+            self._audio_started = True
+            self._last_cmd_frame = frame = int(at)
+        return frame
+
+    def _render(self, t_scan: float) -> None:
+        """A WAV sink renders up to the decision's session time (after the result is out)."""
+        if self.output is not None and hasattr(self.output, "advance_to"):
+            self.output.advance_to(self.output.time_to_frame(t_scan))
+
+    def finish(self, tail_s: float | None = None) -> None:
+        """End of the session: fade out and, for a WAV sink, render to the end."""
+        out = self.output
+        if out is not None and self._audio_started:
+            fade = int(round(self.policy_config.crossfade_s * out.samplerate))
+            at = self._decision_frame(self._session_end_s)
+            at = max(at, out.frame, self._last_cmd_frame + fade)  # let the last crossfade finish
+            out.schedule_stop(at, fade)
+            if hasattr(out, "advance_to"):
+                out.advance_to(at + fade + out.samplerate // 10)
+        if self.clips is not None:
+            self.clips.close()
+        for run in self.runs.values():
+            if run.log is not None:
+                run.log.close()
+
+    # ---- outputs ------------------------------------------------------------
+
+    def _emit(self, run: _Run, res: Result, embedding, t_scan: float, stand_in: bool, audio_frame, error) -> None:
+        self.last = res
+        self.results.append(res)
+        if self.publisher is not None:
+            self.publisher.publish(res)
+        if self.pyneal is not None:
+            from ..results import pyneal_payload
+
+            self.pyneal.store(res.index, pyneal_payload(res))
+        if run.log is not None:
+            h = {"kind": "decision", "run_id": res.run_id, "index": res.index, "decoded_index": res.decoded_index,
+                 "action": res.action, "clip": res.clip, "topk": [list(t) for t in res.topk],
+                 "tags": [list(t) for t in res.tags], "fd_mm": res.fd_mm, "motion": res.motion,
+                 "flagged": res.flagged, "stand_in": stand_in, "t_scan_s": t_scan, "offset_s": run.offset_s,
+                 "tr_s": run.tr_s, "timestamps": res.timestamps, "latency_ms": res.latency_ms,
+                 "audio_frame": audio_frame, "error": error}
+            try:
+                run.log.append(h, embedding)
+            except Exception:
+                log.exception("could not append the decision for %s/%d to the record", res.run_id, res.index)
+
+    def stats(self) -> dict:
+        """Counts, latency medians/p99 per stage (ms) and the audio output's statistics."""
+        lat = {}
+        for k, v in self.latency_ms.items():
+            if v:
+                a = np.array(list(v), float)  # list() copies under the GIL: the loop may be appending
+                lat[k] = {"last": float(a[-1]), "p50": float(np.median(a)), "p99": float(np.percentile(a, 99)),
+                          "n": int(a.size)}
+        out = {"counts": dict(self.counts), "latency_ms": lat}
+        if self.output is not None:
+            out["audio"] = self.output.stats()
+        if self.clips is not None:
+            out["clips"] = dict(self.clips.stats)
+        return out

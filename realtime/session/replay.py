@@ -1,0 +1,136 @@
+"""``b2m session replay``: rerun a recorded session and check it decides the same.
+
+The session record keeps every volume (synced before its ack) and every
+decision. A replay feeds the recorded volumes, in the order they arrived,
+through a fresh :class:`~realtime.session.engine.SessionEngine` built from the
+same bundle, library and options (``session_config.json``), on the recorded session
+clock (each run's ``offset_s``), and compares decision by decision: the
+action, the clip, the top-k clips and the decoded embedding. The policy's
+clock is the scanner's, so a replay at any speed must reproduce the session
+exactly; any difference is reported with the first volume where it occurs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from protocols.session import SessionRecord
+from protocols.wire import VolumeMessage
+
+from .decisions import decisions_path, read_decisions
+
+__all__ = ["SESSION_JSON", "write_session_info", "read_session_info", "recorded_volumes", "replay_session"]
+
+SESSION_JSON = "session_config.json"  # session.json belongs to the record itself (protocols.session)
+
+
+def write_session_info(session_dir, info: dict) -> str:
+    """Write ``session.json`` (bundle, library, options) as ``session_config.json`` atomically."""
+    path = os.path.join(os.fspath(session_dir), SESSION_JSON)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(info, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_session_info(session_dir) -> dict:
+    path = os.path.join(os.fspath(session_dir), SESSION_JSON)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing: is {session_dir} a folder written by `b2m session`?") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); it is written atomically, so the folder was "
+                         "edited by hand or copied partially") from None
+
+
+def recorded_volumes(session_dir):
+    """Yield ``(VolumeMessage, t_recv)`` for every recorded volume, in arrival order (all runs)."""
+    rec = SessionRecord(os.fspath(session_dir), sync=False)
+    items = []
+    for run in rec.runs.values():
+        for index, r in run.received.items():
+            items.append((float(r.header.get("t_recv", 0.0)), r.offset, run, index))
+    items.sort(key=lambda t: (t[0], t[1]))
+    for t_recv, _, run, index in items:
+        h = run.received[index].header
+        data = run.volume(index)
+        msg = VolumeMessage(run_id=run.run_id, index=index, data=data,
+                            affine=np.asarray(h["affine"], float).reshape(4, 4), tr_s=float(h["tr_s"]),
+                            n_volumes=h.get("n_volumes"), t_acquired=float(h.get("t_acq") or 0.0))
+        yield msg, t_recv
+
+
+def replay_session(session_dir, engine_factory, progress=None) -> dict:
+    """Rerun ``session_dir`` through a new engine and compare with its recorded decisions.
+
+    Parameters
+    ----------
+    session_dir : path-like
+    engine_factory : callable
+        ``engine_factory(run_offsets) -> SessionEngine`` (no record dir, so the
+        original record is left untouched).
+    progress : callable, optional
+        ``progress(done, total)``.
+
+    Returns
+    -------
+    dict
+        ``n_recorded``, ``n_replayed``, ``n_compared``, ``action_mismatches``,
+        ``clip_mismatches``, ``topk_mismatches``, ``embedding_max_abs_diff``,
+        ``first_mismatch`` (or None) and ``identical`` (bool).
+    """
+    runs_dir = os.path.join(os.fspath(session_dir), "runs")
+    recorded: dict[tuple[str, int], dict] = {}
+    offsets: dict[str, float] = {}
+    for run_id in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
+        path = decisions_path(session_dir, run_id)
+        if not os.path.exists(path):
+            continue
+        for d in read_decisions(path):
+            recorded[(d["run_id"], d["index"])] = d
+            offsets.setdefault(d["run_id"], float(d["offset_s"]))
+    engine = engine_factory(offsets)
+    replayed: dict[tuple[str, int], object] = {}
+    vols = list(recorded_volumes(session_dir))
+    for k, (msg, t_recv) in enumerate(vols):
+        for res in engine.on_volume(msg, t_recv):
+            replayed[(res.run_id, res.index)] = res
+        if progress is not None:
+            progress(k + 1, len(vols))
+    engine.finish()
+    out = {"n_recorded": len(recorded), "n_replayed": len(replayed), "n_compared": 0, "action_mismatches": 0,
+           "clip_mismatches": 0, "topk_mismatches": 0, "embedding_max_abs_diff": 0.0, "first_mismatch": None,
+           "missing_in_replay": sorted(f"{r}/{i}" for r, i in set(recorded) - set(replayed))[:10]}
+    for key in sorted(recorded, key=lambda k: (offsets.get(k[0], 0.0), k[1])):
+        rec, new = recorded[key], replayed.get(key)
+        if new is None:
+            continue
+        out["n_compared"] += 1
+        bad = []
+        if rec["action"] != new.action:
+            out["action_mismatches"] += 1
+            bad.append(f"action {rec['action']} -> {new.action}")
+        if rec["clip"] != new.clip:
+            out["clip_mismatches"] += 1
+            bad.append(f"clip {rec['clip']} -> {new.clip}")
+        if [t[0] for t in rec["topk"]] != [t[0] for t in new.topk]:
+            out["topk_mismatches"] += 1
+            bad.append("top-k differs")
+        e0, e1 = rec["embedding"], new.embedding
+        if (e0 is None) != (e1 is None):
+            bad.append("decodability differs")
+        elif e0 is not None:
+            out["embedding_max_abs_diff"] = max(out["embedding_max_abs_diff"], float(np.max(np.abs(e0 - e1))))
+        if bad and out["first_mismatch"] is None:
+            out["first_mismatch"] = f"{key[0]}/{key[1]}: " + "; ".join(bad)
+    out["identical"] = (out["n_compared"] == out["n_recorded"] and out["first_mismatch"] is None
+                        and out["embedding_max_abs_diff"] == 0.0)
+    return out

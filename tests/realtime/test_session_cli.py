@@ -1,0 +1,101 @@
+"""``b2m session`` as a real process: replay -> session over loopback, results out, Pyneal clients, replay check."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import zmq
+from session_kit import kit_fixture
+
+from protocols.wire import Result, decode
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory, fmri1_nii):
+    return kit_fixture(tmp_path_factory, fmri1_nii)
+
+
+def pyneal_ask(host: str, port: int, index) -> dict:
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(str(index).encode())
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data)
+
+
+def field(text: str, key: str) -> str:
+    return next(line.split("\t", 1)[1].strip() for line in text.splitlines() if line.startswith(key + "\t"))
+
+
+def test_session_end_to_end_results_pyneal_and_replay(kit, b2m_proc, endpoint, tmp_path):
+    out = tmp_path / "session"
+    sess = b2m_proc("session", "--model", kit.bundle, "--library", kit.library, "--out", out, "--bind", endpoint,
+                    "--audio", f"wav:{out}/feedback.wav", "--results", "tcp://127.0.0.1:*", "--pyneal-port", "0",
+                    "--no-dashboard", "--min-dwell", "5", "--margin", "0", "--smooth-trs", "1", name="session")
+    sess.wait_for("ready", timeout=60)
+    err = sess.stderr()
+    results_ep, (host, port) = field(err, "results"), field(err, "pyneal").rsplit(":", 1)
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(results_ep)
+    time.sleep(0.5)  # PUB/SUB: let the subscription reach the publisher before the first result
+    assert pyneal_ask(host, int(port), 0) == {"foundResults": False}  # nothing processed yet
+    tx = b2m_proc("scanner", "replay", kit.nifti, "--connect", endpoint, "--speed", "max", "--run-id", "run-01",
+                  "--quiet", name="replay")
+    assert tx.wait() == 0, tx.stderr()
+    got: list[Result] = []
+    poller = zmq.Poller()
+    poller.register(sub, zmq.POLLIN)
+    end = time.monotonic() + 60
+    while len(got) < 40 and time.monotonic() < end:
+        if poller.poll(1000):
+            got.append(decode(sub.recv_multipart()))
+    sub.close(0)
+    ctx.term()
+    assert [r.index for r in got] == list(range(40)), sess.stderr()
+    assert all(set(r.latency_ms) >= {"preprocessed", "decoded", "decided", "audio_scheduled", "total"}
+               for r in got[2:])
+    assert all(r.timestamps["received"] <= r.timestamps["preprocessed"] <= r.timestamps["decoded"]
+               <= r.timestamps["decided"] <= r.timestamps["audio_scheduled"] for r in got[2:])
+    assert got[-1].embedding is not None and got[-1].embedding.shape == (8,)
+    past = pyneal_ask(host, int(port), 30)
+    assert past["foundResults"] is True and past["clip"] == got[30].clip and past["action"] == got[30].action
+    np.testing.assert_allclose(past["embedding"], got[30].embedding, atol=1e-6)
+    assert pyneal_ask(host, int(port), 400) == {"foundResults": False}  # a future volume
+    sess.kill(signal.SIGTERM)
+    assert sess.p.returncode == 0, sess.stderr()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["volumes"] == 40 and summary["counts"]["decoded"] == 38
+    assert summary["counts"]["switches"] == sum(r.action == "switch" for r in got) >= 1
+    info = sf.info(str(out / "feedback.wav"))
+    assert info.samplerate == 48000 and info.frames >= 40 * 1.35 * 48000  # the whole run, on the scanner's clock
+    rep = b2m_proc("session", "replay", out, name="session-replay")
+    assert rep.wait() == 0, rep.stderr() + rep.stdout()
+    assert "identical" in rep.stdout()
+    report = json.loads(rep.stdout()[: rep.stdout().rindex("}") + 1])
+    assert report["n_compared"] == 40 and report["embedding_max_abs_diff"] == 0.0
+
+
+def test_session_missing_audio_device_is_a_clear_error(kit, b2m_proc, endpoint, tmp_path):
+    sess = b2m_proc("session", "--model", kit.bundle, "--library", kit.library, "--out", tmp_path / "s",
+                    "--bind", endpoint, "--audio", "no-such-sound-card", "--no-dashboard", name="session")
+    assert sess.wait(60) == 2
+    err = sess.stderr()
+    assert "no-such-sound-card" in err and "wav:PATH" in err
+
+
+def test_session_needs_model_library_out(b2m_proc):
+    p = b2m_proc("session", "--out", "x", name="session")
+    assert p.wait(60) == 2
+    assert "--model" in p.stderr() and "--library" in p.stderr()

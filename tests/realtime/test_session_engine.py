@@ -1,0 +1,173 @@
+"""The session engine on a real run, a real bundle (ONNX) and a real library, in process."""
+
+from __future__ import annotations
+
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+from session_kit import DELAYS, kit_fixture, make_bundle, volumes
+
+from music.library import Library
+from protocols.library import EmbedderMismatch
+from realtime.audio import WavSink
+from realtime.decoder import Decoder
+from realtime.feedback import PolicyConfig
+from realtime.preprocessing import PreprocessConfig, preprocess_run
+from realtime.session import SessionEngine, read_decisions, replay_session
+from realtime.session.decisions import decisions_path
+
+POLICY = PolicyConfig(smooth_trs=1, margin=0.0, min_dwell_s=5.0, crossfade_s=0.5, align="bar")
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory, fmri1_nii):
+    return kit_fixture(tmp_path_factory, fmri1_nii)
+
+
+def run_engine(kit, tmp_path, msgs=None, output=True, record=True, policy=POLICY, **kw):
+    dec, lib = Decoder(kit.bundle), Library(kit.library)
+    out = WavSink(str(tmp_path / "feedback.wav")).start() if output else None
+    eng = SessionEngine(dec, lib, out, policy, record_dir=str(tmp_path / "session") if record else None, **kw)
+    results = []
+    for m in (msgs if msgs is not None else volumes(kit.nifti)):
+        results.extend(eng.on_volume(m, time.time()))
+    eng.finish()
+    if out is not None:
+        out.close()
+    return eng, results, out
+
+
+def test_live_embeddings_equal_offline_causal_decoding(kit, tmp_path):
+    eng, results, _ = run_engine(kit, tmp_path, output=False, record=False)
+    dec = Decoder(kit.bundle)
+    a = dec.manifest["arrays"]
+    img = nib.load(kit.nifti)
+    pre = preprocess_run(np.asanyarray(img.dataobj.get_unscaled()), img.affine, a["mask"],
+                         PreprocessConfig.from_dict(dec.manifest["preprocess"]), reference=a["reference"])
+    lag = max(DELAYS)
+    offline = dec.decode_batch(pre.x[lag:])
+    live = np.stack([r.embedding for r in results[lag:]])
+    assert [r.index for r in results] == list(range(img.shape[3]))
+    assert all(r.embedding is None and r.decoded_index is None for r in results[:lag])
+    assert [r.decoded_index for r in results[lag:]] == list(range(img.shape[3] - lag))
+    np.testing.assert_allclose(live, offline, atol=1e-5)
+    # and the ONNX graph against the closed form: unit-norm rows
+    np.testing.assert_allclose(np.linalg.norm(live, axis=1), 1.0, atol=1e-5)
+
+
+def test_neutral_start_dwell_and_bar_aligned_crossfaded_switches(kit, tmp_path):
+    eng, results, out = run_engine(kit, tmp_path)
+    lib = eng.library
+    neutral = lib.clips[eng.policy.neutral_clip].id
+    lag = max(DELAYS)
+    assert [r.action for r in results[:lag]] == ["neutral"] * lag
+    assert all(r.clip == neutral for r in results[:lag])
+    switches = [r for r in results if r.action == "switch"]
+    assert len(switches) >= 2, [r.action for r in results]
+    tr = 1.35
+    times = [(r.index + 1) * tr for r in switches]
+    assert np.all(np.diff(times) >= POLICY.min_dwell_s - 1e-9)
+    log = out.executed()
+    assert [e["frame"] for e in log] == [e["scheduled_frame"] for e in log]  # sample-accurate
+    # the first sound starts at the first decision; every switch lands on a bar line of the clip before it
+    assert log[0]["frame"] == round(tr * out.samplerate)
+    recs = read_decisions(decisions_path(tmp_path / "session", "run-01"))
+    frames = [d["audio_frame"] for d in recs if d["action"] == "switch"]
+    assert frames == [e["frame"] for e in log if e["kind"] == "switch"][1:]
+    for d in recs:
+        if d["action"] == "switch":
+            assert d["audio_frame"] >= round(d["t_scan_s"] * out.samplerate)  # never before its decision
+    # each switch lands on a bar line (every 4th beat) of the clip playing before it, as the clip's own
+    # beat positions say: position in that clip = its entry offset + frames since it started, modulo its length
+    clips = [neutral] + [d["clip"] for d in recs if d["action"] == "switch"]
+    on_bar = 0
+    for k in range(1, len(log) - 1):  # the last command is the final fade-out
+        prev = eng.clips.get(lib.index_of(clips[k - 1]))
+        if prev.beat_frames.size == 0:
+            continue
+        offset = int(prev.beat_frames[0])
+        pos = (offset + log[k]["frame"] - log[k - 1]["frame"]) % len(prev.source)
+        assert pos in set(prev.beat_frames[::4].tolist()), (k, pos)
+        on_bar += 1
+    assert on_bar >= 1
+
+
+def test_decisions_are_recorded_and_a_replay_reproduces_them(kit, tmp_path):
+    eng, results, _ = run_engine(kit, tmp_path)
+    recs = read_decisions(decisions_path(tmp_path / "session", "run-01"))
+    assert [d["index"] for d in recs] == list(range(40))
+    assert [d["action"] for d in recs] == [r.action for r in results]
+    np.testing.assert_array_equal(recs[-1]["embedding"], results[-1].embedding)
+    from realtime.session import write_session_info
+
+    write_session_info(tmp_path / "session", {"model": kit.bundle, "library": kit.library,
+                                              "policy": POLICY.to_dict()})
+    # the volumes: a real session record holds them (written by the receiver); write them the same way
+    from protocols.session import SessionRecord
+
+    rec = SessionRecord(str(tmp_path / "session"), sync=False)
+    for m in volumes(kit.nifti):
+        rec.append_volume(m, memoryview(np.ascontiguousarray(m.data)).cast("B"), time.time(), "C")
+    dec, lib = Decoder(kit.bundle), Library(kit.library)
+    report = replay_session(tmp_path / "session",
+                            lambda offsets: SessionEngine(dec, lib, None, POLICY, run_offsets=offsets))
+    assert report["identical"], report
+    assert report["n_compared"] == 40 and report["embedding_max_abs_diff"] == 0.0
+
+
+def test_a_changed_policy_is_caught_by_the_replay(kit, tmp_path):
+    run_engine(kit, tmp_path)
+    from protocols.session import SessionRecord
+
+    rec = SessionRecord(str(tmp_path / "session"), sync=False)
+    for m in volumes(kit.nifti):
+        rec.append_volume(m, memoryview(np.ascontiguousarray(m.data)).cast("B"), time.time(), "C")
+    dec, lib = Decoder(kit.bundle), Library(kit.library)
+    other = PolicyConfig(smooth_trs=5, margin=0.0, min_dwell_s=20.0)
+    report = replay_session(tmp_path / "session",
+                            lambda offsets: SessionEngine(dec, lib, None, other, run_offsets=offsets))
+    assert not report["identical"] and report["first_mismatch"]
+
+
+def test_out_of_order_volumes_are_decoded_in_order(kit, tmp_path):
+    msgs = volumes(kit.nifti)
+    swapped = msgs[:5] + [msgs[6], msgs[5]] + msgs[7:]
+    _, ref, _ = run_engine(kit, tmp_path / "a", output=False, record=False)
+    _, got, _ = run_engine(kit, tmp_path / "b", swapped, output=False, record=False)
+    assert [r.index for r in got] == list(range(40))
+    np.testing.assert_array_equal(np.stack([r.embedding for r in got[2:]]), np.stack([r.embedding for r in ref[2:]]))
+
+
+def test_a_missing_volume_is_stood_in_for_and_held(kit, tmp_path):
+    msgs = volumes(kit.nifti)
+    late = msgs[10]
+    eng, got, _ = run_engine(kit, tmp_path, msgs[:10] + msgs[11:] + [late], output=False, record=False)
+    assert [r.index for r in got] == list(range(40))
+    r10 = got[10]
+    assert r10.flagged and r10.action == "hold"
+    assert eng.counts["stand_ins"] == 1 and eng.counts["late"] == 1
+
+
+def test_wrong_grid_gives_error_results_and_the_session_goes_on(kit, tmp_path, functional_nii):
+    msgs = volumes(functional_nii, run_id="wrong-grid") + volumes(kit.nifti, run_id="right")
+    eng, got, _ = run_engine(kit, tmp_path, msgs, output=False, record=True)
+    wrong = [r for r in got if r.run_id == "wrong-grid"]
+    assert len(wrong) == 20 and all(r.action == "error" for r in wrong)
+    right = [r for r in got if r.run_id == "right"]
+    assert len(right) == 40 and right[-1].embedding is not None
+    recs = read_decisions(decisions_path(tmp_path / "session", "wrong-grid"))
+    assert "mask" in recs[0]["error"] or "grid" in recs[0]["error"] or "shape" in recs[0]["error"]
+
+
+def test_library_from_another_embedder_is_refused(kit, tmp_path):
+    bundle = make_bundle(str(tmp_path), kit.nifti)
+    import json
+
+    m = json.load(open(f"{bundle}/manifest.json"))
+    lib = Library(kit.library)
+    dec = Decoder(bundle)
+    dec.manifest["embedder"] = dict(m["embedder"], id="another-model")
+    with pytest.raises(EmbedderMismatch, match="another-model"):
+        SessionEngine(dec, lib, None, POLICY)
