@@ -1,0 +1,57 @@
+"""A real session on JACK's dummy backend: feedback at TR pace, with switches, while the decoder runs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import types
+
+import pytest
+from jack_fixture import check_no_underruns, jackd, reference_xruns  # noqa: F401  (jackd: the fixture)
+from session_kit import kit_fixture
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory, fmri1_nii):
+    return kit_fixture(tmp_path_factory, fmri1_nii)
+
+
+def _session_at_tr_pace(kit, jackd, b2m_proc, endpoint, tmp_path, n_volumes: int, tr_s: float) -> None:
+    reference = reference_xruns(jackd, 4.0)
+    out = tmp_path / "session"
+    sess = b2m_proc("session", "--model", kit.bundle, "--library", kit.library, "--out", out, "--bind", endpoint,
+                    "--audio", "system", "--results", "none", "--no-dashboard",
+                    "--min-dwell", "4", "--margin", "0", "--smooth-trs", "1", "--crossfade", "0.5",
+                    name="session")
+    sess.wait_for("ready", timeout=60)
+    mark = jackd.log_mark()
+    tx = b2m_proc("scanner", "replay", kit.nifti, "--connect", endpoint, "--speed", "1", "--tr", str(tr_s),
+                  "--stop", str(n_volumes), "--run-id", "run-01", "--quiet", name="replay")
+    assert tx.wait(n_volumes * tr_s + 60) == 0, tx.stderr()
+    time.sleep(1.0)  # the last volume's decision, and a little music after it
+    sess.kill(signal.SIGTERM)  # a partial run (--stop) has no run end: the operator stops the session
+    assert sess.p.returncode == 0, sess.stderr()
+    summary = json.loads((out / "summary.json").read_text())
+    audio = summary["audio"]
+    seconds = n_volumes * tr_s
+    print(f"session on JACK: {summary['counts']}, {audio['callbacks']} callbacks, "
+          f"underruns {audio['underruns']}, late commands {audio['late_commands']}, "
+          f"latency p50/p99 {summary['latency_ms']['total']['p50']:.2f}/{summary['latency_ms']['total']['p99']:.2f} ms")
+    assert summary["counts"]["volumes"] == n_volumes and summary["counts"]["errors"] == 0
+    assert summary["counts"]["switches"] >= 2
+    assert audio["callback_errors"] == 0 and audio["late_commands"] == 0
+    assert audio["callbacks"] * audio["blocksize"] >= 0.8 * seconds * audio["samplerate"]  # a real clock ran
+    check_no_underruns(types.SimpleNamespace(underruns=audio["underruns"], callbacks=audio["callbacks"]),
+                       jackd, mark, seconds, reference)
+
+
+@pytest.mark.audio
+def test_session_on_jack_15s(kit, jackd, b2m_proc, endpoint, tmp_path):
+    _session_at_tr_pace(kit, jackd, b2m_proc, endpoint, tmp_path, n_volumes=15, tr_s=1.0)
+
+
+@pytest.mark.slow
+@pytest.mark.audio
+def test_session_on_jack_60s(kit, jackd, b2m_proc, endpoint, tmp_path):
+    _session_at_tr_pace(kit, jackd, b2m_proc, endpoint, tmp_path, n_volumes=40, tr_s=1.5)
