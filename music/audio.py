@@ -151,14 +151,16 @@ def resample(x, sr_in: int, sr_out: int) -> np.ndarray:
     return y.astype(np.float32)
 
 
-def apply_fades(x, sr: int, fade_in_s: float = 2.0, fade_out_s: float = 2.0) -> np.ndarray:
-    """Apply a linear fade-in and fade-out (ds003720 applied 2 s of each).
+def apply_fades(x, sr: int, fade_in_s: float = 2.0, fade_out_s: float = 2.0, *,
+                shape: str = "linear") -> np.ndarray:
+    """Apply a fade-in and fade-out (ds003720 applied 2 s of each; linear by default).
 
-    The fade-in gain at sample ``i`` is ``i / n_in`` for ``i < n_in`` with
-    ``n_in = round(fade_in_s * sr)``: it starts at exactly 0 and reaches 1 at
-    the end of the ramp. The fade-out mirrors it, so the last sample is 0. If
-    the two ramps overlap (a clip shorter than both fades) their gains
-    multiply.
+    The linear fade-in gain at sample ``i`` is ``i / n_in`` for ``i < n_in``
+    with ``n_in = round(fade_in_s * sr)``: it starts at exactly 0 and reaches
+    1 at the end of the ramp. The fade-out mirrors it, so the last sample is
+    0. The raised-cosine shape maps each linear gain ``g`` to
+    ``0.5 - 0.5 * cos(pi * g)``. If the two ramps overlap (a clip shorter
+    than both fades) their gains multiply.
 
     Parameters
     ----------
@@ -167,6 +169,8 @@ def apply_fades(x, sr: int, fade_in_s: float = 2.0, fade_out_s: float = 2.0) -> 
         Sample rate in Hz.
     fade_in_s, fade_out_s : float
         Ramp lengths in seconds (0 disables a ramp).
+    shape : {"linear", "cosine"}
+        Ramp shape.
 
     Returns
     -------
@@ -177,14 +181,21 @@ def apply_fades(x, sr: int, fade_in_s: float = 2.0, fade_out_s: float = 2.0) -> 
     sr = _check_sr(sr)
     if fade_in_s < 0 or fade_out_s < 0:
         raise ValueError(f"fade lengths must be >= 0 s, got {fade_in_s} and {fade_out_s}")
+    if shape not in ("linear", "cosine"):
+        raise ValueError(f"shape must be 'linear' or 'cosine', got {shape!r}")
     n = x.shape[0]
     gain = np.ones(n, dtype=np.float64)
     n_in = min(int(round(fade_in_s * sr)), n)
     n_out = min(int(round(fade_out_s * sr)), n)
+
+    def ramp(m: int) -> np.ndarray:  # rising gains 0 .. (m - 1) / m
+        g = np.arange(m) / m
+        return g if shape == "linear" else 0.5 - 0.5 * np.cos(np.pi * g)
+
     if n_in > 0:
-        gain[:n_in] *= np.arange(n_in) / n_in
+        gain[:n_in] *= ramp(n_in)
     if n_out > 0:
-        gain[n - n_out:] *= np.arange(n_out)[::-1] / n_out
+        gain[n - n_out:] *= ramp(n_out)[::-1]
     return (x * gain).astype(np.float32)
 
 

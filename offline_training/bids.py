@@ -68,6 +68,9 @@ from typing import Any, Literal
 import nibabel as nib
 import numpy as np
 
+from music.audio import apply_fades
+from realtime.nifti_io import header_tr_s
+
 __all__ = [
     "GTZAN_GENRES",
     "GTZAN_TRACK_S",
@@ -101,7 +104,6 @@ EVENT_COLUMNS: tuple[str, ...] = ("onset", "duration", "genre", "track", "start"
 FADE_S = 2.0
 
 _TR_TOL_S = 1e-3  # sidecar vs header TR; pixdim is float32, so 1 ms is generous
-_TIME_UNIT_S = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _GENRE = re.compile(r"[A-Za-z0-9_-]+")
 _RUN_FILE = re.compile(
@@ -481,16 +483,6 @@ def read_sidecar(path: os.PathLike | str) -> dict[str, Any]:
     return meta
 
 
-def _header_tr_s(img, path: Path) -> float:
-    zooms = img.header.get_zooms()
-    unit = img.header.get_xyzt_units()[1]
-    if unit not in _TIME_UNIT_S:
-        raise ValueError(f"{path}: the NIfTI time unit is '{unit}', so pixdim[4] = {float(zooms[3])} "
-                         f"cannot be read as a TR; set it, e.g. with nibabel "
-                         f"img.header.set_xyzt_units('mm', 'sec')")
-    return float(zooms[3]) * _TIME_UNIT_S[unit]
-
-
 def load_bold(run: RunFiles) -> tuple[nib.Nifti1Image, float]:
     """Open a run's BOLD image and check its TR against the sidecar.
 
@@ -540,7 +532,10 @@ def load_bold(run: RunFiles) -> tuple[nib.Nifti1Image, float]:
         if have < need:
             raise ValueError(f"{path}: truncated, {have} bytes where the header "
                              f"({img.shape}, {img.get_data_dtype()}) needs {need}")
-    tr_header = _header_tr_s(img, path)
+    try:
+        tr_header = header_tr_s(img.header)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     tr_sidecar = float(meta["RepetitionTime"])
     if not abs(tr_header - tr_sidecar) <= _TR_TOL_S:
         unit = img.header.get_xyzt_units()[1]
@@ -557,15 +552,6 @@ def load_bold(run: RunFiles) -> tuple[nib.Nifti1Image, float]:
 # --------------------------------------------------------------------------- stimuli
 
 
-def _fade_gain(n: int, n_fade: int, shape: str) -> np.ndarray:
-    """Gain of shape (n,): ramps of n_fade samples at both ends, 1 between."""
-    k = np.arange(n, dtype=np.float64)
-    if n_fade == 0:
-        return np.ones(n)
-    lin = np.minimum(1.0, np.minimum(k, n - 1 - k) / n_fade)
-    return lin if shape == "linear" else 0.5 - 0.5 * np.cos(np.pi * lin)
-
-
 def stimulus_segment(event: Event, stimuli_dir: os.PathLike | str, sr: int, *,
                      fade_s: float = FADE_S, fade: Literal["linear", "cosine"] = "linear",
                      rms: float | None = None, max_pad_s: float = 0.1) -> np.ndarray:
@@ -576,7 +562,8 @@ def stimulus_segment(event: Event, stimuli_dir: os.PathLike | str, sr: int, *,
     (``scipy.signal.resample_poly`` over the whole track, so the cut has no
     filter edge effects), and cut at samples ``i0 = round(start_s * sr)`` to
     ``i0 + round((end_s - start_s) * sr)``. A fade of ``n_f = round(fade_s * sr)``
-    samples is applied at both ends; the gain of sample k of n is
+    samples is applied at both ends (:func:`music.audio.apply_fades`); the gain
+    of sample k of n is
 
     - ``"linear"``: ``g[k] = min(1, k / n_f, (n - 1 - k) / n_f)``, so the first
       and last samples are 0;
@@ -651,7 +638,7 @@ def stimulus_segment(event: Event, stimuli_dir: os.PathLike | str, sr: int, *,
     n_fade = int(round(fade_s * sr))
     if fade_s < 0 or 2 * n_fade > n:
         raise ValueError(f"fade_s must be between 0 and half the excerpt ({(n / sr) / 2} s); got {fade_s}")
-    seg = seg * _fade_gain(n, n_fade, fade)
+    seg = apply_fades(seg, sr, fade_s, fade_s, shape=fade).astype(np.float64)  # float32 inside
     if rms is not None:
         level = float(np.sqrt(np.mean(seg**2)))
         if level == 0:

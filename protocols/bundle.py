@@ -24,8 +24,9 @@ import os
 
 import numpy as np
 
+from ._manifest import check_listed_files, sha256_file
+from ._manifest import read_manifest as _read_manifest
 from .errors import ProtocolError
-from .library import sha256_file
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "BundleError", "REQUIRED_FILES", "read_bundle_manifest",
            "validate_bundle", "write_bundle_manifest"]
@@ -41,23 +42,11 @@ class BundleError(ProtocolError):
 
 
 def read_bundle_manifest(bundle: str | os.PathLike) -> dict:
-    path = os.path.join(os.fspath(bundle), "manifest.json")
-    try:
-        with open(path) as f:
-            m = json.load(f)
-    except FileNotFoundError:
-        raise BundleError(path, "not found: is this a model bundle? Make one with `b2m train`") from None
-    except (OSError, ValueError) as e:
-        raise BundleError(path, f"cannot be read as JSON ({e})") from None
-    if m.get("format") != BUNDLE_FORMAT:
-        raise BundleError(path, f"format is {m.get('format')!r}, expected {BUNDLE_FORMAT!r}")
-    if m.get("version") != BUNDLE_VERSION:
-        raise BundleError(path, f"bundle version {m.get('version')!r} is not supported (this is {BUNDLE_VERSION}); "
-                                "retrain or upgrade")
-    for k in _REQUIRED_KEYS:
-        if k not in m:
-            raise BundleError(f"{path}:{k}", "required key is missing")
-    return m
+    """Load and check ``BUNDLE/manifest.json`` (format, version, required keys); errors name file and key."""
+    return _read_manifest(bundle, error=BundleError, fmt=BUNDLE_FORMAT, version=BUNDLE_VERSION,
+                          required=_REQUIRED_KEYS, what="bundle",
+                          if_missing="is this a model bundle? Make one with `b2m train`",
+                          if_newer="; retrain or upgrade")
 
 
 def validate_bundle(bundle: str | os.PathLike, *, check_hashes: bool = True) -> dict:
@@ -73,13 +62,8 @@ def validate_bundle(bundle: str | os.PathLike, *, check_hashes: bool = True) -> 
     for name in REQUIRED_FILES:
         if name not in m["files"]:
             raise BundleError(os.path.join(bundle, "manifest.json"), f"files has no entry for {name}")
-    for name, digest in m["files"].items():
-        p = os.path.join(bundle, name)
-        if not os.path.exists(p):
-            raise BundleError(p, "is listed in manifest.json but missing")
-        if check_hashes and sha256_file(p) != digest:
-            raise BundleError(p, "sha256 does not match manifest.json: the bundle was modified after export; "
-                                 "re-export it with `b2m train`")
+    check_listed_files(bundle, m["files"], error=BundleError, check_hashes=check_hashes,
+                       if_modified="the bundle was modified after export; re-export it with `b2m train`")
     arrays = {}
     for name in ("mask.npy", "reference.npy", "norm_mean.npy", "norm_std.npy"):
         p = os.path.join(bundle, name)

@@ -19,14 +19,14 @@ empty; ``source`` says where the clip came from (``generated``, ``music21``,
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from ._manifest import check_listed_files, sha256_file
+from ._manifest import read_manifest as _read_manifest
 from .errors import ProtocolError
 
 __all__ = [
@@ -69,14 +69,6 @@ class Clip:
         return out
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
-
-
 def write_clips_tsv(path: str | os.PathLike, clips: list[Clip]) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
@@ -112,23 +104,11 @@ def read_clips_tsv(path: str | os.PathLike) -> list[Clip]:
 
 
 def read_manifest(lib: str | os.PathLike) -> dict:
-    path = os.path.join(os.fspath(lib), "manifest.json")
-    try:
-        with open(path) as f:
-            m = json.load(f)
-    except FileNotFoundError:
-        raise LibraryError(path, "not found: is this a music library folder? Build one with "
-                                 "`b2m library build ... --out LIB`") from None
-    except (OSError, ValueError) as e:
-        raise LibraryError(path, f"cannot be read as JSON ({e})") from None
-    if m.get("format") != LIBRARY_FORMAT:
-        raise LibraryError(path, f"format is {m.get('format')!r}, expected {LIBRARY_FORMAT!r}")
-    if m.get("version") != LIBRARY_VERSION:
-        raise LibraryError(path, f"library version {m.get('version')!r} is not supported (this is {LIBRARY_VERSION})")
-    for key in ("embedder", "n_clips", "files"):
-        if key not in m:
-            raise LibraryError(f"{path}:{key}", "required key is missing")
-    return m
+    """Load and check ``LIB/manifest.json`` (format, version, required keys); errors name file and key."""
+    return _read_manifest(lib, error=LibraryError, fmt=LIBRARY_FORMAT, version=LIBRARY_VERSION,
+                          required=("embedder", "n_clips", "files"), what="library",
+                          if_missing="is this a music library folder? Build one with "
+                                     "`b2m library build ... --out LIB`")
 
 
 def validate_library(lib: str | os.PathLike, *, check_hashes: bool = True) -> dict:
@@ -143,13 +123,8 @@ def validate_library(lib: str | os.PathLike, *, check_hashes: bool = True) -> di
     """
     lib = os.fspath(lib)
     m = read_manifest(lib)
-    for name, digest in m["files"].items():
-        p = os.path.join(lib, name)
-        if not os.path.exists(p):
-            raise LibraryError(p, "is listed in manifest.json but missing")
-        if check_hashes and sha256_file(p) != digest:
-            raise LibraryError(p, "sha256 does not match manifest.json: the library was modified after "
-                                  "it was built; rebuild it")
+    check_listed_files(lib, m["files"], error=LibraryError, check_hashes=check_hashes,
+                       if_modified="the library was modified after it was built; rebuild it")
     emb_path = os.path.join(lib, "embeddings.npy")
     try:
         emb = np.load(emb_path, mmap_mode="r")

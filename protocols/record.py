@@ -67,7 +67,8 @@ class Record:
         return self.header.get("kind", "")
 
 
-def scan_records(path: str | os.PathLike, *, payloads: bool = True) -> tuple[list[Record], int]:
+def scan_records(path: str | os.PathLike, *, payloads: bool = True,
+                 check_payloads: bool | None = None) -> tuple[list[Record], int]:
     """Read every whole record of a log file.
 
     Parameters
@@ -75,7 +76,16 @@ def scan_records(path: str | os.PathLike, *, payloads: bool = True) -> tuple[lis
     path : path-like
         The log file.
     payloads : bool
-        If False, payloads are skipped (seeked over) and not read.
+        If False, no payload is kept (``Record.payload`` is None).
+    check_payloads : bool, optional
+        Whether each payload's CRC is checked, which means reading it.
+        Default: ``payloads``. So ``payloads=False`` alone seeks over the
+        payload bytes without reading them: only the prefix and header are
+        checked (magic, lengths, header CRC) and the file must hold the
+        payload's length, but a payload that is corrupt or torn in place (a
+        crash while writing into reserved zero space) goes undetected. Pass
+        ``check_payloads=True`` to trust every record whole without keeping
+        the payloads, as :class:`RecordLog` does when it opens a log.
 
     Returns
     -------
@@ -85,6 +95,7 @@ def scan_records(path: str | os.PathLike, *, payloads: bool = True) -> tuple[lis
         Byte offset just past the last whole record. Bytes beyond it are a
         torn or corrupt tail.
     """
+    check = payloads if check_payloads is None else bool(check_payloads)
     records: list[Record] = []
     size = os.path.getsize(path)
     with open(path, "rb") as f:
@@ -95,9 +106,10 @@ def scan_records(path: str | os.PathLike, *, payloads: bool = True) -> tuple[lis
             if magic != RECORD_MAGIC or hlen > _MAX_HEADER or off + PREFIX_BYTES + hlen + plen > size:
                 break
             hbytes = f.read(hlen)
-            # The CRC covers the payload, so a record is read whole to be trusted.
-            pbytes = f.read(plen)
-            if crc32(hbytes) != hcrc or crc32(pbytes) != pcrc:
+            if crc32(hbytes) != hcrc:
+                break
+            pbytes = f.read(plen) if check or payloads else None   # else the next seek skips it
+            if check and crc32(pbytes) != pcrc:
                 break
             try:
                 header = msgpack.unpackb(hbytes, raw=False, strict_map_key=True)
@@ -138,7 +150,8 @@ class RecordLog:
         existed = os.path.exists(self.path)
         self.torn_path = None
         if existed:
-            self.records, end = scan_records(self.path, payloads=False)
+            # payload CRCs too: a crash can leave a record whole but for its payload
+            self.records, end = scan_records(self.path, payloads=False, check_payloads=True)
             size = os.path.getsize(self.path)
             last = _last_nonzero(self.path, end, size)
             if last > end:
@@ -278,6 +291,6 @@ def _fsync_dir(folder: str) -> None:
 
 
 def iter_headers(path) -> Iterator[dict]:
-    """Yield the header of every whole record in a log file."""
+    """Yield the header of every record in a log file (payload CRCs unchecked: see :func:`scan_records`)."""
     for rec in scan_records(path, payloads=False)[0]:
         yield rec.header

@@ -13,7 +13,10 @@ import numpy as np
 
 from protocols.session import load_run
 
-__all__ = ["NiftiRun", "read_nifti_run", "tr_seconds", "export_run_nifti"]
+__all__ = ["NiftiRun", "read_nifti_run", "header_tr_s", "tr_seconds", "export_run_nifti"]
+
+_TIME_UNIT_S = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
+_MAX_TR_S = 60.0  # a longer "TR" is a unit error
 
 
 @dataclass
@@ -29,7 +32,9 @@ class NiftiRun:
     affine : ndarray of shape (4, 4)
         nibabel's best affine (sform if set, else qform).
     tr_s : float or None
-        TR in seconds from pixdim[4] and the time units, if they make sense.
+        TR in seconds from pixdim[4] and the time units, if they make sense (:func:`tr_seconds`).
+    tr_note : str
+        Why ``tr_s`` is None ("" otherwise).
     header_bytes : bytes
         The raw NIfTI header, sent along so the receiver can write the same header.
     scl_slope, scl_inter : float
@@ -51,27 +56,48 @@ class NiftiRun:
         return self.data.shape[3]
 
 
-def tr_seconds(header) -> tuple[float | None, str]:
-    """TR in seconds from a NIfTI header, with a note when it had to be guessed.
+def header_tr_s(header) -> float:
+    """pixdim[4] of a NIfTI header converted to seconds by the header's time unit.
 
-    Returns ``(None, reason)`` when the header's TR cannot be trusted (zero, or
-    a value over 60 labelled as seconds, which is really milliseconds).
+    The TR is never guessed: a header whose time unit is not ``sec``,
+    ``msec`` or ``usec`` (``unknown`` when ``xyzt_units`` was never set) is
+    refused, since 1.5 could be seconds and 1500 milliseconds, or not.
+    Plausibility is the caller's: :func:`tr_seconds` bounds the value, and
+    the BIDS loader checks it against the sidecar's ``RepetitionTime``.
+
+    Raises
+    ------
+    ValueError
+        If the header has no 4th pixdim or no time unit; the message says how to set it.
     """
     zooms = header.get_zooms()
     if len(zooms) < 4:
-        return None, "the header has no 4th pixdim"
-    tr = float(zooms[3])
+        raise ValueError("the header has no 4th pixdim (not a 4-D run)")
     unit = header.get_xyzt_units()[1]
-    if unit == "msec":
-        tr /= 1000.0
-    elif unit == "usec":
-        tr /= 1e6
+    if unit not in _TIME_UNIT_S:
+        raise ValueError(f"the NIfTI time unit is '{unit}', so pixdim[4] = {float(zooms[3])} cannot be read as "
+                         f"a TR; set it, e.g. with nibabel img.header.set_xyzt_units('mm', 'sec')")
+    return float(zooms[3]) * _TIME_UNIT_S[unit]
+
+
+def tr_seconds(header) -> tuple[float | None, str]:
+    """TR in seconds from a NIfTI header (:func:`header_tr_s`), if it can be trusted.
+
+    Returns ``(tr, "")``, or ``(None, reason)`` when the header has no time
+    unit, or the TR is not positive and finite, or over 60 s (e.g. a value in
+    milliseconds labelled as seconds, as in nibabel's ``example4d.nii.gz``).
+    """
+    try:
+        tr = header_tr_s(header)
+    except ValueError as e:
+        return None, str(e)
+    pixdim = header.get_zooms()[3]
     if not np.isfinite(tr) or tr <= 0:
-        return None, f"pixdim[4] is {zooms[3]}"
-    if tr > 60:
-        return None, f"pixdim[4] is {zooms[3]} labelled '{unit}', which is not a plausible TR in seconds"
-    note = "" if unit in ("sec", "msec", "usec") else f"time unit is '{unit}'; assumed seconds"
-    return tr, note
+        return None, f"pixdim[4] is {pixdim}"
+    if tr > _MAX_TR_S:
+        unit = header.get_xyzt_units()[1]
+        return None, f"pixdim[4] is {pixdim} labelled '{unit}', which is not a plausible TR in seconds"
+    return tr, ""
 
 
 def read_nifti_run(path: str | os.PathLike) -> NiftiRun:

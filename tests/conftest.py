@@ -1,5 +1,6 @@
 """Shared fixtures: a seeded rng, free loopback endpoints, real data paths,
-and a helper that runs ``b2m`` subcommands as real processes."""
+a helper that runs ``b2m`` subcommands as real processes, and a Receiver
+serving in a thread."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -120,3 +122,59 @@ def b2m_proc(tmp_path):
     for proc in procs:
         if proc.p.poll() is None:
             proc.kill(signal.SIGKILL)
+
+
+class ReceiverThread:
+    """A real :class:`Receiver` serving in a daemon thread (polling every 20 ms).
+
+    As a context manager it yields the receiver and, on exit, stops serving
+    and closes it.
+    """
+
+    def __init__(self, out, endpoint, **kw):
+        from realtime.receiver import Receiver
+
+        self.rx = Receiver(out, endpoint, **kw)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.rx.serve, args=(self._stop,), kwargs={"poll_ms": 20},
+                                        daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    def stop(self) -> None:
+        """Stop serving but keep the receiver open: its socket still takes messages, none are read."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        assert not self._thread.is_alive(), "the receiver did not stop"
+
+    def close(self) -> None:
+        """Stop serving and close the receiver (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            try:
+                self.stop()
+            finally:
+                self.rx.close()
+
+    def __enter__(self):
+        return self.rx
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@pytest.fixture
+def serving():
+    """Start a Receiver serving in a thread: ``with serving(out, endpoint, **kw) as rx: ...``.
+
+    Receivers a test leaves running are stopped and closed at teardown.
+    """
+    started: list[ReceiverThread] = []
+
+    def start(out, endpoint, **kw) -> ReceiverThread:
+        started.append(ReceiverThread(out, endpoint, **kw))
+        return started[-1]
+
+    yield start
+    for r in started:
+        r.close()

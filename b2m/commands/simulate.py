@@ -48,7 +48,7 @@ def add_parser(sub) -> None:
                    help="copy stand-in stimuli from this folder (e.g. another simulated dataset's stimuli/) "
                         "instead of generating them again; they do not depend on the seed")
     p.add_argument("--metadata", default=None, metavar="DIR",
-                   help="ds003720's real metadata (default $B2M_DS003720 or ../shared/data/ds003720)")
+                   help="ds003720's real metadata (default $B2M_DS003720, else the CC0 copy shipped in offline_training/simulate/ds003720)")
     p.set_defaults(func=run)
 
 

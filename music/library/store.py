@@ -11,7 +11,7 @@ from protocols.library import Clip, LibraryError, read_clips_tsv, validate_libra
 
 from .index import FAISS_THRESHOLD, ExactIndex, FaissHNSWIndex, make_index
 
-__all__ = ["Library"]
+__all__ = ["Library", "FAISS_THRESHOLD", "ExactIndex"]  # the last two re-exported from .index
 
 
 class Library:
@@ -93,5 +93,3 @@ class Library:
     def __repr__(self) -> str:
         return f"Library({json.dumps(self.summary())})"
 
-
-__all__ += ["FAISS_THRESHOLD", "ExactIndex"]

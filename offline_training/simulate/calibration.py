@@ -42,7 +42,8 @@ Figures
     measured (preprocessed) test time series, all test runs concatenated
     (each TR is one presentation). Repeat-averaged r: against the mean of the
     4 repeats of each test run's 100-TR block (lag 3 TRs). Noise ceiling:
-    explainable variance from the 4 repeats (Sahani & Linden 2003),
+    explainable variance from the 4 repeats (Sahani & Linden 2003;
+    :func:`offline_training.evaluate.explainable_variance`),
     ``EV = (n var(mean) - mean(var)) / ((n - 1) mean(var))``, and the
     single-presentation ceiling ``r_max = sqrt(EV)``. Oracle: r between the
     noise-free ground-truth response and the data (the best any model can do).
@@ -61,6 +62,8 @@ import nibabel as nib
 import numpy as np
 
 from offline_training.bids import find_runs, load_bold, read_events
+from offline_training.evaluate import explainable_variance
+from realtime.preprocessing import dct_basis, detrend_run_offline
 
 from .stimulus import STIMULUS_SR, played_audio, run_stimulus
 
@@ -101,13 +104,15 @@ def dct_highpass_basis(n: int, tr_s: float, cutoff_s: float = _HIGHPASS_S) -> np
     Returns
     -------
     basis : ndarray of shape (n, k), float64
-        Orthonormal columns: the constant and cosines of period > ``cutoff_s``.
+        Orthonormal columns: the constant and cosines of period > ``cutoff_s``
+        (:func:`realtime.preprocessing.dct_basis`).
     """
-    k = int(math.floor(2 * n * tr_s / cutoff_s)) + 1
-    t = np.arange(n)
-    cols = [np.full(n, 1 / math.sqrt(n))]
-    cols += [math.sqrt(2 / n) * np.cos(np.pi * (2 * t + 1) * j / (2 * n)) for j in range(1, k)]
-    return np.stack(cols, axis=1)
+    return np.hstack([np.full((n, 1), 1 / math.sqrt(n)), dct_basis(n, tr_s, cutoff_s)])
+
+
+def _highpass(y: np.ndarray, tr_s: float) -> np.ndarray:
+    """SPM's high-pass: regress the mean and the DCT drift set out of each column, float64."""
+    return detrend_run_offline(y, 0, dct_basis(y.shape[0], tr_s, _HIGHPASS_S)).astype(np.float64)
 
 
 def preprocess_run(y: np.ndarray, tr_s: float) -> np.ndarray:
@@ -123,9 +128,7 @@ def preprocess_run(y: np.ndarray, tr_s: float) -> np.ndarray:
     z : ndarray of shape (n_volumes, n_voxels), float64
         Zero mean and unit variance per voxel (constant voxels become 0).
     """
-    y = np.asarray(y, dtype=np.float64)
-    b = dct_highpass_basis(y.shape[0], tr_s)
-    r = y - b @ (b.T @ y)
+    r = _highpass(y, tr_s)
     sd = r.std(axis=0)
     return r / np.where(sd > 0, sd, 1.0)
 
@@ -186,24 +189,6 @@ def repeat_blocks(y: np.ndarray, starts: Sequence[int] = _BLOCK_STARTS, length: 
     return np.stack([y[s + lag:s + lag + length] for s in starts])
 
 
-def explainable_variance(blocks: np.ndarray) -> np.ndarray:
-    """Explainable variance from repeats (Sahani & Linden 2003).
-
-    Parameters
-    ----------
-    blocks : ndarray of shape (n_repeats, n_t, n_voxels)
-
-    Returns
-    -------
-    ev : ndarray of shape (n_voxels,)
-        Signal power over total power; may be slightly negative for noise-only voxels.
-    """
-    n = blocks.shape[0]
-    total = blocks.var(axis=1).mean(axis=0)
-    signal = (n * blocks.mean(axis=0).var(axis=0) - total) / (n - 1)
-    return signal / np.where(total > 0, total, 1.0)
-
-
 def _corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a - a.mean(axis=0)
     b = b - b.mean(axis=0)
@@ -233,12 +218,10 @@ def _tsnr(run, brain: np.ndarray, chunk: int = 20000) -> np.ndarray:
     data = np.asarray(img.dataobj)
     y = data[brain]  # (n_vox, n_t) int16, C order of the mask
     del data
-    b = dct_highpass_basis(y.shape[1], tr)
     out = np.empty(y.shape[0])
     for a in range(0, y.shape[0], chunk):
         v = y[a:a + chunk].astype(np.float64).T
-        r = v - b @ (b.T @ v)
-        sd = r.std(axis=0)
+        sd = _highpass(v, tr).std(axis=0)
         out[a:a + chunk] = np.where(sd > 0, v.mean(axis=0) / np.where(sd > 0, sd, 1.0), 0.0)
     return out
 

@@ -193,15 +193,15 @@ class SimulationResult:
 
 
 def default_metadata_dir() -> Path:
-    """Where ds003720's real metadata is looked for.
+    """Where ds003720's real metadata is read from.
 
-    ``$B2M_DS003720`` if set, else ``../shared/data/ds003720`` beside the repository.
+    ``$B2M_DS003720`` if set, else the copy that ships in this package
+    (``offline_training/simulate/ds003720``, CC0; see its PROVENANCE.md).
     """
     env = os.environ.get("B2M_DS003720")
     if env:
         return Path(env)
-    repo = Path(__file__).resolve().parents[2]
-    return repo.parent / "shared" / "data" / "ds003720"
+    return Path(__file__).resolve().parent / "ds003720"
 
 
 def slice_times_for_grid(slice_timing_s, grid: Grid) -> np.ndarray:

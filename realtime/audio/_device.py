@@ -197,7 +197,68 @@ def clock_slip_ms(out) -> float | None:
     return 1e3 * (clock_offsets(out._anchors, out.callbacks, out.samplerate)[0] - out._dac0_start)
 
 
-class DeviceOutput(_OutputAPI):
+class _CallbackCounters:
+    """Counters, clock fit and stats read from the callback's arrays ``_stat`` and ``_anchors``.
+
+    Shared by :class:`DeviceOutput` (arrays its own callback writes) and
+    ``IsolatedOutput`` (the same arrays in shared memory, written by the
+    child's callback). A subclass sets ``kind``, ``device_name``,
+    ``samplerate``, ``channels``, ``blocksize``, ``_stat``, ``_anchors`` and
+    ``_dac0_start``, and gives ``frame``, ``late_commands``,
+    ``voice_steals`` and ``_latency_s()``.
+    """
+
+    @property
+    def callbacks(self) -> int:
+        return int(self._stat[_CB])
+
+    @property
+    def underruns(self) -> int:
+        return int(self._stat[_UNDER])
+
+    @property
+    def xruns(self) -> int:
+        return int(self._stat[_XRUN])
+
+    @property
+    def callback_errors(self) -> int:
+        return int(self._stat[_ERR])
+
+    def _mark_started(self) -> None:
+        """Remember where frame 0 is heard at start (the reference of :func:`clock_slip_ms`)."""
+        self._dac0_start = clock_offsets(self._anchors, self.callbacks, self.samplerate)[0]
+
+    def time_to_frame(self, t: float) -> int:
+        """The output frame heard at stream time ``t`` (seconds, the clock of :meth:`now`)."""
+        dac0, _ = clock_offsets(self._anchors, self.callbacks, self.samplerate)
+        return int(round((t - dac0) * self.samplerate))
+
+    def frame_to_time(self, frame: int) -> float:
+        """The stream time (seconds) at which output frame ``frame`` is heard."""
+        dac0, _ = clock_offsets(self._anchors, self.callbacks, self.samplerate)
+        return dac0 + frame / self.samplerate
+
+    def monotonic_to_frame(self, t: float) -> int:
+        """The output frame heard at ``time.monotonic()`` time ``t`` (the session's clock)."""
+        dac0, mono_minus_stream = clock_offsets(self._anchors, self.callbacks, self.samplerate)
+        return int(round((t - mono_minus_stream - dac0) * self.samplerate))
+
+    def stats(self) -> dict:
+        """Counters for the session record and dashboard."""
+        latency_s = self._latency_s()
+        return {"kind": self.kind, "device": self.device_name, "samplerate": self.samplerate,
+                "channels": self.channels, "blocksize": self.blocksize, "frames": self.frame,
+                "callbacks": self.callbacks, "underruns": self.underruns, "xruns": self.xruns,
+                "callback_errors": self.callback_errors, "late_commands": self.late_commands,
+                "voice_steals": self.voice_steals, "clock_slip_ms": clock_slip_ms(self),
+                "latency_s": latency_s}
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.device_name!r}, {self.samplerate} Hz, {self.channels} ch, "
+                f"block {self.blocksize}, frame {self.frame}, underruns {self.underruns})")
+
+
+class DeviceOutput(_CallbackCounters, _OutputAPI):
     """A PortAudio callback stream that plays a :class:`Mixer`.
 
     The device is looked up and the settings checked when the object is
@@ -303,23 +364,6 @@ class DeviceOutput(_OutputAPI):
                 self.last_error = exc
         st[_CB] += 1
 
-    # ------------------------------------------------------------------ counters
-    @property
-    def callbacks(self) -> int:
-        return int(self._stat[_CB])
-
-    @property
-    def underruns(self) -> int:
-        return int(self._stat[_UNDER])
-
-    @property
-    def xruns(self) -> int:
-        return int(self._stat[_XRUN])
-
-    @property
-    def callback_errors(self) -> int:
-        return int(self._stat[_ERR])
-
     # ------------------------------------------------------------------ control thread
     def start(self, timeout: float = 5.0) -> "DeviceOutput":
         """Open and start the stream; return once the first callbacks have run (so the clock is known)."""
@@ -344,7 +388,7 @@ class DeviceOutput(_OutputAPI):
                 raise AudioDeviceError(f"{self.device_name} started but its callback never ran within "
                                        f"{timeout} s; is the audio server (jackd) running and not stalled?")
             time.sleep(0.002)
-        self._dac0_start = clock_offsets(self._anchors, self.callbacks, self.samplerate)[0]
+        self._mark_started()
         return self
 
     def close(self) -> None:
@@ -380,34 +424,19 @@ class DeviceOutput(_OutputAPI):
             raise RuntimeError("the output is not started")
         return float(self._stream.time)
 
-    def time_to_frame(self, t: float) -> int:
-        """The output frame heard at stream time ``t`` (seconds, the clock of :meth:`now`)."""
-        dac0, _ = clock_offsets(self._anchors, self.callbacks, self.samplerate)
-        return int(round((t - dac0) * self.samplerate))
+    @property
+    def late_commands(self) -> int:
+        """Commands executed after their frame had already been rendered (see :class:`Mixer`)."""
+        return self.mixer.late_commands
 
-    def frame_to_time(self, frame: int) -> float:
-        """The stream time (seconds) at which output frame ``frame`` is heard."""
-        dac0, _ = clock_offsets(self._anchors, self.callbacks, self.samplerate)
-        return dac0 + frame / self.samplerate
-
-    def monotonic_to_frame(self, t: float) -> int:
-        """The output frame heard at ``time.monotonic()`` time ``t`` (the session's clock)."""
-        dac0, mono_minus_stream = clock_offsets(self._anchors, self.callbacks, self.samplerate)
-        return int(round((t - mono_minus_stream - dac0) * self.samplerate))
+    @property
+    def voice_steals(self) -> int:
+        """Voices cut because a switch found all busy (see :class:`Mixer`)."""
+        return self.mixer.voice_steals
 
     def heard_frame(self) -> int:
         """The frame reaching the listener now (earlier than :attr:`frame` by the output latency)."""
         return self.time_to_frame(self.now())
 
-    def stats(self) -> dict:
-        """Counters for the session record and dashboard."""
-        return {"kind": self.kind, "device": self.device_name, "samplerate": self.samplerate,
-                "channels": self.channels, "blocksize": self.blocksize, "frames": self.frame,
-                "callbacks": self.callbacks, "underruns": self.underruns, "xruns": self.xruns,
-                "callback_errors": self.callback_errors, "late_commands": self.mixer.late_commands,
-                "voice_steals": self.mixer.voice_steals, "clock_slip_ms": clock_slip_ms(self),
-                "latency_s": None if self._stream is None else float(self._stream.latency)}
-
-    def __repr__(self):
-        return (f"DeviceOutput({self.device_name!r}, {self.samplerate} Hz, {self.channels} ch, "
-                f"block {self.blocksize}, frame {self.frame}, underruns {self.underruns})")
+    def _latency_s(self) -> float | None:
+        return None if self._stream is None else float(self._stream.latency)

@@ -44,8 +44,8 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from ._device import (_ANCHORS, _CB, _ERR, _FRAME, _LATE, _STEAL, _UNDER, _XRUN, ANCHOR_ROWS, STAT_FIELDS,
-                      AudioDeviceError, clock_offsets, clock_slip_ms, resume_portaudio, suspend_portaudio)
+from ._device import (_ANCHORS, _FRAME, _LATE, _STEAL, ANCHOR_ROWS, STAT_FIELDS, AudioDeviceError,
+                      _CallbackCounters, clock_offsets, resume_portaudio, suspend_portaudio)
 from ._mixer import _STOP, _SWITCH, Timeline, _nonneg_int, check_beats, check_source
 
 __all__ = ["IsolatedOutput"]
@@ -166,7 +166,7 @@ def _child_main(conn, shm_name, device, samplerate, blocksize, channels, latency
             pass
 
 
-class IsolatedOutput:
+class IsolatedOutput(_CallbackCounters):
     """A :class:`DeviceOutput` run in a child process; the same scheduling API.
 
     Parameters are those of :class:`DeviceOutput`; ``timeout`` bounds the
@@ -271,7 +271,7 @@ class IsolatedOutput:
         if not self._started:
             self._request(("start", timeout), timeout + 5)
             self._started = True
-            self._dac0_start = clock_offsets(self._anchors, self.callbacks, self.samplerate)[0]
+            self._mark_started()
             self._suspended = suspend_portaudio()     # our own idle JACK client would share each cycle
         return self
 
@@ -334,20 +334,12 @@ class IsolatedOutput:
         return int(self._stat[_FRAME])
 
     @property
-    def callbacks(self) -> int:
-        return int(self._stat[_CB])
+    def late_commands(self) -> int:
+        return int(self._stat[_LATE])
 
     @property
-    def underruns(self) -> int:
-        return int(self._stat[_UNDER])
-
-    @property
-    def xruns(self) -> int:
-        return int(self._stat[_XRUN])
-
-    @property
-    def callback_errors(self) -> int:
-        return int(self._stat[_ERR])
+    def voice_steals(self) -> int:
+        return int(self._stat[_STEAL])
 
     @property
     def active(self) -> bool:
@@ -358,35 +350,11 @@ class IsolatedOutput:
         _, mono_minus_stream = clock_offsets(self._anchors, self.callbacks, self.samplerate)
         return time.monotonic() - mono_minus_stream
 
-    def time_to_frame(self, t: float) -> int:
-        """The output frame heard at stream time ``t``."""
-        dac0, _ = clock_offsets(self._anchors, self.callbacks, self.samplerate)
-        return int(round((t - dac0) * self.samplerate))
-
-    def frame_to_time(self, frame: int) -> float:
-        dac0, _ = clock_offsets(self._anchors, self.callbacks, self.samplerate)
-        return dac0 + frame / self.samplerate
-
-    def monotonic_to_frame(self, t: float) -> int:
-        """The output frame heard at ``time.monotonic()`` time ``t``."""
-        dac0, mono_minus_stream = clock_offsets(self._anchors, self.callbacks, self.samplerate)
-        return int(round((t - mono_minus_stream - dac0) * self.samplerate))
-
     def heard_frame(self) -> int:
         return self.monotonic_to_frame(time.monotonic())
 
-    def stats(self) -> dict:
-        info = self._request(("info",)) if not self._closed else {}
-        return {"kind": self.kind, "device": self.device_name, "samplerate": self.samplerate,
-                "channels": self.channels, "blocksize": self.blocksize, "frames": self.frame,
-                "callbacks": self.callbacks, "underruns": self.underruns, "xruns": self.xruns,
-                "callback_errors": self.callback_errors, "late_commands": int(self._stat[_LATE]),
-                "voice_steals": int(self._stat[_STEAL]), "clock_slip_ms": clock_slip_ms(self),
-                "latency_s": info.get("latency_s")}
-
-    def __repr__(self):
-        return (f"IsolatedOutput({self.device_name!r}, {self.samplerate} Hz, {self.channels} ch, "
-                f"block {self.blocksize}, frame {self.frame}, underruns {self.underruns})")
+    def _latency_s(self) -> float | None:
+        return None if self._closed else self._request(("info",)).get("latency_s")
 
 
 def _main(argv=None) -> None:  # pragma: no cover - runs in the child

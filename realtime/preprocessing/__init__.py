@@ -10,7 +10,8 @@ convention is documented in :mod:`._rigid`.
 
 from ._rigid import framewise_displacement, params_from_matrix, params_from_spm, params_to_spm, rigid_matrix
 from .delays import DelayStack, stack_delays
-from .detrend import CausalDetrender, detrend_run, detrend_run_offline, drift_basis, median_filter_detrend
+from .detrend import (CausalDetrender, dct_basis, detrend_run, detrend_run_offline, drift_basis,
+                      median_filter_detrend)
 from .motion import MotionConfig, MotionCorrector, MotionReference, MotionResult, RunMotion, realign_run, reslice
 from .normalize import RunningNormalizer, normalize_run, zscore_run
 from .pipeline import (GeometryError, OnlinePreprocessor, PreprocessConfig, RunPreprocessed, StepResult,
@@ -31,6 +32,7 @@ __all__ = [
     "RunningNormalizer",
     "StepResult",
     "check_geometry",
+    "dct_basis",
     "detrend_run",
     "detrend_run_offline",
     "drift_basis",

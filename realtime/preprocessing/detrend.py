@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["drift_basis", "CausalDetrender", "detrend_run", "detrend_run_offline", "median_filter_detrend"]
+__all__ = ["drift_basis", "dct_basis", "CausalDetrender", "detrend_run", "detrend_run_offline", "median_filter_detrend"]
 
 
 def drift_basis(n_volumes: int, order: int = 2) -> np.ndarray:
@@ -36,6 +36,32 @@ def drift_basis(n_volumes: int, order: int = 2) -> np.ndarray:
         raise ValueError(f"need n_volumes >= 1 and order >= 0, got {n_volumes}, {order}")
     t = np.linspace(-1.0, 1.0, n_volumes) if n_volumes > 1 else np.zeros(1)
     return np.polynomial.legendre.legvander(t, order)
+
+
+def dct_basis(n_volumes: int, tr_s: float, cutoff_s: float = 128.0) -> np.ndarray:
+    """SPM's high-pass drift set (``spm_filter``): the non-constant DCT-II cosines of period >= ``cutoff_s``.
+
+    Pass it as ``extra`` regressors (with ``order=0`` for the constant) to
+    :func:`detrend_run_offline` for SPM's high-pass filter, or to
+    :func:`detrend_run` for its causal counterpart.
+
+    Parameters
+    ----------
+    n_volumes : int
+    tr_s : float
+        TR in seconds.
+    cutoff_s : float
+        Shortest period kept in the drift model, seconds (SPM's default 128 s).
+
+    Returns
+    -------
+    ndarray of shape (n_volumes, K), float64
+        Orthonormal columns ``sqrt(2/n) cos(pi (2t + 1) j / 2n)``, ``j = 1 .. K``
+        with ``K = floor(2 n TR / cutoff_s)`` (may be 0 columns for a short run).
+    """
+    k = int(np.floor(2 * n_volumes * tr_s / cutoff_s))
+    t = np.arange(n_volumes)[:, None]
+    return np.sqrt(2.0 / n_volumes) * np.cos(np.pi * (2 * t + 1) * np.arange(1, k + 1) / (2 * n_volumes))
 
 
 class CausalDetrender:

@@ -39,11 +39,20 @@ def test_apply_fades_overlapping_ramps_multiply():
     np.testing.assert_allclose(y, (i / 10) * (i[::-1] / 10), atol=1e-7)
 
 
+def test_apply_fades_cosine_shape_is_the_raised_linear_ramp():
+    y = apply_fades(np.ones(100, np.float32), 10, 2.0, 3.0, shape="cosine")
+    i = np.arange(100)
+    lin = np.minimum(1.0, np.minimum(i / 20, (99 - i) / 30))
+    np.testing.assert_allclose(y, 0.5 - 0.5 * np.cos(np.pi * lin), atol=1e-7)
+
+
 def test_apply_fades_rejects_bad_input():
     with pytest.raises(ValueError, match="mono"):
         apply_fades(np.ones((10, 2)), 10)
     with pytest.raises(ValueError, match=">= 0"):
         apply_fades(np.ones(10), 10, fade_in_s=-1)
+    with pytest.raises(ValueError, match="shape"):
+        apply_fades(np.ones(10), 10, shape="exp")
 
 
 def test_rms_normalize_hits_target(rng):

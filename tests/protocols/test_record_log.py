@@ -176,6 +176,20 @@ def test_scan_without_payloads_reads_headers_only(rng, tmp_path):
     assert [r.payload_len for r in records] == [len(p) for p in payloads]
 
 
+def test_scan_without_payloads_checks_payload_crc_only_when_asked(rng, tmp_path):
+    path = tmp_path / "v.log"
+    payloads = _payloads(rng)
+    last = _write(path, payloads)[-1]
+    raw = bytearray(path.read_bytes())
+    raw[last.payload_offset + last.payload_len // 2] ^= 0x01  # a payload damaged in place
+    path.write_bytes(bytes(raw))
+    records, end = scan_records(path, payloads=False)  # payload bytes seeked over, never read
+    assert len(records) == len(payloads) and end == len(raw)
+    records, end = scan_records(path, payloads=False, check_payloads=True)
+    assert len(records) == len(payloads) - 1 and end == last.offset
+    assert all(r.payload is None for r in records)
+
+
 def test_scan_empty_file_has_no_records(tmp_path):
     path = tmp_path / "v.log"
     path.write_bytes(b"")

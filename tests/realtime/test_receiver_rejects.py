@@ -4,10 +4,8 @@ the receiver keeps serving."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import threading
 
 import msgpack
 import numpy as np
@@ -30,22 +28,6 @@ from realtime.receiver import Receiver
 from realtime.transport import TransportError
 
 AFFINE = np.array([[2.0, 0, 0, -90], [0, 2.0, 0, -126], [0, 0, 2.0, -72], [0, 0, 0, 1]])
-
-
-@contextlib.contextmanager
-def serving(out, endpoint, **kw):
-    """A real Receiver serving in a thread until the block ends."""
-    rx = Receiver(out, endpoint, **kw)
-    stop = threading.Event()
-    thread = threading.Thread(target=rx.serve, args=(stop,), kwargs={"poll_ms": 20}, daemon=True)
-    thread.start()
-    try:
-        yield rx
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-        assert not thread.is_alive(), "the receiver did not stop"
-        rx.close()
 
 
 @pytest.fixture
@@ -109,7 +91,7 @@ def malformed_cases(rng):
     return cases
 
 
-def test_receiver_rejects_malformed_and_keeps_serving(rng, tmp_path, endpoint, client):
+def test_receiver_rejects_malformed_and_keeps_serving(rng, tmp_path, endpoint, client, serving):
     out = tmp_path / "session"
     cases = malformed_cases(rng)
     with serving(out, endpoint) as rx:
@@ -146,7 +128,7 @@ def test_receiver_rejects_malformed_and_keeps_serving(rng, tmp_path, endpoint, c
     assert vol.header["index"] == 0
 
 
-def test_receiver_reject_fields_match_rejected_log(rng, tmp_path, endpoint, client):
+def test_receiver_reject_fields_match_rejected_log(rng, tmp_path, endpoint, client, serving):
     out = tmp_path / "session"
     cases = malformed_cases(rng)
     with serving(out, endpoint):
@@ -156,7 +138,7 @@ def test_receiver_reject_fields_match_rejected_log(rng, tmp_path, endpoint, clie
 
 
 @pytest.mark.parametrize("which", ["huge-header", "http-probe"])
-def test_receiver_reject_reason_says_what_to_do(rng, tmp_path, endpoint, client, which):
+def test_receiver_reject_reason_says_what_to_do(rng, tmp_path, endpoint, client, which, serving):
     frames = huge_header(volume_frames(rng)) if which == "huge-header" else [b"GET / HTTP/1.1\r\n\r\n"]
     with serving(tmp_path / "session", endpoint):
         reply = ask(client, frames)
@@ -165,7 +147,7 @@ def test_receiver_reject_reason_says_what_to_do(rng, tmp_path, endpoint, client,
     assert re.search(verbs, reply.reason, re.I), reply.reason
 
 
-def test_receiver_duplicate_acked_not_recorded_twice(rng, tmp_path, endpoint, client):
+def test_receiver_duplicate_acked_not_recorded_twice(rng, tmp_path, endpoint, client, serving):
     out = tmp_path / "session"
     frames = volume_frames(rng, index=3)
     with serving(out, endpoint) as rx:
@@ -178,7 +160,7 @@ def test_receiver_duplicate_acked_not_recorded_twice(rng, tmp_path, endpoint, cl
     assert [r.header["index"] for r in records if r.kind == "volume"] == [3]
 
 
-def test_receiver_duplicate_after_restart_not_recorded_twice(rng, tmp_path, endpoint, client):
+def test_receiver_duplicate_after_restart_not_recorded_twice(rng, tmp_path, endpoint, client, serving):
     out = tmp_path / "session"
     frames = volume_frames(rng, index=0)
     with serving(out, endpoint):
@@ -190,7 +172,7 @@ def test_receiver_duplicate_after_restart_not_recorded_twice(rng, tmp_path, endp
     assert len(records) == 1
 
 
-def test_receiver_shape_change_rejected(rng, tmp_path, endpoint, client):
+def test_receiver_shape_change_rejected(rng, tmp_path, endpoint, client, serving):
     out = tmp_path / "session"
     with serving(out, endpoint) as rx:
         assert ask(client, volume_frames(rng, index=0, shape=(4, 3, 2))).status == "recorded"
@@ -203,7 +185,7 @@ def test_receiver_shape_change_rejected(rng, tmp_path, endpoint, client):
         assert sorted(rx.record.runs["run1"].received) == [0, 1]
 
 
-def test_receiver_dtype_change_rejected(rng, tmp_path, endpoint, client):
+def test_receiver_dtype_change_rejected(rng, tmp_path, endpoint, client, serving):
     with serving(tmp_path / "session", endpoint):
         assert ask(client, volume_frames(rng, index=0, dtype="<i2")).status == "recorded"
         reply = ask(client, volume_frames(rng, index=1, dtype=">i2"))
@@ -211,7 +193,7 @@ def test_receiver_dtype_change_rejected(rng, tmp_path, endpoint, client):
         assert "<i2" in reply.reason and ">i2" in reply.reason
 
 
-def test_receiver_index_past_run_length_rejected(rng, tmp_path, endpoint, client):
+def test_receiver_index_past_run_length_rejected(rng, tmp_path, endpoint, client, serving):
     with serving(tmp_path / "session", endpoint):
         ack = ask(client, encode(RunStart("run1", 1.5, n_volumes=3, t_sent=1.0)))
         assert (ack.of, ack.status) == ("run_start", "recorded")
@@ -220,20 +202,20 @@ def test_receiver_index_past_run_length_rejected(rng, tmp_path, endpoint, client
         assert "3 volumes" in reply.reason
 
 
-def test_receiver_first_volume_past_own_n_volumes_rejected(rng, tmp_path, endpoint, client):
+def test_receiver_first_volume_past_own_n_volumes_rejected(rng, tmp_path, endpoint, client, serving):
     with serving(tmp_path / "session", endpoint):
         reply = ask(client, volume_frames(rng, index=7, n_volumes=5))
     assert isinstance(reply, Reject) and reply.field == "header.index"
 
 
-def test_receiver_refuses_ack_messages(tmp_path, endpoint, client):
+def test_receiver_refuses_ack_messages(tmp_path, endpoint, client, serving):
     with serving(tmp_path / "session", endpoint) as rx:
         reply = ask(client, encode(Ack(of="volume", run_id="run1", index=0, status="recorded")))
         assert isinstance(reply, Reject) and reply.field == "header.type" and reply.of == "ack"
         assert rx.stats.rejected == 1
 
 
-def test_receiver_run_end_reports_gaps(rng, tmp_path, endpoint, client):
+def test_receiver_run_end_reports_gaps(rng, tmp_path, endpoint, client, serving):
     out = tmp_path / "session"
     with serving(out, endpoint):
         for i in (0, 2):

@@ -81,3 +81,26 @@ def test_receiver_sigkill_midrun_restart_loses_nothing(b2m_proc, fmri1_nii, endp
     rec = SessionRecord(out)
     assert sorted(rec.runs["run1"].received) == list(range(40))  # each exactly once
     rx2.kill(signal.SIGTERM)
+
+
+@pytest.mark.parametrize("pixdim, unit, tr, reason", [
+    (1.5, "sec", 1.5, ""),
+    (1500.0, "msec", 1.5, ""),
+    (1.5, None, None, r"time unit is 'unknown'.*set_xyzt_units"),      # never guessed
+    (2000.0, "sec", None, r"2000.0 labelled 'sec'.*not a plausible TR"),  # ms labelled as seconds
+    (0.0, "sec", None, r"pixdim\[4\] is 0.0"),
+])
+def test_tr_seconds_reads_the_time_unit_and_never_guesses(pixdim, unit, tr, reason):
+    import re
+
+    from realtime.nifti_io import tr_seconds
+
+    img = nib.Nifti1Image(np.zeros((2, 2, 2, 3), np.int16), np.eye(4))
+    img.header.set_zooms((2.0, 2.0, 2.0, pixdim))
+    if unit is not None:
+        img.header.set_xyzt_units("mm", unit)
+    got, note = tr_seconds(img.header)
+    if tr is None:
+        assert got is None and re.search(reason, note), note
+    else:
+        assert got == pytest.approx(tr) and note == ""

@@ -3,38 +3,18 @@ either side starts late or restarts, and nothing is recorded twice."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
-
 import numpy as np
 import pytest
 
 from protocols.record import scan_records
 from protocols.session import SessionRecord, load_run
 from protocols.wire import RunEnd, RunStart, VolumeMessage
-from realtime.receiver import Receiver
 from realtime.sender import ReliableSender
 
 AFFINE = np.array([[-2.0, 0, 0, 90], [0, 2.0, 0, -126], [0, 0, 2.0, -72], [0, 0, 0, 1]])
 SHAPE = (5, 4, 3)
 RESEND_S = 0.2  # short, so a lost message comes back quickly
 DRAIN_S = 20.0  # generous upper bound; the drains below finish in well under a second
-
-
-@contextlib.contextmanager
-def serving(out, endpoint, **kw):
-    """A real Receiver serving in a thread until the block ends."""
-    rx = Receiver(out, endpoint, **kw)
-    stop = threading.Event()
-    thread = threading.Thread(target=rx.serve, args=(stop,), kwargs={"poll_ms": 20}, daemon=True)
-    thread.start()
-    try:
-        yield rx
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-        assert not thread.is_alive(), "the receiver did not stop"
-        rx.close()
 
 
 def _volumes(rng, n: int) -> list[np.ndarray]:
@@ -61,7 +41,7 @@ def _assert_recorded_once(out, vols, run_id="run1") -> None:
     assert np.array_equal(geometry["affine"], AFFINE)
 
 
-def test_reliable_sender_resends_on_connect(rng, tmp_path, endpoint):
+def test_reliable_sender_resends_on_connect(rng, tmp_path, endpoint, serving):
     out = tmp_path / "session"
     vols = _volumes(rng, 5)
     with ReliableSender(endpoint, resend_timeout_s=RESEND_S) as tx:
@@ -77,22 +57,18 @@ def test_reliable_sender_resends_on_connect(rng, tmp_path, endpoint):
     _assert_recorded_once(out, vols)
 
 
-def test_reliable_sender_survives_receiver_restart(rng, tmp_path, endpoint):
+def test_reliable_sender_survives_receiver_restart(rng, tmp_path, endpoint, serving):
     out = tmp_path / "session"
     vols = _volumes(rng, 10)
     with ReliableSender(endpoint, resend_timeout_s=RESEND_S) as tx:
-        stop1 = threading.Event()
-        rx1 = Receiver(out, endpoint, export=False)
-        thread = threading.Thread(target=rx1.serve, args=(stop1,), kwargs={"poll_ms": 20}, daemon=True)
-        thread.start()
+        rx1 = serving(out, endpoint, export=False)
         tx.send(RunStart("run1", 1.5, n_volumes=10, shape=SHAPE, dtype="<i2", affine=AFFINE))
         for i in range(5):
             tx.send(_msg(vols, i))
         assert tx.drain(DRAIN_S)
         # The receiver stops reading mid-run; the next volumes reach its socket
         # but are never recorded or acked, and are lost when it goes down.
-        stop1.set()
-        thread.join(timeout=10)
+        rx1.stop()
         for i in range(5, 10):
             tx.send(_msg(vols, i))
         assert len(tx.pending) == 5 and tx.stats.sent == 11
@@ -109,7 +85,7 @@ def test_reliable_sender_survives_receiver_restart(rng, tmp_path, endpoint):
     _assert_recorded_once(out, vols)
 
 
-def test_reliable_sender_resend_to_recorded_session_is_duplicate(rng, tmp_path, endpoint):
+def test_reliable_sender_resend_to_recorded_session_is_duplicate(rng, tmp_path, endpoint, serving):
     out = tmp_path / "session"
     vols = _volumes(rng, 4)
     with serving(out, endpoint, export=False) as rx:
@@ -127,7 +103,7 @@ def test_reliable_sender_resend_to_recorded_session_is_duplicate(rng, tmp_path, 
     _assert_recorded_once(out, vols)
 
 
-def test_reliable_sender_drops_rejected_message(rng, tmp_path, endpoint):
+def test_reliable_sender_drops_rejected_message(rng, tmp_path, endpoint, serving):
     out = tmp_path / "session"
     vols = _volumes(rng, 2)
     bad = VolumeMessage("run1", 1, vols[1][:, :, :2], AFFINE, 1.5, n_volumes=2)  # shape differs
@@ -141,7 +117,7 @@ def test_reliable_sender_drops_rejected_message(rng, tmp_path, endpoint):
             assert key == ("volume", "run1", 1) and field == "header.shape" and reason
 
 
-def test_reliable_sender_drops_rejected_oversized_run_start(tmp_path, endpoint):
+def test_reliable_sender_drops_rejected_oversized_run_start(tmp_path, endpoint, serving):
     big = RunStart("run1", 1.5, meta={"nifti_header": bytes(70_000)})  # e.g. a header with extensions
     with serving(tmp_path / "session", endpoint, export=False):
         with ReliableSender(endpoint, resend_timeout_s=RESEND_S) as tx:
