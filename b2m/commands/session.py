@@ -94,7 +94,9 @@ def run_live(args) -> int:
     from realtime.audio import AudioDeviceError, open_output
     from realtime.receiver import Receiver
     from realtime.results import PynealResultsServer, ResultsPublisher
+    from protocols.session import SessionRecord
     from realtime.session import Dashboard, SessionEngine, write_session_info
+    from realtime.session.replay import recorded_decisions, recorded_volumes
 
     os.makedirs(args.out, exist_ok=True)
     fh = logging.FileHandler(os.path.join(args.out, "session.log"))
@@ -133,8 +135,15 @@ def run_live(args) -> int:
         if args.pyneal_port is not None:
             pyneal = PynealResultsServer(port=args.pyneal_port, insecure=args.insecure)
             print(f"pyneal\t{pyneal.host}:{pyneal.port}", file=sys.stderr, flush=True)
+        recorded, offsets = recorded_decisions(args.out)
         engine = SessionEngine(decoder, library, output, policy, record_dir=args.out, publisher=publisher,
-                               pyneal=pyneal)
+                               pyneal=pyneal, run_offsets=offsets)
+        if offsets:  # a session folder with decisions in it: an interrupted session, continued
+            rec = SessionRecord(args.out, sync=False)
+            ended = {r for r, run in rec.runs.items() if run.ended}
+            caught = engine.resume(recorded_volumes(args.out), ended, logged=recorded)
+            log.info("continuing the session in %s: state rebuilt from %d recorded volumes of %s",
+                     args.out, caught["volumes"], ", ".join(caught["runs"]) or "no open run")
         write_session_info(args.out, {
             "model": os.path.abspath(args.model), "library": os.path.abspath(args.library),
             "policy": policy.to_dict(), "options": engine.options.__dict__, "mode": args.mode,

@@ -141,6 +141,8 @@ class SessionEngine:
         self.clips = (ClipCache(library, output.samplerate, output.channels) if output is not None else None)
         self._audio_started = False
         self._last_cmd_frame = 0
+        self._catching_up = False
+        self._logged: set = set()
         self.results: list[Result] = []  # kept for summaries; small (one per TR)
         self.latency_ms = {s: deque(maxlen=2000) for s in STAGES[1:] + ("total",)}
         self.counts = {"volumes": 0, "decoded": 0, "switches": 0, "holds": 0, "errors": 0, "stand_ins": 0,
@@ -287,7 +289,7 @@ class SessionEngine:
 
     def _audio(self, d: Decision, t_scan: float) -> int | None:
         out = self.output
-        if out is None:
+        if out is None or self._catching_up:
             return None
         frame = None
         if not self._audio_started or d.action == "switch":
@@ -306,8 +308,45 @@ class SessionEngine:
 
     def _render(self, t_scan: float) -> None:
         """A WAV sink renders up to the decision's session time (after the result is out)."""
-        if self.output is not None and hasattr(self.output, "advance_to"):
+        if self.output is not None and hasattr(self.output, "advance_to") and not self._catching_up:
             self.output.advance_to(self.output.time_to_frame(t_scan))
+
+    def resume(self, volumes, ended_runs=(), logged=()) -> dict:
+        """Rebuild the state of an interrupted session from its record before serving again.
+
+        ``volumes`` yields ``(VolumeMessage, t_recv)`` in arrival order
+        (:func:`realtime.session.replay.recorded_volumes`). Every run is run
+        through the engine silently (no sound, no results, no new decisions
+        in the record), so the preprocessing state, the delay stack and the
+        policy (current clip, dwell, smoothing) are exactly those the session
+        had; the first new volume then continues the run as if nothing had
+        happened, and the music restarts on the clip that was playing. Runs
+        in ``ended_runs`` only advance the session clock (their state is not
+        needed any more). ``logged`` holds the ``(run_id, index)`` whose
+        decisions are already in the record; the others (volumes acked just
+        before the crash) get theirs written now. Returns counts of what was
+        caught up.
+        """
+        self._logged = set(logged)
+        n = {"volumes": 0, "runs": set()}
+        counts = dict(self.counts)  # what this process does from now on is what its summary counts
+        self._catching_up = True
+        try:
+            for msg, t_recv in volumes:
+                if msg.run_id in ended_runs and msg.run_id not in self.runs:
+                    self._session_end_s = max(self._session_end_s,
+                                              self._run_offsets.get(msg.run_id, 0.0) + (msg.index + 1) * msg.tr_s)
+                    continue
+                self.on_volume(msg, t_recv)
+                n["volumes"] += 1
+                n["runs"].add(msg.run_id)
+        finally:
+            self._catching_up = False
+            self.counts = counts
+            for v in self.latency_ms.values():
+                v.clear()
+        self._audio_started = False  # the sound stopped with the old process: start the current clip again
+        return {"volumes": n["volumes"], "runs": sorted(n["runs"])}
 
     def finish(self, tail_s: float | None = None) -> None:
         """End of the session: fade out and, for a WAV sink, render to the end."""
@@ -329,6 +368,11 @@ class SessionEngine:
 
     def _emit(self, run: _Run, res: Result, embedding, t_scan: float, stand_in: bool, audio_frame, error) -> None:
         self.last = res
+        if self._catching_up:
+            # a volume recorded (and acked) whose decision the old process never wrote: write it now, late
+            if run.log is not None and (res.run_id, res.index) not in self._logged:
+                self._log(run, res, embedding, t_scan, stand_in, audio_frame, error)
+            return
         self.results.append(res)
         if self.publisher is not None:
             self.publisher.publish(res)
@@ -337,16 +381,19 @@ class SessionEngine:
 
             self.pyneal.store(res.index, pyneal_payload(res))
         if run.log is not None:
-            h = {"kind": "decision", "run_id": res.run_id, "index": res.index, "decoded_index": res.decoded_index,
-                 "action": res.action, "clip": res.clip, "topk": [list(t) for t in res.topk],
-                 "tags": [list(t) for t in res.tags], "fd_mm": res.fd_mm, "motion": res.motion,
-                 "flagged": res.flagged, "stand_in": stand_in, "t_scan_s": t_scan, "offset_s": run.offset_s,
-                 "tr_s": run.tr_s, "timestamps": res.timestamps, "latency_ms": res.latency_ms,
-                 "audio_frame": audio_frame, "error": error}
-            try:
-                run.log.append(h, embedding)
-            except Exception:
-                log.exception("could not append the decision for %s/%d to the record", res.run_id, res.index)
+            self._log(run, res, embedding, t_scan, stand_in, audio_frame, error)
+
+    def _log(self, run: _Run, res: Result, embedding, t_scan: float, stand_in: bool, audio_frame, error) -> None:
+        h = {"kind": "decision", "run_id": res.run_id, "index": res.index, "decoded_index": res.decoded_index,
+             "action": res.action, "clip": res.clip, "topk": [list(t) for t in res.topk],
+             "tags": [list(t) for t in res.tags], "fd_mm": res.fd_mm, "motion": res.motion,
+             "flagged": res.flagged, "stand_in": stand_in, "t_scan_s": t_scan, "offset_s": run.offset_s,
+             "tr_s": run.tr_s, "timestamps": res.timestamps, "latency_ms": res.latency_ms,
+             "audio_frame": audio_frame, "error": error}
+        try:
+            run.log.append(h, embedding)
+        except Exception:
+            log.exception("could not append the decision for %s/%d to the record", res.run_id, res.index)
 
     def stats(self) -> dict:
         """Counts, latency medians/p99 per stage (ms) and the audio output's statistics."""

@@ -22,7 +22,8 @@ from protocols.wire import VolumeMessage
 
 from .decisions import decisions_path, read_decisions
 
-__all__ = ["SESSION_JSON", "write_session_info", "read_session_info", "recorded_volumes", "replay_session"]
+__all__ = ["SESSION_JSON", "write_session_info", "read_session_info", "recorded_volumes", "recorded_decisions",
+           "replay_session"]
 
 SESSION_JSON = "session_config.json"  # session.json belongs to the record itself (protocols.session)
 
@@ -68,6 +69,21 @@ def recorded_volumes(session_dir):
         yield msg, t_recv
 
 
+def recorded_decisions(session_dir) -> tuple[dict, dict]:
+    """Every recorded decision by ``(run_id, index)``, and each run's session-clock offset (seconds)."""
+    runs_dir = os.path.join(os.fspath(session_dir), "runs")
+    recorded: dict[tuple[str, int], dict] = {}
+    offsets: dict[str, float] = {}
+    for run_id in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
+        path = decisions_path(session_dir, run_id)
+        if not os.path.exists(path):
+            continue
+        for d in read_decisions(path):
+            recorded[(d["run_id"], d["index"])] = d
+            offsets.setdefault(d["run_id"], float(d["offset_s"]))
+    return recorded, offsets
+
+
 def replay_session(session_dir, engine_factory, progress=None) -> dict:
     """Rerun ``session_dir`` through a new engine and compare with its recorded decisions.
 
@@ -87,16 +103,7 @@ def replay_session(session_dir, engine_factory, progress=None) -> dict:
         ``clip_mismatches``, ``topk_mismatches``, ``embedding_max_abs_diff``,
         ``first_mismatch`` (or None) and ``identical`` (bool).
     """
-    runs_dir = os.path.join(os.fspath(session_dir), "runs")
-    recorded: dict[tuple[str, int], dict] = {}
-    offsets: dict[str, float] = {}
-    for run_id in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
-        path = decisions_path(session_dir, run_id)
-        if not os.path.exists(path):
-            continue
-        for d in read_decisions(path):
-            recorded[(d["run_id"], d["index"])] = d
-            offsets.setdefault(d["run_id"], float(d["offset_s"]))
+    recorded, offsets = recorded_decisions(session_dir)
     engine = engine_factory(offsets)
     replayed: dict[tuple[str, int], object] = {}
     vols = list(recorded_volumes(session_dir))

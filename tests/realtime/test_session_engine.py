@@ -171,3 +171,36 @@ def test_library_from_another_embedder_is_refused(kit, tmp_path):
     dec.manifest["embedder"] = dict(m["embedder"], id="another-model")
     with pytest.raises(EmbedderMismatch, match="another-model"):
         SessionEngine(dec, lib, None, POLICY)
+
+
+def test_a_restarted_session_continues_exactly_where_it_stopped(kit, tmp_path):
+    # The process dies after deciding volumes 0..19 while 20..24 are already recorded (acked, not yet
+    # decided); a new engine rebuilds its state from the record and goes on with 25..39.
+    from protocols.session import SessionRecord
+    from realtime.session.replay import recorded_decisions, recorded_volumes
+
+    msgs = volumes(kit.nifti)
+    _, ref, _ = run_engine(kit, tmp_path / "ref", output=False, record=False)
+    session = tmp_path / "session"
+    dec, lib = Decoder(kit.bundle), Library(kit.library)
+    first = SessionEngine(dec, lib, None, POLICY, record_dir=str(session))
+    rec = SessionRecord(str(session), sync=False)
+    for m in msgs[:25]:
+        rec.append_volume(m, memoryview(np.ascontiguousarray(m.data)).cast("B"), time.time(), "C")
+        if m.index < 20:
+            first.on_volume(m, time.time())
+    del first  # no finish(): the process is gone
+    recorded, offsets = recorded_decisions(session)
+    assert len(recorded) == 20
+    second = SessionEngine(dec, lib, None, POLICY, record_dir=str(session), run_offsets=offsets)
+    caught = second.resume(recorded_volumes(session), logged=recorded)
+    assert caught["volumes"] == 25 and second.counts["volumes"] == 0
+    after = [r for m in msgs[25:] for r in second.on_volume(m, time.time())]
+    second.finish()
+    assert [r.index for r in after] == list(range(25, 40))
+    for r, want in zip(after, ref[25:]):
+        assert (r.action, r.clip) == (want.action, want.clip)
+        np.testing.assert_array_equal(r.embedding, want.embedding)
+    logged = read_decisions(decisions_path(session, "run-01"))
+    assert sorted(d["index"] for d in logged) == list(range(40))  # 20..24 written late, none twice
+    assert [d["action"] for d in sorted(logged, key=lambda d: d["index"])] == [r.action for r in ref]
