@@ -140,8 +140,8 @@ def run_live(args) -> int:
                                pyneal=pyneal, run_offsets=offsets)
         if offsets:  # a session folder with decisions in it: an interrupted session, continued
             rec = SessionRecord(args.out, sync=False)
-            ended = {r for r, run in rec.runs.items() if run.ended}
-            caught = engine.resume(recorded_volumes(args.out), ended, logged=recorded)
+            ended_runs = {r for r, run in rec.runs.items() if run.ended}
+            caught = engine.resume(recorded_volumes(args.out), ended_runs, logged=recorded)
             log.info("continuing the session in %s: state rebuilt from %d recorded volumes of %s",
                      args.out, caught["volumes"], ", ".join(caught["runs"]) or "no open run")
         write_session_info(args.out, {

@@ -99,3 +99,39 @@ def test_session_needs_model_library_out(b2m_proc):
     p = b2m_proc("session", "--out", "x", name="session")
     assert p.wait(60) == 2
     assert "--model" in p.stderr() and "--library" in p.stderr()
+
+
+def test_session_sigkill_midrun_restart_continues_and_replays_identically(kit, b2m_proc, endpoint, tmp_path):
+    from realtime.session import read_decisions
+    from realtime.session.decisions import decisions_path
+
+    out = tmp_path / "session"
+    args = ("session", "--model", kit.bundle, "--library", kit.library, "--out", out, "--bind", endpoint,
+            "--audio", f"wav:{tmp_path}/fb.wav", "--results", "none", "--no-dashboard", "--runs", "1",
+            "--min-dwell", "5", "--margin", "0", "--smooth-trs", "1")
+    s1 = b2m_proc(*args, name="session1")
+    s1.wait_for("ready", timeout=60)
+    tx = b2m_proc("scanner", "replay", kit.nifti, "--connect", endpoint, "--speed", "8", "--run-id", "run-01",
+                  "--resend-timeout", "0.5", "--quiet", name="replay")
+    log = decisions_path(out, "run-01")
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        try:
+            if len(read_decisions(log)) >= 15:
+                break
+        except FileNotFoundError:
+            pass
+        time.sleep(0.05)
+    s1.kill(signal.SIGKILL)
+    n_before = len(read_decisions(log))
+    assert 15 <= n_before < 40
+    s2 = b2m_proc(*args, name="session2")
+    assert tx.wait(120) == 0, tx.stderr()
+    assert s2.wait(60) == 0, s2.stderr()  # --runs 1: exits once the run has ended
+    assert "continuing the session" in s2.stderr()
+    decisions = read_decisions(log)
+    assert sorted(d["index"] for d in decisions) == list(range(40))  # every volume decided exactly once
+    rep = b2m_proc("session", "replay", out, name="session-replay")
+    assert rep.wait() == 0, rep.stderr() + rep.stdout()
+    report = json.loads(rep.stdout()[: rep.stdout().rindex("}") + 1])
+    assert report["identical"] and report["n_compared"] == 40
