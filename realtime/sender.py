@@ -102,6 +102,14 @@ class ReliableSender:
         key = _key(msg)
         p = _Pending(frames=encode(msg), first_sent=time.monotonic())
         self.pending[key] = p
+        # Keep the scanner's order: messages held before the link was up go first. Without this,
+        # a message sent after the handshake but before poll() saw it overtook every held one.
+        if self._held_unsent():
+            self._resend_due(force_unsent=True)
+            if self._held_unsent():
+                p.held = True
+                self.stats.held += 1
+                return
         self._transmit(key, p)
 
     def poll(self, timeout_s: float) -> None:
@@ -178,6 +186,9 @@ class ReliableSender:
             self.stats.sent += 1
         p.sends += 1
 
+    def _held_unsent(self) -> bool:
+        return any(q.held and not q.sends for q in self.pending.values())
+
     def _next_resend_in(self) -> float | None:
         if not self.pending:
             return None
@@ -185,10 +196,14 @@ class ReliableSender:
         return max(0.0, oldest + self.resend_timeout_s - time.monotonic())
 
     def _resend_due(self, force: bool = False, force_unsent: bool = False) -> None:
+        """(Re)send what is due, oldest first; stop at the first that cannot go (order is kept)."""
         now = time.monotonic()
         for key, p in list(self.pending.items()):
             if force or (force_unsent and p.held and not p.sends) or now - p.last_sent >= self.resend_timeout_s:
+                before = p.sends
                 self._transmit(key, p)
+                if p.sends == before:
+                    return
 
     def _drain_monitor(self) -> None:
         reconnected = False

@@ -1,57 +1,53 @@
-"""``b2m demo``: the whole system in one command, on data that ships with packages.
-
-For now: replay nibabel's real ``functional.nii`` over a real loopback socket
-into a receiver, record it, export it, and check the export is bit-exact.
-"""
+"""``b2m demo``: the whole system in one command, offline, on a simulated participant (see :mod:`b2m.demo`)."""
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import sys
-import threading
-
-import nibabel as nib
-import numpy as np
-from nibabel.testing import data_path
-from rich.console import Console
-
-from realtime.receiver import Receiver
-from realtime.scanner.replay import replay_nifti
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="run the end-to-end demo on embedded data")
+    p = sub.add_parser("demo", help="simulate a participant, train, and decode a Test run live (about 10 min)",
+                       description="Simulate a participant, train and export a decoder, build a library of the "
+                                   "music heard, then replay a Test run through the live session over a real "
+                                   "loopback socket. Writes OUT/feedback.wav, OUT/summary.json and "
+                                   "OUT/report.html; a second run reuses the dataset, bundle and library.")
     p.add_argument("--out", default="demo", help="output folder (default ./demo)")
+    p.add_argument("--train-runs", type=int, default=4, help="Training runs simulated and trained on (default 4)")
+    p.add_argument("--realtime", action="store_true",
+                   help="replay at true TR pace with sound through the audio device (--audio)")
+    p.add_argument("--audio", default="default", help="with --realtime: output device (default: the default one)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    console = Console(stderr=True)
-    src = os.path.join(data_path, "functional.nii")
-    session = os.path.join(args.out, "session")
-    os.makedirs(args.out, exist_ok=True)
-    stop = threading.Event()
-    with Receiver(session, "tcp://127.0.0.1:*") as rx:
-        t = threading.Thread(target=rx.serve, args=(stop,), kwargs={"poll_ms": 50}, daemon=True)
-        t.start()
-        console.print(f"replaying {src} into a receiver at {rx.endpoint}", highlight=False)
-        res = replay_nifti(src, rx.endpoint, speed=math.inf, run_id="functional")
-        stop.set()
-        t.join()
-        rx.wait_exports()
-    out = os.path.join(session, "nifti", "functional.nii")
-    a, b = nib.load(src), nib.load(out)
-    same = (a.get_data_dtype() == b.get_data_dtype()
-            and np.array_equal(np.asanyarray(a.dataobj.get_unscaled()), np.asanyarray(b.dataobj.get_unscaled()))
-            and np.array_equal(a.affine, b.affine))
-    lat = res.latency_s * 1e3
-    summary = {"source": src, "export": out, "volumes": res.n_sent, "all_acked": res.all_acked,
-               "bit_exact": bool(same), "latency_ms": {"p50": float(np.median(lat)), "p99": float(np.percentile(lat, 99))}}
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    print(f"demo: {res.n_sent} volumes replayed, recorded and exported; bit-exact: {same}; "
-          f"send->ack p50 {summary['latency_ms']['p50']:.2f} ms, p99 {summary['latency_ms']['p99']:.2f} ms",
-          file=sys.stdout)
-    return 0 if (same and res.all_acked) else 1
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from b2m.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(out=args.out, train_runs=args.train_runs, realtime=args.realtime, audio=args.audio)
+    err = Console(stderr=True)
+    with Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=False) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        s = run_demo(cfg, progress)
+    lo, hi = s["live_identification_ci95"]
+    print(f"live identification accuracy {s['live_identification_accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f}, "
+          f"{s['n_test_clips']} clips; chance 0.5)", file=sys.stdout)
+    print(f"live vs offline decoding: max |diff| {s['live_vs_offline_max_abs_diff']:.1e} "
+          f"({'agree' if s['live_vs_offline_max_abs_diff'] <= 1e-4 else 'DISAGREE'} to 1e-4); "
+          f"recorded run bit-exact: {s['recorded_run_bit_exact']}", file=sys.stdout)
+    print(f"latency received -> audio scheduled: p50 {s['latency_ms']['p50']:.1f} ms, "
+          f"p99 {s['latency_ms']['p99']:.1f} ms; audio underruns {s['audio_underruns']}; "
+          f"{s['counts']['switches']} switches, {s['counts']['holds']} motion holds", file=sys.stdout)
+    print(f"wrote {s['paths']['report']}, {args.out}/summary.json"
+          + (f", {s['paths']['feedback_wav']}" if s["paths"]["feedback_wav"] else "")
+          + f" in {s['wall_s']:.0f} s", file=sys.stdout)
+    ok = s["live_vs_offline_max_abs_diff"] <= 1e-4 and s["recorded_run_bit_exact"]
+    return 0 if ok else 1

@@ -52,7 +52,9 @@ class Unit:
 
     ``produce()`` returns a list of ``(audio, sr, start_s, meta)`` where
     ``audio`` is mono float32 and ``meta`` may set ``path`` (an existing
-    file to point at) or leave it out (the builder writes the audio).
+    file to point at) or leave it out (the builder writes the audio), and
+    may give ``clip_embedding`` (and ``clip_tags``) already computed with the
+    build's embedder on this very audio, which is then not embedded again.
     """
 
     id: str
@@ -244,15 +246,26 @@ def build_library(out: str, units: list[Unit], embedder: Embedder, *, problems: 
                 pieces = unit.produce()
                 for k, (x, sr, start, meta) in enumerate(pieces):
                     cid = _clip_id(unit, k, len(pieces))
-                    e = embedder.embed(x, sr)
-                    vec = e.clip.astype(np.float32)
-                    tags = e.clip_tags.astype(np.float32) if e.clip_tags is not None else np.zeros(0, np.float32)
+                    if "clip_embedding" in meta:  # embedded already by this embedder (e.g. training targets)
+                        vec = np.asarray(meta["clip_embedding"], np.float32)
+                        tags = np.asarray(meta.get("clip_tags", np.zeros(0)), np.float32)
+                        if vec.shape != (embedder.dim,) or tags.size not in (0, n_tags):
+                            raise ValueError(f"precomputed embedding of shape {vec.shape} and {tags.size} tags do "
+                                             f"not fit {ident['id']} ({embedder.dim}-d, {n_tags} tags)")
+                        order = np.argsort(tags)[::-1][:5] if tags.size else []  # as Embedding.top_tags
+                        top_tags = [(embedder.tag_names[j], float(tags[j])) for j in order]
+                    else:
+                        e = embedder.embed(x, sr)
+                        vec = e.clip.astype(np.float32)
+                        tags = (e.clip_tags.astype(np.float32) if e.clip_tags is not None
+                                else np.zeros(0, np.float32))
+                        top_tags = e.top_tags(5)
                     if "path" in meta:
                         path, start_s = meta["path"], start
                     else:
                         path, start_s = os.path.join("audio", f"{cid}.flac"), 0.0
                         write_audio(os.path.join(out, path), x, sr)
-                    top = ";".join(f"{n}:{p:.3f}" for n, p in e.top_tags(5))
+                    top = ";".join(f"{n}:{p:.3f}" for n, p in top_tags)
                     h = {"kind": "clip", "unit": unit.id, "id": cid, "path": path, "start_s": float(start_s),
                          "duration_s": len(x) / sr, "genre": unit.genre, "source": unit.source, "top_tags": top,
                          "dim": int(vec.size), "n_tags": int(tags.size)}

@@ -12,10 +12,9 @@ not ready yet (counted in ``stats["sync_loads"]``).
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,17 +56,22 @@ class ClipCache:
         The output's format.
     capacity : int
         Clips kept (a 15 s stereo clip at 48 kHz is 5.8 MB).
+    max_pending : int
+        Prefetch requests kept waiting.
     """
 
-    def __init__(self, library, samplerate: int, channels: int = 2, capacity: int = 24):
+    def __init__(self, library, samplerate: int, channels: int = 2, capacity: int = 24, max_pending: int = 4):
         self.library = library
         self.samplerate = int(samplerate)
         self.channels = int(channels)
         self.capacity = int(capacity)
+        self.max_pending = int(max_pending)
         self._clips: OrderedDict[int, ReadyClip] = OrderedDict()
         self._lock = threading.Condition()  # guards _clips and _queued; held only for dict operations
-        self._todo: queue.Queue = queue.Queue()
+        self._todo: deque[int] = deque()  # newest request first; guarded by _lock
         self._queued: set[int] = set()
+        self._loading: int | None = None  # what the loader is reading now
+        self._closed = False
         self.stats = {"loads": 0, "sync_loads": 0, "load_ms_max": 0.0, "errors": 0}
         self._thread = threading.Thread(target=self._work, name="b2m-clip-loader", daemon=True)
         self._thread.start()
@@ -97,38 +101,53 @@ class ClipCache:
 
     def _work(self) -> None:
         while True:
-            index = self._todo.get()
-            if index is None:
-                return
+            with self._lock:
+                while not self._todo and not self._closed:
+                    self._lock.wait()
+                if self._closed:
+                    return
+                index = self._todo.popleft()
+                self._queued.discard(index)
+                if index in self._clips:
+                    continue
+                self._loading = index
             try:
-                with self._lock:
-                    have = index in self._clips
-                if not have:
-                    self._put(self._load(index))
+                self._put(self._load(index))
             except Exception:
                 self.stats["errors"] += 1
                 log.exception("could not load library clip %s", self.library.clips[index].id)
             finally:
                 with self._lock:
-                    self._queued.discard(index)
+                    self._loading = None
                     self._lock.notify_all()
 
     def prefetch(self, indices) -> None:
-        """Queue clips for loading (no-op for those ready or queued)."""
-        for i in indices:
-            i = int(i)
-            with self._lock:
-                if i in self._clips or i in self._queued:
+        """Ask for clips to be loaded, most wanted first; older requests wait behind them.
+
+        At most ``max_pending`` requests are kept: the policy's candidates
+        change every TR, and a stale request is not worth the CPU.
+        """
+        with self._lock:
+            for i in reversed([int(i) for i in indices]):
+                if i in self._clips or i == self._loading:
                     continue
+                if i in self._queued:
+                    self._todo.remove(i)
                 self._queued.add(i)
-            self._todo.put(i)
+                self._todo.appendleft(i)
+            while len(self._todo) > self.max_pending:
+                self._queued.discard(self._todo.pop())
+            self._lock.notify_all()
 
     def get(self, index: int) -> ReadyClip:
         """The clip: from the cache, from the loader if it is loading it now, else loaded here."""
         index = int(index)
         with self._lock:
-            while index in self._queued and index not in self._clips:
+            while self._loading == index:  # being read now: waiting is cheaper than reading it twice
                 self._lock.wait(1.0)
+            if index in self._queued:  # not started: read it here, now
+                self._todo.remove(index)
+                self._queued.discard(index)
             ready = self._clips.get(index)
             if ready is not None:
                 self._clips.move_to_end(index)
@@ -139,5 +158,7 @@ class ClipCache:
         return ready
 
     def close(self) -> None:
-        self._todo.put(None)
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
         self._thread.join(timeout=5)

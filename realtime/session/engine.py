@@ -277,7 +277,7 @@ class SessionEngine:
         cand = [i for i, _ in d.topk if i != d.clip]
         self.next_candidate = self.library.clips[cand[0]].id if cand else None
         if self.clips is not None and d.topk:
-            self.clips.prefetch(i for i, _ in d.topk)  # the next switch is almost always to one of these
+            self.clips.prefetch([i for i, _ in d.topk[:3]])  # the next switch is almost always to one of these
 
     # ---- audio ------------------------------------------------------------
 

@@ -139,3 +139,29 @@ def test_cli_library_build_and_search(tmp_path, sources, b2m_proc):
     assert s.wait(timeout=120) == 0, s.stderr()
     rows = [json.loads(line) for line in s.stdout().splitlines()]
     assert [r["rank"] for r in rows] == [1, 2] and rows[0]["score"] > 0.99
+
+
+def test_precomputed_clip_embeddings_give_the_same_library(tmp_path, rng, embedder):
+    from music.library import Unit
+
+    sr = 16000
+    clips = [(0.2 * rng.standard_normal(3 * sr)).astype(np.float32), np.sin(np.arange(3 * sr) / 7).astype(np.float32)]
+
+    def units(pre: bool):
+        out = []
+        for i, x in enumerate(clips):
+            meta = {}
+            if pre:
+                e = embedder.embed(x, sr)
+                meta = {"clip_embedding": e.clip, "clip_tags": e.clip_tags}
+            out.append(Unit(id=f"u{i}", source="test", genre="", produce=lambda x=x, m=meta: [(x, sr, 0.0, m)]))
+        return out
+
+    build_library(str(tmp_path / "a"), units(False), embedder, clip_s=3.0)
+    build_library(str(tmp_path / "b"), units(True), embedder, clip_s=3.0)
+    np.testing.assert_array_equal(np.load(tmp_path / "a" / "embeddings.npy"), np.load(tmp_path / "b" / "embeddings.npy"))
+    assert ([c.top_tags for c in read_clips_tsv(tmp_path / "a" / "clips.tsv")]
+            == [c.top_tags for c in read_clips_tsv(tmp_path / "b" / "clips.tsv")])
+    bad = [Unit(id="bad", source="test", genre="", produce=lambda: [(clips[0], sr, 0.0, {"clip_embedding": np.ones(3)})])]
+    res = build_library(str(tmp_path / "c"), bad, embedder, clip_s=3.0)
+    assert res.n_clips == 0 and "do not fit" in res.skipped[0][1]

@@ -125,3 +125,22 @@ def test_reliable_sender_drops_rejected_oversized_run_start(tmp_path, endpoint, 
             drained = tx.drain(2.0)
             assert [f for _, f, _ in tx.stats.rejected][:1] == ["header"]
             assert drained
+
+
+def test_volumes_held_before_the_link_is_up_keep_their_order(rng, tmp_path, endpoint, serving):
+    # Volumes sent while no receiver listens are held; once it is up, volumes sent before the sender has
+    # polled must not overtake them (a session decodes in arrival order).
+    import time
+
+    out = tmp_path / "session"
+    vols = _volumes(rng, 40)
+    with ReliableSender(endpoint, resend_timeout_s=5.0) as tx:
+        for i in range(10):
+            tx.send(_msg(vols, i))
+        with serving(out, endpoint, export=False):
+            time.sleep(0.3)  # the handshake completes; the sender has not polled yet
+            for i in range(10, 40):
+                tx.send(_msg(vols, i))  # never polls in between, as a replay at --speed max
+            assert tx.drain(DRAIN_S)
+    records, _ = scan_records(out / "runs" / "run1" / "volumes.log", payloads=False)
+    assert [r.header["index"] for r in records if r.kind == "volume"] == list(range(40))

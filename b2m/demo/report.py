@@ -1,0 +1,110 @@
+"""The demo's HTML page: headline figures and three plots (genre over time, latency, motion)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+import numpy as np
+
+GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figures(timeline: list[dict], summary: dict) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tr = 1.5
+    idx = np.array([t["index"] for t in timeline])
+    figs = []
+    # 1. genre heard at the decoded moment vs genre of the clip the decoder retrieved
+    fig, ax = plt.subplots(figsize=(11, 3.4))
+    g = {name: k for k, name in enumerate(GENRES)}
+    for key, style, label in (("heard", dict(marker="s", s=22, color="0.55"), "heard (at the decoded moment)"),
+                              ("retrieved", dict(marker="o", s=9, color="tab:red"), "decoded: top retrieved clip")):
+        pts = [(t["decoded_index"] * tr, g[t[key]]) for t in timeline
+               if t[key] in g and t["decoded_index"] is not None]
+        if pts:
+            x, y = np.array(pts).T
+            ax.scatter(x, y, label=label, **style)
+    ax.set_yticks(range(len(GENRES)), GENRES)
+    ax.set_xlabel("time in the run (s)")
+    ax.set_title(f"Genre over time: agreement {summary.get('retrieved_genre_agreement') or 0:.2f} (chance 0.10)")
+    ax.legend(loc="upper right", fontsize=8)
+    figs.append(("Decoded vs true genre over time", _png(fig)))
+    plt.close(fig)
+    # 2. latency per TR
+    lat = np.array([t["latency_ms"] for t in timeline if t["latency_ms"] is not None], float)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    if lat.size:
+        ax.hist(lat, bins=40, color="tab:blue")
+        for q, ls in ((50, "--"), (99, ":")):
+            v = np.percentile(lat, q)
+            ax.axvline(v, color="k", ls=ls, label=f"p{q} {v:.1f} ms")
+        ax.legend()
+    ax.set_xlabel("volume received -> audio scheduled (ms)")
+    ax.set_ylabel("TRs")
+    figs.append(("Latency per TR", _png(fig)))
+    plt.close(fig)
+    # 3. motion
+    fd = np.array([np.nan if t["fd_mm"] is None else t["fd_mm"] for t in timeline], float)
+    fig, ax = plt.subplots(figsize=(11, 2.6))
+    ax.plot(idx * tr, fd, lw=0.8, color="tab:green")
+    ax.axhline(0.5, color="tab:red", lw=0.8, ls="--", label="FD threshold: the policy holds")
+    holds = [t["index"] * tr for t in timeline if t["action"] == "hold"]
+    if holds:
+        ax.scatter(holds, np.full(len(holds), 0.5), marker="v", color="tab:red", s=18, label="held TRs")
+    ax.set_xlabel("time in the run (s)")
+    ax.set_ylabel("FD (mm)")
+    ax.legend(fontsize=8)
+    figs.append(("Head motion (framewise displacement)", _png(fig)))
+    plt.close(fig)
+    return figs
+
+
+def write_report(path: str, summary: dict, timeline: list[dict], metrics: dict) -> str:
+    rows = [
+        ("Live identification accuracy (heard clips of the Test run, 1 = perfect, 0.5 = chance)",
+         f"{summary['live_identification_accuracy']:.3f} (95% CI {summary['live_identification_ci95'][0]:.3f}"
+         f"–{summary['live_identification_ci95'][1]:.3f}, {summary['n_test_clips']} clips)"),
+        ("Live vs offline causal decoding, max |difference|", f"{summary['live_vs_offline_max_abs_diff']:.2e}"),
+        ("Latency, volume received → audio scheduled",
+         f"p50 {summary['latency_ms']['p50']:.2f} ms, p99 {summary['latency_ms']['p99']:.2f} ms"),
+        ("Audio underruns", str(summary["audio_underruns"])),
+        ("Recorded run bit-exact with the replayed file", str(summary["recorded_run_bit_exact"])),
+        ("Offline Test-set identification accuracy (training report)",
+         str(summary["offline_test_metrics"].get("identification_accuracy"))),
+        ("Volumes, decoded, switches, motion holds",
+         f"{summary['counts']['volumes']}, {summary['counts']['decoded']}, {summary['counts']['switches']}, "
+         f"{summary['counts']['holds']}"),
+        ("Wall time per step (s)", ", ".join(f"{k} {v}" for k, v in summary["step_wall_s"].items())),
+    ]
+    table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    figs = "\n".join(f"<h2>{html.escape(t)}</h2><img src='data:image/png;base64,{b}' alt='{html.escape(t)}'>"
+                     for t, b in _figures(timeline, summary))
+    wav = summary["paths"].get("feedback_wav")
+    audio = (f"<h2>What the participant heard</h2><p><code>{html.escape(wav)}</code></p>" if wav else "")
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>brain2music-rt demo</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+th{{text-align:left;padding:4px 12px 4px 0;font-weight:normal;color:#555}}td{{font-weight:bold}}
+img{{max-width:100%}}</style></head><body>
+<h1>brain2music-rt demo: a simulated participant, decoded live</h1>
+<p>A simulated participant (ds003720's design) was scanned in simulation; a decoder was trained on the
+Training runs; the Test run was then replayed over a real loopback socket into the live session, which
+decoded every TR and chose the music.</p>
+<table>{table}</table>
+{figs}
+{audio}
+</body></html>"""
+    with open(path, "w") as f:
+        f.write(page)
+    return path
