@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import os
 
-from ._clips import load_clip, prepare_source
+from ._clips import load_clip, prepare_source, read_segment
 from ._device import (AudioDeviceError, DeviceOutput, list_output_devices, refresh_devices, resolve_output_device,
                       resume_portaudio, suspend_portaudio)
 from ._mixer import Mixer
@@ -91,6 +91,7 @@ __all__ = [
     "resume_portaudio",
     "load_clip",
     "prepare_source",
+    "read_segment",
 ]
 
 

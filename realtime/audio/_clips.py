@@ -63,6 +63,23 @@ def prepare_source(audio, sr: int, samplerate: int, channels: int = 2, fade_s: f
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+def read_segment(path: str | os.PathLike, start_s: float = 0.0,
+                 duration_s: float | None = None) -> tuple[np.ndarray, int]:
+    """A segment of an audio file at its own rate: ``(audio of shape (n, channels), sr)``.
+
+    ``start_s`` and ``duration_s`` as in :func:`load_clip`.
+    """
+    if start_s < 0 or (duration_s is not None and duration_s <= 0):
+        raise ValueError(f"need start_s >= 0 and duration_s > 0 (or None), got {start_s} and {duration_s}")
+    x, sr = read_audio(path, sr=None, mono=False)
+    a = int(round(start_s * sr))
+    if a >= x.shape[0]:
+        raise ValueError(f"{os.fspath(path)!r} lasts {x.shape[0] / sr:.3f} s; the segment starting at "
+                         f"{start_s} s is past its end")
+    b = x.shape[0] if duration_s is None else min(x.shape[0], a + int(round(duration_s * sr)))
+    return x[a:b], sr
+
+
 def load_clip(path: str | os.PathLike, start_s: float = 0.0, duration_s: float | None = None,
               samplerate: int = 48000, channels: int = 2, fade_s: float = 0.01) -> np.ndarray:
     """Read a segment of an audio file, ready for the mixer (see :func:`prepare_source`).
@@ -83,12 +100,5 @@ def load_clip(path: str | os.PathLike, start_s: float = 0.0, duration_s: float |
     -------
     source : array of shape (n_frames, channels), float32, C-contiguous
     """
-    if start_s < 0 or (duration_s is not None and duration_s <= 0):
-        raise ValueError(f"need start_s >= 0 and duration_s > 0 (or None), got {start_s} and {duration_s}")
-    x, sr = read_audio(path, sr=None, mono=False)
-    a = int(round(start_s * sr))
-    if a >= x.shape[0]:
-        raise ValueError(f"{os.fspath(path)!r} lasts {x.shape[0] / sr:.3f} s; the segment starting at "
-                         f"{start_s} s is past its end")
-    b = x.shape[0] if duration_s is None else min(x.shape[0], a + int(round(duration_s * sr)))
-    return prepare_source(x[a:b], sr, samplerate, channels, fade_s)
+    x, sr = read_segment(path, start_s, duration_s)
+    return prepare_source(x, sr, samplerate, channels, fade_s)
