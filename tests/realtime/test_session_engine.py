@@ -204,3 +204,20 @@ def test_a_restarted_session_continues_exactly_where_it_stopped(kit, tmp_path):
     logged = read_decisions(decisions_path(session, "run-01"))
     assert sorted(d["index"] for d in logged) == list(range(40))  # 20..24 written late, none twice
     assert [d["action"] for d in sorted(logged, key=lambda d: d["index"])] == [r.action for r in ref]
+
+
+def test_dashboard_shows_the_session_state(kit, tmp_path):
+    from rich.console import Console
+
+    from realtime.session import Dashboard
+
+    eng, results, _ = run_engine(kit, tmp_path)
+    console = Console(record=True, width=160, file=open(tmp_path / "tty.txt", "w"))
+    console.print(Dashboard(eng, fd_threshold_mm=0.5, console=console).render())
+    text = console.export_text()
+    last = results[-1]
+    assert f"{last.run_id} / {last.index}" in text and last.clip in text
+    for stage in ("preprocessed", "decoded", "decided", "audio_scheduled", "total"):
+        assert stage in text
+    assert f"switches {eng.counts['switches']}" in text and "audio underruns 0" in text
+    assert "lag behind scanner" in text and "next candidate" in text
