@@ -169,6 +169,13 @@ def run_live(args) -> int:
     summary = session_summary(engine, ended)
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
+    from realtime.session.report import write_session_report
+
+    try:
+        write_session_report(os.path.join(args.out, "report.html"), summary, engine.results, library,
+                             engine.preprocess.motion_config.fd_threshold_mm)
+    except Exception:  # the record and summary are written; a plotting problem must not hide them
+        log.exception("could not write %s", os.path.join(args.out, "report.html"))
     lat = summary["latency_ms"].get("total", {})
     print(f"session: {summary['counts']['volumes']} volumes, {summary['counts']['decoded']} decoded, "
           f"{summary['counts']['switches']} switches, {summary['counts']['holds']} motion holds, "

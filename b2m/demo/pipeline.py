@@ -291,7 +291,7 @@ def run_demo(cfg: DemoConfig, progress=lambda stage, done, total: None) -> dict:
     }
     from .report import write_report
 
-    write_report(os.path.join(cfg.out, "report.html"), summary, checks["timeline"], metrics)
+    write_report(os.path.join(cfg.out, "report.html"), summary, checks["timeline"], live["results"], live["library"])
     with open(os.path.join(cfg.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=float)
     with open(os.path.join(cfg.out, "timeline.json"), "w") as f:

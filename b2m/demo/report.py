@@ -17,14 +17,13 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _figures(timeline: list[dict], summary: dict) -> list[tuple[str, str]]:
+def _truth_figure(timeline: list[dict], summary: dict) -> list[tuple[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tr = 1.5
-    idx = np.array([t["index"] for t in timeline])
     figs = []
     # 1. genre heard at the decoded moment vs genre of the clip the decoder retrieved
     fig, ax = plt.subplots(figsize=(11, 3.4))
@@ -42,36 +41,13 @@ def _figures(timeline: list[dict], summary: dict) -> list[tuple[str, str]]:
     ax.legend(loc="upper right", fontsize=8)
     figs.append(("Decoded vs true genre over time", _png(fig)))
     plt.close(fig)
-    # 2. latency per TR
-    lat = np.array([t["latency_ms"] for t in timeline if t["latency_ms"] is not None], float)
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    if lat.size:
-        ax.hist(lat, bins=40, color="tab:blue")
-        for q, ls in ((50, "--"), (99, ":")):
-            v = np.percentile(lat, q)
-            ax.axvline(v, color="k", ls=ls, label=f"p{q} {v:.1f} ms")
-        ax.legend()
-    ax.set_xlabel("volume received -> audio scheduled (ms)")
-    ax.set_ylabel("TRs")
-    figs.append(("Latency per TR", _png(fig)))
-    plt.close(fig)
-    # 3. motion
-    fd = np.array([np.nan if t["fd_mm"] is None else t["fd_mm"] for t in timeline], float)
-    fig, ax = plt.subplots(figsize=(11, 2.6))
-    ax.plot(idx * tr, fd, lw=0.8, color="tab:green")
-    ax.axhline(0.5, color="tab:red", lw=0.8, ls="--", label="FD threshold: the policy holds")
-    holds = [t["index"] * tr for t in timeline if t["action"] == "hold"]
-    if holds:
-        ax.scatter(holds, np.full(len(holds), 0.5), marker="v", color="tab:red", s=18, label="held TRs")
-    ax.set_xlabel("time in the run (s)")
-    ax.set_ylabel("FD (mm)")
-    ax.legend(fontsize=8)
-    figs.append(("Head motion (framewise displacement)", _png(fig)))
-    plt.close(fig)
     return figs
 
 
-def write_report(path: str, summary: dict, timeline: list[dict], metrics: dict) -> str:
+def write_report(path: str, summary: dict, timeline: list[dict], results, library) -> str:
+    """The demo page: headline figures, decoded vs true genre, then the session's own figures."""
+    from realtime.session.report import session_figures
+
     rows = [
         ("Live identification accuracy (heard clips of the Test run, 1 = perfect, 0.5 = chance)",
          f"{summary['live_identification_accuracy']:.3f} (95% CI {summary['live_identification_ci95'][0]:.3f}"
@@ -90,7 +66,7 @@ def write_report(path: str, summary: dict, timeline: list[dict], metrics: dict) 
     ]
     table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     figs = "\n".join(f"<h2>{html.escape(t)}</h2><img src='data:image/png;base64,{b}' alt='{html.escape(t)}'>"
-                     for t, b in _figures(timeline, summary))
+                     for t, b in _truth_figure(timeline, summary) + session_figures(results, library))
     wav = summary["paths"].get("feedback_wav")
     audio = (f"<h2>What the participant heard</h2><p><code>{html.escape(wav)}</code></p>" if wav else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>brain2music-rt demo</title>

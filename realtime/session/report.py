@@ -1,0 +1,109 @@
+"""A session's HTML report: what played when, how fast each TR was, and how the head moved.
+
+Written by ``b2m session`` at the end (``SESSION/report.html``) from the
+decisions it made; the figures are PNGs embedded in the page, so the file
+can be mailed or archived on its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+import numpy as np
+
+__all__ = ["session_figures", "write_session_report"]
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def session_figures(results, library, fd_threshold_mm: float = 0.5) -> list[tuple[str, str]]:
+    """``(title, base64 PNG)`` for: the music over time, latency per stage, head motion.
+
+    ``results`` are the session's :class:`protocols.wire.Result` in order;
+    time is the volume index (one TR each), per run.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs = []
+    runs = list(dict.fromkeys(r.run_id for r in results))
+    labels = sorted({(library.clips[library.index_of(r.clip)].genre or library.clips[library.index_of(r.clip)].source)
+                     for r in results if r.clip})
+    row = {g: k for k, g in enumerate(labels)}
+    fig, axes = plt.subplots(len(runs), 1, figsize=(11, 1.2 + 0.35 * max(len(labels), 3) * len(runs)),
+                             squeeze=False)
+    for ax, run_id in zip(axes[:, 0], runs):
+        rr = [r for r in results if r.run_id == run_id and r.clip]
+        g = [row[library.clips[library.index_of(r.clip)].genre or library.clips[library.index_of(r.clip)].source]
+             for r in rr]
+        ax.step([r.index for r in rr], g, where="post", color="tab:blue", lw=1.2)
+        sw = [(r.index, row[library.clips[library.index_of(r.clip)].genre
+                             or library.clips[library.index_of(r.clip)].source]) for r in rr if r.action == "switch"]
+        if sw:
+            ax.scatter(*np.array(sw).T, color="tab:red", s=14, zorder=3, label="switch")
+            ax.legend(loc="upper right", fontsize=8)
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_title(f"{run_id}: genre (or source) of the clip playing", fontsize=10)
+    axes[-1, 0].set_xlabel("volume")
+    figs.append(("Music over time", _png(fig)))
+    plt.close(fig)
+
+    stages = [s for s in ("preprocessed", "decoded", "decided", "audio_scheduled", "total")
+              if any(s in r.latency_ms for r in results)]
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    data = [np.array([r.latency_ms[s] for r in results if s in r.latency_ms]) for s in stages]
+    ax.boxplot([np.maximum(d, 1e-3) for d in data], whis=(1, 99), showfliers=True)
+    ax.set_xticks(range(1, len(stages) + 1), stages)
+    ax.set_yscale("log")
+    ax.set_ylabel("ms (whiskers p1-p99)")
+    ax.set_title("Latency per stage, from the volume's arrival")
+    figs.append(("Latency per TR", _png(fig)))
+    plt.close(fig)
+
+    fd = [(k, r.fd_mm) for k, r in enumerate(results) if r.fd_mm is not None]
+    if fd:
+        fig, ax = plt.subplots(figsize=(11, 2.6))
+        k, v = np.array(fd).T
+        ax.plot(k, v, lw=0.8, color="tab:green")
+        ax.axhline(fd_threshold_mm, color="tab:red", ls="--", lw=0.8, label=f"FD threshold {fd_threshold_mm:g} mm")
+        held = [k for k, r in enumerate(results) if r.action == "hold"]
+        if held:
+            ax.scatter(held, np.full(len(held), fd_threshold_mm), marker="v", color="tab:red", s=16,
+                       label="policy held")
+        ax.set_xlabel("TR (all runs in order)")
+        ax.set_ylabel("FD (mm)")
+        ax.legend(fontsize=8)
+        figs.append(("Head motion", _png(fig)))
+        plt.close(fig)
+    return figs
+
+
+def write_session_report(path: str, summary: dict, results, library, fd_threshold_mm: float = 0.5) -> str:
+    """Write ``path`` (HTML) with the headline counts and :func:`session_figures`."""
+    c = summary["counts"]
+    lat = summary["latency_ms"].get("total", {})
+    rows = [("Volumes / decoded", f"{c['volumes']} / {c['decoded']}"),
+            ("Switches / motion holds / errors", f"{c['switches']} / {c['holds']} / {c['errors']}"),
+            ("Volumes stood in for (missing) / arrived too late", f"{c['stand_ins']} / {c['late']}"),
+            ("Latency, received -> audio scheduled",
+             f"p50 {lat.get('p50', float('nan')):.2f} ms, p99 {lat.get('p99', float('nan')):.2f} ms"),
+            ("Audio underruns", str(summary.get("audio_underruns"))),
+            ("Runs ended", ", ".join(summary.get("runs_ended") or []) or "-")]
+    table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    figs = "\n".join(f"<h2>{html.escape(t)}</h2><img src='data:image/png;base64,{b}' alt='{html.escape(t)}'>"
+                     for t, b in (session_figures(results, library, fd_threshold_mm) if results else []))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>b2m session report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+th{{text-align:left;padding:4px 12px 4px 0;font-weight:normal;color:#555}}td{{font-weight:bold}}
+img{{max-width:100%}}</style></head><body><h1>Session report</h1><table>{table}</table>{figs}</body></html>"""
+    with open(path, "w") as f:
+        f.write(page)
+    return path
