@@ -143,7 +143,10 @@ class Receiver:
                 for reply in self.handle(body, peer):
                     self.sock.send_multipart([peer] + reply, copy=False)
                 self._after_ack()
-                self.run_callbacks()
+            # Everything queued is recorded and acked before the decoder sees any of it: a backlog
+            # (a replay at --speed max, a reconnect) must not keep acks waiting behind whole TRs of
+            # work, or the sender resends volumes the receiver already holds.
+            self.run_callbacks()
 
     def handle(self, frames, peer: bytes = b"") -> list[list]:
         """Process one message's frames; return the reply messages' frames."""

@@ -172,7 +172,7 @@ def run_live(args) -> int:
     from realtime.session.report import write_session_report
 
     try:
-        write_session_report(os.path.join(args.out, "report.html"), summary, engine.results, library,
+        write_session_report(os.path.join(args.out, "report.html"), summary, list(engine.results), library,
                              engine.preprocess.motion_config.fd_threshold_mm)
     except Exception:  # the record and summary are written; a plotting problem must not hide them
         log.exception("could not write %s", os.path.join(args.out, "report.html"))

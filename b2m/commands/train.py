@@ -23,9 +23,15 @@ def add_parser(sub) -> None:
     p.add_argument("--target", choices=["clip", "window"], default="clip", help="per-clip or per-TR window targets")
     p.add_argument("--alphas", default="1e-2:1e7:19", help="alpha grid as MIN:MAX:N (log-spaced)")
     p.add_argument("--preprocessing", choices=["causal", "offline"], default="causal",
-                   help="causal (deployable, default); offline variants are always reported alongside")
+                   help="causal (deployable, the only choice for a bundle); see --compare-offline")
     p.add_argument("--no-motion", action="store_true", help="skip motion correction")
-    p.add_argument("--no-compare-offline", action="store_true", help="skip the offline-preprocessing comparison")
+    p.add_argument("--compare-offline", action="store_true",
+                   help="also fit and evaluate with non-causal preprocessing (whole-run detrend and z-score) "
+                        "for comparison; reuses the motion-corrected runs, so it costs one more fit, not "
+                        "another pass over the images (default off)")
+    p.add_argument("--no-preproc-cache", action="store_true",
+                   help="do not read or write the motion-corrected runs under DS/derivatives/b2m/preproc/ "
+                        "(cached by file, mask, reference and motion config)")
     p.add_argument("--stimuli", default=None, help="stimulus folder (default DS/stimuli)")
     p.add_argument("--cache", default=None, help="embedding cache (default DS/derivatives/b2m/embeddings)")
     p.set_defaults(func=run)
@@ -41,11 +47,12 @@ def run(args) -> int:
                       delays=tuple(int(d) for d in args.delays.split(",")), n_voxels=args.voxels,
                       target=args.target, alphas=tuple(float(a) for a in np.logspace(np.log10(float(lo)),
                                                                                       np.log10(float(hi)), int(n))),
-                      motion=not args.no_motion, compare_offline=not args.no_compare_offline,
+                      motion=not args.no_motion, compare_offline=args.compare_offline,
+                      preproc_cache=not args.no_preproc_cache,
                       stimuli=args.stimuli, cache=args.cache)
     if args.preprocessing == "offline":
         Console(stderr=True).print("[red]error:[/red] a bundle for the live session must use causal "
-                                   "preprocessing; offline figures are reported alongside automatically")
+                                   "preprocessing; add --compare-offline to report offline figures alongside")
         return 2
     console = Console(stderr=True)
     with Progress(TextColumn("[bold]train[/bold] {task.description:<32}"), BarColumn(), MofNCompleteColumn(),
@@ -64,9 +71,12 @@ def run(args) -> int:
         "identification_accuracy_ci95": [round(c[0], 4), round(c[1], 4)],
         "identification_accuracy_centred": round(m["identification_accuracy_centred"], 4),
         "within_genre_identification_accuracy": round(m["within_genre_identification_accuracy"], 4),
+        "within_genre_identification_accuracy_ci95": [round(v, 4) for v in
+                                                      m["within_genre_identification_accuracy_ci95"]],
         "genre_prior_identification_accuracy": round(m["genre_prior"]["identification_accuracy"], 4),
         "offline_identification_accuracy": round(m["offline"]["identification_accuracy"], 4) if "offline" in m else None,
-        "bundle": args.out, "wall_s": round(m["wall_s"], 1),
+        "bundle": args.out, "wall_s": round(m["wall_s"], 1), "peak_rss_mb": round(m["peak_rss_mb"]),
+        "timings_s": {k: round(v, 1) for k, v in m["timings_s"].items()},
     }
     print(json.dumps(headline), file=sys.stdout)
     return 0

@@ -66,7 +66,8 @@ class Dashboard:
             head.add_row("playing", f"{r.clip}  ({clip.genre or clip.source})" if clip else "-")
             head.add_row("tags", ", ".join(f"{t} {p:.2f}" for t, p in r.tags) or "-")
             head.add_row("next candidate", e.next_candidate or "-")
-            fds = [x.fd_mm for x in e.results[-60:] if x.run_id == r.run_id]
+            recent = list(e.results)[-60:]  # list() copies under the GIL: the loop may be appending
+            fds = [x.fd_mm for x in recent if x.run_id == r.run_id]
             head.add_row(f"FD (last {len(fds)}, scale {self.fd_threshold_mm:g} mm)",
                          sparkline(fds, self.fd_threshold_mm) + (f"  {r.fd_mm:.2f} mm" if r.fd_mm is not None else ""))
             if r.motion:

@@ -84,6 +84,7 @@ class _Run:
     run_id: str
     tr_s: float
     offset_s: float
+    n_volumes: int | None
     pre: OnlinePreprocessor | None
     log: DecisionLog | None
     next_index: int = 0
@@ -143,7 +144,8 @@ class SessionEngine:
         self._last_cmd_frame = 0
         self._catching_up = False
         self._logged: set = set()
-        self.results: list[Result] = []  # kept for summaries; small (one per TR)
+        # kept for the report and dashboard: ~0.7 kB a TR; 20,000 TRs is over 8 hours at TR 1.5 s
+        self.results: deque[Result] = deque(maxlen=20000)
         self.latency_ms = {s: deque(maxlen=2000) for s in STAGES[1:] + ("total",)}
         self.counts = {"volumes": 0, "decoded": 0, "switches": 0, "holds": 0, "errors": 0, "stand_ins": 0,
                        "late": 0}
@@ -170,11 +172,23 @@ class SessionEngine:
             error = f"run {msg.run_id} cannot be decoded with this model: {e}"
             log.error("%s", error)
         dlog = DecisionLog(decisions_path(self.record_dir, msg.run_id)) if self.record_dir is not None else None
-        run = _Run(msg.run_id, float(msg.tr_s), float(offset), pre, dlog, error=error)
+        run = _Run(msg.run_id, float(msg.tr_s), float(offset), msg.n_volumes, pre, dlog, error=error)
+        for other in self.runs.values():  # runs are acquired one after the other: a new one ends the last
+            self._release(other)
         self.runs[msg.run_id] = run
         log.info("run %s: decoding from session time %.1f s (TR %.3f s, lag %d TRs)", msg.run_id, offset,
                  msg.tr_s, self.lag)
         return run
+
+    def _release(self, run: _Run) -> None:
+        """Free a finished run's per-run state (~30 MB at 60k voxels); its later volumes count as late."""
+        if run.pre is not None:
+            run.pre = None
+            run.last_volume = None
+            run.waiting.clear()
+            if run.log is not None and not self._catching_up:
+                run.log.close()
+                run.log = None
 
     # ---- entry point ----------------------------------------------------
 
@@ -182,7 +196,7 @@ class SessionEngine:
         """Handle one recorded volume (any order); returns the results produced now."""
         run = self._run(msg)
         out = []
-        if msg.index < run.next_index:
+        if msg.index < run.next_index or (run.pre is None and run.error is None):
             self.counts["late"] += 1
             log.warning("%s/%d arrived after it was stood in for; recorded, not decoded", msg.run_id, msg.index)
             return out
@@ -201,6 +215,8 @@ class SessionEngine:
                                       index=run.next_index))
             else:
                 break
+        if run.n_volumes is not None and run.next_index >= run.n_volumes:
+            self._release(run)
         return out
 
     # ---- one TR ---------------------------------------------------------
