@@ -14,6 +14,13 @@ class _OutputAPI:
         return self.mixer.schedule_switch(at_frame, source, crossfade_frames, loop=loop, offset=offset,
                                           beat_frames=beat_frames)
 
+    def stage(self, source: np.ndarray):
+        """Prepare a source for a later switch, off the hot path (here: nothing to do)."""
+        return source
+
+    def unstage(self, staged) -> None:
+        """Release what :meth:`stage` prepared (here: nothing)."""
+
     def schedule_stop(self, at_frame: int, fade_frames: int = 0) -> int:
         """See :meth:`Mixer.schedule_stop`."""
         return self.mixer.schedule_stop(at_frame, fade_frames)

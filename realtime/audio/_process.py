@@ -38,6 +38,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from multiprocessing import shared_memory
 from multiprocessing.connection import Connection
@@ -48,7 +49,7 @@ from ._device import (_ANCHORS, _FRAME, _LATE, _STEAL, ANCHOR_ROWS, STAT_FIELDS,
                       _CallbackCounters, clock_offsets, resume_portaudio, suspend_portaudio)
 from ._mixer import _STOP, _SWITCH, Timeline, _nonneg_int, check_beats, check_source
 
-__all__ = ["IsolatedOutput"]
+__all__ = ["IsolatedOutput", "Staged"]
 
 _STAT_BYTES = 8 * 16
 _SHARED_BYTES = _STAT_BYTES + 8 * ANCHOR_ROWS * _ANCHORS
@@ -96,12 +97,24 @@ def _child_main(conn, shm_name, device, samplerate, blocksize, channels, latency
     gc.freeze()
     conn.send(("ok", {"device": out.device, "device_name": out.device_name, "samplerate": out.samplerate}))
     clips: dict[int, tuple] = {}
+    staged: dict[int, list] = {}  # stage id -> [shared block, array, commands using it, unstaged]
     unclosed: list = []
+
+    def drop_staged(sid):
+        entry = staged[sid]
+        if entry[2] == 0 and entry[3]:
+            del staged[sid]
+            unclosed.append(entry[0])
 
     def release(ids):
         for cid in ids:
             entry = clips.pop(cid, None)
-            if entry is not None:
+            if entry is None:
+                continue
+            if entry[0] == "staged":
+                staged[entry[1]][2] -= 1
+                drop_staged(entry[1])
+            else:
                 unclosed.append(entry[0])
         for s in list(unclosed):
             try:
@@ -135,6 +148,25 @@ def _child_main(conn, shm_name, device, samplerate, blocksize, channels, latency
                     clips[cid] = (s, src)
                     src = None
                     reply = ("ok", cid)
+                elif op == "stage":
+                    _, sid, name, shape = msg
+                    s = _attach(name)
+                    staged[sid] = [s, np.ndarray(shape, np.float32, buffer=s.buf), 0, False]
+                    reply = ("ok", sid)
+                elif op == "switch_staged":
+                    _, sid, at_frame, n, loop, offset, beats = msg
+                    if sid not in staged or staged[sid][3]:
+                        raise ValueError(f"staged source {sid} is not (or no longer) staged")
+                    cid = out.mixer.schedule_switch(at_frame, staged[sid][1], n, loop=loop, offset=offset,
+                                                    beat_frames=beats)
+                    staged[sid][2] += 1
+                    clips[cid] = ("staged", sid)
+                    reply = ("ok", cid)
+                elif op == "unstage":
+                    if msg[1] in staged:
+                        staged[msg[1]][3] = True
+                        drop_staged(msg[1])
+                    reply = ("ok", None)
                 elif op == "stop":
                     reply = ("ok", out.mixer.schedule_stop(msg[1], msg[2]))
                 elif op == "executed":
@@ -155,6 +187,10 @@ def _child_main(conn, shm_name, device, samplerate, blocksize, channels, latency
     finally:
         out.close()
         release(list(clips))
+        for sid in list(staged):
+            staged[sid][2], staged[sid][3] = 0, True
+            drop_staged(sid)
+        release([])
         del stat, anchors, out
         try:
             shm.close()
@@ -164,6 +200,21 @@ def _child_main(conn, shm_name, device, samplerate, blocksize, channels, latency
             conn.send(("ok", "closed"))
         except (OSError, EOFError):
             pass
+
+
+class Staged:
+    """A source copied into the audio process by :meth:`IsolatedOutput.stage`."""
+
+    __slots__ = ("id", "shape", "owner")
+
+    def __init__(self, sid: int, shape: tuple, owner):
+        self.id, self.shape, self.owner = int(sid), tuple(shape), owner
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"Staged(id={self.id}, frames={self.shape[0]}, channels={self.shape[1]})"
 
 
 class IsolatedOutput(_CallbackCounters):
@@ -202,6 +253,8 @@ class IsolatedOutput(_CallbackCounters):
                                       pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
         theirs.close()
         self._conn = Connection(ours.detach())
+        self._lock = threading.Lock()  # requests come from the session thread and the clip loader
+        self._next_stage = 0
         self.channels = int(channels)
         self.blocksize = int(blocksize)
         self._timeline = Timeline()
@@ -220,6 +273,10 @@ class IsolatedOutput(_CallbackCounters):
 
     # ------------------------------------------------------------------ plumbing
     def _request(self, msg, timeout: float = 30.0):
+        with self._lock:
+            return self._request_locked(msg, timeout)
+
+    def _request_locked(self, msg, timeout: float):
         if self._closed:
             raise RuntimeError("the output is closed")
         if msg is not None:
@@ -292,14 +349,47 @@ class IsolatedOutput(_CallbackCounters):
             pass
 
     # ------------------------------------------------------------------ scheduling
-    def schedule_switch(self, at_frame: int, source: np.ndarray, crossfade_frames: int = 0, *,
-                        loop: bool = True, offset: int = 0, beat_frames=None) -> int:
-        """See :meth:`Mixer.schedule_switch`; ``source`` is copied to the audio process."""
+    def stage(self, source: np.ndarray) -> "Staged":
+        """Copy ``source`` into the audio process now (off the hot path); switch to it later by handle.
+
+        A switch to a staged source sends only its id: no copy of several MB
+        while a TR waits. Call :meth:`unstage` when it is no longer wanted;
+        its memory goes once no scheduled command uses it. Thread-safe.
+        """
         source = check_source(source, self.channels)
+        block = shared_memory.SharedMemory(create=True, size=max(source.nbytes, 1))
+        try:
+            view = np.ndarray(source.shape, np.float32, buffer=block.buf)
+            view[...] = source
+            del view
+            with self._lock:
+                sid = self._next_stage
+                self._next_stage += 1
+                self._request_locked(("stage", sid, block.name, source.shape), 30.0)
+        finally:
+            block.close()
+            block.unlink()
+        return Staged(sid, source.shape, self)
+
+    def unstage(self, staged: "Staged") -> None:
+        """Let the audio process free a staged source (once no command plays it)."""
+        if isinstance(staged, Staged) and staged.owner is self and not self._closed:
+            self._request(("unstage", staged.id))
+
+    def schedule_switch(self, at_frame: int, source, crossfade_frames: int = 0, *,
+                        loop: bool = True, offset: int = 0, beat_frames=None) -> int:
+        """See :meth:`Mixer.schedule_switch`; ``source`` is copied to the audio process (or staged)."""
         n = _nonneg_int(crossfade_frames, "crossfade_frames")
         offset = _nonneg_int(offset, "offset")
         beats = check_beats(beat_frames)
         self._timeline.check(int(at_frame))
+        if isinstance(source, Staged):
+            if source.owner is not self:
+                raise ValueError("this source was staged on another output")
+            cid = self._request(("switch_staged", source.id, int(at_frame), n, bool(loop), offset, beats))
+            self._timeline.record(_SWITCH, at_frame, source.shape[0], offset, loop, beats)
+            return cid
+        source = check_source(source, self.channels)
         block = shared_memory.SharedMemory(create=True, size=source.nbytes)
         try:
             view = np.ndarray(source.shape, np.float32, buffer=block.buf)

@@ -32,8 +32,10 @@ class ReadyClip:
     ----------
     index : int
         Library row.
-    source : ndarray of shape (n_frames, channels), float32
-        At the output rate.
+    source : ndarray of shape (n_frames, channels), float32, or a staged handle
+        At the output rate; what the output's ``stage`` returned for it (an
+        :class:`~realtime.audio.IsolatedOutput` keeps it in the audio
+        process, so a switch sends only its id).
     beat_frames : ndarray of shape (n_beats,), int64
         Beat positions in source frames (empty if the clip has no clear beat).
     tempo_bpm : float
@@ -58,14 +60,20 @@ class ClipCache:
         Clips kept (a 15 s stereo clip at 48 kHz is 5.8 MB).
     max_pending : int
         Prefetch requests kept waiting.
+    stage, unstage : callable, optional
+        The output's ``stage``/``unstage``: a loaded clip is staged on the
+        loader thread and unstaged when it leaves the cache.
     """
 
-    def __init__(self, library, samplerate: int, channels: int = 2, capacity: int = 24, max_pending: int = 4):
+    def __init__(self, library, samplerate: int, channels: int = 2, capacity: int = 24, max_pending: int = 4,
+                 stage=None, unstage=None):
         self.library = library
         self.samplerate = int(samplerate)
         self.channels = int(channels)
         self.capacity = int(capacity)
         self.max_pending = int(max_pending)
+        self._stage = stage
+        self._unstage = unstage
         self._clips: OrderedDict[int, ReadyClip] = OrderedDict()
         self._lock = threading.Condition()  # guards _clips and _queued; held only for dict operations
         self._todo: deque[int] = deque()  # newest request first; guarded by _lock
@@ -86,6 +94,8 @@ class ClipCache:
         # beats from the file's own rate (GTZAN-like 22 kHz: a third of the work at 48 kHz, same beats)
         tempo, beats_s = estimate_beats(np.asarray(x if x.ndim == 1 else x.mean(axis=1), np.float32), sr)
         src = prepare_source(x, sr, self.samplerate, self.channels)
+        if self._stage is not None:
+            src = self._stage(src)
         ready = ReadyClip(index, src, np.round(beats_s * self.samplerate).astype(np.int64), float(tempo))
         ms = (time.perf_counter() - t0) * 1e3
         self.stats["loads"] += 1
@@ -93,12 +103,19 @@ class ClipCache:
         return ready
 
     def _put(self, ready: ReadyClip) -> None:
+        evicted = []
         with self._lock:
             self._clips[ready.index] = ready
             self._clips.move_to_end(ready.index)
             while len(self._clips) > self.capacity:
-                self._clips.popitem(last=False)
+                evicted.append(self._clips.popitem(last=False)[1])
             self._lock.notify_all()
+        if self._unstage is not None:
+            for old in evicted:  # a clip still playing stays in the audio process until it is retired
+                try:
+                    self._unstage(old.source)
+                except Exception:
+                    log.exception("could not release clip %s in the audio output", old.index)
 
     def _work(self) -> None:
         while True:

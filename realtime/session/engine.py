@@ -139,7 +139,8 @@ class SessionEngine:
         self._run_offsets = dict(run_offsets or {})
         self.runs: dict[str, _Run] = {}
         self._session_end_s = 0.0  # session time at which the latest run's last decided volume ends
-        self.clips = (ClipCache(library, output.samplerate, output.channels) if output is not None else None)
+        self.clips = (ClipCache(library, output.samplerate, output.channels, stage=output.stage,
+                                unstage=output.unstage) if output is not None else None)
         self._audio_started = False
         self._last_cmd_frame = 0
         self._catching_up = False

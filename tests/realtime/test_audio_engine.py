@@ -449,3 +449,25 @@ def test_stress_60s_switches_under_cpu_load(jackd, tmp_path, kind, load):
     assert result["switches"] >= 15
     assert result["switch_frame_error_max"] == 0
     check_no_underruns(out, jackd, result["mark"], 60.0, result["reference_jack_metro"])
+
+
+@pytest.mark.audio
+def test_isolated_output_switches_to_staged_sources_by_id(jackd):
+    out = IsolatedOutput("system", blocksize=jackd.period)
+    a, b = tone(1000, 0.5), tone(1500, 0.5)
+    with out:
+        sa, sb = out.stage(a), out.stage(b)     # copied now, off the hot path
+        assert len(sa) == len(a) and sa.shape == a.shape
+        t0 = out.now()
+        f1 = out.time_to_frame(t0 + 0.2)
+        f2 = out.time_to_frame(t0 + 0.6)
+        f3 = out.time_to_frame(t0 + 1.0)
+        out.schedule_switch(f1, sa, 240)
+        out.schedule_switch(f2, sb, 240)
+        out.unstage(sa)                         # still scheduled: freed only once retired
+        with pytest.raises(ValueError, match="no longer"):
+            out.schedule_switch(f3, sa, 240)
+        out.schedule_switch(f3, sb, 240)        # the same staged source twice
+        time.sleep(1.5)
+        log = out.executed()
+    assert [r["frame"] for r in log] == [f1, f2, f3] and out.callback_errors == 0
