@@ -128,25 +128,29 @@ class Receiver:
     # ---- serving ---------------------------------------------------------
 
     def serve(self, stop: threading.Event | None = None, *, poll_ms: int = 200) -> None:
-        """Serve until ``stop`` is set (checked on each wake-up) or forever."""
+        """Serve until ``stop`` is set (checked on each wake-up) or forever.
+
+        Volumes already recorded when ``stop`` is seen are still given to ``on_volume``.
+        """
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         while stop is None or not stop.is_set():
-            if not poller.poll(poll_ms):
-                continue
-            while True:
-                try:
-                    frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                peer, body = frames[0].bytes, [f.buffer for f in frames[1:]]
-                for reply in self.handle(body, peer):
-                    self.sock.send_multipart([peer] + reply, copy=False)
-                self._after_ack()
-            # Everything queued is recorded and acked before the decoder sees any of it: a backlog
-            # (a replay at --speed max, a reconnect) must not keep acks waiting behind whole TRs of
-            # work, or the sender resends volumes the receiver already holds.
-            self.run_callbacks()
+            # Never block while volumes wait for on_volume; otherwise sleep until a message comes.
+            if poller.poll(0 if self._new_volumes else poll_ms):
+                while True:
+                    try:
+                        frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    peer, body = frames[0].bytes, [f.buffer for f in frames[1:]]
+                    for reply in self.handle(body, peer):
+                        self.sock.send_multipart([peer] + reply, copy=False)
+                    self._after_ack()
+            # One volume to the decoder, then back to the socket: everything that arrived meanwhile
+            # is recorded and acked before the next TR of work, so a backlog (a replay at --speed
+            # max, a reconnect) never keeps acks waiting long enough for the sender to resend.
+            self.run_callbacks(limit=1)
+        self.run_callbacks()  # stopping: what was acked is also handed on
 
     def handle(self, frames, peer: bytes = b"") -> list[list]:
         """Process one message's frames; return the reply messages' frames."""
@@ -162,9 +166,11 @@ class Receiver:
                                  "in rejected.log, please report this", t_recv, peer)]
         return [encode(reply)] if reply is not None else []
 
-    def run_callbacks(self) -> None:
-        """Give the volumes recorded since the last call to ``on_volume``, in arrival order."""
-        while self._new_volumes:
+    def run_callbacks(self, limit: int | None = None) -> None:
+        """Give volumes recorded since the last call to ``on_volume`` (at most ``limit``), in arrival order."""
+        n = 0
+        while self._new_volumes and (limit is None or n < limit):
+            n += 1
             msg, t_recv = self._new_volumes.pop(0)
             try:
                 self.on_volume(msg, t_recv)
