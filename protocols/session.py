@@ -18,6 +18,8 @@ can be exported back to NIfTI or replayed deterministically.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import json
 import os
 import time
@@ -25,11 +27,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._crc import crc32
 from .errors import RecordError
 from .record import PREFIX_BYTES, RecordLog, scan_records
 from .wire import RunEnd, RunStart, VolumeMessage
 
-__all__ = ["SESSION_FORMAT", "SESSION_VERSION", "RunRecord", "SessionRecord", "load_run", "list_runs"]
+__all__ = ["SESSION_FORMAT", "SESSION_VERSION", "RunRecord", "SessionRecord", "load_run", "run_volumes", "list_runs"]
 
 SESSION_FORMAT = "b2m-session-record"
 # Reservation ahead of appends (see SessionRecord.top_up): keep room for this
@@ -257,6 +260,57 @@ def list_runs(path: str | os.PathLike) -> list[str]:
     return sorted(r for r in os.listdir(runs) if os.path.exists(os.path.join(runs, r, "volumes.log")))
 
 
+def run_volumes(path: str | os.PathLike, run_id: str) -> tuple[dict, list[dict], Iterator[np.ndarray]]:
+    """A recorded run, one volume at a time (memory: one volume), for streaming exports.
+
+    Returns
+    -------
+    geometry : dict
+        ``shape``, ``dtype``, ``order``, ``affine`` (ndarray (4, 4)), ``tr_s``, ``n_volumes``.
+    headers : list of dict
+        The volume record headers, in index order.
+    volumes : iterator of ndarray of shape (x, y, z)
+        In index order, in the received dtype; each payload's CRC-32 is checked as it is read.
+
+    Raises
+    ------
+    RecordError
+        If a volume is missing (the run cannot be exported bit-exact), or, while iterating, if a
+        payload no longer matches its checksum.
+    """
+    log_path = os.path.join(os.fspath(path), "runs", run_id, "volumes.log")
+    if not os.path.exists(log_path):
+        raise RecordError(log_path, f"no such run {run_id!r} in the session record")
+    records, _ = scan_records(log_path, payloads=False)
+    vols = {r.header["index"]: r for r in records if r.header.get("kind") == "volume"}
+    n = max(vols) + 1 if vols else 0
+    for r in records:
+        if r.header.get("kind") in ("run_start", "run_end") and r.header.get("n_volumes") is not None:
+            n = max(n, r.header["n_volumes"])
+    missing = [i for i in range(n) if i not in vols]
+    if missing or not vols:
+        raise RecordError(log_path, f"run {run_id!r} is missing volumes {missing[:20]}"
+                                    f"{'...' if len(missing) > 20 else ''}; it cannot be exported bit-exact")
+    g = dict(vols[0].header)
+    shape, dtype, order = tuple(g["shape"]), np.dtype(g["dtype"]), g["order"]
+    geometry = {"shape": list(shape), "dtype": dtype.str, "order": order, "tr_s": g["tr_s"], "n_volumes": n,
+                "affine": np.asarray(g["affine"], dtype=np.float64).reshape(4, 4)}
+
+    def read():
+        with open(log_path, "rb") as f:
+            for i in range(n):
+                rec = vols[i]
+                f.seek(rec.payload_offset)
+                buf = f.read(rec.payload_len)
+                want = rec.header.get("crc32")
+                if want is not None and crc32(buf) != int(want) & 0xFFFFFFFF:
+                    raise RecordError(log_path, f"volume {i} of run {run_id!r} no longer matches its CRC-32: "
+                                                "the file was changed after it was recorded")
+                yield np.frombuffer(buf, dtype=dtype).reshape(shape, order=order)
+
+    return geometry, [vols[i].header for i in range(n)], read()
+
+
 def load_run(path: str | os.PathLike, run_id: str) -> tuple[np.ndarray, dict, list[dict]]:
     """Read one recorded run back as a 4-D array (read-only, needs only numpy).
 
@@ -274,24 +328,9 @@ def load_run(path: str | os.PathLike, run_id: str) -> tuple[np.ndarray, dict, li
     RecordError
         If a volume is missing: the run cannot be exported bit-exact.
     """
-    log_path = os.path.join(os.fspath(path), "runs", run_id, "volumes.log")
-    if not os.path.exists(log_path):
-        raise RecordError(log_path, f"no such run {run_id!r} in the session record")
-    records, _ = scan_records(log_path)
-    vols = {r.header["index"]: r for r in records if r.header.get("kind") == "volume"}
-    n = max(vols) + 1 if vols else 0
-    for r in records:
-        if r.header.get("kind") in ("run_start", "run_end") and r.header.get("n_volumes") is not None:
-            n = max(n, r.header["n_volumes"])
-    missing = [i for i in range(n) if i not in vols]
-    if missing or not vols:
-        raise RecordError(log_path, f"run {run_id!r} is missing volumes {missing[:20]}"
-                                    f"{'...' if len(missing) > 20 else ''}; it cannot be exported bit-exact")
-    g = dict(vols[0].header)
-    shape, dtype, order = tuple(g["shape"]), np.dtype(g["dtype"]), g["order"]
-    data = np.empty(shape + (n,), dtype=dtype, order="F")
-    for i in range(n):
-        data[..., i] = np.frombuffer(vols[i].payload, dtype=dtype).reshape(shape, order=order)
-    geometry = {"shape": list(shape), "dtype": dtype.str, "order": order, "tr_s": g["tr_s"],
-                "affine": np.asarray(g["affine"], dtype=np.float64).reshape(4, 4)}
-    return data, geometry, [vols[i].header for i in range(n)]
+    geometry, headers, volumes = run_volumes(path, run_id)
+    n = geometry.pop("n_volumes")
+    data = np.empty(tuple(geometry["shape"]) + (n,), dtype=np.dtype(geometry["dtype"]), order="F")
+    for i, vol in enumerate(volumes):
+        data[..., i] = vol
+    return data, geometry, headers

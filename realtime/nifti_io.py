@@ -4,6 +4,7 @@ and exporting a recorded run back to NIfTI bit-exact.
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import nibabel as nib
 import numpy as np
 
-from protocols.session import load_run
+from protocols.session import run_volumes
 
 __all__ = ["NiftiRun", "read_nifti_run", "header_tr_s", "tr_seconds", "export_run_nifti"]
 
@@ -156,26 +157,38 @@ def export_run_nifti(session_path: str | os.PathLike, run_id: str, out_path: str
     str
         The written path.
     """
-    data, g, _ = load_run(session_path, run_id)
+    g, _, volumes = run_volumes(session_path, run_id)
+    dtype = np.dtype(g["dtype"])
+    shape = tuple(g["shape"]) + (g["n_volumes"],)
     hdr = _header_from_bytes(header_bytes) if header_bytes else None
-    if hdr is not None and np.dtype(hdr.get_data_dtype()).newbyteorder("=") == data.dtype.newbyteorder("="):
-        hdr = hdr.copy()
-        hdr.set_data_shape(data.shape)
-        cls = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
-        img = cls(data, affine=None, header=hdr)
+    if hdr is not None and np.dtype(hdr.get_data_dtype()).newbyteorder("=") == dtype.newbyteorder("="):
+        hdr = hdr.copy()  # the source's header, verbatim but for the shape
+        hdr.set_data_shape(shape)
     else:
-        img = nib.Nifti1Image(data, affine=g["affine"])
-        img.header.set_data_dtype(data.dtype)
-        img.header.set_xyzt_units("mm", "sec")
-        zooms = list(img.header.get_zooms()[:3]) + [float(g["tr_s"])]
-        img.header.set_zooms(zooms)
-        img.header.set_sform(g["affine"], code=1)
-        img.header.set_qform(g["affine"], code=1)
+        hdr = nib.Nifti1Header()
+        hdr.set_data_dtype(dtype)
+        hdr.set_data_shape(shape)
+        hdr.set_xyzt_units("mm", "sec")
+        hdr.set_sform(g["affine"], code=1)
+        hdr.set_qform(g["affine"], code=1)
+        voxel_mm = np.sqrt((g["affine"][:3, :3] ** 2).sum(axis=0))
+        hdr.set_zooms(tuple(float(v) for v in voxel_mm) + (float(g["tr_s"]),))
     if scaling is not None and tuple(scaling) != (1.0, 0.0):
-        img.header.set_slope_inter(*scaling)
+        hdr.set_slope_inter(*scaling)
+    if isinstance(hdr, nib.Nifti1Header) and hdr["magic"] != b"n+1":
+        hdr["magic"] = b"n+1"  # a single .nii file
+    hdr["vox_offset"] = 0  # recomputed by write_to for a single file
     out_path = os.fspath(out_path)
     os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
-    tmp = out_path + ".part" + (".nii.gz" if out_path.endswith(".gz") else ".nii")
-    nib.save(img, tmp)
+    gz = out_path.endswith(".gz")
+    tmp = out_path + ".part" + (".nii.gz" if gz else ".nii")
+    # Streamed, one volume at a time: NIfTI stores x fastest and volumes one after the other, so the
+    # file is the header then each volume in Fortran order; a whole-run array never exists here.
+    with (gzip.open(tmp, "wb", compresslevel=1) if gz else open(tmp, "wb")) as f:
+        hdr.write_to(f)
+        f.write(b"\0" * (int(hdr["vox_offset"]) - f.tell()))
+        out_dtype = dtype.newbyteorder(hdr.endianness)
+        for vol in volumes:
+            f.write(np.asarray(vol, dtype=out_dtype).tobytes(order="F"))
     os.replace(tmp, out_path)
     return out_path
