@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .ridge import corr_columns, r2_score_columns, ridge_cv, ridge_fit
+from .ridge import _eigh, corr_columns, r2_score_columns, ridge_cv, ridge_fit
 
 __all__ = ["delay_features", "select_voxels", "fit_encoding", "SELECTION_ALPHAS"]
 
@@ -40,21 +40,29 @@ def delay_features(f: np.ndarray, delays=(2, 3, 4)) -> np.ndarray:
     return out
 
 
-def select_voxels(features: list[np.ndarray], responses: list[np.ndarray], n_select: int, *,
-                  folds: int = 4, alphas=SELECTION_ALPHAS, chunk: int = 20000,
-                  progress: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
+def select_voxels(features: list[np.ndarray], responses: list[np.ndarray] | np.ndarray, n_select: int, *,
+                  folds: int = 4, alphas=SELECTION_ALPHAS, progress: Callable | None = None,
+                  return_alphas: bool = False):
     """Rank voxels by cross-validated encoding performance within the training runs.
 
     Parameters
     ----------
     features : list of ndarray of shape (n_volumes_r, n_features)
         Delayed stimulus features per training run.
-    responses : list of ndarray of shape (n_volumes_r, n_voxels)
-        Preprocessed voxel values per training run.
+    responses : list of ndarray of shape (n_volumes_r, n_voxels), or ndarray of shape (n_volumes, n_voxels)
+        Preprocessed voxel values per training run, or all runs already
+        concatenated in the order of ``features`` (no copy is made then).
+        float32 is kept as is; targets are converted to float64 in
+        memory-bounded chunks.
     n_select : int
         How many voxels to keep.
     folds : int
-        Runs are grouped into this many folds, each held out once.
+        Runs are grouped into this many folds (run ``r`` in fold ``r % folds``),
+        each held out once.
+    progress : callable, optional
+        ``progress(done, total)``.
+    return_alphas : bool
+        Also return each voxel's best alpha.
 
     Returns
     -------
@@ -62,41 +70,75 @@ def select_voxels(features: list[np.ndarray], responses: list[np.ndarray], n_sel
         Voxel indices, best first.
     scores : ndarray of shape (n_voxels,)
         CV R^2 of every voxel at its best alpha.
+    best_alphas : ndarray of shape (n_voxels,)
+        Only with ``return_alphas``.
     """
     x = np.concatenate(features)
     groups = np.concatenate([np.full(len(f), r % folds) for r, f in enumerate(features)])
-    n_vox = responses[0].shape[1]
-    scores = np.empty(n_vox)
-    done = 0
-    for start in range(0, n_vox, chunk):
-        y = np.concatenate([r[:, start:start + chunk] for r in responses]).astype(np.float64)
-        _, cv = ridge_cv(x, y, groups, alphas, r2_score_columns)
-        scores[start:start + chunk] = cv.max(0)
-        done += y.shape[1]
-        if progress is not None:
-            progress(done, n_vox)
+    y = responses if isinstance(responses, np.ndarray) else np.concatenate(responses)
+    if len(y) != len(x):
+        raise ValueError(f"responses have {len(y)} rows but the features {len(x)}: one row per volume of every run")
+    best, cv = ridge_cv(x, y, groups, alphas, r2_score_columns, progress=progress)
+    scores = cv.max(0)
     order = np.argsort(-scores, kind="stable")
-    return order[: min(n_select, n_vox)], scores
+    selected = order[: min(n_select, len(scores))]
+    return (selected, scores, best) if return_alphas else (selected, scores)
 
 
-def fit_encoding(train_features: np.ndarray, train_responses: np.ndarray, groups: np.ndarray,
+def fit_encoding(train_features: np.ndarray, train_responses: np.ndarray, groups: np.ndarray | None,
                  test_features: np.ndarray, test_responses: np.ndarray, *, alphas=SELECTION_ALPHAS,
-                 chunk: int = 20000) -> tuple[np.ndarray, np.ndarray]:
+                 best_alphas: np.ndarray | None = None, chunk: int = 8192,
+                 progress: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-voxel-alpha encoding model; correlation of predicted and measured test responses.
+
+    Parameters
+    ----------
+    train_features : ndarray of shape (n_train, n_features)
+    train_responses : ndarray of shape (n_train, n_voxels)
+    groups : ndarray of shape (n_train,) or None
+        Runs for choosing each voxel's alpha by leave-one-run-out CV; unused
+        when ``best_alphas`` is given.
+    test_features : ndarray of shape (n_test, n_features)
+    test_responses : ndarray of shape (n_test, n_voxels)
+    best_alphas : ndarray of shape (n_voxels,), optional
+        Alphas already chosen inside the training runs (e.g. by
+        :func:`select_voxels`), which skips the CV.
+    progress : callable, optional
+        ``progress(done_voxels, n_voxels)``.
 
     Returns
     -------
     test_corr : ndarray of shape (n_voxels,)
     best_alphas : ndarray of shape (n_voxels,)
     """
+    if best_alphas is None:
+        if groups is None:
+            raise ValueError("fit_encoding needs groups (runs) to choose alphas, or best_alphas")
+        best_alphas, _ = ridge_cv(train_features, train_responses, groups, alphas, r2_score_columns)
+    best_alphas = np.asarray(best_alphas, dtype=np.float64)
+    x = np.asarray(train_features, dtype=np.float64)
     n_vox = train_responses.shape[1]
     corr = np.empty(n_vox)
-    best = np.empty(n_vox)
+    if x.shape[0] <= x.shape[1]:  # more features than samples: the kernel form, chunk by chunk
+        for start in range(0, n_vox, chunk):
+            sl = slice(start, start + chunk)
+            coef, xm, ym = ridge_fit(x, np.asarray(train_responses[:, sl], np.float64), best_alphas[sl])
+            pred = (test_features - xm) @ coef + ym
+            corr[sl] = corr_columns(pred, np.asarray(test_responses[:, sl], np.float64))
+            if progress is not None:
+                progress(min(start + chunk, n_vox), n_vox)
+        return corr, best_alphas
+    # one decomposition of the features for every chunk of voxels (ridge_fit's primal form)
+    xm = x.mean(0)
+    xc = x - xm
+    lam, v = _eigh(xc.T @ xc)
+    test_v = (np.asarray(test_features, np.float64) - xm) @ v  # (n_test, n_features)
     for start in range(0, n_vox, chunk):
-        ytr = train_responses[:, start:start + chunk].astype(np.float64)
-        a, _ = ridge_cv(train_features, ytr, groups, alphas, r2_score_columns)
-        coef, xm, ym = ridge_fit(train_features, ytr, a)
-        pred = (test_features - xm) @ coef + ym
-        corr[start:start + chunk] = corr_columns(pred, test_responses[:, start:start + chunk].astype(np.float64))
-        best[start:start + chunk] = a
-    return corr, best
+        sl = slice(start, start + chunk)
+        y = np.asarray(train_responses[:, sl], np.float64)
+        ym = y.mean(0)
+        w = (v.T @ (xc.T @ (y - ym))) / (lam[:, None] + best_alphas[None, sl])
+        corr[sl] = corr_columns(test_v @ w + ym, np.asarray(test_responses[:, sl], np.float64))
+        if progress is not None:
+            progress(min(start + chunk, n_vox), n_vox)
+    return corr, best_alphas

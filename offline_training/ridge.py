@@ -2,12 +2,16 @@
 
 Pure functions on arrays (float64 for fitting), as in himalaya:
 
-- :func:`ridge_cv` scores every alpha for every target on held-out runs with
-  ONE decomposition per fold (the SVD of X when samples outnumber features,
-  the eigendecomposition of the linear kernel X X' otherwise), then picks
-  each target's best alpha.
+- :func:`ridge_cv` scores every alpha for every target on held-out runs,
+  exactly as refitting on the other runs (centred on them) would, with few
+  decompositions: ONE eigendecomposition of the centred kernel for all folds
+  when features outnumber samples (held-out residuals from the hat matrix,
+  Woodbury), or one ``n_features x n_features`` eigendecomposition per fold
+  with fold statistics from per-run sums otherwise. It picks each target's
+  best alpha.
 - :func:`ridge_fit` refits on all training data with those per-target alphas,
-  again from one decomposition.
+  again from one decomposition; :func:`ridge_cv_fit` does both and shares the
+  decomposition.
 
 Intercepts are handled by centring X and Y on the training samples, so
 ``predict(X) = (X - x_mean) @ coef + y_mean``. The thin estimator
@@ -20,8 +24,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["DEFAULT_ALPHAS", "ridge_cv", "ridge_fit", "r2_score_columns", "corr_columns", "RidgeCVPerTarget",
-           "edge_alphas"]
+__all__ = ["DEFAULT_ALPHAS", "ridge_cv", "ridge_cv_fit", "ridge_fit", "r2_score_columns", "corr_columns",
+           "RidgeCVPerTarget", "edge_alphas"]
 
 DEFAULT_ALPHAS = np.logspace(-2, 7, 19)
 
@@ -41,53 +45,273 @@ def corr_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(den > 0, (a * b).sum(0) / np.where(den > 0, den, 1.0), 0.0)
 
 
-class _Decomposition:
-    """One factorisation of centred training X giving predictions for any alpha.
+def _eigh(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigendecomposition of a symmetric PSD matrix, eigenvalues clipped at 0.
 
-    ``predict(alpha_per_target)`` on test rows costs O(n_test * r * n_targets).
+    scipy's ``evr`` driver is 1.5-2x faster than numpy's ``eigh`` on large
+    matrices here, and far faster than an SVD of the data.
     """
+    import scipy.linalg
 
-    def __init__(self, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray | None):
-        n, p = xtr.shape
-        self.kernel = n <= p
-        if self.kernel:
-            k = xtr @ xtr.T
-            lam, q = np.linalg.eigh(k)
-            self.s = np.clip(lam, 0, None)  # eigenvalues of X X' = singular values squared
-            self.qty = q.T @ ytr
-            self.q = q
-            self.test = None if xte is None else (xte @ xtr.T) @ q  # (n_test, n)
+    lam, q = scipy.linalg.eigh(a, driver="evr", check_finite=False)
+    return np.clip(lam, 0, None), q
+
+
+def _spd_solve(m: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Solve ``m x = b`` for a symmetric positive definite ``m`` (Cholesky; LU if rounding broke it).
+
+    Much faster here than ``numpy.linalg.solve`` on the few-hundred-square
+    systems of the leave-one-run-out residuals.
+    """
+    import scipy.linalg
+
+    try:
+        return scipy.linalg.cho_solve(scipy.linalg.cho_factor(m, check_finite=False), b, check_finite=False)
+    except np.linalg.LinAlgError:
+        return scipy.linalg.solve(m, b, check_finite=False)
+
+
+def _chunks(n_targets: int, per_target_bytes: int, budget: int = 256 << 20) -> list[slice]:
+    step = max(1, min(n_targets, budget // max(per_target_bytes, 1)))
+    return [slice(i, min(i + step, n_targets)) for i in range(0, n_targets, step)]
+
+
+def _check_xy(x, y, groups):
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y)  # converted to float64 chunk by chunk (a float32 voxel matrix stays float32)
+    groups = np.asarray(groups)
+    if x.ndim != 2 or y.ndim != 2 or len(x) != len(y) or len(groups) != len(x):
+        raise ValueError(f"x (n_samples, n_features), y (n_samples, n_targets) and groups (n_samples,) must "
+                         f"agree; got {x.shape}, {y.shape}, {groups.shape}")
+    labels, inverse = np.unique(groups, return_inverse=True)
+    if len(labels) < 2:
+        raise ValueError(f"leave-one-run-out CV needs at least 2 runs, got {len(labels)}")
+    return x, y, labels, inverse
+
+
+def _cv_kernel(x, y, inverse, n_groups, alphas, score, progress, fit: bool, predict: bool):
+    """Leave-one-group-out CV from ONE eigendecomposition of the centred kernel (n_samples <= n_features).
+
+    For ridge with an unpenalised intercept, the residuals of group g when it
+    is left out are ``(I - H)_gg^-1 r_g``, with ``r = (I - H) y`` the residuals
+    of the fit on all samples and ``H`` its hat matrix (Woodbury). With the
+    centred kernel ``Xc Xc' = Q diag(lam) Q'``:
+    ``I - H = Q diag(alpha / (lam + alpha)) Q' - 11'/n``, so every fold and
+    every alpha costs matrix products only, and the exact held-out
+    predictions equal refitting on the other groups (centred on them).
+    """
+    n = len(x)
+    y = np.asarray(y, dtype=np.float64)
+    xm, ym = x.mean(0), y.mean(0)
+    xc = x - xm
+    lam, q = _eigh(xc @ xc.T)
+    if progress is not None:
+        progress(1, 1 + len(alphas))
+    rows = [np.flatnonzero(inverse == g) for g in range(n_groups)]
+    yc = y - ym
+    qty = q.T @ yc  # (n, n_targets)
+    scores = np.zeros((len(alphas), y.shape[1]))
+    held = np.empty_like(y) if predict else None
+    pred = np.empty_like(y) if predict else None
+    for i, a in enumerate(alphas):
+        d = a / (lam + a)
+        resid = q @ (d[:, None] * qty)  # (I - H) y, all samples
+        for g, idx in enumerate(rows):
+            qg = q[idx]
+            m = (qg * d) @ qg.T - 1.0 / n  # (I - H)_gg, positive definite for alpha > 0
+            e = _spd_solve(m, resid[idx])  # held-out residuals of group g
+            scores[i] += score(y[idx], y[idx] - e)
+            if predict:
+                pred[idx] = y[idx] - e
+        if predict:  # keep the held-out predictions of each target's best alpha so far (argmax: first best)
+            better = scores[i] > scores[:i].max(0) if i else np.ones(y.shape[1], bool)
+            held[:, better] = pred[:, better]
+        if progress is not None:
+            progress(2 + i, 1 + len(alphas))
+    scores /= n_groups
+    best = alphas[np.argmax(scores, axis=0)]
+    if not fit:
+        return best, scores, None, held
+    dual = q @ (qty / (lam[:, None] + best[None, :]))
+    return best, scores, (xc.T @ dual, xm, ym), held
+
+
+class _GroupStats:
+    """Per-group sums of X, X'X (and, per target chunk, of Y, X'Y, Y^2)."""
+
+    def __init__(self, x, inverse, n_groups):
+        self.rows = [np.flatnonzero(inverse == g) for g in range(n_groups)]
+        self.n = np.array([len(r) for r in self.rows], float)
+        self.sx = np.stack([x[r].sum(0) for r in self.rows])
+        self.xx = np.stack([x[r].T @ x[r] for r in self.rows])
+
+    def targets(self, x, y):
+        sy = np.stack([y[r].sum(0) for r in self.rows])
+        xy = np.stack([x[r].T @ y[r] for r in self.rows])
+        yy = np.stack([(y[r] ** 2).sum(0) for r in self.rows])
+        return sy, xy, yy
+
+
+def _cv_primal(x, y, inverse, n_groups, alphas, score, progress, fit: bool, r2: bool, predict: bool):
+    """Leave-one-group-out CV with one p x p eigendecomposition per fold (n_samples > n_features).
+
+    Fold statistics come from per-group sums, so X'Y is computed once over all
+    samples, not once per fold. With the R^2 score, held-out sums of squares
+    follow from the same statistics without forming predictions.
+    """
+    p = x.shape[1]
+    gs = _GroupStats(x, inverse, n_groups)
+    n_all, sx_all, xx_all = gs.n.sum(), gs.sx.sum(0), gs.xx.sum(0)
+    folds = []
+    for g in range(n_groups):
+        n1 = n_all - gs.n[g]
+        m = (sx_all - gs.sx[g]) / n1
+        lam, v = _eigh(xx_all - gs.xx[g] - n1 * np.outer(m, m))
+        # held-out design centred on the training mean: A = X_g - m; |A V w|^2 through
+        # A V (n_g x p) or V'A'AV (p x p), whichever is smaller
+        if gs.n[g] < p:
+            folds.append((n1, m, lam, v, (x[gs.rows[g]] - m) @ v, True))
         else:
-            u, s, vt = np.linalg.svd(xtr, full_matrices=False)
-            self.s = s**2
-            self.uty = u.T @ ytr * s[:, None]  # S U'Y
-            self.vt = vt
-            self.test = None if xte is None else xte @ vt.T  # (n_test, r)
+            ata = gs.xx[g] - np.outer(gs.sx[g], m) - np.outer(m, gs.sx[g]) + gs.n[g] * np.outer(m, m)
+            folds.append((n1, m, lam, v, v.T @ ata @ v, False))
+        if progress is not None:
+            progress(g + 1, n_groups + 1)
+    scores = np.zeros((len(alphas), y.shape[1]))
+    per_target = 8 * (n_groups * p + len(x) + 4 * p)
+    for sl in _chunks(y.shape[1], per_target):
+        yk = np.asarray(y[:, sl], dtype=np.float64)
+        sy, xy, yy = gs.targets(x, yk)
+        sy_all, xy_all = sy.sum(0), xy.sum(0)
+        for g, (n1, m, lam, v, h, h_is_av) in enumerate(folds):
+            my = (sy_all - sy[g]) / n1
+            z = v.T @ (xy_all - xy[g] - n1 * np.outer(m, my))  # V' Xc'Yc of the training fold
+            if r2:
+                ng = gs.n[g]
+                b = v.T @ (xy[g] - np.outer(gs.sx[g], my) - np.outer(m, sy[g]) + ng * np.outer(m, my))
+                ee = yy[g] - 2 * my * sy[g] + ng * my**2  # |Y_g - my|^2
+                ss_tot = yy[g] - sy[g] ** 2 / ng
+                den = np.where(ss_tot > 0, ss_tot, 1.0)
+                for i, a in enumerate(alphas):
+                    w = z / (lam + a)[:, None]
+                    quad = ((h @ w) ** 2).sum(0) if h_is_av else (w * (h @ w)).sum(0)
+                    ss_res = ee - 2 * (b * w).sum(0) + quad
+                    scores[i, sl] += 1.0 - ss_res / den
+            else:
+                idx = gs.rows[g]
+                at = h if h_is_av else (x[idx] - m) @ v
+                for i, a in enumerate(alphas):
+                    scores[i, sl] += score(yk[idx], at @ (z / (lam + a)[:, None]) + my)
+        if progress is not None:
+            progress(n_groups + (sl.stop / y.shape[1]), n_groups + 1)
+    scores /= n_groups
+    best = alphas[np.argmax(scores, axis=0)]
+    held = None
+    if predict:  # a second pass: held-out predictions at each target's best alpha
+        held = np.empty(y.shape)
+        for sl in _chunks(y.shape[1], per_target):
+            sy, xy, _ = gs.targets(x, np.asarray(y[:, sl], dtype=np.float64))
+            sy_all, xy_all = sy.sum(0), xy.sum(0)
+            for g, (n1, m, lam, v, h, h_is_av) in enumerate(folds):
+                my = (sy_all - sy[g]) / n1
+                z = v.T @ (xy_all - xy[g] - n1 * np.outer(m, my))
+                idx = gs.rows[g]
+                at = h if h_is_av else (x[idx] - m) @ v
+                held[idx, sl] = at @ (z / (lam[:, None] + best[None, sl])) + my
+    if not fit:
+        return best, scores, None, held
+    return best, scores, ridge_fit(x, np.asarray(y, dtype=np.float64), best), held
 
-    def test_predictions(self, alpha: float | np.ndarray) -> np.ndarray:
-        """Predictions on the test rows for one alpha (scalar) or per target (n_targets,)."""
-        alpha = np.asarray(alpha, dtype=np.float64)
-        w = 1.0 / (self.s[:, None] + alpha[None, ...]) if alpha.ndim else 1.0 / (self.s + alpha)[:, None]
-        if self.kernel:
-            return self.test @ (w * self.qty)
-        return self.test @ (w * self.uty)
+
+def _cv_primal_logo(x, y, inverse, n_groups, alphas, score, progress, fit: bool, predict: bool):
+    """Leave-one-group-out CV from ONE ``n_features x n_features`` eigendecomposition (n_samples > n_features).
+
+    The primal twin of :func:`_cv_kernel`: with ``Xc'Xc = V diag(lam) V'`` and
+    ``U = Xc V diag(lam)^-1/2``, the hat matrix is ``11'/n + U diag(f) U'``
+    with ``f = lam / (lam + alpha)``, and group g's held-out residuals are
+    ``(I - H)_gg^-1 r_g``. Cheaper than one decomposition per fold when
+    folds are many and targets few (a decoder fit on every TR).
+    """
+    n = len(x)
+    y = np.asarray(y, dtype=np.float64)
+    xm, ym = x.mean(0), y.mean(0)
+    xc = x - xm
+    lam, v = _eigh(xc.T @ xc)
+    keep = lam > lam.max() * 1e-12 if lam.size and lam.max() > 0 else np.zeros(lam.shape, bool)
+    u = (xc @ v[:, keep]) / np.sqrt(lam[keep])  # (n, rank), orthonormal columns
+    lk = lam[keep]
+    if progress is not None:
+        progress(1, 1 + len(alphas))
+    rows = [np.flatnonzero(inverse == g) for g in range(n_groups)]
+    yc = y - ym
+    uty = u.T @ yc
+    scores = np.zeros((len(alphas), y.shape[1]))
+    held = np.empty_like(y) if predict else None
+    pred = np.empty_like(y) if predict else None
+    for i, a in enumerate(alphas):
+        f = lk / (lk + a)
+        resid = yc - u @ (f[:, None] * uty)  # (I - H) y
+        for g, idx in enumerate(rows):
+            ug = u[idx]
+            m = np.eye(len(idx)) - 1.0 / n - (ug * f) @ ug.T  # (I - H)_gg
+            e = _spd_solve(m, resid[idx])
+            scores[i] += score(y[idx], y[idx] - e)
+            if predict:
+                pred[idx] = y[idx] - e
+        if predict:
+            better = scores[i] > scores[:i].max(0) if i else np.ones(y.shape[1], bool)
+            held[:, better] = pred[:, better]
+        if progress is not None:
+            progress(2 + i, 1 + len(alphas))
+    scores /= n_groups
+    best = alphas[np.argmax(scores, axis=0)]
+    if not fit:
+        return best, scores, None, held
+    coef = v @ ((v.T @ (xc.T @ yc)) / (lam[:, None] + best[None, :]))
+    return best, scores, (coef, xm, ym), held
+
+
+def _primal_method(n: int, p: int, n_targets: int, group_sizes, n_alphas: int) -> str:
+    """``"folds"`` (one decomposition per fold) or ``"logo"`` (one in all), by a rough cost model.
+
+    An eigendecomposition of p x p costs about p^3 / 1e9 s here, matrix
+    products about flops / 2e10 s (both measured on the 2-core target).
+    """
+    sizes = np.asarray(group_sizes, float)
+    eig = p**3 / 1e9
+    folds = len(sizes) * eig + n_alphas * 2 * p * n_targets * np.minimum(sizes, p).sum() / 2e10
+    logo = eig + n_alphas * (4 * n * p * n_targets + 2 * p * (sizes**2).sum()) / 2e10
+    return "logo" if logo < folds else "folds"
 
 
 def ridge_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray, alphas=DEFAULT_ALPHAS,
              score: Callable = r2_score_columns, progress: Callable | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Choose one alpha per target by leave-one-group-out cross-validation.
 
+    Every fold is centred on its own training samples (the intercept is not
+    penalised) and scored on the held-out group, exactly as refitting per
+    fold would, but with far fewer decompositions:
+
+    - ``n_samples <= n_features`` (e.g. the decoder, voxels x delays wide):
+      one eigendecomposition of the centred kernel for all folds and alphas;
+    - otherwise either one ``n_features x n_features`` eigendecomposition
+      per fold, with fold statistics from per-group sums and targets in
+      memory-bounded chunks (many targets, e.g. encoding models of every
+      voxel), or one in all, with held-out residuals from the hat matrix
+      (many folds, few targets, e.g. a decoder fit on every TR), whichever
+      a rough cost model says is cheaper.
+
     Parameters
     ----------
     x : ndarray of shape (n_samples, n_features)
     y : ndarray of shape (n_samples, n_targets)
+        Any float dtype; converted to float64 in chunks of targets.
     groups : ndarray of shape (n_samples,)
         Run labels: each run is held out once (never the test runs).
-    alphas : sequence of float
+    alphas : sequence of float, all > 0
     score : callable
         ``score(y_true, y_pred) -> (n_targets,)``, higher is better (R^2 default).
     progress : callable, optional
-        ``progress(done_folds, n_folds)``.
+        ``progress(done, total)`` as the work proceeds.
 
     Returns
     -------
@@ -95,24 +319,53 @@ def ridge_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray, alphas=DEFAULT_AL
     cv_scores : ndarray of shape (n_alphas, n_targets)
         Scores averaged over folds.
     """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    alphas = np.asarray(alphas, dtype=np.float64)
-    labels = np.unique(groups)
-    if len(labels) < 2:
-        raise ValueError(f"leave-one-run-out CV needs at least 2 runs, got {len(labels)}")
-    scores = np.zeros((len(alphas), y.shape[1]))
-    for f, g in enumerate(labels):
-        te = groups == g
-        tr = ~te
-        xm, ym = x[tr].mean(0), y[tr].mean(0)
-        dec = _Decomposition(x[tr] - xm, y[tr] - ym, x[te] - xm)
-        for i, a in enumerate(alphas):
-            scores[i] += score(y[te], dec.test_predictions(a) + ym)
-        if progress is not None:
-            progress(f + 1, len(labels))
-    scores /= len(labels)
-    return alphas[np.argmax(scores, axis=0)], scores
+    best, scores, _, _ = _ridge_cv(x, y, groups, alphas, score, progress, fit=False)
+    return best, scores
+
+
+def ridge_cv_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray, alphas=DEFAULT_ALPHAS,
+                 score: Callable = r2_score_columns, progress: Callable | None = None, *,
+                 return_predictions: bool = False):
+    """:func:`ridge_cv`, then :func:`ridge_fit` on all samples with the chosen alphas.
+
+    In the kernel case (``n_samples <= n_features``) the refit reuses the CV's
+    eigendecomposition, so it costs one decomposition in all.
+
+    Parameters
+    ----------
+    return_predictions : bool
+        Also return every sample's held-out prediction (its group left out)
+        at each target's chosen alpha, e.g. to calibrate something else on
+        data the model has not seen.
+
+    Returns
+    -------
+    best_alphas : ndarray of shape (n_targets,)
+    cv_scores : ndarray of shape (n_alphas, n_targets)
+    coef : ndarray of shape (n_features, n_targets)
+    x_mean : ndarray of shape (n_features,)
+    y_mean : ndarray of shape (n_targets,)
+    cv_predictions : ndarray of shape (n_samples, n_targets)
+        Only with ``return_predictions``.
+    """
+    best, scores, (coef, xm, ym), held = _ridge_cv(x, y, groups, alphas, score, progress, fit=True,
+                                                   predict=return_predictions)
+    if return_predictions:
+        return best, scores, coef, xm, ym, held
+    return best, scores, coef, xm, ym
+
+
+def _ridge_cv(x, y, groups, alphas, score, progress, fit: bool, predict: bool = False):
+    x, y, labels, inverse = _check_xy(x, y, groups)
+    alphas = np.asarray(alphas, dtype=np.float64).reshape(-1)
+    if not np.all(alphas > 0):
+        raise ValueError(f"alphas must all be > 0, got {alphas.min():g}")
+    n, p = x.shape
+    if n <= p:
+        return _cv_kernel(x, y, inverse, len(labels), alphas, score, progress, fit, predict)
+    if _primal_method(n, p, y.shape[1], np.bincount(inverse), len(alphas)) == "logo":
+        return _cv_primal_logo(x, y, inverse, len(labels), alphas, score, progress, fit, predict)
+    return _cv_primal(x, y, inverse, len(labels), alphas, score, progress, fit, score is r2_score_columns, predict)
 
 
 def ridge_fit(x: np.ndarray, y: np.ndarray, alphas) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -138,13 +391,11 @@ def ridge_fit(x: np.ndarray, y: np.ndarray, alphas) -> tuple[np.ndarray, np.ndar
     xc, yc = x - xm, y - ym
     n, p = xc.shape
     if n <= p:
-        lam, q = np.linalg.eigh(xc @ xc.T)
-        lam = np.clip(lam, 0, None)
-        dual = q @ ((q.T @ yc) / (lam[:, None] + alphas[None, :]))
-        coef = xc.T @ dual
+        lam, q = _eigh(xc @ xc.T)
+        coef = xc.T @ (q @ ((q.T @ yc) / (lam[:, None] + alphas[None, :])))
     else:
-        u, s, vt = np.linalg.svd(xc, full_matrices=False)
-        coef = vt.T @ ((s[:, None] / (s[:, None] ** 2 + alphas[None, :])) * (u.T @ yc))
+        lam, v = _eigh(xc.T @ xc)
+        coef = v @ ((v.T @ (xc.T @ yc)) / (lam[:, None] + alphas[None, :]))
     return coef, xm, ym
 
 
@@ -178,8 +429,8 @@ class RidgeCVPerTarget:
         self.score = score
 
     def fit(self, x, y, groups, progress: Callable | None = None) -> "RidgeCVPerTarget":
-        self.best_alphas_, self.cv_scores_ = ridge_cv(x, y, groups, self.alphas, self.score, progress)
-        self.coef_, self.x_mean_, self.y_mean_ = ridge_fit(x, y, self.best_alphas_)
+        (self.best_alphas_, self.cv_scores_, self.coef_, self.x_mean_,
+         self.y_mean_) = ridge_cv_fit(x, y, groups, self.alphas, self.score, progress)
         return self
 
     def predict(self, x) -> np.ndarray:

@@ -19,12 +19,22 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="bundle folder")
     p.add_argument("--embedder", default="musicnn-msd")
     p.add_argument("--delays", default="2,3,4", help="hemodynamic delays in TRs (default 2,3,4)")
-    p.add_argument("--voxels", type=int, default=2000, help="voxels kept by CV encoding performance")
+    p.add_argument("--voxels", type=int, default=500,
+                   help="voxels kept by CV encoding performance within the Training runs (default 500)")
     p.add_argument("--target", choices=["clip", "window"], default="clip", help="per-clip or per-TR window targets")
+    p.add_argument("--fit-on", choices=["clip", "tr"], default="clip",
+                   help="fit the decoder on one row per presentation (the mean of its TR inputs; default) or "
+                        "on every TR (needed for --target window)")
+    p.add_argument("--no-scale-calibration", action="store_true",
+                   help="keep ridge's shrunken deviation from the mean embedding instead of rescaling it by "
+                        "the factor that identifies held-out Training presentations best")
     p.add_argument("--alphas", default="1e-2:1e7:19", help="alpha grid as MIN:MAX:N (log-spaced)")
     p.add_argument("--preprocessing", choices=["causal", "offline"], default="causal",
                    help="causal (deployable, the only choice for a bundle); see --compare-offline")
     p.add_argument("--no-motion", action="store_true", help="skip motion correction")
+    p.add_argument("--poly-order", type=int, default=2,
+                   help="polynomial drift order of the causal detrend, stored in the bundle (default 2, the "
+                        "realtime default; 0 removes only the running mean)")
     p.add_argument("--compare-offline", action="store_true",
                    help="also fit and evaluate with non-causal preprocessing (whole-run detrend and z-score) "
                         "for comparison; reuses the motion-corrected runs, so it costs one more fit, not "
@@ -32,6 +42,9 @@ def add_parser(sub) -> None:
     p.add_argument("--no-preproc-cache", action="store_true",
                    help="do not read or write the motion-corrected runs under DS/derivatives/b2m/preproc/ "
                         "(cached by file, mask, reference and motion config)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="BLAS threads (default 1: on a 2-core machine shared with other work a second OpenBLAS "
+                        "thread made training slower, 94 s against 59 s; 0 leaves BLAS's own default)")
     p.add_argument("--stimuli", default=None, help="stimulus folder (default DS/stimuli)")
     p.add_argument("--cache", default=None, help="embedding cache (default DS/derivatives/b2m/embeddings)")
     p.set_defaults(func=run)
@@ -47,8 +60,9 @@ def run(args) -> int:
                       delays=tuple(int(d) for d in args.delays.split(",")), n_voxels=args.voxels,
                       target=args.target, alphas=tuple(float(a) for a in np.logspace(np.log10(float(lo)),
                                                                                       np.log10(float(hi)), int(n))),
-                      motion=not args.no_motion, compare_offline=args.compare_offline,
-                      preproc_cache=not args.no_preproc_cache,
+                      motion=not args.no_motion, poly_order=args.poly_order, compare_offline=args.compare_offline,
+                      preproc_cache=not args.no_preproc_cache, fit_on=args.fit_on,
+                      calibrate_scale=not args.no_scale_calibration, threads=args.threads or None,
                       stimuli=args.stimuli, cache=args.cache)
     if args.preprocessing == "offline":
         Console(stderr=True).print("[red]error:[/red] a bundle for the live session must use causal "
@@ -75,6 +89,7 @@ def run(args) -> int:
                                                       m["within_genre_identification_accuracy_ci95"]],
         "genre_prior_identification_accuracy": round(m["genre_prior"]["identification_accuracy"], 4),
         "offline_identification_accuracy": round(m["offline"]["identification_accuracy"], 4) if "offline" in m else None,
+        "deviation_scale": m["causal"]["deviation_scale"],
         "bundle": args.out, "wall_s": round(m["wall_s"], 1), "peak_rss_mb": round(m["peak_rss_mb"]),
         "timings_s": {k: round(v, 1) for k, v in m["timings_s"].items()},
     }

@@ -1,0 +1,162 @@
+"""``offline_training.train``: sequential volume reads, the cached motion stage, and the
+split chain, all checked against the realtime code's own ``preprocess_run``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from offline_training.bids import RunFiles
+from offline_training.train import iter_volumes, motion_stage, preprocess_stage
+from realtime.preprocessing import MotionConfig, PreprocessConfig, preprocess_run
+
+#: Tiny volumes need a denser motion sampling grid than the 4 mm default.
+MOTION = MotionConfig(sep_mm=2.0)
+
+
+def _blob_run(rng, shape=(18, 17, 12), n=24, shift_mm=0.6) -> np.ndarray:
+    """A smooth head-like blob drifting slowly, with noise: (x, y, z, n) int16."""
+    ii, jj, kk = np.meshgrid(*[np.arange(s, dtype=float) for s in shape], indexing="ij")
+    c = np.array(shape) / 2.0
+    out = np.empty(shape + (n,), np.int16)
+    for t in range(n):
+        d = shift_mm / 2.0 * np.array([np.sin(t / 5), np.cos(t / 7) - 1, t / n])  # voxels of 2 mm
+        r2 = ((ii - c[0] - d[0]) / 6.0) ** 2 + ((jj - c[1] - d[1]) / 5.5) ** 2 + ((kk - c[2] - d[2]) / 4.0) ** 2
+        vol = 1000 * np.exp(-r2) + 200 * np.exp(-r2 / 0.3) + 5 * rng.standard_normal(shape) + 50
+        out[..., t] = np.round(vol).astype(np.int16)
+    return out
+
+
+def _run_files(tmp_path: Path, data: np.ndarray, affine, name="sub-001_task-Training_run-01",
+               slope=None) -> RunFiles:
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header.set_zooms(img.header.get_zooms()[:3] + (1.5,))
+    if slope is not None:
+        img.header.set_slope_inter(*slope)
+    bold = tmp_path / f"{name}_bold.nii.gz"
+    nib.save(img, bold)
+    (tmp_path / f"{name}_bold.json").write_text('{"RepetitionTime": 1.5}')
+    (tmp_path / f"{name}_events.tsv").write_text("onset\tduration\tgenre\ttrack\tstart\tend\n")
+    return RunFiles(subject="001", task="Training", run=1, events=tmp_path / f"{name}_events.tsv",
+                    sidecar=tmp_path / f"{name}_bold.json", bold=bold)
+
+
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+@pytest.mark.parametrize("slope", [None, (0.5, 3.0)])
+def test_iter_volumes_equals_nibabel_slicing(tmp_path, rng, suffix, slope):
+    data = rng.integers(-300, 3000, size=(5, 4, 3, 7)).astype(np.int16)
+    img = nib.Nifti1Image(data, AFFINE)
+    if slope is not None:
+        img.header.set_slope_inter(*slope)
+    path = tmp_path / f"run{suffix}"
+    nib.save(img, path)
+    img = nib.load(path)
+    vols = list(iter_volumes(img))
+    assert len(vols) == 7
+    for t, v in enumerate(vols):
+        ref = np.asarray(img.dataobj[..., t])
+        assert v.dtype == ref.dtype and v.shape == ref.shape
+        np.testing.assert_array_equal(v, ref)
+
+
+def test_iter_volumes_reports_a_truncated_file(tmp_path, rng):
+    data = rng.integers(0, 100, size=(6, 5, 4, 6)).astype(np.int16)
+    path = tmp_path / "run.nii"
+    nib.save(nib.Nifti1Image(data, AFFINE), path)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) - 100])
+    with pytest.raises(ValueError, match="volume 5 is truncated"):
+        list(iter_volumes(nib.load(path)))
+
+
+@pytest.mark.parametrize("motion", [True, False])
+def test_split_chain_equals_preprocess_run_bit_for_bit(tmp_path, rng, motion):
+    # training runs motion correction once (cached) and the rest of the chain on its output;
+    # the result must be what the live chain computes on the images themselves
+    data = _blob_run(rng)
+    rf = _run_files(tmp_path, data, AFFINE)
+    reference = data[..., 0].astype(np.float32)
+    mask = reference > 300
+    cfg = PreprocessConfig(motion=motion, motion_config=MOTION)
+    st = motion_stage(rf, mask, reference, AFFINE, cfg)
+    got = preprocess_stage(st, cfg, 1.5)
+    ref = preprocess_run(data, AFFINE, mask, cfg, reference=reference, stack=False)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, ref.values)
+    if motion:
+        np.testing.assert_array_equal(st.fd, ref.fd)
+        np.testing.assert_array_equal(st.params, ref.motion_params)
+    # the non-causal comparison variant from the same motion stage
+    off = cfg.offline_variant()
+    np.testing.assert_array_equal(preprocess_stage(st, off, 1.5),
+                                  preprocess_run(data, AFFINE, mask, off, reference=reference, stack=False).values)
+
+
+def test_motion_stage_cache_is_reused_and_keyed(tmp_path, rng):
+    data = _blob_run(rng, n=8)
+    rf = _run_files(tmp_path, data, AFFINE)
+    reference = data[..., 0].astype(np.float32)
+    mask = reference > 300
+    cfg = PreprocessConfig(motion=True, motion_config=MOTION)
+    cache = tmp_path / "preproc"
+    first = motion_stage(rf, mask, reference, AFFINE, cfg, cache_dir=str(cache))
+    files = sorted(os.listdir(cache))
+    assert len(files) == 2 and files[0].startswith("sub-001_task-Training_run-01_")  # values .npy + motion .npz
+    again = motion_stage(rf, mask, reference, AFFINE, cfg, cache_dir=str(cache))
+    assert isinstance(again.values, np.memmap)  # a hit is memory-mapped, not read into memory
+    np.testing.assert_array_equal(again.values, first.values)
+    np.testing.assert_array_equal(again.fd, first.fd)
+    np.testing.assert_array_equal(again.params, first.params)
+    assert sorted(os.listdir(cache)) == files  # a hit writes nothing
+    # another mask, reference or motion setting is another entry, never a stale hit
+    other = mask.copy()
+    other[tuple(np.argwhere(mask)[0])] = False
+    motion_stage(rf, other, reference, AFFINE, cfg, cache_dir=str(cache))
+    motion_stage(rf, mask, reference + 1, AFFINE, cfg, cache_dir=str(cache))
+    motion_stage(rf, mask, reference, AFFINE, PreprocessConfig(motion=True, motion_config=MotionConfig(sep_mm=2.5)),
+                 cache_dir=str(cache))
+    no_motion = motion_stage(rf, mask, reference, AFFINE, PreprocessConfig(motion=False), cache_dir=str(cache))
+    assert len(list(cache.glob("*.npy"))) == 5
+    np.testing.assert_array_equal(no_motion.values, data[mask].T.astype(np.float32))
+    assert no_motion.fd is None
+
+
+def test_motion_stage_recomputes_a_damaged_cache_entry(tmp_path, rng):
+    data = _blob_run(rng, n=6)
+    rf = _run_files(tmp_path, data, AFFINE)
+    reference = data[..., 0].astype(np.float32)
+    mask = reference > 300
+    cfg = PreprocessConfig(motion=False)
+    cache = tmp_path / "preproc"
+    first = motion_stage(rf, mask, reference, AFFINE, cfg, cache_dir=str(cache))
+    entry = next(cache.glob("*.npy"))
+    entry.write_bytes(b"not an npy")
+    again = motion_stage(rf, mask, reference, AFFINE, cfg, cache_dir=str(cache))
+    np.testing.assert_array_equal(again.values, first.values)
+
+
+def test_preprocess_stage_refuses_motion_regressors(rng):
+    from offline_training.train import MotionStage
+
+    st = MotionStage(rng.standard_normal((10, 4)).astype(np.float32), np.zeros((10, 6)), np.zeros(10))
+    with pytest.raises(ValueError, match="motion_regressors"):
+        preprocess_stage(st, PreprocessConfig(motion=True, motion_regressors=True), 1.5)
+
+
+def test_blas_threads_limits_numpy_and_scipy_blas():
+    from threadpoolctl import threadpool_info
+
+    from offline_training.train import blas_threads
+
+    with blas_threads(1):
+        blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+        assert len(blas) >= 2  # numpy's and scipy's OpenBLAS are separate libraries
+        assert all(i["num_threads"] == 1 for i in blas)

@@ -1,0 +1,142 @@
+"""``train()`` end to end on a tiny BIDS dataset, and its bundle run in a fresh process
+that may import nothing but numpy, onnxruntime and ``protocols`` (issue 6, item 4)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import soundfile as sf
+
+from music.embedding import Embedder, Embedding, register_embedder
+
+from conftest import REPO
+
+SR = 8000
+TR = 1.5
+N_VOL = 50
+SHAPE = (12, 12, 8)
+GENRES = ("jazz", "metal")
+
+
+class BandsEmbedder(Embedder):
+    """4-d embedding: log energy in 4 frequency bands per 3 s window (a stand-in for musicnn)."""
+
+    id, version, dim, sr, window_s = "tiny-bands", "1", 4, SR, 3.0
+
+    def __init__(self, hop_s: float = 3.0):
+        self.hop_s = hop_s
+
+    def embed(self, audio, sr):
+        win, hop = int(self.window_s * sr), int(round(self.hop_s * sr))
+        starts = np.arange(0, max(len(audio) - win, 0) + 1, hop)
+        rows = []
+        for s in starts:
+            spec = np.abs(np.fft.rfft(audio[s:s + win])) ** 2
+            rows.append([np.log(band.sum() + 1e-6) for band in np.array_split(spec, 4)])
+        return Embedding(windows=np.asarray(rows, np.float32), times_s=starts / sr)
+
+
+def _events(clips) -> str:
+    rows = ["onset\tduration\tgenre\ttrack\tstart\tend"]
+    for i, (genre, track) in enumerate(clips):
+        rows.append(f"{i * 15}\t15\t'{genre}'\t{track}\t2\t17")
+    return "\r\n".join(rows) + "\r\n"
+
+
+def _tiny_dataset(root, rng):
+    """2 Training runs of 4 clips, 2 Test runs repeating 4 other clips; voxels follow the clips."""
+    stim = root / "stimuli"
+    stim.mkdir(parents=True)
+    t = np.arange(30 * SR) / SR
+    clips = [(g, k) for k in range(6) for g in GENRES]  # 12 tracks
+    for genre, track in clips:
+        f0 = 150 * (1 + track) * (2 if genre == "metal" else 1)
+        sig = np.sin(2 * np.pi * f0 * t) + 0.3 * rng.standard_normal(len(t))
+        sf.write(stim / f"{genre}.{track:05d}.wav", (0.2 * sig).astype(np.float32), SR)
+    runs = {("Training", 1): clips[0:4], ("Training", 2): clips[4:8],
+            ("Test", 1): clips[8:12], ("Test", 2): clips[8:12][::-1]}
+    func = root / "sub-001" / "func"
+    func.mkdir(parents=True)
+    ii, jj, kk = np.meshgrid(*[np.arange(s, dtype=float) for s in SHAPE], indexing="ij")
+    brain = 1000 * np.exp(-(((ii - 5.5) / 4) ** 2 + ((jj - 5.5) / 4) ** 2 + ((kk - 3.5) / 3) ** 2))
+    tuning = rng.standard_normal(SHAPE + (4,)) * (brain[..., None] > 500)
+    emb = BandsEmbedder()
+    for (task, run), rclips in runs.items():
+        stem = f"sub-001_task-{task}_run-{run:02d}"
+        (func / f"{stem}_events.tsv").write_text(_events(rclips), newline="")
+        (func / f"{stem}_bold.json").write_text(json.dumps({"RepetitionTime": TR, "TaskName": task}))
+        drive = np.zeros((N_VOL, 4))
+        for i, (genre, track) in enumerate(rclips):
+            audio, _ = sf.read(stim / f"{genre}.{track:05d}.wav")
+            e = emb.embed(audio[2 * SR:17 * SR], SR).clip
+            drive[i * 10 + 3:(i + 1) * 10 + 3] = e - 5.0  # 10 TRs per clip, 3 TRs of delay
+        data = brain[..., None] + 3.0 * np.einsum("xyzk,tk->xyzt", tuning, drive)
+        data += 4 * rng.standard_normal(data.shape) + 100
+        img = nib.Nifti1Image(np.round(data).astype(np.int16), np.diag([3.0, 3.0, 3.0, 1.0]))
+        img.header.set_xyzt_units("mm", "sec")
+        img.header.set_zooms((3.0, 3.0, 3.0, TR))
+        nib.save(img, func / f"{stem}_bold.nii.gz")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from offline_training.train import TrainConfig, train
+
+    register_embedder("tiny-bands", lambda **kw: BandsEmbedder(**kw))
+    root = tmp_path_factory.mktemp("ds")
+    _tiny_dataset(root, np.random.default_rng(0))
+    out = root / "bundle"
+    cfg = TrainConfig(embedder="tiny-bands", n_voxels=60, motion=False, alphas=(0.1, 10.0, 1e3, 1e5))
+    metrics = train(str(root), str(out), cfg)
+    return root, out, metrics
+
+
+def test_train_writes_metrics_config_and_caches(trained):
+    root, out, m = trained
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("identification_accuracy", "identification_accuracy_ci95", "within_genre_identification_accuracy",
+                "within_genre_identification_accuracy_ci95", "genre_prior", "timings_s", "wall_s", "peak_rss_mb"):
+        assert key in saved and key in m
+    assert 0.0 <= saved["identification_accuracy"] <= 1.0
+    assert str(saved["causal"]["deviation_scale"]) in saved["causal"]["deviation_scale_cv_identification"]
+    assert "offline" not in saved  # the comparison is opt-in
+    assert json.loads((out / "config.json").read_text())["n_voxels"] == 60
+    assert len(list((root / "derivatives" / "b2m" / "preproc" / "sub-001").glob("*.npy"))) == 4
+    assert (out / "report.html").is_file()
+
+
+def test_trained_bundle_runs_in_a_fresh_process_with_only_numpy_onnxruntime_protocols(trained, tmp_path):
+    from realtime.decoder import Decoder
+
+    _, out, _ = trained
+    dec = Decoder(out)
+    x = np.random.default_rng(1).standard_normal((5, dec.input_dim)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    code = f"""
+import json, sys
+import numpy as np
+import onnxruntime as ort
+from protocols.bundle import validate_bundle
+
+manifest = validate_bundle({str(out)!r})
+mask = np.load({str(out / 'mask.npy')!r})
+assert mask.sum() * len(manifest["delays"]) == manifest["input_dim"]
+sess = ort.InferenceSession({str(out / 'decoder.onnx')!r}, providers=["CPUExecutionProvider"])
+y = sess.run(None, {{"x": np.load({str(tmp_path / 'x.npy')!r})}})[0]
+np.save({str(tmp_path / 'y.npy')!r}, y)
+# protocols' own dependencies: msgpack (wire headers), isal (CRC-32; Cython-built)
+allowed = {{"numpy", "onnxruntime", "protocols", "msgpack", "isal", "cython_runtime"}}
+loaded = {{name.split(".")[0] for name in list(sys.modules)}}
+extra = sorted(n for n in loaded - set(sys.stdlib_module_names) - allowed if not n.startswith("_"))
+print(json.dumps(extra))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == []  # not torch, sklearn, scipy, music, realtime...
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), dec.decode_batch(x), rtol=0, atol=1e-6)
