@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["corr_matrix", "identification_accuracy", "identification_per_clip", "nway_topk",
+__all__ = ["corr_matrix", "finite_mean", "identification_accuracy", "identification_per_clip", "nway_topk",
            "bootstrap_ci", "per_dim_correlation", "explainable_variance", "genre_prior_predictions",
            "retrieval_genre_agreement", "tag_agreement"]
 
@@ -74,7 +74,7 @@ def identification_per_clip(pred: np.ndarray, true: np.ndarray, *, genres=None,
 
 def identification_accuracy(pred, true, **kwargs) -> float:
     """Mean of :func:`identification_per_clip` over clips (chance 0.5)."""
-    return float(np.nanmean(identification_per_clip(pred, true, **kwargs)))
+    return finite_mean(identification_per_clip(pred, true, **kwargs))
 
 
 def nway_topk(pred: np.ndarray, true: np.ndarray, ks=(1, 5)) -> dict:
@@ -84,10 +84,19 @@ def nway_topk(pred: np.ndarray, true: np.ndarray, ks=(1, 5)) -> dict:
     return {f"top{k}": float(np.mean(rank < k)) for k in ks} | {"n_way": int(len(c))}
 
 
+def finite_mean(values) -> float:
+    """Mean of the finite values; NaN (silently) when there are none."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")
+
+
 def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of per-clip values (clips resampled)."""
     v = np.asarray(values, float)
     v = v[np.isfinite(v)]
+    if v.size == 0:  # e.g. within-genre with no two test clips of one genre: undefined, not an error
+        return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(1)
     lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])

@@ -508,7 +508,7 @@ def clip_metrics(presentations: dict[str, list[np.ndarray]], targets: StimulusTa
         "identification_accuracy": float(np.nanmean(per_clip)),
         "identification_accuracy_ci95": ev.bootstrap_ci(per_clip),
         "identification_accuracy_centred": ev.identification_accuracy(avg, true, centre=centre),
-        "within_genre_identification_accuracy": float(np.nanmean(within)),
+        "within_genre_identification_accuracy": ev.finite_mean(within),
         "within_genre_identification_accuracy_ci95": ev.bootstrap_ci(within),
         "nway": ev.nway_topk(avg, true, ks=(1, 5)),
         "per_dim_correlation_mean": float(np.mean(ev.per_dim_correlation(avg, true))),
@@ -533,7 +533,7 @@ def clip_metrics(presentations: dict[str, list[np.ndarray]], targets: StimulusTa
         "identification_accuracy": float(np.nanmean(prior_clip)),
         "identification_accuracy_ci95": ev.bootstrap_ci(prior_clip),
         "identification_accuracy_centred": ev.identification_accuracy(prior, true, centre=centre),
-        "within_genre_identification_accuracy": float(np.nanmean(prior_within)),
+        "within_genre_identification_accuracy": ev.finite_mean(prior_within),
         "within_genre_identification_accuracy_ci95": ev.bootstrap_ci(prior_within),
     }
     res["_arrays"] = {"pred": avg, "true": true, "keys": keys, "genres": genres, "corr": ev.corr_matrix(avg, true)}

@@ -238,6 +238,18 @@ def _checks(run, live: dict, targets) -> dict:
     }
 
 
+def _json_safe(o):
+    if isinstance(o, dict):
+        return {k: _json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_json_safe(v) for v in o]
+    if isinstance(o, (float, np.floating)):
+        return float(o) if math.isfinite(o) else None
+    if isinstance(o, np.integer):
+        return int(o)
+    return o
+
+
 def run_demo(cfg: DemoConfig, progress=lambda stage, done, total: None) -> dict:
     """Run every step; returns the summary (also written to ``OUT/summary.json``)."""
     os.makedirs(cfg.out, exist_ok=True)
@@ -293,7 +305,7 @@ def run_demo(cfg: DemoConfig, progress=lambda stage, done, total: None) -> dict:
 
     write_report(os.path.join(cfg.out, "report.html"), summary, checks["timeline"], live["results"], live["library"])
     with open(os.path.join(cfg.out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=float)
+        json.dump(_json_safe(summary), f, indent=2)  # strict JSON: an undefined figure is null, not NaN
     with open(os.path.join(cfg.out, "timeline.json"), "w") as f:
         json.dump(checks["timeline"], f)
     return summary
