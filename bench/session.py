@@ -110,6 +110,12 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _clip_cache_mb(engine) -> float:
+    """Samples held by the session's clip cache (bounded by its capacity), MB."""
+    clips = getattr(engine.clips, "_clips", {}) if engine.clips is not None else {}
+    return sum(getattr(c.source, "nbytes", 0) for c in list(clips.values())) / 1e6
+
+
 def rss_mb(pid="self") -> dict:
     """VmRSS and VmHWM (peak) of a process (this one by default), MB (1e6 bytes)."""
     out = {}
@@ -307,7 +313,8 @@ def _inprocess(vols, bundle_dir: str, lib_dir: str, *, n_runs: int, run_len: int
                 rows.append({**x.latency_ms, "run": r, "index": x.index, "action": x.action, "flagged": x.flagged})
             n += 1
             if n in checkpoints:
-                rss.append({"trs": n, **rss_mb(), "results_kept": len(engine.results), "runs_kept": len(engine.runs)})
+                rss.append({"trs": n, **rss_mb(), "results_kept": len(engine.results), "runs_kept": len(engine.runs),
+                            "clip_cache_mb": _clip_cache_mb(engine)})
             if anchor_every and n % anchor_every == 0:
                 for _ in range(3):
                     s = time.perf_counter()
@@ -383,6 +390,9 @@ def _inprocess(vols, bundle_dir: str, lib_dir: str, *, n_runs: int, run_len: int
         "rss_growth_mb_400_to_4000": (at(4000) - at(400)) if at(4000) is not None and at(400) is not None else None,
         "rss_growth_mb_400_to_end": (rss[-1]["rss_mb"] - at(400)) if at(400) is not None else None,
         "rss_slope_mb_per_1000_trs": slope,
+        "clip_cache_mb_at_400": next((p["clip_cache_mb"] for p in rss if p["trs"] == 400), None),
+        "clip_cache_mb_at_end": rss[-1]["clip_cache_mb"],
+        "clip_cache_capacity_clips": engine.clips.capacity if engine.clips is not None else None,
         "kept_per_run_preprocessor_array_mb": [b / 1e6 for b in per_run_bytes],
         "attribution": {"rss_mb_after_finish": after, "results_dropped": n_results,
                         "rss_mb_without_results": without_results,
@@ -729,6 +739,8 @@ def print_report(res: dict) -> None:
               f"{', '.join(_fmt(x, 1) for x in ip['kept_per_run_preprocessor_array_mb'])} MB; dropping the "
               f"{at['results_dropped']} kept results frees {_fmt(at['freed_mb_results'], 1)} MB of RSS, dropping the "
               f"finished runs' preprocessors {_fmt(at['freed_mb_finished_runs'], 1)} MB")
+        print(f"  clip cache (bounded: {ip['clip_cache_capacity_clips']} clips): {_fmt(ip['clip_cache_mb_at_400'], 1)} MB "
+              f"at 400 TRs, {_fmt(ip['clip_cache_mb_at_end'], 1)} MB at the end")
     pr = res.get("processes")
     if pr:
         if "error" in pr:
