@@ -123,17 +123,23 @@ def _cv_kernel(x, y, inverse, n_groups, alphas, score, progress, fit: bool, pred
             scores[i] += score(y[idx], y[idx] - e)
             if predict:
                 pred[idx] = y[idx] - e
-        if predict:  # keep the held-out predictions of each target's best alpha so far (argmax: first best)
-            better = scores[i] > scores[:i].max(0) if i else np.ones(y.shape[1], bool)
-            held[:, better] = pred[:, better]
-        if progress is not None:
-            progress(2 + i, 1 + len(alphas))
+        _after_alpha(i, scores, pred, held, predict, progress, len(alphas))
     scores /= n_groups
     best = alphas[np.argmax(scores, axis=0)]
     if not fit:
         return best, scores, None, held
     dual = q @ (qty / (lam[:, None] + best[None, :]))
     return best, scores, (xc.T @ dual, xm, ym), held
+
+
+def _after_alpha(i, scores, pred, held, predict, progress, n_alphas) -> None:
+    """After alpha ``i``: keep the held-out predictions of each target's best alpha so far
+    (argmax semantics: the first best wins) and report progress."""
+    if predict:
+        better = scores[i] > scores[:i].max(0) if i else np.ones(scores.shape[1], bool)
+        held[:, better] = pred[:, better]
+    if progress is not None:
+        progress(2 + i, 1 + n_alphas)
 
 
 class _GroupStats:
@@ -257,11 +263,7 @@ def _cv_primal_logo(x, y, inverse, n_groups, alphas, score, progress, fit: bool,
             scores[i] += score(y[idx], y[idx] - e)
             if predict:
                 pred[idx] = y[idx] - e
-        if predict:
-            better = scores[i] > scores[:i].max(0) if i else np.ones(y.shape[1], bool)
-            held[:, better] = pred[:, better]
-        if progress is not None:
-            progress(2 + i, 1 + len(alphas))
+        _after_alpha(i, scores, pred, held, predict, progress, len(alphas))
     scores /= n_groups
     best = alphas[np.argmax(scores, axis=0)]
     if not fit:
