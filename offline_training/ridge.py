@@ -110,36 +110,45 @@ def _cv_kernel(x, y, inverse, n_groups, alphas, score, progress, fit: bool, pred
     rows = [np.flatnonzero(inverse == g) for g in range(n_groups)]
     yc = y - ym
     qty = q.T @ yc  # (n, n_targets)
-    scores = np.zeros((len(alphas), y.shape[1]))
-    held = np.empty_like(y) if predict else None
-    pred = np.empty_like(y) if predict else None
-    for i, a in enumerate(alphas):
+
+    def per_alpha(a):
         d = a / (lam + a)
-        resid = q @ (d[:, None] * qty)  # (I - H) y, all samples
-        for g, idx in enumerate(rows):
-            qg = q[idx]
-            m = (qg * d) @ qg.T - 1.0 / n  # (I - H)_gg, positive definite for alpha > 0
-            e = _spd_solve(m, resid[idx])  # held-out residuals of group g
-            scores[i] += score(y[idx], y[idx] - e)
-            if predict:
-                pred[idx] = y[idx] - e
-        _after_alpha(i, scores, pred, held, predict, progress, len(alphas))
-    scores /= n_groups
-    best = alphas[np.argmax(scores, axis=0)]
+        # (I - H) y on all samples, and (I - H)_gg (positive definite for alpha > 0)
+        return q @ (d[:, None] * qty), lambda idx: (q[idx] * d) @ q[idx].T - 1.0 / n
+
+    best, scores, held = _leave_group_out(y, rows, alphas, per_alpha, score, progress, predict)
     if not fit:
         return best, scores, None, held
     dual = q @ (qty / (lam[:, None] + best[None, :]))
     return best, scores, (xc.T @ dual, xm, ym), held
 
 
-def _after_alpha(i, scores, pred, held, predict, progress, n_alphas) -> None:
-    """After alpha ``i``: keep the held-out predictions of each target's best alpha so far
-    (argmax semantics: the first best wins) and report progress."""
-    if predict:
-        better = scores[i] > scores[:i].max(0) if i else np.ones(scores.shape[1], bool)
-        held[:, better] = pred[:, better]
-    if progress is not None:
-        progress(2 + i, 1 + n_alphas)
+def _leave_group_out(y, rows, alphas, per_alpha, score, progress, predict: bool):
+    """Score every alpha by leaving each group out, from the full fit's residuals.
+
+    ``per_alpha(a)`` returns ``(I - H) y`` on all samples and a function
+    giving the block ``(I - H)_gg`` of a group's rows; the held-out
+    residuals of group g are ``(I - H)_gg^-1 r_g``. Returns the best alpha
+    per target (argmax: the first best wins), the mean scores per alpha and,
+    with ``predict``, each target's held-out predictions at its best alpha.
+    """
+    scores = np.zeros((len(alphas), y.shape[1]))
+    held = np.empty_like(y) if predict else None
+    pred = np.empty_like(y) if predict else None
+    for i, a in enumerate(alphas):
+        resid, block = per_alpha(a)
+        for idx in rows:
+            e = _spd_solve(block(idx), resid[idx])  # held-out residuals of this group
+            scores[i] += score(y[idx], y[idx] - e)
+            if predict:
+                pred[idx] = y[idx] - e
+        if predict:
+            better = scores[i] > scores[:i].max(0) if i else np.ones(y.shape[1], bool)
+            held[:, better] = pred[:, better]
+        if progress is not None:
+            progress(2 + i, 1 + len(alphas))
+    scores /= len(rows)
+    return alphas[np.argmax(scores, axis=0)], scores, held
 
 
 class _GroupStats:
@@ -250,22 +259,12 @@ def _cv_primal_logo(x, y, inverse, n_groups, alphas, score, progress, fit: bool,
     rows = [np.flatnonzero(inverse == g) for g in range(n_groups)]
     yc = y - ym
     uty = u.T @ yc
-    scores = np.zeros((len(alphas), y.shape[1]))
-    held = np.empty_like(y) if predict else None
-    pred = np.empty_like(y) if predict else None
-    for i, a in enumerate(alphas):
+
+    def per_alpha(a):
         f = lk / (lk + a)
-        resid = yc - u @ (f[:, None] * uty)  # (I - H) y
-        for g, idx in enumerate(rows):
-            ug = u[idx]
-            m = np.eye(len(idx)) - 1.0 / n - (ug * f) @ ug.T  # (I - H)_gg
-            e = _spd_solve(m, resid[idx])
-            scores[i] += score(y[idx], y[idx] - e)
-            if predict:
-                pred[idx] = y[idx] - e
-        _after_alpha(i, scores, pred, held, predict, progress, len(alphas))
-    scores /= n_groups
-    best = alphas[np.argmax(scores, axis=0)]
+        return yc - u @ (f[:, None] * uty), lambda idx: np.eye(len(idx)) - 1.0 / n - (u[idx] * f) @ u[idx].T
+
+    best, scores, held = _leave_group_out(y, rows, alphas, per_alpha, score, progress, predict)
     if not fit:
         return best, scores, None, held
     coef = v @ ((v.T @ (xc.T @ yc)) / (lam[:, None] + best[None, :]))
