@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 
 import numpy as np
 
+from realtime.session.report import png_base64
+
 GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
-
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _truth_figure(timeline: list[dict], summary: dict) -> list[tuple[str, str]]:
@@ -39,14 +33,14 @@ def _truth_figure(timeline: list[dict], summary: dict) -> list[tuple[str, str]]:
     ax.set_xlabel("time in the run (s)")
     ax.set_title(f"Genre over time: agreement {summary.get('retrieved_genre_agreement') or 0:.2f} (chance 0.10)")
     ax.legend(loc="upper right", fontsize=8)
-    figs.append(("Decoded vs true genre over time", _png(fig)))
+    figs.append(("Decoded vs true genre over time", png_base64(fig)))
     plt.close(fig)
     return figs
 
 
 def write_report(path: str, summary: dict, timeline: list[dict], results, library) -> str:
     """The demo page: headline figures, decoded vs true genre, then the session's own figures."""
-    from realtime.session.report import session_figures
+    from realtime.session.report import html_page, session_figures
 
     rows = [
         ("Live identification accuracy (heard clips of the Test run, 1 = perfect, 0.5 = chance)",
@@ -64,23 +58,13 @@ def write_report(path: str, summary: dict, timeline: list[dict], results, librar
          f"{summary['counts']['holds']}"),
         ("Wall time per step (s)", ", ".join(f"{k} {v}" for k, v in summary["step_wall_s"].items())),
     ]
-    table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    figs = "\n".join(f"<h2>{html.escape(t)}</h2><img src='data:image/png;base64,{b}' alt='{html.escape(t)}'>"
-                     for t, b in _truth_figure(timeline, summary) + session_figures(results, library))
     wav = summary["paths"].get("feedback_wav")
-    audio = (f"<h2>What the participant heard</h2><p><code>{html.escape(wav)}</code></p>" if wav else "")
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>brain2music-rt demo</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
-th{{text-align:left;padding:4px 12px 4px 0;font-weight:normal;color:#555}}td{{font-weight:bold}}
-img{{max-width:100%}}</style></head><body>
-<h1>brain2music-rt demo: a simulated participant, decoded live</h1>
-<p>A simulated participant (ds003720's design) was scanned in simulation; a decoder was trained on the
-Training runs; the Test run was then replayed over a real loopback socket into the live session, which
-decoded every TR and chose the music.</p>
-<table>{table}</table>
-{figs}
-{audio}
-</body></html>"""
+    audio = (f"<h2>What the participant heard</h2><p><code>{html.escape(wav)}</code></p>\n" if wav else "")
+    intro = ("<p>A simulated participant (ds003720's design) was scanned in simulation; a decoder was trained on "
+             "the Training runs; the Test run was then replayed over a real loopback socket into the live "
+             "session, which decoded every TR and chose the music.</p>\n")
+    page = html_page("brain2music-rt demo", "brain2music-rt demo: a simulated participant, decoded live", rows,
+                     _truth_figure(timeline, summary) + session_figures(results, library), intro, audio)
     with open(path, "w") as f:
         f.write(page)
     return path

@@ -13,10 +13,25 @@ import io
 
 import numpy as np
 
-__all__ = ["session_figures", "write_session_report"]
+__all__ = ["session_figures", "write_session_report", "png_base64", "html_page"]
+
+_STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}\n"
+          "th{text-align:left;padding:4px 12px 4px 0;font-weight:normal;color:#555}td{font-weight:bold}\n"
+          "img{max-width:100%}")
 
 
-def _png(fig) -> str:
+def html_page(title: str, heading: str, rows, figures, intro: str = "", extra: str = "") -> str:
+    """A self-contained page: a heading, a two-column table of ``rows``, then each ``(title, PNG)`` figure."""
+    table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    figs = "\n".join(f"<h2>{html.escape(t)}</h2><img src='data:image/png;base64,{b}' alt='{html.escape(t)}'>"
+                     for t, b in figures)
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>\n'
+            f"<style>{_STYLE}</style></head><body>\n<h1>{html.escape(heading)}</h1>\n{intro}"
+            f"<table>{table}</table>\n{figs}\n{extra}</body></html>")
+
+
+def png_base64(fig) -> str:
+    """A matplotlib figure as a base64 PNG (for :func:`html_page`)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     return base64.b64encode(buf.getvalue()).decode("ascii")
@@ -53,7 +68,7 @@ def session_figures(results, library, fd_threshold_mm: float = 0.5) -> list[tupl
         ax.set_yticks(range(len(labels)), labels)
         ax.set_title(f"{run_id}: genre (or source) of the clip playing", fontsize=10)
     axes[-1, 0].set_xlabel("volume")
-    figs.append(("Music over time", _png(fig)))
+    figs.append(("Music over time", png_base64(fig)))
     plt.close(fig)
 
     stages = [s for s in ("preprocessed", "decoded", "decided", "audio_scheduled", "total")
@@ -65,7 +80,7 @@ def session_figures(results, library, fd_threshold_mm: float = 0.5) -> list[tupl
     ax.set_yscale("log")
     ax.set_ylabel("ms (whiskers p1-p99)")
     ax.set_title("Latency per stage, from the volume's arrival")
-    figs.append(("Latency per TR", _png(fig)))
+    figs.append(("Latency per TR", png_base64(fig)))
     plt.close(fig)
 
     fd = [(k, r.fd_mm) for k, r in enumerate(results) if r.fd_mm is not None]
@@ -81,7 +96,7 @@ def session_figures(results, library, fd_threshold_mm: float = 0.5) -> list[tupl
         ax.set_xlabel("TR (all runs in order)")
         ax.set_ylabel("FD (mm)")
         ax.legend(fontsize=8)
-        figs.append(("Head motion", _png(fig)))
+        figs.append(("Head motion", png_base64(fig)))
         plt.close(fig)
     return figs
 
@@ -97,13 +112,8 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
              f"p50 {lat.get('p50', float('nan')):.2f} ms, p99 {lat.get('p99', float('nan')):.2f} ms"),
             ("Audio underruns", str(summary.get("audio_underruns"))),
             ("Runs ended", ", ".join(summary.get("runs_ended") or []) or "-")]
-    table = "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    figs = "\n".join(f"<h2>{html.escape(t)}</h2><img src='data:image/png;base64,{b}' alt='{html.escape(t)}'>"
-                     for t, b in (session_figures(results, library, fd_threshold_mm) if results else []))
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>b2m session report</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
-th{{text-align:left;padding:4px 12px 4px 0;font-weight:normal;color:#555}}td{{font-weight:bold}}
-img{{max-width:100%}}</style></head><body><h1>Session report</h1><table>{table}</table>{figs}</body></html>"""
+    page = html_page("b2m session report", "Session report", rows,
+                     session_figures(results, library, fd_threshold_mm) if results else [])
     with open(path, "w") as f:
         f.write(page)
     return path
