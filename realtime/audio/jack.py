@@ -100,14 +100,10 @@ def _server_up(name: str) -> bool:
 
 
 def _portaudio_sees_jack() -> bool:
-    import sounddevice as sd
+    from ._device import list_output_devices, refresh_devices
 
-    if sd._initialized > 0:
-        sd._terminate()
-    sd._initialize()
-    apis = sd.query_hostapis()
-    return any("JACK" in apis[d["hostapi"]]["name"] and d["max_output_channels"] > 0
-               for d in sd.query_devices())
+    refresh_devices()  # PortAudio lists devices once, at initialisation
+    return any("JACK" in d["hostapi"] for d in list_output_devices())
 
 
 def start_jackd(log_dir: str, rate: int = JACK_RATE, period: int = JACK_PERIOD,
