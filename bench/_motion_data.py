@@ -190,3 +190,38 @@ def rician(volume, sigma: float, rng) -> np.ndarray:
     re = volume + rng.normal(0.0, sigma, volume.shape)
     im = rng.normal(0.0, sigma, volume.shape)
     return np.hypot(re, im)
+
+
+def moving_run(n: int, *, seed: int, tsnr: float, clean: bool = False, log=None) -> dict:
+    """A stand-in run with known motion: the baseline moved along a typical trajectory, Rician noise.
+
+    Returns ``base, affine, brain, gm`` (:func:`build_baseline`), ``params``
+    (n, 6) the true motion, ``sigma`` the noise per channel, ``noisy``
+    (n, x, y, z) int16, and with ``clean`` also the noise-free float32 volumes.
+    Seeds: baseline ``seed``, trajectory ``seed + 1``, noise ``seed + 2``.
+    """
+    base, affine, brain, gm = build_baseline(seed=seed)
+    mover = Mover(base, affine)
+    params = typical_trajectory(n, seed=seed + 1)
+    sigma = float(np.median(base[brain])) / tsnr
+    rng = np.random.default_rng(seed + 2)
+    out = {"base": base, "affine": affine, "brain": brain, "gm": gm, "params": params, "sigma": sigma,
+           "noisy": np.empty((n,) + base.shape, np.int16),
+           "clean": np.empty((n,) + base.shape, np.float32) if clean else None}
+    for t in range(n):
+        v = mover(params[t])
+        if clean:
+            out["clean"][t] = v
+        out["noisy"][t] = np.clip(np.rint(rician(v, sigma, rng)), 0, 32767)
+        if log is not None and t % 50 == 49:
+            log(f"  generated {t + 1}/{n} volumes")
+    return out
+
+
+def grey_mask(brain, gm, n_voxels: int) -> np.ndarray:
+    """The ``n_voxels`` most grey voxels of the brain, as a mask (a model's realistic voxel set)."""
+    score = np.where(brain, gm, -1.0).ravel()
+    keep = np.argpartition(score, -n_voxels)[-n_voxels:]
+    mask = np.zeros(score.size, bool)
+    mask[keep] = True
+    return mask.reshape(brain.shape)

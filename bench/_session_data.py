@@ -78,21 +78,10 @@ def volumes(n_unique: int, seed: int = 0) -> Volumes:
     if not os.path.exists(done):
         t0 = time.perf_counter()
         _log(f"building {n_unique} full-grid volumes with motion (cached in {folder})...")
-        base, affine, brain, gm = md.build_baseline(seed=seed)
-        mover = md.Mover(base, affine)
-        params = md.typical_trajectory(n_unique, seed=seed + 1)
-        sigma = float(np.median(base[brain])) / TSNR
-        rng = np.random.default_rng(seed + 2)
-        data = np.empty((n_unique,) + base.shape, np.int16)
-        for t in range(n_unique):
-            data[t] = np.clip(np.rint(md.rician(mover(params[t]), sigma, rng)), 0, 32767)
-            if t % 20 == 19:
-                _log(f"  {t + 1}/{n_unique} volumes")
-        score = np.where(brain, gm, -1.0).ravel()
-        keep = np.argpartition(score, -MASK_VOXELS)[-MASK_VOXELS:]
-        mask = np.zeros(base.size, bool)
-        mask[keep] = True
-        mask = mask.reshape(base.shape)
+        run = md.moving_run(n_unique, seed=seed, tsnr=TSNR, log=_log)
+        base, affine, brain, params, sigma, data = (run[k] for k in ("base", "affine", "brain", "params", "sigma",
+                                                                     "noisy"))
+        mask = md.grey_mask(brain, run["gm"], MASK_VOXELS)
         os.makedirs(folder, exist_ok=True)
         np.save(os.path.join(folder, "data.npy"), data)
         np.save(os.path.join(folder, "mask.npy"), mask)

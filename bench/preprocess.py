@@ -190,29 +190,14 @@ def _mean_corr(x: np.ndarray, s: np.ndarray) -> float:
 def make_run(n: int, *, seed: int):
     """Baseline, trajectory and both conditions of the stand-in run."""
     t0 = time.perf_counter()
-    base, affine, brain, gm = md.build_baseline(seed=seed)
-    mover = md.Mover(base, affine)
-    true = md.typical_trajectory(n, seed=seed + 1)
-    sigma = float(np.median(base[brain])) / TSNR
-    rng = np.random.default_rng(seed + 2)
-    clean = np.empty((n,) + base.shape, np.float32)
-    noisy = np.empty((n,) + base.shape, np.int16)
-    for t in range(n):
-        v = mover(true[t])
-        clean[t] = v
-        noisy[t] = np.clip(np.rint(md.rician(v, sigma, rng)), 0, 32767)
-        if t % 50 == 49:
-            _log(f"  generated {t + 1}/{n} volumes")
+    run = md.moving_run(n, seed=seed, tsnr=TSNR, clean=True, log=_log)
+    base, affine, brain, gm = run["base"], run["affine"], run["brain"], run["gm"]
+    true, sigma, clean, noisy = run["params"], run["sigma"], run["clean"], run["noisy"]
     # temporal SNR of the noise actually added, in the brain (median over voxels)
     k = min(n, 20)
     diff = noisy[:k].astype(np.float32) - clean[:k]
     tsnr = np.median(noisy[:k].mean(axis=0)[brain] / np.maximum(diff.std(axis=0)[brain], 1e-6))
-    # the model's mask: the MASK_VOXELS most grey voxels of the brain
-    score = np.where(brain, gm, -1.0).ravel()
-    keep = np.argpartition(score, -MASK_VOXELS)[-MASK_VOXELS:]
-    mask = np.zeros(base.size, bool)
-    mask[keep] = True
-    mask = mask.reshape(base.shape)
+    mask = md.grey_mask(brain, gm, MASK_VOXELS)  # the model's mask
     info = {"shape": list(base.shape), "voxel_mm": md.VOXEL_MM, "affine": affine.tolist(), "n_volumes": n,
             "brain_voxels": int(brain.sum()), "mask_voxels": int(mask.sum()),
             "baseline_brain_p5_p50_p95": [float(x) for x in np.percentile(base[brain], [5, 50, 95])],
