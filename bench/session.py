@@ -235,6 +235,40 @@ def _message(vols, run_id: str, i: int, n: int, tr_s: float):
                          t_acquired=time.time())
 
 
+class _Rows:
+    """Per-result latency rows in preallocated arrays, so the bench's own bookkeeping does not
+    grow the RSS it measures (a dict per TR would add ~1 kB a TR). ``dicts()`` at the end."""
+
+    _ACTIONS = ("neutral", "keep", "switch", "hold", "error")
+
+    def __init__(self, capacity: int):
+        self.n = 0
+        self.lat = np.full((capacity, len(STAGES)), np.nan)
+        self.meta = np.zeros((capacity, 4), np.int64)  # run, index, action code, flagged
+
+    def add(self, x, run: int) -> None:
+        if self.n == len(self.lat):  # more results than volumes (a late burst): grow once
+            self.lat = np.vstack([self.lat, np.full_like(self.lat, np.nan)])
+            self.meta = np.vstack([self.meta, np.zeros_like(self.meta)])
+        for j, k in enumerate(STAGES):
+            if k in x.latency_ms:
+                self.lat[self.n, j] = x.latency_ms[k]
+        self.meta[self.n] = (run, x.index, self._ACTIONS.index(x.action), x.flagged)
+        self.n += 1
+
+    def recent_total_p50(self, k: int) -> float:
+        return float(np.nanmedian(self.lat[max(0, self.n - k): self.n, STAGES.index("total")]))
+
+    def dicts(self) -> list[dict]:
+        out = []
+        for i in range(self.n):
+            d = {k: float(v) for k, v in zip(STAGES, self.lat[i]) if not np.isnan(v)}
+            run, index, action, flagged = (int(v) for v in self.meta[i])
+            d.update(run=run, index=index, action=self._ACTIONS[action], flagged=bool(flagged))
+            out.append(d)
+        return out
+
+
 def _stage_stats(lat_rows: list[dict]) -> dict:
     return {k: summarize([r[k] for r in lat_rows if k in r]) for k in STAGES}
 
@@ -284,7 +318,7 @@ def _inprocess(vols, bundle_dir: str, lib_dir: str, *, n_runs: int, run_len: int
         rt = None
     x_anchor = np.random.default_rng(5).standard_normal(decoder.input_dim).astype(np.float32)
     decoder.decode(x_anchor)
-    rows: list[dict] = []
+    rows = _Rows(n_runs * run_len + 64)
     call_ms: list[float] = []
     cpu_ms: list[float] = []
     first_call_ms: list[float] = []
@@ -310,7 +344,7 @@ def _inprocess(vols, bundle_dir: str, lib_dir: str, *, n_runs: int, run_len: int
             if i:
                 cpu_ms.append(1e3 * (u1 - u0))
             for x in res:
-                rows.append({**x.latency_ms, "run": r, "index": x.index, "action": x.action, "flagged": x.flagged})
+                rows.add(x, r)
             n += 1
             if n in checkpoints:
                 rss.append({"trs": n, **rss_mb(), "results_kept": len(engine.results), "runs_kept": len(engine.runs),
@@ -323,11 +357,12 @@ def _inprocess(vols, bundle_dir: str, lib_dir: str, *, n_runs: int, run_len: int
             if rt is not None and n % rtspm_every == 0:
                 rtspm_ms.append(1e3 * rt.update(vols.volume(i)))
             if n % 200 == 0:
-                _log(f"  {n}/{n_total} TRs, total p50 {np.median([x['total'] for x in rows[-200:]]):.1f} ms, "
+                _log(f"  {n}/{n_total} TRs, total p50 {rows.recent_total_p50(200):.1f} ms, "
                      f"RSS {rss[-1]['rss_mb']:.0f} MB")
     wall_s = time.perf_counter() - t_wall0
     engine.finish()
     stats = engine.stats()
+    # the engine keeps only its newest results; every error is counted, and kept in the decision logs
     errors = [x for x in engine.results if x.action == "error"]
 
     # memory the engine keeps: per finished run, and the result list; then give it back and see what returns
@@ -348,6 +383,7 @@ def _inprocess(vols, bundle_dir: str, lib_dir: str, *, n_runs: int, run_len: int
     gc.collect()
     _malloc_trim()
     without_runs = rss_mb()["rss_mb"]
+    rows = rows.dicts()
 
     def at(trs):
         for p in rss:
@@ -379,7 +415,7 @@ def _inprocess(vols, bundle_dir: str, lib_dir: str, *, n_runs: int, run_len: int
         "blas_threads": blas_threads,
         "first_volume_of_run_call_ms": summarize(first_call_ms),
         "counts": stats["counts"], "clips": stats.get("clips"), "audio": stats.get("audio"),
-        "errors": [x.clip for x in errors][:5],
+        "errors": {"n": int(stats["counts"]["errors"]), "latest_clips": [x.clip for x in errors][:5]},
         "anchors": {
             "bare_decoder_ms": summarize(bare_ms),
             "rtspm_realign_ms": summarize(rtspm_ms),

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -39,6 +39,8 @@ SESSION_FORMAT = "b2m-session-record"
 # many volumes, zero-filled by steps of at most this many, allowing this many
 # bytes for each record's msgpack header.
 _HEADER_ALLOWANCE = 1024
+# the per-volume header fields kept in memory (see RunRecord._absorb); the log has them all
+_PER_VOLUME_KEYS = ("kind", "run_id", "index", "n_volumes", "order", "t_acq", "t_send", "t_recv", "crc32")
 _RESERVE_AHEAD = 16
 _RESERVE_STEP = 4
 SESSION_VERSION = 1
@@ -68,7 +70,10 @@ class RunRecord:
     n_volumes : int or None
         Expected volume count (from run_start, a volume header or run_end).
     received : dict of int -> Record
-        Volume index -> where its record lies in the log.
+        Volume index -> where its record lies in the log. Its ``header`` holds
+        only the per-volume fields (timestamps, CRC, index); the shape, dtype,
+        affine and TR are in ``geometry`` (a volume's own affine or TR is kept
+        only where it differs).
     ended : bool
         A run_end record was received.
     """
@@ -108,7 +113,14 @@ class RunRecord:
                 self.geometry = {k: header[k] for k in ("shape", "dtype", "order", "affine", "tr_s")}
             if header.get("n_volumes") is not None and self.n_volumes is None:
                 self.n_volumes = header["n_volumes"]
-            self.received[header["index"]] = rec
+            # Per volume, only what varies is kept in memory; the geometry is kept once, and a
+            # volume's affine or TR only when it differs from the run's (prospective motion
+            # correction): a long session's index stays small (~0.4 kB a volume, not ~1.3 kB).
+            slim = {k: header[k] for k in _PER_VOLUME_KEYS if k in header}
+            for k in ("affine", "tr_s"):
+                if k in header and header[k] != self.geometry[k]:
+                    slim[k] = header[k]
+            self.received[header["index"]] = replace(rec, header=slim)
         elif kind == "run_end":
             self.ended = True
             if self.n_volumes is None:

@@ -16,6 +16,7 @@ import logging
 import socket
 import threading
 
+import numpy as np
 import zmq
 
 from protocols.wire import Result, encode
@@ -50,13 +51,18 @@ class ResultsPublisher:
 
 
 def pyneal_payload(result: Result) -> dict:
-    """The dict a Pyneal client gets for a volume (``foundResults`` added by the server)."""
+    """The dict a Pyneal client gets for a volume (``foundResults`` added by the server).
+
+    The embedding stays a float32 array (~0.8 kB a TR; a list of Python floats
+    would be ~6.5 kB) and becomes a JSON list, rounded to 6 decimals, when a
+    client asks.
+    """
     out = {"action": result.action, "clip": result.clip, "decodedIndex": result.decoded_index,
            "fd": result.fd_mm, "flagged": result.flagged}
     if result.topk:
         out["topClip"], out["topScore"] = result.topk[0]
     if result.embedding is not None:
-        out["embedding"] = [round(float(v), 6) for v in result.embedding]
+        out["embedding"] = np.array(result.embedding, np.float32)
     return out
 
 
@@ -81,6 +87,7 @@ class PynealResultsServer:
         self._thread.start()
 
     def store(self, index: int, payload: dict) -> None:
+        """Keep ``payload`` (:func:`pyneal_payload`) for requests about volume ``index``."""
         with self._lock:
             self._results[int(index)] = payload
 
@@ -103,7 +110,12 @@ class PynealResultsServer:
             else:
                 with self._lock:
                     found = self._results.get(idx)
-                reply = {"foundResults": True, **found} if found is not None else {"foundResults": False}
+                if found is None:
+                    reply = {"foundResults": False}
+                else:
+                    reply = {"foundResults": True, **found}
+                    if isinstance(reply.get("embedding"), np.ndarray):
+                        reply["embedding"] = [round(float(v), 6) for v in reply["embedding"]]
             conn.sendall((json.dumps(reply) + "\n").encode())
         except OSError as e:
             log.debug("results client dropped: %s", e)

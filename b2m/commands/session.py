@@ -169,10 +169,11 @@ def run_live(args) -> int:
     summary = session_summary(engine, ended)
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
+    from realtime.session.decisions import session_results
     from realtime.session.report import write_session_report
 
     try:
-        write_session_report(os.path.join(args.out, "report.html"), summary, list(engine.results), library,
+        write_session_report(os.path.join(args.out, "report.html"), summary, session_results(args.out), library,
                              engine.preprocess.motion_config.fd_threshold_mm)
     except Exception:  # the record and summary are written; a plotting problem must not hide them
         log.exception("could not write %s", os.path.join(args.out, "report.html"))

@@ -20,7 +20,7 @@ import numpy as np
 
 from protocols.record import RecordLog, scan_records
 
-__all__ = ["DecisionLog", "read_decisions", "decisions_path"]
+__all__ = ["DecisionLog", "read_decisions", "decisions_path", "session_results"]
 
 
 def decisions_path(session_dir, run_id: str) -> str:
@@ -51,4 +51,33 @@ def read_decisions(path: str) -> list[dict]:
         h = dict(rec.header)
         h["embedding"] = np.frombuffer(rec.payload, "<f4").copy() if rec.payload else None
         out.append(h)
+    return out
+
+
+def session_results(session_dir) -> list:
+    """Every decision of a session as :class:`protocols.wire.Result`, runs in the order they started.
+
+    This is how the whole session is seen after the fact (reports): the engine
+    itself keeps only its newest results in memory.
+    """
+    from dataclasses import fields
+
+    from protocols.wire import Result
+
+    names = {f.name for f in fields(Result) if f.init}
+    runs_dir = os.path.join(os.fspath(session_dir), "runs")
+    per_run = []
+    for run_id in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
+        path = decisions_path(session_dir, run_id)
+        if os.path.exists(path):
+            ds = read_decisions(path)
+            if ds:
+                per_run.append((float(ds[0].get("offset_s") or 0.0), run_id, ds))
+    out = []
+    for _, _, ds in sorted(per_run, key=lambda t: (t[0], t[1])):
+        for d in ds:
+            kw = {k: v for k, v in d.items() if k in names}
+            kw["topk"] = [tuple(t) for t in kw.get("topk") or []]
+            kw["tags"] = [tuple(t) for t in kw.get("tags") or []]
+            out.append(Result(**kw))
     return out

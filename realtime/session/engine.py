@@ -94,6 +94,9 @@ class _Run:
     n_decoded: int = 0
 
 
+RESULTS_KEPT = 600  # results held in memory: 15 min at TR 1.5 s
+
+
 class SessionEngine:
     """Volumes in order -> preprocessing -> decoder -> policy -> audio, results and record.
 
@@ -145,8 +148,9 @@ class SessionEngine:
         self._last_cmd_frame = 0
         self._catching_up = False
         self._logged: set = set()
-        # kept for the report and dashboard: ~0.7 kB a TR; 20,000 TRs is over 8 hours at TR 1.5 s
-        self.results: deque[Result] = deque(maxlen=20000)
+        # the newest results, for the dashboard and callers; the whole session is in the decisions
+        # logs (``session_results``), so memory stays flat however long the session runs
+        self.results: deque[Result] = deque(maxlen=RESULTS_KEPT)
         self.latency_ms = {s: deque(maxlen=2000) for s in STAGES[1:] + ("total",)}
         self.counts = {"volumes": 0, "decoded": 0, "switches": 0, "holds": 0, "errors": 0, "stand_ins": 0,
                        "late": 0}

@@ -61,10 +61,11 @@ def recorded_volumes(session_dir):
             items.append((float(r.header.get("t_recv", 0.0)), r.offset, run, index))
     items.sort(key=lambda t: (t[0], t[1]))
     for t_recv, _, run, index in items:
-        h = run.received[index].header
+        h, g = run.received[index].header, run.geometry
         data = run.volume(index)
         msg = VolumeMessage(run_id=run.run_id, index=index, data=data,
-                            affine=np.asarray(h["affine"], float).reshape(4, 4), tr_s=float(h["tr_s"]),
+                            affine=np.asarray(h.get("affine", g["affine"]), float).reshape(4, 4),
+                            tr_s=float(h.get("tr_s", g["tr_s"])),
                             n_volumes=h.get("n_volumes"), t_acquired=float(h.get("t_acq") or 0.0))
         yield msg, t_recv
 

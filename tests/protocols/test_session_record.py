@@ -180,3 +180,27 @@ def test_session_record_unreadable_session_json_raises_record_error(tmp_path):
     (tmp_path / "session.json").write_text("not json at all")
     with pytest.raises(RecordError):
         SessionRecord(tmp_path)
+
+
+def test_per_volume_index_keeps_only_what_varies_and_a_changed_affine(rng, tmp_path):
+    vols = _volumes(rng, 3, "C")
+    rec = SessionRecord(tmp_path, sync=False)
+    _append_volume(rec, "run1", 0, vols[0], n_volumes=3)
+    _append_volume(rec, "run1", 1, vols[1], n_volumes=3)
+    moved = AFFINE.copy()
+    moved[0, 3] += 0.5  # a scanner with prospective motion correction updates the affine mid-run
+    frames = [bytes(f) for f in encode(VolumeMessage("run1", 2, vols[2], moved, TR, n_volumes=3, t_acquired=1.7e9))]
+    rec.append_volume(decode(frames), frames[1], t_recv=1.7e9 + 2.01, order="C")
+    rec.close()
+    for r in (rec, SessionRecord(tmp_path, sync=False)):  # live, and reopened
+        run = r.runs["run1"]
+        h0, h2 = run.received[0].header, run.received[2].header
+        assert "affine" not in h0 and "shape" not in h0 and h0["t_recv"] == pytest.approx(1.7e9 + 0.01)
+        assert h2["affine"] == moved.ravel().tolist()
+        assert run.geometry["affine"] == AFFINE.ravel().tolist()
+    from realtime.session.replay import recorded_volumes
+
+    got = {m.index: m for m, _ in recorded_volumes(tmp_path)}
+    np.testing.assert_array_equal(got[0].affine, AFFINE)
+    np.testing.assert_array_equal(got[2].affine, moved)
+    assert np.array_equal(got[2].data, vols[2])

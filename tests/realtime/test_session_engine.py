@@ -117,6 +117,26 @@ def test_decisions_are_recorded_and_a_replay_reproduces_them(kit, tmp_path):
     assert report["n_compared"] == 40 and report["embedding_max_abs_diff"] == 0.0
 
 
+def test_the_whole_session_is_read_back_while_memory_keeps_only_the_newest(kit, tmp_path, monkeypatch):
+    from realtime.session import engine as engine_mod
+    from realtime.session.decisions import session_results
+
+    monkeypatch.setattr(engine_mod, "RESULTS_KEPT", 8)
+    eng, results, _ = run_engine(kit, tmp_path)
+    assert len(results) == 40 and len(eng.results) == 8
+    assert [r.index for r in eng.results] == list(range(32, 40))
+    back = session_results(tmp_path / "session")
+    assert [(r.run_id, r.index, r.action, r.clip, r.decoded_index) for r in back] == \
+        [(r.run_id, r.index, r.action, r.clip, r.decoded_index) for r in results]
+    assert [r.latency_ms for r in back] == [r.latency_ms for r in results]
+    assert [r.topk for r in back] == [list(r.topk) for r in results]
+    for a, b in zip(back, results):
+        if b.embedding is None:
+            assert a.embedding is None
+        else:
+            np.testing.assert_array_equal(a.embedding, b.embedding)
+
+
 def test_a_changed_policy_is_caught_by_the_replay(kit, tmp_path):
     run_engine(kit, tmp_path)
     from protocols.session import SessionRecord
