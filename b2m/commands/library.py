@@ -41,6 +41,9 @@ def add_parser(sub) -> None:
     s.add_argument("-k", type=int, default=10, help="how many results (default 10)")
     s.add_argument("--backend", default="auto", choices=["auto", "exact", "faiss"])
     s.add_argument("--json", action="store_true", help="print results as JSON lines")
+    s.add_argument("--relevant", metavar="GENRE_OR_SOURCE",
+                   help="also print precision@k, counting a hit relevant when its genre (or, without one, "
+                        "its source) is this, e.g. jazz or music21")
     s.set_defaults(func=run_search)
 
     e = lsub.add_parser("eval", help="k-NN genre accuracy of a library's embeddings (5-fold, cosine)",
@@ -105,6 +108,12 @@ def run_search(args) -> int:
             vec = np.load(args.vector)
             query = f"vector {args.vector}"
         hits = lib.search(vec, args.k)
+    if args.relevant:
+        from music.library.evaluate import precision_at_k
+
+        rel = [(c.genre or c.source) == args.relevant for c, _ in hits]
+        print(f"precision@{args.k} ({args.relevant}): {precision_at_k(rel, args.k):.2f} "
+              f"({sum(rel)} of the top {len(hits)})", file=sys.stderr)
     if args.json:
         for rank, (c, s) in enumerate(hits, 1):
             print(json.dumps({"rank": rank, "id": c.id, "score": round(s, 6), "genre": c.genre,

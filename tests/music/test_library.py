@@ -139,6 +139,12 @@ def test_cli_library_build_and_search(tmp_path, sources, b2m_proc):
     assert s.wait(timeout=120) == 0, s.stderr()
     rows = [json.loads(line) for line in s.stdout().splitlines()]
     assert [r["rank"] for r in rows] == [1, 2] and rows[0]["score"] > 0.99
+    src = rows[0]["genre"] or rows[0]["source"]
+    r = b2m_proc("library", "search", lib_dir, "--like", sources / "tone.wav", "-k", "2", "--relevant", src)
+    assert r.wait(timeout=120) == 0, r.stderr()
+    assert "precision@2 (%s): 1.00 (2 of the top 2)" % src in r.stderr()
+    r = b2m_proc("library", "search", lib_dir, "--like", sources / "tone.wav", "-k", "2", "--relevant", "jazz")
+    assert r.wait(timeout=120) == 0 and "precision@2 (jazz): 0.00 (0 of the top 2)" in r.stderr()
 
 
 def test_precomputed_clip_embeddings_give_the_same_library(tmp_path, rng, embedder):
