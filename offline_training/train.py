@@ -31,11 +31,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from realtime.nifti_io import iter_volumes
 from realtime.preprocessing import PreprocessConfig, preprocess_run, stack_delays
 
 from . import evaluate as ev
@@ -106,59 +107,6 @@ def brain_mask(reference: np.ndarray, fraction: float = 0.25) -> np.ndarray:
 
 def _noop(stage: str, done: int, total: int) -> None:
     pass
-
-
-def iter_volumes(img) -> Iterator[np.ndarray]:
-    """The volumes of a 4-D image in acquisition order, each read exactly once.
-
-    ``img.dataobj[..., t]`` re-opens a ``.nii.gz`` and decompresses it from the
-    start on every call (quadratic in the run length: about 100 s for a
-    410-volume run of the small grid). This reads the file sequentially
-    instead, one volume in memory at a time, with nibabel's own scaling, so
-    every volume equals ``np.asarray(img.dataobj[..., t])`` exactly.
-
-    Parameters
-    ----------
-    img : nibabel image of shape (nx, ny, nz, n_volumes)
-
-    Yields
-    ------
-    ndarray of shape (nx, ny, nz)
-        The stored dtype when the image is unscaled, else nibabel's scaled dtype.
-    """
-    from nibabel.arrayproxy import ArrayProxy
-    from nibabel.volumeutils import apply_read_scaling
-
-    proxy = img.dataobj
-    shape = tuple(img.shape)
-    if (not isinstance(proxy, ArrayProxy) or proxy.order != "F" or len(shape) != 4
-            or not isinstance(proxy.file_like, (str, os.PathLike))):
-        for t in range(shape[3]):
-            yield np.asarray(proxy[..., t])
-        return
-    path = os.fspath(proxy.file_like)
-    if path.endswith(".gz"):
-        try:
-            from isal.igzip import open as gz_open  # same bytes as gzip, about 2x faster
-        except ImportError:  # pragma: no cover - isal is a dependency
-            from gzip import open as gz_open
-        opener = gz_open
-    else:
-        opener = open
-    dtype = proxy.dtype
-    n_bytes = int(np.prod(shape[:3])) * dtype.itemsize
-    slope, inter = np.asanyarray(proxy.slope), np.asanyarray(proxy.inter)
-    if np.can_cast(inter, slope.dtype):  # as ArrayProxy._get_scaled does with dtype=None
-        inter = inter.astype(slope.dtype)
-    with opener(path, "rb") as f:
-        f.seek(proxy.offset)
-        for t in range(shape[3]):
-            buf = f.read(n_bytes)
-            if len(buf) != n_bytes:
-                raise ValueError(f"{path}: volume {t} is truncated ({len(buf)} of {n_bytes} bytes); "
-                                 "the file is incomplete, re-export or re-download it")
-            raw = np.frombuffer(buf, dtype).reshape(shape[:3], order="F")
-            yield apply_read_scaling(raw, slope, inter)
 
 
 @dataclass

@@ -588,7 +588,7 @@ def realign_run(data, affine, *, reference_index: int = 0, config: MotionConfig 
     Parameters
     ----------
     data : array-like of shape (nx, ny, nz, n_volumes), any real dtype
-        The run (a nibabel ``dataobj`` works: volumes are read one at a time).
+        The run (a nibabel ``dataobj`` works: it is read sequentially, one volume at a time).
         Not modified.
     affine : array-like of shape (4, 4)
     reference_index : int
@@ -615,8 +615,10 @@ def realign_run(data, affine, *, reference_index: int = 0, config: MotionConfig 
     n_iter = np.empty(n, int)
     converged = np.empty(n, bool)
     values = None if mc.n_voxels is None else np.empty((n, mc.n_voxels), np.float32)
-    for t in range(n):
-        r = mc.update(np.asarray(data[..., t]), out=None if values is None else values[t])
+    from ..nifti_io import iter_volumes  # a .nii.gz proxy is read once, not once per volume
+
+    for t, vol in enumerate(iter_volumes(data)):
+        r = mc.update(vol, out=None if values is None else values[t])
         params[t], fd[t], flagged[t] = r.params, r.fd, r.flagged
         n_iter[t], converged[t] = r.n_iter, r.converged
     return RunMotion(params=params, fd=fd, flagged=flagged, n_iter=n_iter, converged=converged,

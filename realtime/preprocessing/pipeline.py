@@ -244,7 +244,7 @@ def preprocess_run(data, affine, mask: np.ndarray, config: PreprocessConfig, *, 
     Parameters
     ----------
     data : array-like of shape (nx, ny, nz, n_volumes)
-        The run (a nibabel ``dataobj`` works).
+        The run (a nibabel ``dataobj`` works: it is read sequentially, once).
     tr_s : float
         TR in seconds (for the median filter).
     stack : bool
@@ -254,6 +254,8 @@ def preprocess_run(data, affine, mask: np.ndarray, config: PreprocessConfig, *, 
     progress : callable, optional
         ``progress(done, total)`` per volume.
     """
+    from ..nifti_io import iter_volumes  # a .nii.gz proxy is read once, not once per volume
+
     shape = tuple(data.shape)
     check_geometry(mask.shape, affine, shape, affine)
     n = shape[3]
@@ -265,8 +267,8 @@ def preprocess_run(data, affine, mask: np.ndarray, config: PreprocessConfig, *, 
         params = np.empty((n, 6)) if config.motion else None
         fd = np.empty(n) if config.motion else None
         flagged = np.zeros(n, bool)
-        for t in range(n):
-            r = pre.process(np.asarray(data[..., t]))
+        for t, vol in enumerate(iter_volumes(data)):
+            r = pre.process(vol)
             values[t] = r.values
             if r.x is not None and x is not None:
                 x[t] = r.x
@@ -279,7 +281,7 @@ def preprocess_run(data, affine, mask: np.ndarray, config: PreprocessConfig, *, 
     if config.motion:
         if reference is not None:
             mc = MotionCorrector(reference, affine, config=config.motion_config, reslice_mask=mask)
-            res = [mc.update(np.asarray(data[..., t])) for t in range(n)]
+            res = [mc.update(vol) for vol in iter_volumes(data)]
             values = np.stack([r.values for r in res])
             params = np.stack([r.params for r in res])
             fd = np.array([r.fd for r in res])
@@ -288,7 +290,7 @@ def preprocess_run(data, affine, mask: np.ndarray, config: PreprocessConfig, *, 
             rm = realign_run(data, affine, config=config.motion_config, reslice_mask=mask)
             values, params, fd, flagged = rm.values, rm.params, rm.fd, rm.flagged
     else:
-        values = np.stack([np.asarray(data[..., t])[mask] for t in range(n)]).astype(np.float32)
+        values = np.stack([vol[mask] for vol in iter_volumes(data)]).astype(np.float32)
         params = fd = None
         flagged = np.zeros(n, bool)
     extra = params if (config.motion_regressors and params is not None) else None

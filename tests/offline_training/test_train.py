@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from offline_training.bids import RunFiles
-from offline_training.train import iter_volumes, motion_stage, preprocess_stage
+from offline_training.train import motion_stage, preprocess_stage
 from realtime.preprocessing import MotionConfig, PreprocessConfig, preprocess_run
 
 #: Tiny volumes need a denser motion sampling grid than the 4 mm default.
@@ -47,34 +47,6 @@ def _run_files(tmp_path: Path, data: np.ndarray, affine, name="sub-001_task-Trai
 
 
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
-
-
-@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
-@pytest.mark.parametrize("slope", [None, (0.5, 3.0)])
-def test_iter_volumes_equals_nibabel_slicing(tmp_path, rng, suffix, slope):
-    data = rng.integers(-300, 3000, size=(5, 4, 3, 7)).astype(np.int16)
-    img = nib.Nifti1Image(data, AFFINE)
-    if slope is not None:
-        img.header.set_slope_inter(*slope)
-    path = tmp_path / f"run{suffix}"
-    nib.save(img, path)
-    img = nib.load(path)
-    vols = list(iter_volumes(img))
-    assert len(vols) == 7
-    for t, v in enumerate(vols):
-        ref = np.asarray(img.dataobj[..., t])
-        assert v.dtype == ref.dtype and v.shape == ref.shape
-        np.testing.assert_array_equal(v, ref)
-
-
-def test_iter_volumes_reports_a_truncated_file(tmp_path, rng):
-    data = rng.integers(0, 100, size=(6, 5, 4, 6)).astype(np.int16)
-    path = tmp_path / "run.nii"
-    nib.save(nib.Nifti1Image(data, AFFINE), path)
-    raw = path.read_bytes()
-    path.write_bytes(raw[: len(raw) - 100])
-    with pytest.raises(ValueError, match="volume 5 is truncated"):
-        list(iter_volumes(nib.load(path)))
 
 
 @pytest.mark.parametrize("motion", [True, False])
