@@ -142,3 +142,42 @@ def fit_encoding(train_features: np.ndarray, train_responses: np.ndarray, groups
         if progress is not None:
             progress(min(start + chunk, n_vox), n_vox)
     return corr, best_alphas
+
+
+def select_regions(scores: np.ndarray, labels: np.ndarray, n_regions: int) -> tuple[np.ndarray, list[dict]]:
+    """Keep every voxel of the ``n_regions`` regions with the best mean CV score.
+
+    Brain2Music kept the 6 Destrieux regions whose voxels predicted best in
+    cross-validation; this is that rule for any parcellation.
+
+    Parameters
+    ----------
+    scores : ndarray of shape (n_voxels,)
+        CV score of every candidate voxel (:func:`select_voxels`' ``scores``,
+        computed inside the Training runs only).
+    labels : ndarray of shape (n_voxels,), int
+        Region label of each voxel; 0 is outside every region.
+    n_regions : int
+
+    Returns
+    -------
+    selected : ndarray of int
+        Voxel indices of the kept regions, best voxel first.
+    regions : list of dict
+        ``label``, ``n_voxels`` and ``mean_score`` of the kept regions, best first.
+    """
+    scores = np.asarray(scores, float)
+    labels = np.asarray(labels)
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores {scores.shape} and labels {labels.shape} must both be one per voxel")
+    ids = np.unique(labels[labels != 0])
+    if n_regions < 1 or len(ids) < n_regions:
+        raise ValueError(f"asked for the best {n_regions} regions, but the parcellation has {len(ids)} labelled "
+                         "regions among the candidate voxels; lower --top-regions or check the parcellation")
+    means = np.array([scores[labels == k].mean() for k in ids])
+    best = ids[np.argsort(-means, kind="stable")[:n_regions]]
+    keep = np.flatnonzero(np.isin(labels, best))
+    keep = keep[np.argsort(-scores[keep], kind="stable")]
+    regions = [{"label": int(k), "n_voxels": int((labels == k).sum()), "mean_score": float(scores[labels == k].mean())}
+               for k in best]
+    return keep, regions

@@ -41,7 +41,7 @@ from realtime.preprocessing import PreprocessConfig, preprocess_run, stack_delay
 
 from . import evaluate as ev
 from .bids import RunFiles, find_runs, load_bold, read_events
-from .encoding import delay_features, fit_encoding, select_voxels
+from .encoding import delay_features, fit_encoding, select_regions, select_voxels
 from .ridge import DEFAULT_ALPHAS, edge_alphas, ridge_cv_fit
 from .targets import StimulusTargets, embed_stimuli, excerpt_id, tr_targets
 
@@ -74,6 +74,9 @@ class TrainConfig:
     stimuli: str | None = None
     cache: str | None = None
     seed: int = 0
+    roi_mask: str | None = None
+    parcellation: str | None = None
+    top_regions: int = 0
 
     def preprocess(self) -> PreprocessConfig:
         return PreprocessConfig(motion=self.motion, detrend=self.detrend, poly_order=self.poly_order,
@@ -587,6 +590,11 @@ def prepare(ds: str, cfg: TrainConfig, progress: Progress = _noop, timings: dict
     reference = np.asarray(img0.dataobj[..., 0], np.float32)
     affine = img0.affine
     bmask = brain_mask(reference)
+    if cfg.roi_mask:
+        bmask &= _image_on_grid(cfg.roi_mask, reference.shape, affine, "ROI mask") > 0
+        if not bmask.any():
+            raise ValueError(f"{cfg.roi_mask}: the ROI mask and the brain mask share no voxel; is it the "
+                             "mask of this subject, in the space of its BOLD runs?")
     # motion correction + masking, once per run (cached); everything after it is cheap
     t0 = time.monotonic()
     preproc_dir = None
@@ -601,6 +609,25 @@ def prepare(ds: str, cfg: TrainConfig, progress: Progress = _noop, timings: dict
                                                                        len(all_files) * n_vol)))
     timings["motion_correction"] = time.monotonic() - t0
     return Prepared(train_files, test_files, stages, targets, embedder, tr, n_vol, reference, affine, bmask)
+
+
+def _image_on_grid(path: str, shape, affine, what: str) -> np.ndarray:
+    """A 3-D NIfTI (mask or parcellation) that must lie on the BOLD grid, as an array."""
+    import nibabel as nib
+
+    from realtime.preprocessing import check_geometry
+
+    img = nib.load(path)
+    data = np.asanyarray(img.dataobj)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"{path}: a {what} must be a 3-D image, got shape {data.shape}")
+    try:
+        check_geometry(data.shape, img.affine, shape, affine, what="subject's BOLD run")
+    except ValueError as e:
+        raise ValueError(f"{path} ({what}): {e}; resample it to the BOLD grid first") from None
+    return data
 
 
 def blas_threads(n: int | None):
@@ -653,6 +680,11 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
         sel, sel_scores, sel_alphas = select_voxels(
             feats, trv, cfg.n_voxels, return_alphas=True,
             progress=lambda d, t: progress(f"select voxels ({tag})", d, t))
+        regions = None
+        if cfg.parcellation and cfg.top_regions:
+            # Brain2Music's rule: whole regions, ranked by their voxels' CV score in the Training runs
+            labels = _image_on_grid(cfg.parcellation, bmask.shape, affine, "parcellation")[bmask].astype(np.int64)
+            sel, regions = select_regions(sel_scores, labels, cfg.top_regions)
         timings[f"select_voxels_{tag}"] = time.monotonic() - t0
         t0 = time.monotonic()
         dec = fit_decoder(trn, sel, cfg.delays, cfg.alphas, fit_on=cfg.fit_on,
@@ -671,6 +703,9 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
         res["n_train_samples"] = dec.n_samples
         res["deviation_scale"] = dec.scale
         res["deviation_scale_cv_identification"] = dec.scale_cv
+        res["voxel_selection"] = ({"rule": "top regions by mean CV R^2 (Training runs)", "regions": regions,
+                                   "n_voxels": int(len(sel))} if regions is not None else
+                                  {"rule": "top voxels by CV R^2 (Training runs)", "n_voxels": int(len(sel))})
         state = {"train": trn, "test": tst, "train_values": trv, "test_values": tsv, "sel": sel, "sel_scores": sel_scores, "sel_alphas": sel_alphas,
                  "coef": coef, "xm": xm,
                  "ym": ym, "best": best, "cv": cv, "feats": feats, "train_emb": train_emb,

@@ -140,3 +140,33 @@ print(json.dumps(extra))
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1]) == []  # not torch, sklearn, scipy, music, realtime...
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), dec.decode_batch(x), rtol=0, atol=1e-6)
+
+
+def test_train_with_roi_mask_and_top_regions(trained, tmp_path):
+    """An ROI restricts the candidates; --top-regions keeps whole regions; a mask off the grid is refused."""
+    from offline_training.train import TrainConfig, train
+
+    root, _, _ = trained
+    ref = nib.load(next((root / "sub-001" / "func").glob("*Training_run-01_bold.nii.gz")))
+    affine = ref.affine
+    roi = np.zeros(SHAPE, np.uint8)
+    roi[:, :6] = 1  # half the field of view
+    parc = np.zeros(SHAPE, np.int16)
+    parc[:6, :6], parc[6:, :6], parc[:, 6:] = 1, 2, 3  # region 3 lies outside the ROI
+    nib.save(nib.Nifti1Image(roi, affine), tmp_path / "roi.nii.gz")
+    nib.save(nib.Nifti1Image(parc, affine), tmp_path / "parc.nii.gz")
+    cfg = TrainConfig(embedder="tiny-bands", n_voxels=60, motion=False, alphas=(0.1, 10.0, 1e3, 1e5),
+                      roi_mask=str(tmp_path / "roi.nii.gz"), parcellation=str(tmp_path / "parc.nii.gz"),
+                      top_regions=1)
+    m = train(str(root), str(tmp_path / "bundle"), cfg)
+    vs = m["causal"]["voxel_selection"]
+    assert len(vs["regions"]) == 1 and vs["regions"][0]["label"] in (1, 2)
+    kept = np.load(tmp_path / "bundle" / "mask.npy")  # the bundle's voxels
+    assert kept.sum() == vs["n_voxels"] == vs["regions"][0]["n_voxels"]
+    assert not kept[:, 6:].any()  # nothing outside the ROI
+    assert np.all(parc[kept] == vs["regions"][0]["label"])  # one whole region
+    off = nib.Nifti1Image(roi, affine @ np.diag([2.0, 2.0, 2.0, 1.0]))
+    nib.save(off, tmp_path / "off.nii.gz")
+    with pytest.raises(ValueError, match="off.nii.gz.*ROI mask.*resample"):
+        train(str(root), str(tmp_path / "bundle2"), TrainConfig(embedder="tiny-bands", n_voxels=60, motion=False,
+                                                                roi_mask=str(tmp_path / "off.nii.gz")))

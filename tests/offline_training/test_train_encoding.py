@@ -46,3 +46,24 @@ def test_select_voxels_ranks_responsive_voxels_first_and_takes_a_concatenated_ar
     np.testing.assert_array_equal(scores2, scores)
     with pytest.raises(ValueError, match="rows"):
         select_voxels(feats, np.concatenate(resp)[:-1], 5)
+
+
+def test_select_regions_keeps_whole_regions_ranked_by_mean_score(rng):
+    from offline_training.encoding import select_regions
+
+    labels = rng.integers(0, 5, 200)  # regions 1..4, 0 = unlabelled
+    scores = rng.standard_normal(200) * 0.05
+    scores[labels == 3] += 0.5  # region 3 predicts best, then region 1
+    scores[labels == 1] += 0.2
+    scores[labels == 0] += 5.0  # unlabelled voxels never count, however good
+    sel, regions = select_regions(scores, labels, 2)
+    # the reference: per-label means computed directly, the top 2, all their voxels
+    means = {k: scores[labels == k].mean() for k in (1, 2, 3, 4)}
+    top = sorted(means, key=means.get, reverse=True)[:2]
+    assert [r["label"] for r in regions] == top == [3, 1]
+    assert set(sel) == set(np.flatnonzero(np.isin(labels, top)))
+    assert np.all(np.diff(scores[sel]) <= 0)  # best voxel first
+    assert regions[0]["n_voxels"] == int((labels == 3).sum())
+    np.testing.assert_allclose(regions[0]["mean_score"], means[3])
+    with pytest.raises(ValueError, match="--top-regions"):
+        select_regions(scores, labels, 5)
