@@ -181,32 +181,25 @@ def _run(args) -> int:
     m = evaluate_decoder(tst, coef, xm, ym, sel, delays, targets, train_emb, train_genres, centre)
     res["brain2music_recipe"] = _scores(m) | {"fit_s": fit_s} | info
 
-    t0 = time.perf_counter()
-    dec = fit_decoder(trn, sel, cfg.delays, cfg.alphas, fit_on=cfg.fit_on)
-    fit_s = time.perf_counter() - t0
-    m = evaluate_decoder(tst, dec.coef, dec.x_mean, dec.y_mean, sel, cfg.delays, targets, train_emb, train_genres,
-                         centre)
-    res["ours"] = _scores(m) | {"fit_s": fit_s, "n_samples": dec.n_samples, "deviation_scale": dec.scale,
-                                "n_voxels": int(len(sel))}
+    def ours(train_runs, test_runs, voxels) -> tuple[dict, object]:
+        """``b2m train``'s decoder fit on ``train_runs`` and scored on ``test_runs``; scores with the fit time."""
+        t0 = time.perf_counter()
+        dec = fit_decoder(train_runs, voxels, cfg.delays, cfg.alphas, fit_on=cfg.fit_on)
+        fit_s = time.perf_counter() - t0
+        m = evaluate_decoder(test_runs, dec.coef, dec.x_mean, dec.y_mean, voxels, cfg.delays, targets, train_emb,
+                             train_genres, centre)
+        return _scores(m) | {"fit_s": fit_s}, dec
+
+    scores, dec = ours(trn, tst, sel)
+    res["ours"] = scores | {"n_samples": dec.n_samples, "deviation_scale": dec.scale, "n_voxels": int(len(sel))}
 
     true_pos, true_cols = _true_voxels(args.dataset, args.subject, prep.mask)
     res["oracle"] = {"n_true_voxels": int(len(true_pos)),
                      "n_true_voxels_selected": int(np.isin(sel, true_pos).sum())}
-    t0 = time.perf_counter()
-    dec = fit_decoder(trn, true_pos, cfg.delays, cfg.alphas, fit_on=cfg.fit_on)
-    fit_s = time.perf_counter() - t0
-    m = evaluate_decoder(tst, dec.coef, dec.x_mean, dec.y_mean, true_pos, cfg.delays, targets, train_emb,
-                         train_genres, centre)
-    res["oracle"]["true_voxels"] = _scores(m) | {"fit_s": fit_s}
+    res["oracle"]["true_voxels"] = ours(trn, tst, true_pos)[0]
     trn_nf = _noise_free(args.dataset, args.subject, trn, true_cols)
     tst_nf = _noise_free(args.dataset, args.subject, tst, true_cols)
-    every = np.arange(len(true_cols))
-    t0 = time.perf_counter()
-    dec = fit_decoder(trn_nf, every, cfg.delays, cfg.alphas, fit_on=cfg.fit_on)
-    fit_s = time.perf_counter() - t0
-    m = evaluate_decoder(tst_nf, dec.coef, dec.x_mean, dec.y_mean, every, cfg.delays, targets, train_emb,
-                         train_genres, centre)
-    res["oracle"]["noise_free"] = _scores(m) | {"fit_s": fit_s}
+    res["oracle"]["noise_free"] = ours(trn_nf, tst_nf, np.arange(len(true_cols)))[0]
 
     payload = {"machine": machine_info(), "load_average_start": load0, "load_average_end": os.getloadavg(),
                "source": source_digest(["offline_training/train.py", "offline_training/ridge.py",
