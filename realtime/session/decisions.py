@@ -15,12 +15,13 @@ recomputed exactly from the volumes, which *are* synced (:mod:`.replay`).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import numpy as np
 
 from protocols.record import RecordLog, scan_records
 
-__all__ = ["DecisionLog", "read_decisions", "decisions_path", "session_results"]
+__all__ = ["DecisionLog", "read_decisions", "decisions_path", "run_decisions", "session_results"]
 
 
 def decisions_path(session_dir, run_id: str) -> str:
@@ -54,6 +55,15 @@ def read_decisions(path: str) -> list[dict]:
     return out
 
 
+def run_decisions(session_dir) -> Iterator[tuple[str, list[dict]]]:
+    """``(run_id, read_decisions(...))`` for every run of a session that has a decisions log, by run id."""
+    runs_dir = os.path.join(os.fspath(session_dir), "runs")
+    for run_id in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
+        path = decisions_path(session_dir, run_id)
+        if os.path.exists(path):
+            yield run_id, read_decisions(path)
+
+
 def session_results(session_dir) -> list:
     """Every decision of a session as :class:`protocols.wire.Result`, runs in the order they started.
 
@@ -65,14 +75,7 @@ def session_results(session_dir) -> list:
     from protocols.wire import Result
 
     names = {f.name for f in fields(Result) if f.init}
-    runs_dir = os.path.join(os.fspath(session_dir), "runs")
-    per_run = []
-    for run_id in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
-        path = decisions_path(session_dir, run_id)
-        if os.path.exists(path):
-            ds = read_decisions(path)
-            if ds:
-                per_run.append((float(ds[0].get("offset_s") or 0.0), run_id, ds))
+    per_run = [(float(ds[0].get("offset_s") or 0.0), run_id, ds) for run_id, ds in run_decisions(session_dir) if ds]
     out = []
     for _, _, ds in sorted(per_run, key=lambda t: (t[0], t[1])):
         for d in ds:

@@ -20,7 +20,7 @@ import numpy as np
 from protocols.session import SessionRecord
 from protocols.wire import VolumeMessage
 
-from .decisions import decisions_path, read_decisions
+from .decisions import run_decisions
 
 __all__ = ["SESSION_JSON", "write_session_info", "read_session_info", "recorded_volumes", "recorded_decisions",
            "replay_session"]
@@ -72,14 +72,10 @@ def recorded_volumes(session_dir):
 
 def recorded_decisions(session_dir) -> tuple[dict, dict]:
     """Every recorded decision by ``(run_id, index)``, and each run's session-clock offset (seconds)."""
-    runs_dir = os.path.join(os.fspath(session_dir), "runs")
     recorded: dict[tuple[str, int], dict] = {}
     offsets: dict[str, float] = {}
-    for run_id in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
-        path = decisions_path(session_dir, run_id)
-        if not os.path.exists(path):
-            continue
-        for d in read_decisions(path):
+    for _, decisions in run_decisions(session_dir):
+        for d in decisions:
             recorded[(d["run_id"], d["index"])] = d
             offsets.setdefault(d["run_id"], float(d["offset_s"]))
     return recorded, offsets
