@@ -517,6 +517,8 @@ class Prepared:
     affine : ndarray of shape (4, 4)
     mask : ndarray of bool, shape (nx, ny, nz)
         Brain mask; the voxel order of every run's values is its C order.
+    labels : ndarray of shape (n_voxels,), int64, or None
+        With ``cfg.parcellation``: each masked voxel's region label, in that order.
     """
 
     train_files: list
@@ -529,6 +531,7 @@ class Prepared:
     reference: np.ndarray
     affine: np.ndarray
     mask: np.ndarray
+    labels: np.ndarray | None = None
 
     def runs(self, cfg: TrainConfig, pcfg: PreprocessConfig, progress: Callable[[int, int], None] | None = None):
         """Training and Test runs through the rest of the chain (``pcfg``: detrend, normalise).
@@ -595,6 +598,9 @@ def prepare(ds: str, cfg: TrainConfig, progress: Progress = _noop, timings: dict
         if not bmask.any():
             raise ValueError(f"{cfg.roi_mask}: the ROI mask and the brain mask share no voxel; is it the "
                              "mask of this subject, in the space of its BOLD runs?")
+    labels = None  # read before the long motion correction, so a wrong atlas fails at once
+    if cfg.parcellation:
+        labels = _image_on_grid(cfg.parcellation, reference.shape, affine, "parcellation")[bmask].astype(np.int64)
     # motion correction + masking, once per run (cached); everything after it is cheap
     t0 = time.monotonic()
     preproc_dir = None
@@ -608,7 +614,7 @@ def prepare(ds: str, cfg: TrainConfig, progress: Progress = _noop, timings: dict
                                    progress=lambda d, t, i=i: progress("motion correction", i * n_vol + min(d, n_vol),
                                                                        len(all_files) * n_vol)))
     timings["motion_correction"] = time.monotonic() - t0
-    return Prepared(train_files, test_files, stages, targets, embedder, tr, n_vol, reference, affine, bmask)
+    return Prepared(train_files, test_files, stages, targets, embedder, tr, n_vol, reference, affine, bmask, labels)
 
 
 def _image_on_grid(path: str, shape, affine, what: str) -> np.ndarray:
@@ -681,10 +687,9 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
             feats, trv, cfg.n_voxels, return_alphas=True,
             progress=lambda d, t: progress(f"select voxels ({tag})", d, t))
         regions = None
-        if cfg.parcellation and cfg.top_regions:
+        if prep.labels is not None and cfg.top_regions:
             # Brain2Music's rule: whole regions, ranked by their voxels' CV score in the Training runs
-            labels = _image_on_grid(cfg.parcellation, bmask.shape, affine, "parcellation")[bmask].astype(np.int64)
-            sel, regions = select_regions(sel_scores, labels, cfg.top_regions)
+            sel, regions = select_regions(sel_scores, prep.labels, cfg.top_regions)
         timings[f"select_voxels_{tag}"] = time.monotonic() - t0
         t0 = time.monotonic()
         dec = fit_decoder(trn, sel, cfg.delays, cfg.alphas, fit_on=cfg.fit_on,
