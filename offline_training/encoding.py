@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .ridge import _eigh, corr_columns, r2_score_columns, ridge_cv, ridge_fit
+from .ridge import corr_columns, r2_score_columns, ridge_cv, ridge_solver
 
 __all__ = ["delay_features", "select_voxels", "fit_encoding", "SELECTION_ALPHAS"]
 
@@ -116,29 +116,16 @@ def fit_encoding(train_features: np.ndarray, train_responses: np.ndarray, groups
             raise ValueError("fit_encoding needs groups (runs) to choose alphas, or best_alphas")
         best_alphas, _ = ridge_cv(train_features, train_responses, groups, alphas, r2_score_columns)
     best_alphas = np.asarray(best_alphas, dtype=np.float64)
-    x = np.asarray(train_features, dtype=np.float64)
+    xm, solve = ridge_solver(train_features)  # one decomposition for every chunk of voxels
+    test_x = np.asarray(test_features, np.float64) - xm
     n_vox = train_responses.shape[1]
     corr = np.empty(n_vox)
-    if x.shape[0] <= x.shape[1]:  # more features than samples: the kernel form, chunk by chunk
-        for start in range(0, n_vox, chunk):
-            sl = slice(start, start + chunk)
-            coef, xm, ym = ridge_fit(x, np.asarray(train_responses[:, sl], np.float64), best_alphas[sl])
-            pred = (test_features - xm) @ coef + ym
-            corr[sl] = corr_columns(pred, np.asarray(test_responses[:, sl], np.float64))
-            if progress is not None:
-                progress(min(start + chunk, n_vox), n_vox)
-        return corr, best_alphas
-    # one decomposition of the features for every chunk of voxels (ridge_fit's primal form)
-    xm = x.mean(0)
-    xc = x - xm
-    lam, v = _eigh(xc.T @ xc)
-    test_v = (np.asarray(test_features, np.float64) - xm) @ v  # (n_test, n_features)
     for start in range(0, n_vox, chunk):
         sl = slice(start, start + chunk)
         y = np.asarray(train_responses[:, sl], np.float64)
         ym = y.mean(0)
-        w = (v.T @ (xc.T @ (y - ym))) / (lam[:, None] + best_alphas[None, sl])
-        corr[sl] = corr_columns(test_v @ w + ym, np.asarray(test_responses[:, sl], np.float64))
+        corr[sl] = corr_columns(test_x @ solve(y - ym, best_alphas[sl]) + ym,
+                                np.asarray(test_responses[:, sl], np.float64))
         if progress is not None:
             progress(min(start + chunk, n_vox), n_vox)
     return corr, best_alphas

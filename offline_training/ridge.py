@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["DEFAULT_ALPHAS", "ridge_cv", "ridge_cv_fit", "ridge_fit", "r2_score_columns", "corr_columns",
+__all__ = ["DEFAULT_ALPHAS", "ridge_cv", "ridge_cv_fit", "ridge_fit", "ridge_solver", "r2_score_columns", "corr_columns",
            "RidgeCVPerTarget", "edge_alphas"]
 
 DEFAULT_ALPHAS = np.logspace(-2, 7, 19)
@@ -385,19 +385,45 @@ def ridge_fit(x: np.ndarray, y: np.ndarray, alphas) -> tuple[np.ndarray, np.ndar
     y_mean : ndarray of shape (n_targets,)
         ``predict(X) = (X - x_mean) @ coef + y_mean``.
     """
-    x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    alphas = np.broadcast_to(np.asarray(alphas, dtype=np.float64), (y.shape[1],))
-    xm, ym = x.mean(0), y.mean(0)
-    xc, yc = x - xm, y - ym
+    xm, solve = ridge_solver(x)
+    ym = y.mean(0)
+    return solve(y - ym, alphas), xm, ym
+
+
+def ridge_solver(x: np.ndarray) -> tuple[np.ndarray, Callable]:
+    """Centre ``x`` and factorise it once, for ridge fits of any number of target chunks.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_samples, n_features)
+
+    Returns
+    -------
+    x_mean : ndarray of shape (n_features,)
+    solve : callable
+        ``solve(y_centred, alphas) -> coef`` with ``y_centred`` of shape
+        (n_samples, n_targets) (centred on its own mean), ``alphas`` a float
+        or one per target, ``coef`` of shape (n_features, n_targets). The
+        kernel form when samples do not outnumber features, else the primal.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    xm = x.mean(0)
+    xc = x - xm
     n, p = xc.shape
     if n <= p:
         lam, q = _eigh(xc @ xc.T)
-        coef = xc.T @ (q @ ((q.T @ yc) / (lam[:, None] + alphas[None, :])))
+
+        def solve(yc, alphas):
+            a = np.broadcast_to(np.asarray(alphas, dtype=np.float64), (yc.shape[1],))
+            return xc.T @ (q @ ((q.T @ yc) / (lam[:, None] + a[None, :])))
     else:
         lam, v = _eigh(xc.T @ xc)
-        coef = v @ ((v.T @ (xc.T @ yc)) / (lam[:, None] + alphas[None, :]))
-    return coef, xm, ym
+
+        def solve(yc, alphas):
+            a = np.broadcast_to(np.asarray(alphas, dtype=np.float64), (yc.shape[1],))
+            return v @ ((v.T @ (xc.T @ yc)) / (lam[:, None] + a[None, :]))
+    return xm, solve
 
 
 def edge_alphas(best: np.ndarray, alphas) -> dict:
