@@ -152,9 +152,9 @@ def motion_stage(rf: RunFiles, mask: np.ndarray, reference: np.ndarray, affine: 
                  progress: Callable[[int, int], None] | None = None) -> MotionStage:
     """Motion-correct (if configured) and mask one run with the realtime code, cached.
 
-    Every volume goes through :class:`realtime.preprocessing.MotionCorrector`
-    with the shared ``reference``, exactly as :class:`OnlinePreprocessor` does
-    live; the rest of the chain is :func:`preprocess_stage`. The result is
+    Every volume goes through :func:`realtime.preprocessing.realign_run` (the
+    per-TR :class:`~realtime.preprocessing.MotionCorrector`) with the shared
+    ``reference``, exactly as :class:`OnlinePreprocessor` does live; the rest of the chain is :func:`preprocess_stage`. The result is
     cached under ``cache_dir`` keyed by the file (path, size, mtime), the mask,
     the reference and the motion config, so a second ``b2m train`` (other
     voxel counts, delays, alphas) skips it.
@@ -171,7 +171,7 @@ def motion_stage(rf: RunFiles, mask: np.ndarray, reference: np.ndarray, affine: 
     progress : callable, optional
         ``progress(done_volumes, n_volumes)``.
     """
-    from realtime.preprocessing import MotionCorrector, check_geometry
+    from realtime.preprocessing import check_geometry, realign_run
 
     img, _ = load_bold(rf)
     check_geometry(mask.shape, affine, img.shape, img.affine)
@@ -194,22 +194,18 @@ def motion_stage(rf: RunFiles, mask: np.ndarray, reference: np.ndarray, affine: 
                 return MotionStage(values, params, fd)
             except (OSError, ValueError, KeyError):  # a damaged cache entry: recompute it
                 pass
-    n = img.shape[3]
-    n_vox = int(np.count_nonzero(mask))
-    values = np.empty((n, n_vox), np.float32)
-    params = fd = None
-    mc = None
-    if pcfg.motion:
-        mc = MotionCorrector(reference, affine, config=pcfg.motion_config, reslice_mask=mask)
-        params, fd = np.empty((n, 6)), np.empty(n)
-    for t, vol in enumerate(iter_volumes(img)):
-        if mc is not None:
-            r = mc.update(vol, out=values[t])
-            params[t], fd[t] = r.params, r.fd
-        else:
+    if pcfg.motion:  # the live per-TR motion code, on the subject's shared reference
+        rm = realign_run(img, affine, config=pcfg.motion_config, reslice_mask=mask, reference=reference,
+                         progress=progress)
+        values, params, fd = rm.values, rm.params, rm.fd
+    else:
+        n = img.shape[3]
+        values = np.empty((n, int(np.count_nonzero(mask))), np.float32)
+        params = fd = None
+        for t, vol in enumerate(iter_volumes(img)):
             np.copyto(values[t], vol[mask], casting="unsafe")
-        if progress is not None:
-            progress(t + 1, n)
+            if progress is not None:
+                progress(t + 1, n)
     if path:
         os.makedirs(cache_dir, exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"

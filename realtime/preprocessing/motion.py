@@ -566,7 +566,8 @@ class RunMotion:
     n_iter : ndarray of shape (n_volumes,), int
     converged : ndarray of shape (n_volumes,), bool
     values : ndarray of shape (n_volumes, n_voxels), float32, or None
-    reference_index : int
+    reference_index : int or None
+        None when the reference volume was given rather than taken from the run.
     """
 
     params: np.ndarray
@@ -575,15 +576,16 @@ class RunMotion:
     n_iter: np.ndarray
     converged: np.ndarray
     values: np.ndarray | None
-    reference_index: int
+    reference_index: int | None
 
 
 def realign_run(data, affine, *, reference_index: int = 0, config: MotionConfig | None = None,
-                estimation_mask=None, reslice_mask=None) -> RunMotion:
+                estimation_mask=None, reslice_mask=None, reference: np.ndarray | None = None,
+                progress=None) -> RunMotion:
     """Motion-correct a whole run with exactly the per-TR code.
 
-    A :class:`MotionCorrector` is built on ``data[..., reference_index]`` and
-    fed every volume in acquisition order.
+    A :class:`MotionCorrector` is built on ``data[..., reference_index]`` (or
+    on ``reference``) and fed every volume in acquisition order.
 
     Parameters
     ----------
@@ -595,6 +597,11 @@ def realign_run(data, affine, *, reference_index: int = 0, config: MotionConfig 
         Which volume is the reference (an early one, after the dummy scans).
     config, estimation_mask, reslice_mask
         As for :class:`MotionCorrector`.
+    reference : ndarray of shape (nx, ny, nz), optional
+        A reference volume from elsewhere (e.g. a model bundle's, shared by
+        every run of a subject); ``reference_index`` is then not used.
+    progress : callable, optional
+        ``progress(done_volumes, n_volumes)``.
 
     Returns
     -------
@@ -607,8 +614,12 @@ def realign_run(data, affine, *, reference_index: int = 0, config: MotionConfig 
     if not -n <= reference_index < n:
         raise ValueError(f"reference_index {reference_index} is outside the run's {n} volumes")
     reference_index %= n
-    mc = MotionCorrector(np.asarray(data[..., reference_index]), affine, config=config,
-                         estimation_mask=estimation_mask, reslice_mask=reslice_mask)
+    if reference is None:
+        reference = np.asarray(data[..., reference_index])
+    else:
+        reference_index = None
+    mc = MotionCorrector(reference, affine, config=config, estimation_mask=estimation_mask,
+                         reslice_mask=reslice_mask)
     params = np.empty((n, 6))
     fd = np.empty(n)
     flagged = np.empty(n, bool)
@@ -621,6 +632,8 @@ def realign_run(data, affine, *, reference_index: int = 0, config: MotionConfig 
         r = mc.update(vol, out=None if values is None else values[t])
         params[t], fd[t], flagged[t] = r.params, r.fd, r.flagged
         n_iter[t], converged[t] = r.n_iter, r.converged
+        if progress is not None:
+            progress(t + 1, n)
     return RunMotion(params=params, fd=fd, flagged=flagged, n_iter=n_iter, converged=converged,
                      values=values, reference_index=reference_index)
 

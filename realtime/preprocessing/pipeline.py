@@ -279,16 +279,8 @@ def preprocess_run(data, affine, mask: np.ndarray, config: PreprocessConfig, *, 
         return RunPreprocessed(x=x, values=values, motion_params=params, fd=fd, flagged=flagged)
     # non-causal comparison path
     if config.motion:
-        if reference is not None:
-            mc = MotionCorrector(reference, affine, config=config.motion_config, reslice_mask=mask)
-            res = [mc.update(vol) for vol in iter_volumes(data)]
-            values = np.stack([r.values for r in res])
-            params = np.stack([r.params for r in res])
-            fd = np.array([r.fd for r in res])
-            flagged = np.array([r.flagged for r in res])
-        else:
-            rm = realign_run(data, affine, config=config.motion_config, reslice_mask=mask)
-            values, params, fd, flagged = rm.values, rm.params, rm.fd, rm.flagged
+        rm = realign_run(data, affine, config=config.motion_config, reslice_mask=mask, reference=reference)
+        values, params, fd, flagged = rm.values, rm.params, rm.fd, rm.flagged
     else:
         values = np.stack([vol[mask] for vol in iter_volumes(data)]).astype(np.float32)
         params = fd = None
