@@ -157,6 +157,16 @@ class ClipCache:
                 self._queued.discard(self._todo.pop())
             self._lock.notify_all()
 
+    def preload(self, index: int) -> ReadyClip:
+        """Load a clip now, before the session starts (not counted as a switch's on-the-spot read).
+
+        The first load also pays for imports and first-call set-up (about a
+        second here), so a session preloads its neutral clip before it serves.
+        """
+        ready = self._load(int(index))
+        self._put(ready)
+        return ready
+
     def get(self, index: int) -> ReadyClip:
         """The clip: from the cache, from the loader if it is loading it now, else loaded here."""
         index = int(index)

@@ -157,7 +157,7 @@ class SessionEngine:
         self.last: Result | None = None
         self.next_candidate: str | None = None
         if self.clips is not None:  # the first sound must not wait for a disk read: load it now
-            self.clips.get(self.policy.neutral_clip)
+            self.clips.preload(self.policy.neutral_clip)
 
     # ---- runs -----------------------------------------------------------
 

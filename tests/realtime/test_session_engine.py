@@ -241,3 +241,31 @@ def test_dashboard_shows_the_session_state(kit, tmp_path):
         assert stage in text
     assert f"switches {eng.counts['switches']}" in text and "audio underruns 0" in text
     assert "lag behind scanner" in text and "next candidate" in text
+
+
+def test_clip_cache_counts_only_switch_time_reads_as_on_the_spot(kit):
+    from music.beats import estimate_beats
+    from realtime.audio import prepare_source, read_segment
+    from realtime.session.clips import ClipCache
+
+    lib = Library(kit.library)
+    cache = ClipCache(lib, 48000, 2)
+    try:
+        first = cache.preload(0)                      # start-up: not a switch
+        assert cache.stats["loads"] == 1 and cache.stats["sync_loads"] == 0
+        assert cache.get(0) is first and cache.stats["sync_loads"] == 0
+        cache.prefetch([2])
+        deadline = time.monotonic() + 30
+        while cache.stats["loads"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)                          # the loader thread's work, not a hot path
+        assert cache.get(2).index == 2 and cache.stats["sync_loads"] == 0
+        one = cache.get(1)                            # never asked for: read on the spot
+        assert cache.stats["sync_loads"] == 1 and cache.stats["loads"] == 3
+        # what was loaded is the clip itself at the output rate, with its beats in output frames
+        clip = lib.clips[1]
+        x, sr = read_segment(lib.audio_path(clip), clip.start_s, clip.duration_s)
+        np.testing.assert_array_equal(one.source, prepare_source(x, sr, 48000, 2))
+        _, beats_s = estimate_beats(np.asarray(x if x.ndim == 1 else x.mean(axis=1), np.float32), sr)
+        np.testing.assert_array_equal(one.beat_frames, np.round(beats_s * 48000).astype(np.int64))
+    finally:
+        cache.close()
