@@ -157,7 +157,9 @@ def motion_stage(rf: RunFiles, mask: np.ndarray, reference: np.ndarray, affine: 
     ``reference``, exactly as :class:`OnlinePreprocessor` does live; the rest of the chain is :func:`preprocess_stage`. The result is
     cached under ``cache_dir`` keyed by the file (path, size, mtime), the mask,
     the reference and the motion config, so a second ``b2m train`` (other
-    voxel counts, delays, alphas) skips it.
+    voxel counts, delays, alphas) skips it. With a cache the returned values
+    are a read-only memory map of the entry (written whole, then renamed into
+    place): replace an entry, never edit it in place while a training runs.
 
     Parameters
     ----------
@@ -214,7 +216,23 @@ def motion_stage(rf: RunFiles, mask: np.ndarray, reference: np.ndarray, affine: 
             os.replace(tmp + ".npz", path + "_motion.npz")
         np.save(tmp + ".npy", values)
         os.replace(tmp + ".npy", path + ".npy")  # last: its presence marks a complete entry
+        values = np.load(path + ".npy", mmap_mode="r")  # as a cached run: pages the kernel may drop
     return MotionStage(values, params, fd)
+
+
+def _release_pages(values: np.ndarray) -> None:
+    """Unmap the resident pages of a memory-mapped (cached) stage from this process.
+
+    The data stays in the file and in the page cache; a later read (the
+    offline comparison) faults it back in. Without this, every run's
+    motion-corrected values stay resident beside their preprocessed copies
+    and a full-grid training peaks at twice the memory it needs.
+    """
+    import mmap
+
+    mm = getattr(values, "_mmap", None)
+    if isinstance(values, np.memmap) and mm is not None and hasattr(mm, "madvise"):
+        mm.madvise(mmap.MADV_DONTNEED)
 
 
 def preprocess_stage(stage: MotionStage, pcfg: PreprocessConfig, tr_s: float) -> np.ndarray:
@@ -259,6 +277,7 @@ def _load_runs(stages: list[MotionStage], runs: list[RunFiles], cfg: TrainConfig
         events = read_events(rf.events)
         n = len(st.values)
         big[start:start + n] = preprocess_stage(st, pcfg, tr)
+        _release_pages(st.values)
         values = big[start:start + n]
         start += n
         y, idx, _ = tr_targets(events, n, tr, targets, cfg.target)

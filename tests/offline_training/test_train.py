@@ -108,11 +108,13 @@ def test_motion_stage_recomputes_a_damaged_cache_entry(tmp_path, rng):
     mask = reference > 300
     cfg = PreprocessConfig(motion=False)
     cache = tmp_path / "preproc"
-    first = motion_stage(rf, mask, reference, AFFINE, cfg, cache_dir=str(cache))
+    # a copy: the stage maps its cache entry, and this test overwrites that file in place
+    first = np.array(motion_stage(rf, mask, reference, AFFINE, cfg, cache_dir=str(cache)).values)
     entry = next(cache.glob("*.npy"))
     entry.write_bytes(b"not an npy")
     again = motion_stage(rf, mask, reference, AFFINE, cfg, cache_dir=str(cache))
-    np.testing.assert_array_equal(again.values, first.values)
+    np.testing.assert_array_equal(again.values, first)
+    np.testing.assert_array_equal(first, data[mask].T.astype(np.float32))
 
 
 def test_preprocess_stage_refuses_motion_regressors(rng):
