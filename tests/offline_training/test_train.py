@@ -134,3 +134,20 @@ def test_blas_threads_limits_numpy_and_scipy_blas():
         blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
         assert len(blas) >= 2  # numpy's and scipy's OpenBLAS are separate libraries
         assert all(i["num_threads"] == 1 for i in blas)
+
+
+def test_released_stage_pages_read_back_the_same_values(tmp_path, rng):
+    from offline_training.train import _release_pages
+
+    data = _blob_run(rng, n=6)
+    rf = _run_files(tmp_path, data, AFFINE)
+    reference = data[..., 0].astype(np.float32)
+    mask = reference > 300
+    cfg = PreprocessConfig(motion=False)
+    fresh = motion_stage(rf, mask, reference, AFFINE, cfg, cache_dir=str(tmp_path / "preproc"))
+    assert isinstance(fresh.values, np.memmap)        # a fresh stage is served from its cache entry too
+    before = preprocess_stage(fresh, cfg, 1.5)
+    _release_pages(fresh.values)
+    np.testing.assert_array_equal(fresh.values, data[mask].T.astype(np.float32))
+    np.testing.assert_array_equal(preprocess_stage(fresh, cfg, 1.5), before)
+    _release_pages(np.zeros((3, 2), np.float32))      # an in-memory stage (no cache) is left alone
