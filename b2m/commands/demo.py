@@ -6,7 +6,7 @@ import sys
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="simulate a participant, train, and decode a Test run live (about 10 min)",
+    p = sub.add_parser("demo", help="simulate a participant, train, and decode a Test run live (about 4 min on 2 cores)",
                        description="Simulate a participant, train and export a decoder, build a library of the "
                                    "music heard, then replay a Test run through the live session over a real "
                                    "loopback socket. Writes OUT/feedback.wav, OUT/summary.json and "

@@ -44,6 +44,10 @@ def add_parser(sub) -> None:
     p.add_argument("--runs", type=int, default=None, help="stop after this many runs have ended (default: run "
                    "until SIGINT/SIGTERM)")
     p.add_argument("--no-dashboard", action="store_true", help="no live terminal view (scripts)")
+    p.add_argument("--check", action="store_true",
+                   help="pre-flight: load the bundle and library, time the decoder, bind the endpoints and play "
+                        "the neutral clip on --audio, print PASS/FAIL per part and exit (1 if any failed); "
+                        "--out is not needed")
     p.add_argument("--insecure", action="store_true", help="allow non-loopback endpoints without CURVE keys")
     p.add_argument("--no-fsync", action="store_true", help=argparse_suppress())
     g = p.add_argument_group("feedback policy")
@@ -77,10 +81,27 @@ def run(args) -> int:
         if not args.session:
             raise ValueError("`b2m session replay` needs the session folder: b2m session replay SESSION")
         return run_replay(args.session)
+    if args.check:
+        return run_check(args)
     missing = [f"--{k}" for k in ("model", "library", "out") if not getattr(args, k)]
     if missing:
         raise ValueError(f"b2m session needs {', '.join(missing)} (see b2m session --help)")
     return run_live(args)
+
+
+def run_check(args) -> int:
+    from realtime.session.preflight import format_checks, preflight
+
+    missing = [f"--{k}" for k in ("model", "library") if not getattr(args, k)]
+    if missing:
+        raise ValueError(f"b2m session --check needs {', '.join(missing)} (see b2m session --help)")
+    checks = preflight(args.model, args.library, audio=args.audio, isolate=not args.in_process_audio,
+                       bind=args.bind, results=args.results, pyneal_port=args.pyneal_port, insecure=args.insecure)
+    print(format_checks(checks))
+    failed = [c.name for c in checks if not c.ok]
+    print(f"{len(checks) - len(failed)} of {len(checks)} checks passed"
+          + (f"; fix: {', '.join(failed)}" if failed else ": ready for a session"), file=sys.stderr)
+    return 1 if failed else 0
 
 
 def open_parts(model: str, library: str):

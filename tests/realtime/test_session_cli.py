@@ -137,3 +137,49 @@ def test_session_sigkill_midrun_restart_continues_and_replays_identically(kit, b
     assert rep.wait() == 0, rep.stderr() + rep.stdout()
     report = json.loads(rep.stdout()[: rep.stdout().rindex("}") + 1])
     assert report["identical"] and report["n_compared"] == 40
+
+
+def test_session_check_passes_and_plays_the_neutral_clip_sample_exact(kit, b2m_proc, endpoint, tmp_path):
+    from music.library import Library
+    from realtime.audio import prepare_source, read_segment
+    from realtime.feedback import FeedbackPolicy, PolicyConfig
+
+    wav = tmp_path / "check.wav"
+    chk = b2m_proc("session", "--check", "--model", kit.bundle, "--library", kit.library, "--bind", endpoint,
+                   "--results", "tcp://127.0.0.1:*", "--pyneal-port", "0", "--audio", f"wav:{wav}", name="check")
+    assert chk.wait(120) == 0, chk.stdout() + chk.stderr()
+    lines = chk.stdout().splitlines()
+    names = ["model bundle", "music library", "bundle and library", "decoder speed", "scanner endpoint",
+             "results endpoint", "Pyneal port", "audio output"]
+    assert [line.split("  ")[1].strip() for line in lines] == names
+    assert all(line.startswith("PASS") for line in lines)
+    assert "8 of 8 checks passed" in chk.stderr()
+    # what played is the neutral clip itself: fade-in from 0.1 s for 50 ms, then its samples exactly, for 2 s
+    lib = Library(kit.library)
+    clip = lib.clips[FeedbackPolicy(lib, PolicyConfig()).neutral_clip]
+    x, sr = read_segment(lib.audio_path(clip), clip.start_s, clip.duration_s)
+    src = prepare_source(x, sr, 48000, 2)
+    played, rate = sf.read(wav, dtype="float32", always_2d=True)
+    at, fade, n = 4800, 2400, 2 * 48000
+    assert rate == 48000 and np.all(played[:at] == 0)
+    np.testing.assert_array_equal(played[at + fade:at + n], src[fade:n])
+
+
+def test_session_check_fails_on_a_taken_port_and_a_missing_device(kit, b2m_proc, endpoint):
+    ctx = zmq.Context()
+    taken = ctx.socket(zmq.ROUTER)
+    taken.bind(endpoint)                      # another receiver already holds the scanner port
+    try:
+        chk = b2m_proc("session", "--check", "--model", kit.bundle, "--library", kit.library, "--bind", endpoint,
+                       "--results", "none", "--audio", "no such speaker", name="check")
+        assert chk.wait(120) == 1
+    finally:
+        taken.close(0)
+        ctx.term()
+    out = chk.stdout()
+    rows = {line.split("  ")[1].strip(): line for line in out.splitlines() if line[:4] in ("PASS", "FAIL")}
+    assert rows["model bundle"].startswith("PASS") and rows["decoder speed"].startswith("PASS")
+    assert rows["scanner endpoint"].startswith("FAIL") and f"cannot bind {endpoint}" in rows["scanner endpoint"]
+    assert rows["audio output"].startswith("FAIL") and "no such speaker" in rows["audio output"]
+    assert "Output devices:" in out and "results endpoint" not in rows
+    assert "fix: scanner endpoint, audio output" in chk.stderr()

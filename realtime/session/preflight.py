@@ -1,0 +1,195 @@
+"""``b2m session --check``: try every part a session needs before the scanner starts.
+
+Run it at the console on the day, with the same ``--model``, ``--library``,
+``--audio``, ``--bind``, ``--results`` and ``--pyneal-port`` the session
+will get. Each check uses the real part, exactly as the session opens it:
+
+- the model bundle (its manifest and sha256s) and the music library load;
+- they share one embedder;
+- the ONNX decoder's time per TR (one thread, as in the session);
+- the scanner endpoint, the results endpoint and the Pyneal port can be
+  bound (nothing else holds them; CURVE rules as in the session);
+- the audio output opens and plays the neutral clip for a few seconds, with
+  its callbacks and underruns counted.
+
+Nothing is written except what ``--audio wav:PATH`` asks for. A failing
+check says what failed and what to do; the others still run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Check", "preflight", "format_checks"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One pre-flight check: its name, whether it passed, and what it found."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+def _attempt(name: str, fn) -> tuple[Check, object]:
+    try:
+        detail, value = fn()
+        return Check(name, True, detail), value
+    except Exception as exc:  # every failure is reported, none stops the other checks
+        return Check(name, False, f"{type(exc).__name__}: {exc}"), None
+
+
+def _decoder_speed(decoder, n: int = 200) -> tuple[str, None]:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, decoder.input_dim)).astype(np.float32)
+    ms = np.empty(n)
+    for i in range(n):
+        t0 = time.perf_counter()
+        decoder.decode(x[i])
+        ms[i] = (time.perf_counter() - t0) * 1e3
+    return (f"{decoder.input_dim} inputs -> {decoder.dim}-d embedding; {n} decodes on 1 thread: "
+            f"p50 {np.percentile(ms, 50):.2f} ms, p99 {np.percentile(ms, 99):.2f} ms"), None
+
+
+def _play(library, spec: str, isolate: bool, seconds: float) -> tuple[str, None]:
+    from realtime.audio import open_output
+    from realtime.feedback import FeedbackPolicy, PolicyConfig
+
+    from .clips import ClipCache
+
+    out = open_output(spec, isolate=isolate)
+    clips = None
+    try:
+        out.start()
+        clips = ClipCache(library, out.samplerate, out.channels, stage=out.stage, unstage=out.unstage)
+        index = FeedbackPolicy(library, PolicyConfig()).neutral_clip
+        ready = clips.preload(index)
+        sr = out.samplerate
+        at = out.frame + int(0.1 * sr)
+        fade = int(0.05 * sr)
+        out.schedule_switch(at, ready.source, fade, beat_frames=ready.beat_frames)
+        end = at + int(seconds * sr)
+        out.schedule_stop(end, fade)
+        if hasattr(out, "advance_to"):      # a WAV sink: its clock is the frames it is asked for
+            out.advance_to(end + fade)
+        else:
+            time.sleep((end + fade - out.frame) / sr + 0.05)   # the device plays meanwhile
+        st = out.stats()
+    finally:
+        if clips is not None:
+            clips.close()
+        out.close()
+    bad = st.get("underruns", 0) + st.get("callback_errors", 0)
+    text = (f"{out!r}: {seconds:g} s of '{library.clips[index].id}' at {sr} Hz, {st.get('callbacks', 0)} callbacks, "
+            f"{st.get('underruns', 0)} underruns, {st.get('callback_errors', 0)} callback errors")
+    if bad:
+        raise RuntimeError(text + ": the output could not keep up; close other audio programs, or pick another "
+                                  "device or a larger buffer")
+    return text, None
+
+
+def preflight(model: str, library: str, *, audio: str = "default", isolate: bool = True,
+              bind: str | None = None, results: str | None = None, pyneal_port: int | None = None,
+              insecure: bool = False, seconds: float = 2.0) -> list[Check]:
+    """Run every check (see the module doc) and return them in order.
+
+    Parameters
+    ----------
+    model, library : str
+        The bundle and library folders the session will use.
+    audio : str
+        ``--audio``: a device name or index, ``"default"`` or ``"wav:PATH"``.
+    isolate : bool
+        Open a device in its own process, as the session does by default.
+    bind, results : str or None
+        Scanner and results endpoints (None or ``"none"``: not checked).
+    pyneal_port : int or None
+    insecure : bool
+        Allow non-loopback endpoints without CURVE keys, as ``--insecure``.
+    seconds : float
+        How long the neutral clip plays.
+    """
+    from music.library import Library
+    from protocols.library import check_same_embedder
+    from realtime.decoder import Decoder
+
+    def load_bundle():
+        d = Decoder(model, threads=1)
+        return (f"{model}: embedder {d.embedder.get('id')}, delays {d.manifest['preprocess'].get('delays')}, "
+                f"{d.input_dim} inputs"), d
+
+    def load_library():
+        lb = Library(library)
+        return f"{library}: {len(lb.clips)} clips", lb
+
+    def same_embedder():
+        check_same_embedder(decoder.embedder, lib.embedder, "model bundle", "music library")
+        return f"one embedder: {lib.embedder.get('id')}", None
+
+    checks: list[Check] = []
+    c, decoder = _attempt("model bundle", load_bundle)
+    checks.append(c)
+    c, lib = _attempt("music library", load_library)
+    checks.append(c)
+    if decoder is not None and lib is not None:
+        checks.append(_attempt("bundle and library", same_embedder)[0])
+    else:
+        checks.append(Check("bundle and library", False, "not checked: the bundle or the library did not load"))
+    if decoder is not None:
+        checks.append(_attempt("decoder speed", lambda: _decoder_speed(decoder))[0])
+    if bind and bind != "none":
+        checks.append(_attempt("scanner endpoint", lambda: _bind_router(bind, insecure))[0])
+    if results and results != "none":
+        checks.append(_attempt("results endpoint", lambda: _bind_publisher(results, insecure))[0])
+    if pyneal_port is not None:
+        checks.append(_attempt("Pyneal port", lambda: _bind_pyneal(pyneal_port, insecure))[0])
+    if lib is not None:
+        checks.append(_attempt("audio output", lambda: _play(lib, audio, isolate, seconds))[0])
+    else:
+        checks.append(Check("audio output", False, "not checked: the library did not load"))
+    return checks
+
+
+def _bind_router(endpoint: str, insecure: bool) -> tuple[str, None]:
+    import zmq
+
+    from realtime.transport import bind_router
+
+    ctx = zmq.Context()
+    try:
+        sock = bind_router(ctx, endpoint, insecure=insecure)
+        bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        sock.close(0)
+    finally:
+        ctx.term()
+    return f"{bound} can be bound (then released)", None
+
+
+def _bind_publisher(endpoint: str, insecure: bool) -> tuple[str, None]:
+    from realtime.results import ResultsPublisher
+
+    pub = ResultsPublisher(endpoint, insecure=insecure)
+    try:
+        return f"{pub.endpoint} can be bound (then released)", None
+    finally:
+        pub.close()
+
+
+def _bind_pyneal(port: int, insecure: bool) -> tuple[str, None]:
+    from realtime.results import PynealResultsServer
+
+    srv = PynealResultsServer(port=port, insecure=insecure)
+    try:
+        return f"{srv.host}:{srv.port} can be bound (then released)", None
+    finally:
+        srv.close()
+
+
+def format_checks(checks: list[Check]) -> str:
+    """One line per check: ``PASS``/``FAIL``, its name, what it found."""
+    width = max(len(c.name) for c in checks)
+    return "\n".join(f"{'PASS' if c.ok else 'FAIL'}  {c.name:<{width}}  {c.detail}" for c in checks)
