@@ -101,20 +101,26 @@ def test_motion_stage_cache_is_reused_and_keyed(tmp_path, rng):
     assert no_motion.fd is None
 
 
-def test_motion_stage_recomputes_a_damaged_cache_entry(tmp_path, rng):
+def _cached_stage(tmp_path, rng):
+    """A small run's motion stage through a cache (motion off): (stage, expected values, cache dir, a rerun)."""
     data = _blob_run(rng, n=6)
     rf = _run_files(tmp_path, data, AFFINE)
     reference = data[..., 0].astype(np.float32)
     mask = reference > 300
-    cfg = PreprocessConfig(motion=False)
     cache = tmp_path / "preproc"
-    # a copy: the stage maps its cache entry, and this test overwrites that file in place
-    first = np.array(motion_stage(rf, mask, reference, AFFINE, cfg, cache_dir=str(cache)).values)
-    entry = next(cache.glob("*.npy"))
-    entry.write_bytes(b"not an npy")
-    again = motion_stage(rf, mask, reference, AFFINE, cfg, cache_dir=str(cache))
-    np.testing.assert_array_equal(again.values, first)
-    np.testing.assert_array_equal(first, data[mask].T.astype(np.float32))
+
+    def run():
+        return motion_stage(rf, mask, reference, AFFINE, PreprocessConfig(motion=False), cache_dir=str(cache))
+
+    return run(), data[mask].T.astype(np.float32), cache, run
+
+
+def test_motion_stage_recomputes_a_damaged_cache_entry(tmp_path, rng):
+    stage, expected, cache, rerun = _cached_stage(tmp_path, rng)
+    first = np.array(stage.values)  # a copy: the stage maps its cache entry, overwritten in place next
+    next(cache.glob("*.npy")).write_bytes(b"not an npy")
+    np.testing.assert_array_equal(rerun().values, first)
+    np.testing.assert_array_equal(first, expected)
 
 
 def test_preprocess_stage_refuses_motion_regressors(rng):
@@ -139,15 +145,11 @@ def test_blas_threads_limits_numpy_and_scipy_blas():
 def test_released_stage_pages_read_back_the_same_values(tmp_path, rng):
     from offline_training.train import _release_pages
 
-    data = _blob_run(rng, n=6)
-    rf = _run_files(tmp_path, data, AFFINE)
-    reference = data[..., 0].astype(np.float32)
-    mask = reference > 300
+    fresh, expected, _, _ = _cached_stage(tmp_path, rng)
     cfg = PreprocessConfig(motion=False)
-    fresh = motion_stage(rf, mask, reference, AFFINE, cfg, cache_dir=str(tmp_path / "preproc"))
     assert isinstance(fresh.values, np.memmap)        # a fresh stage is served from its cache entry too
     before = preprocess_stage(fresh, cfg, 1.5)
     _release_pages(fresh.values)
-    np.testing.assert_array_equal(fresh.values, data[mask].T.astype(np.float32))
+    np.testing.assert_array_equal(fresh.values, expected)
     np.testing.assert_array_equal(preprocess_stage(fresh, cfg, 1.5), before)
     _release_pages(np.zeros((3, 2), np.float32))      # an in-memory stage (no cache) is left alone
