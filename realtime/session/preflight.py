@@ -87,8 +87,8 @@ def _play(library, spec: str, isolate: bool, seconds: float) -> tuple[str, None]
     text = (f"{out!r}: {seconds:g} s of '{library.clips[index].id}' at {sr} Hz, {st.get('callbacks', 0)} callbacks, "
             f"{st.get('underruns', 0)} underruns, {st.get('callback_errors', 0)} callback errors")
     if bad:
-        raise RuntimeError(text + ": the output could not keep up; close other audio programs, or pick another "
-                                  "device or a larger buffer")
+        raise RuntimeError(text + ": the output could not keep up; close other audio programs or pick another "
+                                  "device with --audio")
     return text, None
 
 
