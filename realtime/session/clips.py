@@ -181,9 +181,7 @@ class ClipCache:
                 self._clips.move_to_end(index)
                 return ready
         self.stats["sync_loads"] += 1
-        ready = self._load(index)
-        self._put(ready)
-        return ready
+        return self.preload(index)
 
     def close(self) -> None:
         with self._lock:
