@@ -21,6 +21,7 @@ import numpy as np
 
 __all__ = [
     "read_audio",
+    "read_segment",
     "write_audio",
     "resample",
     "apply_fades",
@@ -86,6 +87,27 @@ def read_audio(path: str | os.PathLike, sr: int | None = None, mono: bool = True
             x = np.stack([resample(c, file_sr, sr) for c in x.T], axis=1)
         file_sr = int(sr)
     return np.ascontiguousarray(x, dtype=np.float32), int(file_sr)
+
+
+def read_segment(path: str | os.PathLike, start_s: float = 0.0,
+                 duration_s: float | None = None) -> tuple[np.ndarray, int]:
+    """A segment of an audio file at its own rate: ``(audio of shape (n, channels), sr)``.
+
+    ``start_s`` is the segment start in seconds (a library clip's ``start_s``);
+    ``duration_s`` its length, None to the end; a segment running past the end
+    of the file is cut there. This is how the live session reads a library clip
+    (:mod:`realtime.session.clips`) and how the library builder reads it back
+    to store its beats, so both see the same samples.
+    """
+    if start_s < 0 or (duration_s is not None and duration_s <= 0):
+        raise ValueError(f"need start_s >= 0 and duration_s > 0 (or None), got {start_s} and {duration_s}")
+    x, sr = read_audio(path, sr=None, mono=False)
+    a = int(round(start_s * sr))
+    if a >= x.shape[0]:
+        raise ValueError(f"{os.fspath(path)!r} lasts {x.shape[0] / sr:.3f} s; the segment starting at "
+                         f"{start_s} s is past its end")
+    b = x.shape[0] if duration_s is None else min(x.shape[0], a + int(round(duration_s * sr)))
+    return x[a:b], sr
 
 
 def write_audio(path: str | os.PathLike, x, sr: int, subtype: str | None = None) -> None:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["onset_envelope", "estimate_beats", "next_beat_time"]
+__all__ = ["onset_envelope", "estimate_beats", "clip_beats", "next_beat_time"]
 
 _WIN_S = 0.040
 _HOP_S = 0.010
@@ -202,6 +202,28 @@ def estimate_beats(audio, sr: int) -> tuple[float, np.ndarray]:
     beats = first + step * np.arange(max(n_beats, 0), dtype=np.float64)
     beats = beats[beats < duration]
     return float(60.0 / step), beats
+
+
+def clip_beats(audio, sr: int) -> tuple[float, np.ndarray]:
+    """:func:`estimate_beats` of a clip as read from its file, channels mixed to mono.
+
+    The one place that turns a library clip's samples into its beats: the
+    library builder stores the result (``beats.npz``) and the live session
+    computes it only for a library built without them.
+
+    Parameters
+    ----------
+    audio : array of shape (n_samples,) or (n_samples, n_channels)
+        At the file's own rate (:func:`music.audio.read_segment`).
+    sr : int
+
+    Returns
+    -------
+    tempo_bpm, beat_times_s
+        As :func:`estimate_beats`.
+    """
+    x = np.asarray(audio)
+    return estimate_beats(np.asarray(x if x.ndim == 1 else x.mean(axis=1), np.float32), sr)
 
 
 def next_beat_time(beat_times_s, t: float, every: int = 1) -> float | None:

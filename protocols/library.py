@@ -6,6 +6,11 @@
       manifest.json     format, version, embedder identity, clip count, sha256 of every file
       embeddings.npy    float32 (n_clips, dim), rows L2-normalised, memory-mappable
       tags.npy          float32 (n_clips, n_tags) clip-level tag probabilities (optional)
+      beats.npz         each clip's tempo and beat times, from the clip as read from its file
+                        (optional; without it the live session beat-tracks clips itself):
+                          tempo_bpm float64 (n_clips,), nan where a clip has no clear beat;
+                          offsets   int64 (n_clips + 1,), clip i's beats are times_s[offsets[i]:offsets[i+1]];
+                          times_s   float64 (n_beats_total,), seconds from the clip's start, increasing
       clips.tsv         one row per clip: id, path, start_s, duration_s, genre, source, top_tags
       audio/            rendered or generated audio (paths in clips.tsv are relative to LIB)
 
@@ -31,7 +36,8 @@ from .errors import ProtocolError
 
 __all__ = [
     "LIBRARY_FORMAT", "LIBRARY_VERSION", "CLIP_COLUMNS", "LibraryError", "EmbedderMismatch", "Clip",
-    "sha256_file", "write_clips_tsv", "read_clips_tsv", "read_manifest", "validate_library",
+    "sha256_file", "write_clips_tsv", "read_clips_tsv", "write_beats", "read_beats", "read_manifest",
+    "validate_library",
     "check_same_embedder",
 ]
 
@@ -103,6 +109,32 @@ def read_clips_tsv(path: str | os.PathLike) -> list[Clip]:
     return clips
 
 
+def write_beats(path: str | os.PathLike, tempo_bpm, beat_times_s: list) -> None:
+    """Write ``beats.npz``: one tempo and one array of beat times (seconds) per clip, in clip order."""
+    times = [np.asarray(b, np.float64).reshape(-1) for b in beat_times_s]
+    offsets = np.concatenate([[0], np.cumsum([len(b) for b in times])]).astype(np.int64)
+    with open(path, "wb") as f:
+        np.savez(f, tempo_bpm=np.asarray(tempo_bpm, np.float64).reshape(-1), offsets=offsets,
+                 times_s=np.concatenate(times) if times else np.zeros(0))
+
+
+def read_beats(path: str | os.PathLike, n_clips: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read and check ``beats.npz``: ``(tempo_bpm, offsets, times_s)``; a LibraryError names what is wrong."""
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            tempo, offsets, times = z["tempo_bpm"], z["offsets"], z["times_s"]
+    except (OSError, ValueError, KeyError) as e:
+        raise LibraryError(path, f"cannot be read as beats (tempo_bpm, offsets, times_s): {e}; rebuild the "
+                                 "library") from None
+    if tempo.shape != (n_clips,) or offsets.shape != (n_clips + 1,) or times.ndim != 1:
+        raise LibraryError(path, f"expected tempo_bpm ({n_clips},), offsets ({n_clips + 1},) and 1-D times_s; got "
+                                 f"{tempo.shape}, {offsets.shape}, {times.shape}")
+    if offsets[0] != 0 or offsets[-1] != len(times) or np.any(np.diff(offsets) < 0):
+        raise LibraryError(path, "offsets must rise from 0 to len(times_s)")
+    return tempo, offsets.astype(np.int64), times
+
+
 def read_manifest(lib: str | os.PathLike) -> dict:
     """Load and check ``LIB/manifest.json`` (format, version, required keys); errors name file and key."""
     return _read_manifest(lib, error=LibraryError, fmt=LIBRARY_FORMAT, version=LIBRARY_VERSION,
@@ -139,6 +171,8 @@ def validate_library(lib: str | os.PathLike, *, check_hashes: bool = True) -> di
     clips = read_clips_tsv(os.path.join(lib, "clips.tsv"))
     if len(clips) != n:
         raise LibraryError(os.path.join(lib, "clips.tsv"), f"has {len(clips)} rows; manifest says {n} clips")
+    if "beats.npz" in m["files"]:
+        read_beats(os.path.join(lib, "beats.npz"), n)
     return m
 
 

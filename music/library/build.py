@@ -5,7 +5,8 @@ one procedurally generated clip). Each unit yields one or more clips: long
 audio is cut into consecutive windows of ``clip_s`` seconds (default 15 s, the
 length of ds003720's excerpts); a last remainder shorter than half a window is
 dropped. Every clip is embedded (clip vector = mean of the embedder's windows,
-then L2-normalised) and appended to ``LIB/.build/progress.log`` (a durable
+then L2-normalised), beat-tracked from its file as the live session reads it
+(:func:`music.beats.clip_beats`, stored in ``beats.npz``) and appended to ``LIB/.build/progress.log`` (a durable
 record log), so a rerun skips units already done. A unit that fails is
 skipped with its reason in ``LIB/build.log`` and ``LIB/skipped.tsv``; one bad
 file never aborts a build. The library files are written at the end, each
@@ -25,10 +26,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from protocols.library import (LIBRARY_FORMAT, LIBRARY_VERSION, Clip, check_same_embedder, sha256_file,
-                               write_clips_tsv)
+                               write_beats, write_clips_tsv)
 from protocols.record import RecordLog
 
-from ..audio import read_audio, write_audio
+from ..audio import read_audio, read_segment, write_audio
+from ..beats import clip_beats
 from ..embedding.base import Embedder
 from .index import FAISS_THRESHOLD, FaissHNSWIndex, normalize_rows
 
@@ -269,6 +271,7 @@ def build_library(out: str, units: list[Unit], embedder: Embedder, *, problems: 
                     h = {"kind": "clip", "unit": unit.id, "id": cid, "path": path, "start_s": float(start_s),
                          "duration_s": len(x) / sr, "genre": unit.genre, "source": unit.source, "top_tags": top,
                          "dim": int(vec.size), "n_tags": int(tags.size)}
+                    h["tempo_bpm"], h["beats_s"] = _beats_of(out, h)
                     progress_log.append(h, vec.tobytes() + tags.tobytes())
                     n_new += 1
                     audio_s += len(x) / sr
@@ -287,6 +290,13 @@ def build_library(out: str, units: list[Unit], embedder: Embedder, *, problems: 
                              extra={"embedder_spec": embedder.spec, "clip_s": clip_s})
     return BuildResult(n_clips=n_clips, n_new=n_new, skipped=skipped, wall_s=time.monotonic() - t0,
                        audio_s=audio_s)
+
+
+def _beats_of(out: str, h: dict) -> tuple[float, list]:
+    """A clip's tempo and beats from its samples as the live session reads them (the file, not ``x``)."""
+    seg, sr = read_segment(os.path.join(out, h["path"]), h["start_s"], h["duration_s"])
+    tempo, beats = clip_beats(seg, sr)
+    return tempo, beats.tolist()
 
 
 def _write_library(out: str, ident: dict, tag_names, n_tags: int, skipped: list, index: str,
@@ -314,6 +324,12 @@ def _write_library(out: str, ident: dict, tag_names, n_tags: int, skipped: list,
     if tags is not None:
         _atomic_npy(os.path.join(out, "tags.npy"), tags.astype(np.float32))
         files["tags.npy"] = sha256_file(os.path.join(out, "tags.npy"))
+    # beats: from each record (a build before beats were stored gets them now, from the files)
+    beats = [(by_id[i][0]["tempo_bpm"], by_id[i][0]["beats_s"]) if "beats_s" in by_id[i][0]
+             else _beats_of(out, by_id[i][0]) for i in ids]
+    write_beats(os.path.join(out, "beats.npz.tmp"), [b[0] for b in beats], [b[1] for b in beats])
+    os.replace(os.path.join(out, "beats.npz.tmp"), os.path.join(out, "beats.npz"))
+    files["beats.npz"] = sha256_file(os.path.join(out, "beats.npz"))
     tmp = os.path.join(out, "clips.tsv.tmp")
     write_clips_tsv(tmp, clips)
     os.replace(tmp, os.path.join(out, "clips.tsv"))

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from protocols.library import Clip, LibraryError, read_clips_tsv, validate_library
+from protocols.library import Clip, LibraryError, read_beats, read_clips_tsv, validate_library
 
 from .index import FAISS_THRESHOLD, ExactIndex, FaissHNSWIndex, make_index
 
@@ -32,6 +32,7 @@ class Library:
     embeddings : ndarray of shape (n_clips, dim), float32, unit rows
     tags : ndarray of shape (n_clips, n_tags) or None
     clips : list of Clip
+        Their beats: :meth:`beats`.
     manifest : dict
     """
 
@@ -43,6 +44,8 @@ class Library:
         self.tags = np.load(tags_path, mmap_mode="r") if os.path.exists(tags_path) else None
         self.tag_names = tuple(self.manifest.get("tag_names", ()))
         self.clips: list[Clip] = read_clips_tsv(os.path.join(self.path, "clips.tsv"))
+        self._beats = (read_beats(os.path.join(self.path, "beats.npz"), len(self.clips))
+                       if "beats.npz" in self.manifest["files"] else None)
         self._ids = {c.id: i for i, c in enumerate(self.clips)}
         faiss_path = os.path.join(self.path, "index.faiss")
         if backend in ("auto", "faiss") and os.path.exists(faiss_path):
@@ -63,6 +66,16 @@ class Library:
             return self._ids[clip_id]
         except KeyError:
             raise LibraryError("clip id", f"{clip_id!r} is not in {self.path}") from None
+
+    def beats(self, index: int) -> tuple[float, np.ndarray] | None:
+        """Tempo (BPM, nan without a beat) and beat times (s from the clip's start) stored at build time.
+
+        None when the library was built without them (before ``beats.npz`` existed).
+        """
+        if self._beats is None:
+            return None
+        tempo, offsets, times = self._beats
+        return float(tempo[index]), times[offsets[index]:offsets[index + 1]]
 
     def audio_path(self, clip: Clip) -> str:
         return clip.path if os.path.isabs(clip.path) else os.path.join(self.path, clip.path)

@@ -10,9 +10,9 @@ import os
 
 import numpy as np
 
-from music.audio import apply_fades, read_audio, resample
+from music.audio import apply_fades, read_segment, resample
 
-__all__ = ["prepare_source", "load_clip"]
+__all__ = ["prepare_source", "load_clip", "read_segment"]  # read_segment: from music.audio
 
 
 def prepare_source(audio, sr: int, samplerate: int, channels: int = 2, fade_s: float = 0.01) -> np.ndarray:
@@ -61,23 +61,6 @@ def prepare_source(audio, sr: int, samplerate: int, channels: int = 2, fade_s: f
     else:
         out = np.stack(cols, axis=1)
     return np.ascontiguousarray(out, dtype=np.float32)
-
-
-def read_segment(path: str | os.PathLike, start_s: float = 0.0,
-                 duration_s: float | None = None) -> tuple[np.ndarray, int]:
-    """A segment of an audio file at its own rate: ``(audio of shape (n, channels), sr)``.
-
-    ``start_s`` and ``duration_s`` as in :func:`load_clip`.
-    """
-    if start_s < 0 or (duration_s is not None and duration_s <= 0):
-        raise ValueError(f"need start_s >= 0 and duration_s > 0 (or None), got {start_s} and {duration_s}")
-    x, sr = read_audio(path, sr=None, mono=False)
-    a = int(round(start_s * sr))
-    if a >= x.shape[0]:
-        raise ValueError(f"{os.fspath(path)!r} lasts {x.shape[0] / sr:.3f} s; the segment starting at "
-                         f"{start_s} s is past its end")
-    b = x.shape[0] if duration_s is None else min(x.shape[0], a + int(round(duration_s * sr)))
-    return x[a:b], sr
 
 
 def load_clip(path: str | os.PathLike, start_s: float = 0.0, duration_s: float | None = None,

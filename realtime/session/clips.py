@@ -2,8 +2,9 @@
 
 A switch needs the new clip as a float32 array at the output rate and its
 beat positions (to land the switch on a beat or bar and to start the clip on
-its own first beat). Reading and beat-tracking a 15 s clip takes tens of
-milliseconds, so :class:`ClipCache` does it on a loader thread for the
+its own first beat). The beats come from the library (``beats.npz``, stored
+at build time); a library built without them is beat-tracked here. Reading
+and resampling a 15 s clip still takes tens of milliseconds, so :class:`ClipCache` does it on a loader thread for the
 policy's current candidates (:meth:`prefetch`), keeps the most recent clips
 (LRU), and loads synchronously only when a switch asks for a clip that is
 not ready yet (counted in ``stats["sync_loads"]``).
@@ -80,19 +81,24 @@ class ClipCache:
         self._queued: set[int] = set()
         self._loading: int | None = None  # what the loader is reading now
         self._closed = False
-        self.stats = {"loads": 0, "sync_loads": 0, "load_ms_max": 0.0, "errors": 0}
+        self.stats = {"loads": 0, "sync_loads": 0, "load_ms_max": 0.0, "errors": 0, "beats_estimated": 0}
         self._thread = threading.Thread(target=self._work, name="b2m-clip-loader", daemon=True)
         self._thread.start()
 
     def _load(self, index: int) -> ReadyClip:
-        from music.beats import estimate_beats
-        from realtime.audio import prepare_source, read_segment
+        from music.audio import read_segment
+        from music.beats import clip_beats
+        from realtime.audio import prepare_source
 
         t0 = time.perf_counter()
         clip = self.library.clips[index]
         x, sr = read_segment(self.library.audio_path(clip), clip.start_s, clip.duration_s)
-        # beats from the file's own rate (GTZAN-like 22 kHz: a third of the work at 48 kHz, same beats)
-        tempo, beats_s = estimate_beats(np.asarray(x if x.ndim == 1 else x.mean(axis=1), np.float32), sr)
+        stored = self.library.beats(index)  # from the build (beats.npz); a library without them: here
+        if stored is None:
+            # at the file's own rate (GTZAN-like 22 kHz: a third of the work at 48 kHz, same beats)
+            stored = clip_beats(x, sr)
+            self.stats["beats_estimated"] += 1
+        tempo, beats_s = stored
         src = prepare_source(x, sr, self.samplerate, self.channels)
         if self._stage is not None:
             src = self._stage(src)

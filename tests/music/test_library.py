@@ -171,3 +171,70 @@ def test_precomputed_clip_embeddings_give_the_same_library(tmp_path, rng, embedd
     bad = [Unit(id="bad", source="test", genre="", produce=lambda: [(clips[0], sr, 0.0, {"clip_embedding": np.ones(3)})])]
     res = build_library(str(tmp_path / "c"), bad, embedder, clip_s=3.0)
     assert res.n_clips == 0 and "do not fit" in res.skipped[0][1]
+
+
+@pytest.fixture
+def click_track(tmp_path):
+    """7 s of 5 ms clicks at 120 BPM from 0.25 s, and a steady tone (no beat), at 22050 Hz."""
+    import soundfile as sf
+
+    src = tmp_path / "beat_src"
+    src.mkdir()
+    sr = 22050
+    x = np.zeros(7 * sr, np.float32)
+    click = (0.8 * np.sin(2 * np.pi * 1000 * np.arange(int(0.005 * sr)) / sr)).astype(np.float32)
+    for t in np.arange(0.25, 7.0, 0.5):
+        i = int(round(t * sr))
+        x[i:i + len(click)] = click[: len(x) - i]
+    sf.write(src / "clicks.wav", x, sr)
+    t = np.arange(4 * sr) / sr
+    sf.write(src / "tone.wav", (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), sr)
+    return src
+
+
+def test_build_stores_each_clips_beats_as_read_from_its_file(tmp_path, click_track, embedder):
+    import soundfile as sf
+
+    from music.beats import estimate_beats
+
+    units, _ = discover_sources([str(click_track)], clip_s=3.0)
+    lib_dir = tmp_path / "lib"
+    build_library(str(lib_dir), units, embedder, clip_s=3.0)
+    assert "beats.npz" in validate_library(lib_dir)["files"]
+    lib = Library(lib_dir)
+    n_click = 0
+    for i, clip in enumerate(lib.clips):
+        tempo, beats = lib.beats(i)
+        # the same samples the live session reads, through soundfile directly
+        full, sr = sf.read(lib.audio_path(clip), dtype="float32", always_2d=True)
+        a = int(round(clip.start_s * sr))
+        seg = full[a: a + int(round(clip.duration_s * sr))].mean(axis=1)
+        ref_tempo, ref_beats = estimate_beats(seg, sr)
+        np.testing.assert_array_equal(beats, ref_beats)
+        if "clicks" in clip.id:
+            n_click += 1
+            # and against the clicks themselves: every 0.5 s from 0.25 s of the file
+            true = np.arange(0.25, 7.0, 0.5) - clip.start_s
+            true = true[(true >= 0) & (true < clip.duration_s)]
+            assert tempo == pytest.approx(120.0, abs=1.0)
+            assert len(beats) == len(true) and np.max(np.abs(beats - true)) < 0.015
+        else:
+            assert np.isnan(tempo) and np.isnan(ref_tempo) and beats.size == 0
+    assert n_click == 2
+
+
+def test_bad_beats_file_is_refused_and_an_older_library_has_none(tmp_path, click_track, embedder):
+    from protocols.library import write_beats
+
+    units, _ = discover_sources([str(click_track / "clicks.wav")], clip_s=3.0)
+    lib_dir = tmp_path / "lib"
+    build_library(str(lib_dir), units, embedder, clip_s=3.0)
+    write_beats(lib_dir / "beats.npz", [120.0], [[0.25, 0.75]])  # one clip's beats for a 2-clip library
+    with pytest.raises(LibraryError, match=r"beats\.npz.*tempo_bpm \(2,\)"):
+        validate_library(lib_dir, check_hashes=False)
+    # a library built before beats were stored: no entry, no file; it loads and has no beats
+    m = json.loads((lib_dir / "manifest.json").read_text())
+    del m["files"]["beats.npz"]
+    (lib_dir / "manifest.json").write_text(json.dumps(m))
+    os.remove(lib_dir / "beats.npz")
+    assert Library(lib_dir).beats(0) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import nibabel as nib
@@ -267,5 +268,30 @@ def test_clip_cache_counts_only_switch_time_reads_as_on_the_spot(kit):
         np.testing.assert_array_equal(one.source, prepare_source(x, sr, 48000, 2))
         _, beats_s = estimate_beats(np.asarray(x if x.ndim == 1 else x.mean(axis=1), np.float32), sr)
         np.testing.assert_array_equal(one.beat_frames, np.round(beats_s * 48000).astype(np.int64))
+        assert cache.stats["beats_estimated"] == 0    # the beats came from the library's beats.npz
     finally:
         cache.close()
+
+
+def test_clip_cache_beat_tracks_clips_of_a_library_built_without_beats(kit, tmp_path):
+    import json
+    import shutil
+
+    from realtime.session.clips import ClipCache
+
+    old = tmp_path / "library"
+    shutil.copytree(kit.library, old)
+    m = json.loads((old / "manifest.json").read_text())
+    del m["files"]["beats.npz"]                       # as a library built before beats were stored
+    (old / "manifest.json").write_text(json.dumps(m))
+    os.remove(old / "beats.npz")
+    stored, bare = ClipCache(Library(kit.library), 48000, 2), ClipCache(Library(old), 48000, 2)
+    try:
+        a, b = stored.preload(1), bare.preload(1)
+        assert stored.stats["beats_estimated"] == 0 and bare.stats["beats_estimated"] == 1
+        np.testing.assert_array_equal(b.beat_frames, a.beat_frames)
+        assert b.tempo_bpm == a.tempo_bpm or (np.isnan(a.tempo_bpm) and np.isnan(b.tempo_bpm))
+        np.testing.assert_array_equal(b.source, a.source)
+    finally:
+        stored.close()
+        bare.close()
