@@ -128,7 +128,9 @@ def write_report(out: str, metrics: dict, arrays: dict, state: dict, enc_corr: n
 
     row("Identification accuracy (4 repeats, chance 0.5)", "identification_accuracy")
     row("Identification, mean-centred", "identification_accuracy_centred")
+    row("Identification, permutation p vs chance", "identification_accuracy_p", "{:.2g}")
     row("Within-genre identification (chance 0.5)", "within_genre_identification_accuracy")
+    row("Within-genre, permutation p (targets permuted within genre)", "within_genre_identification_accuracy_p", "{:.2g}")
     row("Identification, single presentations", "identification_accuracy_single")
     row("Per-dimension correlation (mean)", "per_dim_correlation_mean")
     ci = metrics.get("identification_accuracy_ci95", (np.nan, np.nan))

@@ -476,6 +476,10 @@ def clip_metrics(presentations: dict[str, list[np.ndarray]], targets: StimulusTa
         "identification_accuracy_centred": ev.identification_accuracy(avg, true, centre=centre),
         "within_genre_identification_accuracy": ev.finite_mean(within),
         "within_genre_identification_accuracy_ci95": ev.bootstrap_ci(within),
+        # against chance: targets permuted among all clips, or among a genre's clips only
+        "identification_accuracy_p": ev.identification_permutation_p(avg, true),
+        "within_genre_identification_accuracy_p": ev.identification_permutation_p(avg, true, genres=genres,
+                                                                                  foils="same_genre"),
         "nway": ev.nway_topk(avg, true, ks=(1, 5)),
         "per_dim_correlation_mean": float(np.mean(ev.per_dim_correlation(avg, true))),
         "retrieval_genre_agreement": ev.retrieval_genre_agreement(avg, train_clip_emb, train_genres, genres),
@@ -736,6 +740,7 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
     metrics["causal"] = {k: v for k, v in causal.items() if k != "_arrays"}
     for k in ("identification_accuracy", "identification_accuracy_centred", "within_genre_identification_accuracy",
               "identification_accuracy_ci95", "within_genre_identification_accuracy_ci95",
+              "identification_accuracy_p", "within_genre_identification_accuracy_p",
               "identification_accuracy_single", "genre_prior", "nway"):
         metrics[k] = causal[k]
     if cfg.compare_offline:

@@ -39,7 +39,7 @@ def run(args) -> int:
         s = run_demo(cfg, progress)
     lo, hi = s["live_identification_ci95"]
     print(f"live identification accuracy {s['live_identification_accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f}, "
-          f"{s['n_test_clips']} clips; chance 0.5)", file=sys.stdout)
+          f"{s['n_test_clips']} clips; chance 0.5, permutation p {s['live_identification_p']:.2g})", file=sys.stdout)
     print(f"live vs offline decoding: max |diff| {s['live_vs_offline_max_abs_diff']:.1e} "
           f"({'agree' if s['live_vs_offline_max_abs_diff'] <= 1e-4 else 'DISAGREE'} to 1e-4); "
           f"recorded run bit-exact: {s['recorded_run_bit_exact']}", file=sys.stdout)

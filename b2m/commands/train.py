@@ -99,6 +99,8 @@ def run(args) -> int:
         "within_genre_identification_accuracy": round(m["within_genre_identification_accuracy"], 4),
         "within_genre_identification_accuracy_ci95": [round(v, 4) for v in
                                                       m["within_genre_identification_accuracy_ci95"]],
+        "identification_accuracy_p": m["identification_accuracy_p"],
+        "within_genre_identification_accuracy_p": m["within_genre_identification_accuracy_p"],
         "genre_prior_identification_accuracy": round(m["genre_prior"]["identification_accuracy"], 4),
         "offline_identification_accuracy": round(m["offline"]["identification_accuracy"], 4) if "offline" in m else None,
         "deviation_scale": m["causal"]["deviation_scale"],

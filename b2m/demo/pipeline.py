@@ -228,6 +228,7 @@ def _checks(run, live: dict, targets) -> dict:
     return {
         "live_identification_accuracy": float(np.mean(per_clip)),
         "live_identification_ci95": ev.bootstrap_ci(per_clip),
+        "live_identification_p": ev.identification_permutation_p(pred, true),
         "n_test_clips": len(keys), "test_genres": sorted(set(genres)),
         "live_vs_offline_max_abs_diff": parity,
         "recorded_run_bit_exact": bit_exact,
@@ -278,6 +279,7 @@ def run_demo(cfg: DemoConfig, progress=lambda stage, done, total: None) -> dict:
     summary = {
         "live_identification_accuracy": checks["live_identification_accuracy"],
         "live_identification_ci95": checks["live_identification_ci95"],
+        "live_identification_p": checks["live_identification_p"],
         "live_vs_offline_max_abs_diff": checks["live_vs_offline_max_abs_diff"],
         "latency_ms": {"p50": total.get("p50"), "p99": total.get("p99"),
                        "stages": {k: v for k, v in st["latency_ms"].items() if k != "total"}},
@@ -290,7 +292,8 @@ def run_demo(cfg: DemoConfig, progress=lambda stage, done, total: None) -> dict:
         "n_test_clips": checks["n_test_clips"],
         "offline_test_metrics": {k: metrics.get(k) for k in ("identification_accuracy",
                                                              "identification_accuracy_ci95",
-                                                             "within_genre_identification_accuracy")},
+                                                             "within_genre_identification_accuracy",
+                                                             "within_genre_identification_accuracy_p")},
         "counts": st["counts"],
         "volumes_replayed": live["replay"].n_sent,
         "live_wall_s": round(live["wall_s"], 2),

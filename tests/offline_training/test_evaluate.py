@@ -7,7 +7,8 @@ import pytest
 from scipy.stats import pearsonr
 
 from offline_training.evaluate import (bootstrap_ci, corr_matrix, explainable_variance, genre_prior_predictions,
-                                       identification_accuracy, identification_per_clip, nway_topk,
+                                       identification_accuracy, identification_per_clip,
+                                       identification_permutation_p, nway_topk,
                                        per_dim_correlation, retrieval_genre_agreement, tag_agreement)
 
 
@@ -94,3 +95,45 @@ def test_retrieval_genre_agreement_and_tags():
     res = retrieval_genre_agreement(pred, lib, lib_genres, ["a", "c"], ks=(1, 2))
     assert res == {"top1": 0.5, "top2": 1.0}
     assert tag_agreement(np.array([[0.9, 0.1, 0.5]]), np.array([[0.8, 0.2, 0.6]]), k=2) == 1.0
+
+
+def _exact_permutation_p(pred, true, genres=None):
+    """Every permutation (within genre when genres are given), scored by identification_per_clip itself."""
+    import itertools
+
+    n = len(pred)
+    foils = "all" if genres is None else "same_genre"
+    g = np.zeros(n, int) if genres is None else np.unique(genres, return_inverse=True)[1]
+    observed = identification_accuracy(pred, true, genres=genres, foils=foils)
+    groups = [np.flatnonzero(g == v) for v in np.unique(g)]
+    null = []
+    for parts in itertools.product(*[itertools.permutations(idx) for idx in groups]):
+        perm = np.arange(n)
+        for idx, p in zip(groups, parts):
+            perm[idx] = p
+        null.append(identification_accuracy(pred, true[perm], genres=genres, foils=foils))
+    return np.mean(np.asarray(null) >= observed - 1e-12)
+
+
+@pytest.mark.parametrize("within", [False, True])
+def test_permutation_p_matches_exact_enumeration(rng, within):
+    # 6 clips: 720 permutations, or 3! x 3! = 36 within two genres; a weakly informative decoder
+    genres = np.repeat(["a", "b"], 3) if within else None
+    true = rng.standard_normal((6, 20)) + (np.repeat([[3.0], [-3.0]], 3, axis=0) if within else 0)
+    pred = true + 2.5 * rng.standard_normal((6, 20))
+    exact = _exact_permutation_p(pred, true, genres)
+    got = identification_permutation_p(pred, true, genres=genres, foils="same_genre" if within else "all",
+                                       n_perm=40000, seed=1)
+    assert 0.0 < exact < 1.0
+    assert got == pytest.approx(exact, abs=0.01)  # Monte Carlo s.e. <= 0.0025 at 40,000 draws
+
+
+def test_permutation_p_of_a_perfect_and_a_genre_only_decoder(rng):
+    genres = np.repeat(["a", "b", "c"], 5)
+    true = rng.standard_normal((15, 16)) + np.repeat(rng.standard_normal((3, 16)) * 3, 5, axis=0)
+    assert identification_permutation_p(true, true, n_perm=999) == 1 / 1000
+    assert identification_permutation_p(true, true, genres=genres, foils="same_genre", n_perm=999) == 1 / 1000
+    prior = genre_prior_predictions(true, genres, genres)
+    assert identification_permutation_p(prior, true, n_perm=999) == 1 / 1000  # genre is information
+    # ...but nothing beyond genre: within-genre permutations leave its accuracy unchanged
+    assert identification_permutation_p(prior, true, genres=genres, foils="same_genre", n_perm=999) == 1.0

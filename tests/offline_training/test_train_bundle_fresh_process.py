@@ -101,9 +101,13 @@ def test_train_writes_metrics_config_and_caches(trained):
     root, out, m = trained
     saved = json.loads((out / "metrics.json").read_text())
     for key in ("identification_accuracy", "identification_accuracy_ci95", "within_genre_identification_accuracy",
-                "within_genre_identification_accuracy_ci95", "genre_prior", "timings_s", "wall_s", "peak_rss_mb"):
+                "within_genre_identification_accuracy_ci95", "identification_accuracy_p",
+                "within_genre_identification_accuracy_p", "genre_prior", "timings_s", "wall_s", "peak_rss_mb"):
         assert key in saved and key in m
     assert 0.0 <= saved["identification_accuracy"] <= 1.0
+    for key in ("identification_accuracy_p", "within_genre_identification_accuracy_p"):
+        assert 1 / 10001 <= saved[key] <= 1.0  # 10,000 permutations
+    assert "permutation p" in (out / "report.html").read_text()
     assert str(saved["causal"]["deviation_scale"]) in saved["causal"]["deviation_scale_cv_identification"]
     assert "offline" not in saved  # the comparison is opt-in
     assert json.loads((out / "config.json").read_text())["n_voxels"] == 60
