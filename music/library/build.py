@@ -6,8 +6,9 @@ audio is cut into consecutive windows of ``clip_s`` seconds (default 15 s, the
 length of ds003720's excerpts); a last remainder shorter than half a window is
 dropped. Every clip is embedded (clip vector = mean of the embedder's windows,
 then L2-normalised), beat-tracked from its file as the live session reads it
-(:func:`music.beats.clip_beats`, stored in ``beats.npz``) and appended to ``LIB/.build/progress.log`` (a durable
-record log), so a rerun skips units already done. A unit that fails is
+(:func:`music.beats.clip_beats`, stored in ``beats.npz``) and appended to
+``LIB/.build/progress.log`` (a durable record log), so a rerun skips units
+already done. A unit that fails is
 skipped with its reason in ``LIB/build.log`` and ``LIB/skipped.tsv``; one bad
 file never aborts a build. The library files are written at the end, each
 atomically, so a library folder is always either the previous one or the new one.
@@ -292,9 +293,19 @@ def build_library(out: str, units: list[Unit], embedder: Embedder, *, problems: 
                        audio_s=audio_s)
 
 
-def _beats_of(out: str, h: dict) -> tuple[float, list]:
-    """A clip's tempo and beats from its samples as the live session reads them (the file, not ``x``)."""
-    seg, sr = read_segment(os.path.join(out, h["path"]), h["start_s"], h["duration_s"])
+def _beats_of(out: str, h: dict, missing_ok: bool = False) -> tuple[float, list]:
+    """A clip's tempo and beats from its samples as the live session reads them (the file, not ``x``).
+
+    ``missing_ok``: a clip of an earlier build whose audio can no longer be
+    read gets no beats (logged) instead of stopping the library's rewrite.
+    """
+    try:
+        seg, sr = read_segment(os.path.join(out, h["path"]), h["start_s"], h["duration_s"])
+    except (OSError, ValueError, RuntimeError) as e:
+        if not missing_ok:
+            raise
+        log.warning("no beats for %s: its audio %s cannot be read (%s)", h["id"], h["path"], e)
+        return float("nan"), []
     tempo, beats = clip_beats(seg, sr)
     return tempo, beats.tolist()
 
@@ -326,7 +337,7 @@ def _write_library(out: str, ident: dict, tag_names, n_tags: int, skipped: list,
         files["tags.npy"] = sha256_file(os.path.join(out, "tags.npy"))
     # beats: from each record (a build before beats were stored gets them now, from the files)
     beats = [(by_id[i][0]["tempo_bpm"], by_id[i][0]["beats_s"]) if "beats_s" in by_id[i][0]
-             else _beats_of(out, by_id[i][0]) for i in ids]
+             else _beats_of(out, by_id[i][0], missing_ok=True) for i in ids]
     write_beats(os.path.join(out, "beats.npz.tmp"), [b[0] for b in beats], [b[1] for b in beats])
     os.replace(os.path.join(out, "beats.npz.tmp"), os.path.join(out, "beats.npz"))
     files["beats.npz"] = sha256_file(os.path.join(out, "beats.npz"))

@@ -238,3 +238,34 @@ def test_bad_beats_file_is_refused_and_an_older_library_has_none(tmp_path, click
     (lib_dir / "manifest.json").write_text(json.dumps(m))
     os.remove(lib_dir / "beats.npz")
     assert Library(lib_dir).beats(0) is None
+
+
+def test_rebuilding_a_library_from_before_beats_adds_them(tmp_path, click_track, embedder, caplog):
+    from protocols.record import RecordLog, scan_records
+
+    units, _ = discover_sources([str(click_track)], clip_s=3.0)
+    lib_dir = tmp_path / "lib"
+    build_library(str(lib_dir), units, embedder, clip_s=3.0)
+    before = Library(lib_dir)
+    want = {c.id: before.beats(i) for i, c in enumerate(before.clips)}
+    # the progress log as an earlier version wrote it: clip records without tempo/beats
+    log = lib_dir / ".build" / "progress.log"
+    records, _ = scan_records(log)
+    os.remove(log)
+    old = RecordLog(log)
+    for r in records:
+        old.append({k: v for k, v in r.header.items() if k not in ("tempo_bpm", "beats_s")}, bytes(r.payload))
+    old.close()
+    gone = next(c for c in before.clips if "tone" in c.id)
+    os.remove(lib_dir / gone.path)  # and one clip's audio has since been lost
+    with caplog.at_level("WARNING", logger="b2m.library"):
+        res = build_library(str(lib_dir), units, embedder, clip_s=3.0)  # nothing new: the library is rewritten
+    assert res.n_new == 0
+    after = Library(lib_dir)
+    for i, c in enumerate(after.clips):
+        tempo, beats = after.beats(i)
+        if c.id == gone.id:
+            assert np.isnan(tempo) and beats.size == 0
+        else:
+            np.testing.assert_array_equal(beats, want[c.id][1])
+    assert any(gone.id in m and "cannot be read" in m for m in caplog.messages)
