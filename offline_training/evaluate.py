@@ -107,7 +107,8 @@ def identification_permutation_p(pred: np.ndarray, true: np.ndarray, *, genres=N
     -------
     p : float
         ``(1 + #{null accuracy >= observed}) / (1 + n_perm)``; the smallest
-        possible value is ``1 / (1 + n_perm)``.
+        possible value is ``1 / (1 + n_perm)``. NaN when no clip has a foil
+        (as the accuracy then is).
     """
     c = corr_matrix(np.asarray(pred, np.float64), np.asarray(true, np.float64))
     n = len(c)
@@ -125,6 +126,8 @@ def identification_permutation_p(pred: np.ndarray, true: np.ndarray, *, genres=N
         member[np.ix_(idx, idx)] = True
     n_foils = member.sum(1) - 1
     rows = np.flatnonzero(n_foils > 0)  # a clip alone in its genre has no foil: left out, as in the metric
+    if rows.size == 0:  # no clip has a foil (one clip per genre): the accuracy itself is undefined
+        return float("nan")
     # score[i, j]: accuracy of prediction i if target j were its own (foils: j's candidates other than j)
     less = ((c[:, None, :] < c[:, :, None]) & member[:, None, :]).sum(2)
     score = less / np.maximum(n_foils, 1)[:, None]

@@ -137,3 +137,7 @@ def test_permutation_p_of_a_perfect_and_a_genre_only_decoder(rng):
     assert identification_permutation_p(prior, true, n_perm=999) == 1 / 1000  # genre is information
     # ...but nothing beyond genre: within-genre permutations leave its accuracy unchanged
     assert identification_permutation_p(prior, true, genres=genres, foils="same_genre", n_perm=999) == 1.0
+    # one clip per genre: no foils, the accuracy is undefined and so is its p-value
+    one_each = np.array(["a", "b", "c"])
+    assert np.isnan(identification_accuracy(true[:3], true[:3], genres=one_each, foils="same_genre"))
+    assert np.isnan(identification_permutation_p(true[:3], true[:3], genres=one_each, foils="same_genre"))
