@@ -49,6 +49,17 @@ def corr_matrix(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     return p @ t.T
 
 
+def _foil_groups(n: int, genres, foils: str) -> np.ndarray:
+    """Group label per clip, shape (n,): a clip's foils are the other clips of its group."""
+    if foils == "same_genre":
+        if genres is None:
+            raise ValueError("foils='same_genre' needs genres")
+        return np.asarray(genres)
+    if foils != "all":
+        raise ValueError(f"foils must be 'all' or 'same_genre', got {foils!r}")
+    return np.zeros(n, int)
+
+
 def identification_per_clip(pred: np.ndarray, true: np.ndarray, *, genres=None,
                             foils: Literal["all", "same_genre"] = "all", centre: np.ndarray | None = None) -> np.ndarray:
     """Per-clip identification accuracy, shape (n_clips,); NaN where a clip has no foil."""
@@ -62,14 +73,8 @@ def identification_per_clip(pred: np.ndarray, true: np.ndarray, *, genres=None,
     c = corr_matrix(pred, true)
     n = len(c)
     own = np.diag(c)
-    valid = ~np.eye(n, dtype=bool)  # never count a clip against itself
-    if foils == "same_genre":
-        if genres is None:
-            raise ValueError("foils='same_genre' needs genres")
-        g = np.asarray(genres)
-        valid &= g[:, None] == g[None, :]
-    elif foils != "all":
-        raise ValueError(f"foils must be 'all' or 'same_genre', got {foils!r}")
+    labels = _foil_groups(n, genres, foils)
+    valid = (labels[:, None] == labels[None, :]) & ~np.eye(n, dtype=bool)  # never count a clip against itself
     wins = (c < own[:, None]) & valid
     n_foils = valid.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -112,18 +117,9 @@ def identification_permutation_p(pred: np.ndarray, true: np.ndarray, *, genres=N
     """
     c = corr_matrix(np.asarray(pred, np.float64), np.asarray(true, np.float64))
     n = len(c)
-    if foils == "same_genre":
-        if genres is None:
-            raise ValueError("foils='same_genre' needs genres")
-        g = np.asarray(genres)
-        groups = [np.flatnonzero(g == v) for v in np.unique(g)]
-    elif foils == "all":
-        groups = [np.arange(n)]
-    else:
-        raise ValueError(f"foils must be 'all' or 'same_genre', got {foils!r}")
-    member = np.zeros((n, n), bool)  # member[i, k]: k is a candidate target of prediction i
-    for idx in groups:
-        member[np.ix_(idx, idx)] = True
+    labels = _foil_groups(n, genres, foils)
+    groups = [np.flatnonzero(labels == v) for v in np.unique(labels)]
+    member = labels[:, None] == labels[None, :]  # member[i, k]: k is a candidate target of prediction i
     n_foils = member.sum(1) - 1
     rows = np.flatnonzero(n_foils > 0)  # a clip alone in its genre has no foil: left out, as in the metric
     if rows.size == 0:  # no clip has a foil (one clip per genre): the accuracy itself is undefined
