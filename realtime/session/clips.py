@@ -4,8 +4,9 @@ A switch needs the new clip as a float32 array at the output rate and its
 beat positions (to land the switch on a beat or bar and to start the clip on
 its own first beat). The beats come from the library (``beats.npz``, stored
 at build time); a library built without them is beat-tracked here. Reading
-and resampling a 15 s clip still takes tens of milliseconds, so :class:`ClipCache` does it on a loader thread for the
-policy's current candidates (:meth:`prefetch`), keeps the most recent clips
+and resampling a 15 s clip still takes tens of milliseconds, so
+:class:`ClipCache` does it on a loader thread for the policy's current
+candidates (:meth:`prefetch`), keeps the most recent clips
 (LRU), and loads synchronously only when a switch asks for a clip that is
 not ready yet (counted in ``stats["sync_loads"]``).
 """
