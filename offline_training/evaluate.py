@@ -6,6 +6,8 @@ All functions are pure: arrays in, numbers or arrays out.
   the fraction of the *other* test clips whose true embedding correlates with
   the prediction less than the clip's own does (chance 0.5). A clip is never
   counted against itself.
+- :func:`identification_per_presentation` scores single presentations of
+  repeated clips the same way.
 - ``foils="same_genre"`` restricts the foils to clips of the same genre
   (within-genre identification): a decoder that only knows genre scores 0.5.
 - ``centre=`` subtracts a reference embedding (the mean training embedding)
@@ -24,6 +26,7 @@ from typing import Literal
 import numpy as np
 
 __all__ = ["corr_matrix", "finite_mean", "identification_accuracy", "identification_per_clip",
+           "identification_per_presentation",
            "identification_permutation_p", "nway_topk",
            "bootstrap_ci", "per_dim_correlation", "explainable_variance", "genre_prior_predictions",
            "retrieval_genre_agreement", "tag_agreement"]
@@ -63,18 +66,57 @@ def _foil_groups(n: int, genres, foils: str) -> np.ndarray:
 def identification_per_clip(pred: np.ndarray, true: np.ndarray, *, genres=None,
                             foils: Literal["all", "same_genre"] = "all", centre: np.ndarray | None = None) -> np.ndarray:
     """Per-clip identification accuracy, shape (n_clips,); NaN where a clip has no foil."""
-    pred = np.asarray(pred, dtype=np.float64)
-    true = np.asarray(true, dtype=np.float64)
+    pred = np.asarray(pred)
+    true = np.asarray(true)
     if pred.shape != true.shape:
         raise ValueError(f"pred {pred.shape} and true {true.shape} must have the same shape")
+    return identification_per_presentation(pred, true, np.arange(len(true)), genres=genres, foils=foils, centre=centre)
+
+
+def identification_per_presentation(pred: np.ndarray, true: np.ndarray, clip: np.ndarray, *, genres=None,
+                                    foils: Literal["all", "same_genre"] = "all",
+                                    centre: np.ndarray | None = None) -> np.ndarray:
+    """Identification accuracy of each decoded presentation, e.g. single presentations of repeated clips.
+
+    Presentation ``i`` decodes clip ``clip[i]``; its accuracy is the fraction
+    of the other clips (of its genre, with ``foils="same_genre"``) whose
+    target correlates with ``pred[i]`` less than its own clip's does. Other
+    presentations of the same clip are never foils.
+
+    Parameters
+    ----------
+    pred : ndarray of shape (n_presentations, dim)
+    true : ndarray of shape (n_clips, dim)
+    clip : ndarray of int, shape (n_presentations,)
+        Row of ``true`` each presentation decodes.
+    genres : sequence of str, length n_clips, optional
+        Needed for ``foils="same_genre"``.
+    foils : {"all", "same_genre"}
+    centre : ndarray of shape (dim,), optional
+        Subtracted from predictions and targets first.
+
+    Returns
+    -------
+    ndarray of shape (n_presentations,)
+        NaN where a presentation's clip has no foil.
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    true = np.asarray(true, dtype=np.float64)
+    clip = np.asarray(clip, dtype=np.int64)
+    if pred.ndim != 2 or true.ndim != 2 or pred.shape[1] != true.shape[1] or clip.shape != (len(pred),):
+        raise ValueError(f"pred (n_presentations, dim) {pred.shape}, true (n_clips, dim) {true.shape} and clip "
+                         f"(n_presentations,) {clip.shape} do not agree")
+    if len(clip) and (clip.min() < 0 or clip.max() >= len(true)):
+        raise ValueError(f"clip indices must lie in [0, {len(true)}), got {clip.min()}..{clip.max()}")
     if centre is not None:
         pred = pred - centre
         true = true - centre
     c = corr_matrix(pred, true)
-    n = len(c)
-    own = np.diag(c)
-    labels = _foil_groups(n, genres, foils)
-    valid = (labels[:, None] == labels[None, :]) & ~np.eye(n, dtype=bool)  # never count a clip against itself
+    rows = np.arange(len(c))
+    own = c[rows, clip]
+    labels = _foil_groups(len(true), genres, foils)
+    valid = labels[clip][:, None] == labels[None, :]
+    valid[rows, clip] = False  # never count a clip against itself
     wins = (c < own[:, None]) & valid
     n_foils = valid.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):

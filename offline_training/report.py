@@ -132,6 +132,7 @@ def write_report(out: str, metrics: dict, arrays: dict, state: dict, enc_corr: n
     row("Within-genre identification (chance 0.5)", "within_genre_identification_accuracy")
     row("Within-genre, permutation p (targets permuted within genre)", "within_genre_identification_accuracy_p", "{:.2g}")
     row("Identification, single presentations", "identification_accuracy_single")
+    row("Within-genre identification, single presentations", "within_genre_identification_accuracy_single")
     row("Per-dimension correlation (mean)", "per_dim_correlation_mean")
     ci = metrics.get("identification_accuracy_ci95", (np.nan, np.nan))
     parts = [f"<h2>{html.escape(t)}</h2><img src='data:image/png;base64,{figs[k]}'>"

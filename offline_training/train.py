@@ -484,18 +484,12 @@ def clip_metrics(presentations: dict[str, list[np.ndarray]], targets: StimulusTa
         "per_dim_correlation_mean": float(np.mean(ev.per_dim_correlation(avg, true))),
         "retrieval_genre_agreement": ev.retrieval_genre_agreement(avg, train_clip_emb, train_genres, genres),
     }
-    # single presentations: each presentation alone against all test clips
-    single_pred, single_true_idx = [], []
-    for i, k in enumerate(keys):
-        for p in presentations[k]:
-            single_pred.append(p)
-            single_true_idx.append(i)
-    sp = np.stack(single_pred)
-    c = ev.corr_matrix(sp, true)
-    own = c[np.arange(len(sp)), single_true_idx]
-    mask = np.ones_like(c, bool)
-    mask[np.arange(len(sp)), single_true_idx] = False
-    res["identification_accuracy_single"] = float(np.mean(((c < own[:, None]) & mask).sum(1) / mask.sum(1)))
+    # single presentations: each presentation alone against the test clips' targets
+    sp = np.stack([p for k in keys for p in presentations[k]])
+    clip = np.repeat(np.arange(len(keys)), [len(presentations[k]) for k in keys])
+    res["identification_accuracy_single"] = ev.finite_mean(ev.identification_per_presentation(sp, true, clip))
+    res["within_genre_identification_accuracy_single"] = ev.finite_mean(
+        ev.identification_per_presentation(sp, true, clip, genres=genres, foils="same_genre"))
     prior = ev.genre_prior_predictions(train_clip_emb, train_genres, genres)
     prior_within = ev.identification_per_clip(prior, true, genres=genres, foils="same_genre")
     prior_clip = ev.identification_per_clip(prior, true)
@@ -741,7 +735,7 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
     for k in ("identification_accuracy", "identification_accuracy_centred", "within_genre_identification_accuracy",
               "identification_accuracy_ci95", "within_genre_identification_accuracy_ci95",
               "identification_accuracy_p", "within_genre_identification_accuracy_p",
-              "identification_accuracy_single", "genre_prior", "nway"):
+              "identification_accuracy_single", "within_genre_identification_accuracy_single", "genre_prior", "nway"):
         metrics[k] = causal[k]
     if cfg.compare_offline:
         offline, _ = fit_eval(pcfg.offline_variant(), "offline")

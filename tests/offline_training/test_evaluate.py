@@ -8,6 +8,7 @@ from scipy.stats import pearsonr
 
 from offline_training.evaluate import (bootstrap_ci, corr_matrix, explainable_variance, genre_prior_predictions,
                                        identification_accuracy, identification_per_clip,
+                                       identification_per_presentation,
                                        identification_permutation_p, nway_topk,
                                        per_dim_correlation, retrieval_genre_agreement, tag_agreement)
 
@@ -49,6 +50,31 @@ def test_within_genre_foils_and_genre_only_decoder_scores_half(rng):
     assert identification_accuracy(pred, true) > 0.7
     within = identification_accuracy(pred, true, genres=genres, foils="same_genre")
     assert within == pytest.approx(0.5, abs=0.15)
+
+
+@pytest.mark.parametrize("within", [False, True])
+def test_single_presentations_match_brute_force_and_skip_other_repeats(rng, within):
+    genres = np.repeat(["a", "b", "c"], 3)
+    true = rng.standard_normal((9, 14)) + np.repeat(rng.standard_normal((3, 14)), 3, axis=0)
+    clip = np.repeat(np.arange(9), [4, 4, 4, 1, 4, 4, 2, 4, 4])  # repeats, as in the Test runs
+    pred = true[clip] + 1.5 * rng.standard_normal((len(clip), 14))
+    same = genres if within else None
+    got = identification_per_presentation(pred, true, clip, genres=genres,
+                                          foils="same_genre" if within else "all")
+    ref = []
+    for i, k in enumerate(clip):  # the other clips' targets are the foils, never another repeat of clip k
+        own = pearsonr(pred[i], true[k])[0]
+        foils = [j for j in range(9) if j != k and (same is None or same[j] == same[k])]
+        ref.append(np.mean([pearsonr(pred[i], true[j])[0] < own for j in foils]))
+    np.testing.assert_allclose(got, ref, atol=1e-12)
+    # one presentation per clip is the per-clip metric
+    np.testing.assert_allclose(identification_per_presentation(true + pred[:9], true, np.arange(9)),
+                               identification_per_clip(true + pred[:9], true), atol=0)
+
+
+def test_single_presentations_refuse_indices_outside_the_clips(rng):
+    with pytest.raises(ValueError, match="clip indices"):
+        identification_per_presentation(rng.standard_normal((3, 5)), rng.standard_normal((2, 5)), np.array([0, 1, 2]))
 
 
 def test_centring_removes_a_shared_offset(rng):
