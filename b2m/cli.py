@@ -16,7 +16,7 @@ from rich.logging import RichHandler
 from protocols.errors import ProtocolError
 from realtime.transport import TransportError
 
-from .commands import demo, library, receive, replay, session, simulate, train
+from .commands import demo, keys, library, receive, replay, session, simulate, train
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     ssub = scanner.add_subparsers(dest="scanner_command", required=True, metavar="SUBCOMMAND")
     replay.add_parser(ssub)
     receive.add_parser(sub)
+    keys.add_parser(sub)
     session.add_parser(sub)
     library.add_parser(sub)
     train.add_parser(sub)

@@ -28,7 +28,7 @@ from protocols.session import RunRecord, SessionRecord
 from protocols.wire import Ack, Heartbeat, Reject, RunEnd, RunStart, VolumeMessage, decode, encode
 
 from .nifti_io import export_run_nifti
-from .transport import DEFAULT_ENDPOINT, bind_router, check_exposure
+from .transport import DEFAULT_ENDPOINT, CurveServer, bind_router, check_exposure, start_authenticator
 
 __all__ = ["Receiver", "ReceiverStats"]
 
@@ -80,6 +80,9 @@ class Receiver:
         ZeroMQ endpoint to bind (loopback by default).
     insecure : bool
         Allow a non-loopback bind without CURVE keys.
+    curve : CurveServer, optional
+        Encrypt the link with CURVE and, with ``curve.clients_dir``, accept
+        only the senders whose public keys are in it.
     on_volume : callable, optional
         Called as ``on_volume(msg, t_recv)`` for each new volume once it is
         recorded and its ack is on the wire (by :meth:`serve`; a caller of
@@ -97,17 +100,18 @@ class Receiver:
     """
 
     def __init__(self, out_dir, bind: str = DEFAULT_ENDPOINT, *, insecure: bool = False,
-                 on_volume: Callable | None = None, on_run_complete: Callable | None = None,
+                 curve: CurveServer | None = None, on_volume: Callable | None = None, on_run_complete: Callable | None = None,
                  on_run_gaps: Callable | None = None,
                  export: bool = True, sync: bool = True, ctx: zmq.Context | None = None):
         self.out_dir = os.fspath(out_dir)
-        check_exposure(bind, curve=False, insecure=insecure)  # refuse before touching the disk
+        check_exposure(bind, curve=curve is not None, insecure=insecure)  # refuse before touching the disk
         self.record = SessionRecord(self.out_dir, sync=sync)
         for torn in self.record.torn:
             log.warning("a torn record from an earlier crash was moved to %s; its sender will resend it", torn)
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
-        self.sock = bind_router(self.ctx, bind, insecure=insecure)
+        self._auth = start_authenticator(self.ctx, curve)
+        self.sock = bind_router(self.ctx, bind, insecure=insecure, curve=curve)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.on_volume = on_volume
         self.on_run_complete = on_run_complete
@@ -314,6 +318,8 @@ class Receiver:
     def close(self) -> None:
         self._exporter.shutdown(wait=True)
         self.sock.close(0)
+        if self._auth is not None:
+            self._auth.stop()
         self.record.close()
         if self._own_ctx:
             self.ctx.term()

@@ -9,6 +9,7 @@ events, or at the next deadline; there is no sleep-polling.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,9 +20,11 @@ from zmq.utils.monitor import parse_monitor_message
 from protocols.errors import MessageError
 from protocols.wire import Ack, Message, Reject, RunEnd, RunStart, VolumeMessage, decode, encode
 
-from .transport import connect_dealer
+from .transport import CurveClient, connect_dealer
 
 __all__ = ["ReliableSender", "SenderStats"]
+
+log = logging.getLogger("b2m.sender")
 
 _EARLY_RETRY_S = 0.01
 
@@ -57,6 +60,7 @@ class SenderStats:
     acked: int = 0
     duplicates: int = 0
     reconnects: int = 0
+    auth_failures: int = 0
     rejected: list = field(default_factory=list)
     latencies_s: dict = field(default_factory=dict)
 
@@ -73,10 +77,14 @@ class ReliableSender:
     window : int
         At most this many unacked messages; :meth:`send` waits beyond it.
     ctx : zmq.Context, optional
+    curve : CurveClient, optional
+        Encrypt the link with CURVE (the receiver must be a CURVE server
+        holding the matching key). A refused handshake is logged as an error
+        and counted in ``stats.auth_failures``; the sender keeps retrying.
     """
 
     def __init__(self, endpoint: str, *, resend_timeout_s: float = 1.0, window: int = 64,
-                 ctx: zmq.Context | None = None):
+                 ctx: zmq.Context | None = None, curve: CurveClient | None = None):
         self.endpoint = endpoint
         self.resend_timeout_s = float(resend_timeout_s)
         self.window = int(window)
@@ -84,7 +92,9 @@ class ReliableSender:
         self.ctx = ctx or zmq.Context()
         # The handshake (not the TCP connect) is when IMMEDIATE lets messages through.
         self.sock, self._monitor = connect_dealer(
-            self.ctx, endpoint, monitor_events=zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+            self.ctx, endpoint, curve=curve,
+            monitor_events=(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL))
         self._retry_at = math.inf  # an early retry after a send found no peer
         self._poller = zmq.Poller()
         self._poller.register(self.sock, zmq.POLLIN)
@@ -218,6 +228,13 @@ class ReliableSender:
                 self.connected = reconnected = True
             elif evt["event"] == zmq.EVENT_DISCONNECTED:
                 self.connected = False
+            elif evt["event"] in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                                  zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+                self.stats.auth_failures += 1
+                if self.stats.auth_failures == 1:
+                    log.error("the receiver at %s refused the handshake: check that both sides use CURVE, that "
+                              "the receiver's public key is the one given here, and that this sender's public "
+                              "key is in the receiver's clients folder; retrying", self.endpoint)
         if reconnected:
             self._resend_due(force=True)
 

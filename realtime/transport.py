@@ -4,17 +4,32 @@ The receiver binds a ROUTER socket; a sender connects a DEALER socket. DEALER
 over TCP reconnects by itself after either side restarts, unlike Pyneal's
 PAIR socket. Loopback is the default; binding any other address needs CURVE
 keys or an explicit ``insecure=True``.
+
+CURVE (ZeroMQ's elliptic-curve encryption and authentication): each side
+has a key pair, written by :func:`generate_keys` as ``NAME.key`` (public,
+give it to the other side) and ``NAME.key_secret`` (stays on its machine).
+The receiver loads its secret key and, optionally, a folder of the public
+keys of the scanners it accepts (:func:`load_curve_server`); only those
+complete the handshake. A scanner loads its own secret key and the
+receiver's public key (:func:`load_curve_client`).
 """
 
 from __future__ import annotations
 
+import glob
 import ipaddress
+import logging
+import os
 import socket
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import zmq
 
-__all__ = ["TransportError", "is_loopback", "check_exposure", "bind_router", "connect_dealer"]
+__all__ = ["TransportError", "is_loopback", "check_exposure", "bind_router", "connect_dealer", "CurveServer",
+           "CurveClient", "generate_keys", "load_curve_server", "load_curve_client", "start_authenticator"]
+
+log = logging.getLogger("b2m.transport")
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
@@ -65,10 +80,119 @@ def check_exposure(endpoint: str, *, curve: bool, insecure: bool) -> None:
         )
 
 
-def bind_router(ctx: zmq.Context, endpoint: str, *, insecure: bool = False) -> zmq.Socket:
-    """A ROUTER socket bound to ``endpoint`` for receiving volumes."""
-    check_exposure(endpoint, curve=False, insecure=insecure)
+@dataclass(frozen=True)
+class CurveServer:
+    """CURVE keys of the receiving side.
+
+    Attributes
+    ----------
+    public, secret : bytes
+        Its key pair, Z85-encoded (40 characters each).
+    clients_dir : str or None
+        Folder of the public keys (``*.key``) of the senders it accepts; a
+        sender with any other key fails the handshake. None accepts every
+        sender that knows the receiver's public key (encrypted, not
+        authenticated).
+    """
+
+    public: bytes
+    secret: bytes
+    clients_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class CurveClient:
+    """CURVE keys of a sender: its own key pair and the receiver's public key (Z85 bytes)."""
+
+    public: bytes
+    secret: bytes
+    server_public: bytes
+
+
+def generate_keys(directory, name: str) -> tuple[str, str]:
+    """Write a new CURVE key pair as ``DIRECTORY/NAME.key`` and ``DIRECTORY/NAME.key_secret``.
+
+    Returns
+    -------
+    public_file, secret_file : str
+    """
+    import zmq.auth
+
+    if not name or os.sep in name or name.startswith("."):
+        raise TransportError(f"key name {name!r} must be a plain file name, e.g. 'receiver' or 'scanner'")
+    os.makedirs(directory, exist_ok=True)
+    secret = os.path.join(os.fspath(directory), f"{name}.key_secret")
+    if os.path.exists(secret):
+        raise TransportError(f"{secret} already exists; remove it first or choose another --name "
+                             "(a new key locks out every side that holds the old public key)")
+    public, secret = zmq.auth.create_certificates(os.fspath(directory), name)
+    os.chmod(secret, 0o600)
+    return public, secret
+
+
+def _load_key(path, *, secret: bool) -> tuple[bytes, bytes | None]:
+    import zmq.auth
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise TransportError(f"{path}: no such key file. Make one with 'b2m keys NAME --out DIR'")
+    try:
+        public, sec = zmq.auth.load_certificate(path)
+    except (ValueError, OSError, UnicodeDecodeError) as e:
+        raise TransportError(f"{path}: not a ZeroMQ key file ({e}). Make one with 'b2m keys NAME --out DIR'") \
+            from None
+    if not public or len(public) != 40 or (secret and (not sec or len(sec) != 40)):
+        what = "secret key (NAME.key_secret)" if secret else "public key (NAME.key)"
+        raise TransportError(f"{path}: has no {what}; give the {'.key_secret' if secret else '.key'} file")
+    return public, sec
+
+
+def load_curve_server(secret_file, clients_dir=None) -> CurveServer:
+    """The receiver's keys from its ``NAME.key_secret`` file, and the folder of accepted sender keys."""
+    public, secret = _load_key(secret_file, secret=True)
+    if clients_dir is not None:
+        clients_dir = os.fspath(clients_dir)
+        keys = glob.glob(os.path.join(clients_dir, "*.key"))
+        if not keys:
+            raise TransportError(f"{clients_dir}: no sender public keys (*.key) in it; copy each scanner's "
+                                 "NAME.key there, or leave the folder out to accept any sender that has the "
+                                 "receiver's public key")
+        for k in keys:
+            _load_key(k, secret=False)
+    return CurveServer(public, secret, clients_dir)
+
+
+def load_curve_client(secret_file, server_key_file) -> CurveClient:
+    """A sender's keys from its ``NAME.key_secret`` file and the receiver's ``NAME.key``."""
+    public, secret = _load_key(secret_file, secret=True)
+    server, _ = _load_key(server_key_file, secret=False)
+    return CurveClient(public, secret, server)
+
+
+def start_authenticator(ctx: zmq.Context, curve: CurveServer | None):
+    """Start the ZAP handler that admits only ``curve.clients_dir``'s keys, or return None.
+
+    The caller stops it (``.stop()``) before terminating ``ctx``.
+    """
+    if curve is None or curve.clients_dir is None:
+        return None
+    from zmq.auth.thread import ThreadAuthenticator
+
+    auth = ThreadAuthenticator(ctx, log=logging.getLogger("b2m.transport.auth"))
+    auth.start()
+    auth.configure_curve(domain="*", location=curve.clients_dir)
+    return auth
+
+
+def bind_router(ctx: zmq.Context, endpoint: str, *, insecure: bool = False,
+                curve: CurveServer | None = None) -> zmq.Socket:
+    """A ROUTER socket bound to ``endpoint`` for receiving volumes (a CURVE server with ``curve``)."""
+    check_exposure(endpoint, curve=curve is not None, insecure=insecure)
     sock = ctx.socket(zmq.ROUTER)
+    if curve is not None:
+        sock.curve_secretkey = curve.secret
+        sock.curve_publickey = curve.public
+        sock.curve_server = True
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, 0)  # never drop: the sender's window bounds memory
     sock.setsockopt(zmq.SNDHWM, 0)
@@ -82,8 +206,8 @@ def bind_router(ctx: zmq.Context, endpoint: str, *, insecure: bool = False) -> z
     return sock
 
 
-def connect_dealer(ctx: zmq.Context, endpoint: str, monitor_events: int = 0):
-    """A DEALER socket connected to ``endpoint`` for sending volumes.
+def connect_dealer(ctx: zmq.Context, endpoint: str, monitor_events: int = 0, curve: CurveClient | None = None):
+    """A DEALER socket connected to ``endpoint`` for sending volumes (a CURVE client with ``curve``).
 
     ``IMMEDIATE`` makes sends fail fast while no receiver is connected, so the
     sender keeps the message as unacked instead of queueing it on a dead pipe.
@@ -92,6 +216,10 @@ def connect_dealer(ctx: zmq.Context, endpoint: str, monitor_events: int = 0):
     given: the monitor is attached *before* connecting so no event is missed.
     """
     sock = ctx.socket(zmq.DEALER)
+    if curve is not None:
+        sock.curve_secretkey = curve.secret
+        sock.curve_publickey = curve.public
+        sock.curve_serverkey = curve.server_public
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IMMEDIATE, 1)
     sock.setsockopt(zmq.RECONNECT_IVL, 50)

@@ -11,6 +11,8 @@ import threading
 from realtime.receiver import Receiver
 from realtime.transport import DEFAULT_ENDPOINT
 
+from ._curve import add_server_args, server_keys
+
 log = logging.getLogger("b2m.receiver")
 
 
@@ -22,11 +24,13 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="session record folder (an existing one is continued)")
     p.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback bind without CURVE keys (private scanner network only)")
+    add_server_args(p)
     p.add_argument("--no-fsync", action="store_true", help="skip fdatasync before acks (tests only: unsafe)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    curve = server_keys(args)
     os.makedirs(args.out, exist_ok=True)
     fh = logging.FileHandler(os.path.join(args.out, "receiver.log"))
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -45,7 +49,7 @@ def run(args) -> int:
     def on_gaps(run_id, missing):
         print(f"{run_id}\tincomplete\tmissing={missing}", file=sys.stdout, flush=True)
 
-    with Receiver(args.out, args.bind, insecure=args.insecure, sync=not args.no_fsync,
+    with Receiver(args.out, args.bind, insecure=args.insecure, curve=curve, sync=not args.no_fsync,
                   on_run_complete=on_complete, on_run_gaps=on_gaps) as rx:
         log.info("receiving on %s, recording to %s", rx.endpoint, args.out)
         print(f"ready\t{rx.endpoint}", file=sys.stderr, flush=True)

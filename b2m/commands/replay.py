@@ -28,13 +28,29 @@ def add_parser(sub) -> None:
     p.add_argument("--resend-timeout", type=float, default=1.0, help="seconds before an unacked volume is resent")
     p.add_argument("--drain-timeout", type=float, default=60.0,
                    help="seconds to wait for the last acks before giving up (exit 1)")
+    p.add_argument("--curve-secret", metavar="FILE", default=None,
+                   help="this scanner's NAME.key_secret (b2m keys); with --curve-server-key, encrypts the link")
+    p.add_argument("--curve-server-key", metavar="FILE", default=None,
+                   help="the receiver's public NAME.key")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from realtime.transport import TransportError, load_curve_client
+
     speed = parse_speed(args.speed)
     console = Console(stderr=True)
+    curve = None
+    if bool(args.curve_secret) != bool(args.curve_server_key):
+        console.print("[red]error:[/red] --curve-secret and --curve-server-key go together")
+        return 2
+    if args.curve_secret:
+        try:
+            curve = load_curve_client(args.curve_secret, args.curve_server_key)
+        except TransportError as e:
+            console.print(f"[red]error:[/red] {e}")
+            return 2
     with Progress(TextColumn("[bold]replay[/bold] {task.fields[run]}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("lag {task.fields[lag]:>6.1f} ms"), TextColumn("unacked {task.fields[unacked]:>3}"),
                   TimeElapsedColumn(), console=console, disable=args.quiet, transient=False) as bar:
@@ -45,7 +61,7 @@ def run(args) -> int:
 
         res = replay_nifti(args.run, args.connect, tr_s=args.tr, speed=speed, run_id=args.run_id,
                            start=args.start, stop=args.stop, resend_timeout_s=args.resend_timeout,
-                           drain_timeout_s=args.drain_timeout, progress=progress)
+                           drain_timeout_s=args.drain_timeout, progress=progress, curve=curve)
     lat = res.latency_s * 1e3
     summary = {
         "run_id": res.run_id, "sent": res.n_sent, "all_acked": res.all_acked, "resent": res.resent, "held": res.held,

@@ -10,6 +10,8 @@ import sys
 import threading
 import time
 
+from ._curve import add_server_args, server_keys
+
 log = logging.getLogger("b2m.session")
 
 DEFAULT_RESULTS = "tcp://127.0.0.1:5556"
@@ -49,6 +51,7 @@ def add_parser(sub) -> None:
                         "the neutral clip on --audio, print PASS/FAIL per part and exit (1 if any failed); "
                         "--out is not needed")
     p.add_argument("--insecure", action="store_true", help="allow non-loopback endpoints without CURVE keys")
+    add_server_args(p)
     p.add_argument("--no-fsync", action="store_true", help=argparse_suppress())
     g = p.add_argument_group("feedback policy")
     g.add_argument("--smooth-trs", type=int, default=d.smooth_trs, help=f"TRs averaged (default {d.smooth_trs})")
@@ -96,7 +99,8 @@ def run_check(args) -> int:
     if missing:
         raise ValueError(f"b2m session --check needs {', '.join(missing)} (see b2m session --help)")
     checks = preflight(args.model, args.library, audio=args.audio, isolate=not args.in_process_audio,
-                       bind=args.bind, results=args.results, pyneal_port=args.pyneal_port, insecure=args.insecure)
+                       bind=args.bind, results=args.results, pyneal_port=args.pyneal_port, insecure=args.insecure,
+                       curve=server_keys(args))
     print(format_checks(checks))
     failed = [c.name for c in checks if not c.ok]
     print(f"{len(checks) - len(failed)} of {len(checks)} checks passed"
@@ -117,6 +121,8 @@ def run_live(args) -> int:
     from realtime.results import PynealResultsServer, ResultsPublisher
     from protocols.session import SessionRecord
     from realtime.session import Dashboard, SessionEngine, write_session_info
+
+    curve = server_keys(args)  # a bad key file stops the session before anything starts
     from realtime.session.replay import recorded_decisions, recorded_volumes
 
     os.makedirs(args.out, exist_ok=True)
@@ -171,7 +177,7 @@ def run_live(args) -> int:
             "audio": args.audio, "started_unix": time.time(),
             "embedder": decoder.embedder, "bundle_sha256": decoder.manifest.get("sha256", {}),
         })
-        with Receiver(args.out, args.bind, insecure=args.insecure, sync=not args.no_fsync,
+        with Receiver(args.out, args.bind, insecure=args.insecure, curve=curve, sync=not args.no_fsync,
                       on_volume=engine.on_volume, on_run_complete=run_over, on_run_gaps=run_over) as rx:
             print(f"ready\t{rx.endpoint}", file=sys.stderr, flush=True)
             if not args.no_dashboard:

@@ -63,7 +63,7 @@ def default_run_id(path: str) -> str:
 def replay_nifti(path, endpoint: str = DEFAULT_ENDPOINT, *, tr_s: float | None = None,
                  speed: float = 1.0, run_id: str | None = None, start: int = 0, stop: int | None = None,
                  resend_timeout_s: float = 1.0, window: int = 64, drain_timeout_s: float = 60.0,
-                 progress=None) -> ReplayResult:
+                 progress=None, curve=None) -> ReplayResult:
     """Stream volumes ``start..stop-1`` of a 4-D NIfTI to a receiver.
 
     Parameters
@@ -81,6 +81,8 @@ def replay_nifti(path, endpoint: str = DEFAULT_ENDPOINT, *, tr_s: float | None =
         scanner's, so ``start`` resumes an interrupted run into the same record.
     progress : callable, optional
         Called as ``progress(k, n, lag_s, n_unacked)`` after each send and at the end.
+    curve : realtime.transport.CurveClient, optional
+        CURVE keys, for a receiver that requires them.
 
     Raises
     ------
@@ -100,7 +102,7 @@ def replay_nifti(path, endpoint: str = DEFAULT_ENDPOINT, *, tr_s: float | None =
     run_id = run_id or default_run_id(run.path)
     n = stop - start
     pacing = np.zeros(n)
-    with ReliableSender(endpoint, resend_timeout_s=resend_timeout_s, window=window) as sender:
+    with ReliableSender(endpoint, resend_timeout_s=resend_timeout_s, window=window, curve=curve) as sender:
         sender.send(RunStart(run_id=run_id, tr_s=tr_s, n_volumes=n_total, shape=run.data.shape[:3],
                              dtype=run.data.dtype.str, affine=run.affine,
                              meta={"source": "replay", "file": os.path.basename(run.path),

@@ -94,7 +94,7 @@ def _play(library, spec: str, isolate: bool, seconds: float) -> tuple[str, None]
 
 def preflight(model: str, library: str, *, audio: str = "default", isolate: bool = True,
               bind: str | None = None, results: str | None = None, pyneal_port: int | None = None,
-              insecure: bool = False, seconds: float = 2.0) -> list[Check]:
+              insecure: bool = False, curve=None, seconds: float = 2.0) -> list[Check]:
     """Run every check (see the module doc) and return them in order.
 
     Parameters
@@ -110,6 +110,8 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
     pyneal_port : int or None
     insecure : bool
         Allow non-loopback endpoints without CURVE keys, as ``--insecure``.
+    curve : realtime.transport.CurveServer, optional
+        The scanner link's CURVE keys (``--curve-secret``).
     seconds : float
         How long the neutral clip plays.
     """
@@ -142,7 +144,7 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
     if decoder is not None:
         checks.append(_attempt("decoder speed", lambda: _decoder_speed(decoder))[0])
     if bind and bind != "none":
-        checks.append(_attempt("scanner endpoint", lambda: _bind_router(bind, insecure))[0])
+        checks.append(_attempt("scanner endpoint", lambda: _bind_router(bind, insecure, curve))[0])
     if results and results != "none":
         checks.append(_attempt("results endpoint", lambda: _bind_publisher(results, insecure))[0])
     if pyneal_port is not None:
@@ -154,14 +156,14 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
     return checks
 
 
-def _bind_router(endpoint: str, insecure: bool) -> tuple[str, None]:
+def _bind_router(endpoint: str, insecure: bool, curve=None) -> tuple[str, None]:
     import zmq
 
     from realtime.transport import bind_router
 
     ctx = zmq.Context()
     try:
-        sock = bind_router(ctx, endpoint, insecure=insecure)
+        sock = bind_router(ctx, endpoint, insecure=insecure, curve=curve)
         bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         sock.close(0)
     finally:

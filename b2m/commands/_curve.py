@@ -1,0 +1,21 @@
+"""The CURVE options of the commands that bind the scanner link (``receive``, ``session``)."""
+
+from __future__ import annotations
+
+
+def add_server_args(p) -> None:
+    p.add_argument("--curve-secret", metavar="FILE", default=None,
+                   help="this receiver's NAME.key_secret (from b2m keys): encrypt the scanner link with CURVE; "
+                        "a non-loopback --bind is then allowed without --insecure")
+    p.add_argument("--curve-clients", metavar="DIR", default=None,
+                   help="with --curve-secret: accept only scanners whose public NAME.key is in DIR (without it, "
+                        "any scanner holding the receiver's public key can connect)")
+
+
+def server_keys(args):
+    """The :class:`realtime.transport.CurveServer` the options ask for, or None."""
+    from realtime.transport import load_curve_server
+
+    if args.curve_clients and not args.curve_secret:
+        raise ValueError("--curve-clients needs --curve-secret (the receiver's own NAME.key_secret)")
+    return load_curve_server(args.curve_secret, args.curve_clients) if args.curve_secret else None
