@@ -100,8 +100,8 @@ class Receiver:
     """
 
     def __init__(self, out_dir, bind: str = DEFAULT_ENDPOINT, *, insecure: bool = False,
-                 curve: CurveServer | None = None, on_volume: Callable | None = None, on_run_complete: Callable | None = None,
-                 on_run_gaps: Callable | None = None,
+                 curve: CurveServer | None = None, on_volume: Callable | None = None,
+                 on_run_complete: Callable | None = None, on_run_gaps: Callable | None = None,
                  export: bool = True, sync: bool = True, ctx: zmq.Context | None = None):
         self.out_dir = os.fspath(out_dir)
         check_exposure(bind, curve=curve is not None, insecure=insecure)  # refuse before touching the disk
@@ -111,7 +111,12 @@ class Receiver:
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
         self._auth = start_authenticator(self.ctx, curve)
-        self.sock = bind_router(self.ctx, bind, insecure=insecure, curve=curve)
+        try:
+            self.sock = bind_router(self.ctx, bind, insecure=insecure, curve=curve)
+        except BaseException:
+            if self._auth is not None:
+                self._auth.stop()
+            raise
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.on_volume = on_volume
         self.on_run_complete = on_run_complete

@@ -1,4 +1,5 @@
-"""The CURVE options of the commands that bind the scanner link (``receive``, ``session``)."""
+"""The CURVE options of the scanner link: the receiving side (``receive``, ``session``) and the
+sending side (``scanner replay``)."""
 
 from __future__ import annotations
 
@@ -19,3 +20,19 @@ def server_keys(args):
     if args.curve_clients and not args.curve_secret:
         raise ValueError("--curve-clients needs --curve-secret (the receiver's own NAME.key_secret)")
     return load_curve_server(args.curve_secret, args.curve_clients) if args.curve_secret else None
+
+
+def add_client_args(p) -> None:
+    p.add_argument("--curve-secret", metavar="FILE", default=None,
+                   help="this scanner's NAME.key_secret (from b2m keys); with --curve-server-key, encrypts the link")
+    p.add_argument("--curve-server-key", metavar="FILE", default=None, help="the receiver's public NAME.key")
+
+
+def client_keys(args):
+    """The :class:`realtime.transport.CurveClient` the options ask for, or None."""
+    from realtime.transport import load_curve_client
+
+    if bool(args.curve_secret) != bool(args.curve_server_key):
+        raise ValueError("--curve-secret and --curve-server-key go together: this scanner's NAME.key_secret and "
+                         "the receiver's public NAME.key")
+    return load_curve_client(args.curve_secret, args.curve_server_key) if args.curve_secret else None

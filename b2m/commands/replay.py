@@ -13,6 +13,8 @@ from realtime.scanner.pacing import parse_speed
 from realtime.scanner.replay import replay_nifti
 from realtime.transport import DEFAULT_ENDPOINT
 
+from ._curve import add_client_args, client_keys
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("replay", help="stream a recorded 4-D NIfTI to a receiver at TR pace",
@@ -28,29 +30,15 @@ def add_parser(sub) -> None:
     p.add_argument("--resend-timeout", type=float, default=1.0, help="seconds before an unacked volume is resent")
     p.add_argument("--drain-timeout", type=float, default=60.0,
                    help="seconds to wait for the last acks before giving up (exit 1)")
-    p.add_argument("--curve-secret", metavar="FILE", default=None,
-                   help="this scanner's NAME.key_secret (b2m keys); with --curve-server-key, encrypts the link")
-    p.add_argument("--curve-server-key", metavar="FILE", default=None,
-                   help="the receiver's public NAME.key")
+    add_client_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from realtime.transport import TransportError, load_curve_client
-
     speed = parse_speed(args.speed)
+    curve = client_keys(args)
     console = Console(stderr=True)
-    curve = None
-    if bool(args.curve_secret) != bool(args.curve_server_key):
-        console.print("[red]error:[/red] --curve-secret and --curve-server-key go together")
-        return 2
-    if args.curve_secret:
-        try:
-            curve = load_curve_client(args.curve_secret, args.curve_server_key)
-        except TransportError as e:
-            console.print(f"[red]error:[/red] {e}")
-            return 2
     with Progress(TextColumn("[bold]replay[/bold] {task.fields[run]}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("lag {task.fields[lag]:>6.1f} ms"), TextColumn("unacked {task.fields[unacked]:>3}"),
                   TimeElapsedColumn(), console=console, disable=args.quiet, transient=False) as bar:

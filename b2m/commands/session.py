@@ -121,9 +121,9 @@ def run_live(args) -> int:
     from realtime.results import PynealResultsServer, ResultsPublisher
     from protocols.session import SessionRecord
     from realtime.session import Dashboard, SessionEngine, write_session_info
+    from realtime.session.replay import recorded_decisions, recorded_volumes
 
     curve = server_keys(args)  # a bad key file stops the session before anything starts
-    from realtime.session.replay import recorded_decisions, recorded_volumes
 
     os.makedirs(args.out, exist_ok=True)
     fh = logging.FileHandler(os.path.join(args.out, "session.log"))

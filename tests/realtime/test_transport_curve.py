@@ -143,3 +143,5 @@ def test_cli_refuses_a_bad_key_before_binding(b2m_proc, endpoint, tmp_path):
     rx2 = b2m_proc("receive", "--bind", endpoint, "--out", tmp_path / "s", "--curve-clients", tmp_path,
                    name="receive2")
     assert rx2.wait(30) == 2 and "--curve-clients needs --curve-secret" in rx2.stderr()
+    tx = b2m_proc("scanner", "replay", tmp_path / "run.nii", "--curve-secret", tmp_path / "k", name="replay")
+    assert tx.wait(30) == 2 and "go together" in tx.stderr()
