@@ -21,7 +21,7 @@ import zmq
 
 from protocols.wire import Result, encode
 
-from .transport import check_exposure
+from .transport import CurveServer, check_exposure, start_authenticator
 
 __all__ = ["ResultsPublisher", "PynealResultsServer", "pyneal_payload"]
 
@@ -29,15 +29,30 @@ log = logging.getLogger("b2m.results")
 
 
 class ResultsPublisher:
-    """PUB socket that sends one :class:`~protocols.wire.Result` per TR (never blocks)."""
+    """PUB socket that sends one :class:`~protocols.wire.Result` per TR (never blocks).
 
-    def __init__(self, endpoint: str, ctx: zmq.Context | None = None, insecure: bool = False):
-        check_exposure(endpoint, curve=False, insecure=insecure)
+    With ``curve`` (the receiver's keys) the stream is encrypted: a subscriber
+    sets ``curve_serverkey`` to the receiver's public key and its own key pair
+    (``b2m keys``), and with ``curve.clients_dir`` only listed keys get results.
+    """
+
+    def __init__(self, endpoint: str, ctx: zmq.Context | None = None, insecure: bool = False,
+                 curve: CurveServer | None = None):
+        check_exposure(endpoint, curve=curve is not None, insecure=insecure)
         self.ctx = ctx or zmq.Context.instance()
+        self._auth = start_authenticator(self.ctx, curve)
         self.sock = self.ctx.socket(zmq.PUB)
+        if curve is not None:
+            self.sock.curve_secretkey = curve.secret
+            self.sock.curve_publickey = curve.public
+            self.sock.curve_server = True
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 1000)  # a slow subscriber loses old results, never stalls the loop
-        self.sock.bind(endpoint)
+        try:
+            self.sock.bind(endpoint)
+        except zmq.ZMQError:
+            self.close()
+            raise
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def publish(self, result: Result) -> None:
@@ -48,6 +63,9 @@ class ResultsPublisher:
 
     def close(self) -> None:
         self.sock.close(0)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
 
 
 def pyneal_payload(result: Result) -> dict:

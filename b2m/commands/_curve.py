@@ -6,8 +6,9 @@ from __future__ import annotations
 
 def add_server_args(p) -> None:
     p.add_argument("--curve-secret", metavar="FILE", default=None,
-                   help="this receiver's NAME.key_secret (from b2m keys): encrypt the scanner link with CURVE; "
-                        "a non-loopback --bind is then allowed without --insecure")
+                   help="this receiver's NAME.key_secret (from b2m keys): encrypt the scanner link (and a "
+                        "session's --results stream) with CURVE; a non-loopback --bind is then allowed without "
+                        "--insecure")
     p.add_argument("--curve-clients", metavar="DIR", default=None,
                    help="with --curve-secret: accept only scanners whose public NAME.key is in DIR (without it, "
                         "any scanner holding the receiver's public key can connect)")

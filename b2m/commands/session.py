@@ -157,7 +157,7 @@ def run_live(args) -> int:
         output.start()
         parts.append(output)
         if args.results and args.results != "none":
-            publisher = ResultsPublisher(args.results, insecure=args.insecure)
+            publisher = ResultsPublisher(args.results, insecure=args.insecure, curve=curve)
             print(f"results\t{publisher.endpoint}", file=sys.stderr, flush=True)
         if args.pyneal_port is not None:
             pyneal = PynealResultsServer(port=args.pyneal_port, insecure=args.insecure)

@@ -111,7 +111,7 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
     insecure : bool
         Allow non-loopback endpoints without CURVE keys, as ``--insecure``.
     curve : realtime.transport.CurveServer, optional
-        The scanner link's CURVE keys (``--curve-secret``).
+        The CURVE keys of the scanner link and the results stream (``--curve-secret``).
     seconds : float
         How long the neutral clip plays.
     """
@@ -146,7 +146,7 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
     if bind and bind != "none":
         checks.append(_attempt("scanner endpoint", lambda: _bind_router(bind, insecure, curve))[0])
     if results and results != "none":
-        checks.append(_attempt("results endpoint", lambda: _bind_publisher(results, insecure))[0])
+        checks.append(_attempt("results endpoint", lambda: _bind_publisher(results, insecure, curve))[0])
     if pyneal_port is not None:
         checks.append(_attempt("Pyneal port", lambda: _bind_pyneal(pyneal_port, insecure))[0])
     if lib is not None:
@@ -171,10 +171,10 @@ def _bind_router(endpoint: str, insecure: bool, curve=None) -> tuple[str, None]:
     return f"{bound} can be bound (then released)", None
 
 
-def _bind_publisher(endpoint: str, insecure: bool) -> tuple[str, None]:
+def _bind_publisher(endpoint: str, insecure: bool, curve=None) -> tuple[str, None]:
     from realtime.results import ResultsPublisher
 
-    pub = ResultsPublisher(endpoint, insecure=insecure)
+    pub = ResultsPublisher(endpoint, insecure=insecure, curve=curve)
     try:
         return f"{pub.endpoint} can be bound (then released)", None
     finally:

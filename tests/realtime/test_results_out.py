@@ -62,3 +62,48 @@ def test_results_publisher_sends_each_result(endpoint, rng):
     finally:
         sub.close(0)
         pub.close()
+
+
+def _first_result(pub, sub, tries=100):
+    """Publish until the subscriber gets one (PUB/SUB drops what precedes the subscription), or None."""
+    poller = zmq.Poller()
+    poller.register(sub, zmq.POLLIN)
+    for i in range(tries):
+        pub.publish(Result(run_id="run1", index=i, action="keep"))
+        if poller.poll(20):
+            return decode(sub.recv_multipart())
+    return None
+
+
+def test_curve_results_reach_only_listed_subscribers(endpoint, tmp_path):
+    from realtime.transport import generate_keys, load_curve_client, load_curve_server
+
+    keys = tmp_path / "keys"
+    generate_keys(keys, "receiver")
+    listed_pub, _ = generate_keys(keys, "stimulus_pc")
+    generate_keys(keys, "stranger")
+    clients = tmp_path / "clients"
+    clients.mkdir()
+    (clients / "stimulus_pc.key").write_bytes(open(listed_pub, "rb").read())
+    pub = ResultsPublisher(endpoint, curve=load_curve_server(keys / "receiver.key_secret", clients))
+    ctx = zmq.Context()
+    socks = {}
+    try:
+        for name in ("stimulus_pc", "stranger", "plain"):
+            s = ctx.socket(zmq.SUB)
+            s.setsockopt(zmq.LINGER, 0)
+            if name != "plain":
+                c = load_curve_client(keys / f"{name}.key_secret", keys / "receiver.key")
+                s.curve_secretkey, s.curve_publickey, s.curve_serverkey = c.secret, c.public, c.server_public
+            s.setsockopt(zmq.SUBSCRIBE, b"")
+            s.connect(pub.endpoint)
+            socks[name] = s
+        got = _first_result(pub, socks["stimulus_pc"])
+        assert isinstance(got, Result) and got.run_id == "run1"
+        for name in ("stranger", "plain"):  # same publisher, published to all along: nothing arrives
+            assert _first_result(pub, socks[name], tries=25) is None
+    finally:
+        for s in socks.values():
+            s.close(0)
+        ctx.term()
+        pub.close()
