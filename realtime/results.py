@@ -21,7 +21,7 @@ import zmq
 
 from protocols.wire import Result, encode
 
-from .transport import CurveServer, check_exposure, start_authenticator
+from .transport import CurveServer, check_exposure, set_curve_server, start_authenticator
 
 __all__ = ["ResultsPublisher", "PynealResultsServer", "pyneal_payload"]
 
@@ -42,10 +42,7 @@ class ResultsPublisher:
         self.ctx = ctx or zmq.Context.instance()
         self._auth = start_authenticator(self.ctx, curve)
         self.sock = self.ctx.socket(zmq.PUB)
-        if curve is not None:
-            self.sock.curve_secretkey = curve.secret
-            self.sock.curve_publickey = curve.public
-            self.sock.curve_server = True
+        set_curve_server(self.sock, curve)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, 1000)  # a slow subscriber loses old results, never stalls the loop
         try:

@@ -27,7 +27,8 @@ from urllib.parse import urlsplit
 import zmq
 
 __all__ = ["TransportError", "is_loopback", "check_exposure", "bind_router", "connect_dealer", "CurveServer",
-           "CurveClient", "generate_keys", "load_curve_server", "load_curve_client", "start_authenticator"]
+           "CurveClient", "generate_keys", "load_curve_server", "load_curve_client", "start_authenticator",
+           "set_curve_server"]
 
 log = logging.getLogger("b2m.transport")
 
@@ -184,15 +185,20 @@ def start_authenticator(ctx: zmq.Context, curve: CurveServer | None):
     return auth
 
 
+def set_curve_server(sock: zmq.Socket, curve: CurveServer | None) -> None:
+    """Make ``sock`` (before it binds) a CURVE server with ``curve``'s keys; no-op for None."""
+    if curve is not None:
+        sock.curve_secretkey = curve.secret
+        sock.curve_publickey = curve.public
+        sock.curve_server = True
+
+
 def bind_router(ctx: zmq.Context, endpoint: str, *, insecure: bool = False,
                 curve: CurveServer | None = None) -> zmq.Socket:
     """A ROUTER socket bound to ``endpoint`` for receiving volumes (a CURVE server with ``curve``)."""
     check_exposure(endpoint, curve=curve is not None, insecure=insecure)
     sock = ctx.socket(zmq.ROUTER)
-    if curve is not None:
-        sock.curve_secretkey = curve.secret
-        sock.curve_publickey = curve.public
-        sock.curve_server = True
+    set_curve_server(sock, curve)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, 0)  # never drop: the sender's window bounds memory
     sock.setsockopt(zmq.SNDHWM, 0)
