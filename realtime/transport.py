@@ -28,7 +28,7 @@ import zmq
 
 __all__ = ["TransportError", "is_loopback", "check_exposure", "bind_router", "connect_dealer", "CurveServer",
            "CurveClient", "generate_keys", "load_curve_server", "load_curve_client", "start_authenticator",
-           "set_curve_server"]
+           "set_curve_server", "describe_curve"]
 
 log = logging.getLogger("b2m.transport")
 
@@ -168,6 +168,16 @@ def load_curve_client(secret_file, server_key_file) -> CurveClient:
     public, secret = _load_key(secret_file, secret=True)
     server, _ = _load_key(server_key_file, secret=False)
     return CurveClient(public, secret, server)
+
+
+def describe_curve(curve: CurveServer | None) -> str:
+    """One line on how a bound socket is protected, for logs and the pre-flight check."""
+    if curve is None:
+        return "unencrypted"
+    if curve.clients_dir is None:
+        return "CURVE-encrypted; any sender holding the receiver's public key is accepted"
+    n = len(glob.glob(os.path.join(curve.clients_dir, "*.key")))
+    return f"CURVE-encrypted; only the {n} sender key(s) in {curve.clients_dir} are accepted"
 
 
 def start_authenticator(ctx: zmq.Context, curve: CurveServer | None):

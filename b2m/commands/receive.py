@@ -9,7 +9,7 @@ import sys
 import threading
 
 from realtime.receiver import Receiver
-from realtime.transport import DEFAULT_ENDPOINT
+from realtime.transport import DEFAULT_ENDPOINT, describe_curve
 
 from ._curve import add_server_args, server_keys
 
@@ -51,7 +51,7 @@ def run(args) -> int:
 
     with Receiver(args.out, args.bind, insecure=args.insecure, curve=curve, sync=not args.no_fsync,
                   on_run_complete=on_complete, on_run_gaps=on_gaps) as rx:
-        log.info("receiving on %s, recording to %s", rx.endpoint, args.out)
+        log.info("receiving on %s (%s), recording to %s", rx.endpoint, describe_curve(curve), args.out)
         print(f"ready\t{rx.endpoint}", file=sys.stderr, flush=True)
         rx.serve(stop)
         rx.wait_exports()

@@ -159,7 +159,7 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
 def _bind_router(endpoint: str, insecure: bool, curve=None) -> tuple[str, None]:
     import zmq
 
-    from realtime.transport import bind_router
+    from realtime.transport import bind_router, describe_curve
 
     ctx = zmq.Context()
     try:
@@ -168,15 +168,17 @@ def _bind_router(endpoint: str, insecure: bool, curve=None) -> tuple[str, None]:
         sock.close(0)
     finally:
         ctx.term()
-    return f"{bound} can be bound (then released)", None
+    return f"{bound} can be bound (then released); {describe_curve(curve)}", None
 
 
 def _bind_publisher(endpoint: str, insecure: bool, curve=None) -> tuple[str, None]:
     from realtime.results import ResultsPublisher
 
+    from realtime.transport import describe_curve
+
     pub = ResultsPublisher(endpoint, insecure=insecure, curve=curve)
     try:
-        return f"{pub.endpoint} can be bound (then released)", None
+        return f"{pub.endpoint} can be bound (then released); {describe_curve(curve)}", None
     finally:
         pub.close()
 

@@ -64,6 +64,15 @@ def test_key_file_errors_name_the_file_and_the_fix(keys, tmp_path):
         generate_keys(tmp_path / "keys", "receiver")  # never overwrite a key others hold
 
 
+def test_preflight_says_how_the_link_is_protected(keys):
+    from realtime.session.preflight import _bind_router
+
+    listed = load_curve_server(keys["receiver"][1], keys["clients"])
+    assert "only the 1 sender key(s)" in _bind_router("tcp://127.0.0.1:*", False, listed)[0]
+    assert "any sender" in _bind_router("tcp://127.0.0.1:*", False, load_curve_server(keys["receiver"][1]))[0]
+    assert _bind_router("tcp://127.0.0.1:*", False, None)[0].endswith("unencrypted")
+
+
 def test_curve_keys_allow_a_network_bind_without_insecure(keys):
     with pytest.raises(TransportError, match="no CURVE keys"):
         check_exposure("tcp://0.0.0.0:5555", curve=False, insecure=False)
@@ -121,6 +130,7 @@ def test_cli_replay_over_curve_is_bit_exact(b2m_proc, functional_nii, endpoint, 
     rx = b2m_proc("receive", "--bind", endpoint, "--out", out, "--curve-secret", kdir / "receiver.key_secret",
                   "--curve-clients", clients, name="receive")
     rx.wait_for("ready")
+    assert "CURVE-encrypted; only the 1 sender key(s)" in rx.stderr()
     tx = b2m_proc("scanner", "replay", functional_nii, "--connect", endpoint, "--speed", "max", "--run-id", "run1",
                   "--curve-secret", kdir / "scanner.key_secret", "--curve-server-key", kdir / "receiver.key",
                   "--quiet", name="replay")
