@@ -30,8 +30,6 @@ __all__ = ["TransportError", "is_loopback", "check_exposure", "bind_router", "co
            "CurveClient", "generate_keys", "load_curve_server", "load_curve_client", "start_authenticator",
            "set_curve_server", "describe_curve"]
 
-log = logging.getLogger("b2m.transport")
-
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
 

@@ -173,7 +173,6 @@ def _bind_router(endpoint: str, insecure: bool, curve=None) -> tuple[str, None]:
 
 def _bind_publisher(endpoint: str, insecure: bool, curve=None) -> tuple[str, None]:
     from realtime.results import ResultsPublisher
-
     from realtime.transport import describe_curve
 
     pub = ResultsPublisher(endpoint, insecure=insecure, curve=curve)
