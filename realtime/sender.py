@@ -27,6 +27,9 @@ __all__ = ["ReliableSender", "SenderStats"]
 log = logging.getLogger("b2m.sender")
 
 _EARLY_RETRY_S = 0.01
+# A refused handshake: CURVE keys that do not match, or one side without CURVE.
+_HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | \
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 
 
 def _key(msg) -> tuple:
@@ -93,8 +96,7 @@ class ReliableSender:
         # The handshake (not the TCP connect) is when IMMEDIATE lets messages through.
         self.sock, self._monitor = connect_dealer(
             self.ctx, endpoint, curve=curve,
-            monitor_events=(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL))
+            monitor_events=zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | _HANDSHAKE_FAILED)
         self._retry_at = math.inf  # an early retry after a send found no peer
         self._poller = zmq.Poller()
         self._poller.register(self.sock, zmq.POLLIN)
@@ -228,8 +230,7 @@ class ReliableSender:
                 self.connected = reconnected = True
             elif evt["event"] == zmq.EVENT_DISCONNECTED:
                 self.connected = False
-            elif evt["event"] in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
-                                  zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+            elif evt["event"] & _HANDSHAKE_FAILED:
                 self.stats.auth_failures += 1
                 if self.stats.auth_failures == 1:
                     log.error("the receiver at %s refused the handshake: check that both sides use CURVE, that "
