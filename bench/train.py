@@ -92,7 +92,7 @@ def _on_measured_scale(measured, clean, gain=None):
     least-squares slope of each measured run on its noise-free response.
     Returns (runs, gain).
     """
-    centred = [np.asarray(c.values, np.float64) - np.asarray(c.values, np.float64).mean(0) for c in clean]
+    centred = [v - v.mean(0) for v in (np.asarray(c.values, np.float64) for c in clean)]
     if gain is None:
         slopes = []
         for m, c in zip(measured, centred):
