@@ -23,7 +23,10 @@ four decoders are fit on the Training runs and scored on the Test runs (the
 ``ours``
     ``b2m train``'s decoder (:func:`offline_training.train.fit_decoder`):
     delays 2-4 TRs, one alpha per dimension by leave-one-run-out CV, fit on
-    one row per presentation, deviation scale chosen on held-out Training runs.
+    one row per presentation; readout whitener shrinkage and deviation scale
+    chosen on held-out Training runs (:mod:`offline_training.readout`).
+``ours_plain_readout``
+    The same without the whitener (shrinkage 1): the readout's ablation.
 ``oracle``
     Knows the simulator's true tuning. ``oracle.true_voxels``: our decoder on
     exactly the simulator's responsive voxels (no selection error), on the
@@ -204,17 +207,19 @@ def _run(args) -> int:
     m = evaluate_decoder(tst, coef, xm, ym, sel, delays, targets, train_emb, train_genres, centre)
     res["brain2music_recipe"] = _scores(m) | {"fit_s": fit_s} | info
 
-    def ours(train_runs, test_runs, voxels) -> tuple[dict, object]:
+    def ours(train_runs, test_runs, voxels, **kw) -> tuple[dict, object]:
         """``b2m train``'s decoder fit on ``train_runs`` and scored on ``test_runs``; scores with the fit time."""
         t0 = time.perf_counter()
-        dec = fit_decoder(train_runs, voxels, cfg.delays, cfg.alphas, fit_on=cfg.fit_on)
+        dec = fit_decoder(train_runs, voxels, cfg.delays, cfg.alphas, fit_on=cfg.fit_on, **kw)
         fit_s = time.perf_counter() - t0
         m = evaluate_decoder(test_runs, dec.coef, dec.x_mean, dec.y_mean, voxels, cfg.delays, targets, train_emb,
                              train_genres, centre)
         return _scores(m) | {"fit_s": fit_s}, dec
 
     scores, dec = ours(trn, tst, sel)
-    res["ours"] = scores | {"n_samples": dec.n_samples, "deviation_scale": dec.scale, "n_voxels": int(len(sel))}
+    res["ours"] = scores | {"n_samples": dec.n_samples, "deviation_scale": dec.scale,
+                               "readout_shrinkage": dec.shrinkage, "n_voxels": int(len(sel))}
+    res["ours_plain_readout"] = ours(trn, tst, sel, shrinkages=(1.0,))[0]  # ablation: no whitener
 
     true_pos, true_cols = _true_voxels(args.dataset, args.subject, prep.mask)
     res["oracle"] = {"n_true_voxels": int(len(true_pos)),
@@ -234,6 +239,7 @@ def _run(args) -> int:
 
     payload = {"machine": machine_info(), "load_average_start": load0, "load_average_end": os.getloadavg(),
                "source": source_digest(["offline_training/train.py", "offline_training/ridge.py",
+                                        "offline_training/readout.py",
                                         "offline_training/encoding.py", "offline_training/evaluate.py"]),
                "what": f"{args.dataset} subject {args.subject}: decoders fit on the Training runs, scored on the "
                        "Test runs (repeats averaged, per-clip musicnn targets)",
@@ -246,7 +252,8 @@ def _run(args) -> int:
     path = write_json(args.name, payload)
 
     rows = [("genre_prior", res["genre_prior"]), ("brain2music_recipe", res["brain2music_recipe"]),
-            ("ours", res["ours"]), ("oracle.true_voxels", res["oracle"]["true_voxels"]),
+            ("ours", res["ours"]), ("ours_plain_readout", res["ours_plain_readout"]),
+            ("oracle.true_voxels", res["oracle"]["true_voxels"]),
             ("oracle.noise_free", res["oracle"]["noise_free"]), ("oracle.clean_train", res["oracle"]["clean_train"]),
             ("oracle.clean_test", res["oracle"]["clean_test"])]
     print(f"{'decoder':<20} {'ident':>6} {'95% CI':>13} {'centred':>8} {'within':>7} {'95% CI':>13} {'fit s':>7}")

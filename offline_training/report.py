@@ -151,8 +151,10 @@ repeats averaged, and the causal preprocessing the live session runs.</p>
 <p>Embedder {html.escape(str(metrics['config']['embedder']))}; delays {metrics['config']['delays']} TRs;
 {metrics['config']['n_voxels']} voxels selected by CV encoding performance within the training runs;
 {metrics.get('causal', {}).get('n_train_samples', '?')} training samples
-({html.escape(str(metrics['config'].get('fit_on', 'tr')))} rows); decoded deviation from the mean embedding scaled by
-{metrics.get('causal', {}).get('deviation_scale', 1.0):g} (chosen on held-out Training runs);
+({html.escape(str(metrics['config'].get('fit_on', 'tr')))} rows); decoded deviation from the mean embedding read
+through the held-out error covariance shrunk by {metrics.get('causal', {}).get('readout_shrinkage', 1.0):g}
+(1 = plain ridge) and scaled by {metrics.get('causal', {}).get('deviation_scale', 1.0):g} (both chosen on held-out
+Training runs);
 fit {metrics.get('causal', {}).get('fit_s', 0):.1f} s;
 wall time {metrics.get('wall_s', 0):.0f} s.</p>
 {''.join(parts)}

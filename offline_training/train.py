@@ -14,9 +14,10 @@
    runs (never the Test runs).
 4. Fit the decoder (:func:`fit_decoder`): ridge with one alpha per embedding
    dimension, chosen by leave-one-run-out CV over the Training runs
-   (:mod:`.ridge`), on one row per presentation by default; the decoded
-   deviation from the mean embedding is rescaled by the factor that
-   identifies held-out Training presentations best.
+   (:mod:`.ridge`), on one row per presentation by default. The readout
+   (:mod:`.readout`) whitens the decoded deviation from the mean embedding by
+   the shrunk covariance of the held-out errors and rescales it; shrinkage
+   and scale are those that identify held-out Training presentations best.
 5. Evaluate on the Test runs (:mod:`.evaluate`): clip predictions are the mean
    of the TRs that decode each presentation, averaged over the repeats (and
    single presentations too), against baselines.
@@ -42,6 +43,7 @@ from realtime.preprocessing import PreprocessConfig, preprocess_run, stack_delay
 from . import evaluate as ev
 from .bids import RunFiles, find_runs, load_bold, read_events
 from .encoding import delay_features, fit_encoding, select_regions, select_voxels
+from .readout import READOUT_SHRINKAGES, choose_readout
 from .ridge import DEFAULT_ALPHAS, edge_alphas, ridge_cv_fit
 from .targets import StimulusTargets, embed_stimuli, excerpt_id, tr_targets
 
@@ -63,6 +65,7 @@ class TrainConfig:
     target: str = "clip"
     fit_on: str = "clip"
     calibrate_scale: bool = True
+    whiten_readout: bool = True
     threads: int | None = 1
     alphas: tuple = tuple(float(a) for a in DEFAULT_ALPHAS)
     detrend: str = "causal"
@@ -309,8 +312,9 @@ def _clip_predictions(run: RunData, pred_rows: np.ndarray, rows: np.ndarray, tr_
     return out
 
 
-#: Scales of the decoded deviation from the mean embedding tried by :func:`fit_decoder`.
-DEVIATION_SCALES = (1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+#: Scales of the decoded deviation from the mean embedding tried by :func:`fit_decoder`. The whitened
+#: readouts need the larger ones: their deviation is no longer shrunk in the well-decoded directions only.
+DEVIATION_SCALES = (1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 
 
 @dataclass
@@ -320,7 +324,7 @@ class DecoderFit:
     Attributes
     ----------
     coef : ndarray of shape (len(delays) * n_selected, dim)
-        Already multiplied by :attr:`scale`.
+        Ridge coefficients times the readout's whitener times :attr:`scale`.
     x_mean : ndarray of shape (len(delays) * n_selected,)
     y_mean : ndarray of shape (dim,)
     alphas : ndarray of shape (dim,)
@@ -334,7 +338,14 @@ class DecoderFit:
         metrics but stops raw correlations and cosine retrieval from being
         dominated by the mean.
     scale_cv : dict
-        Held-out identification accuracy of each candidate scale.
+        Held-out identification accuracy of each candidate scale at :attr:`shrinkage`: the
+        mean of the raw, centred and within-genre accuracies (:func:`.readout.choose_readout`).
+    shrinkage : float
+        Shrinkage of the readout's error-covariance whitener
+        (:func:`.readout.residual_whitener`; 1.0 is plain ridge), chosen with
+        the scale by held-out identification in the training runs.
+    shrinkage_cv : dict
+        Best held-out identification accuracy of each candidate shrinkage.
     n_samples : int
         Rows the decoder was fit on.
     """
@@ -346,6 +357,8 @@ class DecoderFit:
     cv_scores: np.ndarray
     scale: float
     scale_cv: dict
+    shrinkage: float
+    shrinkage_cv: dict
     n_samples: int
 
 
@@ -383,11 +396,13 @@ def presentation_rows(run: RunData, sel: np.ndarray, delays, fit_on: str = "clip
 
 
 def fit_decoder(runs: list[RunData], sel: np.ndarray, delays, alphas, *, fit_on: str = "clip",
-                scales=DEVIATION_SCALES, progress: Callable[[int, int], None] | None = None) -> DecoderFit:
+                scales=DEVIATION_SCALES, shrinkages=READOUT_SHRINKAGES,
+                progress: Callable[[int, int], None] | None = None) -> DecoderFit:
     """Fit the decoder on training runs: per-dimension ridge with leave-one-run-out alphas.
 
     The held-out predictions of that CV (each run predicted by a model fit
-    on the others, at each dimension's chosen alpha) also choose the
+    on the others, at each dimension's chosen alpha) also choose the readout
+    (:mod:`.readout`): the shrinkage of the error-covariance whitener and the
     deviation scale, by identification accuracy among the training
     presentations. Nothing here sees a Test run.
 
@@ -403,29 +418,25 @@ def fit_decoder(runs: list[RunData], sel: np.ndarray, delays, alphas, *, fit_on:
         See :func:`presentation_rows`.
     scales : sequence of float
         Candidate deviation scales; ``(1.0,)`` disables the calibration.
+    shrinkages : sequence of float
+        Candidate whitener shrinkages; ``(1.0,)`` keeps the plain ridge readout.
     """
-    xs, ys, gs, ps = [], [], [], []
+    xs, ys, gs, ps, genres = [], [], [], [], []
     for i, r in enumerate(runs):
         x, y, pres = presentation_rows(r, sel, delays, fit_on)
         xs.append(x)
         ys.append(y)
         gs.append(np.full(len(x), i))
         ps.append(pres + 100000 * i)
+        genres += [r.events[j].genre for j in pres]
     x, y, groups, pres = np.concatenate(xs), np.concatenate(ys), np.concatenate(gs), np.concatenate(ps)
     best, cv, coef, xm, ym, held = ridge_cv_fit(x, y, groups, np.asarray(alphas), progress=progress,
                                                 return_predictions=True)
-    scale_cv = {}
-    ids, inv = np.unique(pres, return_inverse=True)
-    true = np.zeros((len(ids), y.shape[1]))
-    true[inv] = y
-    for k in scales:
-        p = ym + k * (held - ym)
-        p /= np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
-        clip = np.zeros((len(ids), y.shape[1]))
-        np.add.at(clip, inv, p)
-        scale_cv[float(k)] = ev.identification_accuracy(clip, true)
-    scale = max(scale_cv, key=lambda k: (scale_cv[k], -k))  # the best; the smallest of ties
-    return DecoderFit(coef * scale, xm, ym, best, cv, scale, scale_cv, int(len(x)))
+    lam, scale, whitener, table = choose_readout(held, y, ym, groups, pres, genres, shrinkages=shrinkages,
+                                                 scales=scales)
+    return DecoderFit((coef @ whitener) * scale, xm, ym, best, cv, scale,
+                      {k: a["mean"] for k, a in table[lam].items()}, lam,
+                      {la: max(a["mean"] for a in t.values()) for la, t in table.items()}, int(len(x)))
 
 
 def decode_presentations(runs: list[RunData], coef, xm, ym, sel, delays) -> dict[str, list[np.ndarray]]:
@@ -707,6 +718,7 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
         t0 = time.monotonic()
         dec = fit_decoder(trn, sel, cfg.delays, cfg.alphas, fit_on=cfg.fit_on,
                           scales=DEVIATION_SCALES if cfg.calibrate_scale else (1.0,),
+                          shrinkages=READOUT_SHRINKAGES if cfg.whiten_readout else (1.0,),
                           progress=lambda d, t: progress(f"decoder CV + fit ({tag})", d, t))
         coef, xm, ym, best, cv = dec.coef, dec.x_mean, dec.y_mean, dec.alphas, dec.cv_scores
         fit_s = time.monotonic() - t0
@@ -721,6 +733,8 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
         res["n_train_samples"] = dec.n_samples
         res["deviation_scale"] = dec.scale
         res["deviation_scale_cv_identification"] = dec.scale_cv
+        res["readout_shrinkage"] = dec.shrinkage
+        res["readout_shrinkage_cv_identification"] = dec.shrinkage_cv
         res["voxel_selection"] = ({"rule": "top regions by mean CV R^2 (Training runs)", "regions": regions,
                                    "n_voxels": int(len(sel))} if regions is not None else
                                   {"rule": "top voxels by CV R^2 (Training runs)", "n_voxels": int(len(sel))})

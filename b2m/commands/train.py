@@ -28,6 +28,9 @@ def add_parser(sub) -> None:
     p.add_argument("--no-scale-calibration", action="store_true",
                    help="keep ridge's shrunken deviation from the mean embedding instead of rescaling it by "
                         "the factor that identifies held-out Training presentations best")
+    p.add_argument("--no-readout-whitening", action="store_true",
+                   help="read the ridge prediction as is instead of through the shrunk inverse covariance of "
+                        "its held-out errors (offline_training.readout)")
     p.add_argument("--alphas", default="1e-2:1e7:19", help="alpha grid as MIN:MAX:N (log-spaced)")
     p.add_argument("--preprocessing", choices=["causal", "offline"], default="causal",
                    help="causal (deployable, the only choice for a bundle); see --compare-offline")
@@ -69,7 +72,8 @@ def run(args) -> int:
                                                                                       np.log10(float(hi)), int(n))),
                       motion=not args.no_motion, poly_order=args.poly_order, compare_offline=args.compare_offline,
                       preproc_cache=not args.no_preproc_cache, fit_on=args.fit_on,
-                      calibrate_scale=not args.no_scale_calibration, threads=args.threads or None,
+                      calibrate_scale=not args.no_scale_calibration,
+                      whiten_readout=not args.no_readout_whitening, threads=args.threads or None,
                       stimuli=args.stimuli, cache=args.cache, roi_mask=args.roi_mask,
                       parcellation=args.parcellation, top_regions=args.top_regions)
     if bool(args.parcellation) != bool(args.top_regions):

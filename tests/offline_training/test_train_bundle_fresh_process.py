@@ -109,6 +109,9 @@ def test_train_writes_metrics_config_and_caches(trained):
         assert 1 / 10001 <= saved[key] <= 1.0  # 10,000 permutations
     assert "permutation p" in (out / "report.html").read_text()
     assert str(saved["causal"]["deviation_scale"]) in saved["causal"]["deviation_scale_cv_identification"]
+    shrinkage_cv = saved["causal"]["readout_shrinkage_cv_identification"]
+    assert shrinkage_cv[str(saved["causal"]["readout_shrinkage"])] == max(shrinkage_cv.values())
+    assert "error covariance shrunk by" in (out / "report.html").read_text()
     assert "offline" not in saved  # the comparison is opt-in
     assert json.loads((out / "config.json").read_text())["n_voxels"] == 60
     assert len(list((root / "derivatives" / "b2m" / "preproc" / "sub-001").glob("*.npy"))) == 4
