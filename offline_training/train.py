@@ -312,8 +312,9 @@ def _clip_predictions(run: RunData, pred_rows: np.ndarray, rows: np.ndarray, tr_
     return out
 
 
-#: Scales of the decoded deviation from the mean embedding tried by :func:`fit_decoder`. The whitened
-#: readouts need the larger ones: their deviation is no longer shrunk in the well-decoded directions only.
+#: Scales of the decoded deviation from the mean embedding tried by :func:`fit_decoder`. The whitener
+#: shrinks the badly decoded directions of the deviation, so whitened readouts need the larger scales
+#: for the deviation to outweigh the mean embedding every clip shares.
 DEVIATION_SCALES = (1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 
 
