@@ -43,8 +43,10 @@ four decoders are fit on the Training runs and scored on the Test runs (the
 
 Identification accuracy is raw, centred (mean Training embedding removed) and
 within-genre (foils of the same genre), each with a 95 % bootstrap CI over
-clips. Fit time is the decoder fit alone (selection and preprocessing are
-shared and timed separately). Writes ``bench/results/train.json``.
+clips. ``ours_minus_plain_readout`` gives the readout's gain paired over the
+same Test clips (mean difference, bootstrap CI, paired permutation p). Fit
+time is the decoder fit alone (selection and preprocessing are shared and
+timed separately). Writes ``bench/results/train.json``.
 """
 
 from __future__ import annotations
@@ -67,6 +69,32 @@ def _scores(m: dict) -> dict:
     keys = ("identification_accuracy", "identification_accuracy_ci95", "identification_accuracy_centred",
             "within_genre_identification_accuracy", "within_genre_identification_accuracy_ci95")
     return {k: m[k] for k in keys if k in m}
+
+
+def _paired(a: dict, b: dict, centre: np.ndarray, n_resamples: int = 10000) -> dict:
+    """Decoder ``a`` minus decoder ``b`` on the same Test clips, per metric.
+
+    ``a`` and ``b`` are :func:`offline_training.train.clip_metrics` results.
+    For raw, centred and within-genre identification: the mean per-clip
+    difference, its percentile bootstrap 95 % CI (clips resampled) and a
+    two-sided paired permutation p-value (each clip's two values swapped at
+    random, :func:`scipy.stats.permutation_test`).
+    """
+    from scipy.stats import permutation_test
+
+    from offline_training import evaluate as ev
+
+    out = {}
+    for name, kw in (("raw", {}), ("centred", {"centre": centre}),
+                     ("within_genre", {"genres": a["_arrays"]["genres"], "foils": "same_genre"})):
+        va, vb = (ev.identification_per_clip(m["_arrays"]["pred"], m["_arrays"]["true"], **kw) for m in (a, b))
+        ok = np.isfinite(va) & np.isfinite(vb)
+        test = permutation_test((va[ok], vb[ok]), lambda x, y, axis: np.mean(x - y, axis=axis),
+                                permutation_type="samples", vectorized=True, n_resamples=n_resamples,
+                                random_state=0)
+        out[name] = {"diff": float(np.mean(va[ok] - vb[ok])), "diff_ci95": ev.bootstrap_ci(va[ok] - vb[ok]),
+                     "p": float(test.pvalue), "n_clips": int(ok.sum())}
+    return out
 
 
 def _true_voxels(ds: str, subject: str, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -207,19 +235,21 @@ def _run(args) -> int:
     m = evaluate_decoder(tst, coef, xm, ym, sel, delays, targets, train_emb, train_genres, centre)
     res["brain2music_recipe"] = _scores(m) | {"fit_s": fit_s} | info
 
-    def ours(train_runs, test_runs, voxels, **kw) -> tuple[dict, object]:
-        """``b2m train``'s decoder fit on ``train_runs`` and scored on ``test_runs``; scores with the fit time."""
+    def ours(train_runs, test_runs, voxels, **kw) -> tuple[dict, object, dict]:
+        """``b2m train``'s decoder fit on ``train_runs`` and scored on ``test_runs``: scores with the fit time,
+        the fit, and the full metrics (with the per-clip arrays)."""
         t0 = time.perf_counter()
         dec = fit_decoder(train_runs, voxels, cfg.delays, cfg.alphas, fit_on=cfg.fit_on, **kw)
         fit_s = time.perf_counter() - t0
         m = evaluate_decoder(test_runs, dec.coef, dec.x_mean, dec.y_mean, voxels, cfg.delays, targets, train_emb,
                              train_genres, centre)
-        return _scores(m) | {"fit_s": fit_s}, dec
+        return _scores(m) | {"fit_s": fit_s}, dec, m
 
-    scores, dec = ours(trn, tst, sel)
+    scores, dec, m_ours = ours(trn, tst, sel)
     res["ours"] = scores | {"n_samples": dec.n_samples, "deviation_scale": dec.scale,
                                "readout_shrinkage": dec.shrinkage, "n_voxels": int(len(sel))}
-    res["ours_plain_readout"] = ours(trn, tst, sel, shrinkages=(1.0,))[0]  # ablation: no whitener
+    res["ours_plain_readout"], _, m_plain = ours(trn, tst, sel, shrinkages=(1.0,))  # ablation: no whitener
+    readout_gain = _paired(m_ours, m_plain, centre)
 
     true_pos, true_cols = _true_voxels(args.dataset, args.subject, prep.mask)
     res["oracle"] = {"n_true_voxels": int(len(true_pos)),
@@ -245,7 +275,7 @@ def _run(args) -> int:
                        "Test runs (repeats averaged, per-clip musicnn targets)",
                "dataset": os.path.abspath(args.dataset), "subject": args.subject, "n_voxels": int(len(sel)),
                "blas_threads": args.threads or None,
-               "timings_s": timings, "decoders": res}
+               "timings_s": timings, "decoders": res, "ours_minus_plain_readout": readout_gain}
     if args.sklearn:
         payload["ridge_vs_sklearn"] = _sklearn_comparison(trn, sel, cfg.delays, cfg.alphas)
     payload["peak_rss_mb"] = peak_rss_mb()
@@ -262,6 +292,9 @@ def _run(args) -> int:
         print(f"{name:<20} {r['identification_accuracy']:6.3f} {ci[0]:6.3f}-{ci[1]:.3f} "
               f"{r['identification_accuracy_centred']:8.3f} {r['within_genre_identification_accuracy']:7.3f} "
               f"{wci[0]:6.3f}-{wci[1]:.3f} {r['fit_s']:7.2f}")
+    print("ours - ours_plain_readout, paired over the Test clips: " + "; ".join(
+        f"{k} {g['diff']:+.3f} [{g['diff_ci95'][0]:+.3f}, {g['diff_ci95'][1]:+.3f}] p {g['p']:.3g}"
+        for k, g in readout_gain.items()))
     if args.sklearn:
         for fit_on, r in payload["ridge_vs_sklearn"].items():
             print(f"ridge CV+fit on {fit_on} rows ({r['n_samples']}x{r['n_features']} -> {r['n_targets']}): "
