@@ -355,11 +355,11 @@ def test_busy_python_thread_starves_an_in_process_stream_not_an_isolated_one(jac
             for i in range(200000):
                 s += i * i
 
-    reference = reference_xruns(jackd, 4.0)
     counts = {}
     worker = threading.Thread(target=python_loops, daemon=True)
     worker.start()
     try:
+        reference = reference_xruns(jackd, 4.0)  # what this very load does to a C client
         for kind in (DeviceOutput, IsolatedOutput):
             mark = jackd.log_mark()
             with kind("system", blocksize=jackd.period) as out:
@@ -370,11 +370,14 @@ def test_busy_python_thread_starves_an_in_process_stream_not_an_isolated_one(jac
         stop.set()
         worker.join()
     starved, out, mark = counts["DeviceOutput"]
-    isolated = counts["IsolatedOutput"][0]
+    isolated, iso_out, iso_mark = counts["IsolatedOutput"]
     print(f"underruns in 5 s beside a busy Python thread: in-process {starved}, isolated {isolated}")
-    assert starved > 10 * max(isolated, 1)
+    assert starved > isolated
+    # the in-process stream fails even the machine's allowance; the isolated one gets zero, or is
+    # excused (xfail, with the figures) only within what the same load does to a C client
     with pytest.raises(AssertionError, match="underruns"):
         check_no_underruns(out, jackd, mark, 5.0, reference)
+    check_no_underruns(iso_out, jackd, iso_mark, 5.0, reference)
 
 
 def _stress(make_output, server, load: str, seconds: float, every_s: float, report_path) -> dict:
