@@ -57,16 +57,25 @@ def residual_whitener(residuals: np.ndarray, shrinkage: float) -> np.ndarray:
     ndarray of shape (dim, dim), symmetric
         Dimensionless (``mu`` cancels the units of ``S``).
     """
+    return _shrunk_whitener(_error_cov(residuals), shrinkage)
+
+
+def _error_cov(residuals: np.ndarray) -> np.ndarray:
+    """The (ddof 0) covariance of ``residuals`` (n_rows, dim), shape (dim, dim)."""
     r = np.asarray(residuals, dtype=np.float64)
     if r.ndim != 2 or len(r) < 2:
         raise ValueError(f"residuals must be (n_rows >= 2, dim); got shape {r.shape}")
+    rc = r - r.mean(0)
+    return rc.T @ rc / len(r)
+
+
+def _shrunk_whitener(s: np.ndarray, shrinkage: float) -> np.ndarray:
+    """:func:`residual_whitener` from the error covariance ``s`` itself."""
     if not 0.0 <= shrinkage <= 1.0:
         raise ValueError(f"shrinkage must lie in [0, 1]; got {shrinkage}")
-    d = r.shape[1]
+    d = s.shape[0]
     if shrinkage == 1.0:
         return np.eye(d)
-    rc = r - r.mean(0)
-    s = rc.T @ rc / len(r)
     mu = np.trace(s) / d
     if mu <= 0:
         return np.eye(d)
@@ -121,12 +130,14 @@ def choose_readout(held: np.ndarray, y: np.ndarray, y_mean: np.ndarray, groups: 
     true[inv] = y
     clip_genres = [genres[i] for i in first]
     centre = true.mean(0)
+    # each run is read by the error covariance of the other runs: its own errors never shape its whitener
+    others = {g: _error_cov(resid[groups != g]) for g in np.unique(groups)}
     cv: dict[float, dict[float, dict]] = {}
     for lam in shrinkages:
         dev = np.empty_like(held)
-        for g in np.unique(groups):
-            out = groups == g  # this run's errors never shape the whitener that reads it
-            dev[out] = (held[out] - y_mean) @ residual_whitener(resid[~out], lam)
+        for g, s in others.items():
+            out = groups == g
+            dev[out] = (held[out] - y_mean) @ _shrunk_whitener(s, lam)
         cv[float(lam)] = {}
         for k in scales:
             p = y_mean + k * dev
