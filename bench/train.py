@@ -89,10 +89,11 @@ def _paired(a: dict, b: dict, centre: np.ndarray, n_resamples: int = 10000) -> d
                      ("within_genre", {"genres": a["_arrays"]["genres"], "foils": "same_genre"})):
         va, vb = (ev.identification_per_clip(m["_arrays"]["pred"], m["_arrays"]["true"], **kw) for m in (a, b))
         ok = np.isfinite(va) & np.isfinite(vb)
-        test = permutation_test((va[ok], vb[ok]), lambda x, y, axis: np.mean(x - y, axis=axis),
+        va, vb = va[ok], vb[ok]
+        test = permutation_test((va, vb), lambda x, y, axis: np.mean(x - y, axis=axis),
                                 permutation_type="samples", vectorized=True, n_resamples=n_resamples,
                                 random_state=0)
-        out[name] = {"diff": float(np.mean(va[ok] - vb[ok])), "diff_ci95": ev.bootstrap_ci(va[ok] - vb[ok]),
+        out[name] = {"diff": float(np.mean(va - vb)), "diff_ci95": ev.bootstrap_ci(va - vb),
                      "p": float(test.pvalue), "n_clips": int(ok.sum())}
     return out
 
