@@ -16,7 +16,7 @@ from rich.logging import RichHandler
 from protocols.errors import ProtocolError
 from realtime.transport import TransportError
 
-from .commands import demo, keys, library, receive, replay, session, simulate, train
+from .commands import demo, group, keys, library, receive, replay, session, simulate, train
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     session.add_parser(sub)
     library.add_parser(sub)
     train.add_parser(sub)
+    group.add_parser(sub)
     simulate.add_parser(sub)
     demo.add_parser(sub)
     return p

@@ -479,13 +479,14 @@ def clip_metrics(presentations: dict[str, list[np.ndarray]], targets: StimulusTa
     genres = [targets[k].genre for k in keys]
     avg = np.stack([np.mean(presentations[k], 0) for k in keys])
     per_clip = ev.identification_per_clip(avg, true)
+    centred = ev.identification_per_clip(avg, true, centre=centre)
     within = ev.identification_per_clip(avg, true, genres=genres, foils="same_genre")
     res = {
         "n_test_clips": len(keys),
         "n_presentations": int(sum(len(v) for v in presentations.values())),
         "identification_accuracy": float(np.nanmean(per_clip)),
         "identification_accuracy_ci95": ev.bootstrap_ci(per_clip),
-        "identification_accuracy_centred": ev.identification_accuracy(avg, true, centre=centre),
+        "identification_accuracy_centred": ev.finite_mean(centred),
         "within_genre_identification_accuracy": ev.finite_mean(within),
         "within_genre_identification_accuracy_ci95": ev.bootstrap_ci(within),
         # against chance: targets permuted among all clips, or among a genre's clips only
@@ -512,8 +513,18 @@ def clip_metrics(presentations: dict[str, list[np.ndarray]], targets: StimulusTa
         "within_genre_identification_accuracy": ev.finite_mean(prior_within),
         "within_genre_identification_accuracy_ci95": ev.bootstrap_ci(prior_within),
     }
+    # per clip, for group statistics across subjects (offline_training.group); NaN (no foil) -> null
+    res["per_clip"] = {"excerpt": keys, "genre": genres,
+                       "identification": _json_floats(per_clip),
+                       "identification_centred": _json_floats(centred),
+                       "within_genre": _json_floats(within)}
     res["_arrays"] = {"pred": avg, "true": true, "keys": keys, "genres": genres, "corr": ev.corr_matrix(avg, true)}
     return res
+
+
+def _json_floats(values) -> list:
+    """Floats for JSON, NaN as None (JSON has no NaN)."""
+    return [float(v) if np.isfinite(v) else None for v in np.asarray(values, float)]
 
 
 def evaluate_decoder(test_runs: list[RunData], coef, xm, ym, sel, delays, targets: StimulusTargets,

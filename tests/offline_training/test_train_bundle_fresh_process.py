@@ -177,3 +177,29 @@ def test_train_with_roi_mask_and_top_regions(trained, tmp_path):
     with pytest.raises(ValueError, match="off.nii.gz.*ROI mask.*resample"):
         train(str(root), str(tmp_path / "bundle2"), TrainConfig(embedder="tiny-bands", n_voxels=60, motion=False,
                                                                 roi_mask=str(tmp_path / "off.nii.gz")))
+
+
+def test_b2m_group_reads_trained_bundles(trained, tmp_path, b2m_proc):
+    """``b2m group`` as a process on a real bundle and a copy relabelled as a second subject."""
+    import shutil
+
+    _, out, m = trained
+    second = tmp_path / "sub-002"
+    shutil.copytree(out, second)
+    saved = json.loads((second / "metrics.json").read_text())
+    saved["config"]["subject"] = "002"
+    (second / "metrics.json").write_text(json.dumps(saved))
+    p = b2m_proc("group", out, second, "--out", tmp_path / "group", "--boot", "500")
+    assert p.wait(timeout=120) == 0, p.stderr()
+    table = p.stdout()
+    assert "sub-001" in table and "sub-002" in table and "within-genre identification" in table
+    g = json.loads((tmp_path / "group" / "group.json").read_text())
+    for key, headline in (("identification", "identification_accuracy"),
+                          ("identification_centred", "identification_accuracy_centred"),
+                          ("within_genre", "within_genre_identification_accuracy")):
+        assert g["metrics"][key]["per_subject"]["001"]["mean"] == pytest.approx(m[headline], abs=1e-12)
+        assert g["metrics"][key]["sd"] == 0.0  # two identical subjects
+    assert "data:image/png;base64," in (tmp_path / "group" / "group.html").read_text()
+    bad = b2m_proc("group", out, tmp_path / "nowhere", "--out", tmp_path / "g2")
+    assert bad.wait(timeout=120) == 2
+    assert str(tmp_path / "nowhere" / "metrics.json") in bad.stderr().replace("\n", "")

@@ -1,0 +1,346 @@
+"""Group statistics over subjects' bundles (``b2m group BUNDLE... --out DIR``).
+
+Brain2Music reported identification accuracy as the mean +- s.d. over its five
+participants (0.876 +- 0.015 with MuLan), so one subject's figure is not yet
+comparable with the paper. This module reads each bundle's ``metrics.json``,
+where :func:`offline_training.train.clip_metrics` keeps every Test clip's
+score (4 repeats averaged, causal preprocessing as deployed). For each metric
+(raw, centred and within-genre identification; chance 0.5) it reports:
+
+- each subject's accuracy and its clip-bootstrap CI (as ``b2m train`` does);
+- the mean and s.d. over subjects, the paper's form;
+- a one-sided one-sample t-test of the subject means against chance, with
+  subjects as the unit of inference (random effects);
+- a hierarchical bootstrap CI of the group mean: subjects are resampled, then
+  the clips of each drawn subject, so the interval carries both the
+  between-subject and the clip-sampling variability.
+
+The genre-prior baseline is summarised the same way. Pure functions here;
+:func:`write_group_report` writes ``group.json`` and ``group.html``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["METRICS", "BRAIN2MUSIC_REFERENCE", "SubjectScores", "read_subject", "hierarchical_bootstrap_ci",
+           "group_summary", "format_group", "write_group_report"]
+
+#: Per-clip score keys of ``metrics.json`` -> label. Chance is 0.5 for all three.
+METRICS = {"identification": "identification (raw)",
+           "identification_centred": "identification (centred)",
+           "within_genre": "within-genre identification"}
+CHANCE = 0.5
+#: Denk et al. (2023), Table 1: identification accuracy with MuLan, mean +- s.d. over 5 subjects (real fMRI).
+BRAIN2MUSIC_REFERENCE = {"metric": "identification", "mean": 0.876, "sd": 0.015, "n_subjects": 5,
+                         "embedding": "MuLan"}
+
+
+@dataclass
+class SubjectScores:
+    """One subject's Test-clip scores, read from its bundle.
+
+    Attributes
+    ----------
+    subject : str
+    bundle : str
+        The bundle folder.
+    embedder : str
+    excerpts : list of str
+        Test excerpt ids, in the order of the score arrays.
+    per_clip : dict
+        :data:`METRICS` key -> ndarray of shape (n_clips,), accuracy in [0, 1]
+        (NaN where a clip had no foil).
+    genre_prior : dict
+        :data:`METRICS` key -> the genre-prior baseline's accuracy (a float).
+    """
+
+    subject: str
+    bundle: str
+    embedder: str
+    excerpts: list
+    per_clip: dict
+    genre_prior: dict = field(default_factory=dict)
+
+
+_PRIOR_KEYS = {"identification": "identification_accuracy",
+               "identification_centred": "identification_accuracy_centred",
+               "within_genre": "within_genre_identification_accuracy"}
+
+
+def read_subject(bundle: os.PathLike | str) -> SubjectScores:
+    """Read the per-clip Test scores from ``BUNDLE/metrics.json``.
+
+    Raises
+    ------
+    ValueError
+        Naming the file, when it is missing, is not JSON, or lacks the
+        per-clip scores (bundles written before they were kept: retrain).
+    """
+    path = os.path.join(os.fspath(bundle), "metrics.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            m = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: not found; give bundle folders written by `b2m train`") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); retrain the bundle with `b2m train`") from None
+    causal = m.get("causal") if isinstance(m, dict) else None
+    pc = causal.get("per_clip") if isinstance(causal, dict) else None
+    if not isinstance(pc, dict):
+        raise ValueError(f"{path}: no causal.per_clip scores (the bundle predates them); retrain it with "
+                         "this version of `b2m train`")
+    excerpts = pc.get("excerpt")
+    if not isinstance(excerpts, list) or not excerpts:
+        raise ValueError(f"{path}: causal.per_clip.excerpt must be a non-empty list of Test excerpt ids")
+    per_clip = {}
+    for key in METRICS:
+        vals = pc.get(key)
+        if not isinstance(vals, list) or len(vals) != len(excerpts):
+            raise ValueError(f"{path}: causal.per_clip.{key} must be a list of {len(excerpts)} scores "
+                             "(one per excerpt); retrain the bundle with `b2m train`")
+        try:
+            arr = np.array([np.nan if v is None else float(v) for v in vals])
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: causal.per_clip.{key} holds a value that is not a number") from None
+        if np.any((arr < 0) | (arr > 1)):
+            raise ValueError(f"{path}: causal.per_clip.{key} has scores outside [0, 1]")
+        per_clip[key] = arr
+    cfg = m.get("config", {}) if isinstance(m.get("config"), dict) else {}
+    prior = causal.get("genre_prior", {}) if isinstance(causal.get("genre_prior"), dict) else {}
+    return SubjectScores(subject=str(cfg.get("subject", os.path.basename(os.path.normpath(os.fspath(bundle))))),
+                         bundle=os.fspath(bundle), embedder=str(cfg.get("embedder", "unknown")),
+                         excerpts=[str(e) for e in excerpts], per_clip=per_clip,
+                         genre_prior={k: float(prior[v]) for k, v in _PRIOR_KEYS.items() if v in prior})
+
+
+def hierarchical_bootstrap_ci(per_subject: Sequence[np.ndarray], n_boot: int = 10000, level: float = 0.95,
+                              seed: int = 0) -> tuple[float, float]:
+    """Percentile CI of the group mean by a two-level bootstrap.
+
+    Each replicate draws as many subjects as there are, with replacement, and
+    for every drawn subject (each draw anew) its clips with replacement; the
+    replicate is the mean over drawn subjects of their clip means. With one
+    subject this is the plain clip bootstrap.
+
+    Parameters
+    ----------
+    per_subject : sequence of ndarray, each of shape (n_clips_s,)
+        Per-clip scores; NaNs are dropped.
+    n_boot : int
+    level : float in (0, 1)
+    seed : int
+
+    Returns
+    -------
+    (low, high) : tuple of float
+        NaN if no subject has a finite score.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1); got {level}")
+    vals = [np.asarray(v, float) for v in per_subject]
+    vals = [v[np.isfinite(v)] for v in vals]
+    vals = [v for v in vals if v.size]
+    if not vals:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    n_sub = len(vals)
+    drawn = rng.integers(0, n_sub, size=(n_boot, n_sub))
+    means = np.empty((n_boot, n_sub))
+    for s, v in enumerate(vals):
+        where = drawn == s
+        k = int(where.sum())
+        if k:
+            means[where] = v[rng.integers(0, v.size, size=(k, v.size))].mean(1)
+    reps = means.mean(1)
+    a = (1 - level) / 2
+    lo, hi = np.quantile(reps, [a, 1 - a])
+    return float(lo), float(hi)
+
+
+def _t_test_greater(means: np.ndarray, chance: float) -> tuple[float, float]:
+    """One-sided one-sample t statistic and p of ``means`` against ``chance`` (NaN if undefined)."""
+    from scipy.stats import t as t_dist
+
+    n = len(means)
+    if n < 2:
+        return float("nan"), float("nan")
+    sd = float(np.std(means, ddof=1))
+    if sd == 0:
+        return float("nan"), float("nan")
+    t = (float(np.mean(means)) - chance) / (sd / math.sqrt(n))
+    return t, float(t_dist.sf(t, n - 1))
+
+
+def group_summary(subjects: Sequence[SubjectScores], *, n_boot: int = 10000, seed: int = 0) -> dict:
+    """Per-subject and group figures of every :data:`METRICS` entry.
+
+    Raises
+    ------
+    ValueError
+        No subject, a subject given twice, or bundles of different embedders
+        (their scores are not comparable).
+    """
+    if not subjects:
+        raise ValueError("no bundle given; pass one bundle folder per subject")
+    seen: dict[str, str] = {}
+    for s in subjects:
+        if s.subject in seen:
+            raise ValueError(f"subject {s.subject} appears twice ({seen[s.subject]} and {s.bundle}); give one "
+                             "bundle per subject")
+        seen[s.subject] = s.bundle
+    embedders = sorted({s.embedder for s in subjects})
+    if len(embedders) > 1:
+        raise ValueError(f"the bundles use different embedders ({', '.join(embedders)}): "
+                         + "; ".join(f"{s.bundle}: {s.embedder}" for s in subjects)
+                         + ". Group only bundles of one embedder")
+    out: dict = {"n_subjects": len(subjects), "subjects": [s.subject for s in subjects],
+                 "bundles": [s.bundle for s in subjects], "embedder": embedders[0], "chance": CHANCE,
+                 "same_test_clips": all(sorted(s.excerpts) == sorted(subjects[0].excerpts) for s in subjects),
+                 "n_boot": n_boot, "metrics": {}, "genre_prior": {},
+                 "reference": BRAIN2MUSIC_REFERENCE}
+    for i, key in enumerate(METRICS):
+        per_sub = [s.per_clip[key] for s in subjects]
+        means = np.array([np.nanmean(v) if np.isfinite(v).any() else np.nan for v in per_sub])
+        finite = means[np.isfinite(means)]
+        t, p = _t_test_greater(finite, CHANCE)
+        lo, hi = hierarchical_bootstrap_ci(per_sub, n_boot=n_boot, seed=seed + i)
+        out["metrics"][key] = {
+            "label": METRICS[key],
+            "per_subject": {s.subject: {"mean": float(m), "n_clips": int(np.isfinite(v).sum()),
+                                        "ci95": list(hierarchical_bootstrap_ci([v], n_boot=n_boot, seed=seed + i))}
+                            for s, m, v in zip(subjects, means, per_sub)},
+            "mean": float(np.mean(finite)) if finite.size else float("nan"),
+            "sd": float(np.std(finite, ddof=1)) if finite.size > 1 else float("nan"),
+            "sem": float(np.std(finite, ddof=1) / math.sqrt(finite.size)) if finite.size > 1 else float("nan"),
+            "t": t, "df": int(finite.size - 1), "p_greater_than_chance": p,
+            "ci95_hierarchical": [lo, hi],
+        }
+        prior = [s.genre_prior[key] for s in subjects if key in s.genre_prior]
+        out["genre_prior"][key] = float(np.mean(prior)) if prior else float("nan")
+    return out
+
+
+def _fmt(x: float, nd: int = 3) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.{nd}f}"
+
+
+def format_group(summary: dict) -> str:
+    """The summary as a plain-text table (what ``b2m group`` prints)."""
+    subs = summary["subjects"]
+    lines = [f"{summary['n_subjects']} subject(s), embedder {summary['embedder']}; Test clips, 4 repeats averaged, "
+             "causal preprocessing; chance 0.5"]
+    head = f"{'metric':<30}" + "".join(f"{'sub-' + s:>9}" for s in subs) + f"{'mean':>8}{'s.d.':>7}" \
+        f"{'95% CI (subjects+clips)':>26}{'t':>7}{'p':>9}{'genre prior':>13}"
+    lines.append(head)
+    for key, g in summary["metrics"].items():
+        ci = g["ci95_hierarchical"]
+        row = f"{g['label']:<30}" + "".join(f"{_fmt(g['per_subject'][s]['mean']):>9}" for s in subs)
+        row += f"{_fmt(g['mean']):>8}{_fmt(g['sd']):>7}{_fmt(ci[0]) + '-' + _fmt(ci[1]):>26}"
+        row += f"{_fmt(g['t'], 2):>7}{_fmt(g['p_greater_than_chance'], 4):>9}{_fmt(summary['genre_prior'][key]):>13}"
+        lines.append(row)
+    ref = summary["reference"]
+    lines.append(f"Brain2Music ({ref['embedding']}, real fMRI, {ref['n_subjects']} subjects): identification "
+                 f"{ref['mean']:.3f} +- {ref['sd']:.3f} (mean +- s.d. over subjects)")
+    if not summary["same_test_clips"]:
+        lines.append("note: the subjects' Test clip sets differ; their accuracies are not over the same clips")
+    return "\n".join(lines)
+
+
+def _figure(summary: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .report import _png
+
+    subs = summary["subjects"]
+    keys = list(summary["metrics"])
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 4), sharey=True)
+    for ax, key in zip(np.atleast_1d(axes), keys):
+        g = summary["metrics"][key]
+        x = np.arange(len(subs))
+        m = [g["per_subject"][s]["mean"] for s in subs]
+        lo = [m_ - g["per_subject"][s]["ci95"][0] for s, m_ in zip(subs, m)]
+        hi = [g["per_subject"][s]["ci95"][1] - m_ for s, m_ in zip(subs, m)]
+        ax.errorbar(x, m, yerr=[lo, hi], fmt="o", color="tab:blue", capsize=3, label="subject (clip CI)")
+        gx = len(subs) + 0.6
+        ci = g["ci95_hierarchical"]
+        ax.errorbar([gx], [g["mean"]], yerr=[[g["mean"] - ci[0]], [ci[1] - g["mean"]]], fmt="s", color="black",
+                    capsize=4, label="group mean (hierarchical CI)")
+        ax.axhline(CHANCE, color="grey", ls="--", lw=1, label="chance")
+        prior = summary["genre_prior"][key]
+        if np.isfinite(prior):
+            ax.axhline(prior, color="tab:orange", ls=":", lw=1.5, label="genre prior")
+        ref = summary["reference"]
+        if key == ref["metric"]:
+            ax.axhspan(ref["mean"] - ref["sd"], ref["mean"] + ref["sd"], color="tab:green", alpha=0.2,
+                       label=f"Brain2Music ({ref['embedding']}) mean +- s.d.")
+        ax.set_xticks(list(x) + [gx], [f"sub-{s}" for s in subs] + ["group"], rotation=45)
+        ax.set_title(g["label"])
+        ax.set_ylim(0.3, 1.0)
+    np.atleast_1d(axes)[0].set_ylabel("accuracy (Test clips)")
+    np.atleast_1d(axes)[-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _jsonable(obj):
+    """``obj`` with NaN and infinities as None (JSON has neither)."""
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_group_report(out: os.PathLike | str, summary: dict) -> str:
+    """Write ``OUT/group.json`` and the self-contained ``OUT/group.html``; returns the HTML path."""
+    out = os.fspath(out)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "group.json"), "w", encoding="utf-8") as f:
+        json.dump(_jsonable(summary), f, indent=2, allow_nan=False)
+    subs = summary["subjects"]
+    rows = []
+    for g in summary["metrics"].values():
+        ci = g["ci95_hierarchical"]
+        cells = "".join(f"<td>{_fmt(g['per_subject'][s]['mean'])}</td>" for s in subs)
+        rows.append(f"<tr><td>{html.escape(g['label'])}</td>{cells}<td><b>{_fmt(g['mean'])}</b></td>"
+                    f"<td>{_fmt(g['sd'])}</td><td>{_fmt(ci[0])}-{_fmt(ci[1])}</td><td>{_fmt(g['t'], 2)}</td>"
+                    f"<td>{_fmt(g['p_greater_than_chance'], 4)}</td></tr>")
+    prior = "".join(f"<td>{_fmt(summary['genre_prior'][k])}</td>" for k in summary["metrics"])
+    ref = summary["reference"]
+    bundles = "".join(f"<li>sub-{html.escape(s)}: {html.escape(b)}</li>" for s, b in zip(subs, summary["bundles"]))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>brain2music-rt group report</title>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}td,th{{padding:4px 10px;text-align:right}}
+td:first-child{{text-align:left}}table{{border-collapse:collapse}}tr:nth-child(even){{background:#f3f3f3}}</style></head>
+<body><h1>Decoding across {summary['n_subjects']} subject(s)</h1>
+<p>Test clips, the 4 repeats averaged, causal preprocessing as deployed; embedder
+{html.escape(summary['embedder'])}. Chance is 0.5 for every metric. The group CI resamples subjects, then
+each drawn subject's clips ({summary['n_boot']} replicates); t and p test the subject means against chance
+(one-sided, df = subjects - 1).</p>
+<table><tr><th>metric</th>{''.join(f'<th>sub-{html.escape(s)}</th>' for s in subs)}<th>mean</th><th>s.d.</th>
+<th>95% CI</th><th>t</th><th>p</th></tr>{''.join(rows)}</table>
+<p>Genre-prior baseline (mean over subjects): <table><tr><th></th>
+{''.join(f'<th>{html.escape(g["label"])}</th>' for g in summary['metrics'].values())}</tr>
+<tr><td>genre prior</td>{prior}</tr></table></p>
+<p>Brain2Music ({html.escape(ref['embedding'])}, real fMRI, {ref['n_subjects']} subjects): identification
+{ref['mean']:.3f} &plusmn; {ref['sd']:.3f} (mean &plusmn; s.d. over subjects).</p>
+{'' if summary['same_test_clips'] else '<p><b>The subjects were tested on different clip sets.</b></p>'}
+<img src='data:image/png;base64,{_figure(summary)}'>
+<h2>Bundles</h2><ul>{bundles}</ul>
+</body></html>"""
+    path = os.path.join(out, "group.html")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(page)
+    return path

@@ -1,0 +1,160 @@
+"""Group statistics over subjects: the bootstrap against scipy and a ground-truth
+simulation, the t-test against scipy, and bad bundles named."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from offline_training.group import (METRICS, format_group, group_summary, hierarchical_bootstrap_ci,
+                                    read_subject, write_group_report)
+from offline_training.targets import ExcerptEmbeddings, StimulusTargets
+from offline_training.train import _json_default, clip_metrics
+
+
+def _subject_metrics(rng, subject, noise, n_genres=5, per_genre=6, dim=16, embedder="musicnn-msd"):
+    """metrics.json content as ``b2m train`` writes it, from :func:`clip_metrics` on synthetic decodes."""
+    genres = [f"g{k}" for k in range(n_genres)]
+    centres = rng.standard_normal((n_genres, dim))
+    targets = StimulusTargets()
+    keys = []
+    for g in range(n_genres):
+        for j in range(per_genre):
+            clip = centres[g] + 0.7 * rng.standard_normal(dim)
+            key = f"{genres[g]}.{j:05d}_0-15"
+            targets.by_id[key] = ExcerptEmbeddings(clip=clip, windows=clip[None], tags=np.zeros(3), genre=genres[g])
+            keys.append(key)
+    pres = {k: [targets[k].clip + noise * rng.standard_normal(dim) for _ in range(4)] for k in keys}
+    train_emb = np.vstack([centres[g] + 0.7 * rng.standard_normal((8, dim)) for g in range(n_genres)])
+    train_genres = [genres[g] for g in range(n_genres) for _ in range(8)]
+    res = clip_metrics(pres, targets, train_emb, train_genres, train_emb.mean(0))
+    res.pop("_arrays")
+    return {"config": {"subject": subject, "embedder": embedder}, "causal": res,
+            **{k: res[k] for k in ("identification_accuracy", "identification_accuracy_centred",
+                                   "within_genre_identification_accuracy")}}
+
+
+def _write_bundle(path, metrics):
+    path.mkdir(parents=True)
+    (path / "metrics.json").write_text(json.dumps(metrics, default=_json_default))
+    return path
+
+
+def test_read_subject_per_clip_scores_reproduce_the_headline_figures(tmp_path, rng):
+    m = _subject_metrics(rng, "001", noise=1.0)
+    s = read_subject(_write_bundle(tmp_path / "b", m))
+    assert s.subject == "001" and s.embedder == "musicnn-msd" and len(s.excerpts) == 30
+    assert np.nanmean(s.per_clip["identification"]) == pytest.approx(m["identification_accuracy"], abs=1e-12)
+    assert np.nanmean(s.per_clip["identification_centred"]) == pytest.approx(m["identification_accuracy_centred"],
+                                                                            abs=1e-12)
+    assert np.nanmean(s.per_clip["within_genre"]) == pytest.approx(m["within_genre_identification_accuracy"],
+                                                                  abs=1e-12)
+    assert s.genre_prior["within_genre"] == pytest.approx(0.5)  # a genre-only decoder, exactly chance
+
+
+def test_one_subject_is_the_clip_bootstrap(rng):
+    v = rng.uniform(0, 1, 60)
+    ours = hierarchical_bootstrap_ci([v], n_boot=20000, seed=1)
+    ref = stats.bootstrap((v,), np.mean, n_resamples=20000, method="percentile", random_state=2).confidence_interval
+    assert ours == pytest.approx((ref.low, ref.high), abs=0.006)
+
+
+def test_without_clip_noise_the_ci_is_the_subject_bootstrap(rng):
+    means = rng.uniform(0.5, 0.7, 8)
+    ours = hierarchical_bootstrap_ci([np.full(40, m) for m in means], n_boot=20000, seed=1)
+    ref = stats.bootstrap((means,), np.mean, n_resamples=20000, method="percentile",
+                          random_state=2).confidence_interval
+    assert ours == pytest.approx((ref.low, ref.high), abs=0.004)
+
+
+def test_hierarchical_ci_covers_the_true_group_mean():
+    """Ground truth: subject means ~ N(0.6, 0.03), clip scores ~ subject mean + N(0, 0.2).
+
+    Nominal coverage 0.95. Resampling both levels counts the clip variance
+    twice (it is already in the subject means' spread), so the interval is
+    known to be a little conservative: coverage may exceed 0.95, and must not
+    fall below 0.90 (3 binomial s.d. of 400 datasets under 0.95 is 0.917).
+    """
+    rng = np.random.default_rng(7)
+    hits = []
+    for k in range(400):
+        mu = 0.6 + 0.03 * rng.standard_normal(12)
+        data = [m + 0.2 * rng.standard_normal(40) for m in mu]
+        lo, hi = hierarchical_bootstrap_ci(data, n_boot=400, seed=k)
+        hits.append(lo <= 0.6 <= hi)
+    assert 0.90 <= np.mean(hits) <= 1.0
+
+
+def test_group_summary_against_scipy(tmp_path, rng):
+    subs = [read_subject(_write_bundle(tmp_path / f"b{i}", _subject_metrics(rng, f"00{i}", noise=n)))
+            for i, n in enumerate((2.0, 3.0, 4.0), start=1)]
+    g = group_summary(subs, n_boot=2000)
+    for key in METRICS:
+        means = np.array([np.nanmean(s.per_clip[key]) for s in subs])
+        r = g["metrics"][key]
+        assert r["mean"] == pytest.approx(means.mean(), abs=1e-12)
+        assert r["sd"] == pytest.approx(np.std(means, ddof=1), abs=1e-12)
+        ref = stats.ttest_1samp(means, 0.5, alternative="greater")
+        assert r["t"] == pytest.approx(ref.statistic, rel=1e-10)
+        assert r["p_greater_than_chance"] == pytest.approx(ref.pvalue, rel=1e-10)
+        assert r["ci95_hierarchical"][0] < r["mean"] < r["ci95_hierarchical"][1]
+        assert [r["per_subject"][s.subject]["mean"] for s in subs] == pytest.approx(list(means))
+    assert g["same_test_clips"] is True
+    text = format_group(g)
+    assert "within-genre identification" in text and "0.876" in text
+
+
+def test_one_subject_has_no_t_test(tmp_path, rng):
+    s = read_subject(_write_bundle(tmp_path / "b", _subject_metrics(rng, "001", noise=1.0)))
+    g = group_summary([s], n_boot=500)
+    r = g["metrics"]["identification"]
+    assert np.isnan(r["sd"]) and np.isnan(r["t"]) and np.isnan(r["p_greater_than_chance"])
+    assert "n/a" in format_group(g)
+
+
+def test_group_refuses_duplicates_mixed_embedders_and_nothing(tmp_path, rng):
+    a = read_subject(_write_bundle(tmp_path / "a", _subject_metrics(rng, "001", noise=1.0)))
+    b = read_subject(_write_bundle(tmp_path / "b", _subject_metrics(rng, "001", noise=1.0)))
+    c = read_subject(_write_bundle(tmp_path / "c", _subject_metrics(rng, "002", noise=1.0, embedder="other")))
+    with pytest.raises(ValueError, match=r"subject 001 appears twice .*/a and .*/b"):
+        group_summary([a, b])
+    with pytest.raises(ValueError, match=r"different embedders .*musicnn-msd.*other"):
+        group_summary([a, c])
+    with pytest.raises(ValueError, match="no bundle given"):
+        group_summary([])
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "not found"),
+    ("{not json", "not valid JSON"),
+    (json.dumps({"config": {}, "causal": {"identification_accuracy": 0.9}}), "no causal.per_clip"),
+    (json.dumps({"causal": {"per_clip": {"excerpt": ["a", "b"], "identification": [0.5],
+                                         "identification_centred": [0.5, 0.5], "within_genre": [0.5, None]}}}),
+     "causal.per_clip.identification must be a list of 2"),
+    (json.dumps({"causal": {"per_clip": {"excerpt": ["a"], "identification": [1.5],
+                                         "identification_centred": [0.5], "within_genre": [None]}}}),
+     "outside"),
+])
+def test_read_subject_names_the_file(tmp_path, content, message):
+    b = tmp_path / "bundle"
+    b.mkdir()
+    if content is not None:
+        (b / "metrics.json").write_text(content)
+    with pytest.raises(ValueError, match=message) as e:
+        read_subject(b)
+    assert str(b / "metrics.json") in str(e.value)
+
+
+def test_group_report_is_strict_json_and_self_contained_html(tmp_path, rng):
+    subs = [read_subject(_write_bundle(tmp_path / f"b{i}", _subject_metrics(rng, f"00{i}", noise=1.0)))
+            for i in (1, 2)]
+    g = group_summary(subs, n_boot=500)
+    path = write_group_report(tmp_path / "out", g)
+    page = open(path).read()
+    assert "data:image/png;base64," in page and "sub-002" in page
+    saved = json.loads((tmp_path / "out" / "group.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert saved["metrics"]["within_genre"]["mean"] == pytest.approx(g["metrics"]["within_genre"]["mean"])
+
