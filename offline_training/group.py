@@ -238,13 +238,13 @@ def format_group(summary: dict) -> str:
     lines = [f"{summary['n_subjects']} subject(s), embedder {summary['embedder']}; Test clips, 4 repeats averaged, "
              "causal preprocessing; chance 0.5"]
     head = f"{'metric':<30}" + "".join(f"{'sub-' + s:>9}" for s in subs) + f"{'mean':>8}{'s.d.':>7}" \
-        f"{'95% CI (subjects+clips)':>26}{'t':>7}{'p':>9}{'genre prior':>13}"
+        f"{'95% CI (subjects+clips)':>26}{'t':>9}{'p':>9}{'genre prior':>13}"
     lines.append(head)
     for key, g in summary["metrics"].items():
         ci = g["ci95_hierarchical"]
         row = f"{g['label']:<30}" + "".join(f"{_fmt(g['per_subject'][s]['mean']):>9}" for s in subs)
         row += f"{_fmt(g['mean']):>8}{_fmt(g['sd']):>7}{_fmt(ci[0]) + '-' + _fmt(ci[1]):>26}"
-        row += f"{_fmt(g['t'], 2):>7}{_fmt(g['p_greater_than_chance'], 4):>9}{_fmt(summary['genre_prior'][key]):>13}"
+        row += f"{_fmt(g['t'], 2):>9}{_fmt(g['p_greater_than_chance'], 4):>9}{_fmt(summary['genre_prior'][key]):>13}"
         lines.append(row)
     ref = summary["reference"]
     lines.append(f"Brain2Music ({ref['embedding']}, real fMRI, {ref['n_subjects']} subjects): identification "
@@ -288,8 +288,12 @@ def _figure(summary: dict) -> str:
         ax.set_title(g["label"])
         ax.set_ylim(0.3, 1.0)
     np.atleast_1d(axes)[0].set_ylabel("accuracy (Test clips)")
-    np.atleast_1d(axes)[-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles = {}
+    for ax in np.atleast_1d(axes):  # one legend for all panels (the Brain2Music band is only on one)
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=len(handles), fontsize=8)
     return _png(fig)
 
 
