@@ -84,6 +84,7 @@ __all__ = [
     "BoldRun",
     "find_subjects",
     "find_runs",
+    "subject_label",
     "read_sidecar",
     "load_bold",
     "stimulus_segment",
@@ -345,7 +346,8 @@ class RunFiles:
 BoldRun = RunFiles
 
 
-def _subject_label(subject: str | int) -> str:
+def subject_label(subject: str | int) -> str:
+    """The BIDS label of ``subject`` (``1`` -> ``'001'``, ``'sub-001'`` -> ``'001'``); ValueError if it is not one."""
     if isinstance(subject, int):
         return f"{subject:03d}"
     label = subject[4:] if subject.startswith("sub-") else subject
@@ -400,7 +402,7 @@ def find_runs(dataset_root: os.PathLike | str, subject: str | int, *,
         If a run has two files for the same role (e.g. both .nii and .nii.gz).
     """
     root = Path(dataset_root)
-    label = _subject_label(subject)
+    label = subject_label(subject)
     func = root / f"sub-{label}" / "func"
     if not func.is_dir():
         subjects = find_subjects(root)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -15,8 +16,10 @@ def add_parser(sub) -> None:
                                    "and fit a per-dimension ridge decoder with leave-one-run-out CV over the "
                                    "Training runs, evaluate on the Test runs, and write BUNDLE.")
     p.add_argument("dataset", help="BIDS dataset root (ds003720 layout)")
-    p.add_argument("--subject", default="001")
-    p.add_argument("--out", required=True, help="bundle folder")
+    p.add_argument("--subject", default="001",
+                   help="subject label (default 001); several as 001,002,003 or 'all': each bundle goes to "
+                        "OUT/sub-XXX and the group summary (b2m group) to OUT/group.html")
+    p.add_argument("--out", required=True, help="bundle folder (with several subjects, their parent folder)")
     p.add_argument("--embedder", default="musicnn-msd")
     p.add_argument("--delays", default="2,3,4", help="hemodynamic delays in TRs (default 2,3,4)")
     p.add_argument("--voxels", type=int, default=500,
@@ -63,7 +66,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import numpy as np
 
-    from offline_training.train import TrainConfig, train
+    from offline_training.train import TrainConfig
 
     lo, hi, n = args.alphas.split(":")
     cfg = TrainConfig(subject=args.subject, embedder=args.embedder,
@@ -84,6 +87,66 @@ def run(args) -> int:
         Console(stderr=True).print("[red]error:[/red] a bundle for the live session must use causal "
                                    "preprocessing; add --compare-offline to report offline figures alongside")
         return 2
+    subjects = _subjects(args.dataset, args.subject)
+    if len(subjects) > 1 or "," in args.subject or args.subject.strip().lower() == "all":
+        return _train_group(args, cfg, subjects)
+    cfg = replace(cfg, subject=subjects[0])
+    m = _train_one(args.dataset, args.out, cfg)
+    print(json.dumps(_headline(m, args.out)), file=sys.stdout)
+    return 0
+
+
+def _subjects(dataset: str, spec: str) -> list[str]:
+    """``--subject``: one label, a comma-separated list, or ``all`` (every ``sub-*`` of the dataset)."""
+    from offline_training.bids import subject_label, find_subjects
+
+    if spec.strip().lower() == "all":
+        found = find_subjects(dataset)
+        if not found:
+            raise ValueError(f"{dataset}: no sub-XXX folder; is this a BIDS dataset root?")
+        return found
+    labels = [subject_label(s.strip()) for s in spec.split(",") if s.strip()]
+    if not labels:
+        raise ValueError(f"--subject {spec!r}: give a label such as 001, a list 001,002 or 'all'")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"--subject {spec!r} names a subject twice")
+    return labels
+
+
+def _train_group(args, cfg, subjects: list[str]) -> int:
+    """Train every subject into OUT/sub-XXX, then summarise them; a failed subject does not stop the others."""
+    import os
+
+    from offline_training.group import format_group, group_summary, read_subject, write_group_report
+
+    console = Console(stderr=True)
+    done, failed = [], []
+    for i, sub in enumerate(subjects, 1):
+        out = os.path.join(args.out, f"sub-{sub}")
+        console.print(f"[bold]subject {sub}[/bold] ({i} of {len(subjects)}) -> {out}", highlight=False)
+        try:
+            m = _train_one(args.dataset, out, replace(cfg, subject=sub))
+        except (ValueError, OSError) as e:  # one subject's bad file must not cost the others
+            console.print(f"[red]subject {sub} failed:[/red] {e}", highlight=False)
+            failed.append(sub)
+            continue
+        print(json.dumps(_headline(m, out)), file=sys.stdout, flush=True)
+        done.append(out)
+    if done:
+        summary = group_summary([read_subject(b) for b in done])
+        path = write_group_report(args.out, summary)
+        print(format_group(summary), file=sys.stdout)
+        console.print(f"group report: {path}", highlight=False)
+    if failed:
+        console.print(f"[red]{len(failed)} of {len(subjects)} subject(s) failed:[/red] {', '.join(failed)}; "
+                      "the group summary covers the others", highlight=False)
+        return 1
+    return 0
+
+
+def _train_one(dataset: str, out: str, cfg) -> dict:
+    from offline_training.train import train
+
     console = Console(stderr=True)
     with Progress(TextColumn("[bold]train[/bold] {task.description:<32}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console) as bar:
@@ -94,7 +157,11 @@ def run(args) -> int:
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
-        m = train(args.dataset, args.out, cfg, progress)
+        return train(dataset, out, cfg, progress)
+
+
+def _headline(m: dict, out: str) -> dict:
+    """The figures ``b2m train`` prints (one JSON line per subject)."""
     c = m["identification_accuracy_ci95"]
     headline = {
         "identification_accuracy": round(m["identification_accuracy"], 4),
@@ -108,8 +175,7 @@ def run(args) -> int:
         "genre_prior_identification_accuracy": round(m["genre_prior"]["identification_accuracy"], 4),
         "offline_identification_accuracy": round(m["offline"]["identification_accuracy"], 4) if "offline" in m else None,
         "deviation_scale": m["causal"]["deviation_scale"],
-        "bundle": args.out, "wall_s": round(m["wall_s"], 1), "peak_rss_mb": round(m["peak_rss_mb"]),
+        "subject": m["config"]["subject"], "bundle": out, "wall_s": round(m["wall_s"], 1), "peak_rss_mb": round(m["peak_rss_mb"]),
         "timings_s": {k: round(v, 1) for k, v in m["timings_s"].items()},
     }
-    print(json.dumps(headline), file=sys.stdout)
-    return 0
+    return headline

@@ -48,10 +48,10 @@ def _events(clips) -> str:
     return "\r\n".join(rows) + "\r\n"
 
 
-def _tiny_dataset(root, rng):
+def _tiny_dataset(root, rng, subject="001"):
     """2 Training runs of 4 clips, 2 Test runs repeating 4 other clips; voxels follow the clips."""
     stim = root / "stimuli"
-    stim.mkdir(parents=True)
+    stim.mkdir(parents=True, exist_ok=True)
     t = np.arange(30 * SR) / SR
     clips = [(g, k) for k in range(6) for g in GENRES]  # 12 tracks
     for genre, track in clips:
@@ -60,14 +60,14 @@ def _tiny_dataset(root, rng):
         sf.write(stim / f"{genre}.{track:05d}.wav", (0.2 * sig).astype(np.float32), SR)
     runs = {("Training", 1): clips[0:4], ("Training", 2): clips[4:8],
             ("Test", 1): clips[8:12], ("Test", 2): clips[8:12][::-1]}
-    func = root / "sub-001" / "func"
+    func = root / f"sub-{subject}" / "func"
     func.mkdir(parents=True)
     ii, jj, kk = np.meshgrid(*[np.arange(s, dtype=float) for s in SHAPE], indexing="ij")
     brain = 1000 * np.exp(-(((ii - 5.5) / 4) ** 2 + ((jj - 5.5) / 4) ** 2 + ((kk - 3.5) / 3) ** 2))
     tuning = rng.standard_normal(SHAPE + (4,)) * (brain[..., None] > 500)
     emb = BandsEmbedder()
     for (task, run), rclips in runs.items():
-        stem = f"sub-001_task-{task}_run-{run:02d}"
+        stem = f"sub-{subject}_task-{task}_run-{run:02d}"
         (func / f"{stem}_events.tsv").write_text(_events(rclips), newline="")
         (func / f"{stem}_bold.json").write_text(json.dumps({"RepetitionTime": TR, "TaskName": task}))
         drive = np.zeros((N_VOL, 4))
@@ -203,3 +203,36 @@ def test_b2m_group_reads_trained_bundles(trained, tmp_path, b2m_proc):
     bad = b2m_proc("group", out, tmp_path / "nowhere", "--out", tmp_path / "g2")
     assert bad.wait(timeout=120) == 2
     assert str(tmp_path / "nowhere" / "metrics.json") in bad.stderr().replace("\n", "")
+
+
+def test_b2m_train_several_subjects_then_the_group(tmp_path, capsys):
+    """``b2m train DS --subject all``: a bundle per subject, the group summary, and a failed subject that
+    does not stop the others (exit code 1, named on stderr)."""
+    from b2m.cli import main
+
+    register_embedder("tiny-bands", lambda **kw: BandsEmbedder(**kw))
+    root = tmp_path / "ds"
+    for k, sub in enumerate(("001", "002", "003")):
+        _tiny_dataset(root, np.random.default_rng(10 + k), subject=sub)
+    for f in (root / "sub-003" / "func").glob("*Test*"):
+        f.unlink()  # subject 003 cannot be evaluated
+    out = tmp_path / "bundles"
+    rc = main(["train", str(root), "--subject", "all", "--out", str(out), "--embedder", "tiny-bands",
+               "--voxels", "60", "--no-motion", "--alphas", "1e-1:1e5:4"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert "subject 003 failed" in captured.err and "has no Test runs" in captured.err
+    lines = captured.out.splitlines()
+    heads = [json.loads(line) for line in lines if line.startswith("{")]
+    assert [h["subject"] for h in heads] == ["001", "002"]
+    group = json.loads((out / "group.json").read_text())
+    assert group["subjects"] == ["001", "002"]
+    for h in heads:
+        saved = json.loads((out / f"sub-{h['subject']}" / "metrics.json").read_text())
+        assert h["identification_accuracy"] == round(saved["identification_accuracy"], 4)
+        assert group["metrics"]["identification"]["per_subject"][h["subject"]]["mean"] == pytest.approx(
+            saved["identification_accuracy"], abs=1e-12)
+    assert any("within-genre identification" in line for line in lines)
+    assert (out / "group.html").is_file() and not (out / "sub-003" / "metrics.json").exists()
+    assert main(["train", str(root), "--subject", "001,sub-001", "--out", str(out)]) == 2
+    assert "names a subject twice" in capsys.readouterr().err
