@@ -232,6 +232,11 @@ def _fmt(x: float, nd: int = 3) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.{nd}f}"
 
 
+def _fmt_p(p: float) -> str:
+    """A p-value to 4 places; below 0.0001 as such, never as 0."""
+    return "n/a" if p is None or not np.isfinite(p) else ("<0.0001" if p < 1e-4 else f"{p:.4f}")
+
+
 def format_group(summary: dict) -> str:
     """The summary as a plain-text table (what ``b2m group`` prints)."""
     subs = summary["subjects"]
@@ -244,7 +249,7 @@ def format_group(summary: dict) -> str:
         ci = g["ci95_hierarchical"]
         row = f"{g['label']:<30}" + "".join(f"{_fmt(g['per_subject'][s]['mean']):>9}" for s in subs)
         row += f"{_fmt(g['mean']):>8}{_fmt(g['sd']):>7}{_fmt(ci[0]) + '-' + _fmt(ci[1]):>26}"
-        row += f"{_fmt(g['t'], 2):>9}{_fmt(g['p_greater_than_chance'], 4):>9}{_fmt(summary['genre_prior'][key]):>13}"
+        row += f"{_fmt(g['t'], 2):>9}{_fmt_p(g['p_greater_than_chance']):>9}{_fmt(summary['genre_prior'][key]):>13}"
         lines.append(row)
     ref = summary["reference"]
     lines.append(f"Brain2Music ({ref['embedding']}, real fMRI, {ref['n_subjects']} subjects): identification "
@@ -321,7 +326,7 @@ def write_group_report(out: os.PathLike | str, summary: dict) -> str:
         cells = "".join(f"<td>{_fmt(g['per_subject'][s]['mean'])}</td>" for s in subs)
         rows.append(f"<tr><td>{html.escape(g['label'])}</td>{cells}<td><b>{_fmt(g['mean'])}</b></td>"
                     f"<td>{_fmt(g['sd'])}</td><td>{_fmt(ci[0])}-{_fmt(ci[1])}</td><td>{_fmt(g['t'], 2)}</td>"
-                    f"<td>{_fmt(g['p_greater_than_chance'], 4)}</td></tr>")
+                    f"<td>{_fmt_p(g['p_greater_than_chance'])}</td></tr>")
     prior = "".join(f"<td>{_fmt(summary['genre_prior'][k])}</td>" for k in summary["metrics"])
     ref = summary["reference"]
     bundles = "".join(f"<li>sub-{html.escape(s)}: {html.escape(b)}</li>" for s, b in zip(subs, summary["bundles"]))
