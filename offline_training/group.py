@@ -7,7 +7,7 @@ where :func:`offline_training.train.clip_metrics` keeps every Test clip's
 score (4 repeats averaged, causal preprocessing as deployed). For each metric
 (raw, centred and within-genre identification; chance 0.5) it reports:
 
-- each subject's accuracy and its clip-bootstrap CI (as ``b2m train`` does);
+- each subject's accuracy and its clip-bootstrap CI (the one ``b2m train`` reports);
 - the mean and s.d. over subjects, the paper's form;
 - a one-sided one-sample t-test of the subject means against chance, with
   subjects as the unit of inference (random effects);
@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+
+from .evaluate import bootstrap_ci
 
 __all__ = ["METRICS", "BRAIN2MUSIC_REFERENCE", "SubjectScores", "read_subject", "hierarchical_bootstrap_ci",
            "group_summary", "format_group", "write_group_report"]
@@ -215,7 +217,7 @@ def group_summary(subjects: Sequence[SubjectScores], *, n_boot: int = 10000, see
         out["metrics"][key] = {
             "label": METRICS[key],
             "per_subject": {s.subject: {"mean": float(m), "n_clips": int(np.isfinite(v).sum()),
-                                        "ci95": list(hierarchical_bootstrap_ci([v], n_boot=n_boot, seed=seed + i))}
+                                        "ci95": list(bootstrap_ci(v))}  # as b2m train reports it
                             for s, m, v in zip(subjects, means, per_sub)},
             "mean": float(np.mean(finite)) if finite.size else float("nan"),
             "sd": float(np.std(finite, ddof=1)) if finite.size > 1 else float("nan"),

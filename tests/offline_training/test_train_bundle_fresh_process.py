@@ -199,6 +199,9 @@ def test_b2m_group_reads_trained_bundles(trained, tmp_path, b2m_proc):
                           ("within_genre", "within_genre_identification_accuracy")):
         assert g["metrics"][key]["per_subject"]["001"]["mean"] == pytest.approx(m[headline], abs=1e-12)
         assert g["metrics"][key]["sd"] == 0.0  # two identical subjects
+    for key, headline in (("identification", "identification_accuracy_ci95"),
+                          ("within_genre", "within_genre_identification_accuracy_ci95")):
+        assert g["metrics"][key]["per_subject"]["001"]["ci95"] == pytest.approx(m[headline], abs=1e-12)
     assert "data:image/png;base64," in (tmp_path / "group" / "group.html").read_text()
     bad = b2m_proc("group", out, tmp_path / "nowhere", "--out", tmp_path / "g2")
     assert bad.wait(timeout=120) == 2
