@@ -126,8 +126,11 @@ def _train_group(args, cfg, subjects: list[str]) -> int:
         console.print(f"[bold]subject {sub}[/bold] ({i} of {len(subjects)}) -> {out}", highlight=False)
         try:
             m = _train_one(args.dataset, out, replace(cfg, subject=sub))
-        except (ValueError, OSError) as e:  # one subject's bad file must not cost the others
-            console.print(f"[red]subject {sub} failed:[/red] {e}", highlight=False)
+        except Exception as e:  # one subject's bad file (or a bug it hits) must not cost the others
+            console.print(f"[red]subject {sub} failed:[/red] {e if isinstance(e, (ValueError, OSError)) else repr(e)}",
+                          highlight=False)
+            if getattr(args, "verbose", 0):
+                console.print_exception()
             failed.append(sub)
             continue
         print(json.dumps(_headline(m, out)), file=sys.stdout, flush=True)
