@@ -35,8 +35,44 @@ def _tag_readout(train_emb: np.ndarray, train_tags: np.ndarray) -> tuple[np.ndar
     return ridge_fit(train_emb, logit, 1.0)
 
 
+def _ceiling_figures(out: str, ev: np.ndarray, enc_corr: np.ndarray, sel: np.ndarray, brain: np.ndarray,
+                     affine: np.ndarray, reference: np.ndarray) -> dict:
+    """``noise_ceiling_ev.nii.gz``, its map, and encoding r against the ceiling sqrt(EV) per voxel."""
+    import matplotlib.pyplot as plt
+    import nibabel as nib
+
+    figs = {}
+    vol = np.zeros(brain.shape, np.float32)
+    vol[brain] = ev
+    nib.save(nib.Nifti1Image(vol, affine), os.path.join(out, "noise_ceiling_ev.nii.gz"))
+    try:
+        from nilearn import plotting
+
+        fig = plt.figure(figsize=(9, 3))
+        plotting.plot_stat_map(nib.Nifti1Image(vol, affine), bg_img=nib.Nifti1Image(reference, affine),
+                               threshold=0.05, display_mode="z", cut_coords=5, figure=fig, draw_cross=False,
+                               title="Explainable variance from the Test repeats (EV > 0.05)", black_bg=False)
+        figs["ceiling_map"] = _png(fig)
+    except Exception as e:  # a plotting failure must not lose the bundle
+        figs["ceiling_error"] = str(e)
+    rng = np.random.default_rng(0)
+    others = np.setdiff1d(np.arange(len(ev)), sel)
+    others = rng.choice(others, min(len(others), 5000), replace=False) if len(others) else others
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    root = np.sqrt(np.clip(ev, 0, None))
+    ax.scatter(root[others], enc_corr[others], s=3, color="#bbbbbb", label="other brain voxels (sample)")
+    ax.scatter(root[sel], enc_corr[sel], s=6, color="#4477aa", label="selected voxels")
+    top = float(max(root.max(), np.nanmax(enc_corr), 0.1))
+    ax.plot([0, top], [0, top], color="k", lw=0.8, ls="--", label="the ceiling: r = sqrt(EV)")
+    ax.set_xlabel("noise ceiling sqrt(EV) (Test repeats)")
+    ax.set_ylabel("encoding model r (Test, single presentations)")
+    ax.legend(fontsize=8)
+    figs["ceiling"] = _png(fig)
+    return figs
+
+
 def write_report(out: str, metrics: dict, arrays: dict, state: dict, enc_corr: np.ndarray, brain: np.ndarray,
-                 affine: np.ndarray, reference: np.ndarray, targets) -> str:
+                 affine: np.ndarray, reference: np.ndarray, targets, ev: np.ndarray | None = None) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,6 +125,8 @@ def write_report(out: str, metrics: dict, arrays: dict, state: dict, enc_corr: n
         figs["encoding"] = _png(fig)
     except Exception as e:  # a plotting failure must not lose the bundle
         figs["encoding_error"] = str(e)
+    if ev is not None:
+        figs.update(_ceiling_figures(out, ev, enc_corr, state["sel"], brain, affine, reference))
     # tags
     keys = arrays["keys"]
     tag_names = targets.tag_names
@@ -120,7 +158,9 @@ def write_report(out: str, metrics: dict, arrays: dict, state: dict, enc_corr: n
     def row(name, key, fmt="{:.3f}"):
         vals = []
         for part in ("causal", "offline"):
-            v = metrics.get(part, {}).get(key) if part in metrics else None
+            v = metrics.get(part, {}) if part in metrics else None
+            for k in key.split("."):  # "nway.top1": a nested figure
+                v = v.get(k) if isinstance(v, dict) else None
             vals.append("" if v is None else fmt.format(v))
         gp = metrics.get("genre_prior", {}).get(key)
         vals.append("" if gp is None else fmt.format(gp))
@@ -134,10 +174,25 @@ def write_report(out: str, metrics: dict, arrays: dict, state: dict, enc_corr: n
     row("Identification, single presentations", "identification_accuracy_single")
     row("Within-genre identification, single presentations", "within_genre_identification_accuracy_single")
     row("Per-dimension correlation (mean)", "per_dim_correlation_mean")
+    row("60-way identification, top-1 (chance 1/60)", "nway.top1")
+    row("60-way identification, top-5 (chance 5/60)", "nway.top5")
+    row("Genre of the retrieved Training clip, top-1", "retrieval_genre_agreement.top1")
+    row("Genre among the 2 retrieved Training clips", "retrieval_genre_agreement.top2")
+    row("Top-5 musicnn tags shared with the true clip (fraction)", "tag_agreement_top5")
+    nc = metrics.get("noise_ceiling", {})
+    ceiling = (f"<p>Noise ceiling: {html.escape(nc['error'])}</p>" if "error" in nc else
+               f"<p>Noise ceiling (explainable variance from {nc['n_repeats']} repeats of {nc['n_excerpts']} Test "
+               f"excerpts, {nc['lag_s']:g} s after each TR): median EV {nc['median_ev_selected']:.3f} in the selected "
+               f"voxels ({nc['median_ev_brain']:.3f} over the brain); their single-presentation correlation cannot "
+               f"exceed sqrt(EV), median {nc['median_sqrt_ev_selected']:.3f}, and the encoding model reaches "
+               f"{nc['median_encoding_corr_selected']:.3f}. Map: <code>noise_ceiling_ev.nii.gz</code>.</p>"
+               if nc else "")
     ci = metrics.get("identification_accuracy_ci95", (np.nan, np.nan))
     parts = [f"<h2>{html.escape(t)}</h2><img src='data:image/png;base64,{figs[k]}'>"
              for k, t in (("identification", "Identification"), ("per_dim", "Per-dimension correlation"),
-                          ("alphas", "Chosen alphas"), ("encoding", "Encoding map"), ("tags", "Tags"))
+                          ("alphas", "Chosen alphas"), ("encoding", "Encoding map"),
+                          ("ceiling_map", "Noise ceiling map"), ("ceiling", "Encoding model against the noise ceiling"),
+                          ("tags", "Tags"))
              if k in figs]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>brain2music-rt model report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{padding:4px 10px;text-align:right}}
@@ -157,6 +212,7 @@ through the held-out error covariance shrunk by {metrics.get('causal', {}).get('
 Training runs);
 fit {metrics.get('causal', {}).get('fit_s', 0):.1f} s;
 wall time {metrics.get('wall_s', 0):.0f} s.</p>
+{ceiling}
 {''.join(parts)}
 {f"<p>Encoding map not drawn: {html.escape(figs['encoding_error'])}</p>" if 'encoding_error' in figs else ''}
 </body></html>"""

@@ -42,6 +42,7 @@ from realtime.preprocessing import PreprocessConfig, preprocess_run, stack_delay
 
 from . import evaluate as ev
 from .bids import RunFiles, find_runs, load_bold, read_events
+from .ceiling import EV_LAG_S, noise_ceiling, repeat_rows
 from .encoding import delay_features, fit_encoding, select_regions, select_voxels
 from .readout import READOUT_SHRINKAGES, choose_readout
 from .ridge import DEFAULT_ALPHAS, edge_alphas, ridge_cv_fit
@@ -780,6 +781,9 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
     t0 = time.monotonic()
     metrics["encoding"] = {"median_test_corr_selected": float(np.median(enc_corr[st["sel"]])),
                            "max_test_corr": float(enc_corr.max())}
+    t0 = time.monotonic()
+    ev_map = _noise_ceiling(tst, tr, st["sel"], enc_corr, metrics)
+    timings["noise_ceiling"] = time.monotonic() - t0
     # export
     sel_mask = np.zeros(bmask.shape, bool)
     flat = np.flatnonzero(bmask)  # C order: the voxel order of values
@@ -803,7 +807,7 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
     from .report import write_report
 
     metrics["wall_s"] = time.monotonic() - t_start  # provisional, for the report
-    write_report(out, public, causal["_arrays"], st, enc_corr, bmask, affine, reference, targets)
+    write_report(out, public, causal["_arrays"], st, enc_corr, bmask, affine, reference, targets, ev_map)
     progress("export + report", 2, 2)
     timings["export_report"] = time.monotonic() - t0
     metrics["wall_s"] = time.monotonic() - t_start
@@ -813,6 +817,35 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(asdict(cfg), f, indent=2, default=_json_default)
     return public
+
+
+def _noise_ceiling(test_runs: list[RunData], tr_s: float, sel: np.ndarray, enc_corr: np.ndarray,
+                   metrics: dict) -> np.ndarray | None:
+    """Explainable variance of every brain voxel from the Test repeats (:mod:`.ceiling`), into ``metrics``.
+
+    Returns the map, shape (n_brain_voxels,), or None when the Test runs
+    repeat no excerpt (then ``metrics["noise_ceiling"]["error"]`` says why;
+    the bundle is still written).
+    """
+    try:
+        rows, info = repeat_rows([r.event_index for r in test_runs],
+                                 [[excerpt_id(e) for e in r.events] for r in test_runs],
+                                 lag=int(round(EV_LAG_S / tr_s)))
+    except ValueError as e:
+        metrics["noise_ceiling"] = {"error": str(e)}
+        return None
+    ev_map = noise_ceiling([r.values for r in test_runs], rows)
+    sel_ev = ev_map[sel].astype(np.float64)
+    metrics["noise_ceiling"] = {
+        "measure": "explainable variance (bias-corrected) of the preprocessed Test runs, repeats aligned per excerpt",
+        "lag_s": EV_LAG_S, "n_repeats": info["n_repeats"], "n_excerpts": info["n_excerpts"],
+        "n_samples": info["n_samples"], "n_excerpts_left_out": len(info["excerpts_left_out"]),
+        "median_ev_brain": float(np.median(ev_map)), "median_ev_selected": float(np.median(sel_ev)),
+        # a single-presentation correlation cannot exceed sqrt(EV): the encoding model's share of that ceiling
+        "median_sqrt_ev_selected": float(np.median(np.sqrt(np.clip(sel_ev, 0, None)))),
+        "median_encoding_corr_selected": float(np.median(enc_corr[sel])),
+    }
+    return ev_map
 
 
 def peak_rss_mb() -> float:

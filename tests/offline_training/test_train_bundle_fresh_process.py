@@ -113,6 +113,13 @@ def test_train_writes_metrics_config_and_caches(trained):
     assert shrinkage_cv[str(saved["causal"]["readout_shrinkage"])] == max(shrinkage_cv.values())
     assert "error covariance shrunk by" in (out / "report.html").read_text()
     assert "offline" not in saved  # the comparison is opt-in
+    # the noise ceiling from the 2 Test repeats: a map on the brain, higher where the voxels follow the clips
+    nc = saved["noise_ceiling"]
+    assert nc["n_repeats"] == 2 and nc["n_excerpts"] == 4
+    ev = nib.load(out / "noise_ceiling_ev.nii.gz").get_fdata()
+    assert ev.shape == SHAPE
+    assert nc["median_ev_selected"] > nc["median_ev_brain"]
+    assert "Encoding model against the noise ceiling" in (out / "report.html").read_text()
     assert json.loads((out / "config.json").read_text())["n_voxels"] == 60
     assert len(list((root / "derivatives" / "b2m" / "preproc" / "sub-001").glob("*.npy"))) == 4
     assert (out / "report.html").is_file()
