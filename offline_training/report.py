@@ -49,9 +49,12 @@ def _ceiling_figures(out: str, ev: np.ndarray, enc_corr: np.ndarray, sel: np.nda
         from nilearn import plotting
 
         fig = plt.figure(figsize=(9, 3))
-        plotting.plot_stat_map(nib.Nifti1Image(vol, affine), bg_img=nib.Nifti1Image(reference, affine),
-                               threshold=0.05, display_mode="z", cut_coords=5, figure=fig, draw_cross=False,
-                               title="Explainable variance from the Test repeats (EV > 0.05)", black_bg=False)
+        # negative EV (bias correction where nothing is stimulus-locked) is shown as none
+        plotting.plot_stat_map(nib.Nifti1Image(np.clip(vol, 0, None), affine),
+                               bg_img=nib.Nifti1Image(reference, affine), threshold=0.05, display_mode="z",
+                               cut_coords=5, figure=fig, draw_cross=False, cmap="hot", symmetric_cbar=False,
+                               vmin=0, title="Explainable variance from the Test repeats (EV > 0.05)",
+                               black_bg=False)
         figs["ceiling_map"] = _png(fig)
     except Exception as e:  # a plotting failure must not lose the bundle
         figs["ceiling_error"] = str(e)
