@@ -177,8 +177,9 @@ def write_report(out: str, metrics: dict, arrays: dict, state: dict, enc_corr: n
     row("Identification, single presentations", "identification_accuracy_single")
     row("Within-genre identification, single presentations", "within_genre_identification_accuracy_single")
     row("Per-dimension correlation (mean)", "per_dim_correlation_mean")
-    row("60-way identification, top-1 (chance 1/60)", "nway.top1")
-    row("60-way identification, top-5 (chance 5/60)", "nway.top5")
+    n_way = metrics.get("causal", {}).get("nway", {}).get("n_way", "N")
+    row(f"{n_way}-way identification, top-1 (chance 1/{n_way})", "nway.top1")
+    row(f"{n_way}-way identification, top-5 (chance 5/{n_way})", "nway.top5")
     row("Genre of the retrieved Training clip, top-1", "retrieval_genre_agreement.top1")
     row("Genre among the 2 retrieved Training clips", "retrieval_genre_agreement.top2")
     row("Top-5 musicnn tags shared with the true clip (fraction)", "tag_agreement_top5")
@@ -218,6 +219,7 @@ wall time {metrics.get('wall_s', 0):.0f} s.</p>
 {ceiling}
 {''.join(parts)}
 {f"<p>Encoding map not drawn: {html.escape(figs['encoding_error'])}</p>" if 'encoding_error' in figs else ''}
+{f"<p>Noise-ceiling map not drawn: {html.escape(figs['ceiling_error'])}</p>" if 'ceiling_error' in figs else ''}
 </body></html>"""
     path = os.path.join(out, "report.html")
     with open(path, "w") as f:

@@ -119,7 +119,9 @@ def test_train_writes_metrics_config_and_caches(trained):
     ev = nib.load(out / "noise_ceiling_ev.nii.gz").get_fdata()
     assert ev.shape == SHAPE
     assert nc["median_ev_selected"] > nc["median_ev_brain"]
-    assert "Encoding model against the noise ceiling" in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert "Encoding model against the noise ceiling" in report
+    assert f"{saved['nway']['n_way']}-way identification, top-1" in report
     assert json.loads((out / "config.json").read_text())["n_voxels"] == 60
     assert len(list((root / "derivatives" / "b2m" / "preproc" / "sub-001").glob("*.npy"))) == 4
     assert (out / "report.html").is_file()
