@@ -110,7 +110,10 @@ def write_report(out: str, metrics: dict, arrays: dict, state: dict, enc_corr: n
             color="#228833")
     ax.set_xlabel("log10(alpha) chosen per embedding dimension")
     ax.set_ylabel("dimensions")
-    ax.set_title("Chosen ridge alphas (leave-one-run-out CV)")
+    edge = metrics.get("causal", {}).get("alphas", {})
+    ax.set_title("Chosen ridge alphas (leave-one-run-out CV)"
+                 + (f"\n{edge['at_min']} at the grid's smallest, {edge['at_max']} at its largest"
+                    if edge else ""))
     figs["alphas"] = _png(fig)
     # encoding map
     vol = np.zeros(brain.shape, np.float32)

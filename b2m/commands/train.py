@@ -160,7 +160,13 @@ def _train_one(dataset: str, out: str, cfg) -> dict:
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
-        return train(dataset, out, cfg, progress)
+        m = train(dataset, out, cfg, progress)
+    edge = m["causal"]["alphas"]
+    if edge["at_min"] or edge["at_max"]:  # the CV optimum may lie outside the grid
+        console.print(f"[yellow]warning:[/yellow] {edge['at_min']} of {edge['n_targets']} embedding dimensions chose "
+                      f"the smallest alpha ({edge['alpha_min']:g}) and {edge['at_max']} the largest "
+                      f"({edge['alpha_max']:g}); widen --alphas past that edge", highlight=False)
+    return m
 
 
 def _headline(m: dict, out: str) -> dict:

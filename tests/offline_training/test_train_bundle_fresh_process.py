@@ -248,3 +248,18 @@ def test_b2m_train_several_subjects_then_the_group(tmp_path, capsys):
     assert (out / "group.html").is_file() and not (out / "sub-003" / "metrics.json").exists()
     assert main(["train", str(root), "--subject", "001,sub-001", "--out", str(out)]) == 2
     assert "names a subject twice" in capsys.readouterr().err
+
+
+def test_b2m_train_warns_when_alphas_pile_at_an_edge_of_the_grid(trained, tmp_path, capsys):
+    from b2m.cli import main
+
+    root, _, _ = trained
+    rc = main(["train", str(root), "--subject", "001", "--out", str(tmp_path / "b"), "--embedder", "tiny-bands",
+               "--voxels", "60", "--no-motion", "--alphas", "1e-3:1e-2:2"])  # far too little shrinkage for 4 rows
+    err = capsys.readouterr().err
+    assert rc == 0
+    saved = json.loads((tmp_path / "b" / "metrics.json").read_text())["causal"]["alphas"]
+    assert saved["at_max"] > 0
+    said = " ".join(err.split())  # rich wraps long lines
+    assert (f"{saved['at_min']} of 4 embedding dimensions chose the smallest alpha (0.001) and {saved['at_max']} "
+            "the largest (0.01); widen --alphas") in said
