@@ -21,7 +21,7 @@ four decoders are fit on the Training runs and scored on the Test runs (the
     (not runs), no delay stack (one volume, 3 TRs = 4.5 s after the moment it
     decodes), fit on every TR, no rescaling.
 ``ours``
-    ``b2m train``'s decoder (:func:`offline_training.train.fit_decoder`):
+    ``b2m train``'s decoder (:func:`offline_training.decoding.fit_decoder`):
     delays 2-4 TRs, one alpha per dimension by leave-one-run-out CV, fit on
     one row per presentation; readout whitener shrinkage and deviation scale
     chosen on held-out Training runs (:mod:`offline_training.readout`).
@@ -74,7 +74,7 @@ def _scores(m: dict) -> dict:
 def _paired(a: dict, b: dict, centre: np.ndarray, n_resamples: int = 10000) -> dict:
     """Decoder ``a`` minus decoder ``b`` on the same Test clips, per metric.
 
-    ``a`` and ``b`` are :func:`offline_training.train.clip_metrics` results.
+    ``a`` and ``b`` are :func:`offline_training.decoding.clip_metrics` results.
     For raw, centred and within-genre identification: the mean per-clip
     difference, its percentile bootstrap 95 % CI (clips resampled) and a
     two-sided paired permutation p-value (each clip's two values swapped at
@@ -137,7 +137,7 @@ def _on_measured_scale(measured, clean, gain=None):
 def _brain2music(trn, sel, alphas, seed: int = 0):
     """One alpha for all dimensions by 5-fold random CV over TRs, one volume 3 TRs after the moment."""
     from offline_training.ridge import ridge_cv, ridge_fit
-    from offline_training.train import presentation_rows
+    from offline_training.decoding import presentation_rows
 
     delays = (3,)
     rows = [presentation_rows(r, sel, delays, "tr") for r in trn]
@@ -160,7 +160,7 @@ def _sklearn_comparison(trn, sel, delays, alphas) -> dict:
     from sklearn.linear_model import RidgeCV
 
     from offline_training.ridge import ridge_cv_fit
-    from offline_training.train import presentation_rows
+    from offline_training.decoding import presentation_rows
 
     out = {}
     for fit_on in ("clip", "tr"):
@@ -200,8 +200,8 @@ def _run(args) -> int:
     from offline_training.encoding import delay_features, select_voxels
     from offline_training.evaluate import genre_prior_predictions
     from offline_training.targets import excerpt_id
-    from offline_training.train import (TrainConfig, clip_metrics, evaluate_decoder, fit_decoder, peak_rss_mb,
-                                        prepare)
+    from offline_training.decoding import clip_metrics, evaluate_decoder, fit_decoder
+    from offline_training.train import TrainConfig, peak_rss_mb, prepare
 
     load0 = os.getloadavg()
     cfg = TrainConfig(subject=args.subject, cache=args.cache)
@@ -269,7 +269,8 @@ def _run(args) -> int:
     res["oracle"]["clean_test"] = ours(trn_true, tst_clean, every)[0]
 
     payload = {"machine": machine_info(), "load_average_start": load0, "load_average_end": os.getloadavg(),
-               "source": source_digest(["offline_training/train.py", "offline_training/ridge.py",
+               "source": source_digest(["offline_training/train.py", "offline_training/decoding.py",
+                                        "offline_training/stages.py", "offline_training/ridge.py",
                                         "offline_training/readout.py",
                                         "offline_training/encoding.py", "offline_training/evaluate.py"]),
                "what": f"{args.dataset} subject {args.subject}: decoders fit on the Training runs, scored on the "

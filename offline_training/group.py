@@ -3,7 +3,7 @@
 Brain2Music reported identification accuracy as the mean +- s.d. over its five
 participants (0.876 +- 0.015 with MuLan), so one subject's figure is not yet
 comparable with the paper. This module reads each bundle's ``metrics.json``,
-where :func:`offline_training.train.clip_metrics` keeps every Test clip's
+where :func:`offline_training.decoding.clip_metrics` keeps every Test clip's
 score (4 repeats averaged, causal preprocessing as deployed). For each metric
 (raw, centred and within-genre identification; chance 0.5) it reports:
 

@@ -3,24 +3,25 @@
 1. Embed every excerpt heard (:mod:`.targets`), cached.
 2. Preprocess every run with the realtime code (:mod:`realtime.preprocessing`),
    all runs registered to one reference volume (the bundle's), inside a
-   brain mask. Each run's image is read once, sequentially
-   (:func:`iter_volumes`), and motion-corrected once (:func:`motion_stage`,
-   cached under ``DS/derivatives/b2m/preproc/``); detrending and
-   normalisation then run on the motion-corrected values through
-   ``preprocess_run`` itself (:func:`preprocess_stage`), bit for bit what the
-   live chain computes. The non-causal comparison (``compare_offline``,
-   off by default) reuses the same motion stage.
+   brain mask (:mod:`.stages`). Each run's image is read once, sequentially,
+   and motion-corrected once (:func:`.stages.motion_stage`, cached under
+   ``DS/derivatives/b2m/preproc/``); detrending and normalisation then run on
+   the motion-corrected values through ``preprocess_run`` itself
+   (:func:`.stages.preprocess_stage`), bit for bit what the live chain
+   computes. The non-causal comparison (``compare_offline``, off by default)
+   reuses the same motion stage.
 3. Select voxels by cross-validated encoding performance inside the Training
    runs (never the Test runs).
-4. Fit the decoder (:func:`fit_decoder`): ridge with one alpha per embedding
-   dimension, chosen by leave-one-run-out CV over the Training runs
+4. Fit the decoder (:func:`.decoding.fit_decoder`): ridge with one alpha per
+   embedding dimension, chosen by leave-one-run-out CV over the Training runs
    (:mod:`.ridge`), on one row per presentation by default. The readout
    (:mod:`.readout`) whitens the decoded deviation from the mean embedding by
    the shrunk covariance of the held-out errors and rescales it; shrinkage
    and scale are those that identify held-out Training presentations best.
-5. Evaluate on the Test runs (:mod:`.evaluate`): clip predictions are the mean
-   of the TRs that decode each presentation, averaged over the repeats (and
-   single presentations too), against baselines.
+5. Evaluate on the Test runs (:func:`.decoding.clip_metrics`, :mod:`.evaluate`):
+   clip predictions are the mean of the TRs that decode each presentation,
+   averaged over the repeats (and single presentations too), against
+   baselines; each voxel's noise ceiling comes from the repeats (:mod:`.ceiling`).
 6. Export the bundle (:mod:`.export`) with its report.
 
 Defaults (500 voxels, delays 2-4, rows per presentation) were chosen by 4-fold
@@ -33,24 +34,22 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from realtime.nifti_io import iter_volumes
-from realtime.preprocessing import PreprocessConfig, preprocess_run, stack_delays
+from realtime.preprocessing import PreprocessConfig
 
-from . import evaluate as ev
 from .bids import RunFiles, find_runs, load_bold, read_events
 from .ceiling import EV_LAG_S, noise_ceiling, repeat_rows
+from .decoding import DEVIATION_SCALES, evaluate_decoder, fit_decoder
 from .encoding import delay_features, fit_encoding, select_regions, select_voxels
-from .readout import READOUT_SHRINKAGES, choose_readout
-from .ridge import DEFAULT_ALPHAS, edge_alphas, ridge_cv_fit
+from .readout import READOUT_SHRINKAGES
+from .ridge import DEFAULT_ALPHAS, edge_alphas
+from .stages import MotionStage, RunData, _release_pages, motion_stage, preprocess_stage
 from .targets import StimulusTargets, embed_stimuli, excerpt_id, tr_targets
 
-__all__ = ["TrainConfig", "train", "prepare", "Prepared", "brain_mask", "RunData", "DecoderFit", "fit_decoder",
-           "presentation_rows", "decode_presentations", "clip_metrics", "evaluate_decoder", "iter_volumes",
-           "motion_stage", "preprocess_stage", "MotionStage", "DEVIATION_SCALES", "peak_rss_mb", "blas_threads"]
+__all__ = ["TrainConfig", "train", "prepare", "Prepared", "brain_mask", "peak_rss_mb", "blas_threads"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -87,22 +86,6 @@ class TrainConfig:
                                 normalize=self.normalize, delays=tuple(self.delays))
 
 
-@dataclass
-class RunData:
-    """One preprocessed run with its events and targets."""
-
-    files: RunFiles
-    values: np.ndarray  # (n_volumes, n_brain_voxels) float32
-    y: np.ndarray  # (n_volumes, dim) targets by TR (NaN where silent)
-    event_index: np.ndarray
-    events: list
-    fd: np.ndarray | None = None
-
-    @property
-    def task(self) -> str:
-        return self.files.task
-
-
 def brain_mask(reference: np.ndarray, fraction: float = 0.25) -> np.ndarray:
     """Voxels brighter than ``fraction`` of the 98th percentile of a smoothed reference."""
     from scipy.ndimage import binary_fill_holes, gaussian_filter
@@ -114,153 +97,6 @@ def brain_mask(reference: np.ndarray, fraction: float = 0.25) -> np.ndarray:
 
 def _noop(stage: str, done: int, total: int) -> None:
     pass
-
-
-@dataclass
-class MotionStage:
-    """A run after motion correction and masking (the expensive part, cached).
-
-    Attributes
-    ----------
-    values : ndarray of shape (n_volumes, n_voxels), float32
-        Resliced at the mask voxels (C order of the mask); raw intensities.
-    params : ndarray of shape (n_volumes, 6) or None
-    fd : ndarray of shape (n_volumes,) or None
-    """
-
-    values: np.ndarray
-    params: np.ndarray | None
-    fd: np.ndarray | None
-
-
-PREPROC_CACHE_VERSION = "1"
-
-
-def _motion_stage_key(path: str, mask: np.ndarray, reference: np.ndarray, pcfg: PreprocessConfig) -> str:
-    import hashlib
-
-    st = os.stat(path)
-    h = hashlib.sha256()
-    h.update(json.dumps({"v": PREPROC_CACHE_VERSION, "file": os.path.realpath(path), "size": st.st_size,
-                         "mtime_ns": st.st_mtime_ns, "motion": pcfg.motion,
-                         "motion_config": pcfg.motion_config.to_dict() if pcfg.motion else None,
-                         "mask_shape": list(mask.shape)}, sort_keys=True).encode())
-    h.update(np.packbits(np.asarray(mask, bool)).tobytes())
-    if pcfg.motion:
-        h.update(np.ascontiguousarray(reference, np.float32).tobytes())
-    return h.hexdigest()[:20]
-
-
-def motion_stage(rf: RunFiles, mask: np.ndarray, reference: np.ndarray, affine: np.ndarray,
-                 pcfg: PreprocessConfig, *, cache_dir: str | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> MotionStage:
-    """Motion-correct (if configured) and mask one run with the realtime code, cached.
-
-    Every volume goes through :func:`realtime.preprocessing.realign_run` (the
-    per-TR :class:`~realtime.preprocessing.MotionCorrector`) with the shared
-    ``reference``, exactly as :class:`OnlinePreprocessor` does live; the rest of the chain is :func:`preprocess_stage`. The result is
-    cached under ``cache_dir`` keyed by the file (path, size, mtime), the mask,
-    the reference and the motion config, so a second ``b2m train`` (other
-    voxel counts, delays, alphas) skips it. With a cache the returned values
-    are a read-only memory map of the entry (written whole, then renamed into
-    place): replace an entry, never edit it in place while a training runs.
-
-    Parameters
-    ----------
-    rf : RunFiles
-    mask : ndarray of bool, shape (nx, ny, nz)
-    reference : ndarray of shape (nx, ny, nz)
-        Motion reference shared by all runs (the bundle's).
-    affine : ndarray of shape (4, 4)
-    pcfg : PreprocessConfig
-    cache_dir : str, optional
-    progress : callable, optional
-        ``progress(done_volumes, n_volumes)``.
-    """
-    from realtime.preprocessing import check_geometry, realign_run
-
-    img, _ = load_bold(rf)
-    check_geometry(mask.shape, affine, img.shape, img.affine)
-    path = None
-    if cache_dir:
-        key = _motion_stage_key(os.fspath(rf.bold), mask, reference, pcfg)
-        stem = os.path.basename(os.fspath(rf.bold)).split(".nii")[0]
-        path = os.path.join(cache_dir, f"{stem}_{key}")
-        if os.path.exists(path + ".npy"):
-            try:
-                values = np.load(path + ".npy", mmap_mode="r")  # paged in on use, shared by processes
-                params = fd = None
-                if pcfg.motion:
-                    with np.load(path + "_motion.npz") as z:
-                        params, fd = z["params"], z["fd"]
-                if values.shape != (img.shape[3], int(np.count_nonzero(mask))) or values.dtype != np.float32:
-                    raise ValueError("cache entry of the wrong shape")
-                if progress is not None:
-                    progress(len(values), len(values))
-                return MotionStage(values, params, fd)
-            except (OSError, ValueError, KeyError):  # a damaged cache entry: recompute it
-                pass
-    if pcfg.motion:  # the live per-TR motion code, on the subject's shared reference
-        rm = realign_run(img, affine, config=pcfg.motion_config, reslice_mask=mask, reference=reference,
-                         progress=progress)
-        values, params, fd = rm.values, rm.params, rm.fd
-    else:
-        n = img.shape[3]
-        values = np.empty((n, int(np.count_nonzero(mask))), np.float32)
-        params = fd = None
-        for t, vol in enumerate(iter_volumes(img)):
-            np.copyto(values[t], vol[mask], casting="unsafe")
-            if progress is not None:
-                progress(t + 1, n)
-    if path:
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        if pcfg.motion:
-            np.savez(tmp + ".npz", params=params, fd=fd)
-            os.replace(tmp + ".npz", path + "_motion.npz")
-        np.save(tmp + ".npy", values)
-        os.replace(tmp + ".npy", path + ".npy")  # last: its presence marks a complete entry
-        values = np.load(path + ".npy", mmap_mode="r")  # as a cached run: pages the kernel may drop
-    return MotionStage(values, params, fd)
-
-
-def _release_pages(values: np.ndarray) -> None:
-    """Unmap the resident pages of a memory-mapped (cached) stage from this process.
-
-    The data stays in the file and in the page cache; a later read (the
-    offline comparison) faults it back in. Without this, every run's
-    motion-corrected values stay resident beside their preprocessed copies
-    and a full-grid training peaks at twice the memory it needs.
-    """
-    import mmap
-
-    mm = getattr(values, "_mmap", None)
-    if isinstance(values, np.memmap) and mm is not None and hasattr(mm, "madvise"):
-        mm.madvise(mmap.MADV_DONTNEED)
-
-
-def preprocess_stage(stage: MotionStage, pcfg: PreprocessConfig, tr_s: float) -> np.ndarray:
-    """The rest of the chain (detrend, normalise) on motion-corrected values.
-
-    The values go through :func:`realtime.preprocessing.preprocess_run` as a
-    run of ``n_voxels x 1 x 1`` volumes with motion correction off: the same
-    per-TR objects the live session runs after its motion step, so the result
-    equals ``preprocess_run`` on the image itself bit for bit (checked in
-    ``tests/offline_training/test_train.py``). Non-causal configurations take
-    the whole-run comparison path the same way.
-
-    Returns
-    -------
-    ndarray of shape (n_volumes, n_voxels), float32
-    """
-    if pcfg.motion_regressors:
-        raise ValueError("motion_regressors needs the motion parameters inside the chain; train with "
-                         "motion_regressors=False")
-    n, v = stage.values.shape
-    data = stage.values.T.reshape(v, 1, 1, n)  # a view: volume t is column t
-    flat = replace(pcfg, motion=False)
-    res = preprocess_run(data, np.eye(4), np.ones((v, 1, 1), bool), flat, tr_s=tr_s, stack=False)
-    return res.values
 
 
 def _load_runs(stages: list[MotionStage], runs: list[RunFiles], cfg: TrainConfig, pcfg: PreprocessConfig,
@@ -289,250 +125,6 @@ def _load_runs(stages: list[MotionStage], runs: list[RunFiles], cfg: TrainConfig
         if progress is not None:
             progress(len(out))
     return out, big
-
-
-def _xy(run: RunData, sel: np.ndarray, delays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Decoder rows of a run: inputs after volume t paired with the target of moment t - lag."""
-    lag = max(delays)
-    x = stack_delays(run.values[:, sel], delays)
-    y = np.full_like(run.y, np.nan)
-    y[lag:] = run.y[: len(run.y) - lag]
-    ok = np.isfinite(x).all(1) & np.isfinite(y).all(1)
-    return x[ok], y[ok], np.flatnonzero(ok)
-
-
-def _clip_predictions(run: RunData, pred_rows: np.ndarray, rows: np.ndarray, tr_s: float, lag: int) -> dict:
-    """Mean prediction of each presentation: rows whose decoded moment lies in the event."""
-    moment = (rows - lag)
-    ev_of_moment = run.event_index[moment]
-    out: dict[int, np.ndarray] = {}
-    for j in np.unique(ev_of_moment):
-        if j < 0:
-            continue
-        out[int(j)] = pred_rows[ev_of_moment == j].mean(0)
-    return out
-
-
-#: Scales of the decoded deviation from the mean embedding tried by :func:`fit_decoder`. The whitener
-#: shrinks the badly decoded directions of the deviation, so whitened readouts need the larger scales
-#: for the deviation to outweigh the mean embedding every clip shares.
-DEVIATION_SCALES = (1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
-
-
-@dataclass
-class DecoderFit:
-    """A fitted linear decoder, ``embedding = normalize(y_mean + (x - x_mean) @ coef)``.
-
-    Attributes
-    ----------
-    coef : ndarray of shape (len(delays) * n_selected, dim)
-        Ridge coefficients times the readout's whitener times :attr:`scale`.
-    x_mean : ndarray of shape (len(delays) * n_selected,)
-    y_mean : ndarray of shape (dim,)
-    alphas : ndarray of shape (dim,)
-        Ridge alpha of each embedding dimension (leave-one-run-out CV).
-    cv_scores : ndarray of shape (n_alphas, dim)
-    scale : float
-        Factor on the decoded deviation ``(x - x_mean) @ W`` from the mean
-        embedding, chosen by held-out identification in the training runs.
-        Ridge shrinks that deviation towards the mean embedding, which every
-        clip shares; scaling it back changes nothing about the centred
-        metrics but stops raw correlations and cosine retrieval from being
-        dominated by the mean.
-    scale_cv : dict
-        Held-out identification accuracy of each candidate scale at :attr:`shrinkage`: the
-        mean of the raw, centred and within-genre accuracies (:func:`.readout.choose_readout`).
-    shrinkage : float
-        Shrinkage of the readout's error-covariance whitener
-        (:func:`.readout.residual_whitener`; 1.0 is plain ridge), chosen with
-        the scale by held-out identification in the training runs.
-    shrinkage_cv : dict
-        Best held-out identification accuracy of each candidate shrinkage.
-    n_samples : int
-        Rows the decoder was fit on.
-    """
-
-    coef: np.ndarray
-    x_mean: np.ndarray
-    y_mean: np.ndarray
-    alphas: np.ndarray
-    cv_scores: np.ndarray
-    scale: float
-    scale_cv: dict
-    shrinkage: float
-    shrinkage_cv: dict
-    n_samples: int
-
-
-def presentation_rows(run: RunData, sel: np.ndarray, delays, fit_on: str = "clip"):
-    """Decoder training rows of a run.
-
-    Parameters
-    ----------
-    fit_on : {"clip", "tr"}
-        ``"tr"``: one row per TR (input after volume t, target of moment
-        t - lag). ``"clip"``: one row per presentation, the mean of the TR
-        rows whose decoded moment lies in it; the decoder is linear, so this
-        predicts exactly the mean of the per-TR predictions the evaluation
-        averages, from inputs with a tenth of the noise, and it is 10x
-        fewer rows to fit.
-
-    Returns
-    -------
-    x : ndarray of shape (n_rows, len(delays) * len(sel)), float32
-    y : ndarray of shape (n_rows, dim)
-    presentation : ndarray of shape (n_rows,), int
-        Index into ``run.events`` of the presentation each row belongs to.
-    """
-    x, y, rows = _xy(run, sel, delays)
-    ev_idx = run.event_index[rows - max(delays)]
-    if fit_on == "tr":
-        keep = ev_idx >= 0
-        return x[keep], y[keep], ev_idx[keep]
-    if fit_on != "clip":
-        raise ValueError(f"fit_on must be 'clip' or 'tr', got {fit_on!r}")
-    ids = np.unique(ev_idx[ev_idx >= 0])
-    xa = np.stack([x[ev_idx == j].mean(0) for j in ids]) if len(ids) else x[:0]
-    ya = np.stack([y[ev_idx == j][0] for j in ids]) if len(ids) else y[:0]
-    return xa, ya, ids
-
-
-def fit_decoder(runs: list[RunData], sel: np.ndarray, delays, alphas, *, fit_on: str = "clip",
-                scales=DEVIATION_SCALES, shrinkages=READOUT_SHRINKAGES,
-                progress: Callable[[int, int], None] | None = None) -> DecoderFit:
-    """Fit the decoder on training runs: per-dimension ridge with leave-one-run-out alphas.
-
-    The held-out predictions of that CV (each run predicted by a model fit
-    on the others, at each dimension's chosen alpha) also choose the readout
-    (:mod:`.readout`): the shrinkage of the error-covariance whitener and the
-    deviation scale, by identification accuracy among the training
-    presentations. Nothing here sees a Test run.
-
-    Parameters
-    ----------
-    runs : list of RunData
-        Training runs only.
-    sel : ndarray of int
-        Selected voxels (indices into the run values).
-    delays : tuple of int
-    alphas : sequence of float
-    fit_on : {"clip", "tr"}
-        See :func:`presentation_rows`.
-    scales : sequence of float
-        Candidate deviation scales; ``(1.0,)`` disables the calibration.
-    shrinkages : sequence of float
-        Candidate whitener shrinkages; ``(1.0,)`` keeps the plain ridge readout.
-    """
-    xs, ys, gs, ps, genres = [], [], [], [], []
-    for i, r in enumerate(runs):
-        x, y, pres = presentation_rows(r, sel, delays, fit_on)
-        xs.append(x)
-        ys.append(y)
-        gs.append(np.full(len(x), i))
-        ps.append(pres + 100000 * i)
-        genres += [r.events[j].genre for j in pres]
-    x, y, groups, pres = np.concatenate(xs), np.concatenate(ys), np.concatenate(gs), np.concatenate(ps)
-    best, cv, coef, xm, ym, held = ridge_cv_fit(x, y, groups, np.asarray(alphas), progress=progress,
-                                                return_predictions=True)
-    lam, scale, whitener, table = choose_readout(held, y, ym, groups, pres, genres, shrinkages=shrinkages,
-                                                 scales=scales)
-    return DecoderFit((coef @ whitener) * scale, xm, ym, best, cv, scale,
-                      {k: a["mean"] for k, a in table[lam].items()}, lam,
-                      {la: max(a["mean"] for a in t.values()) for la, t in table.items()}, int(len(x)))
-
-
-def decode_presentations(runs: list[RunData], coef, xm, ym, sel, delays) -> dict[str, list[np.ndarray]]:
-    """Decode every presentation of ``runs``: the mean of its unit-norm TR predictions.
-
-    Returns
-    -------
-    dict
-        Excerpt id -> list (one per presentation) of ndarray of shape (dim,).
-    """
-    lag = max(delays)
-    presentations: dict[str, list[np.ndarray]] = {}
-    for run in runs:
-        x, _, rows = _xy(run, sel, delays)
-        pred = (x - xm) @ coef + ym
-        pred /= np.maximum(np.linalg.norm(pred, axis=1, keepdims=True), 1e-12)
-        for j, p in _clip_predictions(run, pred, rows, 1.5, lag).items():
-            presentations.setdefault(excerpt_id(run.events[j]), []).append(p)
-    return presentations
-
-
-def clip_metrics(presentations: dict[str, list[np.ndarray]], targets: StimulusTargets, train_clip_emb: np.ndarray,
-                 train_genres: list, centre: np.ndarray) -> dict:
-    """Identification metrics of decoded Test presentations (repeats averaged) and the genre prior.
-
-    Parameters
-    ----------
-    presentations : dict
-        Excerpt id -> decoded embeddings of its presentations, each of shape (dim,).
-    targets : StimulusTargets
-    train_clip_emb : ndarray of shape (n_train_clips, dim)
-        Clip embeddings of the Training excerpts (the genre prior and retrieval library).
-    train_genres : list of str
-    centre : ndarray of shape (dim,)
-        Subtracted for the centred identification (the mean Training embedding).
-    """
-    keys = sorted(presentations)
-    true = np.stack([targets[k].clip for k in keys])
-    genres = [targets[k].genre for k in keys]
-    avg = np.stack([np.mean(presentations[k], 0) for k in keys])
-    per_clip = ev.identification_per_clip(avg, true)
-    centred = ev.identification_per_clip(avg, true, centre=centre)
-    within = ev.identification_per_clip(avg, true, genres=genres, foils="same_genre")
-    res = {
-        "n_test_clips": len(keys),
-        "n_presentations": int(sum(len(v) for v in presentations.values())),
-        "identification_accuracy": float(np.nanmean(per_clip)),
-        "identification_accuracy_ci95": ev.bootstrap_ci(per_clip),
-        "identification_accuracy_centred": ev.finite_mean(centred),
-        "within_genre_identification_accuracy": ev.finite_mean(within),
-        "within_genre_identification_accuracy_ci95": ev.bootstrap_ci(within),
-        # against chance: targets permuted among all clips, or among a genre's clips only
-        "identification_accuracy_p": ev.identification_permutation_p(avg, true),
-        "within_genre_identification_accuracy_p": ev.identification_permutation_p(avg, true, genres=genres,
-                                                                                  foils="same_genre"),
-        "nway": ev.nway_topk(avg, true, ks=(1, 5)),
-        "per_dim_correlation_mean": float(np.mean(ev.per_dim_correlation(avg, true))),
-        "retrieval_genre_agreement": ev.retrieval_genre_agreement(avg, train_clip_emb, train_genres, genres),
-    }
-    # single presentations: each presentation alone against the test clips' targets
-    sp = np.stack([p for k in keys for p in presentations[k]])
-    clip = np.repeat(np.arange(len(keys)), [len(presentations[k]) for k in keys])
-    res["identification_accuracy_single"] = ev.finite_mean(ev.identification_per_presentation(sp, true, clip))
-    res["within_genre_identification_accuracy_single"] = ev.finite_mean(
-        ev.identification_per_presentation(sp, true, clip, genres=genres, foils="same_genre"))
-    prior = ev.genre_prior_predictions(train_clip_emb, train_genres, genres)
-    prior_within = ev.identification_per_clip(prior, true, genres=genres, foils="same_genre")
-    prior_clip = ev.identification_per_clip(prior, true)
-    res["genre_prior"] = {
-        "identification_accuracy": float(np.nanmean(prior_clip)),
-        "identification_accuracy_ci95": ev.bootstrap_ci(prior_clip),
-        "identification_accuracy_centred": ev.identification_accuracy(prior, true, centre=centre),
-        "within_genre_identification_accuracy": ev.finite_mean(prior_within),
-        "within_genre_identification_accuracy_ci95": ev.bootstrap_ci(prior_within),
-    }
-    # per clip, for group statistics across subjects (offline_training.group); NaN (no foil) -> null
-    res["per_clip"] = {"excerpt": keys, "genre": genres,
-                       "identification": _json_floats(per_clip),
-                       "identification_centred": _json_floats(centred),
-                       "within_genre": _json_floats(within)}
-    res["_arrays"] = {"pred": avg, "true": true, "keys": keys, "genres": genres, "corr": ev.corr_matrix(avg, true)}
-    return res
-
-
-def _json_floats(values) -> list:
-    """Floats for JSON, NaN as None (JSON has no NaN)."""
-    return [float(v) if np.isfinite(v) else None for v in np.asarray(values, float)]
-
-
-def evaluate_decoder(test_runs: list[RunData], coef, xm, ym, sel, delays, targets: StimulusTargets,
-                     train_clip_emb: np.ndarray, train_genres: list, centre: np.ndarray) -> dict:
-    """Decode the Test runs and score them (:func:`decode_presentations`, :func:`clip_metrics`)."""
-    return clip_metrics(decode_presentations(test_runs, coef, xm, ym, sel, delays), targets, train_clip_emb,
-                        train_genres, centre)
 
 
 @dataclass

@@ -12,7 +12,8 @@ from scipy import stats
 from offline_training.group import (METRICS, format_group, group_summary, hierarchical_bootstrap_ci,
                                     read_subject, write_group_report)
 from offline_training.targets import ExcerptEmbeddings, StimulusTargets
-from offline_training.train import _json_default, clip_metrics
+from offline_training.decoding import clip_metrics
+from offline_training.train import _json_default
 
 
 def _subject_metrics(rng, subject, noise, n_genres=5, per_genre=6, dim=16, embedder="musicnn-msd"):

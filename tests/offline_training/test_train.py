@@ -1,4 +1,4 @@
-"""``offline_training.train``: sequential volume reads, the cached motion stage, and the
+"""``offline_training.stages`` and ``.train``: sequential volume reads, the cached motion stage, and the
 split chain, all checked against the realtime code's own ``preprocess_run``."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from offline_training.bids import RunFiles
-from offline_training.train import motion_stage, preprocess_stage
+from offline_training.stages import motion_stage, preprocess_stage
 from realtime.preprocessing import MotionConfig, PreprocessConfig, preprocess_run
 
 #: Tiny volumes need a denser motion sampling grid than the 4 mm default.
@@ -124,7 +124,7 @@ def test_motion_stage_recomputes_a_damaged_cache_entry(tmp_path, rng):
 
 
 def test_preprocess_stage_refuses_motion_regressors(rng):
-    from offline_training.train import MotionStage
+    from offline_training.stages import MotionStage
 
     st = MotionStage(rng.standard_normal((10, 4)).astype(np.float32), np.zeros((10, 6)), np.zeros(10))
     with pytest.raises(ValueError, match="motion_regressors"):
@@ -143,7 +143,7 @@ def test_blas_threads_limits_numpy_and_scipy_blas():
 
 
 def test_released_stage_pages_read_back_the_same_values(tmp_path, rng):
-    from offline_training.train import _release_pages
+    from offline_training.stages import _release_pages
 
     fresh, expected, _, _ = _cached_stage(tmp_path, rng)
     cfg = PreprocessConfig(motion=False)

@@ -1,0 +1,188 @@
+"""The realtime preprocessing chain over recorded runs, as ``b2m train`` runs it.
+
+A run goes through the live code in two stages: :func:`motion_stage` (motion
+correction and masking, the expensive part, cached on disk per run) and
+:func:`preprocess_stage` (detrend and normalise through ``preprocess_run``
+itself, bit for bit what the live chain computes). :class:`RunData` is a
+preprocessed run with its events and per-TR targets, the unit the decoder
+(:mod:`.decoding`) and the evaluation work on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from realtime.nifti_io import iter_volumes
+from realtime.preprocessing import PreprocessConfig, preprocess_run
+
+from .bids import RunFiles, load_bold
+
+__all__ = ["RunData", "MotionStage", "motion_stage", "preprocess_stage", "PREPROC_CACHE_VERSION"]
+
+
+@dataclass
+class RunData:
+    """One preprocessed run with its events and targets."""
+
+    files: RunFiles
+    values: np.ndarray  # (n_volumes, n_brain_voxels) float32
+    y: np.ndarray  # (n_volumes, dim) targets by TR (NaN where silent)
+    event_index: np.ndarray
+    events: list
+    fd: np.ndarray | None = None
+
+    @property
+    def task(self) -> str:
+        return self.files.task
+
+
+@dataclass
+class MotionStage:
+    """A run after motion correction and masking (the expensive part, cached).
+
+    Attributes
+    ----------
+    values : ndarray of shape (n_volumes, n_voxels), float32
+        Resliced at the mask voxels (C order of the mask); raw intensities.
+    params : ndarray of shape (n_volumes, 6) or None
+    fd : ndarray of shape (n_volumes,) or None
+    """
+
+    values: np.ndarray
+    params: np.ndarray | None
+    fd: np.ndarray | None
+
+
+PREPROC_CACHE_VERSION = "1"
+
+
+def _motion_stage_key(path: str, mask: np.ndarray, reference: np.ndarray, pcfg: PreprocessConfig) -> str:
+    import hashlib
+
+    st = os.stat(path)
+    h = hashlib.sha256()
+    h.update(json.dumps({"v": PREPROC_CACHE_VERSION, "file": os.path.realpath(path), "size": st.st_size,
+                         "mtime_ns": st.st_mtime_ns, "motion": pcfg.motion,
+                         "motion_config": pcfg.motion_config.to_dict() if pcfg.motion else None,
+                         "mask_shape": list(mask.shape)}, sort_keys=True).encode())
+    h.update(np.packbits(np.asarray(mask, bool)).tobytes())
+    if pcfg.motion:
+        h.update(np.ascontiguousarray(reference, np.float32).tobytes())
+    return h.hexdigest()[:20]
+
+
+def motion_stage(rf: RunFiles, mask: np.ndarray, reference: np.ndarray, affine: np.ndarray,
+                 pcfg: PreprocessConfig, *, cache_dir: str | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> MotionStage:
+    """Motion-correct (if configured) and mask one run with the realtime code, cached.
+
+    Every volume goes through :func:`realtime.preprocessing.realign_run` (the
+    per-TR :class:`~realtime.preprocessing.MotionCorrector`) with the shared
+    ``reference``, exactly as :class:`OnlinePreprocessor` does live; the rest of the chain is :func:`preprocess_stage`. The result is
+    cached under ``cache_dir`` keyed by the file (path, size, mtime), the mask,
+    the reference and the motion config, so a second ``b2m train`` (other
+    voxel counts, delays, alphas) skips it. With a cache the returned values
+    are a read-only memory map of the entry (written whole, then renamed into
+    place): replace an entry, never edit it in place while a training runs.
+
+    Parameters
+    ----------
+    rf : RunFiles
+    mask : ndarray of bool, shape (nx, ny, nz)
+    reference : ndarray of shape (nx, ny, nz)
+        Motion reference shared by all runs (the bundle's).
+    affine : ndarray of shape (4, 4)
+    pcfg : PreprocessConfig
+    cache_dir : str, optional
+    progress : callable, optional
+        ``progress(done_volumes, n_volumes)``.
+    """
+    from realtime.preprocessing import check_geometry, realign_run
+
+    img, _ = load_bold(rf)
+    check_geometry(mask.shape, affine, img.shape, img.affine)
+    path = None
+    if cache_dir:
+        key = _motion_stage_key(os.fspath(rf.bold), mask, reference, pcfg)
+        stem = os.path.basename(os.fspath(rf.bold)).split(".nii")[0]
+        path = os.path.join(cache_dir, f"{stem}_{key}")
+        if os.path.exists(path + ".npy"):
+            try:
+                values = np.load(path + ".npy", mmap_mode="r")  # paged in on use, shared by processes
+                params = fd = None
+                if pcfg.motion:
+                    with np.load(path + "_motion.npz") as z:
+                        params, fd = z["params"], z["fd"]
+                if values.shape != (img.shape[3], int(np.count_nonzero(mask))) or values.dtype != np.float32:
+                    raise ValueError("cache entry of the wrong shape")
+                if progress is not None:
+                    progress(len(values), len(values))
+                return MotionStage(values, params, fd)
+            except (OSError, ValueError, KeyError):  # a damaged cache entry: recompute it
+                pass
+    if pcfg.motion:  # the live per-TR motion code, on the subject's shared reference
+        rm = realign_run(img, affine, config=pcfg.motion_config, reslice_mask=mask, reference=reference,
+                         progress=progress)
+        values, params, fd = rm.values, rm.params, rm.fd
+    else:
+        n = img.shape[3]
+        values = np.empty((n, int(np.count_nonzero(mask))), np.float32)
+        params = fd = None
+        for t, vol in enumerate(iter_volumes(img)):
+            np.copyto(values[t], vol[mask], casting="unsafe")
+            if progress is not None:
+                progress(t + 1, n)
+    if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        if pcfg.motion:
+            np.savez(tmp + ".npz", params=params, fd=fd)
+            os.replace(tmp + ".npz", path + "_motion.npz")
+        np.save(tmp + ".npy", values)
+        os.replace(tmp + ".npy", path + ".npy")  # last: its presence marks a complete entry
+        values = np.load(path + ".npy", mmap_mode="r")  # as a cached run: pages the kernel may drop
+    return MotionStage(values, params, fd)
+
+
+def _release_pages(values: np.ndarray) -> None:
+    """Unmap the resident pages of a memory-mapped (cached) stage from this process.
+
+    The data stays in the file and in the page cache; a later read (the
+    offline comparison) faults it back in. Without this, every run's
+    motion-corrected values stay resident beside their preprocessed copies
+    and a full-grid training peaks at twice the memory it needs.
+    """
+    import mmap
+
+    mm = getattr(values, "_mmap", None)
+    if isinstance(values, np.memmap) and mm is not None and hasattr(mm, "madvise"):
+        mm.madvise(mmap.MADV_DONTNEED)
+
+
+def preprocess_stage(stage: MotionStage, pcfg: PreprocessConfig, tr_s: float) -> np.ndarray:
+    """The rest of the chain (detrend, normalise) on motion-corrected values.
+
+    The values go through :func:`realtime.preprocessing.preprocess_run` as a
+    run of ``n_voxels x 1 x 1`` volumes with motion correction off: the same
+    per-TR objects the live session runs after its motion step, so the result
+    equals ``preprocess_run`` on the image itself bit for bit (checked in
+    ``tests/offline_training/test_train.py``). Non-causal configurations take
+    the whole-run comparison path the same way.
+
+    Returns
+    -------
+    ndarray of shape (n_volumes, n_voxels), float32
+    """
+    if pcfg.motion_regressors:
+        raise ValueError("motion_regressors needs the motion parameters inside the chain; train with "
+                         "motion_regressors=False")
+    n, v = stage.values.shape
+    data = stage.values.T.reshape(v, 1, 1, n)  # a view: volume t is column t
+    flat = replace(pcfg, motion=False)
+    res = preprocess_run(data, np.eye(4), np.ones((v, 1, 1), bool), flat, tr_s=tr_s, stack=False)
+    return res.values
