@@ -125,7 +125,7 @@ def choose_readout(held: np.ndarray, y: np.ndarray, y_mean: np.ndarray, groups: 
         raise ValueError(f"held, y, groups, presentation and genres must have one entry per row; got lengths "
                          f"{len(held)}, {len(y)}, {len(groups)}, {len(presentation)}, {len(genres)}")
     resid = y - held
-    ids, first, inv, counts = np.unique(presentation, return_index=True, return_inverse=True, return_counts=True)
+    ids, first, inv = np.unique(presentation, return_index=True, return_inverse=True)
     true = np.zeros((len(ids), y.shape[1]))
     true[inv] = y
     clip_genres = [genres[i] for i in first]
@@ -144,7 +144,8 @@ def choose_readout(held: np.ndarray, y: np.ndarray, y_mean: np.ndarray, groups: 
             p /= np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
             clip = np.zeros_like(true)
             np.add.at(clip, inv, p)
-            clip /= counts[:, None]  # the mean, as the evaluation averages (the centred score is not scale-free)
+            # the mean back on the unit sphere, as the evaluation scores it (the centred score is not scale-free)
+            clip /= np.maximum(np.linalg.norm(clip, axis=1, keepdims=True), 1e-12)
             acc = {"raw": ev.identification_accuracy(clip, true),
                    "centred": ev.identification_accuracy(clip, true, centre=centre),
                    "within_genre": ev.identification_accuracy(clip, true, genres=clip_genres, foils="same_genre")}

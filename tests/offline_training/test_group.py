@@ -159,3 +159,4 @@ def test_group_report_is_strict_json_and_self_contained_html(tmp_path, rng):
     saved = json.loads((tmp_path / "out" / "group.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert saved["metrics"]["within_genre"]["mean"] == pytest.approx(g["metrics"]["within_genre"]["mean"])
 
+

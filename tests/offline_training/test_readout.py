@@ -79,3 +79,20 @@ def test_rows_of_one_presentation_are_scored_together_and_lengths_are_checked(rn
     assert cv2[1.0][1.0] == pytest.approx(cv1[1.0][1.0])
     with pytest.raises(ValueError, match="genres"):
         choose_readout(held, y, np.zeros(dim), np.repeat(np.arange(3), 10), np.arange(30), genres)
+
+
+def test_a_presentation_is_scored_by_the_direction_of_its_rows_mean(rng):
+    """Rows of one presentation: unit-norm, averaged, back on the unit sphere (as the Test evaluation does)."""
+    dim = 5
+    y, held = _decoded(rng, 30, dim, np.arange(1))
+    rows_y = np.repeat(y, 2, axis=0)
+    rows_held = np.repeat(held, 2, axis=0) + 0.5 * rng.standard_normal((60, dim))  # two different rows each
+    groups, pres, genres = np.repeat(np.arange(3), 20), np.repeat(np.arange(30), 2), np.repeat(list("ab"), 30)
+    ym = np.full(dim, 2.0)  # a shared offset, so that the centred score depends on the scale
+    _, _, _, cv = choose_readout(rows_held + ym, rows_y + ym, ym, groups, pres, genres, shrinkages=(1.0,),
+                                 scales=(1.0,))
+    p = rows_held + ym
+    p /= np.linalg.norm(p, axis=1, keepdims=True)
+    clip = p.reshape(30, 2, dim).mean(1)
+    clip /= np.linalg.norm(clip, axis=1, keepdims=True)
+    assert cv[1.0][1.0]["centred"] == pytest.approx(ev.identification_accuracy(clip, y + ym, centre=(y + ym).mean(0)))
