@@ -22,7 +22,7 @@ from . import evaluate as ev
 from .readout import READOUT_SHRINKAGES, choose_readout
 from .ridge import ridge_cv_fit
 from .stages import RunData
-from .targets import StimulusTargets, _unit, excerpt_id
+from .targets import StimulusTargets, excerpt_id
 
 __all__ = ["DEVIATION_SCALES", "DecoderFit", "presentation_rows", "fit_decoder", "decode_presentations",
            "clip_metrics", "evaluate_decoder"]
@@ -190,8 +190,7 @@ def decode_presentations(runs: list[RunData], coef, xm, ym, sel, delays) -> dict
     presentations: dict[str, list[np.ndarray]] = {}
     for run in runs:
         x, _, rows = _xy(run, sel, delays)
-        pred = (x - xm) @ coef + ym
-        pred /= np.maximum(np.linalg.norm(pred, axis=1, keepdims=True), 1e-12)
+        pred = ev.unit_rows((x - xm) @ coef + ym)
         for j, p in _clip_predictions(run, pred, rows, 1.5, lag).items():
             presentations.setdefault(excerpt_id(run.events[j]), []).append(p)
     return presentations
@@ -219,7 +218,7 @@ def clip_metrics(presentations: dict[str, list[np.ndarray]], targets: StimulusTa
     # vectors shrinks with their spread, and subtracting the (unit-scale) mean embedding from a shrunk vector
     # would leave a share of it in every clip (only the centred score depends on this; the others are
     # correlations or cosines of each vector)
-    avg = _unit(np.stack([np.mean(presentations[k], 0) for k in keys]))
+    avg = ev.unit_rows(np.stack([np.mean(presentations[k], 0) for k in keys]))
     per_clip = ev.identification_per_clip(avg, true)
     centred = ev.identification_per_clip(avg, true, centre=centre)
     within = ev.identification_per_clip(avg, true, genres=genres, foils="same_genre")
@@ -240,7 +239,7 @@ def clip_metrics(presentations: dict[str, list[np.ndarray]], targets: StimulusTa
         "retrieval_genre_agreement": ev.retrieval_genre_agreement(avg, train_clip_emb, train_genres, genres),
     }
     # single presentations: each presentation alone against the test clips' targets
-    sp = _unit(np.stack([p for k in keys for p in presentations[k]]))
+    sp = ev.unit_rows(np.stack([p for k in keys for p in presentations[k]]))
     clip = np.repeat(np.arange(len(keys)), [len(presentations[k]) for k in keys])
     res["identification_accuracy_single"] = ev.finite_mean(ev.identification_per_presentation(sp, true, clip))
     res["within_genre_identification_accuracy_single"] = ev.finite_mean(

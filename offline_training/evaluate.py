@@ -25,11 +25,16 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["corr_matrix", "finite_mean", "identification_accuracy", "identification_per_clip",
+__all__ = ["unit_rows", "corr_matrix", "finite_mean", "identification_accuracy", "identification_per_clip",
            "identification_per_presentation",
            "identification_permutation_p", "nway_topk",
            "bootstrap_ci", "per_dim_correlation", "explainable_variance", "genre_prior_predictions",
            "retrieval_genre_agreement", "tag_agreement"]
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """``x`` with every row (last axis) scaled to unit L2 norm; zero rows stay zero."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def corr_matrix(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
@@ -47,9 +52,7 @@ def corr_matrix(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     """
     p = pred - pred.mean(1, keepdims=True)
     t = true - true.mean(1, keepdims=True)
-    p /= np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
-    t /= np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
-    return p @ t.T
+    return unit_rows(p) @ unit_rows(t).T
 
 
 def _foil_groups(n: int, genres, foils: str) -> np.ndarray:
@@ -254,8 +257,7 @@ def retrieval_genre_agreement(pred: np.ndarray, library_emb: np.ndarray, library
     ``top{k}`` is the fraction of clips whose true genre is among the genres
     of the k nearest library clips (cosine).
     """
-    p = pred / np.maximum(np.linalg.norm(pred, axis=1, keepdims=True), 1e-12)
-    lib = library_emb / np.maximum(np.linalg.norm(library_emb, axis=1, keepdims=True), 1e-12)
+    p, lib = unit_rows(pred), unit_rows(library_emb)
     order = np.argsort(-(p @ lib.T), axis=1)
     lg = np.asarray(library_genres)
     tg = np.asarray(true_genres)

@@ -140,12 +140,11 @@ def choose_readout(held: np.ndarray, y: np.ndarray, y_mean: np.ndarray, groups: 
             dev[out] = (held[out] - y_mean) @ _shrunk_whitener(s, lam)
         cv[float(lam)] = {}
         for k in scales:
-            p = y_mean + k * dev
-            p /= np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
+            p = ev.unit_rows(y_mean + k * dev)
             clip = np.zeros_like(true)
             np.add.at(clip, inv, p)
             # the mean back on the unit sphere, as the evaluation scores it (the centred score is not scale-free)
-            clip /= np.maximum(np.linalg.norm(clip, axis=1, keepdims=True), 1e-12)
+            clip = ev.unit_rows(clip)
             acc = {"raw": ev.identification_accuracy(clip, true),
                    "centred": ev.identification_accuracy(clip, true, centre=centre),
                    "within_genre": ev.identification_accuracy(clip, true, genres=clip_genres, foils="same_genre")}

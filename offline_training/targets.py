@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .bids import Event, stimulus_segment
+from .evaluate import unit_rows
 
 __all__ = ["ExcerptEmbeddings", "StimulusTargets", "embed_stimuli", "tr_targets", "excerpt_id"]
 
@@ -62,10 +63,6 @@ class StimulusTargets:
 
     def __getitem__(self, key: str) -> ExcerptEmbeddings:
         return self.by_id[key]
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def embed_stimuli(events: list[Event], stimuli_dir: str, embedder, tr_s: float, *, cache_dir: str | None = None,
@@ -113,7 +110,7 @@ def embed_stimuli(events: list[Event], stimuli_dir: str, embedder, tr_s: float, 
                 tr_embedder = embedder_from_spec(spec, hop_s=tr_s)
             w = tr_embedder.embed(audio, sr)
             tags = e.clip_tags if e.clip_tags is not None else np.zeros(0, np.float32)
-            item = ExcerptEmbeddings(_unit(e.clip).astype(np.float32), _unit(w.windows).astype(np.float32),
+            item = ExcerptEmbeddings(unit_rows(e.clip).astype(np.float32), unit_rows(w.windows).astype(np.float32),
                                      tags.astype(np.float32), ev.genre)
             if path:
                 tmp = path + ".tmp.npz"
