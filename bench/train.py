@@ -71,10 +71,11 @@ def _scores(m: dict) -> dict:
     return {k: m[k] for k in keys if k in m}
 
 
-def _paired(a: dict, b: dict, centre: np.ndarray, n_resamples: int = 10000) -> dict:
+def _paired(a: dict, b: dict, n_resamples: int = 10000) -> dict:
     """Decoder ``a`` minus decoder ``b`` on the same Test clips, per metric.
 
-    ``a`` and ``b`` are :func:`offline_training.decoding.clip_metrics` results.
+    ``a`` and ``b`` are :func:`offline_training.decoding.clip_metrics` results,
+    whose ``per_clip`` scores (clips in the same order) are compared.
     For raw, centred and within-genre identification: the mean per-clip
     difference, its percentile bootstrap 95 % CI (clips resampled) and a
     two-sided paired permutation p-value (each clip's two values swapped at
@@ -85,9 +86,9 @@ def _paired(a: dict, b: dict, centre: np.ndarray, n_resamples: int = 10000) -> d
     from offline_training import evaluate as ev
 
     out = {}
-    for name, kw in (("raw", {}), ("centred", {"centre": centre}),
-                     ("within_genre", {"genres": a["_arrays"]["genres"], "foils": "same_genre"})):
-        va, vb = (ev.identification_per_clip(m["_arrays"]["pred"], m["_arrays"]["true"], **kw) for m in (a, b))
+    for name, key in (("raw", "identification"), ("centred", "identification_centred"),
+                      ("within_genre", "within_genre")):
+        va, vb = (np.array([np.nan if v is None else v for v in m["per_clip"][key]]) for m in (a, b))
         ok = np.isfinite(va) & np.isfinite(vb)
         va, vb = va[ok], vb[ok]
         test = permutation_test((va, vb), lambda x, y, axis: np.mean(x - y, axis=axis),
@@ -250,7 +251,7 @@ def _run(args) -> int:
     res["ours"] = scores | {"n_samples": dec.n_samples, "deviation_scale": dec.scale,
                                "readout_shrinkage": dec.shrinkage, "n_voxels": int(len(sel))}
     res["ours_plain_readout"], _, m_plain = ours(trn, tst, sel, shrinkages=(1.0,))  # ablation: no whitener
-    readout_gain = _paired(m_ours, m_plain, centre)
+    readout_gain = _paired(m_ours, m_plain)
 
     true_pos, true_cols = _true_voxels(args.dataset, args.subject, prep.mask)
     res["oracle"] = {"n_true_voxels": int(len(true_pos)),
