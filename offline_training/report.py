@@ -35,29 +35,43 @@ def _tag_readout(train_emb: np.ndarray, train_tags: np.ndarray) -> tuple[np.ndar
     return ridge_fit(train_emb, logit, 1.0)
 
 
-def _ceiling_figures(out: str, ev: np.ndarray, enc_corr: np.ndarray, sel: np.ndarray, brain: np.ndarray,
-                     affine: np.ndarray, reference: np.ndarray) -> dict:
-    """``noise_ceiling_ev.nii.gz``, its map, and encoding r against the ceiling sqrt(EV) per voxel."""
+def _brain_map(out: str, filename: str, values: np.ndarray, brain: np.ndarray, affine: np.ndarray,
+               reference: np.ndarray, title: str, threshold: float, shown=None, **plot_kw) -> tuple[str | None, str | None]:
+    """Write ``values`` (n_brain_voxels,) as ``OUT/filename`` and draw it on ``reference``.
+
+    ``shown`` maps the volume to what is drawn (default: the volume itself).
+    Returns ``(png, None)``, or ``(None, error)`` when plotting fails: a
+    plotting failure must not lose the bundle.
+    """
     import matplotlib.pyplot as plt
     import nibabel as nib
 
-    figs = {}
     vol = np.zeros(brain.shape, np.float32)
-    vol[brain] = ev
-    nib.save(nib.Nifti1Image(vol, affine), os.path.join(out, "noise_ceiling_ev.nii.gz"))
+    vol[brain] = values
+    nib.save(nib.Nifti1Image(vol, affine), os.path.join(out, filename))
     try:
         from nilearn import plotting
 
         fig = plt.figure(figsize=(9, 3))
-        # negative EV (bias correction where nothing is stimulus-locked) is shown as none
-        plotting.plot_stat_map(nib.Nifti1Image(np.clip(vol, 0, None), affine),
-                               bg_img=nib.Nifti1Image(reference, affine), threshold=0.05, display_mode="z",
-                               cut_coords=5, figure=fig, draw_cross=False, cmap="hot", symmetric_cbar=False,
-                               vmin=0, title="Explainable variance from the Test repeats (EV > 0.05)",
-                               black_bg=False)
-        figs["ceiling_map"] = _png(fig)
-    except Exception as e:  # a plotting failure must not lose the bundle
-        figs["ceiling_error"] = str(e)
+        plotting.plot_stat_map(nib.Nifti1Image(vol if shown is None else shown(vol), affine),
+                               bg_img=nib.Nifti1Image(reference, affine), threshold=threshold, display_mode="z",
+                               cut_coords=5, figure=fig, title=title, draw_cross=False, black_bg=False, **plot_kw)
+        return _png(fig), None
+    except Exception as e:
+        return None, str(e)
+
+
+def _ceiling_figures(out: str, ev: np.ndarray, enc_corr: np.ndarray, sel: np.ndarray, brain: np.ndarray,
+                     affine: np.ndarray, reference: np.ndarray) -> dict:
+    """``noise_ceiling_ev.nii.gz``, its map, and encoding r against the ceiling sqrt(EV) per voxel."""
+    import matplotlib.pyplot as plt
+
+    figs = {}
+    # negative EV (bias correction where nothing is stimulus-locked) is shown as none
+    png, err = _brain_map(out, "noise_ceiling_ev.nii.gz", ev, brain, affine, reference,
+                          "Explainable variance from the Test repeats (EV > 0.05)", 0.05,
+                          shown=lambda v: np.clip(v, 0, None), cmap="hot", symmetric_cbar=False, vmin=0)
+    figs.update({"ceiling_map": png} if png else {"ceiling_error": err})
     rng = np.random.default_rng(0)
     others = np.setdiff1d(np.arange(len(ev)), sel)
     others = rng.choice(others, min(len(others), 5000), replace=False) if len(others) else others
@@ -80,7 +94,6 @@ def write_report(out: str, metrics: dict, arrays: dict, state: dict, enc_corr: n
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import nibabel as nib
 
     figs = {}
     # identification matrix
@@ -116,21 +129,9 @@ def write_report(out: str, metrics: dict, arrays: dict, state: dict, enc_corr: n
                     if edge else ""))
     figs["alphas"] = _png(fig)
     # encoding map
-    vol = np.zeros(brain.shape, np.float32)
-    vol[brain] = enc_corr
-    nii_path = os.path.join(out, "encoding_corr.nii.gz")
-    nib.save(nib.Nifti1Image(vol, affine), nii_path)
-    try:
-        from nilearn import plotting
-
-        fig = plt.figure(figsize=(9, 3))
-        plotting.plot_stat_map(nib.Nifti1Image(vol, affine), bg_img=nib.Nifti1Image(reference, affine),
-                               threshold=0.1, display_mode="z", cut_coords=5, figure=fig,
-                               title="Encoding model: test correlation (r > 0.1)", draw_cross=False,
-                               black_bg=False)
-        figs["encoding"] = _png(fig)
-    except Exception as e:  # a plotting failure must not lose the bundle
-        figs["encoding_error"] = str(e)
+    png, err = _brain_map(out, "encoding_corr.nii.gz", enc_corr, brain, affine, reference,
+                          "Encoding model: test correlation (r > 0.1)", 0.1)
+    figs.update({"encoding": png} if png else {"encoding_error": err})
     if ev is not None:
         figs.update(_ceiling_figures(out, ev, enc_corr, state["sel"], brain, affine, reference))
     # tags
