@@ -374,7 +374,7 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
     metrics["encoding"] = {"median_test_corr_selected": float(np.median(enc_corr[st["sel"]])),
                            "max_test_corr": float(enc_corr.max())}
     t0 = time.monotonic()
-    ev_map = _noise_ceiling(tst, tr, st["sel"], enc_corr, metrics)
+    ev_map = _noise_ceiling(tst, tr, st["sel"], metrics)
     timings["noise_ceiling"] = time.monotonic() - t0
     # export
     sel_mask = np.zeros(bmask.shape, bool)
@@ -411,8 +411,7 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
     return public
 
 
-def _noise_ceiling(test_runs: list[RunData], tr_s: float, sel: np.ndarray, enc_corr: np.ndarray,
-                   metrics: dict) -> np.ndarray | None:
+def _noise_ceiling(test_runs: list[RunData], tr_s: float, sel: np.ndarray, metrics: dict) -> np.ndarray | None:
     """Explainable variance of every brain voxel from the Test repeats (:mod:`.ceiling`), into ``metrics``.
 
     Returns the map, shape (n_brain_voxels,), or None when the Test runs
@@ -435,7 +434,7 @@ def _noise_ceiling(test_runs: list[RunData], tr_s: float, sel: np.ndarray, enc_c
         "median_ev_brain": float(np.median(ev_map)), "median_ev_selected": float(np.median(sel_ev)),
         # a single-presentation correlation cannot exceed sqrt(EV): the encoding model's share of that ceiling
         "median_sqrt_ev_selected": float(np.median(np.sqrt(np.clip(sel_ev, 0, None)))),
-        "median_encoding_corr_selected": float(np.median(enc_corr[sel])),
+        "median_encoding_corr_selected": metrics["encoding"]["median_test_corr_selected"],
     }
     return ev_map
 
