@@ -73,9 +73,10 @@ class DecoderFit:
         Factor on the decoded deviation ``(x - x_mean) @ W`` from the mean
         embedding, chosen by held-out identification in the training runs.
         Ridge shrinks that deviation towards the mean embedding, which every
-        clip shares; scaling it back changes nothing about the centred
-        metrics but stops raw correlations and cosine retrieval from being
-        dominated by the mean.
+        clip shares; scaling it back stops raw correlations and cosine
+        retrieval from being dominated by the mean. Outputs are unit-norm, so
+        the scale also sets how much of the mean is left after centring: the
+        centred score depends on it too.
     scale_cv : dict
         Held-out identification accuracy of each candidate scale at :attr:`shrinkage`: the
         mean of the raw, centred and within-genre accuracies (:func:`.readout.choose_readout`).

@@ -88,7 +88,7 @@ def run(args) -> int:
                                    "preprocessing; add --compare-offline to report offline figures alongside")
         return 2
     subjects = _subjects(args.dataset, args.subject)
-    if len(subjects) > 1 or "," in args.subject or args.subject.strip().lower() == "all":
+    if "," in args.subject or args.subject.strip().lower() == "all":  # a list: bundles under OUT/sub-XXX
         return _train_group(args, cfg, subjects)
     cfg = replace(cfg, subject=subjects[0])
     m = _train_one(args.dataset, args.out, cfg)
