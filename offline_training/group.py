@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .evaluate import bootstrap_ci
+from .evaluate import bootstrap_ci, finite_mean
 
 __all__ = ["METRICS", "BRAIN2MUSIC_REFERENCE", "SubjectScores", "read_subject", "hierarchical_bootstrap_ci",
            "group_summary", "format_group", "write_group_report"]
@@ -210,8 +210,9 @@ def group_summary(subjects: Sequence[SubjectScores], *, n_boot: int = 10000, see
                  "reference": BRAIN2MUSIC_REFERENCE}
     for i, key in enumerate(METRICS):
         per_sub = [s.per_clip[key] for s in subjects]
-        means = np.array([np.nanmean(v) if np.isfinite(v).any() else np.nan for v in per_sub])
+        means = np.array([finite_mean(v) for v in per_sub])
         finite = means[np.isfinite(means)]
+        sd = float(np.std(finite, ddof=1)) if finite.size > 1 else float("nan")
         t, p = _t_test_greater(finite, CHANCE)
         lo, hi = hierarchical_bootstrap_ci(per_sub, n_boot=n_boot, seed=seed + i)
         out["metrics"][key] = {
@@ -219,9 +220,7 @@ def group_summary(subjects: Sequence[SubjectScores], *, n_boot: int = 10000, see
             "per_subject": {s.subject: {"mean": float(m), "n_clips": int(np.isfinite(v).sum()),
                                         "ci95": list(bootstrap_ci(v))}  # as b2m train reports it
                             for s, m, v in zip(subjects, means, per_sub)},
-            "mean": float(np.mean(finite)) if finite.size else float("nan"),
-            "sd": float(np.std(finite, ddof=1)) if finite.size > 1 else float("nan"),
-            "sem": float(np.std(finite, ddof=1) / math.sqrt(finite.size)) if finite.size > 1 else float("nan"),
+            "mean": finite_mean(finite), "sd": sd, "sem": sd / math.sqrt(finite.size) if finite.size > 1 else sd,
             "t": t, "df": int(finite.size - 1), "p_greater_than_chance": p,
             "ci95_hierarchical": [lo, hi],
         }
