@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from rich.console import Console
+from .console import stderr_console
 from rich.logging import RichHandler
 
 from protocols.errors import ProtocolError
@@ -20,7 +20,7 @@ from .commands import demo, group, keys, library, receive, replay, session, simu
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-stderr = Console(stderr=True)
+stderr = stderr_console()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,12 +42,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _log_handler() -> logging.Handler:
+    """Rich log lines on a terminal; plain one-line records in a log file or pipe, where rich's
+    fixed-width columns would break paths and field names across lines."""
+    if stderr.is_terminal:
+        return RichHandler(console=stderr, show_path=False, rich_tracebacks=False, log_time_format="[%X]")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    return handler
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
-                        handlers=[RichHandler(console=stderr, show_path=False, rich_tracebacks=False)])
+    logging.basicConfig(level=level, handlers=[_log_handler()])
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

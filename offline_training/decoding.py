@@ -20,12 +20,12 @@ from realtime.preprocessing import stack_delays
 
 from . import evaluate as ev
 from .readout import READOUT_SHRINKAGES, choose_readout
-from .ridge import ridge_cv_fit
+from .ridge import ridge_cv_fit, ridge_fit
 from .stages import RunData
 from .targets import StimulusTargets, excerpt_id
 
 __all__ = ["DEVIATION_SCALES", "DecoderFit", "presentation_rows", "fit_decoder", "decode_presentations",
-           "clip_metrics", "evaluate_decoder"]
+           "tags_from_embeddings", "clip_metrics", "evaluate_decoder"]
 
 
 def _xy(run: RunData, sel: np.ndarray, delays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -197,6 +197,29 @@ def decode_presentations(runs: list[RunData], coef, xm, ym, sel, delays) -> dict
     return presentations
 
 
+def tags_from_embeddings(emb: np.ndarray, train_emb: np.ndarray, train_tags: np.ndarray,
+                         alpha: float = 1.0) -> np.ndarray:
+    """Tag probabilities read out from embeddings: ridge on the tags' logits, fit on training excerpts only.
+
+    Parameters
+    ----------
+    emb : ndarray of shape (n, dim)
+        Embeddings to read (decoded Test clips).
+    train_emb : ndarray of shape (n_train, dim)
+    train_tags : ndarray of shape (n_train, n_tags)
+        The embedder's tag probabilities of the training excerpts, in (0, 1).
+    alpha : float
+        Ridge penalty of the embedding -> logit map (with intercept).
+
+    Returns
+    -------
+    ndarray of shape (n, n_tags), in (0, 1)
+    """
+    p = np.clip(train_tags, 1e-4, 1 - 1e-4)
+    coef, xm, ym = ridge_fit(train_emb, np.log(p / (1 - p)), alpha)
+    return 1 / (1 + np.exp(-((emb - xm) @ coef + ym)))
+
+
 def clip_metrics(presentations: dict[str, list[np.ndarray]], targets: StimulusTargets, train_clip_emb: np.ndarray,
                  train_genres: list, centre: np.ndarray) -> dict:
     """Identification metrics of decoded Test presentations (repeats averaged) and the genre prior.
@@ -261,6 +284,16 @@ def clip_metrics(presentations: dict[str, list[np.ndarray]], targets: StimulusTa
                        "identification_centred": _json_floats(centred),
                        "within_genre": _json_floats(within)}
     res["_arrays"] = {"pred": avg, "true": true, "keys": keys, "genres": genres, "corr": ev.corr_matrix(avg, true)}
+    if len(targets.tag_names):
+        # the paper's AudioSet class agreement, with the embedder's tags: read out from the decoded
+        # embedding by a map fit on the excerpts that are not Test clips
+        test = set(keys)
+        train_keys = sorted(k for k in targets.by_id if k not in test)
+        pred_tags = tags_from_embeddings(avg, np.stack([targets[k].clip for k in train_keys]),
+                                         np.stack([targets[k].tags for k in train_keys]))
+        true_tags = np.stack([targets[k].tags for k in keys])
+        res["tag_agreement_top5"] = ev.tag_agreement(pred_tags, true_tags, 5)
+        res["_arrays"] |= {"pred_tags": pred_tags, "true_tags": true_tags}
     return res
 
 

@@ -27,14 +27,6 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _tag_readout(train_emb: np.ndarray, train_tags: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ridge map embedding -> logit(tags), fit on the training excerpts only."""
-    from .ridge import ridge_fit
-
-    logit = np.log(np.clip(train_tags, 1e-4, 1 - 1e-4) / (1 - np.clip(train_tags, 1e-4, 1 - 1e-4)))
-    return ridge_fit(train_emb, logit, 1.0)
-
-
 def _brain_map(out: str, filename: str, values: np.ndarray, brain: np.ndarray, affine: np.ndarray,
                reference: np.ndarray, title: str, threshold: float, shown=None, **plot_kw) -> tuple[str | None, str | None]:
     """Write ``values`` (n_brain_voxels,) as ``OUT/filename`` and draw it on ``reference``.
@@ -137,18 +129,10 @@ def write_report(out: str, metrics: dict, arrays: dict, state: dict, enc_corr: n
     # tags
     keys = arrays["keys"]
     tag_names = targets.tag_names
-    if len(tag_names):
-        train_keys = sorted({k for k in targets.by_id if k not in set(keys)})
-        ttags = np.stack([targets[k].tags for k in train_keys])
-        temb = np.stack([targets[k].clip for k in train_keys])
-        coef, xm, ym = _tag_readout(temb, ttags)
-        pred_tags = 1 / (1 + np.exp(-((arrays["pred"] - xm) @ coef + ym)))
-        true_tags = np.stack([targets[k].tags for k in keys])
-        from .evaluate import tag_agreement
-
-        metrics.setdefault("causal", {})["tag_agreement_top5"] = tag_agreement(pred_tags, true_tags, 5)
+    if "pred_tags" in arrays:
+        pred_tags, true_tags = arrays["pred_tags"], arrays["true_tags"]
         show = np.linspace(0, len(keys) - 1, 4).astype(int)
-        fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
+        fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), layout="constrained")  # room for each tag axis
         for ax, i in zip(axes, show):
             top = np.argsort(-true_tags[i])[:6]
             yy = np.arange(len(top))

@@ -18,6 +18,7 @@ of the event playing at ``t * TR``. Embeddings are cached per excerpt under
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import numpy as np
 from .bids import Event, stimulus_segment
 from .evaluate import unit_rows
 
-__all__ = ["ExcerptEmbeddings", "StimulusTargets", "embed_stimuli", "tr_targets", "excerpt_id"]
+__all__ = ["ExcerptEmbeddings", "StimulusTargets", "audio_digest", "embed_stimuli", "tr_targets", "excerpt_id"]
 
 
 def excerpt_id(ev: Event) -> str:
@@ -65,6 +66,14 @@ class StimulusTargets:
         return self.by_id[key]
 
 
+def audio_digest(audio: np.ndarray, sr: int) -> str:
+    """First 16 hex digits of the sha256 of ``audio``'s samples (as float32) and its rate: the cache key of
+    what an embedder was given."""
+    h = hashlib.sha256(f"{int(sr)}:".encode())
+    h.update(np.ascontiguousarray(audio, np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
 def embed_stimuli(events: list[Event], stimuli_dir: str, embedder, tr_s: float, *, cache_dir: str | None = None,
                   sr: int = 22050, progress: Callable | None = None) -> StimulusTargets:
     """Embed every distinct excerpt among ``events`` (cached).
@@ -80,6 +89,13 @@ def embed_stimuli(events: list[Event], stimuli_dir: str, embedder, tr_s: float, 
         with a hop of ``tr_s`` gives the per-TR windows.
     tr_s : float
         TR in seconds.
+    cache_dir : str, optional
+        Embeddings are kept under ``cache_dir/<embedder id>/<version>/tr<TR>/``,
+        one file per excerpt named by its id and a digest of the audio
+        samples embedded. A cache shared between datasets whose tracks have
+        the same names but different audio (a re-simulated dataset, GTZAN
+        beside the simulator's stand-ins) therefore never returns another
+        dataset's embedding.
     progress : callable, optional
         ``progress(done, total)``.
     """
@@ -96,12 +112,12 @@ def embed_stimuli(events: list[Event], stimuli_dir: str, embedder, tr_s: float, 
         os.makedirs(cache, exist_ok=True)
     out = StimulusTargets(embedder=ident, tag_names=tuple(embedder.tag_names))
     for i, (key, ev) in enumerate(sorted(uniq.items())):
-        path = os.path.join(cache, f"{key}.npz") if cache else None
+        audio = stimulus_segment(ev, stimuli_dir, sr)
+        path = os.path.join(cache, f"{key}.{audio_digest(audio, sr)}.npz") if cache else None
         if path and os.path.exists(path):
             z = np.load(path)
             out.by_id[key] = ExcerptEmbeddings(z["clip"], z["windows"], z["tags"], ev.genre)
         else:
-            audio = stimulus_segment(ev, stimuli_dir, sr)
             e = embedder.embed(audio, sr)
             if tr_embedder is None:
                 spec = getattr(embedder, "spec", None)

@@ -20,13 +20,13 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from rich.console import Console
+    from ..console import stderr_console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from b2m.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out=args.out, train_runs=args.train_runs, realtime=args.realtime, audio=args.audio)
-    err = Console(stderr=True)
+    err = stderr_console()
     with Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, transient=False) as bar:
         tasks: dict[str, int] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from rich.console import Console
+from ..console import stderr_console
 
 
 def add_parser(sub) -> None:
@@ -25,10 +25,10 @@ def run(args) -> int:
     from offline_training.group import format_group, group_summary, read_subject, write_group_report
 
     if args.boot < 100:
-        Console(stderr=True).print(f"[red]error:[/red] --boot {args.boot}: use at least 100 replicates")
+        stderr_console().print(f"[red]error:[/red] --boot {args.boot}: use at least 100 replicates")
         return 2
     summary = group_summary([read_subject(b) for b in args.bundles], n_boot=args.boot, seed=args.seed)
     path = write_group_report(args.out, summary)
     print(format_group(summary), file=sys.stdout)
-    Console(stderr=True).print(f"report: {path}", highlight=False)
+    stderr_console().print(f"report: {path}", highlight=False)
     return 0

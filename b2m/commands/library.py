@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 from rich.console import Console
+from ..console import stderr_console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -60,7 +61,7 @@ def run_build(args) -> int:
     from music.embedding import get_embedder
     from music.library import build_library, discover_sources, generated_units
 
-    console = Console(stderr=True)
+    console = stderr_console()
     units, problems = discover_sources(args.sources, clip_s=args.clip_s)
     if args.generate:
         units += generated_units(args.generate, shared_instruments=args.shared_instruments, seed=args.seed,
@@ -135,7 +136,7 @@ def run_eval(args) -> int:
     lib = Library(args.library, check_hashes=True)
     idx = [i for i, c in enumerate(lib.clips) if c.genre]
     if len(idx) < args.folds * 2:
-        Console(stderr=True).print("[red]error:[/red] too few clips with a genre label for k-NN evaluation")
+        stderr_console().print("[red]error:[/red] too few clips with a genre label for k-NN evaluation")
         return 2
     res = knn_genre_accuracy(np.asarray(lib.embeddings)[idx], [lib.clips[i].genre for i in idx], k=args.k,
                              folds=args.folds, seed=args.seed)

@@ -6,7 +6,7 @@ import json
 import sys
 
 import numpy as np
-from rich.console import Console
+from ..console import stderr_console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from realtime.scanner.pacing import parse_speed
@@ -38,7 +38,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     speed = parse_speed(args.speed)
     curve = client_keys(args)
-    console = Console(stderr=True)
+    console = stderr_console()
     with Progress(TextColumn("[bold]replay[/bold] {task.fields[run]}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("lag {task.fields[lag]:>6.1f} ms"), TextColumn("unacked {task.fields[unacked]:>3}"),
                   TimeElapsedColumn(), console=console, disable=args.quiet, transient=False) as bar:

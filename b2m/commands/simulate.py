@@ -53,13 +53,13 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from rich.console import Console
+    from ..console import stderr_console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
 
     config = SimulationConfig(grid=args.grid, subjects=args.subjects, seed=args.seed, train_runs=args.train_runs,
                               test_runs=args.test_runs, motion=args.motion, noise=NoiseConfig(tsnr=args.tsnr))
-    err = Console(stderr=True)
+    err = stderr_console()
     labels = {"stimuli": "stand-in stimuli", "features": "stimulus features", "volumes": "BOLD volumes",
               "calibration": "calibration"}
     t0 = time.monotonic()

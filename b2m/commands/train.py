@@ -6,7 +6,7 @@ import json
 import sys
 from dataclasses import replace
 
-from rich.console import Console
+from ..console import stderr_console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
@@ -80,11 +80,11 @@ def run(args) -> int:
                       stimuli=args.stimuli, cache=args.cache, roi_mask=args.roi_mask,
                       parcellation=args.parcellation, top_regions=args.top_regions)
     if bool(args.parcellation) != bool(args.top_regions):
-        Console(stderr=True).print("[red]error:[/red] --parcellation and --top-regions go together: give the "
+        stderr_console().print("[red]error:[/red] --parcellation and --top-regions go together: give the "
                                    "atlas and how many of its regions to keep")
         return 2
     if args.preprocessing == "offline":
-        Console(stderr=True).print("[red]error:[/red] a bundle for the live session must use causal "
+        stderr_console().print("[red]error:[/red] a bundle for the live session must use causal "
                                    "preprocessing; add --compare-offline to report offline figures alongside")
         return 2
     subjects = _subjects(args.dataset, args.subject)
@@ -119,7 +119,7 @@ def _train_group(args, cfg, subjects: list[str]) -> int:
 
     from offline_training.group import format_group, group_summary, read_subject, write_group_report
 
-    console = Console(stderr=True)
+    console = stderr_console()
     done, failed = [], []
     for i, sub in enumerate(subjects, 1):
         out = os.path.join(args.out, f"sub-{sub}")
@@ -150,7 +150,7 @@ def _train_group(args, cfg, subjects: list[str]) -> int:
 def _train_one(dataset: str, out: str, cfg) -> dict:
     from offline_training.train import train
 
-    console = Console(stderr=True)
+    console = stderr_console()
     with Progress(TextColumn("[bold]train[/bold] {task.description:<32}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console) as bar:
         tasks: dict[str, int] = {}

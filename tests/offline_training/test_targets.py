@@ -58,3 +58,38 @@ def test_tr_targets_follow_the_events(stimuli, tmp_path):
     # the cache answers a second time with identical arrays
     again = embed_stimuli(events, str(stimuli), emb, tr_s=1.5, cache_dir=str(tmp_path / "cache"), sr=8000)
     np.testing.assert_array_equal(again[excerpt_id(events[0])].windows, targets[excerpt_id(events[0])].windows)
+
+
+def test_a_shared_cache_never_returns_another_datasets_audio(stimuli, tmp_path):
+    """Two datasets whose tracks share names but not audio (a re-simulated dataset, say) share one cache:
+    each gets the embedding of its own audio, and the same audio is embedded only once."""
+    calls = []
+
+    class Counting(LoudnessEmbedder):
+        def embed(self, audio, sr):
+            calls.append(len(audio))
+            return super().embed(audio, sr)
+
+    register_embedder("loudness-counting", lambda **kw: Counting(**kw))
+    emb = get_embedder("loudness-counting")
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in stimuli.glob("*.wav"):  # same names, louder and with a shifted ramp: different audio
+        audio, sr = sf.read(f, dtype="float32")
+        sf.write(other / f.name, np.clip(3.0 * audio[::-1], -1, 1), sr)
+    events = [Event(0.0, 15.0, "jazz", 1, 0.0, 15.0), Event(15.0, 15.0, "metal", 2, 10.0, 25.0)]
+    cache = str(tmp_path / "cache")
+    first = embed_stimuli(events, str(stimuli), emb, tr_s=1.5, cache_dir=cache, sr=8000)
+    n_first = len(calls)
+    second = embed_stimuli(events, str(other), emb, tr_s=1.5, cache_dir=cache, sr=8000)
+    assert len(calls) == 2 * n_first  # the other audio is embedded, not read from the cache
+    fresh = embed_stimuli(events, str(other), emb, tr_s=1.5, sr=8000)
+    for e in events:
+        k = excerpt_id(e)
+        np.testing.assert_array_equal(second[k].windows, fresh[k].windows)
+        assert not np.allclose(second[k].windows, first[k].windows)
+    n = len(calls)
+    again = embed_stimuli(events, str(stimuli), emb, tr_s=1.5, cache_dir=cache, sr=8000)
+    assert len(calls) == n  # both datasets' embeddings stay in the cache side by side
+    for e in events:
+        np.testing.assert_array_equal(again[excerpt_id(e)].windows, first[excerpt_id(e)].windows)
