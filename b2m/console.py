@@ -1,4 +1,4 @@
-"""The console every ``b2m`` command writes its diagnostics to (stderr).
+"""The console every ``b2m`` command writes its diagnostics to (stderr), and its stage progress.
 
 Messages are soft-wrapped: rich would otherwise break lines at 80 columns
 whenever stderr is not a terminal (a log file, CI, a pipe), splitting the
@@ -7,11 +7,70 @@ paths and field names that error messages give across lines.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 from rich.console import Console
 
-__all__ = ["stderr_console"]
+__all__ = ["stderr_console", "stage_progress"]
 
 
 def stderr_console() -> Console:
     """A rich console on stderr that never hard-wraps what it prints."""
     return Console(stderr=True, soft_wrap=True)
+
+
+@contextmanager
+def stage_progress(console: Console, prefix: str = "", labels: dict | None = None, width: int = 32,
+                   remaining: bool = False) -> Iterator[Callable[[str, int, int], None]]:
+    """A ``progress(stage, done, total)`` callback for work done in named stages.
+
+    On a terminal: one rich progress bar per stage. Elsewhere (a batch job's
+    log, a pipe), where a bar would only be drawn at the end: one plain line
+    when a stage starts and one when it completes, with its elapsed time.
+
+    Parameters
+    ----------
+    console : rich.console.Console
+    prefix : str
+        Shown before each stage's label (``"train"``).
+    labels : dict, optional
+        Stage name -> label shown (default: the name).
+    width : int
+        Width of the label column of the bars.
+    remaining : bool
+        Also show the estimated time remaining.
+    """
+    labels = labels or {}
+    lead = f"{prefix} " if prefix else ""
+    if not console.is_terminal:
+        started: dict[str, float] = {}
+        finished: set[str] = set()
+
+        def plain(stage: str, done: int, total: int) -> None:
+            if stage not in started:
+                started[stage] = time.monotonic()
+                console.print(f"{lead}{labels.get(stage, stage)}: started ({total} steps)", highlight=False)
+            if done >= total and stage not in finished:
+                finished.add(stage)
+                console.print(f"{lead}{labels.get(stage, stage)}: done in {time.monotonic() - started[stage]:.1f} s",
+                              highlight=False)
+
+        yield plain
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    head = f"[bold]{prefix}[/bold] " if prefix else ""
+    columns = [TextColumn(f"{head}{{task.description:<{width}}}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn()] + ([TimeRemainingColumn()] if remaining else [])
+    with Progress(*columns, console=console, transient=False) as bar:
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield update

@@ -20,22 +20,13 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..console import stderr_console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from ..console import stage_progress, stderr_console
 
     from b2m.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(out=args.out, train_runs=args.train_runs, realtime=args.realtime, audio=args.audio)
     err = stderr_console()
-    with Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=False) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+    with stage_progress(err, width=34) as progress:
         s = run_demo(cfg, progress)
     lo, hi = s["live_identification_ci95"]
     print(f"live identification accuracy {s['live_identification_accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f}, "

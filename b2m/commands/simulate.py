@@ -53,9 +53,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..console import stderr_console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from ..console import stage_progress, stderr_console
 
     config = SimulationConfig(grid=args.grid, subjects=args.subjects, seed=args.seed, train_runs=args.train_runs,
                               test_runs=args.test_runs, motion=args.motion, noise=NoiseConfig(tsnr=args.tsnr))
@@ -63,15 +61,7 @@ def run(args) -> int:
     labels = {"stimuli": "stand-in stimuli", "features": "stimulus features", "volumes": "BOLD volumes",
               "calibration": "calibration"}
     t0 = time.monotonic()
-    with Progress(TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=err, transient=False) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+    with stage_progress(err, labels=labels, width=18, remaining=True) as progress:
         result = simulate_dataset(args.out, config, metadata_dir=args.metadata, stimuli_from=args.stimuli_from,
                                   progress=progress)
         t_sim = time.monotonic() - t0

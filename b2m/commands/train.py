@@ -6,8 +6,7 @@ import json
 import sys
 from dataclasses import replace
 
-from ..console import stderr_console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from ..console import stage_progress, stderr_console
 
 
 def add_parser(sub) -> None:
@@ -151,15 +150,7 @@ def _train_one(dataset: str, out: str, cfg) -> dict:
     from offline_training.train import train
 
     console = stderr_console()
-    with Progress(TextColumn("[bold]train[/bold] {task.description:<32}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(stage, done, total):
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
+    with stage_progress(console, "train") as progress:
         m = train(dataset, out, cfg, progress)
     edge = m["causal"]["alphas"]
     if edge["at_min"] or edge["at_max"]:  # the CV optimum may lie outside the grid

@@ -38,3 +38,29 @@ def test_log_records_are_one_plain_line_each_off_a_terminal(tmp_path):
     assert len(lines) == 2, r.stderr
     assert lines[0].endswith(f"WARNING realtime.receiver: kept {path}; resend it")
     assert lines[1].endswith("INFO realtime.receiver: second record")
+
+
+def test_stage_progress_writes_plain_lines_off_a_terminal_and_bars_on_one():
+    import io
+
+    from rich.console import Console
+
+    from b2m.console import stage_progress
+
+    log = Console(file=io.StringIO(), soft_wrap=True)  # a file: not a terminal
+    with stage_progress(log, "train", labels={"fit": "decoder fit"}) as progress:
+        for done in range(4):
+            progress("fit", done, 3)
+        progress("fit", 3, 3)  # a repeated completion is not announced twice
+        progress("report", 1, 1)
+    lines = log.file.getvalue().splitlines()
+    assert lines[0] == "train decoder fit: started (3 steps)"
+    assert lines[1].startswith("train decoder fit: done in ") and lines[1].endswith(" s")
+    assert lines[2:] == ["train report: started (1 steps)", lines[3]] and lines[3].startswith("train report: done")
+    assert len(lines) == 4
+
+    tty = Console(file=io.StringIO(), force_terminal=True, width=120)
+    with stage_progress(tty, "train") as progress:
+        progress("fit", 2, 3)
+    out = tty.file.getvalue()
+    assert "train" in out and "fit" in out and "2/3" in out and "started" not in out
