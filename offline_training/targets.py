@@ -12,8 +12,9 @@ embedded twice with the same model:
   per-TR targets.
 
 TR ``t`` covers acquisition time ``[t * TR, (t + 1) * TR)``; its target is that
-of the event playing at ``t * TR``. Embeddings are cached per excerpt under
-``cache_dir/<embedder id>/<version>/`` so a second training run is fast.
+of the event playing at ``t * TR``. Embeddings are cached per excerpt and
+per digest of its audio under ``cache_dir/<embedder id>/<version>/`` so a
+second training run is fast (:func:`embed_stimuli`).
 """
 
 from __future__ import annotations
