@@ -10,12 +10,12 @@ import argparse
 import logging
 import sys
 
-from .console import stderr_console
 from rich.logging import RichHandler
 
 from protocols.errors import ProtocolError
 from realtime.transport import TransportError
 
+from .console import stderr_console
 from .commands import demo, group, keys, library, receive, replay, session, simulate, train
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

@@ -51,7 +51,8 @@ def stage_progress(console: Console, prefix: str = "", labels: dict | None = Non
         def plain(stage: str, done: int, total: int) -> None:
             if stage not in started:
                 started[stage] = time.monotonic()
-                console.print(f"{lead}{labels.get(stage, stage)}: started ({total} steps)", highlight=False)
+                console.print(f"{lead}{labels.get(stage, stage)}: started ({total} step{'' if total == 1 else 's'})",
+                              highlight=False)
             if done >= total and stage not in finished:
                 finished.add(stage)
                 console.print(f"{lead}{labels.get(stage, stage)}: done in {time.monotonic() - started[stage]:.1f} s",

@@ -7,9 +7,10 @@ import sys
 
 import numpy as np
 from rich.console import Console
-from ..console import stderr_console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from ..console import stderr_console
 
 
 def add_parser(sub) -> None:

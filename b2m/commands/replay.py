@@ -6,13 +6,13 @@ import json
 import sys
 
 import numpy as np
-from ..console import stderr_console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from realtime.scanner.pacing import parse_speed
 from realtime.scanner.replay import replay_nifti
 from realtime.transport import DEFAULT_ENDPOINT
 
+from ..console import stderr_console
 from ._curve import add_client_args, client_keys
 
 

@@ -56,7 +56,7 @@ def test_stage_progress_writes_plain_lines_off_a_terminal_and_bars_on_one():
     lines = log.file.getvalue().splitlines()
     assert lines[0] == "train decoder fit: started (3 steps)"
     assert lines[1].startswith("train decoder fit: done in ") and lines[1].endswith(" s")
-    assert lines[2:] == ["train report: started (1 steps)", lines[3]] and lines[3].startswith("train report: done")
+    assert lines[2:] == ["train report: started (1 step)", lines[3]] and lines[3].startswith("train report: done")
     assert len(lines) == 4
 
     tty = Console(file=io.StringIO(), force_terminal=True, width=120)
