@@ -65,6 +65,9 @@ class Unit:
     genre: str
     produce: Callable[[], list]
     label: str = ""
+    #: For a unit read from a file: its current fingerprint (size and mtime). A unit done with another
+    #: fingerprint is embedded again, so an edited file never keeps the old audio's embedding and beats.
+    fingerprint: Callable[[], str] | None = None
 
 
 @dataclass
@@ -95,7 +98,13 @@ def _audio_unit(path: str, clip_s: float) -> Unit:
         return [(seg, sr, start, {"path": os.path.abspath(path)}) for seg, start in _cut(x, sr, clip_s)]
 
     return Unit(id=f"audio:{os.path.abspath(path)}", source="audio", genre="", produce=produce,
-                label=os.path.basename(path))
+                label=os.path.basename(path), fingerprint=lambda: file_fingerprint(path))
+
+
+def file_fingerprint(path: str) -> str:
+    """``"<size>:<mtime_ns>"`` of a file: what a rebuild compares to notice an edited source."""
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def _midi_unit(path: str, clip_s: float, source: str = "midi", genre: str = "", load=None) -> Unit:
@@ -235,16 +244,24 @@ def build_library(out: str, units: list[Unit], embedder: Embedder, *, problems: 
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(file_handler)
     progress_log = RecordLog(os.path.join(out, ".build", "progress.log"))
-    done = {r.header["unit"] for r in progress_log.records if r.kind == "unit_done"}
+    # unit -> fingerprint of its source when it was last done (None: not recorded, e.g. generated music)
+    done = {r.header["unit"]: r.header.get("fingerprint") for r in progress_log.records if r.kind == "unit_done"}
     skipped = list(problems or [])
     n_new, audio_s = 0, 0.0
     n_tags = len(embedder.tag_names)
     try:
         for i, unit in enumerate(units):
-            if unit.id in done:
+            try:
+                fp = unit.fingerprint() if unit.fingerprint is not None else None
+            except OSError as e:
+                fp = f"unreadable: {e}"  # produce() says what is wrong with the file
+            if unit.id in done and done[unit.id] in (None, fp):
                 if progress:
                     progress(i + 1, len(units), unit.label)
                 continue
+            if unit.id in done:
+                log.warning("%s changed since it was embedded (%s, now %s): embedding it again",
+                            unit.label or unit.id, done[unit.id], fp)
             try:
                 pieces = unit.produce()
                 for k, (x, sr, start, meta) in enumerate(pieces):
@@ -271,12 +288,12 @@ def build_library(out: str, units: list[Unit], embedder: Embedder, *, problems: 
                     top = ";".join(f"{n}:{p:.3f}" for n, p in top_tags)
                     h = {"kind": "clip", "unit": unit.id, "id": cid, "path": path, "start_s": float(start_s),
                          "duration_s": len(x) / sr, "genre": unit.genre, "source": unit.source, "top_tags": top,
-                         "dim": int(vec.size), "n_tags": int(tags.size)}
+                         "dim": int(vec.size), "n_tags": int(tags.size), "fingerprint": fp}
                     h["tempo_bpm"], h["beats_s"] = _beats_of(out, h)
                     progress_log.append(h, vec.tobytes() + tags.tobytes())
                     n_new += 1
                     audio_s += len(x) / sr
-                progress_log.append({"kind": "unit_done", "unit": unit.id})
+                progress_log.append({"kind": "unit_done", "unit": unit.id, "fingerprint": fp})
             except Exception as e:  # one bad source never aborts the build
                 reason = f"{type(e).__name__}: {e}"
                 log.warning("skipped %s: %s", unit.label or unit.id, reason)
@@ -315,11 +332,15 @@ def _write_library(out: str, ident: dict, tag_names, n_tags: int, skipped: list,
     from protocols.record import scan_records
 
     records, _ = scan_records(os.path.join(out, ".build", "progress.log"))
+    # a unit embedded again (its file changed) keeps only the clips of its last completed build
+    last = {r.header["unit"]: r.header.get("fingerprint") for r in records if r.kind == "unit_done"}
     by_id: dict[str, tuple] = {}
     for r in records:
         if r.kind != "clip":
             continue
         h = r.header
+        if last.get(h["unit"]) is not None and h.get("fingerprint") != last[h["unit"]]:
+            continue
         raw = np.frombuffer(r.payload, dtype=np.float32)
         by_id[h["id"]] = (h, raw[: h["dim"]], raw[h["dim"]:])
     ids = list(by_id)

@@ -70,6 +70,32 @@ def test_build_rerun_skips_done_units_and_gives_same_library(tmp_path, sources, 
     np.testing.assert_array_equal(np.load(os.path.join(lib_dir, "embeddings.npy")), emb1)
 
 
+def test_an_edited_source_is_embedded_again_on_rebuild(tmp_path, sources, embedder):
+    """A library points at its audio files: a file edited in place must not keep the old audio's
+    embeddings and clips. The rebuilt library equals one built from scratch on the edited files."""
+    import soundfile as sf
+
+    units, _ = discover_sources([str(sources)], clip_s=3.0)
+    lib_dir = str(tmp_path / "lib")
+    build_library(lib_dir, units, embedder, clip_s=3.0)
+    sr = 22050
+    t = np.arange(int(10 * sr)) / sr  # longer (3 clips, not 2) and another pitch
+    sf.write(sources / "tone.wav", (0.3 * np.sin(2 * np.pi * 880 * t)).astype(np.float32), sr)
+    again = build_library(lib_dir, discover_sources([str(sources)], clip_s=3.0)[0], embedder, clip_s=3.0)
+    assert again.n_new == 3  # only the edited file's clips
+    fresh_dir = str(tmp_path / "fresh")
+    build_library(fresh_dir, discover_sources([str(sources)], clip_s=3.0)[0], embedder, clip_s=3.0)
+    ours, ref = Library(lib_dir), Library(fresh_dir)
+    assert sorted(c.id for c in ours.clips) == sorted(c.id for c in ref.clips)
+    order = {c.id: i for i, c in enumerate(ref.clips)}
+    for i, c in enumerate(ours.clips):
+        j = order[c.id]
+        np.testing.assert_array_equal(np.asarray(ours.embeddings[i]), np.asarray(ref.embeddings[j]))
+        assert (c.start_s, c.duration_s) == (ref.clips[j].start_s, ref.clips[j].duration_s)
+    assert "changed since it was embedded" in (tmp_path / "lib" / "build.log").read_text()
+    assert build_library(lib_dir, discover_sources([str(sources)], clip_s=3.0)[0], embedder, clip_s=3.0).n_new == 0
+
+
 def test_build_refuses_to_continue_with_another_embedder(tmp_path, sources, embedder):
     units, _ = discover_sources([str(sources / "tone.wav")], clip_s=3.0)
     lib_dir = str(tmp_path / "lib")
