@@ -8,7 +8,8 @@ dropped. Every clip is embedded (clip vector = mean of the embedder's windows,
 then L2-normalised), beat-tracked from its file as the live session reads it
 (:func:`music.beats.clip_beats`, stored in ``beats.npz``) and appended to
 ``LIB/.build/progress.log`` (a durable record log), so a rerun skips units
-already done. A unit that fails is
+already done, except an audio file whose size or mtime changed since: it is
+embedded again and its old clips are dropped. A unit that fails is
 skipped with its reason in ``LIB/build.log`` and ``LIB/skipped.tsv``; one bad
 file never aborts a build. The library files are written at the end, each
 atomically, so a library folder is always either the previous one or the new one.
