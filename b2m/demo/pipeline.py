@@ -1,6 +1,7 @@
 """``b2m demo``: simulate a participant, train a decoder, and run a live session on a Test run.
 
-Steps (each reuses what an earlier run of the demo left in ``OUT``):
+Steps (each reuses what an earlier run of the demo left in ``OUT``, if the
+same code and settings made it: ``OUT/stamp.json``):
 
 1. **Simulate** a participant (:mod:`offline_training.simulate`): the small
    4 mm grid, ``train_runs`` Training runs and one Test run of ds003720's real
@@ -22,16 +23,28 @@ Steps (each reuses what an earlier run of the demo left in ``OUT``):
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DemoConfig", "run_demo"]
+__all__ = ["DemoConfig", "run_demo", "demo_stamp"]
+
+log = logging.getLogger("b2m.demo")
+
+#: What a demo leaves in OUT and a rerun reuses.
+REUSED = ("dataset", "bundle", "library")
+#: The project's packages: any change to their files (code, models, ds003720 metadata) can change what the
+#: demo makes.
+_PACKAGES = ("b2m", "music", "offline_training", "realtime", "protocols")
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,51 @@ class DemoConfig:
     seed: int = 0
     realtime: bool = False
     audio: str = "default"
+
+
+def demo_stamp(cfg: DemoConfig, root: os.PathLike | str | None = None) -> dict:
+    """What a demo folder was made with: a digest of the project's files and the settings that shape it.
+
+    ``root`` holds the packages (default: where this one is installed).
+    """
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[2]
+    h = hashlib.sha256()
+    for pkg in _PACKAGES:
+        for f in sorted((root / pkg).rglob("*")):
+            if f.is_file() and "__pycache__" not in f.parts:
+                h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return {"project_sha256": h.hexdigest()[:16], "grid": cfg.grid, "train_runs": cfg.train_runs,
+            "test_run": cfg.test_run, "seed": cfg.seed}
+
+
+def _clear_if_stale(cfg: DemoConfig, stamp: dict) -> list[str]:
+    """Remove what an earlier demo left in OUT if other code or settings made it; returns what was removed.
+
+    The reuse is for a demo that was interrupted: after an upgrade, a rerun must
+    show what the new code does, not the old dataset, bundle and library.
+    """
+    path = os.path.join(cfg.out, "stamp.json")
+    old = None
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                old = json.load(f)
+        except (OSError, ValueError):
+            old = None
+    made = [d for d in REUSED if os.path.isdir(os.path.join(cfg.out, d))]
+    if made and old != stamp:
+        why = ("no stamp.json" if old is None else
+               ", ".join(f"{k} {old.get(k)} -> {v}" for k, v in stamp.items() if old.get(k) != v))
+        log.warning("%s: %s was made by other code or settings (%s): making it again", cfg.out, ", ".join(made), why)
+        for d in made:
+            shutil.rmtree(os.path.join(cfg.out, d))
+    else:
+        made = []
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(stamp, f, indent=2)
+    os.replace(tmp, path)
+    return made
 
 
 def _simulate(cfg: DemoConfig, progress) -> str:
@@ -255,6 +313,7 @@ def run_demo(cfg: DemoConfig, progress=lambda stage, done, total: None) -> dict:
     """Run every step; returns the summary (also written to ``OUT/summary.json``)."""
     os.makedirs(cfg.out, exist_ok=True)
     t0 = time.monotonic()
+    _clear_if_stale(cfg, demo_stamp(cfg))
     walls = {}
 
     def timed(name, fn, *a):
