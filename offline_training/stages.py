@@ -22,7 +22,8 @@ from realtime.preprocessing import PreprocessConfig, preprocess_run
 
 from .bids import RunFiles, load_bold
 
-__all__ = ["RunData", "MotionStage", "motion_stage", "preprocess_stage", "PREPROC_CACHE_VERSION"]
+__all__ = ["RunData", "MotionStage", "motion_stage", "preprocess_stage", "motion_code_digest",
+           "PREPROC_CACHE_VERSION"]
 
 
 @dataclass
@@ -61,12 +62,33 @@ class MotionStage:
 PREPROC_CACHE_VERSION = "1"
 
 
+def motion_code_digest(files=None) -> str:
+    """sha256 (16 hex digits) of the code that motion-corrects and masks a run: ``realtime/preprocessing``
+    and ``realtime/nifti_io.py``. Part of the motion cache's key, so a cache made by other code (an
+    upgrade, a fix) is not reused and training keeps computing what the live session computes."""
+    import hashlib
+
+    if files is None:
+        import realtime.nifti_io
+        import realtime.preprocessing
+
+        pkg = os.path.dirname(realtime.preprocessing.__file__)
+        files = sorted(os.path.join(pkg, f) for f in os.listdir(pkg) if f.endswith(".py"))
+        files.append(realtime.nifti_io.__file__)
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            h.update(os.path.basename(f).encode() + b"\0" + fh.read())
+    return h.hexdigest()[:16]
+
+
 def _motion_stage_key(path: str, mask: np.ndarray, reference: np.ndarray, pcfg: PreprocessConfig) -> str:
     import hashlib
 
     st = os.stat(path)
     h = hashlib.sha256()
-    h.update(json.dumps({"v": PREPROC_CACHE_VERSION, "file": os.path.realpath(path), "size": st.st_size,
+    h.update(json.dumps({"v": PREPROC_CACHE_VERSION, "code": motion_code_digest(),
+                         "file": os.path.realpath(path), "size": st.st_size,
                          "mtime_ns": st.st_mtime_ns, "motion": pcfg.motion,
                          "motion_config": pcfg.motion_config.to_dict() if pcfg.motion else None,
                          "mask_shape": list(mask.shape)}, sort_keys=True).encode())
@@ -85,7 +107,7 @@ def motion_stage(rf: RunFiles, mask: np.ndarray, reference: np.ndarray, affine: 
     per-TR :class:`~realtime.preprocessing.MotionCorrector`) with the shared
     ``reference``, exactly as :class:`OnlinePreprocessor` does live; the rest of the chain is :func:`preprocess_stage`. The result is
     cached under ``cache_dir`` keyed by the file (path, size, mtime), the mask,
-    the reference and the motion config, so a second ``b2m train`` (other
+    the reference, the motion config and the code (:func:`motion_code_digest`), so a second ``b2m train`` (other
     voxel counts, delays, alphas) skips it. With a cache the returned values
     are a read-only memory map of the entry (written whole, then renamed into
     place): replace an entry, never edit it in place while a training runs.

@@ -101,6 +101,35 @@ def test_motion_stage_cache_is_reused_and_keyed(tmp_path, rng):
     assert no_motion.fd is None
 
 
+def test_motion_cache_made_by_other_preprocessing_code_is_not_reused(tmp_path, rng, monkeypatch):
+    """An upgrade or fix of the realtime preprocessing must not meet values its old version cached: the
+    code's digest is part of the key."""
+    import offline_training.stages as stages
+
+    src = tmp_path / "code"
+    src.mkdir()
+    files = [src / "motion.py", src / "nifti_io.py"]
+    for f in files:
+        f.write_text("x = 1\n")
+    before = stages.motion_code_digest([str(f) for f in files])
+    files[0].write_text("x = 2\n")
+    assert stages.motion_code_digest([str(f) for f in files]) != before
+    assert len(stages.motion_code_digest()) == 16  # the installed realtime code
+
+    data = _blob_run(rng, n=6)
+    rf = _run_files(tmp_path, data, AFFINE)
+    reference = data[..., 0].astype(np.float32)
+    mask = reference > 300
+    cfg = PreprocessConfig(motion=False)
+    cache = tmp_path / "preproc"
+    motion_stage(rf, mask, reference, AFFINE, cfg, cache_dir=str(cache))
+    monkeypatch.setattr(stages, "motion_code_digest", lambda files=None: "other-code")
+    calls = []
+    motion_stage(rf, mask, reference, AFFINE, cfg, cache_dir=str(cache), progress=lambda d, n: calls.append(d))
+    assert len(list(cache.glob("*.npy"))) == 2  # a second entry, computed volume by volume
+    assert calls == list(range(1, 7))
+
+
 def _cached_stage(tmp_path, rng):
     """A small run's motion stage through a cache (motion off): (stage, expected values, cache dir, a rerun)."""
     data = _blob_run(rng, n=6)
