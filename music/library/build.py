@@ -8,7 +8,7 @@ dropped. Every clip is embedded (clip vector = mean of the embedder's windows,
 then L2-normalised), beat-tracked from its file as the live session reads it
 (:func:`music.beats.clip_beats`, stored in ``beats.npz``) and appended to
 ``LIB/.build/progress.log`` (a durable record log), so a rerun skips units
-already done, except an audio file whose size or mtime changed since: it is
+already done, except a source file whose size or mtime changed since: it is
 embedded again and its old clips are dropped. A unit that fails is
 skipped with its reason in ``LIB/build.log`` and ``LIB/skipped.tsv``; one bad
 file never aborts a build. The library files are written at the end, each
@@ -116,7 +116,8 @@ def _midi_unit(path: str, clip_s: float, source: str = "midi", genre: str = "", 
         x = render_midi(pm, sr=LIBRARY_SR)
         return [(seg, LIBRARY_SR, start, {}) for seg, start in _cut(x, LIBRARY_SR, clip_s)]
 
-    return Unit(id=f"{source}:{path}", source=source, genre=genre, produce=produce, label=os.path.basename(path))
+    return Unit(id=f"{source}:{path}", source=source, genre=genre, produce=produce, label=os.path.basename(path),
+                fingerprint=(lambda: file_fingerprint(path)) if load is None else None)  # a file, not the corpus
 
 
 def _music21_units(spec: str, clip_s: float) -> list[Unit]:

@@ -94,6 +94,9 @@ def test_an_edited_source_is_embedded_again_on_rebuild(tmp_path, sources, embedd
         assert (c.start_s, c.duration_s) == (ref.clips[j].start_s, ref.clips[j].duration_s)
     assert "changed since it was embedded" in (tmp_path / "lib" / "build.log").read_text()
     assert build_library(lib_dir, discover_sources([str(sources)], clip_s=3.0)[0], embedder, clip_s=3.0).n_new == 0
+    mid = sources / "arp.mid"  # a MIDI file is a source file too
+    os.utime(mid, ns=(mid.stat().st_atime_ns, mid.stat().st_mtime_ns + 10**9))
+    assert build_library(lib_dir, discover_sources([str(sources)], clip_s=3.0)[0], embedder, clip_s=3.0).n_new == 1
 
 
 def test_build_refuses_to_continue_with_another_embedder(tmp_path, sources, embedder):
