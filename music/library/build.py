@@ -246,8 +246,7 @@ def build_library(out: str, units: list[Unit], embedder: Embedder, *, problems: 
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(file_handler)
     progress_log = RecordLog(os.path.join(out, ".build", "progress.log"))
-    # unit -> fingerprint of its source when it was last done (None: not recorded, e.g. generated music)
-    done = {r.header["unit"]: r.header.get("fingerprint") for r in progress_log.records if r.kind == "unit_done"}
+    done = _done_units(progress_log.records)
     skipped = list(problems or [])
     n_new, audio_s = 0, 0.0
     n_tags = len(embedder.tag_names)
@@ -329,13 +328,17 @@ def _beats_of(out: str, h: dict, missing_ok: bool = False) -> tuple[float, list]
     return tempo, beats.tolist()
 
 
+def _done_units(records) -> dict:
+    """Unit id -> fingerprint of its source when it was last done (None: not recorded, e.g. generated music)."""
+    return {r.header["unit"]: r.header.get("fingerprint") for r in records if r.kind == "unit_done"}
+
+
 def _write_library(out: str, ident: dict, tag_names, n_tags: int, skipped: list, index: str,
                    extra: dict | None = None) -> int:
     from protocols.record import scan_records
 
     records, _ = scan_records(os.path.join(out, ".build", "progress.log"))
-    # a unit embedded again (its file changed) keeps only the clips of its last completed build
-    last = {r.header["unit"]: r.header.get("fingerprint") for r in records if r.kind == "unit_done"}
+    last = _done_units(records)  # a unit embedded again (its file changed) keeps only its last build's clips
     by_id: dict[str, tuple] = {}
     for r in records:
         if r.kind != "clip":
