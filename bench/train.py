@@ -88,7 +88,7 @@ def _paired(a: dict, b: dict, n_resamples: int = 10000) -> dict:
     out = {}
     for name, key in (("raw", "identification"), ("centred", "identification_centred"),
                       ("within_genre", "within_genre")):
-        va, vb = (np.array([np.nan if v is None else v for v in m["per_clip"][key]]) for m in (a, b))
+        va, vb = (np.asarray(m["per_clip"][key], dtype=float) for m in (a, b))  # JSON null -> NaN
         ok = np.isfinite(va) & np.isfinite(vb)
         va, vb = va[ok], vb[ok]
         test = permutation_test((va, vb), lambda x, y, axis: np.mean(x - y, axis=axis),
