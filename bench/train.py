@@ -186,6 +186,8 @@ def main() -> int:
     ap.add_argument("--subject", default="001")
     ap.add_argument("--cache", default=None, help="stimulus embedding cache (default DS/derivatives/b2m/embeddings)")
     ap.add_argument("--voxels", type=int, default=None, help="voxels to select (default: b2m train's)")
+    ap.add_argument("--select-by", choices=["cv", "within-genre"], default=None,
+                    help="voxel selection rule (default: b2m train's)")
     ap.add_argument("--sklearn", action="store_true", help="also time scikit-learn's RidgeCV on the same rows")
     ap.add_argument("--threads", type=int, default=1, help="BLAS threads (b2m train's default 1; 0: BLAS's own)")
     ap.add_argument("--name", default="train", help="result file stem (bench/results/NAME.json)")
@@ -198,23 +200,24 @@ def main() -> int:
 
 def _run(args) -> int:
 
-    from offline_training.encoding import delay_features, select_voxels
     from offline_training.evaluate import genre_prior_predictions
     from offline_training.targets import excerpt_id
     from offline_training.decoding import clip_metrics, evaluate_decoder, fit_decoder
-    from offline_training.train import TrainConfig, peak_rss_mb, prepare
+    from offline_training.train import TrainConfig, choose_voxels, peak_rss_mb, prepare
 
     load0 = os.getloadavg()
     cfg = TrainConfig(subject=args.subject, cache=args.cache)
     if args.voxels:
         cfg.n_voxels = args.voxels
+    if args.select_by:
+        cfg.select_by = args.select_by
     timings: dict = {}
     t0 = time.perf_counter()
     prep = prepare(args.dataset, cfg, timings=timings)
     trn, tst, trv, _ = prep.runs(cfg, cfg.preprocess())
     timings["prepare_total"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    sel, _, _ = select_voxels([delay_features(r.y, cfg.delays) for r in trn], trv, cfg.n_voxels, return_alphas=True)
+    _, sel, _, _, selection = choose_voxels(trn, trv, cfg)
     timings["select_voxels"] = time.perf_counter() - t0
     targets = prep.targets
     keys = sorted({excerpt_id(e) for r in trn for e in r.events})
@@ -277,6 +280,7 @@ def _run(args) -> int:
                "what": f"{args.dataset} subject {args.subject}: decoders fit on the Training runs, scored on the "
                        "Test runs (repeats averaged, per-clip musicnn targets)",
                "dataset": os.path.abspath(args.dataset), "subject": args.subject, "n_voxels": int(len(sel)),
+               "voxel_selection": selection,
                "blas_threads": args.threads or None,
                "timings_s": timings, "decoders": res, "ours_minus_plain_readout": readout_gain}
     if args.sklearn:

@@ -13,7 +13,7 @@ import numpy as np
 
 from .ridge import corr_columns, r2_score_columns, ridge_cv, ridge_solver
 
-__all__ = ["delay_features", "select_voxels", "fit_encoding", "SELECTION_ALPHAS"]
+__all__ = ["delay_features", "select_voxels", "within_genre_scores", "fit_encoding", "SELECTION_ALPHAS"]
 
 #: A short grid for voxel selection (many voxels, cheap): wide enough to matter.
 SELECTION_ALPHAS = np.logspace(0, 6, 7)
@@ -83,6 +83,68 @@ def select_voxels(features: list[np.ndarray], responses: list[np.ndarray] | np.n
     order = np.argsort(-scores, kind="stable")
     selected = order[: min(n_select, len(scores))]
     return (selected, scores, best) if return_alphas else (selected, scores)
+
+
+def within_genre_scores(x: np.ndarray, y: np.ndarray, fold: np.ndarray, alphas: np.ndarray,
+                        presentation: np.ndarray, genre: np.ndarray) -> np.ndarray:
+    """How well each voxel's held-out encoding prediction tracks it *within* a genre.
+
+    The CV R^2 of :func:`select_voxels` rewards voxels that follow the genre,
+    which the genre prior already gives the decoder for free. This score
+    keeps only what varies between presentations of the same genre: held-out
+    predictions (each fold predicted by a ridge fit on the others, at each
+    voxel's own alpha) and measured responses are averaged per presentation,
+    each genre's mean over its presentations is removed from both, and the
+    score is the Pearson correlation of what is left, over presentations.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_volumes, n_features)
+        Delayed stimulus features of every Training volume.
+    y : ndarray of shape (n_volumes, n_voxels)
+        Preprocessed responses of the candidate voxels.
+    fold : ndarray of shape (n_volumes,), int
+        CV fold of each volume (whole runs per fold).
+    alphas : ndarray of shape (n_voxels,)
+        Each voxel's ridge alpha (chosen inside the Training runs).
+    presentation : ndarray of shape (n_volumes,), int
+        Presentation each volume responds to, -1 for none.
+    genre : ndarray of shape (n_volumes,)
+        Genre label of each volume's presentation (ignored where ``presentation`` is -1).
+
+    Returns
+    -------
+    ndarray of shape (n_voxels,)
+        Correlation in [-1, 1]; 0 for a voxel with no within-genre variance.
+    """
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    fold, presentation, genre = np.asarray(fold), np.asarray(presentation), np.asarray(genre)
+    if not (len(x) == len(y) == len(fold) == len(presentation) == len(genre)):
+        raise ValueError(f"x, y, fold, presentation and genre need one row per volume; got lengths {len(x)}, "
+                         f"{len(y)}, {len(fold)}, {len(presentation)}, {len(genre)}")
+    alphas = np.broadcast_to(np.asarray(alphas, np.float64), (y.shape[1],))
+    pred = np.empty_like(y)
+    for k in np.unique(fold):
+        out = fold == k
+        xm, solve = ridge_solver(x[~out])
+        ym = y[~out].mean(0)
+        pred[out] = (x[out] - xm) @ solve(y[~out] - ym, alphas) + ym
+    rows = presentation >= 0
+    ids, first, inv = np.unique(presentation[rows], return_index=True, return_inverse=True)
+    counts = np.bincount(inv)[:, None]
+    meas = np.zeros((len(ids), y.shape[1]))
+    fit = np.zeros_like(meas)
+    np.add.at(meas, inv, y[rows])
+    np.add.at(fit, inv, pred[rows])
+    meas /= counts
+    fit /= counts
+    g = genre[rows][first]
+    for label in np.unique(g):
+        of = g == label
+        meas[of] -= meas[of].mean(0)
+        fit[of] -= fit[of].mean(0)
+    return corr_columns(fit, meas)
 
 
 def fit_encoding(train_features: np.ndarray, train_responses: np.ndarray, groups: np.ndarray | None,

@@ -43,13 +43,14 @@ from realtime.preprocessing import PreprocessConfig
 from .bids import RunFiles, find_runs, load_bold, read_events
 from .ceiling import EV_LAG_S, noise_ceiling, repeat_rows
 from .decoding import DEVIATION_SCALES, evaluate_decoder, fit_decoder
-from .encoding import delay_features, fit_encoding, select_regions, select_voxels
+from .encoding import delay_features, fit_encoding, select_regions, select_voxels, within_genre_scores
 from .readout import READOUT_SHRINKAGES
 from .ridge import DEFAULT_ALPHAS, edge_alphas
 from .stages import MotionStage, RunData, _release_pages, motion_stage, preprocess_stage
 from .targets import StimulusTargets, embed_stimuli, excerpt_id, tr_targets
 
-__all__ = ["TrainConfig", "train", "prepare", "Prepared", "brain_mask", "peak_rss_mb", "blas_threads"]
+__all__ = ["TrainConfig", "train", "prepare", "Prepared", "choose_voxels", "brain_mask", "peak_rss_mb",
+           "blas_threads", "WITHIN_GENRE_POOL"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -62,6 +63,7 @@ class TrainConfig:
     embedder: str = "musicnn-msd"
     delays: tuple = (2, 3, 4)
     n_voxels: int = 500
+    select_by: str = "cv"
     target: str = "clip"
     fit_on: str = "clip"
     calibrate_scale: bool = True
@@ -97,6 +99,64 @@ def brain_mask(reference: np.ndarray, fraction: float = 0.25) -> np.ndarray:
 
 def _noop(stage: str, done: int, total: int) -> None:
     pass
+
+
+#: With ``select_by="within-genre"``, the within-genre score re-ranks this many times ``n_voxels`` of the
+#: voxels with the best CV R^2 (the score alone is noisier than R^2, which first discards the unresponsive).
+WITHIN_GENRE_POOL = 3
+
+
+def choose_voxels(train_runs: list[RunData], train_values: np.ndarray, cfg: TrainConfig,
+                  labels: np.ndarray | None = None, progress: Callable[[int, int], None] | None = None):
+    """Select the decoder's voxels inside the Training runs, by ``cfg``'s rule.
+
+    ``select_by="cv"``: the ``n_voxels`` best by CV R^2 of the encoding model
+    (:func:`.encoding.select_voxels`). ``"within-genre"``: of the
+    ``WITHIN_GENRE_POOL * n_voxels`` best by CV R^2, the ``n_voxels`` best by
+    :func:`.encoding.within_genre_scores` (same folds and alphas, presentations
+    as the decoder's rows map them). With ``labels`` and ``cfg.top_regions``,
+    whole regions by mean CV R^2 (:func:`.encoding.select_regions`).
+
+    Returns
+    -------
+    feats : list of ndarray
+        Delayed features per Training run.
+    sel : ndarray of int
+        Selected voxels, best first.
+    scores, alphas : ndarray of shape (n_voxels_total,)
+        CV R^2 and alpha of every voxel.
+    info : dict
+        The rule, for the metrics.
+    """
+    if cfg.select_by not in ("cv", "within-genre"):
+        raise ValueError(f"select_by must be 'cv' or 'within-genre', got {cfg.select_by!r}")
+    feats = [delay_features(r.y, cfg.delays) for r in train_runs]
+    within = cfg.select_by == "within-genre" and not (labels is not None and cfg.top_regions)
+    pool = cfg.n_voxels * (WITHIN_GENRE_POOL if within else 1)
+    folds = 4
+    sel, scores, alphas = select_voxels(feats, train_values, pool, folds=folds, return_alphas=True,
+                                        progress=progress)
+    if labels is not None and cfg.top_regions:
+        # Brain2Music's rule: whole regions, ranked by their voxels' CV score in the Training runs
+        sel, regions = select_regions(scores, labels, cfg.top_regions)
+        return feats, sel, scores, alphas, {"rule": "top regions by mean CV R^2 (Training runs)",
+                                            "regions": regions, "n_voxels": int(len(sel))}
+    info = {"rule": "top voxels by CV R^2 (Training runs)", "n_voxels": int(len(sel))}
+    if within:
+        lag = max(cfg.delays)
+        pres, genre = [], []
+        for i, r in enumerate(train_runs):
+            ev = np.full(len(r.values), -1)
+            ev[lag:] = r.event_index[: len(r.values) - lag]  # the moment each volume's decoder row decodes
+            pres.append(np.where(ev >= 0, ev + 100000 * i, -1))
+            genre += [r.events[j].genre if j >= 0 else "" for j in ev]
+        fold = np.concatenate([np.full(len(f), i % folds) for i, f in enumerate(feats)])
+        ws = within_genre_scores(np.concatenate(feats), train_values[:, sel], fold, alphas[sel],
+                                 np.concatenate(pres), np.asarray(genre))
+        sel = sel[np.argsort(-ws, kind="stable")[:cfg.n_voxels]]
+        info = {"rule": f"top voxels by within-genre CV correlation among the {pool} best by CV R^2 "
+                        "(Training runs)", "n_voxels": int(len(sel))}
+    return feats, sel, scores, alphas, info
 
 
 def _load_runs(stages: list[MotionStage], runs: list[RunFiles], cfg: TrainConfig, pcfg: PreprocessConfig,
@@ -311,14 +371,8 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
         trn, tst, trv, tsv = prep.runs(cfg, pc, lambda d, t: progress(f"detrend + normalise ({tag})", d, t))
         timings[f"detrend_normalize_{tag}"] = time.monotonic() - t0
         t0 = time.monotonic()
-        feats = [delay_features(r.y, cfg.delays) for r in trn]
-        sel, sel_scores, sel_alphas = select_voxels(
-            feats, trv, cfg.n_voxels, return_alphas=True,
-            progress=lambda d, t: progress(f"select voxels ({tag})", d, t))
-        regions = None
-        if prep.labels is not None and cfg.top_regions:
-            # Brain2Music's rule: whole regions, ranked by their voxels' CV score in the Training runs
-            sel, regions = select_regions(sel_scores, prep.labels, cfg.top_regions)
+        feats, sel, sel_scores, sel_alphas, selection = choose_voxels(
+            trn, trv, cfg, prep.labels, progress=lambda d, t: progress(f"select voxels ({tag})", d, t))
         timings[f"select_voxels_{tag}"] = time.monotonic() - t0
         t0 = time.monotonic()
         dec = fit_decoder(trn, sel, cfg.delays, cfg.alphas, fit_on=cfg.fit_on,
@@ -340,9 +394,7 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
         res["deviation_scale_cv_identification"] = dec.scale_cv
         res["readout_shrinkage"] = dec.shrinkage
         res["readout_shrinkage_cv_identification"] = dec.shrinkage_cv
-        res["voxel_selection"] = ({"rule": "top regions by mean CV R^2 (Training runs)", "regions": regions,
-                                   "n_voxels": int(len(sel))} if regions is not None else
-                                  {"rule": "top voxels by CV R^2 (Training runs)", "n_voxels": int(len(sel))})
+        res["voxel_selection"] = selection
         state = {"train": trn, "test": tst, "train_values": trv, "test_values": tsv, "sel": sel, "sel_scores": sel_scores, "sel_alphas": sel_alphas,
                  "coef": coef, "xm": xm,
                  "ym": ym, "best": best, "cv": cv, "feats": feats, "train_emb": train_emb,

@@ -23,6 +23,10 @@ def add_parser(sub) -> None:
     p.add_argument("--delays", default="2,3,4", help="hemodynamic delays in TRs (default 2,3,4)")
     p.add_argument("--voxels", type=int, default=500,
                    help="voxels kept by CV encoding performance within the Training runs (default 500)")
+    p.add_argument("--select-by", choices=["cv", "within-genre"], default="cv",
+                   help="cv: the voxels with the best CV R^2 of the encoding model; within-genre: of the "
+                        "3x --voxels best by R^2, those whose held-out prediction tracks them best among "
+                        "presentations of one genre (default cv)")
     p.add_argument("--target", choices=["clip", "window"], default="clip", help="per-clip or per-TR window targets")
     p.add_argument("--fit-on", choices=["clip", "tr"], default="clip",
                    help="fit the decoder on one row per presentation (the mean of its TR inputs; default) or "
@@ -69,7 +73,7 @@ def run(args) -> int:
 
     lo, hi, n = args.alphas.split(":")
     cfg = TrainConfig(subject=args.subject, embedder=args.embedder,
-                      delays=tuple(int(d) for d in args.delays.split(",")), n_voxels=args.voxels,
+                      delays=tuple(int(d) for d in args.delays.split(",")), n_voxels=args.voxels, select_by=args.select_by,
                       target=args.target, alphas=tuple(float(a) for a in np.logspace(np.log10(float(lo)),
                                                                                       np.log10(float(hi)), int(n))),
                       motion=not args.no_motion, poly_order=args.poly_order, compare_offline=args.compare_offline,

@@ -67,3 +67,84 @@ def test_select_regions_keeps_whole_regions_ranked_by_mean_score(rng):
     np.testing.assert_allclose(regions[0]["mean_score"], means[3])
     with pytest.raises(ValueError, match="--top-regions"):
         select_regions(scores, labels, 5)
+
+
+def test_within_genre_scores_match_sklearn_refits_and_ignore_the_genre(rng):
+    from scipy.stats import pearsonr
+    from sklearn.linear_model import Ridge
+
+    from offline_training.encoding import within_genre_scores
+
+    n_pres, per, n_feat = 24, 5, 4
+    genre_of = np.repeat(np.arange(3), 8)  # 3 genres x 8 presentations
+    feats = rng.standard_normal((n_pres, n_feat))
+    x = np.repeat(feats, per, 0) + 0.3 * rng.standard_normal((n_pres * per, n_feat))
+    pres = np.repeat(np.arange(n_pres), per)
+    pres[::7] = -1  # some volumes respond to no presentation
+    genre = genre_of[np.repeat(np.arange(n_pres), per)]
+    fold = np.repeat(np.arange(4), n_pres * per // 4)
+    y = x @ rng.standard_normal((n_feat, 3)) + rng.standard_normal((len(x), 3))
+    y[:, 2] = 5.0 * genre + 0.1 * rng.standard_normal(len(x))  # follows the genre only
+    alphas = np.array([0.5, 10.0, 1.0])
+    got = within_genre_scores(x, y, fold, alphas, pres, genre)
+    # the reference: sklearn refits per fold and voxel, then per-presentation means with a Python loop
+    for v in range(3):
+        held = np.empty(len(x))
+        for k in range(4):
+            m = Ridge(alpha=alphas[v]).fit(x[fold != k], y[fold != k, v])
+            held[fold == k] = m.predict(x[fold == k])
+        ids = [p for p in range(n_pres) if (pres == p).any()]
+        meas = np.array([y[pres == p, v].mean() for p in ids])
+        fit = np.array([held[pres == p].mean() for p in ids])
+        g = genre_of[ids]
+        for label in range(3):
+            meas[g == label] -= meas[g == label].mean()
+            fit[g == label] -= fit[g == label].mean()
+        assert got[v] == pytest.approx(pearsonr(fit, meas)[0], abs=1e-10)
+    assert got[0] > 0.5 and abs(got[2]) < 0.5  # a genre-only voxel scores no better than chance
+    with pytest.raises(ValueError, match="one row per volume"):
+        within_genre_scores(x, y[:-1], fold, alphas, pres, genre)
+
+
+def _runs_with_genre_and_within_genre_voxels(rng, n_runs=4, n_pres=8, per=10):
+    """Training runs where voxels 0-9 follow what varies within a genre and voxels 10-19 the genre only."""
+    from types import SimpleNamespace
+
+    from offline_training.stages import RunData
+
+    runs = []
+    weights = rng.standard_normal((3, 10))
+    for r in range(n_runs):
+        genres = np.arange(n_pres) % 2
+        emb = np.c_[genres * 3.0, rng.standard_normal((n_pres, 3))]  # dim 0: the genre; dims 1-3 within it
+        idx = np.repeat(np.arange(n_pres), per)
+        y = emb[idx]
+        lag = 4
+        drive = np.zeros((len(idx), 4))
+        drive[lag:] = y[:-lag]  # the response follows the moment `lag` volumes back, as the decoder reads it
+        values = rng.standard_normal((len(idx), 40))
+        values[:, :10] += drive[:, 1:] @ weights
+        values[:, 10:20] += 3.0 * drive[:, :1]
+        events = [SimpleNamespace(genre=("rock", "jazz")[g]) for g in genres]
+        runs.append(RunData(None, values.astype(np.float32), y, idx, events))
+    return runs
+
+
+def test_choose_voxels_within_genre_keeps_the_voxels_that_vary_within_a_genre(rng):
+    from offline_training.train import WITHIN_GENRE_POOL, TrainConfig, choose_voxels
+
+    runs = _runs_with_genre_and_within_genre_voxels(rng)
+    values = np.concatenate([r.values for r in runs])
+    cfg = TrainConfig(n_voxels=10, delays=(2, 3, 4))
+    _, by_cv, scores, _, info = choose_voxels(runs, values, cfg)
+    assert info["rule"].startswith("top voxels by CV R^2")
+    assert set(by_cv) == set(range(10, 20))  # the genre voxels explain the most variance
+    cfg.select_by = "within-genre"
+    _, within, scores2, _, info = choose_voxels(runs, values, cfg)
+    np.testing.assert_array_equal(scores2, scores)
+    assert set(within) == set(range(10))
+    pool = np.argsort(-scores, kind="stable")[: WITHIN_GENRE_POOL * 10]
+    assert np.isin(within, pool).all() and "within-genre" in info["rule"]
+    cfg.select_by = "genre"
+    with pytest.raises(ValueError, match="select_by"):
+        choose_voxels(runs, values, cfg)
