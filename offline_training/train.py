@@ -11,7 +11,8 @@
    computes. The non-causal comparison (``compare_offline``, off by default)
    reuses the same motion stage.
 3. Select voxels by cross-validated encoding performance inside the Training
-   runs (never the Test runs).
+   runs (never the Test runs): CV R^2 by default, or its within-genre part
+   (:func:`choose_voxels`).
 4. Fit the decoder (:func:`.decoding.fit_decoder`): ridge with one alpha per
    embedding dimension, chosen by leave-one-run-out CV over the Training runs
    (:mod:`.ridge`), on one row per presentation by default. The readout
