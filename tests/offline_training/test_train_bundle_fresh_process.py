@@ -264,3 +264,18 @@ def test_b2m_train_warns_when_alphas_pile_at_an_edge_of_the_grid(trained, tmp_pa
     said = " ".join(err.split())  # rich wraps long lines
     assert (f"{saved['at_min']} of 4 embedding dimensions chose the smallest alpha (0.001) and {saved['at_max']} "
             "the largest (0.01); widen --alphas") in said
+
+
+def test_b2m_train_select_by_within_genre_is_recorded_and_reads_the_chosen_voxels(trained, tmp_path):
+    from b2m.cli import main
+
+    root, _, _ = trained
+    out = tmp_path / "w"
+    rc = main(["train", str(root), "--subject", "001", "--out", str(out), "--embedder", "tiny-bands",
+               "--voxels", "20", "--no-motion", "--select-by", "within-genre", "--alphas", "1e-1:1e5:4"])
+    assert rc == 0
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["config"]["select_by"] == "within-genre"
+    vs = saved["causal"]["voxel_selection"]
+    assert vs["rule"].startswith("top voxels by within-genre CV correlation among the 60 best") and vs["n_voxels"] == 20
+    assert np.load(out / "mask.npy").sum() == 20  # the bundle reads exactly the voxels chosen
