@@ -131,13 +131,17 @@ def choose_voxels(train_runs: list[RunData], train_values: np.ndarray, cfg: Trai
     """
     if cfg.select_by not in ("cv", "within-genre"):
         raise ValueError(f"select_by must be 'cv' or 'within-genre', got {cfg.select_by!r}")
+    regions = labels is not None and cfg.top_regions
+    if regions and cfg.select_by != "cv":
+        raise ValueError(f"select_by={cfg.select_by!r} ranks single voxels, top_regions={cfg.top_regions} keeps "
+                         "whole regions: use one of --select-by and --top-regions")
     feats = [delay_features(r.y, cfg.delays) for r in train_runs]
-    within = cfg.select_by == "within-genre" and not (labels is not None and cfg.top_regions)
+    within = cfg.select_by == "within-genre"
     pool = cfg.n_voxels * (WITHIN_GENRE_POOL if within else 1)
     folds = 4
     sel, scores, alphas = select_voxels(feats, train_values, pool, folds=folds, return_alphas=True,
                                         progress=progress)
-    if labels is not None and cfg.top_regions:
+    if regions:
         # Brain2Music's rule: whole regions, ranked by their voxels' CV score in the Training runs
         sel, regions = select_regions(scores, labels, cfg.top_regions)
         return feats, sel, scores, alphas, {"rule": "top regions by mean CV R^2 (Training runs)",

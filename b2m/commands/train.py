@@ -73,7 +73,8 @@ def run(args) -> int:
 
     lo, hi, n = args.alphas.split(":")
     cfg = TrainConfig(subject=args.subject, embedder=args.embedder,
-                      delays=tuple(int(d) for d in args.delays.split(",")), n_voxels=args.voxels, select_by=args.select_by,
+                      delays=tuple(int(d) for d in args.delays.split(",")), n_voxels=args.voxels,
+                      select_by=args.select_by,
                       target=args.target, alphas=tuple(float(a) for a in np.logspace(np.log10(float(lo)),
                                                                                       np.log10(float(hi)), int(n))),
                       motion=not args.no_motion, poly_order=args.poly_order, compare_offline=args.compare_offline,
@@ -85,6 +86,10 @@ def run(args) -> int:
     if bool(args.parcellation) != bool(args.top_regions):
         stderr_console().print("[red]error:[/red] --parcellation and --top-regions go together: give the "
                                    "atlas and how many of its regions to keep")
+        return 2
+    if args.top_regions and args.select_by != "cv":
+        stderr_console().print("[red]error:[/red] --select-by ranks single voxels and --top-regions keeps whole "
+                               "regions: give one of them")
         return 2
     if args.preprocessing == "offline":
         stderr_console().print("[red]error:[/red] a bundle for the live session must use causal "

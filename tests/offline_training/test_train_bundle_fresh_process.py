@@ -266,7 +266,7 @@ def test_b2m_train_warns_when_alphas_pile_at_an_edge_of_the_grid(trained, tmp_pa
             "the largest (0.01); widen --alphas") in said
 
 
-def test_b2m_train_select_by_within_genre_is_recorded_and_reads_the_chosen_voxels(trained, tmp_path):
+def test_b2m_train_select_by_within_genre_is_recorded_and_reads_the_chosen_voxels(trained, tmp_path, capsys):
     from b2m.cli import main
 
     root, _, _ = trained
@@ -279,3 +279,7 @@ def test_b2m_train_select_by_within_genre_is_recorded_and_reads_the_chosen_voxel
     vs = saved["causal"]["voxel_selection"]
     assert vs["rule"].startswith("top voxels by within-genre CV correlation among the 60 best") and vs["n_voxels"] == 20
     assert np.load(out / "mask.npy").sum() == 20  # the bundle reads exactly the voxels chosen
+    rc = main(["train", str(root), "--out", str(tmp_path / "r"), "--embedder", "tiny-bands", "--no-motion",
+               "--select-by", "within-genre", "--parcellation", str(out / "mask.nii.gz"), "--top-regions", "1"])
+    assert rc == 2 and not (tmp_path / "r").exists()  # refused before any work
+    assert "give one of them" in " ".join(capsys.readouterr().err.split())

@@ -148,3 +148,12 @@ def test_choose_voxels_within_genre_keeps_the_voxels_that_vary_within_a_genre(rn
     cfg.select_by = "genre"
     with pytest.raises(ValueError, match="select_by"):
         choose_voxels(runs, values, cfg)
+
+
+def test_choose_voxels_refuses_a_voxel_rule_with_whole_regions(rng):
+    from offline_training.train import TrainConfig, choose_voxels
+
+    runs = _runs_with_genre_and_within_genre_voxels(rng, n_runs=2)
+    cfg = TrainConfig(n_voxels=5, select_by="within-genre", top_regions=1)
+    with pytest.raises(ValueError, match="one of --select-by and --top-regions"):
+        choose_voxels(runs, np.concatenate([r.values for r in runs]), cfg, labels=np.ones(40, int))
