@@ -24,7 +24,7 @@ from .ridge import ridge_cv_fit, ridge_fit
 from .stages import RunData
 from .targets import StimulusTargets, excerpt_id
 
-__all__ = ["DEVIATION_SCALES", "DecoderFit", "presentation_rows", "fit_decoder", "decode_presentations",
+__all__ = ["DEVIATION_SCALES", "DecoderFit", "decoded_events", "presentation_ids", "presentation_rows", "fit_decoder", "decode_presentations",
            "tags_from_embeddings", "clip_metrics", "evaluate_decoder"]
 
 
@@ -38,10 +38,30 @@ def _xy(run: RunData, sel: np.ndarray, delays) -> tuple[np.ndarray, np.ndarray, 
     return x[ok], y[ok], np.flatnonzero(ok)
 
 
-def _clip_predictions(run: RunData, pred_rows: np.ndarray, rows: np.ndarray, tr_s: float, lag: int) -> dict:
+def decoded_events(run: RunData, delays) -> np.ndarray:
+    """The presentation each volume's decoder row decodes (the moment ``t - max(delays)``).
+
+    Returns
+    -------
+    ndarray of shape (n_volumes,), int
+        Index into ``run.events``; -1 where that moment is silent or lies before the run.
+    """
+    lag = max(delays)
+    ev = np.full(len(run.event_index), -1)
+    ev[lag:] = run.event_index[: len(run.event_index) - lag]
+    return ev
+
+
+def presentation_ids(run_number: int, events: np.ndarray) -> np.ndarray:
+    """Presentation ids unique across the runs of a set: ``events`` (indices into the run's events) of
+    run ``run_number``; -1 (no presentation) stays -1."""
+    events = np.asarray(events)
+    return np.where(events >= 0, events + 100000 * run_number, -1)
+
+
+def _clip_predictions(run: RunData, pred_rows: np.ndarray, rows: np.ndarray, delays) -> dict:
     """Mean prediction of each presentation: rows whose decoded moment lies in the event."""
-    moment = (rows - lag)
-    ev_of_moment = run.event_index[moment]
+    ev_of_moment = decoded_events(run, delays)[rows]
     out: dict[int, np.ndarray] = {}
     for j in np.unique(ev_of_moment):
         if j < 0:
@@ -123,7 +143,7 @@ def presentation_rows(run: RunData, sel: np.ndarray, delays, fit_on: str = "clip
         Index into ``run.events`` of the presentation each row belongs to.
     """
     x, y, rows = _xy(run, sel, delays)
-    ev_idx = run.event_index[rows - max(delays)]
+    ev_idx = decoded_events(run, delays)[rows]
     if fit_on == "tr":
         keep = ev_idx >= 0
         return x[keep], y[keep], ev_idx[keep]
@@ -167,7 +187,7 @@ def fit_decoder(runs: list[RunData], sel: np.ndarray, delays, alphas, *, fit_on:
         xs.append(x)
         ys.append(y)
         gs.append(np.full(len(x), i))
-        ps.append(pres + 100000 * i)
+        ps.append(presentation_ids(i, pres))
         genres += [r.events[j].genre for j in pres]
     x, y, groups, pres = np.concatenate(xs), np.concatenate(ys), np.concatenate(gs), np.concatenate(ps)
     best, cv, coef, xm, ym, held = ridge_cv_fit(x, y, groups, np.asarray(alphas), progress=progress,
@@ -187,12 +207,11 @@ def decode_presentations(runs: list[RunData], coef, xm, ym, sel, delays) -> dict
     dict
         Excerpt id -> list (one per presentation) of ndarray of shape (dim,).
     """
-    lag = max(delays)
     presentations: dict[str, list[np.ndarray]] = {}
     for run in runs:
         x, _, rows = _xy(run, sel, delays)
         pred = ev.unit_rows((x - xm) @ coef + ym)
-        for j, p in _clip_predictions(run, pred, rows, 1.5, lag).items():
+        for j, p in _clip_predictions(run, pred, rows, delays).items():
             presentations.setdefault(excerpt_id(run.events[j]), []).append(p)
     return presentations
 

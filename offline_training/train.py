@@ -43,7 +43,7 @@ from realtime.preprocessing import PreprocessConfig
 
 from .bids import RunFiles, find_runs, load_bold, read_events
 from .ceiling import EV_LAG_S, noise_ceiling, repeat_rows
-from .decoding import DEVIATION_SCALES, evaluate_decoder, fit_decoder
+from .decoding import DEVIATION_SCALES, decoded_events, evaluate_decoder, fit_decoder, presentation_ids
 from .encoding import delay_features, fit_encoding, select_regions, select_voxels, within_genre_scores
 from .readout import READOUT_SHRINKAGES
 from .ridge import DEFAULT_ALPHAS, edge_alphas
@@ -131,8 +131,8 @@ def choose_voxels(train_runs: list[RunData], train_values: np.ndarray, cfg: Trai
     """
     if cfg.select_by not in ("cv", "within-genre"):
         raise ValueError(f"select_by must be 'cv' or 'within-genre', got {cfg.select_by!r}")
-    regions = labels is not None and cfg.top_regions
-    if regions and cfg.select_by != "cv":
+    by_regions = labels is not None and cfg.top_regions
+    if by_regions and cfg.select_by != "cv":
         raise ValueError(f"select_by={cfg.select_by!r} ranks single voxels, top_regions={cfg.top_regions} keeps "
                          "whole regions: use one of --select-by and --top-regions")
     feats = [delay_features(r.y, cfg.delays) for r in train_runs]
@@ -141,19 +141,17 @@ def choose_voxels(train_runs: list[RunData], train_values: np.ndarray, cfg: Trai
     folds = 4
     sel, scores, alphas = select_voxels(feats, train_values, pool, folds=folds, return_alphas=True,
                                         progress=progress)
-    if regions:
+    if by_regions:
         # Brain2Music's rule: whole regions, ranked by their voxels' CV score in the Training runs
         sel, regions = select_regions(scores, labels, cfg.top_regions)
         return feats, sel, scores, alphas, {"rule": "top regions by mean CV R^2 (Training runs)",
                                             "regions": regions, "n_voxels": int(len(sel))}
     info = {"rule": "top voxels by CV R^2 (Training runs)", "n_voxels": int(len(sel))}
     if within:
-        lag = max(cfg.delays)
         pres, genre = [], []
         for i, r in enumerate(train_runs):
-            ev = np.full(len(r.values), -1)
-            ev[lag:] = r.event_index[: len(r.values) - lag]  # the moment each volume's decoder row decodes
-            pres.append(np.where(ev >= 0, ev + 100000 * i, -1))
+            ev = decoded_events(r, cfg.delays)  # volumes grouped as the decoder's rows group them
+            pres.append(presentation_ids(i, ev))
             genre += [r.events[j].genre if j >= 0 else "" for j in ev]
         fold = np.concatenate([np.full(len(f), i % folds) for i, f in enumerate(feats)])
         ws = within_genre_scores(np.concatenate(feats), train_values[:, sel], fold, alphas[sel],
