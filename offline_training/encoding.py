@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .ridge import corr_columns, r2_score_columns, ridge_cv, ridge_solver
+from .ridge import corr_columns, r2_score_columns, ridge_cv, ridge_fit, ridge_solver
 
-__all__ = ["delay_features", "select_voxels", "within_genre_scores", "fit_encoding", "SELECTION_ALPHAS"]
+__all__ = ["delay_features", "run_folds", "select_voxels", "within_genre_scores", "fit_encoding", "SELECTION_ALPHAS"]
 
 #: A short grid for voxel selection (many voxels, cheap): wide enough to matter.
 SELECTION_ALPHAS = np.logspace(0, 6, 7)
@@ -38,6 +38,21 @@ def delay_features(f: np.ndarray, delays=(2, 3, 4)) -> np.ndarray:
     for j, d in enumerate(delays):
         out[d:, j * k:(j + 1) * k] = f[: n - d] if d else f
     return out
+
+
+def run_folds(features: list[np.ndarray], folds: int) -> np.ndarray:
+    """CV fold of every volume when whole runs are grouped into ``folds`` folds (run ``r`` in fold ``r % folds``).
+
+    Parameters
+    ----------
+    features : list of ndarray of shape (n_volumes_r, ...)
+        One array per run, in run order (only their lengths are used).
+
+    Returns
+    -------
+    ndarray of shape (sum of n_volumes_r,), int
+    """
+    return np.concatenate([np.full(len(f), r % folds) for r, f in enumerate(features)])
 
 
 def select_voxels(features: list[np.ndarray], responses: list[np.ndarray] | np.ndarray, n_select: int, *,
@@ -74,7 +89,7 @@ def select_voxels(features: list[np.ndarray], responses: list[np.ndarray] | np.n
         Only with ``return_alphas``.
     """
     x = np.concatenate(features)
-    groups = np.concatenate([np.full(len(f), r % folds) for r, f in enumerate(features)])
+    groups = run_folds(features, folds)
     y = responses if isinstance(responses, np.ndarray) else np.concatenate(responses)
     if len(y) != len(x):
         raise ValueError(f"responses have {len(y)} rows but the features {len(x)}: one row per volume of every run")
@@ -127,9 +142,8 @@ def within_genre_scores(x: np.ndarray, y: np.ndarray, fold: np.ndarray, alphas: 
     pred = np.empty_like(y)
     for k in np.unique(fold):
         out = fold == k
-        xm, solve = ridge_solver(x[~out])
-        ym = y[~out].mean(0)
-        pred[out] = (x[out] - xm) @ solve(y[~out] - ym, alphas) + ym
+        coef, xm, ym = ridge_fit(x[~out], y[~out], alphas)
+        pred[out] = (x[out] - xm) @ coef + ym
     rows = presentation >= 0
     ids, first, inv = np.unique(presentation[rows], return_index=True, return_inverse=True)
     counts = np.bincount(inv)[:, None]

@@ -44,7 +44,7 @@ from realtime.preprocessing import PreprocessConfig
 from .bids import RunFiles, find_runs, load_bold, read_events
 from .ceiling import EV_LAG_S, noise_ceiling, repeat_rows
 from .decoding import DEVIATION_SCALES, decoded_events, evaluate_decoder, fit_decoder, presentation_ids
-from .encoding import delay_features, fit_encoding, select_regions, select_voxels, within_genre_scores
+from .encoding import delay_features, fit_encoding, run_folds, select_regions, select_voxels, within_genre_scores
 from .readout import READOUT_SHRINKAGES
 from .ridge import DEFAULT_ALPHAS, edge_alphas
 from .stages import MotionStage, RunData, _release_pages, motion_stage, preprocess_stage
@@ -153,8 +153,7 @@ def choose_voxels(train_runs: list[RunData], train_values: np.ndarray, cfg: Trai
             ev = decoded_events(r, cfg.delays)  # volumes grouped as the decoder's rows group them
             pres.append(presentation_ids(i, ev))
             genre += [r.events[j].genre if j >= 0 else "" for j in ev]
-        fold = np.concatenate([np.full(len(f), i % folds) for i, f in enumerate(feats)])
-        ws = within_genre_scores(np.concatenate(feats), train_values[:, sel], fold, alphas[sel],
+        ws = within_genre_scores(np.concatenate(feats), train_values[:, sel], run_folds(feats, folds), alphas[sel],
                                  np.concatenate(pres), np.asarray(genre))
         sel = sel[np.argsort(-ws, kind="stable")[:cfg.n_voxels]]
         info = {"rule": f"top voxels by within-genre CV correlation among the {pool} best by CV R^2 "
