@@ -66,7 +66,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import _motion_data as md  # noqa: E402
 from realtime.preprocessing import (CausalDetrender, DelayStack, MotionCorrector, OnlinePreprocessor,  # noqa: E402
                                     PreprocessConfig, RunningNormalizer, detrend_run, detrend_run_offline,
-                                    median_filter_detrend, params_from_spm, params_to_spm)
+                                    ema_detrend_run, median_filter_detrend, params_from_spm, params_to_spm)
 
 TR_S = 1.5
 RUN_LENGTH = 410  # volumes in one ds003720 run
@@ -431,6 +431,9 @@ def drift_table(noise: np.ndarray, baseline: np.ndarray, *, rng, tr_s: float = T
     for k in (1, 2, 3):
         methods[f"offline_poly{k}"] = (lambda x, k=k: detrend_run_offline(x, k))
     methods["median240"] = lambda x: median_filter_detrend(x, tr_s, 240.0)
+    # the causal EMA high-pass (detrend="ema"), at two time constants
+    for tau_s in (45.0, 60.0):
+        methods[f"causal_ema{tau_s:g}"] = (lambda x, tau_s=tau_s: ema_detrend_run(x, tau_s / tr_s))
     # what-if rows: an SPM-style DCT high-pass set (128 s) as extra regressors of the same GLMs
     methods["causal_dct128"] = lambda x: detrend_run(x, 0, dct)
     methods["offline_dct128"] = lambda x: detrend_run_offline(x, 0, dct)

@@ -73,6 +73,7 @@ class TrainConfig:
     alphas: tuple = tuple(float(a) for a in DEFAULT_ALPHAS)
     detrend: str = "causal"
     poly_order: int = 2
+    ema_tau_s: float = 45.0
     normalize: str = "running"
     motion: bool = True
     compare_offline: bool = False
@@ -86,7 +87,7 @@ class TrainConfig:
 
     def preprocess(self) -> PreprocessConfig:
         return PreprocessConfig(motion=self.motion, detrend=self.detrend, poly_order=self.poly_order,
-                                normalize=self.normalize, delays=tuple(self.delays))
+                                ema_tau_s=self.ema_tau_s, normalize=self.normalize, delays=tuple(self.delays))
 
 
 def brain_mask(reference: np.ndarray, fraction: float = 0.25) -> np.ndarray:

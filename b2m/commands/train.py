@@ -44,6 +44,12 @@ def add_parser(sub) -> None:
     p.add_argument("--poly-order", type=int, default=2,
                    help="polynomial drift order of the causal detrend, stored in the bundle (default 2, the "
                         "realtime default; 0 removes only the running mean)")
+    p.add_argument("--detrend", choices=["causal", "ema"], default="causal",
+                   help="causal drift removal, stored in the bundle: 'causal' fits the polynomial drift of "
+                        "--poly-order to the volumes so far (incremental GLM); 'ema' subtracts an exponential "
+                        "moving average of them with time constant --ema-tau (default causal)")
+    p.add_argument("--ema-tau", type=float, default=45.0, metavar="SECONDS",
+                   help="time constant of --detrend ema, seconds (default 45)")
     p.add_argument("--compare-offline", action="store_true",
                    help="also fit and evaluate with non-causal preprocessing (whole-run detrend and z-score) "
                         "for comparison; reuses the motion-corrected runs, so it costs one more fit, not "
@@ -77,7 +83,8 @@ def run(args) -> int:
                       select_by=args.select_by,
                       target=args.target, alphas=tuple(float(a) for a in np.logspace(np.log10(float(lo)),
                                                                                       np.log10(float(hi)), int(n))),
-                      motion=not args.no_motion, poly_order=args.poly_order, compare_offline=args.compare_offline,
+                      motion=not args.no_motion, detrend=args.detrend, poly_order=args.poly_order,
+                      ema_tau_s=args.ema_tau, compare_offline=args.compare_offline,
                       preproc_cache=not args.no_preproc_cache, fit_on=args.fit_on,
                       calibrate_scale=not args.no_scale_calibration,
                       whiten_readout=not args.no_readout_whitening, threads=args.threads or None,
@@ -90,6 +97,10 @@ def run(args) -> int:
     if args.top_regions and args.select_by != "cv":
         stderr_console().print("[red]error:[/red] --select-by ranks single voxels and --top-regions keeps whole "
                                "regions: give one of them")
+        return 2
+    if not args.ema_tau > 0:
+        stderr_console().print(f"[red]error:[/red] --ema-tau is the EMA high-pass time constant in seconds and "
+                               f"must be positive; got {args.ema_tau:g}")
         return 2
     if args.preprocessing == "offline":
         stderr_console().print("[red]error:[/red] a bundle for the live session must use causal "

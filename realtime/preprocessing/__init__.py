@@ -10,8 +10,8 @@ convention is documented in :mod:`._rigid`.
 
 from ._rigid import framewise_displacement, params_from_matrix, params_from_spm, params_to_spm, rigid_matrix
 from .delays import DelayStack, stack_delays
-from .detrend import (CausalDetrender, dct_basis, detrend_run, detrend_run_offline, drift_basis,
-                      median_filter_detrend)
+from .detrend import (CausalDetrender, EmaDetrender, dct_basis, detrend_run, detrend_run_offline, drift_basis,
+                      ema_detrend_run, median_filter_detrend)
 from .motion import MotionConfig, MotionCorrector, MotionReference, MotionResult, RunMotion, realign_run, reslice
 from .normalize import RunningNormalizer, normalize_run, zscore_run
 from .pipeline import (GeometryError, OnlinePreprocessor, PreprocessConfig, RunPreprocessed, StepResult,
@@ -20,6 +20,7 @@ from .pipeline import (GeometryError, OnlinePreprocessor, PreprocessConfig, RunP
 __all__ = [
     "CausalDetrender",
     "DelayStack",
+    "EmaDetrender",
     "GeometryError",
     "MotionConfig",
     "MotionCorrector",
@@ -36,6 +37,7 @@ __all__ = [
     "detrend_run",
     "detrend_run_offline",
     "drift_basis",
+    "ema_detrend_run",
     "framewise_displacement",
     "median_filter_detrend",
     "normalize_run",

@@ -6,6 +6,13 @@ sums ``X'X`` (p, p) and ``X'Y`` (p, n_voxels) make each step O(p * n_voxels).
 Offline, :func:`detrend_run` runs the very same per-volume update over a
 whole run, so training sees exactly what the live session computes.
 
+:class:`EmaDetrender` is the other causal choice: subtract an exponential
+moving average (EMA) of each voxel's past, a high-pass filter with a time
+constant ``tau`` (Kopel et al. 2019, "No time for drifting", NeuroImage 191,
+compared it with the incremental GLM for real-time fMRI). The GLM's drift
+estimate at the newest volume is an extrapolation to the end of its window,
+whose variance grows with the polynomial order; the EMA only averages.
+
 Two non-causal variants exist for comparison only (they need the future):
 :func:`zscore_run`-style whole-run regression (:func:`detrend_run_offline`)
 and Brain2Music's running median filter (:func:`median_filter_detrend`).
@@ -15,7 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["drift_basis", "dct_basis", "CausalDetrender", "detrend_run", "detrend_run_offline", "median_filter_detrend"]
+__all__ = ["drift_basis", "dct_basis", "CausalDetrender", "EmaDetrender", "detrend_run", "ema_detrend_run",
+           "detrend_run_offline", "median_filter_detrend"]
 
 
 def drift_basis(n_volumes: int, order: int = 2) -> np.ndarray:
@@ -166,6 +174,76 @@ def detrend_run(data: np.ndarray, order: int = 2, extra: np.ndarray | None = Non
     out = np.empty((n, v), dtype=np.float32)
     for t in range(n):
         out[t] = det.step(data[t], None if extra is None else extra[t])
+    return out
+
+
+class EmaDetrender:
+    """Causal high-pass: each volume minus an exponential moving average of the volumes so far.
+
+    The baseline after volume ``t`` is ``m_t = m_{t-1} + a_t (y_t - m_{t-1})``
+    with ``a_t = max(1 / (t + 1), 1 / tau)``: the plain mean of the volumes so
+    far while ``t + 1 <= tau`` (no start-up bias towards zero), then an EMA
+    whose weights fall by ``1 - 1/tau`` per volume. The residual ``y_t - m_t``
+    is returned.
+
+    Parameters
+    ----------
+    n_voxels : int
+    tau : float
+        Time constant in volumes (>= 1); ``tau_s / tr_s`` for a time constant
+        in seconds.
+
+    Notes
+    -----
+    One multiply-add per voxel per volume; float64 baseline, float32 output.
+    """
+
+    def __init__(self, n_voxels: int, tau: float):
+        if not np.isfinite(tau) or tau < 1:
+            raise ValueError(f"the EMA time constant must be at least one volume; got tau={tau!r} volumes "
+                             "(ema_tau_s / tr_s)")
+        self.tau = float(tau)
+        self.t = 0
+        self.baseline = np.zeros(n_voxels)
+        self._out = np.empty(n_voxels, dtype=np.float32)
+        self._tmp = np.empty(n_voxels)
+
+    def step(self, y: np.ndarray, extra=None) -> np.ndarray:
+        """Add volume ``t`` (shape (n_voxels,)) and return its residual.
+
+        ``extra`` must be None: the EMA takes no regressors. The result is a
+        view of an internal buffer, overwritten by the next call.
+        """
+        if extra is not None:
+            raise ValueError("the EMA detrender takes no extra regressors (motion_regressors needs "
+                             "detrend='causal')")
+        a = max(1.0 / (self.t + 1), 1.0 / self.tau)
+        np.subtract(y, self.baseline, out=self._tmp)
+        self._tmp *= a
+        self.baseline += self._tmp
+        np.subtract(y, self.baseline, out=self._out, casting="unsafe")
+        self.t += 1
+        return self._out
+
+
+def ema_detrend_run(data: np.ndarray, tau: float) -> np.ndarray:
+    """:class:`EmaDetrender` over a whole run (the same code as online).
+
+    Parameters
+    ----------
+    data : ndarray of shape (n_volumes, n_voxels)
+    tau : float
+        Time constant in volumes.
+
+    Returns
+    -------
+    ndarray of shape (n_volumes, n_voxels), float32
+    """
+    n, v = data.shape
+    det = EmaDetrender(v, tau)
+    out = np.empty((n, v), dtype=np.float32)
+    for t in range(n):
+        out[t] = det.step(data[t])
     return out
 
 

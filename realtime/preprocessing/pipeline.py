@@ -18,14 +18,14 @@ from typing import Literal
 import numpy as np
 
 from .delays import DelayStack, stack_delays
-from .detrend import CausalDetrender, detrend_run_offline, median_filter_detrend
+from .detrend import CausalDetrender, EmaDetrender, detrend_run_offline, median_filter_detrend
 from .motion import MotionConfig, MotionCorrector, MotionResult, realign_run
 from .normalize import RunningNormalizer, zscore_run
 
 __all__ = ["PreprocessConfig", "GeometryError", "check_geometry", "OnlinePreprocessor", "StepResult",
            "RunPreprocessed", "preprocess_run"]
 
-DETREND_MODES = ("causal", "none", "offline", "median240")
+DETREND_MODES = ("causal", "ema", "none", "offline", "median240")
 NORM_MODES = ("running", "baseline", "bundle", "none", "zscore_run")
 
 
@@ -42,12 +42,16 @@ class PreprocessConfig:
     motion : bool
         Rigid-body motion correction before masking.
     motion_config : MotionConfig
-    detrend : {"causal", "none", "offline", "median240"}
+    detrend : {"causal", "ema", "none", "offline", "median240"}
         ``causal``: incremental GLM on volumes so far (realtime).
+        ``ema``: minus an exponential moving average of the volumes so far
+        (realtime; :class:`.detrend.EmaDetrender`).
         ``offline``: the same regressors fit on the whole run; ``median240``:
         Brain2Music's 240 s running median (both need the future).
     poly_order : int
-        Polynomial drift order of the GLM.
+        Polynomial drift order of the GLM (``causal`` and ``offline``).
+    ema_tau_s : float
+        Time constant of the ``ema`` high-pass, seconds.
     motion_regressors : bool
         Add the 6 motion parameters to the GLM.
     normalize : {"running", "baseline", "bundle", "none", "zscore_run"}
@@ -60,8 +64,9 @@ class PreprocessConfig:
 
     motion: bool = True
     motion_config: MotionConfig = field(default_factory=MotionConfig)
-    detrend: Literal["causal", "none", "offline", "median240"] = "causal"
+    detrend: Literal["causal", "ema", "none", "offline", "median240"] = "causal"
     poly_order: int = 2
+    ema_tau_s: float = 45.0
     motion_regressors: bool = False
     normalize: Literal["running", "baseline", "bundle", "none", "zscore_run"] = "running"
     n_baseline: int = 20
@@ -74,12 +79,17 @@ class PreprocessConfig:
             raise ValueError(f"normalize must be one of {NORM_MODES}, got {self.normalize!r}")
         if self.motion_regressors and not self.motion:
             raise ValueError("motion_regressors needs motion=True")
+        if self.motion_regressors and self.detrend not in ("causal", "offline"):
+            raise ValueError(f"motion_regressors needs detrend='causal' or 'offline' (a GLM to carry them); "
+                             f"got detrend={self.detrend!r}")
+        if not (np.isfinite(self.ema_tau_s) and self.ema_tau_s > 0):
+            raise ValueError(f"ema_tau_s must be a positive number of seconds; got {self.ema_tau_s!r}")
         object.__setattr__(self, "delays", tuple(int(d) for d in self.delays))
 
     @property
     def causal(self) -> bool:
         """True if every step uses only past and present volumes (deployable live)."""
-        return self.detrend in ("causal", "none") and self.normalize != "zscore_run"
+        return self.detrend in ("causal", "ema", "none") and self.normalize != "zscore_run"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -157,10 +167,13 @@ class OnlinePreprocessor:
         carries the training reference so live runs are aligned to the mask.
     norm_mean, norm_std : ndarray of shape (n_voxels,), optional
         Training statistics for ``normalize="bundle"``.
+    tr_s : float, optional
+        TR in seconds; needed by ``detrend="ema"`` (its time constant is in
+        seconds).
     """
 
     def __init__(self, mask: np.ndarray, affine: np.ndarray, config: PreprocessConfig, n_volumes: int,
-                 reference: np.ndarray | None = None, norm_mean=None, norm_std=None):
+                 reference: np.ndarray | None = None, norm_mean=None, norm_std=None, tr_s: float | None = None):
         if not config.causal:
             raise ValueError(f"realtime preprocessing must be causal; detrend={config.detrend!r}, "
                              f"normalize={config.normalize!r} need the whole run")
@@ -174,8 +187,14 @@ class OnlinePreprocessor:
             self._make_motion(reference)
         self._raw = np.empty(self.n_voxels, np.float32)
         n_extra = 6 if config.motion_regressors else 0
-        self._detrend = (CausalDetrender(self.n_voxels, n_volumes, config.poly_order, n_extra)
-                         if config.detrend == "causal" else None)
+        self._detrend = None
+        if config.detrend == "causal":
+            self._detrend = CausalDetrender(self.n_voxels, n_volumes, config.poly_order, n_extra)
+        elif config.detrend == "ema":
+            if tr_s is None or not tr_s > 0:
+                raise ValueError(f"detrend='ema' needs the TR in seconds (tr_s) for its {config.ema_tau_s:g} s "
+                                 f"time constant; got tr_s={tr_s!r}")
+            self._detrend = EmaDetrender(self.n_voxels, config.ema_tau_s / tr_s)
         self._norm = RunningNormalizer(self.n_voxels, config.normalize, norm_mean, norm_std, config.n_baseline)
         self._stack = DelayStack(self.n_voxels, config.delays)
         self.t = 0
@@ -233,7 +252,7 @@ class RunPreprocessed:
     flagged: np.ndarray
 
 
-def preprocess_run(data, affine, mask: np.ndarray, config: PreprocessConfig, *, tr_s: float = 1.5,
+def preprocess_run(data, affine, mask: np.ndarray, config: PreprocessConfig, *, tr_s: float | None = None,
                    reference: np.ndarray | None = None, norm_mean=None, norm_std=None,
                    stack: bool = True, progress=None) -> RunPreprocessed:
     """Preprocess a whole run.
@@ -245,8 +264,9 @@ def preprocess_run(data, affine, mask: np.ndarray, config: PreprocessConfig, *, 
     ----------
     data : array-like of shape (nx, ny, nz, n_volumes)
         The run (a nibabel ``dataobj`` works: it is read sequentially, once).
-    tr_s : float
-        TR in seconds (for the median filter).
+    tr_s : float, optional
+        TR in seconds; needed by ``detrend="ema"`` and ``"median240"`` (both
+        are defined in seconds).
     stack : bool
         Also build the delay-stacked inputs (``x``); skip for large voxel sets
         when the stack is built later on a selected subset (the same rows:
@@ -259,8 +279,11 @@ def preprocess_run(data, affine, mask: np.ndarray, config: PreprocessConfig, *, 
     shape = tuple(data.shape)
     check_geometry(mask.shape, affine, shape, affine)
     n = shape[3]
+    if config.detrend in ("ema", "median240") and not (tr_s is not None and tr_s > 0):
+        raise ValueError(f"detrend={config.detrend!r} is defined in seconds: pass the run's TR as tr_s "
+                         f"(got {tr_s!r})")
     if config.causal:
-        pre = OnlinePreprocessor(mask, affine, config, n, reference, norm_mean, norm_std)
+        pre = OnlinePreprocessor(mask, affine, config, n, reference, norm_mean, norm_std, tr_s=tr_s)
         n_vox = pre.n_voxels
         x = np.full((n, len(config.delays) * n_vox), np.nan, np.float32) if stack else None
         values = np.empty((n, n_vox), np.float32)
@@ -294,6 +317,10 @@ def preprocess_run(data, affine, mask: np.ndarray, config: PreprocessConfig, *, 
         from .detrend import detrend_run
 
         values = detrend_run(values, config.poly_order, extra)
+    elif config.detrend == "ema":
+        from .detrend import ema_detrend_run
+
+        values = ema_detrend_run(values, config.ema_tau_s / tr_s)
     if config.normalize == "zscore_run":
         values = zscore_run(values)
     elif config.normalize != "none":

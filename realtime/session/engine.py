@@ -171,7 +171,7 @@ class SessionEngine:
         try:
             pre = OnlinePreprocessor(self._arrays["mask"], self._affine, self.preprocess, n,
                                      reference=self._arrays["reference"], norm_mean=self._arrays["norm_mean"],
-                                     norm_std=self._arrays["norm_std"])
+                                     norm_std=self._arrays["norm_std"], tr_s=float(msg.tr_s))
             pre.check(msg.data.shape[:3], msg.affine)
         except ValueError as e:  # GeometryError included
             error = f"run {msg.run_id} cannot be decoded with this model: {e}"

@@ -49,18 +49,18 @@ def _run_files(tmp_path: Path, data: np.ndarray, affine, name="sub-001_task-Trai
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
 
 
-@pytest.mark.parametrize("motion", [True, False])
-def test_split_chain_equals_preprocess_run_bit_for_bit(tmp_path, rng, motion):
+@pytest.mark.parametrize("motion,detrend", [(True, "causal"), (False, "causal"), (True, "ema")])
+def test_split_chain_equals_preprocess_run_bit_for_bit(tmp_path, rng, motion, detrend):
     # training runs motion correction once (cached) and the rest of the chain on its output;
     # the result must be what the live chain computes on the images themselves
     data = _blob_run(rng)
     rf = _run_files(tmp_path, data, AFFINE)
     reference = data[..., 0].astype(np.float32)
     mask = reference > 300
-    cfg = PreprocessConfig(motion=motion, motion_config=MOTION)
+    cfg = PreprocessConfig(motion=motion, motion_config=MOTION, detrend=detrend, ema_tau_s=6.0)
     st = motion_stage(rf, mask, reference, AFFINE, cfg)
     got = preprocess_stage(st, cfg, 1.5)
-    ref = preprocess_run(data, AFFINE, mask, cfg, reference=reference, stack=False)
+    ref = preprocess_run(data, AFFINE, mask, cfg, reference=reference, stack=False, tr_s=1.5)
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, ref.values)
     if motion:
@@ -69,7 +69,8 @@ def test_split_chain_equals_preprocess_run_bit_for_bit(tmp_path, rng, motion):
     # the non-causal comparison variant from the same motion stage
     off = cfg.offline_variant()
     np.testing.assert_array_equal(preprocess_stage(st, off, 1.5),
-                                  preprocess_run(data, AFFINE, mask, off, reference=reference, stack=False).values)
+                                  preprocess_run(data, AFFINE, mask, off, reference=reference, stack=False,
+                                                 tr_s=1.5).values)
 
 
 def test_motion_stage_cache_is_reused_and_keyed(tmp_path, rng):

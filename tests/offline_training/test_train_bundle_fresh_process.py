@@ -283,3 +283,21 @@ def test_b2m_train_select_by_within_genre_is_recorded_and_reads_the_chosen_voxel
                "--select-by", "within-genre", "--parcellation", str(out / "mask.nii.gz"), "--top-regions", "1"])
     assert rc == 2 and not (tmp_path / "r").exists()  # refused before any work
     assert "give one of them" in " ".join(capsys.readouterr().err.split())
+
+
+def test_b2m_train_detrend_ema_is_stored_in_the_bundle_and_a_bad_time_constant_refused(trained, tmp_path, capsys):
+    from b2m.cli import main
+    from protocols.bundle import validate_bundle
+
+    root, _, _ = trained
+    out = tmp_path / "ema"
+    rc = main(["train", str(root), "--subject", "001", "--out", str(out), "--embedder", "tiny-bands",
+               "--voxels", "20", "--no-motion", "--detrend", "ema", "--ema-tau", "9", "--alphas", "1e-1:1e5:4"])
+    assert rc == 0
+    pre = validate_bundle(str(out))["preprocess"]
+    assert pre["detrend"] == "ema" and pre["ema_tau_s"] == 9.0  # what the live session will run
+    assert json.loads((out / "metrics.json").read_text())["config"]["detrend"] == "ema"
+    rc = main(["train", str(root), "--subject", "001", "--out", str(tmp_path / "bad"), "--embedder", "tiny-bands",
+               "--no-motion", "--detrend", "ema", "--ema-tau", "0"])
+    assert rc == 2 and not (tmp_path / "bad").exists()
+    assert "--ema-tau" in " ".join(capsys.readouterr().err.split())

@@ -24,11 +24,12 @@ def fmri1():
     return data, img.affine, mask
 
 
-def test_online_equals_offline_to_float32_precision(fmri1):
+@pytest.mark.parametrize("detrend", ["causal", "ema"])
+def test_online_equals_offline_to_float32_precision(fmri1, detrend):
     data, affine, mask = fmri1
-    cfg = PreprocessConfig(motion=False, detrend="causal", normalize="running", delays=(1, 2))
-    offline = preprocess_run(data, affine, mask, cfg)
-    pre = OnlinePreprocessor(mask, affine, cfg, data.shape[3])
+    cfg = PreprocessConfig(motion=False, detrend=detrend, normalize="running", delays=(1, 2), ema_tau_s=20.0)
+    offline = preprocess_run(data, affine, mask, cfg, tr_s=2.0)
+    pre = OnlinePreprocessor(mask, affine, cfg, data.shape[3], tr_s=2.0)
     for t in range(data.shape[3]):
         r = pre.process(data[..., t])
         np.testing.assert_allclose(r.values, offline.values[t], rtol=0, atol=1e-6)
@@ -87,6 +88,25 @@ def test_realtime_refuses_noncausal_config(fmri1):
     np.testing.assert_allclose(out.values.mean(0), 0, atol=1e-4)  # whole-run z-score
 
 
+def test_ema_detrend_needs_the_tr_and_a_valid_time_constant(fmri1):
+    data, affine, mask = fmri1
+    cfg = PreprocessConfig(motion=False, detrend="ema")
+    assert cfg.causal
+    with pytest.raises(ValueError, match="tr_s"):
+        OnlinePreprocessor(mask, affine, cfg, 10)
+    with pytest.raises(ValueError, match="tr_s"):
+        preprocess_run(data, affine, mask, cfg)
+    with pytest.raises(ValueError, match="ema_tau_s"):
+        PreprocessConfig(detrend="ema", ema_tau_s=0.0)
+    with pytest.raises(ValueError, match="motion_regressors"):
+        PreprocessConfig(detrend="ema", motion_regressors=True)
+    # a time constant under one TR is refused by name, not run
+    with pytest.raises(ValueError, match="ema_tau_s / tr_s"):
+        OnlinePreprocessor(mask, affine, PreprocessConfig(motion=False, detrend="ema", ema_tau_s=1.0), 10, tr_s=2.0)
+
+
 def test_config_round_trips_through_dict():
     cfg = PreprocessConfig(detrend="causal", poly_order=1, delays=[2, 3])
     assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
+    ema = PreprocessConfig(detrend="ema", ema_tau_s=30.0)
+    assert PreprocessConfig.from_dict(ema.to_dict()) == ema

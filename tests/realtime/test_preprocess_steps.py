@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from realtime.preprocessing.delays import DelayStack, stack_delays
-from realtime.preprocessing.detrend import (CausalDetrender, detrend_run, detrend_run_offline, drift_basis,
-                                            median_filter_detrend)
+from realtime.preprocessing.detrend import (CausalDetrender, EmaDetrender, detrend_run, detrend_run_offline,
+                                            drift_basis, ema_detrend_run, median_filter_detrend)
 from realtime.preprocessing.normalize import RunningNormalizer, normalize_run, zscore_run
 
 
@@ -49,6 +49,45 @@ def test_causal_detrending_removes_a_linear_drift(rng):
     assert np.abs(res[20:].mean()) < 0.3 and res[20:].std() < 1.3
     off = detrend_run_offline(noise + drift, order=1)
     np.testing.assert_allclose(off, detrend_run_offline(noise, order=1), atol=1e-4)
+
+
+def test_ema_detrender_is_the_running_mean_then_scipys_first_order_filter(rng):
+    from scipy.signal import lfilter
+
+    n, v, tau = 60, 4, 8.0
+    y = rng.standard_normal((n, v)) + 3.0
+    res = ema_detrend_run(y, tau)
+    # volumes 0..tau-1: the baseline is the plain mean of the volumes so far
+    k = int(tau)
+    mean_so_far = np.cumsum(y[:k], 0) / np.arange(1, k + 1)[:, None]
+    np.testing.assert_allclose(res[:k], y[:k] - mean_so_far, rtol=0, atol=1e-5)
+    # then m_t = (1 - 1/tau) m_{t-1} + y_t / tau, started from the mean of the first tau volumes
+    a = 1.0 / tau
+    m, _ = lfilter([a], [1.0, -(1.0 - a)], y[k:], axis=0, zi=((1.0 - a) * mean_so_far[-1])[None, :])
+    np.testing.assert_allclose(res[k:], y[k:] - m, rtol=0, atol=1e-5)
+
+
+def test_ema_detrender_lags_a_ramp_by_the_closed_form_and_removes_a_step(rng):
+    n, tau, slope = 400, 20.0, 0.3
+    ramp = slope * np.arange(n, dtype=np.float64)[:, None]
+    # steady state of m_t = m_{t-1} + (y_t - m_{t-1}) / tau on y_t = s t: y_t - m_t = s (tau - 1)
+    np.testing.assert_allclose(ema_detrend_run(ramp, tau)[-1], slope * (tau - 1), rtol=1e-4)
+    step = np.where(np.arange(n) < 100, 5.0, 9.0)[:, None]
+    res = ema_detrend_run(step, tau)
+    np.testing.assert_allclose(res[:100], 0, atol=1e-5)
+    np.testing.assert_allclose(res[100], 4.0 * (1 - 1 / tau), rtol=1e-5)  # the jump, less its own share
+    assert abs(res[-1, 0]) < 4.0 * (1 - 1 / tau) ** 290  # and then it decays geometrically
+
+
+def test_ema_detrender_online_equals_run_and_refuses_bad_input(rng):
+    y = rng.standard_normal((30, 5)).astype(np.float32)
+    det = EmaDetrender(5, 6.5)
+    online = np.stack([det.step(y[t]).copy() for t in range(30)])
+    np.testing.assert_array_equal(online, ema_detrend_run(y, 6.5))
+    with pytest.raises(ValueError, match="at least one volume"):
+        EmaDetrender(5, 0.5)
+    with pytest.raises(ValueError, match="extra regressors"):
+        EmaDetrender(5, 6.5).step(y[0], np.zeros(6))
 
 
 def test_median_filter_detrend_removes_linear_drift():

@@ -27,8 +27,8 @@ def kit(tmp_path_factory, fmri1_nii):
     return kit_fixture(tmp_path_factory, fmri1_nii)
 
 
-def run_engine(kit, tmp_path, msgs=None, output=True, record=True, policy=POLICY, **kw):
-    dec, lib = Decoder(kit.bundle), Library(kit.library)
+def run_engine(kit, tmp_path, msgs=None, output=True, record=True, policy=POLICY, decoder=None, **kw):
+    dec, lib = decoder or Decoder(kit.bundle), Library(kit.library)
     out = WavSink(str(tmp_path / "feedback.wav")).start() if output else None
     eng = SessionEngine(dec, lib, out, policy, record_dir=str(tmp_path / "session") if record else None, **kw)
     results = []
@@ -40,13 +40,17 @@ def run_engine(kit, tmp_path, msgs=None, output=True, record=True, policy=POLICY
     return eng, results, out
 
 
-def test_live_embeddings_equal_offline_causal_decoding(kit, tmp_path):
-    eng, results, _ = run_engine(kit, tmp_path, output=False, record=False)
-    dec = Decoder(kit.bundle)
+@pytest.mark.parametrize("detrend", ["causal", "ema"])
+def test_live_embeddings_equal_offline_causal_decoding(kit, tmp_path, detrend):
+    bundle = kit.bundle if detrend == "causal" else make_bundle(kit.folder, kit.nifti, detrend=detrend)
+    dec = Decoder(bundle)
+    eng, results, _ = run_engine(kit, tmp_path, output=False, record=False, decoder=dec)
+    assert dec.manifest["preprocess"]["detrend"] == detrend
     a = dec.manifest["arrays"]
     img = nib.load(kit.nifti)
     pre = preprocess_run(np.asanyarray(img.dataobj.get_unscaled()), img.affine, a["mask"],
-                         PreprocessConfig.from_dict(dec.manifest["preprocess"]), reference=a["reference"])
+                         PreprocessConfig.from_dict(dec.manifest["preprocess"]), reference=a["reference"],
+                         tr_s=dec.manifest["tr_s"])
     lag = max(DELAYS)
     offline = dec.decode_batch(pre.x[lag:])
     live = np.stack([r.embedding for r in results[lag:]])
