@@ -71,9 +71,9 @@ class TrainConfig:
     whiten_readout: bool = True
     threads: int | None = 1
     alphas: tuple = tuple(float(a) for a in DEFAULT_ALPHAS)
-    detrend: str = "causal"
+    detrend: str = "ema"
     poly_order: int = 2
-    ema_tau_s: float = 45.0
+    ema_tau_s: float = 60.0
     normalize: str = "running"
     motion: bool = True
     compare_offline: bool = False

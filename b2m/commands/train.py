@@ -42,14 +42,15 @@ def add_parser(sub) -> None:
                    help="causal (deployable, the only choice for a bundle); see --compare-offline")
     p.add_argument("--no-motion", action="store_true", help="skip motion correction")
     p.add_argument("--poly-order", type=int, default=2,
-                   help="polynomial drift order of the causal detrend, stored in the bundle (default 2, the "
-                        "realtime default; 0 removes only the running mean)")
-    p.add_argument("--detrend", choices=["causal", "ema"], default="causal",
-                   help="causal drift removal, stored in the bundle: 'causal' fits the polynomial drift of "
-                        "--poly-order to the volumes so far (incremental GLM); 'ema' subtracts an exponential "
-                        "moving average of them with time constant --ema-tau (default causal)")
-    p.add_argument("--ema-tau", type=float, default=45.0, metavar="SECONDS",
-                   help="time constant of --detrend ema, seconds (default 45)")
+                   help="polynomial drift order of --detrend causal, stored in the bundle (default 2; 0 "
+                        "removes only the running mean)")
+    p.add_argument("--detrend", choices=["ema", "causal"], default="ema",
+                   help="causal drift removal, stored in the bundle: 'ema' subtracts an exponential moving "
+                        "average of the volumes so far with time constant --ema-tau (default); 'causal' fits "
+                        "the polynomial drift of --poly-order to them (incremental GLM, the default before "
+                        "session 13: see offline_training/README.md)")
+    p.add_argument("--ema-tau", type=float, default=60.0, metavar="SECONDS",
+                   help="time constant of --detrend ema, seconds (default 60)")
     p.add_argument("--compare-offline", action="store_true",
                    help="also fit and evaluate with non-causal preprocessing (whole-run detrend and z-score) "
                         "for comparison; reuses the motion-corrected runs, so it costs one more fit, not "

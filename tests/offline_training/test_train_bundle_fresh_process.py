@@ -92,7 +92,11 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("ds")
     _tiny_dataset(root, np.random.default_rng(0))
     out = root / "bundle"
-    cfg = TrainConfig(embedder="tiny-bands", n_voxels=60, motion=False, alphas=(0.1, 10.0, 1e3, 1e5))
+    # the GLM detrend: these runs last 75 s, so the default 60 s EMA high-pass would still be averaging its
+    # first volumes at the end of the run and would take out most of each run's first clip (the EMA path
+    # is trained below with a time constant that fits these runs)
+    cfg = TrainConfig(embedder="tiny-bands", n_voxels=60, motion=False, alphas=(0.1, 10.0, 1e3, 1e5),
+                      detrend="causal")
     metrics = train(str(root), str(out), cfg)
     return root, out, metrics
 
@@ -256,7 +260,8 @@ def test_b2m_train_warns_when_alphas_pile_at_an_edge_of_the_grid(trained, tmp_pa
 
     root, _, _ = trained
     rc = main(["train", str(root), "--subject", "001", "--out", str(tmp_path / "b"), "--embedder", "tiny-bands",
-               "--voxels", "60", "--no-motion", "--alphas", "1e-3:1e-2:2"])  # far too little shrinkage for 4 rows
+               "--voxels", "60", "--no-motion", "--ema-tau", "9",  # a high-pass that fits these 75 s runs
+               "--alphas", "1e-3:1e-2:2"])  # far too little shrinkage for 4 rows
     err = capsys.readouterr().err
     assert rc == 0
     saved = json.loads((tmp_path / "b" / "metrics.json").read_text())["causal"]["alphas"]

@@ -52,8 +52,8 @@ def test_run_helpers_give_the_same_on_a_gz_proxy_as_on_the_array(tmp_path, rng):
     mask = np.zeros(data.shape[:3], bool)
     mask[6:18, 6:16, 5:15] = True
     cfg = PreprocessConfig(motion=False, delays=(1, 2))
-    a = preprocess_run(data, AFFINE, mask, cfg)
-    b = preprocess_run(proxy, AFFINE, mask, cfg)
+    a = preprocess_run(data, AFFINE, mask, cfg, tr_s=1.5)
+    b = preprocess_run(proxy, AFFINE, mask, cfg, tr_s=1.5)
     np.testing.assert_array_equal(a.values, b.values)
     np.testing.assert_array_equal(a.x, b.x)
     ra = realign_run(data, AFFINE, reslice_mask=mask)

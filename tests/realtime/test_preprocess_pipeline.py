@@ -48,7 +48,7 @@ def test_online_equals_offline_with_motion_correction(rng):
     data = np.stack([shift(vol0, m, order=3) for m in moves], axis=-1)
     data += rng.normal(0, 5, data.shape).astype(np.float32)
     mask = vol0 > np.percentile(vol0, 70)
-    cfg = PreprocessConfig(motion=True, motion_regressors=True, delays=(0, 2))
+    cfg = PreprocessConfig(motion=True, motion_regressors=True, detrend="causal", delays=(0, 2))  # the GLM carries them
     offline = preprocess_run(data, img.affine, mask, cfg)
     pre = OnlinePreprocessor(mask, img.affine, cfg, data.shape[3])
     for t in range(data.shape[3]):
@@ -75,7 +75,7 @@ def test_mask_geometry_mismatch_is_refused_before_the_first_volume(fmri1):
     shifted = affine.copy()
     shifted[0, 3] += 2.0
     with pytest.raises(GeometryError, match="2 mm"):
-        OnlinePreprocessor(mask, affine, PreprocessConfig(motion=False), 10).check(data.shape, shifted)
+        OnlinePreprocessor(mask, affine, PreprocessConfig(motion=False), 10, tr_s=2.0).check(data.shape, shifted)
 
 
 def test_realtime_refuses_noncausal_config(fmri1):
