@@ -82,6 +82,36 @@ def motion_code_digest(files=None) -> str:
     return h.hexdigest()[:16]
 
 
+def _code_tag() -> str:
+    """8 hex digits naming the preprocessing code in a cache entry's file name (:func:`motion_code_digest`)."""
+    import hashlib
+
+    return hashlib.sha256(motion_code_digest().encode()).hexdigest()[:8]
+
+
+def _evict_other_code(cache_dir: str, stem: str) -> list[str]:
+    """Delete the cache entries of run ``stem`` written by other preprocessing code (or the older layout).
+
+    Such an entry can never be hit again, and each is a whole run of brain voxels (about 330 MB on the full
+    grid): without this, every upgrade of ``realtime/preprocessing`` left a second copy of every run behind.
+    Entries of the same code for another mask, reference or motion setting stay. A process still reading a
+    deleted entry keeps its memory map (the file goes when the last map closes). Returns the names deleted.
+    """
+    import re
+
+    keep = f"{stem}_c{_code_tag()}_"
+    entry = re.compile(re.escape(stem) + r"_(c[0-9a-f]{8}_)?[0-9a-f]{20}(\.npy|_motion\.npz)$")
+    gone = []
+    for name in os.listdir(cache_dir):
+        if entry.match(name) and not name.startswith(keep):
+            try:
+                os.remove(os.path.join(cache_dir, name))
+                gone.append(name)
+            except OSError:  # another process got there first
+                pass
+    return gone
+
+
 def _motion_stage_key(path: str, mask: np.ndarray, reference: np.ndarray, pcfg: PreprocessConfig) -> str:
     import hashlib
 
@@ -108,7 +138,8 @@ def motion_stage(rf: RunFiles, mask: np.ndarray, reference: np.ndarray, affine: 
     ``reference``, exactly as :class:`OnlinePreprocessor` does live; the rest of the chain is :func:`preprocess_stage`. The result is
     cached under ``cache_dir`` keyed by the file (path, size, mtime), the mask,
     the reference, the motion config and the code (:func:`motion_code_digest`), so a second ``b2m train`` (other
-    voxel counts, delays, alphas) skips it. With a cache the returned values
+    voxel counts, delays, alphas) skips it. Writing an entry deletes the
+    run's entries made by other code (:func:`_evict_other_code`). With a cache the returned values
     are a read-only memory map of the entry (written whole, then renamed into
     place): replace an entry, never edit it in place while a training runs.
 
@@ -132,7 +163,7 @@ def motion_stage(rf: RunFiles, mask: np.ndarray, reference: np.ndarray, affine: 
     if cache_dir:
         key = _motion_stage_key(os.fspath(rf.bold), mask, reference, pcfg)
         stem = os.path.basename(os.fspath(rf.bold)).split(".nii")[0]
-        path = os.path.join(cache_dir, f"{stem}_{key}")
+        path = os.path.join(cache_dir, f"{stem}_c{_code_tag()}_{key}")
         if os.path.exists(path + ".npy"):
             try:
                 values = np.load(path + ".npy", mmap_mode="r")  # paged in on use, shared by processes
@@ -168,6 +199,7 @@ def motion_stage(rf: RunFiles, mask: np.ndarray, reference: np.ndarray, affine: 
         np.save(tmp + ".npy", values)
         os.replace(tmp + ".npy", path + ".npy")  # last: its presence marks a complete entry
         values = np.load(path + ".npy", mmap_mode="r")  # as a cached run: pages the kernel may drop
+        _evict_other_code(cache_dir, stem)
     return MotionStage(values, params, fd)
 
 

@@ -124,10 +124,21 @@ def test_motion_cache_made_by_other_preprocessing_code_is_not_reused(tmp_path, r
     cfg = PreprocessConfig(motion=False)
     cache = tmp_path / "preproc"
     motion_stage(rf, mask, reference, AFFINE, cfg, cache_dir=str(cache))
+    other_mask = mask.copy()
+    other_mask[tuple(np.argwhere(mask)[0])] = False
+    motion_stage(rf, other_mask, reference, AFFINE, cfg, cache_dir=str(cache))
+    old_entries = sorted(p.name for p in cache.glob("*.npy"))
+    assert len(old_entries) == 2
+    neighbour = cache / ("sub-001_task-Test_run-01_bold_" + "0" * 20 + ".npy")  # another run's entry
+    neighbour.write_bytes(b"")
     monkeypatch.setattr(stages, "motion_code_digest", lambda files=None: "other-code")
     calls = []
     motion_stage(rf, mask, reference, AFFINE, cfg, cache_dir=str(cache), progress=lambda d, n: calls.append(d))
-    assert len(list(cache.glob("*.npy"))) == 2  # a second entry, computed volume by volume
+    # a new entry, computed volume by volume; the old code's entries of this run are gone (they can never be
+    # hit again), whatever mask they were made for
+    new = sorted(p.name for p in cache.glob("*_bold_c*.npy") if p.name.startswith("sub-001_task-Training"))
+    assert len(new) == 1 and new[0] not in old_entries
+    assert neighbour.exists() and len(list(cache.glob("*.npy"))) == 2  # other runs are not touched
     assert calls == list(range(1, 7))
 
 
