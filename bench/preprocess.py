@@ -65,8 +65,8 @@ from _machine import machine_info, source_digest, summarize, write_json  # bench
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
 import _motion_data as md  # noqa: E402
-from realtime.preprocessing import (CausalDetrender, DelayStack, EmaDetrender, MotionCorrector,  # noqa: E402
-                                    OnlinePreprocessor, PreprocessConfig, RunningNormalizer, detrend_run, detrend_run_offline,
+from realtime.preprocessing import (DelayStack, MotionCorrector, OnlinePreprocessor, PreprocessConfig,  # noqa: E402
+                                    RunningNormalizer, causal_detrender, detrend_run, detrend_run_offline,
                                     ema_detrend_run, median_filter_detrend, params_from_spm, params_to_spm)
 
 TR_S = 1.5
@@ -353,7 +353,7 @@ def chain_breakdown(vols, affine, mask) -> dict:
     Motion is ``MotionReference.prepare`` (int16 -> float32 copy and
     smoothing), ``MotionReference.estimate`` (Gauss-Newton) and the reslice
     at the mask (``MotionCorrector``'s private reslicer, as ``update`` calls
-    it); then ``CausalDetrender.step``, ``RunningNormalizer.step`` and
+    it); then the configured detrender's ``step`` (:func:`causal_detrender`), ``RunningNormalizer.step`` and
     ``DelayStack.push``.
     """
     from threadpoolctl import threadpool_limits
@@ -365,7 +365,7 @@ def chain_breakdown(vols, affine, mask) -> dict:
     mc = MotionCorrector(vols[0], affine, config=cfg.motion_config, reslice_mask=mask)
     ref, reslicer = mc.reference, getattr(mc, "_reslicer", None)
     nv = mc.n_voxels
-    det = EmaDetrender(nv, cfg.ema_tau_s / TR_S) if cfg.detrend == "ema" else CausalDetrender(nv, n, cfg.poly_order)
+    det = causal_detrender(cfg, nv, n, TR_S)
     norm = RunningNormalizer(nv, cfg.normalize)
     stack = DelayStack(nv, cfg.delays)
     buf = np.empty(nv, np.float32)

@@ -82,15 +82,16 @@ def motion_code_digest(files=None) -> str:
     return h.hexdigest()[:16]
 
 
-def _code_tag() -> str:
-    """8 hex digits naming the preprocessing code in a cache entry's file name (:func:`motion_code_digest`)."""
+def _code_tag(code: str) -> str:
+    """8 hex digits naming the preprocessing code (a :func:`motion_code_digest`) in a cache entry's file name."""
     import hashlib
 
-    return hashlib.sha256(motion_code_digest().encode()).hexdigest()[:8]
+    return hashlib.sha256(code.encode()).hexdigest()[:8]
 
 
-def _evict_other_code(cache_dir: str, stem: str) -> list[str]:
-    """Delete the cache entries of run ``stem`` written by other preprocessing code (or the older layout).
+def _evict_other_code(cache_dir: str, stem: str, keep: str) -> list[str]:
+    """Delete the cache entries of run ``stem`` whose names do not start with ``keep`` (``stem``, then the
+    current code's tag): entries written by other preprocessing code, or in the older layout.
 
     Such an entry can never be hit again, and each is a whole run of brain voxels (about 330 MB on the full
     grid): without this, every upgrade of ``realtime/preprocessing`` left a second copy of every run behind.
@@ -99,7 +100,6 @@ def _evict_other_code(cache_dir: str, stem: str) -> list[str]:
     """
     import re
 
-    keep = f"{stem}_c{_code_tag()}_"
     entry = re.compile(re.escape(stem) + r"_(c[0-9a-f]{8}_)?[0-9a-f]{20}(\.npy|_motion\.npz)$")
     gone = []
     for name in os.listdir(cache_dir):
@@ -112,12 +112,12 @@ def _evict_other_code(cache_dir: str, stem: str) -> list[str]:
     return gone
 
 
-def _motion_stage_key(path: str, mask: np.ndarray, reference: np.ndarray, pcfg: PreprocessConfig) -> str:
+def _motion_stage_key(path: str, mask: np.ndarray, reference: np.ndarray, pcfg: PreprocessConfig, code: str) -> str:
     import hashlib
 
     st = os.stat(path)
     h = hashlib.sha256()
-    h.update(json.dumps({"v": PREPROC_CACHE_VERSION, "code": motion_code_digest(),
+    h.update(json.dumps({"v": PREPROC_CACHE_VERSION, "code": code,
                          "file": os.path.realpath(path), "size": st.st_size,
                          "mtime_ns": st.st_mtime_ns, "motion": pcfg.motion,
                          "motion_config": pcfg.motion_config.to_dict() if pcfg.motion else None,
@@ -161,9 +161,11 @@ def motion_stage(rf: RunFiles, mask: np.ndarray, reference: np.ndarray, affine: 
     check_geometry(mask.shape, affine, img.shape, img.affine)
     path = None
     if cache_dir:
-        key = _motion_stage_key(os.fspath(rf.bold), mask, reference, pcfg)
+        code = motion_code_digest()  # hashed once per run: it reads the package's files
+        key = _motion_stage_key(os.fspath(rf.bold), mask, reference, pcfg, code)
         stem = os.path.basename(os.fspath(rf.bold)).split(".nii")[0]
-        path = os.path.join(cache_dir, f"{stem}_c{_code_tag()}_{key}")
+        prefix = f"{stem}_c{_code_tag(code)}_"
+        path = os.path.join(cache_dir, prefix + key)
         if os.path.exists(path + ".npy"):
             try:
                 values = np.load(path + ".npy", mmap_mode="r")  # paged in on use, shared by processes
@@ -199,7 +201,7 @@ def motion_stage(rf: RunFiles, mask: np.ndarray, reference: np.ndarray, affine: 
         np.save(tmp + ".npy", values)
         os.replace(tmp + ".npy", path + ".npy")  # last: its presence marks a complete entry
         values = np.load(path + ".npy", mmap_mode="r")  # as a cached run: pages the kernel may drop
-        _evict_other_code(cache_dir, stem)
+        _evict_other_code(cache_dir, stem, prefix)
     return MotionStage(values, params, fd)
 
 

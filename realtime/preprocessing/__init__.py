@@ -15,7 +15,7 @@ from .detrend import (CausalDetrender, EmaDetrender, dct_basis, detrend_run, det
 from .motion import MotionConfig, MotionCorrector, MotionReference, MotionResult, RunMotion, realign_run, reslice
 from .normalize import RunningNormalizer, normalize_run, zscore_run
 from .pipeline import (GeometryError, OnlinePreprocessor, PreprocessConfig, RunPreprocessed, StepResult,
-                       check_geometry, preprocess_run)
+                       causal_detrender, check_geometry, preprocess_run)
 
 __all__ = [
     "CausalDetrender",
@@ -32,6 +32,7 @@ __all__ = [
     "RunPreprocessed",
     "RunningNormalizer",
     "StepResult",
+    "causal_detrender",
     "check_geometry",
     "dct_basis",
     "detrend_run",

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["drift_basis", "dct_basis", "CausalDetrender", "EmaDetrender", "detrend_run", "ema_detrend_run",
-           "detrend_run_offline", "median_filter_detrend"]
+__all__ = ["drift_basis", "dct_basis", "CausalDetrender", "EmaDetrender", "step_run", "detrend_run",
+           "ema_detrend_run", "detrend_run_offline", "median_filter_detrend"]
 
 
 def drift_basis(n_volumes: int, order: int = 2) -> np.ndarray:
@@ -170,10 +170,26 @@ def detrend_run(data: np.ndarray, order: int = 2, extra: np.ndarray | None = Non
     ndarray of shape (n_volumes, n_voxels), float32
     """
     n, v = data.shape
-    det = CausalDetrender(v, n, order, 0 if extra is None else extra.shape[1], ridge)
-    out = np.empty((n, v), dtype=np.float32)
-    for t in range(n):
-        out[t] = det.step(data[t], None if extra is None else extra[t])
+    return step_run(CausalDetrender(v, n, order, 0 if extra is None else extra.shape[1], ridge), data, extra)
+
+
+def step_run(detrender, data: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
+    """A causal detrender's ``step`` over a whole run, volume by volume (what the live session does).
+
+    Parameters
+    ----------
+    detrender : CausalDetrender or EmaDetrender
+        Fresh (no volume seen yet).
+    data : ndarray of shape (n_volumes, n_voxels)
+    extra : ndarray of shape (n_volumes, n_extra), optional
+
+    Returns
+    -------
+    ndarray of shape (n_volumes, n_voxels), float32
+    """
+    out = np.empty(data.shape, dtype=np.float32)
+    for t in range(len(data)):
+        out[t] = detrender.step(data[t], None if extra is None else extra[t])
     return out
 
 
@@ -239,12 +255,7 @@ def ema_detrend_run(data: np.ndarray, tau: float) -> np.ndarray:
     -------
     ndarray of shape (n_volumes, n_voxels), float32
     """
-    n, v = data.shape
-    det = EmaDetrender(v, tau)
-    out = np.empty((n, v), dtype=np.float32)
-    for t in range(n):
-        out[t] = det.step(data[t])
-    return out
+    return step_run(EmaDetrender(data.shape[1], tau), data)
 
 
 def detrend_run_offline(data: np.ndarray, order: int = 2, extra: np.ndarray | None = None) -> np.ndarray:

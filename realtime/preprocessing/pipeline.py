@@ -18,12 +18,12 @@ from typing import Literal
 import numpy as np
 
 from .delays import DelayStack, stack_delays
-from .detrend import CausalDetrender, EmaDetrender, detrend_run_offline, median_filter_detrend
+from .detrend import CausalDetrender, EmaDetrender, detrend_run_offline, median_filter_detrend, step_run
 from .motion import MotionConfig, MotionCorrector, MotionResult, realign_run
 from .normalize import RunningNormalizer, zscore_run
 
-__all__ = ["PreprocessConfig", "GeometryError", "check_geometry", "OnlinePreprocessor", "StepResult",
-           "RunPreprocessed", "preprocess_run"]
+__all__ = ["PreprocessConfig", "GeometryError", "check_geometry", "causal_detrender", "OnlinePreprocessor",
+           "StepResult", "RunPreprocessed", "preprocess_run"]
 
 DETREND_MODES = ("causal", "ema", "none", "offline", "median240")
 NORM_MODES = ("running", "baseline", "bundle", "none", "zscore_run")
@@ -150,6 +150,22 @@ class StepResult:
     motion: MotionResult | None
 
 
+def causal_detrender(config: PreprocessConfig, n_voxels: int, n_volumes: int, tr_s: float | None = None):
+    """The per-volume detrender of a causal ``config``: a fresh :class:`.detrend.CausalDetrender` (``"causal"``,
+    with the 6 motion parameters as extra regressors if ``motion_regressors``), :class:`.detrend.EmaDetrender`
+    (``"ema"``; needs ``tr_s``, as its time constant is in seconds), or None (``"none"``)."""
+    if config.detrend == "causal":
+        return CausalDetrender(n_voxels, n_volumes, config.poly_order, 6 if config.motion_regressors else 0)
+    if config.detrend == "ema":
+        if tr_s is None or not tr_s > 0:
+            raise ValueError(f"detrend='ema' needs the TR in seconds (tr_s) for its {config.ema_tau_s:g} s "
+                             f"time constant; got tr_s={tr_s!r}")
+        return EmaDetrender(n_voxels, config.ema_tau_s / tr_s)
+    if config.detrend == "none":
+        return None
+    raise ValueError(f"detrend={config.detrend!r} needs the whole run; it has no per-volume detrender")
+
+
 class OnlinePreprocessor:
     """The per-TR chain for one run.
 
@@ -188,15 +204,7 @@ class OnlinePreprocessor:
         if config.motion and reference is not None:
             self._make_motion(reference)
         self._raw = np.empty(self.n_voxels, np.float32)
-        n_extra = 6 if config.motion_regressors else 0
-        self._detrend = None
-        if config.detrend == "causal":
-            self._detrend = CausalDetrender(self.n_voxels, n_volumes, config.poly_order, n_extra)
-        elif config.detrend == "ema":
-            if tr_s is None or not tr_s > 0:
-                raise ValueError(f"detrend='ema' needs the TR in seconds (tr_s) for its {config.ema_tau_s:g} s "
-                                 f"time constant; got tr_s={tr_s!r}")
-            self._detrend = EmaDetrender(self.n_voxels, config.ema_tau_s / tr_s)
+        self._detrend = causal_detrender(config, self.n_voxels, n_volumes, tr_s)
         self._norm = RunningNormalizer(self.n_voxels, config.normalize, norm_mean, norm_std, config.n_baseline)
         self._stack = DelayStack(self.n_voxels, config.delays)
         self.t = 0
@@ -281,9 +289,8 @@ def preprocess_run(data, affine, mask: np.ndarray, config: PreprocessConfig, *, 
     shape = tuple(data.shape)
     check_geometry(mask.shape, affine, shape, affine)
     n = shape[3]
-    if config.detrend in ("ema", "median240") and not (tr_s is not None and tr_s > 0):
-        raise ValueError(f"detrend={config.detrend!r} is defined in seconds: pass the run's TR as tr_s "
-                         f"(got {tr_s!r})")
+    if config.detrend == "median240" and not (tr_s is not None and tr_s > 0):
+        raise ValueError(f"detrend='median240' is defined in seconds: pass the run's TR as tr_s (got {tr_s!r})")
     if config.causal:
         pre = OnlinePreprocessor(mask, affine, config, n, reference, norm_mean, norm_std, tr_s=tr_s)
         n_vox = pre.n_voxels
@@ -315,14 +322,8 @@ def preprocess_run(data, affine, mask: np.ndarray, config: PreprocessConfig, *, 
         values = detrend_run_offline(values, config.poly_order, extra)
     elif config.detrend == "median240":
         values = median_filter_detrend(values, tr_s, 240.0)
-    elif config.detrend == "causal":
-        from .detrend import detrend_run
-
-        values = detrend_run(values, config.poly_order, extra)
-    elif config.detrend == "ema":
-        from .detrend import ema_detrend_run
-
-        values = ema_detrend_run(values, config.ema_tau_s / tr_s)
+    elif config.detrend in ("causal", "ema"):  # the live detrenders, before a whole-run normalisation
+        values = step_run(causal_detrender(config, values.shape[1], n, tr_s), values, extra)
     if config.normalize == "zscore_run":
         values = zscore_run(values)
     elif config.normalize != "none":
