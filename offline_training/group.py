@@ -32,8 +32,8 @@ import numpy as np
 
 from .evaluate import bootstrap_ci, finite_mean
 
-__all__ = ["METRICS", "BRAIN2MUSIC_REFERENCE", "SubjectScores", "read_subject", "hierarchical_bootstrap_ci",
-           "group_summary", "format_group", "write_group_report"]
+__all__ = ["METRICS", "BRAIN2MUSIC_REFERENCE", "SubjectScores", "read_subject", "subject_labels",
+           "hierarchical_bootstrap_ci", "group_summary", "format_group", "write_group_report"]
 
 #: Per-clip score keys of ``metrics.json`` -> label. Chance is 0.5 for all three.
 METRICS = {"identification": "identification (raw)",
@@ -52,8 +52,12 @@ class SubjectScores:
     Attributes
     ----------
     subject : str
+        The BIDS label, e.g. ``"001"``.
     bundle : str
         The bundle folder.
+    dataset : str or None
+        The BIDS root it was trained on (absolute path), None for bundles
+        written before ``b2m train`` recorded it.
     embedder : str
     excerpts : list of str
         Test excerpt ids, in the order of the score arrays.
@@ -70,6 +74,7 @@ class SubjectScores:
     excerpts: list
     per_clip: dict
     genre_prior: dict = field(default_factory=dict)
+    dataset: str | None = None
 
 
 _PRIOR_KEYS = {"identification": "identification_accuracy",
@@ -117,10 +122,52 @@ def read_subject(bundle: os.PathLike | str) -> SubjectScores:
         per_clip[key] = arr
     cfg = m.get("config", {}) if isinstance(m.get("config"), dict) else {}
     prior = causal.get("genre_prior", {}) if isinstance(causal.get("genre_prior"), dict) else {}
+    dataset = m.get("dataset")
     return SubjectScores(subject=str(cfg.get("subject", os.path.basename(os.path.normpath(os.fspath(bundle))))),
                          bundle=os.fspath(bundle), embedder=str(cfg.get("embedder", "unknown")),
                          excerpts=[str(e) for e in excerpts], per_clip=per_clip,
-                         genre_prior={k: float(prior[v]) for k, v in _PRIOR_KEYS.items() if v in prior})
+                         genre_prior={k: float(prior[v]) for k, v in _PRIOR_KEYS.items() if v in prior},
+                         dataset=str(dataset) if isinstance(dataset, str) and dataset else None)
+
+
+def subject_labels(subjects: Sequence[SubjectScores]) -> list[str]:
+    """One label per subject: the BIDS label, or ``label@dataset`` (the dataset folder's name) where
+    subjects of several datasets share a label.
+
+    Raises
+    ------
+    ValueError
+        The same subject of the same dataset twice, or a shared label where a
+        bundle does not record its dataset (written before ``b2m train`` did).
+    """
+    by_label: dict[str, list[SubjectScores]] = {}
+    for s in subjects:
+        by_label.setdefault(s.subject, []).append(s)
+    for label, group in by_label.items():
+        if len(group) < 2:
+            continue
+        unknown = [s.bundle for s in group if s.dataset is None]
+        if unknown:
+            raise ValueError(f"subject {label} appears twice ({group[0].bundle} and {group[1].bundle}) and "
+                             f"{unknown[0]} does not record its dataset, so they may be one person; give one "
+                             "bundle per subject, or retrain the bundles with this version of `b2m train`")
+        seen: dict[str, str] = {}
+        for s in group:
+            if s.dataset in seen:
+                raise ValueError(f"subject {label} of {s.dataset} appears twice ({seen[s.dataset]} and "
+                                 f"{s.bundle}); give one bundle per subject")
+            seen[s.dataset] = s.bundle
+    labels = []
+    for s in subjects:
+        group = by_label[s.subject]
+        if len(group) == 1:
+            labels.append(s.subject)
+            continue
+        # the dataset folder's name, or its whole path where two datasets' folders share a name
+        folder = os.path.basename(os.path.normpath(s.dataset))
+        shared = sum(os.path.basename(os.path.normpath(o.dataset)) == folder for o in group) > 1
+        labels.append(f"{s.subject}@{os.path.normpath(s.dataset) if shared else folder}")
+    return labels
 
 
 def hierarchical_bootstrap_ci(per_subject: Sequence[np.ndarray], n_boot: int = 10000, level: float = 0.95,
@@ -192,19 +239,15 @@ def group_summary(subjects: Sequence[SubjectScores], *, n_boot: int = 10000, see
     """
     if not subjects:
         raise ValueError("no bundle given; pass one bundle folder per subject")
-    seen: dict[str, str] = {}
-    for s in subjects:
-        if s.subject in seen:
-            raise ValueError(f"subject {s.subject} appears twice ({seen[s.subject]} and {s.bundle}); give one "
-                             "bundle per subject")
-        seen[s.subject] = s.bundle
+    labels = subject_labels(subjects)
     embedders = sorted({s.embedder for s in subjects})
     if len(embedders) > 1:
         raise ValueError(f"the bundles use different embedders ({', '.join(embedders)}): "
                          + "; ".join(f"{s.bundle}: {s.embedder}" for s in subjects)
                          + ". Group only bundles of one embedder")
-    out: dict = {"n_subjects": len(subjects), "subjects": [s.subject for s in subjects],
-                 "bundles": [s.bundle for s in subjects], "embedder": embedders[0], "chance": CHANCE,
+    out: dict = {"n_subjects": len(subjects), "subjects": labels,
+                 "bundles": [s.bundle for s in subjects], "datasets": [s.dataset for s in subjects],
+                 "embedder": embedders[0], "chance": CHANCE,
                  "same_test_clips": all(sorted(s.excerpts) == sorted(subjects[0].excerpts) for s in subjects),
                  "n_boot": n_boot, "metrics": {}, "genre_prior": {},
                  "reference": BRAIN2MUSIC_REFERENCE}
@@ -217,9 +260,9 @@ def group_summary(subjects: Sequence[SubjectScores], *, n_boot: int = 10000, see
         lo, hi = hierarchical_bootstrap_ci(per_sub, n_boot=n_boot, seed=seed + i)
         out["metrics"][key] = {
             "label": METRICS[key],
-            "per_subject": {s.subject: {"mean": float(m), "n_clips": int(np.isfinite(v).sum()),
-                                        "ci95": list(bootstrap_ci(v))}  # as b2m train reports it
-                            for s, m, v in zip(subjects, means, per_sub)},
+            "per_subject": {lab: {"mean": float(m), "n_clips": int(np.isfinite(v).sum()),
+                                  "ci95": list(bootstrap_ci(v))}  # as b2m train reports it
+                            for lab, m, v in zip(labels, means, per_sub)},
             "mean": finite_mean(finite), "sd": sd, "sem": sd / math.sqrt(finite.size) if finite.size > 1 else sd,
             "t": t, "df": int(finite.size - 1), "p_greater_than_chance": p,
             "ci95_hierarchical": [lo, hi],
@@ -243,12 +286,13 @@ def format_group(summary: dict) -> str:
     subs = summary["subjects"]
     lines = [f"{summary['n_subjects']} subject(s), embedder {summary['embedder']}; Test clips, 4 repeats averaged, "
              "causal preprocessing; chance 0.5"]
-    head = f"{'metric':<30}" + "".join(f"{'sub-' + s:>9}" for s in subs) + f"{'mean':>8}{'s.d.':>7}" \
+    w = max([9] + [len(s) + 5 for s in subs])  # 'sub-' + label, a space between columns
+    head = f"{'metric':<30}" + "".join(f"{'sub-' + s:>{w}}" for s in subs) + f"{'mean':>8}{'s.d.':>7}" \
         f"{'95% CI (subjects+clips)':>26}{'t':>9}{'p':>9}{'genre prior':>13}"
     lines.append(head)
     for key, g in summary["metrics"].items():
         ci = g["ci95_hierarchical"]
-        row = f"{g['label']:<30}" + "".join(f"{_fmt(g['per_subject'][s]['mean']):>9}" for s in subs)
+        row = f"{g['label']:<30}" + "".join(f"{_fmt(g['per_subject'][s]['mean']):>{w}}" for s in subs)
         row += f"{_fmt(g['mean']):>8}{_fmt(g['sd']):>7}{_fmt(ci[0]) + '-' + _fmt(ci[1]):>26}"
         row += f"{_fmt(g['t'], 2):>9}{_fmt_p(g['p_greater_than_chance']):>9}{_fmt(summary['genre_prior'][key]):>13}"
         lines.append(row)

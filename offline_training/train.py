@@ -366,8 +366,9 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
     targets, embedder, tr = prep.targets, prep.embedder, prep.tr_s
     reference, affine, bmask = prep.reference, prep.affine, prep.mask
     pcfg = cfg.preprocess()
-    metrics: dict = {"config": asdict(cfg), "preprocess": pcfg.to_dict(), "tr_s": tr,
-                     "n_brain_voxels": int(bmask.sum()), "timings_s": timings}
+    # the dataset identifies the subject beside its label: b2m group pools sub-001 of two datasets as two people
+    metrics: dict = {"config": asdict(cfg), "dataset": os.path.abspath(ds), "preprocess": pcfg.to_dict(),
+                     "tr_s": tr, "n_brain_voxels": int(bmask.sum()), "timings_s": timings}
 
     def fit_eval(pc: PreprocessConfig, tag: str) -> tuple[dict, dict]:
         t0 = time.monotonic()

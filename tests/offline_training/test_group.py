@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from offline_training.group import (METRICS, format_group, group_summary, hierarchical_bootstrap_ci,
-                                    read_subject, write_group_report)
+                                    read_subject, subject_labels, write_group_report)
 from offline_training.targets import ExcerptEmbeddings, StimulusTargets
 from offline_training.decoding import clip_metrics
 from offline_training.train import _json_default
@@ -126,6 +126,52 @@ def test_group_refuses_duplicates_mixed_embedders_and_nothing(tmp_path, rng):
         group_summary([a, c])
     with pytest.raises(ValueError, match="no bundle given"):
         group_summary([])
+
+
+def _with_dataset(metrics, dataset):
+    return {**metrics, "dataset": dataset}
+
+
+def test_one_label_in_two_datasets_is_two_subjects(tmp_path, rng):
+    """sub-001 of two datasets (two sites, two simulations) are two people; each keeps its own scores."""
+    m_a, m_b = (_subject_metrics(rng, "001", noise=n) for n in (1.0, 3.0))
+    a = read_subject(_write_bundle(tmp_path / "a", _with_dataset(m_a, "/data/site-a")))
+    b = read_subject(_write_bundle(tmp_path / "b", _with_dataset(m_b, "/data/site-b")))
+    c = read_subject(_write_bundle(tmp_path / "c", _with_dataset(_subject_metrics(rng, "002", noise=2.0),
+                                                                 "/data/site-a")))
+    assert a.dataset == "/data/site-a"
+    g = group_summary([a, b, c], n_boot=500)
+    assert g["subjects"] == ["001@site-a", "001@site-b", "002"]
+    assert g["datasets"] == ["/data/site-a", "/data/site-b", "/data/site-a"]
+    for key, headline in (("identification", "identification_accuracy"),
+                          ("within_genre", "within_genre_identification_accuracy")):
+        assert g["metrics"][key]["per_subject"]["001@site-a"]["mean"] == pytest.approx(m_a[headline], abs=1e-12)
+        assert g["metrics"][key]["per_subject"]["001@site-b"]["mean"] == pytest.approx(m_b[headline], abs=1e-12)
+    assert g["metrics"]["identification"]["df"] == 2
+    text = format_group(g)
+    assert "sub-001@site-a" in text and "sub-001@site-b" in text
+    rows = [line for line in text.splitlines() if line.startswith(("metric", "identification (raw)"))]
+    assert len({len(r) for r in rows}) == 1  # the wider labels keep the columns aligned
+
+
+def test_labels_use_the_whole_path_where_dataset_folders_share_a_name(tmp_path, rng):
+    a = read_subject(_write_bundle(tmp_path / "a", _with_dataset(_subject_metrics(rng, "001", noise=1.0),
+                                                                 "/x/ds")))
+    b = read_subject(_write_bundle(tmp_path / "b", _with_dataset(_subject_metrics(rng, "001", noise=1.0),
+                                                                 "/y/ds")))
+    assert subject_labels([a, b]) == ["001@/x/ds", "001@/y/ds"]
+
+
+def test_one_subject_of_one_dataset_twice_is_refused(tmp_path, rng):
+    m = _with_dataset(_subject_metrics(rng, "001", noise=1.0), "/data/site-a")
+    a = read_subject(_write_bundle(tmp_path / "a", m))
+    b = read_subject(_write_bundle(tmp_path / "b", m))
+    with pytest.raises(ValueError, match=r"subject 001 of /data/site-a appears twice \(.*/a and .*/b\)"):
+        group_summary([a, b])
+    # a bundle that does not say where it came from may be the same person
+    old = read_subject(_write_bundle(tmp_path / "old", _subject_metrics(rng, "001", noise=1.0)))
+    with pytest.raises(ValueError, match=r"does not record its dataset.*retrain"):
+        group_summary([a, old])
 
 
 @pytest.mark.parametrize("content, message", [

@@ -4,6 +4,7 @@ that may import nothing but numpy, onnxruntime and ``protocols`` (issue 6, item 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -117,6 +118,7 @@ def test_train_writes_metrics_config_and_caches(trained):
     assert shrinkage_cv[str(saved["causal"]["readout_shrinkage"])] == max(shrinkage_cv.values())
     assert "error covariance shrunk by" in (out / "report.html").read_text()
     assert "offline" not in saved  # the comparison is opt-in
+    assert saved["dataset"] == os.path.abspath(root)  # b2m group tells sub-001 of two datasets apart by it
     # the noise ceiling from the 2 Test repeats: a map on the brain, higher where the voxels follow the clips
     nc = saved["noise_ceiling"]
     assert nc["n_repeats"] == 2 and nc["n_excerpts"] == 4
