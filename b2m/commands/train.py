@@ -51,6 +51,10 @@ def add_parser(sub) -> None:
                         "session 13: see offline_training/README.md)")
     p.add_argument("--ema-tau", type=float, default=60.0, metavar="SECONDS",
                    help="time constant of --detrend ema, seconds (default 60)")
+    p.add_argument("--normalize", choices=["running", "psc"], default="running",
+                   help="per-voxel scaling after the detrend, stored in the bundle: 'running' z-scores with the "
+                        "mean and s.d. of the volumes so far (default); 'psc' is the percent change of the EMA "
+                        "baseline (needs --detrend ema; see offline_training/README.md, session 14)")
     p.add_argument("--compare-offline", action="store_true",
                    help="also fit and evaluate with non-causal preprocessing (whole-run detrend and z-score) "
                         "for comparison; reuses the motion-corrected runs, so it costs one more fit, not "
@@ -85,7 +89,7 @@ def run(args) -> int:
                       target=args.target, alphas=tuple(float(a) for a in np.logspace(np.log10(float(lo)),
                                                                                       np.log10(float(hi)), int(n))),
                       motion=not args.no_motion, detrend=args.detrend, poly_order=args.poly_order,
-                      ema_tau_s=args.ema_tau, compare_offline=args.compare_offline,
+                      ema_tau_s=args.ema_tau, normalize=args.normalize, compare_offline=args.compare_offline,
                       preproc_cache=not args.no_preproc_cache, fit_on=args.fit_on,
                       calibrate_scale=not args.no_scale_calibration,
                       whiten_readout=not args.no_readout_whitening, threads=args.threads or None,
@@ -102,6 +106,10 @@ def run(args) -> int:
     if not args.ema_tau > 0:
         stderr_console().print(f"[red]error:[/red] --ema-tau is the EMA high-pass time constant in seconds and "
                                f"must be positive; got {args.ema_tau:g}")
+        return 2
+    if args.normalize == "psc" and args.detrend != "ema":
+        stderr_console().print("[red]error:[/red] --normalize psc is the percent change of the EMA baseline; "
+                               f"use it with --detrend ema, not --detrend {args.detrend}")
         return 2
     if args.preprocessing == "offline":
         stderr_console().print("[red]error:[/red] a bundle for the live session must use causal "

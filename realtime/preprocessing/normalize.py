@@ -7,6 +7,11 @@ Causal variants (for realtime bundles):
 - ``"running"``: Welford running mean and variance over the volumes so far.
 - ``"baseline"``: statistics of the first ``n_baseline`` volumes, then frozen
   (during the baseline, running statistics are used).
+- ``"psc"``: percent signal change of the detrender's baseline,
+  ``100 r_t / m_t`` for the high-passed value ``r_t = y_t - m_t`` and the EMA
+  baseline ``m_t`` (``detrend="ema"``). No statistic that changes over the
+  run rescales a voxel, and it does not depend on the session's intensity
+  scale.
 
 The non-causal ``"zscore_run"`` (whole-run z-score) is offline only.
 """
@@ -19,7 +24,7 @@ import numpy as np
 
 __all__ = ["RunningNormalizer", "normalize_run", "zscore_run", "NORMALIZE_MODES"]
 
-NORMALIZE_MODES = ("bundle", "running", "baseline", "none")
+NORMALIZE_MODES = ("bundle", "running", "baseline", "none", "psc")
 _EPS = 1e-6
 
 
@@ -29,7 +34,7 @@ class RunningNormalizer:
     Parameters
     ----------
     n_voxels : int
-    mode : {"bundle", "running", "baseline", "none"}
+    mode : {"bundle", "running", "baseline", "none", "psc"}
     mean, std : ndarray of shape (n_voxels,), optional
         Required for ``"bundle"``.
     n_baseline : int
@@ -41,7 +46,7 @@ class RunningNormalizer:
     returned as zeros; statistics are float64, output float32.
     """
 
-    def __init__(self, n_voxels: int, mode: Literal["bundle", "running", "baseline", "none"] = "running",
+    def __init__(self, n_voxels: int, mode: Literal["bundle", "running", "baseline", "none", "psc"] = "running",
                  mean: np.ndarray | None = None, std: np.ndarray | None = None, n_baseline: int = 20):
         if mode not in NORMALIZE_MODES:
             raise ValueError(f"normalize mode must be one of {NORMALIZE_MODES}, got {mode!r}")
@@ -56,11 +61,30 @@ class RunningNormalizer:
         self._delta = np.empty(n_voxels)
         self._delta2 = np.empty(n_voxels)
         self._out = np.empty(n_voxels, dtype=np.float32)
+        self._pos = np.empty(n_voxels, dtype=bool)
+        self._neg = np.empty(n_voxels, dtype=bool)
 
-    def step(self, y: np.ndarray) -> np.ndarray:
-        """Normalise one volume of shape (n_voxels,); returns a reused float32 buffer."""
+    def step(self, y: np.ndarray, baseline: np.ndarray | None = None) -> np.ndarray:
+        """Normalise one volume of shape (n_voxels,); returns a reused float32 buffer.
+
+        ``baseline`` (shape (n_voxels,), the detrender's baseline in the
+        input's units) is needed by ``"psc"`` and ignored otherwise; a voxel
+        whose baseline is not positive gives 0.
+        """
         if self.mode == "none":
             self._out[:] = y
+            return self._out
+        if self.mode == "psc":
+            if baseline is None:
+                raise ValueError("normalize='psc' divides by the detrender's baseline; run it after "
+                                 "detrend='ema' (OnlinePreprocessor passes the baseline)")
+            d, pos, neg = self._delta, self._pos, self._neg
+            np.multiply(y, 100.0, out=d)
+            np.greater(baseline, _EPS, out=pos)
+            np.divide(d, baseline, out=d, where=pos)
+            np.logical_not(pos, out=neg)
+            np.copyto(d, 0.0, where=neg)
+            np.copyto(self._out, d, casting="unsafe")
             return self._out
         if self.mode == "running" or (self.mode == "baseline" and self.n < self.n_baseline):
             # Welford's update, in place (no temporaries per TR)

@@ -26,7 +26,7 @@ __all__ = ["PreprocessConfig", "GeometryError", "check_geometry", "causal_detren
            "StepResult", "RunPreprocessed", "preprocess_run"]
 
 DETREND_MODES = ("causal", "ema", "none", "offline", "median240")
-NORM_MODES = ("running", "baseline", "bundle", "none", "zscore_run")
+NORM_MODES = ("running", "baseline", "bundle", "none", "psc", "zscore_run")
 
 
 class GeometryError(ValueError):
@@ -56,8 +56,10 @@ class PreprocessConfig:
         Time constant of the ``ema`` high-pass, seconds.
     motion_regressors : bool
         Add the 6 motion parameters to the GLM.
-    normalize : {"running", "baseline", "bundle", "none", "zscore_run"}
-        See :mod:`realtime.preprocessing.normalize`; ``zscore_run`` is offline only.
+    normalize : {"running", "baseline", "bundle", "none", "psc", "zscore_run"}
+        See :mod:`realtime.preprocessing.normalize`; ``zscore_run`` is offline
+        only; ``psc`` (percent signal change of the EMA baseline) needs
+        ``detrend="ema"``.
     n_baseline : int
         Baseline window for ``normalize="baseline"``, volumes.
     delays : tuple of int
@@ -70,7 +72,7 @@ class PreprocessConfig:
     poly_order: int = 2
     ema_tau_s: float = 60.0
     motion_regressors: bool = False
-    normalize: Literal["running", "baseline", "bundle", "none", "zscore_run"] = "running"
+    normalize: Literal["running", "baseline", "bundle", "none", "psc", "zscore_run"] = "running"
     n_baseline: int = 20
     delays: tuple = (2, 3, 4)
 
@@ -84,6 +86,9 @@ class PreprocessConfig:
         if self.motion_regressors and self.detrend not in ("causal", "offline"):
             raise ValueError(f"motion_regressors needs detrend='causal' or 'offline' (a GLM to carry them); "
                              f"got detrend={self.detrend!r}")
+        if self.normalize == "psc" and self.detrend != "ema":
+            raise ValueError(f"normalize='psc' is the percent change of the EMA baseline; it needs "
+                             f"detrend='ema', got detrend={self.detrend!r}")
         if not (np.isfinite(self.ema_tau_s) and self.ema_tau_s > 0):
             raise ValueError(f"ema_tau_s must be a positive number of seconds; got {self.ema_tau_s!r}")
         object.__setattr__(self, "delays", tuple(int(d) for d in self.delays))
@@ -233,7 +238,7 @@ class OnlinePreprocessor:
             np.copyto(values, volume[self.mask], casting="unsafe")
         if self._detrend is not None:
             values = self._detrend.step(values, motion.params if self.config.motion_regressors else None)
-        values = self._norm.step(values)
+        values = self._norm.step(values, self._detrend.baseline if self.config.normalize == "psc" else None)
         x = self._stack.push(values)
         self.t += 1
         return StepResult(t=self.t - 1, x=x, values=values, motion=motion)

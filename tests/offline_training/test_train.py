@@ -49,15 +49,16 @@ def _run_files(tmp_path: Path, data: np.ndarray, affine, name="sub-001_task-Trai
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
 
 
-@pytest.mark.parametrize("motion,detrend", [(True, "causal"), (False, "causal"), (True, "ema")])
-def test_split_chain_equals_preprocess_run_bit_for_bit(tmp_path, rng, motion, detrend):
+@pytest.mark.parametrize("motion,detrend,normalize", [(True, "causal", "running"), (False, "causal", "running"),
+                                                      (True, "ema", "running"), (True, "ema", "psc")])
+def test_split_chain_equals_preprocess_run_bit_for_bit(tmp_path, rng, motion, detrend, normalize):
     # training runs motion correction once (cached) and the rest of the chain on its output;
     # the result must be what the live chain computes on the images themselves
     data = _blob_run(rng)
     rf = _run_files(tmp_path, data, AFFINE)
     reference = data[..., 0].astype(np.float32)
     mask = reference > 300
-    cfg = PreprocessConfig(motion=motion, motion_config=MOTION, detrend=detrend, ema_tau_s=6.0)
+    cfg = PreprocessConfig(motion=motion, motion_config=MOTION, detrend=detrend, ema_tau_s=6.0, normalize=normalize)
     st = motion_stage(rf, mask, reference, AFFINE, cfg)
     got = preprocess_stage(st, cfg, 1.5)
     ref = preprocess_run(data, AFFINE, mask, cfg, reference=reference, stack=False, tr_s=1.5)

@@ -308,3 +308,7 @@ def test_b2m_train_detrend_ema_is_stored_in_the_bundle_and_a_bad_time_constant_r
                "--no-motion", "--detrend", "ema", "--ema-tau", "0"])
     assert rc == 2 and not (tmp_path / "bad").exists()
     assert "--ema-tau" in " ".join(capsys.readouterr().err.split())
+    rc = main(["train", str(root), "--subject", "001", "--out", str(tmp_path / "bad"), "--embedder", "tiny-bands",
+               "--no-motion", "--detrend", "causal", "--normalize", "psc"])
+    assert rc == 2 and not (tmp_path / "bad").exists()
+    assert "--normalize psc" in " ".join(capsys.readouterr().err.split())

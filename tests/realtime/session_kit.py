@@ -71,7 +71,8 @@ def make_library(folder: str) -> str:
     return lib
 
 
-def make_bundle(folder: str, nifti: str, *, seed: int = 0, motion: bool = False, detrend: str = "causal") -> str:
+def make_bundle(folder: str, nifti: str, *, seed: int = 0, motion: bool = False, detrend: str = "causal",
+                normalize: str = "running") -> str:
     import nibabel as nib
 
     from offline_training.export import write_bundle
@@ -88,8 +89,9 @@ def make_bundle(folder: str, nifti: str, *, seed: int = 0, motion: bool = False,
 
     # a 10x10x18 grid at ~2 mm: sample every voxel (the default 4 mm spacing leaves too few points)
     pcfg = PreprocessConfig(motion=motion, motion_config=MotionConfig(sep_mm=2.0), delays=DELAYS, detrend=detrend,
-                            ema_tau_s=20.0)
-    out = os.path.join(folder, "bundle" if detrend == "causal" else f"bundle-{detrend}")
+                            ema_tau_s=20.0, normalize=normalize)
+    name = "bundle" if detrend == "causal" else f"bundle-{detrend}"
+    out = os.path.join(folder, name if normalize == "running" else f"{name}-{normalize}")
     write_bundle(out, coef=coef, x_mean=np.zeros(len(DELAYS) * n_vox), y_mean=np.zeros(dim), mask=mask,
                  affine=img.affine, reference=ref, norm_mean=np.zeros(n_vox), norm_std=np.ones(n_vox),
                  embedder=KitEmbedder().identity(), embedder_spec=None, tr_s=float(img.header.get_zooms()[3]),

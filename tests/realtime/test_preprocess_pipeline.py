@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from nibabel.testing import data_path
 
+from realtime.preprocessing.detrend import ema_detrend_run
 from realtime.preprocessing.pipeline import (GeometryError, OnlinePreprocessor, PreprocessConfig, check_geometry,
                                              preprocess_run)
 
@@ -110,3 +111,19 @@ def test_config_round_trips_through_dict():
     assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
     ema = PreprocessConfig(detrend="ema", ema_tau_s=30.0)
     assert PreprocessConfig.from_dict(ema.to_dict()) == ema
+    psc = PreprocessConfig(detrend="ema", normalize="psc")
+    assert PreprocessConfig.from_dict(psc.to_dict()) == psc and psc.causal
+
+
+def test_psc_needs_the_ema_baseline(fmri1):
+    with pytest.raises(ValueError, match="normalize='psc'.*detrend='ema'.*'causal'"):
+        PreprocessConfig(detrend="causal", normalize="psc")
+    # the whole chain on a real run: the percent change of each voxel's EMA baseline
+    data, affine, mask = fmri1
+    cfg = PreprocessConfig(motion=False, detrend="ema", ema_tau_s=20.0, normalize="psc")
+    out = preprocess_run(data, affine, mask, cfg, stack=False, tr_s=2.0)
+    raw = data[mask].T.astype(np.float64)  # (n_volumes, n_voxels)
+    resid = ema_detrend_run(raw, 10.0)
+    lit = raw.min(0) > 0  # voxels with signal at every volume (the mask also holds some that are 0 at times)
+    assert lit.sum() > 100 and np.isfinite(out.values).all()
+    np.testing.assert_allclose(out.values[:, lit], 100.0 * resid[:, lit] / (raw - resid)[:, lit], rtol=1e-4, atol=1e-4)

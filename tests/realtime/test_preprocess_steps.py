@@ -67,6 +67,31 @@ def test_ema_detrender_is_the_running_mean_then_scipys_first_order_filter(rng):
     np.testing.assert_allclose(res[k:], y[k:] - m, rtol=0, atol=1e-5)
 
 
+def test_psc_is_the_percent_change_of_scipys_ema_baseline_and_scale_free(rng):
+    from scipy.signal import lfilter
+
+    n, v, tau = 50, 5, 6.0
+    y = 800.0 + 40.0 * np.cumsum(rng.standard_normal((n, v)), 0) / np.sqrt(n) + rng.standard_normal((n, v))
+    y[:, 0] = 0.0  # a voxel with no signal at all (outside the head): 0, not a division by zero
+
+    def psc(data):
+        det, norm = EmaDetrender(v, tau), RunningNormalizer(v, "psc")
+        return np.stack([norm.step(det.step(row), det.baseline).copy() for row in data])
+
+    got = psc(y)
+    # the reference baseline: running mean for tau volumes, then scipy's first-order filter
+    k, a = int(tau), 1.0 / tau
+    m = np.empty_like(y)
+    m[:k] = np.cumsum(y[:k], 0) / np.arange(1, k + 1)[:, None]
+    m[k:], _ = lfilter([a], [1.0, -(1.0 - a)], y[k:], axis=0, zi=((1.0 - a) * m[k - 1])[None, :])
+    np.testing.assert_allclose(got[:, 1:], 100.0 * (y[:, 1:] - m[:, 1:]) / m[:, 1:], rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(got[:, 0], 0.0)
+    # another session's intensity scale (coil, gain) gives the same values: what the bundle sees live
+    np.testing.assert_allclose(psc(3.7 * y), got, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="baseline.*detrend='ema'"):
+        RunningNormalizer(v, "psc").step(y[0])
+
+
 def test_ema_detrender_lags_a_ramp_by_the_closed_form_and_removes_a_step(rng):
     n, tau, slope = 400, 20.0, 0.3
     ramp = slope * np.arange(n, dtype=np.float64)[:, None]

@@ -40,12 +40,14 @@ def run_engine(kit, tmp_path, msgs=None, output=True, record=True, policy=POLICY
     return eng, results, out
 
 
-@pytest.mark.parametrize("detrend", ["causal", "ema"])
-def test_live_embeddings_equal_offline_causal_decoding(kit, tmp_path, detrend):
-    bundle = kit.bundle if detrend == "causal" else make_bundle(kit.folder, kit.nifti, detrend=detrend)
+@pytest.mark.parametrize("detrend,normalize", [("causal", "running"), ("ema", "running"), ("ema", "psc")])
+def test_live_embeddings_equal_offline_causal_decoding(kit, tmp_path, detrend, normalize):
+    bundle = kit.bundle if detrend == "causal" else make_bundle(kit.folder, kit.nifti, detrend=detrend,
+                                                                normalize=normalize)
     dec = Decoder(bundle)
     eng, results, _ = run_engine(kit, tmp_path, output=False, record=False, decoder=dec)
     assert dec.manifest["preprocess"]["detrend"] == detrend
+    assert dec.manifest["preprocess"]["normalize"] == normalize
     a = dec.manifest["arrays"]
     img = nib.load(kit.nifti)
     pre = preprocess_run(np.asanyarray(img.dataobj.get_unscaled()), img.affine, a["mask"],
