@@ -62,7 +62,7 @@ class TrainConfig:
 
     subject: str = "001"
     embedder: str = "musicnn-msd"
-    delays: tuple = (2, 3, 4)
+    delays: tuple = PreprocessConfig.delays
     n_voxels: int = 500
     select_by: str = "cv"
     target: str = "clip"
@@ -71,11 +71,12 @@ class TrainConfig:
     whiten_readout: bool = True
     threads: int | None = 1
     alphas: tuple = tuple(float(a) for a in DEFAULT_ALPHAS)
-    detrend: str = "ema"
-    poly_order: int = 2
-    ema_tau_s: float = 60.0
-    normalize: str = "running"
-    motion: bool = True
+    # the preprocessing defaults are PreprocessConfig's: one place to change what the bundle deploys
+    detrend: str = PreprocessConfig.detrend
+    poly_order: int = PreprocessConfig.poly_order
+    ema_tau_s: float = PreprocessConfig.ema_tau_s
+    normalize: str = PreprocessConfig.normalize
+    motion: bool = PreprocessConfig.motion
     compare_offline: bool = False
     preproc_cache: bool = True
     stimuli: str | None = None
