@@ -2,8 +2,8 @@
 
 Exit codes: 0 the dataset was written (and, unless ``--no-calibration``, the
 calibration is within its targets); 1 the dataset was written but the
-calibration is outside its targets (expected with non-default ``--tsnr`` or
-``--motion``); 2 bad usage or input (raised to ``b2m``'s handler).
+calibration is outside its targets (expected with non-default ``--tsnr``,
+``--drift-pct`` or ``--motion``); 2 bad usage or input (raised to ``b2m``'s handler).
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ def add_parser(sub) -> None:
     p.add_argument("--test-runs", type=int, default=6, metavar="M", help="simulate Test runs 1..M (default all 6)")
     p.add_argument("--tsnr", type=float, default=NoiseConfig.tsnr,
                    help=f"median temporal SNR over the brain (default {NoiseConfig.tsnr:g})")
+    p.add_argument("--drift-pct", type=float, default=NoiseConfig.drift_pct, metavar="PCT",
+                   help=f"s.d. of the slow scanner drift maps, percent (default {NoiseConfig.drift_pct:g}; 0 for "
+                        "none). Drift does not scale with --tsnr; the rest of the noise stays the same")
     p.add_argument("--motion", choices=tuple(MOTION_PRESETS), default="typical",
                    help="head motion: none, typical (mean FD ~0.13 mm, a few 0.5-1 mm spikes; default) or bad")
     p.add_argument("--no-calibration", action="store_true", help="skip the encoding-model calibration")
@@ -56,7 +59,7 @@ def run(args) -> int:
     from ..console import stage_progress, stderr_console
 
     config = SimulationConfig(grid=args.grid, subjects=args.subjects, seed=args.seed, train_runs=args.train_runs,
-                              test_runs=args.test_runs, motion=args.motion, noise=NoiseConfig(tsnr=args.tsnr))
+                              test_runs=args.test_runs, motion=args.motion, noise=NoiseConfig(tsnr=args.tsnr, drift_pct=args.drift_pct))
     err = stderr_console()
     labels = {"stimuli": "stand-in stimuli", "features": "stimulus features", "volumes": "BOLD volumes",
               "calibration": "calibration"}

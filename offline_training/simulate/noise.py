@@ -261,6 +261,8 @@ class NoiseConfig:
             raise ValueError(f"noise variance shares must be >= 0 and not all 0; got {shares}")
         if not 0 <= self.ar_phi < 1:
             raise ValueError(f"ar_phi must be in [0, 1); got {self.ar_phi}")
+        if not (isinstance(self.drift_pct, (int, float)) and math.isfinite(self.drift_pct) and self.drift_pct >= 0):
+            raise ValueError(f"drift_pct must be a finite number >= 0 (percent; 0 for no drift); got {self.drift_pct!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

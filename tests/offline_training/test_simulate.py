@@ -227,6 +227,67 @@ def test_noise_alone_gives_the_requested_tsnr():
     assert np.median(tsnr) == pytest.approx(40.0, rel=0.06)
 
 
+def test_drift_scales_with_drift_pct_and_leaves_the_other_noise_alone():
+    grid = make_grid("tiny")
+    anatomy = build_anatomy(grid, sample_head_placement(grid, np.random.default_rng(0)), np.random.default_rng(1))
+    brain = anatomy.brain
+    drift, maps, fluct = {}, {}, {}
+    for pct in (0.0, 1.0, 2.5):
+        cfg = NoiseConfig(drift_pct=pct)
+        maps[pct] = build_noise_maps(anatomy, cfg, np.random.default_rng(2))
+        noise = RunNoise(maps[pct], cfg, grid.shape, 50, 1.5, np.zeros(grid.shape[2]), anatomy.bias,
+                         np.random.default_rng(3))
+        # scanner_gain is B (1 + D_n): recover D_n, shape (3 volumes, brain voxels)
+        drift[pct] = np.stack([noise.scanner_gain(n)[brain] / anatomy.bias[brain] - 1.0 for n in (0, 17, 49)])
+        fluct[pct] = np.stack([noise.fluctuation(n)[brain].copy() for n in range(3)])
+    assert np.abs(drift[0.0]).max() < 1e-6
+    assert drift[1.0].std() > 1e-3  # about 1 % before the 1/k weights
+    np.testing.assert_allclose(drift[2.5], 2.5 * drift[1.0], rtol=1e-4, atol=1e-6)  # linear in drift_pct
+    # the same participant otherwise: every other map and the per-volume fluctuation are unchanged
+    for name in ("sigma_thermal", "c_ar", "c_physio", "c_global", "tsnr_scale", "ar_norm"):
+        assert getattr(maps[0.0], name) == getattr(maps[1.0], name), name
+    for name in ("cardiac_amp", "resp_amp", "cardiac_cos", "cardiac_sin"):
+        np.testing.assert_array_equal(getattr(maps[0.0], name), getattr(maps[1.0], name), err_msg=name)
+    np.testing.assert_array_equal(fluct[0.0], fluct[2.5])
+
+
+@pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf"), "1"])
+def test_noise_config_refuses_a_bad_drift_pct_by_name(bad):
+    with pytest.raises(ValueError, match="drift_pct must be a finite number >= 0"):
+        NoiseConfig(drift_pct=bad)
+
+
+@needs_meta
+def test_cli_drift_pct_zero_is_the_same_participant_without_drift(tiny_ds, tmp_path, capsys):
+    from b2m.commands import simulate
+
+    root_a, _ = tiny_ds  # drift_pct 1 (the default)
+    root_b = tmp_path / "ds_nodrift"
+    p = argparse.ArgumentParser()
+    simulate.add_parser(p.add_subparsers())
+    assert p.parse_args(["simulate", "--out", "x"]).drift_pct == NoiseConfig.drift_pct
+    args = p.parse_args(["simulate", "--out", str(root_b), "--grid", "tiny", "--train-runs", "0", "--test-runs", "1",
+                         "--drift-pct", "0", "--no-calibration", "--metadata", str(META),
+                         "--stimuli-from", str(root_a / "stimuli")])
+    assert args.func(args) == 0
+    capsys.readouterr()
+    config = json.loads((root_b / "derivatives/simulation/config.json").read_text())["config"]
+    assert config["noise"]["drift_pct"] == 0.0
+    same = ["derivatives/simulation/sub-001/sub-001_task-Test_run-01_motion.tsv",
+            "derivatives/simulation/sub-001/sub-001_task-Test_run-01_desc-response.npy"]
+    for r in same:
+        assert _sha(root_a / r) == _sha(root_b / r), r
+    bold = "sub-001/func/sub-001_task-Test_run-01_bold.nii.gz"
+    a = np.asarray(nib.load(root_a / bold).dataobj, np.float64)
+    b = np.asarray(nib.load(root_b / bold).dataobj, np.float64)
+    # without drift the slow component of the run is gone: the first-to-last-quarter change shrinks
+    def slow(x):
+        q = x.shape[-1] // 4
+        return np.abs(x[..., -q:].mean(-1) - x[..., :q].mean(-1)) / x.mean(-1).clip(1)
+    brain = a.mean(-1) > np.percentile(a.mean(-1), 75)
+    assert np.median(slow(b)[brain]) < 0.5 * np.median(slow(a)[brain])  # 0.8 % against 2.2 % here
+
+
 def test_double_gamma_hrf_peak_and_area_match_closed_form():
     t = np.arange(0, 32, 0.01)
     h = double_gamma_hrf(t, 5.0, 11.0, 0.0)
