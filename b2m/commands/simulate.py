@@ -58,8 +58,9 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..console import stage_progress, stderr_console
 
+    noise = NoiseConfig(tsnr=args.tsnr, drift_pct=args.drift_pct)
     config = SimulationConfig(grid=args.grid, subjects=args.subjects, seed=args.seed, train_runs=args.train_runs,
-                              test_runs=args.test_runs, motion=args.motion, noise=NoiseConfig(tsnr=args.tsnr, drift_pct=args.drift_pct))
+                              test_runs=args.test_runs, motion=args.motion, noise=noise)
     err = stderr_console()
     labels = {"stimuli": "stand-in stimuli", "features": "stimulus features", "volumes": "BOLD volumes",
               "calibration": "calibration"}
