@@ -52,6 +52,7 @@ timed separately). Writes ``bench/results/train.json``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -97,6 +98,15 @@ def _paired(a: dict, b: dict, n_resamples: int = 10000) -> dict:
         out[name] = {"diff": float(np.mean(va - vb)), "diff_ci95": ev.bootstrap_ci(va - vb),
                      "p": float(test.pvalue), "n_clips": int(ok.sum())}
     return out
+
+
+def _simulation(ds: str) -> dict | None:
+    """How DS was simulated (its derivatives/simulation/config.json: seed, tSNR, drift, motion), or None."""
+    path = os.path.join(ds, "derivatives", "simulation", "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def _true_voxels(ds: str, subject: str, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -279,7 +289,8 @@ def _run(args) -> int:
                                         "offline_training/encoding.py", "offline_training/evaluate.py"]),
                "what": f"{args.dataset} subject {args.subject}: decoders fit on the Training runs, scored on the "
                        "Test runs (repeats averaged, per-clip musicnn targets)",
-               "dataset": os.path.abspath(args.dataset), "subject": args.subject, "n_voxels": int(len(sel)),
+               "dataset": os.path.abspath(args.dataset), "simulation": _simulation(args.dataset),
+               "subject": args.subject, "n_voxels": int(len(sel)),
                "voxel_selection": selection,
                "blas_threads": args.threads or None,
                "timings_s": timings, "decoders": res, "ours_minus_plain_readout": readout_gain}
