@@ -6,7 +6,12 @@ import json
 import sys
 from dataclasses import replace
 
+from realtime.preprocessing.pipeline import PreprocessConfig
+
 from ..console import stage_progress, stderr_console
+
+# the preprocessing defaults are PreprocessConfig's (as TrainConfig's are): one place decides what a bundle deploys
+_PRE = PreprocessConfig()
 
 
 def add_parser(sub) -> None:
@@ -20,7 +25,8 @@ def add_parser(sub) -> None:
                         "OUT/sub-XXX and the group summary (b2m group) to OUT/group.html")
     p.add_argument("--out", required=True, help="bundle folder (with several subjects, their parent folder)")
     p.add_argument("--embedder", default="musicnn-msd")
-    p.add_argument("--delays", default="2,3,4", help="hemodynamic delays in TRs (default 2,3,4)")
+    delays = ",".join(map(str, _PRE.delays))
+    p.add_argument("--delays", default=delays, help=f"hemodynamic delays in TRs (default {delays})")
     p.add_argument("--voxels", type=int, default=500,
                    help="voxels kept by CV encoding performance within the Training runs (default 500)")
     p.add_argument("--select-by", choices=["cv", "within-genre"], default="cv",
@@ -41,20 +47,21 @@ def add_parser(sub) -> None:
     p.add_argument("--preprocessing", choices=["causal", "offline"], default="causal",
                    help="causal (deployable, the only choice for a bundle); see --compare-offline")
     p.add_argument("--no-motion", action="store_true", help="skip motion correction")
-    p.add_argument("--poly-order", type=int, default=2,
-                   help="polynomial drift order of --detrend causal, stored in the bundle (default 2; 0 "
-                        "removes only the running mean)")
-    p.add_argument("--detrend", choices=["ema", "causal"], default="ema",
+    p.add_argument("--poly-order", type=int, default=_PRE.poly_order,
+                   help="polynomial drift order of --detrend causal, stored in the bundle "
+                        f"(default {_PRE.poly_order}; 0 removes only the running mean)")
+    p.add_argument("--detrend", choices=["ema", "causal"], default=_PRE.detrend,
                    help="causal drift removal, stored in the bundle: 'ema' subtracts an exponential moving "
-                        "average of the volumes so far with time constant --ema-tau (default); 'causal' fits "
+                        "average of the volumes so far with time constant --ema-tau; 'causal' fits "
                         "the polynomial drift of --poly-order to them (incremental GLM, the default before "
-                        "session 13: see offline_training/README.md)")
-    p.add_argument("--ema-tau", type=float, default=60.0, metavar="SECONDS",
-                   help="time constant of --detrend ema, seconds (default 60)")
-    p.add_argument("--normalize", choices=["running", "psc"], default="running",
+                        f"session 13: see offline_training/README.md). Default {_PRE.detrend}")
+    p.add_argument("--ema-tau", type=float, default=_PRE.ema_tau_s, metavar="SECONDS",
+                   help=f"time constant of --detrend ema, seconds (default {_PRE.ema_tau_s:g})")
+    p.add_argument("--normalize", choices=["running", "psc"], default=_PRE.normalize,
                    help="per-voxel scaling after the detrend, stored in the bundle: 'running' z-scores with the "
-                        "mean and s.d. of the volumes so far (default); 'psc' is the percent change of the EMA "
-                        "baseline (needs --detrend ema; see offline_training/README.md, session 14)")
+                        "mean and s.d. of the volumes so far; 'psc' is the percent change of the EMA "
+                        "baseline (needs --detrend ema; see offline_training/README.md, sessions 14-15). "
+                        f"Default {_PRE.normalize}")
     p.add_argument("--compare-offline", action="store_true",
                    help="also fit and evaluate with non-causal preprocessing (whole-run detrend and z-score) "
                         "for comparison; reuses the motion-corrected runs, so it costs one more fit, not "

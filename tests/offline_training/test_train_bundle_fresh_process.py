@@ -312,3 +312,19 @@ def test_b2m_train_detrend_ema_is_stored_in_the_bundle_and_a_bad_time_constant_r
                "--no-motion", "--detrend", "causal", "--normalize", "psc"])
     assert rc == 2 and not (tmp_path / "bad").exists()
     assert "--normalize psc" in " ".join(capsys.readouterr().err.split())
+
+
+def test_b2m_train_preprocessing_defaults_are_preprocess_configs():
+    # a bundle trained with no flags deploys PreprocessConfig's defaults: the CLI does not keep its own copy
+    import argparse
+
+    from b2m.commands import train
+    from realtime.preprocessing.pipeline import PreprocessConfig
+
+    p = argparse.ArgumentParser()
+    train.add_parser(p.add_subparsers())
+    args = p.parse_args(["train", "DS", "--out", "OUT"])
+    pre = PreprocessConfig()
+    assert tuple(int(d) for d in args.delays.split(",")) == pre.delays
+    assert (args.detrend, args.poly_order, args.ema_tau, args.normalize) == (pre.detrend, pre.poly_order,
+                                                                           pre.ema_tau_s, pre.normalize)
