@@ -52,7 +52,6 @@ timed separately). Writes ``bench/results/train.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -98,15 +97,6 @@ def _paired(a: dict, b: dict, n_resamples: int = 10000) -> dict:
         out[name] = {"diff": float(np.mean(va - vb)), "diff_ci95": ev.bootstrap_ci(va - vb),
                      "p": float(test.pvalue), "n_clips": int(ok.sum())}
     return out
-
-
-def _simulation(ds: str) -> dict | None:
-    """How DS was simulated (its derivatives/simulation/config.json: seed, tSNR, drift, motion), or None."""
-    path = os.path.join(ds, "derivatives", "simulation", "config.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def _true_voxels(ds: str, subject: str, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -211,6 +201,7 @@ def main() -> int:
 def _run(args) -> int:
 
     from offline_training.evaluate import genre_prior_predictions
+    from offline_training.simulate import read_simulation_config
     from offline_training.targets import excerpt_id
     from offline_training.decoding import clip_metrics, evaluate_decoder, fit_decoder
     from offline_training.train import TrainConfig, choose_voxels, peak_rss_mb, prepare
@@ -289,7 +280,7 @@ def _run(args) -> int:
                                         "offline_training/encoding.py", "offline_training/evaluate.py"]),
                "what": f"{args.dataset} subject {args.subject}: decoders fit on the Training runs, scored on the "
                        "Test runs (repeats averaged, per-clip musicnn targets)",
-               "dataset": os.path.abspath(args.dataset), "simulation": _simulation(args.dataset),
+               "dataset": os.path.abspath(args.dataset), "simulation": read_simulation_config(args.dataset),
                "subject": args.subject, "n_voxels": int(len(sel)),
                "voxel_selection": selection,
                "blas_threads": args.threads or None,

@@ -331,7 +331,12 @@ def run_one(ds: Path, cfg: dict, label: str, run, maps, *, drift: bool, order: i
 def evaluate(ds: Path, *, max_runs: int | None, drift: bool, quiet: bool) -> dict:
     from offline_training.bids import find_runs, find_subjects
 
-    conf = json.loads((ds / "derivatives" / "simulation" / "config.json").read_text())
+    from offline_training.simulate import read_simulation_config
+
+    conf = read_simulation_config(ds)
+    if conf is None:
+        raise SystemExit(f"{ds}: no derivatives/simulation/config.json; give a dataset written by b2m simulate "
+                         "(an unfinished one has none)")
     cfg = conf["config"]
     order = PreprocessConfig().poly_order
     out = {"path": str(ds), "grid": cfg["grid"], "motion": cfg["motion"], "tsnr": cfg["noise"]["tsnr"],

@@ -106,11 +106,10 @@ def _clear_if_stale(cfg: DemoConfig, stamp: dict) -> list[str]:
 
 
 def _simulate(cfg: DemoConfig, progress) -> str:
-    from offline_training.simulate import SimulationConfig, simulate_dataset
+    from offline_training.simulate import SimulationConfig, read_simulation_config, simulate_dataset
 
     ds = os.path.join(cfg.out, "dataset")
-    done = os.path.join(ds, "derivatives", "simulation", "config.json")
-    if os.path.exists(done):
+    if os.path.isdir(ds) and read_simulation_config(ds) is not None:  # written last: the simulation finished
         return ds
     if os.path.isdir(ds):  # an interrupted simulation: start it again
         import shutil

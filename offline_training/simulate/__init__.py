@@ -64,6 +64,7 @@ from .dataset import (
     SimulationConfig,
     SimulationResult,
     default_metadata_dir,
+    read_simulation_config,
     simulate_dataset,
     slice_times_for_grid,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "SimulatedRun",
     "simulate_dataset",
     "default_metadata_dir",
+    "read_simulation_config",
     "slice_times_for_grid",
     "GRID_PRESETS",
     "Grid",

@@ -56,10 +56,13 @@ __all__ = [
     "SimulatedRun",
     "SimulationResult",
     "default_metadata_dir",
+    "read_simulation_config",
     "simulate_dataset",
     "slice_times_for_grid",
 ]
 
+#: The ground-truth configuration, relative to the dataset root; written last, so it marks a finished simulation.
+SIMULATION_CONFIG = Path("derivatives") / "simulation" / "config.json"
 #: Version of the generative model; part of every dataset's description.
 SIMULATOR_VERSION = "1.0"
 #: Default response gain, percent signal change per unit drive at strength 1
@@ -202,6 +205,39 @@ def default_metadata_dir() -> Path:
     if env:
         return Path(env)
     return Path(__file__).resolve().parent / "ds003720"
+
+
+def read_simulation_config(ds: os.PathLike | str) -> dict | None:
+    """How ``ds`` was simulated: its ``derivatives/simulation/config.json``.
+
+    Parameters
+    ----------
+    ds : path-like
+        A dataset root.
+
+    Returns
+    -------
+    dict or None
+        ``{"simulator_version", "config": SimulationConfig.to_dict(), "feature_names", "genres"}``;
+        None if ``b2m simulate`` did not write ``ds`` or did not finish it (the
+        file is written last, atomically).
+
+    Raises
+    ------
+    ValueError
+        If the file exists but is not a JSON object (names the file).
+    """
+    path = Path(ds) / SIMULATION_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        conf = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); simulate the dataset again with b2m simulate") from None
+    if not isinstance(conf, dict) or not isinstance(conf.get("config"), dict):
+        raise ValueError(f"{path}: expected an object with a 'config' object; simulate the dataset again "
+                         "with b2m simulate")
+    return conf
 
 
 def slice_times_for_grid(slice_timing_s, grid: Grid) -> np.ndarray:
@@ -390,7 +426,7 @@ Events columns (from the ds003720 README): onset, duration (s), genre, track
     _write_json(deriv / "dataset_description.json", {
         "Name": "Ground truth of the simulation", "BIDSVersion": "1.8.0", "DatasetType": "derivative",
         "GeneratedBy": [{"Name": "brain2music-rt b2m simulate", "Version": SIMULATOR_VERSION}]})
-    _write_json(deriv / "config.json", {"simulator_version": SIMULATOR_VERSION, "config": config.to_dict(),
+    _write_json(root / SIMULATION_CONFIG, {"simulator_version": SIMULATOR_VERSION, "config": config.to_dict(),
                                         "feature_names": list(FEATURE_NAMES), "genres": list(GENRES)})
 
 

@@ -18,6 +18,7 @@ import pytest
 from offline_training.bids import find_runs, find_subjects, load_bold, read_events, stimulus_segment
 from offline_training.simulate import (
     GRID_PRESETS,
+    SIMULATOR_VERSION,
     NoiseConfig,
     SimulationConfig,
     auditory_region,
@@ -28,6 +29,7 @@ from offline_training.simulate import (
     explainable_variance,
     make_grid,
     move_volume,
+    read_simulation_config,
     sample_head_placement,
     simulate_dataset,
     simulate_motion,
@@ -99,6 +101,23 @@ def test_simulate_all_runs_have_ds003720_names_and_bytes(tmp_path):
 
 
 # ----------------------------------------------------------------------- reading back
+
+
+def test_read_simulation_config_round_trips_and_marks_a_finished_simulation(tiny_ds, tmp_path):
+    root, result = tiny_ds
+    conf = read_simulation_config(root)
+    assert conf["config"] == json.loads(json.dumps(result.config.to_dict()))  # tuples come back as lists
+    assert conf["simulator_version"] == SIMULATOR_VERSION
+    # a folder b2m simulate did not finish has no config.json: None, not an error
+    assert read_simulation_config(tmp_path) is None
+    bad = tmp_path / "derivatives" / "simulation" / "config.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match=r"config\.json: not valid JSON.*b2m simulate"):
+        read_simulation_config(tmp_path)
+    bad.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"config\.json: expected an object with a 'config' object"):
+        read_simulation_config(tmp_path)
 
 
 def test_simulated_runs_read_through_the_bids_loader(tiny_ds):
@@ -274,7 +293,7 @@ def test_cli_drift_pct_zero_is_the_same_participant_without_drift(tiny_ds, tmp_p
                          "--stimuli-from", str(root_a / "stimuli")])
     assert args.func(args) == 0
     capsys.readouterr()
-    config = json.loads((root_b / "derivatives/simulation/config.json").read_text())["config"]
+    config = read_simulation_config(root_b)["config"]
     assert config["noise"]["drift_pct"] == 0.0
     same = ["derivatives/simulation/sub-001/sub-001_task-Test_run-01_motion.tsv",
             "derivatives/simulation/sub-001/sub-001_task-Test_run-01_desc-response.npy"]
