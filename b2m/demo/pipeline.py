@@ -109,8 +109,12 @@ def _simulate(cfg: DemoConfig, progress) -> str:
     from offline_training.simulate import SimulationConfig, read_simulation_config, simulate_dataset
 
     ds = os.path.join(cfg.out, "dataset")
-    if os.path.isdir(ds) and read_simulation_config(ds) is not None:  # written last: the simulation finished
-        return ds
+    if os.path.isdir(ds):
+        try:
+            if read_simulation_config(ds) is not None:  # written last: the simulation finished
+                return ds
+        except ValueError as e:  # unreadable: treated as unfinished
+            log.warning("%s; simulating again", e)
     if os.path.isdir(ds):  # an interrupted simulation: start it again
         import shutil
 

@@ -427,7 +427,7 @@ Events columns (from the ds003720 README): onset, duration (s), genre, track
         "Name": "Ground truth of the simulation", "BIDSVersion": "1.8.0", "DatasetType": "derivative",
         "GeneratedBy": [{"Name": "brain2music-rt b2m simulate", "Version": SIMULATOR_VERSION}]})
     _write_json(root / SIMULATION_CONFIG, {"simulator_version": SIMULATOR_VERSION, "config": config.to_dict(),
-                                        "feature_names": list(FEATURE_NAMES), "genres": list(GENRES)})
+                                          "feature_names": list(FEATURE_NAMES), "genres": list(GENRES)})
 
 
 def _subject_truth(deriv: Path, label: str, anatomy: Anatomy, region: AuditoryRegion, tuning: Tuning,

@@ -45,3 +45,22 @@ def test_a_stale_demo_folder_is_made_again_and_a_current_one_reused(tmp_path):
     assert _clear_if_stale(cfg, stamp | {"project_sha256": "bbbb"}) == list(REUSED)  # other code
     _made(cfg.out)
     assert _clear_if_stale(cfg, stamp | {"project_sha256": "bbbb", "seed": 3}) == list(REUSED)  # other settings
+
+
+def test_the_demo_resimulates_an_unfinished_or_unreadable_dataset_and_reuses_a_finished_one(tmp_path, caplog):
+    from b2m.demo.pipeline import _simulate
+    from offline_training.simulate import read_simulation_config
+
+    cfg = DemoConfig(out=str(tmp_path / "demo"), grid="tiny", train_runs=1, test_run=1)
+    config = tmp_path / "demo" / "dataset" / "derivatives" / "simulation" / "config.json"
+    config.parent.mkdir(parents=True)
+    config.write_text("{cut short")  # as if the disk filled while it was written
+    stages = []
+    ds = _simulate(cfg, lambda stage, done, total: stages.append(stage))
+    assert "config.json: not valid JSON" in caplog.text and "simulating again" in caplog.text
+    assert "volumes" in stages  # simulated again
+    conf = read_simulation_config(ds)
+    assert (conf["config"]["grid"], conf["config"]["train_runs"], conf["config"]["seed"]) == ("tiny", 1, 0)
+    stages.clear()
+    assert _simulate(cfg, lambda stage, done, total: stages.append(stage)) == ds
+    assert stages == []  # finished: reused as is
