@@ -115,10 +115,9 @@ def _simulate(cfg: DemoConfig, progress) -> str:
                 return ds
         except ValueError as e:  # unreadable: treated as unfinished
             log.warning("%s; simulating again", e)
-    if os.path.isdir(ds):  # an interrupted simulation: start it again
         import shutil
 
-        shutil.rmtree(ds)
+        shutil.rmtree(ds)  # an interrupted simulation: start it again
     sim = SimulationConfig(grid=cfg.grid, subjects=1, seed=cfg.seed, train_runs=cfg.train_runs,
                            test_runs=cfg.test_run)
     simulate_dataset(ds, sim, progress=progress)
