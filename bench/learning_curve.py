@@ -76,6 +76,15 @@ def runs_for(c: float, d: float, goal: float) -> float | None:
     return d / (c - goal)
 
 
+def goal_verdict(n_goal: float | None, d: float, fewest: int) -> str:
+    """Words for :func:`runs_for`'s answer; ``fewest`` is the smallest run count measured."""
+    if n_goal is None:
+        return "not reached by the fit" if d > 0 else "the fit does not grow with runs"
+    if n_goal <= fewest:  # below the measured range: nothing extrapolated
+        return f"the fit is above it from the fewest runs measured ({fewest})"
+    return f"the fit reaches it at {n_goal:.1f} runs"
+
+
 def extrapolate(counts: np.ndarray, per_clip: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict:
     """The ``c - d / n`` fit on the per-count means, with clip-bootstrap 95 % CIs.
 
@@ -228,10 +237,9 @@ def _run(args, counts: list[int]) -> int:
             line = (f"  {label}: c - d/n fit, c = {ex['c']:.3f} [{ex['c_ci95'][0]:.3f}, {ex['c_ci95'][1]:.3f}], "
                     f"d = {ex['d']:.3f}")
             if "goal" in summary[name][label]:
-                n_goal = summary[name][label]["runs_for_goal"]
-                why = "not reached by the fit" if ex["d"] > 0 else "the fit does not grow with runs"
-                line += (f"; goal {summary[name][label]['goal']}: "
-                         + (f"reached at {n_goal:.1f} runs" if n_goal is not None else why)
+                verdict = goal_verdict(summary[name][label]["runs_for_goal"], ex["d"],
+                                       min(summary[name][label]["by_runs"]))
+                line += (f"; goal {summary[name][label]['goal']}: {verdict}"
                          + f" ({summary[name][label]['share_of_resamples_reaching_goal']:.0%} of clip resamples "
                            "reach it)")
             print(line)

@@ -66,3 +66,10 @@ def test_extrapolate_recovers_a_noiseless_curve(lc, rng):
     assert ex["d"] == pytest.approx(0.3, abs=1e-12)
     assert ex["c_ci95"][0] <= ex["c"] <= ex["c_ci95"][1]
     assert ex["levels"] == [3, 6, 12]
+
+
+def test_goal_verdict_never_extrapolates_below_the_measured_runs(lc):
+    assert "fewest runs measured (3)" in lc.goal_verdict(1.2, 0.2, 3)
+    assert lc.goal_verdict(10.7, 0.2, 3) == "the fit reaches it at 10.7 runs"
+    assert lc.goal_verdict(None, 0.04, 3) == "not reached by the fit"
+    assert lc.goal_verdict(None, -0.1, 3) == "the fit does not grow with runs"
