@@ -134,12 +134,9 @@ def main() -> int:
 
 
 def _run(args, counts: list[int]) -> int:
-    from rich.console import Console
-    from rich.progress import Progress
-
+    from b2m.console import stage_progress, stderr_console
     from offline_training.decoding import evaluate_decoder, fit_decoder
     from offline_training.simulate import read_simulation_config
-    from offline_training.targets import excerpt_id
     from offline_training.train import TrainConfig, choose_voxels, peak_rss_mb, prepare
     from train import _true_voxels  # bench/train.py: the oracle's voxels
 
@@ -161,18 +158,17 @@ def _run(args, counts: list[int]) -> int:
     fits: list[dict] = []
     per_clip = {d: {m: [] for m, _, _ in METRICS} for d in decoders}
 
-    with Progress(console=Console(stderr=True), transient=False) as bar:  # stdout keeps the results
-        task = bar.add_task("subsets (select voxels, fit, score)", total=len(plan))
-        for runs in plan:
+    stage = "subsets (select voxels, fit, score)"
+    with stage_progress(stderr_console(), remaining=True) as progress:  # stdout keeps the results
+        progress(stage, 0, len(plan))
+        for i, runs in enumerate(plan, 1):
             sub = [trn[i] for i in runs]
             t0 = time.perf_counter()
             values = np.concatenate([r.values for r in sub])
             _, sel, _, _, _ = choose_voxels(sub, values, cfg)
             del values
             select_s = time.perf_counter() - t0
-            keys = sorted({excerpt_id(e) for r in sub for e in r.events})
-            train_emb = np.stack([targets[k].clip for k in keys])
-            genres = [targets[k].genre for k in keys]
+            keys, train_emb, genres = targets.clips(sub)
             row = {"runs": [sub_r.files.run for sub_r in sub], "n_runs": len(sub), "select_s": select_s,
                    "n_presentations": len(keys)}
             for name, voxels in (("ours", sel), ("oracle_true_voxels", true_pos)):
@@ -187,20 +183,19 @@ def _run(args, counts: list[int]) -> int:
                 for label, _, clip_key in METRICS:
                     per_clip[name][label].append(np.asarray(m["per_clip"][clip_key], dtype=float))
             fits.append(row)
-            bar.advance(task)
+            progress(stage, i, len(plan))
 
     n_of_fit = np.array([f["n_runs"] for f in fits])
     summary: dict = {}
     for name in decoders:
         summary[name] = {}
         for label, _, _ in METRICS:
-            pc = np.stack(per_clip[name][label])
-            by_n = {int(k): {"mean": float(np.mean([f[name][label] for f in fits if f["n_runs"] == k])),
-                             "sd": float(np.std([f[name][label] for f in fits if f["n_runs"] == k], ddof=0)),
+            acc = np.array([f[name][label] for f in fits])
+            by_n = {int(k): {"mean": float(acc[n_of_fit == k].mean()), "sd": float(acc[n_of_fit == k].std()),
                              "n_fits": int((n_of_fit == k).sum())} for k in np.unique(n_of_fit)}
             entry = {"by_runs": by_n}
             if len(by_n) >= 2:
-                ex = extrapolate(n_of_fit, pc)
+                ex = extrapolate(n_of_fit, np.stack(per_clip[name][label]))
                 boot = ex.pop("boot")
                 entry["extrapolation"] = ex
                 goal = GOALS.get(label)

@@ -202,7 +202,6 @@ def _run(args) -> int:
 
     from offline_training.evaluate import genre_prior_predictions
     from offline_training.simulate import read_simulation_config
-    from offline_training.targets import excerpt_id
     from offline_training.decoding import clip_metrics, evaluate_decoder, fit_decoder
     from offline_training.train import TrainConfig, choose_voxels, peak_rss_mb, prepare
 
@@ -221,16 +220,14 @@ def _run(args) -> int:
     _, sel, _, _, selection = choose_voxels(trn, trv, cfg)
     timings["select_voxels"] = time.perf_counter() - t0
     targets = prep.targets
-    keys = sorted({excerpt_id(e) for r in trn for e in r.events})
-    train_emb = np.stack([targets[k].clip for k in keys])
-    train_genres = [targets[k].genre for k in keys]
+    _, train_emb, train_genres = targets.clips(trn)
     centre = train_emb.mean(0)
     res: dict = {}
 
     # genre prior: the Test clips' genres, no brain data
     t0 = time.perf_counter()
-    test_keys = sorted({excerpt_id(e) for r in tst for e in r.events})
-    prior = genre_prior_predictions(train_emb, train_genres, [targets[k].genre for k in test_keys])
+    test_keys, _, test_genres = targets.clips(tst)
+    prior = genre_prior_predictions(train_emb, train_genres, test_genres)
     fit_s = time.perf_counter() - t0
     m = clip_metrics({k: [p] for k, p in zip(test_keys, prior)}, targets, train_emb, train_genres, centre)
     res["genre_prior"] = _scores(m) | {"fit_s": fit_s}

@@ -66,6 +66,20 @@ class StimulusTargets:
     def __getitem__(self, key: str) -> ExcerptEmbeddings:
         return self.by_id[key]
 
+    def clips(self, runs) -> tuple[list[str], np.ndarray, list[str]]:
+        """The distinct excerpts the events of ``runs`` (objects with ``.events``) present, sorted by id.
+
+        Returns
+        -------
+        keys : list of str
+            :func:`excerpt_id` of each excerpt.
+        emb : ndarray of shape (n_excerpts, dim)
+            Their clip embeddings (unit rows).
+        genres : list of str
+        """
+        keys = sorted({excerpt_id(e) for r in runs for e in r.events})
+        return keys, np.stack([self[k].clip for k in keys]), [self[k].genre for k in keys]
+
 
 def audio_digest(audio: np.ndarray, sr: int) -> str:
     """First 16 hex digits of the sha256 of ``audio``'s samples (as float32) and its rate: the cache key of

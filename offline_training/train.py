@@ -387,9 +387,7 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
         coef, xm, ym, best, cv = dec.coef, dec.x_mean, dec.y_mean, dec.alphas, dec.cv_scores
         fit_s = time.monotonic() - t0
         timings[f"decoder_fit_{tag}"] = fit_s
-        train_keys = sorted({excerpt_id(e) for r in trn for e in r.events})
-        train_emb = np.stack([targets[k].clip for k in train_keys])
-        train_genres = [targets[k].genre for k in train_keys]
+        _, train_emb, train_genres = targets.clips(trn)
         centre = train_emb.mean(0)
         res = evaluate_decoder(tst, coef, xm, ym, sel, cfg.delays, targets, train_emb, train_genres, centre)
         res["fit_s"] = fit_s

@@ -93,3 +93,20 @@ def test_a_shared_cache_never_returns_another_datasets_audio(stimuli, tmp_path):
     assert len(calls) == n  # both datasets' embeddings stay in the cache side by side
     for e in events:
         np.testing.assert_array_equal(again[excerpt_id(e)].windows, first[excerpt_id(e)].windows)
+
+
+def test_clips_lists_each_presented_excerpt_once_sorted(rng):
+    from types import SimpleNamespace
+
+    from offline_training.targets import ExcerptEmbeddings, StimulusTargets
+
+    a, b = Event(0.0, 15.0, "jazz", 1, 0.0, 15.0), Event(15.0, 15.0, "metal", 2, 10.0, 25.0)
+    targets = StimulusTargets()
+    for ev in (a, b):
+        clip = rng.standard_normal(4)
+        targets.by_id[excerpt_id(ev)] = ExcerptEmbeddings(clip=clip, windows=clip[None], tags=np.zeros(2), genre=ev.genre)
+    runs = [SimpleNamespace(events=[b, a]), SimpleNamespace(events=[b])]  # metal twice, as a repeated clip
+    keys, emb, genres = targets.clips(runs)
+    assert keys == sorted([excerpt_id(a), excerpt_id(b)])
+    assert genres == [targets[k].genre for k in keys] == ["jazz", "metal"]
+    np.testing.assert_array_equal(emb, np.stack([targets[k].clip for k in keys]))
