@@ -128,6 +128,8 @@ def test_train_writes_metrics_config_and_caches(trained):
     report = (out / "report.html").read_text()
     assert "Encoding model against the noise ceiling" in report
     assert f"{saved['nway']['n_way']}-way identification, top-1" in report
+    lo, hi = saved["within_genre_identification_accuracy_ci95"]  # the headline gives both goals' figures with CIs
+    assert f"within-genre identification {saved['within_genre_identification_accuracy']:.3f}</b> (95% CI {lo:.3f}-{hi:.3f})" in report
     assert json.loads((out / "config.json").read_text())["n_voxels"] == 60
     assert len(list((root / "derivatives" / "b2m" / "preproc" / "sub-001").glob("*.npy"))) == 4
     assert (out / "report.html").is_file()
