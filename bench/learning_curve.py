@@ -162,7 +162,7 @@ def _run(args, counts: list[int]) -> int:
     with stage_progress(stderr_console(), remaining=True) as progress:  # stdout keeps the results
         progress(stage, 0, len(plan))
         for i, runs in enumerate(plan, 1):
-            sub = [trn[i] for i in runs]
+            sub = [trn[j] for j in runs]
             t0 = time.perf_counter()
             values = np.concatenate([r.values for r in sub])
             _, sel, _, _, _ = choose_voxels(sub, values, cfg)
