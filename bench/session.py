@@ -668,6 +668,7 @@ def jack_switches(vols, bundle_dir: str, lib_dir: str, *, seconds: float, tr_s: 
         "output": stats, "feeding": f"scanner pace, TR {tr_s} s (absolute deadlines)", "seconds": n * tr_s,
         "volumes": n, "policy": policy.to_dict(), "lead_s": options.lead_s,
         "latency_ms": _stage_stats(rows), "latency_ms_switch_trs": _switch_stats(rows),
+        "per_tr_latency_ms": rows,  # every TR's stages, to see which TRs make the tail
         "pacing_lateness_ms": summarize(lateness_ms),
         "counts": engine.counts,
         "commands_scheduled": len(matched), "commands_executed": len(ok), "switches_scheduled":
