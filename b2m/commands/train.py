@@ -54,13 +54,13 @@ def add_parser(sub) -> None:
                    help="causal drift removal, stored in the bundle: 'ema' subtracts an exponential moving "
                         "average of the volumes so far with time constant --ema-tau; 'causal' fits "
                         "the polynomial drift of --poly-order to them (incremental GLM, the default before "
-                        f"session 13: see offline_training/README.md). Default {_PRE.detrend}")
+                        f"session 13: see offline_training/EXPERIMENTS.md). Default {_PRE.detrend}")
     p.add_argument("--ema-tau", type=float, default=_PRE.ema_tau_s, metavar="SECONDS",
                    help=f"time constant of --detrend ema, seconds (default {_PRE.ema_tau_s:g})")
     p.add_argument("--normalize", choices=["running", "psc"], default=_PRE.normalize,
                    help="per-voxel scaling after the detrend, stored in the bundle: 'running' z-scores with the "
                         "mean and s.d. of the volumes so far; 'psc' is the percent change of the EMA "
-                        "baseline (needs --detrend ema; see offline_training/README.md, sessions 14-15). "
+                        "baseline (needs --detrend ema; see offline_training/EXPERIMENTS.md, sessions 14-15). "
                         f"Default {_PRE.normalize}")
     p.add_argument("--compare-offline", action="store_true",
                    help="also fit and evaluate with non-causal preprocessing (whole-run detrend and z-score) "

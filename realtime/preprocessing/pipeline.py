@@ -47,7 +47,7 @@ class PreprocessConfig:
         ``ema`` (the default): minus an exponential moving average of the
         volumes so far (realtime; :class:`.detrend.EmaDetrender`). On the
         simulated subjects it kept about 1.5x the encoding R^2 of the causal
-        GLM (``offline_training/README.md``, session 13).
+        GLM (``offline_training/EXPERIMENTS.md``, session 13).
         ``offline``: the polynomial regressors fit on the whole run; ``median240``:
         Brain2Music's 240 s running median (both need the future).
     poly_order : int
