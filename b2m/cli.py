@@ -16,7 +16,7 @@ from protocols.errors import ProtocolError
 from realtime.transport import TransportError
 
 from .console import stderr_console
-from .commands import demo, group, keys, library, receive, replay, session, simulate, train
+from .commands import demo, group, keys, library, receive, replay, session, simulate, train, watch
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -28,8 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more diagnostics on stderr")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    scanner = sub.add_parser("scanner", help="the scanner side (replay a recorded run)")
+    scanner = sub.add_parser("scanner", help="the scanner side (watch the export folder, or replay a recorded run)")
     ssub = scanner.add_subparsers(dest="scanner_command", required=True, metavar="SUBCOMMAND")
+    watch.add_parser(ssub)
     replay.add_parser(ssub)
     receive.add_parser(sub)
     keys.add_parser(sub)

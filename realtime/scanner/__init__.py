@@ -1,1 +1,1 @@
-"""The scanner side: replay of recorded runs (and, later, export-folder watchers)."""
+"""The scanner side: the export-folder watcher and its vendor readers, and replay of recorded runs."""

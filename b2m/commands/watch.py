@@ -1,0 +1,98 @@
+"""``b2m scanner watch FOLDER --vendor siemens|ge|nifti``: send a run from the scanner's export folder."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+
+import numpy as np
+from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
+from realtime.scanner.vendors import VENDORS
+from realtime.scanner.watch import watch_folder
+from realtime.transport import DEFAULT_ENDPOINT
+
+from ..console import stderr_console
+from ._curve import add_client_args, client_keys
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("watch", help="send each volume the scanner writes into its export folder",
+                       description="Watch the folder a scanner exports its images into during a run (a local "
+                                   "folder or a network share) and send each volume as soon as all its files are "
+                                   "there, every volume kept until acked. Siemens: one mosaic DICOM per volume; "
+                                   "GE: one DICOM per slice; nifti: one 3-D NIfTI per volume. Files are never "
+                                   "moved or deleted; an unreadable one is reported by name and skipped.")
+    p.add_argument("folder", help="the folder the scanner writes into")
+    p.add_argument("--vendor", required=True, choices=VENDORS, help="what the scanner writes (see above)")
+    p.add_argument("--connect", default=DEFAULT_ENDPOINT, help=f"receiver endpoint (default {DEFAULT_ENDPOINT})")
+    p.add_argument("--run-id", default=None, help="run id (default: series-SERIESNUMBER)")
+    p.add_argument("--tr", type=float, default=None, help="TR in seconds (default: the DICOM RepetitionTime)")
+    p.add_argument("--volumes", type=int, default=None,
+                   help="volumes in the run (the protocol's measurements): the run ends after this many")
+    p.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
+                   help="end the run when no new volume came for this long (default: the longer of 10 s and 5 TRs)")
+    p.add_argument("--series", default=None,
+                   help="only this DICOM SeriesNumber (default: the first series that appears)")
+    p.add_argument("--include-existing", action="store_true",
+                   help="also send the files already in the folder (to resume an interrupted watch; the "
+                        "receiver drops volumes it already has)")
+    p.add_argument("--poll", type=float, default=0.05, metavar="SECONDS", help="folder scan interval (default 0.05)")
+    p.add_argument("--give-up", type=float, default=2.0, metavar="SECONDS",
+                   help="report a file as bad once it has been unchanged and unreadable this long (default 2)")
+    p.add_argument("--resend-timeout", type=float, default=1.0, help="seconds before an unacked volume is resent")
+    p.add_argument("--drain-timeout", type=float, default=60.0,
+                   help="seconds to wait for the last acks before giving up (exit 1)")
+    add_client_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    curve = client_keys(args)
+    console = stderr_console()
+    stopping = []
+
+    def on_signal(signum, frame):
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with Progress(TextColumn("[bold]watch[/bold] {task.fields[folder]}"), TextColumn("sent {task.fields[sent]}"),
+                  TextColumn("last volume {task.fields[last]}"), TextColumn("lag {task.fields[lag]:>6.1f} ms"),
+                  TextColumn("unacked {task.fields[unacked]:>3}"), TextColumn("bad files {task.fields[bad]}"),
+                  TimeElapsedColumn(), console=console, disable=args.quiet, transient=False) as bar:
+        task = bar.add_task("watch", total=None, folder=args.folder, sent="0", last="-", lag=0.0, unacked=0, bad=0)
+
+        def progress(n, total, last, lag_s, unacked, bad):
+            bar.update(task, sent=f"{n}/{total}" if total else str(n), last=last if last >= 0 else "-",
+                       lag=1e3 * lag_s, unacked=unacked, bad=bad)
+
+        res = watch_folder(args.folder, args.vendor, args.connect, run_id=args.run_id, tr_s=args.tr,
+                           n_volumes=args.volumes, idle_timeout_s=args.idle_timeout, poll_s=args.poll,
+                           series=args.series, include_existing=args.include_existing, give_up_s=args.give_up,
+                           resend_timeout_s=args.resend_timeout, drain_timeout_s=args.drain_timeout,
+                           stop=lambda: bool(stopping), progress=progress, curve=curve,
+                           ready=lambda: print(f"watching\t{args.folder}", file=sys.stderr, flush=True))
+    lat, lag = res.latency_s * 1e3, res.detect_lag_s * 1e3
+    pct = lambda a, q: round(float(np.percentile(a, q)), 3) if a.size else None  # noqa: E731
+    summary = {
+        "run_id": res.run_id, "sent": res.n_sent, "ended": res.ended, "all_acked": res.all_acked,
+        "resent": res.resent, "rejected": [list(map(str, r)) for r in res.rejected],
+        "unacked": [list(map(str, k)) for k in res.unacked], "bad_files": res.bad_files,
+        "skipped_series": res.skipped_series, "incomplete_volumes": res.incomplete,
+        "latency_ms_p50": pct(lat, 50), "latency_ms_p99": pct(lat, 99),
+        "folder_lag_ms_p50": pct(lag, 50), "folder_lag_ms_p99": pct(lag, 99), "wall_s": round(res.wall_s, 3),
+    }
+    print(json.dumps(summary), file=sys.stdout, flush=True)
+    for key, field, reason in res.rejected:
+        console.print(f"[red]rejected[/red] {key}: {field}: {reason}", highlight=False)
+    if res.unacked:
+        console.print(f"[red]{len(res.unacked)} message(s) never acked[/red]; is the receiver running at "
+                      f"{args.connect}? Rerun with --include-existing to resend.", highlight=False)
+    if res.ended == "interrupted":
+        console.print(f"[yellow]stopped after {res.n_sent} volume(s), without a run end[/yellow]; rerun with "
+                      "--include-existing and the same --run-id to resume", highlight=False)
+        return 130
+    return 0 if res.all_acked else 1

@@ -1,0 +1,170 @@
+"""The export-folder watcher: each volume once, only when complete, bad files reported by name,
+and end to end through real processes (b2m receive, b2m scanner watch) over loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from realtime.scanner.vendors import read_ge_slice, read_siemens_mosaic, stack_ge_slices
+from realtime.scanner.watch import FolderWatcher
+
+from vendor_data import GE, SIEMENS
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def _touch(path, ns):
+    os.utime(path, ns=(ns, ns))
+
+
+def test_partial_file_waits_until_complete_and_stable(tmp_path):
+    clock = Clock()
+    w = FolderWatcher(tmp_path, "siemens", clock=clock)
+    blob = open(SIEMENS[0], "rb").read()
+    target = tmp_path / os.path.basename(SIEMENS[0])
+    target.write_bytes(blob[:1000])  # the scanner is still writing
+    assert w.scan() == []
+    clock.t += 0.05
+    assert w.scan() == []  # unchanged once: read, fails, not yet given up
+    with open(target, "ab") as f:
+        f.write(blob[1000:])
+    clock.t += 0.05
+    assert w.scan() == []  # it grew: wait for it to settle
+    clock.t += 0.05
+    (vol,) = w.scan()
+    assert vol.index == 0 and np.array_equal(vol.data, read_siemens_mosaic(SIEMENS[0]).data)
+    assert w.bad == {}
+    clock.t += 0.05
+    assert w.scan() == []  # never twice
+
+
+def test_existing_files_are_left_alone_unless_asked(tmp_path):
+    shutil.copy(SIEMENS[0], tmp_path)
+    w = FolderWatcher(tmp_path, "siemens")
+    assert w.scan() == [] and w.scan() == []
+    w2 = FolderWatcher(tmp_path, "siemens", include_existing=True)
+    w2.scan()
+    assert [v.index for v in w2.scan()] == [0]
+
+
+def test_bad_file_is_reported_once_by_name_and_the_run_goes_on(tmp_path, caplog):
+    clock = Clock()
+    w = FolderWatcher(tmp_path, "siemens", give_up_s=1.0, clock=clock)
+    (tmp_path / "zz_broken.dcm").write_bytes(b"\x00" * 5000)
+    shutil.copy(SIEMENS[1], tmp_path)
+    got = []
+    for _ in range(30):
+        got += w.scan()
+        clock.t += 0.1
+    assert [v.index for v in got] == [1]
+    assert list(w.bad) == ["zz_broken.dcm"] and "not a readable DICOM" in w.bad["zz_broken.dcm"]
+    assert sum("zz_broken.dcm" in r.getMessage() for r in caplog.records if r.levelname == "ERROR") == 1
+
+
+def test_ge_volume_is_sent_only_when_all_its_slices_are_there(tmp_path, rng):
+    w = FolderWatcher(tmp_path, "ge")
+    order = rng.permutation(18)  # slices of volume 0, in a scrambled order
+    for j in order[:17]:
+        shutil.copy(GE[j], tmp_path)
+    w.scan()
+    assert w.scan() == [] and w.incomplete() == {0: 17}
+    shutil.copy(GE[order[17]], tmp_path)
+    w.scan()
+    (vol,) = w.scan()
+    ref = stack_ge_slices([read_ge_slice(p) for p in GE[:18]])
+    assert vol.index == 0 and np.array_equal(vol.data, ref.data) and np.array_equal(vol.affine, ref.affine)
+    assert w.incomplete() == {} and w.scan() == []
+
+
+def test_other_series_are_skipped(tmp_path):
+    w = FolderWatcher(tmp_path, "siemens", series="7")
+    shutil.copy(SIEMENS[0], tmp_path)
+    w.scan()
+    assert w.scan() == [] and w.skipped_series == {"13": 1}
+
+
+def _reference_run(paths_by_volume, reader):
+    vols = [reader(p) for p in paths_by_volume]
+    return np.stack([v.data for v in vols], -1), vols[0].affine
+
+
+def _assert_export(nifti, data, affine):
+    img = nib.load(nifti)
+    got = np.asanyarray(img.dataobj.get_unscaled())
+    assert got.dtype == data.dtype and got.shape == data.shape
+    assert np.array_equal(got, data)
+    np.testing.assert_allclose(img.affine, affine, atol=1e-4)  # float32 in the NIfTI header
+
+
+@pytest.mark.timeout(120)
+def test_ge_export_folder_to_receiver_bit_exact(b2m_proc, endpoint, tmp_path, rng):
+    """Slices arrive scrambled, with a junk file among them; the recorded run equals the slices stacked."""
+    folder, out = tmp_path / "export", tmp_path / "session"
+    folder.mkdir()
+    rx = b2m_proc("receive", "--bind", endpoint, "--out", out, name="receive")
+    rx.wait_for("ready")
+    tx = b2m_proc("scanner", "watch", folder, "--vendor", "ge", "--connect", endpoint, "--volumes", 3,
+                  "--give-up", 0.5, "--quiet", name="watch")
+    tx.wait_for("watching")
+    for v in range(3):
+        for j in rng.permutation(18):
+            shutil.copy(GE[18 * v + j], folder)
+        if v == 0:
+            (folder / "i9999999.MRDC.999").write_bytes(b"junk" * 100)
+        time.sleep(0.3)
+    assert tx.wait(timeout=60) == 0, tx.stderr()
+    summary = json.loads(tx.stdout().strip().splitlines()[-1])
+    assert summary["sent"] == 3 and summary["ended"] == "volumes" and summary["all_acked"]
+    assert list(summary["bad_files"]) == ["i9999999.MRDC.999"]
+    assert "i9999999.MRDC.999" in tx.stderr()
+    rx.wait_for("series-6\t", stream="stdout")
+    ref = [stack_ge_slices([read_ge_slice(p) for p in GE[18 * v:18 * (v + 1)]]) for v in range(3)]
+    _assert_export(out / "nifti" / "series-6.nii", np.stack([r.data for r in ref], -1), ref[0].affine)
+    rx.kill(signal.SIGTERM)
+
+
+@pytest.mark.timeout(120)
+def test_watcher_stopped_midrun_resumes_without_loss(b2m_proc, endpoint, tmp_path):
+    """SIGTERM after two volumes (no run end), a new watcher with --include-existing resends them, the
+    receiver keeps one copy of each, and the third volume completes the run."""
+    folder, out = tmp_path / "export", tmp_path / "session"
+    folder.mkdir()
+    rx = b2m_proc("receive", "--bind", endpoint, "--out", out, name="receive")
+    rx.wait_for("ready")
+    args = ("scanner", "watch", folder, "--vendor", "siemens", "--connect", endpoint, "--run-id", "epi1",
+            "--volumes", 3, "--quiet")
+    tx = b2m_proc(*args, name="watch1")
+    tx.wait_for("watching")
+    for p in SIEMENS[:2]:
+        shutil.copy(p, folder)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(list((out / "runs" / "epi1").glob("*"))) == 0:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    tx.kill(signal.SIGTERM)
+    assert tx.p.returncode == 130, tx.stderr()
+    assert "without a run end" in tx.stderr()
+    tx2 = b2m_proc(*args, "--include-existing", name="watch2")
+    tx2.wait_for("watching")
+    shutil.copy(SIEMENS[2], folder)
+    assert tx2.wait(timeout=60) == 0, tx2.stderr()
+    summary = json.loads(tx2.stdout().strip().splitlines()[-1])
+    assert summary["sent"] == 3 and summary["all_acked"]
+    rx.wait_for("epi1\t", stream="stdout")
+    data, affine = _reference_run(SIEMENS, read_siemens_mosaic)
+    _assert_export(out / "nifti" / "epi1.nii", data, affine)
+    rx.kill(signal.SIGTERM)
