@@ -104,6 +104,7 @@ class ReliableSender:
         self.pending: dict[tuple, _Pending] = {}
         self.stats = SenderStats()
         self.connected = False
+        self._wake_fds: set[int] = set()
 
     # ---- public API ------------------------------------------------------
 
@@ -124,10 +125,17 @@ class ReliableSender:
                 return
         self._transmit(key, p)
 
-    def poll(self, timeout_s: float) -> None:
+    def wake_on(self, fd: int) -> None:
+        """Also wake :meth:`poll` and :meth:`wait_until` when file descriptor ``fd`` is readable
+        (e.g. an inotify descriptor), so one wait serves the link and another event source."""
+        self._poller.register(fd, zmq.POLLIN)
+        self._wake_fds.add(fd)
+
+    def poll(self, timeout_s: float) -> bool:
         """Handle acks and socket events for up to ``timeout_s`` seconds.
 
         Returns early after the first batch of events; resends what is due.
+        Returns True if a descriptor given to :meth:`wake_on` is readable.
         """
         timeout_ms = max(0, math.ceil(timeout_s * 1000))  # ceil: wake at or after, never spin
         due = self._next_resend_in()
@@ -144,14 +152,19 @@ class ReliableSender:
             self._retry_at = math.inf
             self._resend_due(force_unsent=True)
         self._resend_due()
+        return any(fd in events for fd in self._wake_fds)
 
-    def wait_until(self, deadline: float) -> None:
-        """Service the link until ``time.monotonic()`` reaches ``deadline``."""
+    def wait_until(self, deadline: float) -> bool:
+        """Service the link until ``time.monotonic()`` reaches ``deadline``.
+
+        Returns True early if a descriptor given to :meth:`wake_on` became readable.
+        """
         while True:
             now = time.monotonic()
             if now >= deadline:
-                return
-            self.poll(deadline - now)
+                return False
+            if self.poll(deadline - now):
+                return True
 
     def drain(self, timeout_s: float) -> bool:
         """Wait until every message is acked or rejected, or the timeout passes.

@@ -39,6 +39,9 @@ def add_parser(sub) -> None:
                    help="also send the files already in the folder (to resume an interrupted watch; the "
                         "receiver drops volumes it already has)")
     p.add_argument("--poll", type=float, default=0.05, metavar="SECONDS", help="folder scan interval (default 0.05)")
+    p.add_argument("--no-inotify", action="store_true",
+                   help="find files by folder scans only (by default a file the scanner closes in a local folder "
+                        "is read at once)")
     p.add_argument("--give-up", type=float, default=2.0, metavar="SECONDS",
                    help="report a file as bad once it has been unchanged and unreadable this long (default 2)")
     p.add_argument("--resend-timeout", type=float, default=1.0, help="seconds before an unacked volume is resent")
@@ -72,6 +75,7 @@ def run(args) -> int:
         res = watch_folder(args.folder, args.vendor, args.connect, run_id=args.run_id, tr_s=args.tr,
                            n_volumes=args.volumes, idle_timeout_s=args.idle_timeout, poll_s=args.poll,
                            series=args.series, include_existing=args.include_existing, give_up_s=args.give_up,
+                           events=not args.no_inotify,
                            resend_timeout_s=args.resend_timeout, drain_timeout_s=args.drain_timeout,
                            stop=lambda: bool(stopping), progress=progress, curve=curve,
                            ready=lambda: print(f"watching\t{args.folder}", file=sys.stderr, flush=True))

@@ -231,6 +231,9 @@ def read_nifti_volume(path, index: int) -> ScannerVolume:
         data = data[..., 0]
     if data.ndim != 3:
         raise VendorFileError(f"{path}: shape {data.shape} is not one volume; the watcher takes a file per volume")
-    tr = header_tr_s(img.header)[0] if img.header.get_xyzt_units()[1] != "unknown" else None
+    try:  # a 3-D header rarely has a TR; then it comes from --tr
+        tr = header_tr_s(img.header)
+    except ValueError:
+        tr = None
     return ScannerVolume(index=index, data=np.ascontiguousarray(data), affine=np.asarray(img.affine, np.float64),
                          tr_s=tr, series="", files=(path,))

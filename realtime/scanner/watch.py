@@ -7,9 +7,11 @@ volume once, when all its files are there and no longer growing;
 (kept until acked, resent after a reconnect), so the receiver records the
 run exactly as the scanner wrote it.
 
-Scanning is a directory listing every ``poll_s`` seconds, which works on
-SMB and NFS mounts where inotify sees nothing; between scans the sender
-services acks, so nothing waits idle.
+A file is taken as complete when the scanner closes it (inotify, on a local
+folder) or when it has not changed between two directory scans (every
+``poll_s`` seconds; this also works on SMB and NFS mounts, where inotify sees
+nothing). One poller waits on the link's acks and the inotify descriptor
+together, so a closed file is read at once.
 
 Files are never moved or deleted. A file that stays unreadable is reported
 once, by name, with the reason, and the run goes on without it; if it
@@ -30,6 +32,7 @@ from protocols.wire import RunEnd, RunStart, VolumeMessage
 
 from ..sender import ReliableSender
 from ..transport import DEFAULT_ENDPOINT
+from .inotify import FolderEvents
 from .vendors import VENDORS, ScannerVolume, VendorFileError, read_ge_slice, read_nifti_volume, \
     read_siemens_mosaic, stack_ge_slices
 
@@ -70,10 +73,12 @@ class FolderWatcher:
         reported as bad.
     clock : callable
         Monotonic time source (seconds).
+    events : bool
+        Use inotify where available (:attr:`events` then has a descriptor to wait on).
     """
 
     def __init__(self, folder, vendor: str, *, series: str | None = None, include_existing: bool = False,
-                 give_up_s: float = 2.0, clock=time.monotonic):
+                 give_up_s: float = 2.0, clock=time.monotonic, events: bool = True):
         if vendor not in VENDORS:
             raise ValueError(f"vendor must be one of {', '.join(VENDORS)}, got {vendor!r}")
         self.folder = os.fspath(folder)
@@ -89,6 +94,9 @@ class FolderWatcher:
         self._emitted: set[int] = set()
         self._slices: dict[int, dict[str, object]] = {}  # GE: volume -> {name: SliceInfo}
         self._nifti_next = 0
+        self._closed: set[str] = set()
+        # watch before listing, so no file closed in between is missed
+        self.events = FolderEvents(self.folder) if events else None
         if not include_existing:
             for name, stamp in self._listing().items():
                 self.files[name] = _FileState(stamp, done=True)
@@ -118,14 +126,19 @@ class FolderWatcher:
     def scan(self) -> list[ScannerVolume]:
         """One pass over the folder: the volumes completed since the last pass, by index."""
         now = self.clock()
+        if self.events is not None:
+            self._closed.update(self.events.read())
         ready = []
         for name, stamp in sorted(self._listing().items()):
             st = self.files.get(name)
+            closed = name in self._closed  # the writer closed it: complete now
+            self._closed.discard(name)
             if st is None or st.stamp != stamp:  # new, or still being written, or rewritten
-                self.files[name] = _FileState(stamp, stable_since=None)
                 if st is not None and st.done and name not in self.bad:
                     log.warning("%s changed after it was read; the volume already sent stays as sent", name)
-                continue
+                self.files[name] = st = _FileState(stamp, stable_since=None)
+                if not closed:
+                    continue
             if st.done or stamp[0] == 0:
                 continue
             if st.stable_since is None:
@@ -212,6 +225,10 @@ class FolderWatcher:
             out.append(vol)
         return out
 
+    def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
+
     def incomplete(self) -> dict[int, int]:
         """GE volumes still waiting for slices: volume -> slices present."""
         return {v: len(s) for v, s in self._slices.items()}
@@ -255,7 +272,8 @@ def _same_geometry(a: ScannerVolume, b: ScannerVolume) -> bool:
 def watch_folder(folder, vendor: str, endpoint: str = DEFAULT_ENDPOINT, *, run_id: str | None = None,
                  tr_s: float | None = None, n_volumes: int | None = None, idle_timeout_s: float | None = None,
                  poll_s: float = 0.05, series: str | None = None, include_existing: bool = False,
-                 give_up_s: float = 2.0, resend_timeout_s: float = 1.0, drain_timeout_s: float = 60.0,
+                 give_up_s: float = 2.0, events: bool = True, resend_timeout_s: float = 1.0,
+                 drain_timeout_s: float = 60.0,
                  stop=None, progress=None, ready=None, curve=None) -> WatchResult:
     """Send a series from a scanner's export folder to a receiver, volume by volume, until the run ends.
 
@@ -279,9 +297,19 @@ def watch_folder(folder, vendor: str, endpoint: str = DEFAULT_ENDPOINT, *, run_i
     ValueError
         Bad folder, vendor or run id, or no TR; the message says what to give.
     """
-    watcher = FolderWatcher(folder, vendor, series=series, include_existing=include_existing, give_up_s=give_up_s)
     if run_id is not None and not _NAME_RE.match(run_id):
         raise ValueError(f"run id {run_id!r}: use 1-128 characters of [A-Za-z0-9._-]")
+    watcher = FolderWatcher(folder, vendor, series=series, include_existing=include_existing, give_up_s=give_up_s,
+                            events=events)
+    try:
+        return _watch(watcher, vendor, endpoint, run_id, tr_s, n_volumes, idle_timeout_s, poll_s, resend_timeout_s,
+                      drain_timeout_s, stop, progress, ready, curve)
+    finally:
+        watcher.close()
+
+
+def _watch(watcher, vendor, endpoint, run_id, tr_s, n_volumes, idle_timeout_s, poll_s, resend_timeout_s,
+           drain_timeout_s, stop, progress, ready, curve) -> WatchResult:
     stop = stop or (lambda: False)
     t0 = time.monotonic()
     first: ScannerVolume | None = None
@@ -291,12 +319,14 @@ def watch_folder(folder, vendor: str, endpoint: str = DEFAULT_ENDPOINT, *, run_i
     last_new = time.monotonic()
     idle = idle_timeout_s
     with ReliableSender(endpoint, resend_timeout_s=resend_timeout_s, curve=curve) as sender:
+        if watcher.events is not None and watcher.events.fd is not None:
+            sender.wake_on(watcher.events.fd)
         if ready is not None:
             ready()
         next_scan = time.monotonic()
         while not stop():
-            sender.wait_until(next_scan)
-            next_scan = time.monotonic() + poll_s
+            if not sender.wait_until(next_scan):  # woken early by a closed file: the scan time stays
+                next_scan = time.monotonic() + poll_s
             for vol in watcher.scan():
                 if first is None:
                     first = vol

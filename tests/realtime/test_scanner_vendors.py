@@ -95,6 +95,7 @@ def test_nifti_volume_keeps_stored_values(tmp_path, rng):
     nib.save(img, tmp_path / "v.nii")
     vol = read_nifti_volume(tmp_path / "v.nii", 4)
     assert vol.index == 4 and vol.data.dtype == np.int16 and np.array_equal(vol.data, data)
+    assert vol.tr_s is None  # a 3-D header carries no TR: it comes from --tr
     np.testing.assert_array_equal(vol.affine, affine)
     nib.save(nib.Nifti1Image(np.stack([data, data], -1), affine), tmp_path / "two.nii")
     with pytest.raises(VendorFileError, match="two.nii: shape .* is not one volume"):

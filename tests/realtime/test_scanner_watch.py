@@ -32,8 +32,9 @@ def _touch(path, ns):
 
 
 def test_partial_file_waits_until_complete_and_stable(tmp_path):
+    """Folder scans only (as on a network share): a file is read once unchanged between two scans."""
     clock = Clock()
-    w = FolderWatcher(tmp_path, "siemens", clock=clock)
+    w = FolderWatcher(tmp_path, "siemens", clock=clock, events=False)
     blob = open(SIEMENS[0], "rb").read()
     target = tmp_path / os.path.basename(SIEMENS[0])
     target.write_bytes(blob[:1000])  # the scanner is still writing
@@ -50,6 +51,26 @@ def test_partial_file_waits_until_complete_and_stable(tmp_path):
     assert w.bad == {}
     clock.t += 0.05
     assert w.scan() == []  # never twice
+
+
+def test_closed_file_is_read_at_once_and_an_open_one_waits(tmp_path):
+    """With inotify, closing the file is what completes it: no settle scan. A file still open for writing
+    is not read until it has been unchanged between two scans."""
+    w = FolderWatcher(tmp_path, "siemens")
+    assert w.events.fd is not None  # Linux: inotify is there
+    shutil.copy(SIEMENS[0], tmp_path)
+    assert [v.index for v in w.scan()] == [0]  # the first scan after the close
+    blob = open(SIEMENS[1], "rb").read()
+    with open(tmp_path / os.path.basename(SIEMENS[1]), "wb") as f:
+        f.write(blob[:5000])
+        f.flush()
+        assert w.scan() == []  # open, growing
+        f.write(blob[5000:])
+        f.flush()
+        assert w.scan() == []  # open, changed since the last scan
+    (vol,) = w.scan()  # closed now
+    assert vol.index == 1 and np.array_equal(vol.data, read_siemens_mosaic(SIEMENS[1]).data)
+    w.close()
 
 
 def test_existing_files_are_left_alone_unless_asked(tmp_path):
@@ -83,8 +104,7 @@ def test_ge_volume_is_sent_only_when_all_its_slices_are_there(tmp_path, rng):
     w.scan()
     assert w.scan() == [] and w.incomplete() == {0: 17}
     shutil.copy(GE[order[17]], tmp_path)
-    w.scan()
-    (vol,) = w.scan()
+    (vol,) = w.scan() + w.scan()  # at once (inotify) or once stable (folder scans)
     ref = stack_ge_slices([read_ge_slice(p) for p in GE[:18]])
     assert vol.index == 0 and np.array_equal(vol.data, ref.data) and np.array_equal(vol.affine, ref.affine)
     assert w.incomplete() == {} and w.scan() == []
@@ -168,3 +188,14 @@ def test_watcher_stopped_midrun_resumes_without_loss(b2m_proc, endpoint, tmp_pat
     data, affine = _reference_run(SIEMENS, read_siemens_mosaic)
     _assert_export(out / "nifti" / "epi1.nii", data, affine)
     rx.kill(signal.SIGTERM)
+
+
+@pytest.mark.timeout(60)
+def test_nifti_without_tr_is_a_clear_error(b2m_proc, endpoint, tmp_path, rng):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    tx = b2m_proc("scanner", "watch", folder, "--vendor", "nifti", "--connect", endpoint, "--quiet", name="watch")
+    tx.wait_for("watching")
+    nib.save(nib.Nifti1Image(rng.integers(0, 100, (4, 4, 3)).astype(np.int16), np.eye(4)), folder / "v1.nii")
+    assert tx.wait(timeout=30) == 2
+    assert "v1.nii: the header has no TR; give it with --tr SECONDS" in tx.stderr()
