@@ -35,6 +35,9 @@ def add_parser(sub) -> None:
                    help="end the run when no new volume came for this long (default: the longer of 10 s and 5 TRs)")
     p.add_argument("--series", default=None,
                    help="only this DICOM SeriesNumber (default: the first series that appears)")
+    p.add_argument("--new-subfolder", action="store_true",
+                   help="FOLDER is where the scanner makes a folder per series (GE's exam folder, a Siemens "
+                        "session folder): wait for the next one to appear and watch it")
     p.add_argument("--include-existing", action="store_true",
                    help="also send the files already in the folder (to resume an interrupted watch; the "
                         "receiver drops volumes it already has)")
@@ -75,7 +78,7 @@ def run(args) -> int:
         res = watch_folder(args.folder, args.vendor, args.connect, run_id=args.run_id, tr_s=args.tr,
                            n_volumes=args.volumes, idle_timeout_s=args.idle_timeout, poll_s=args.poll,
                            series=args.series, include_existing=args.include_existing, give_up_s=args.give_up,
-                           events=not args.no_inotify,
+                           events=not args.no_inotify, new_subfolder=args.new_subfolder,
                            resend_timeout_s=args.resend_timeout, drain_timeout_s=args.drain_timeout,
                            stop=lambda: bool(stopping), progress=progress, curve=curve,
                            ready=lambda: print(f"watching\t{args.folder}", file=sys.stderr, flush=True))

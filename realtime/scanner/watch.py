@@ -273,7 +273,7 @@ def watch_folder(folder, vendor: str, endpoint: str = DEFAULT_ENDPOINT, *, run_i
                  tr_s: float | None = None, n_volumes: int | None = None, idle_timeout_s: float | None = None,
                  poll_s: float = 0.05, series: str | None = None, include_existing: bool = False,
                  give_up_s: float = 2.0, events: bool = True, resend_timeout_s: float = 1.0,
-                 drain_timeout_s: float = 60.0,
+                 drain_timeout_s: float = 60.0, new_subfolder: bool = False,
                  stop=None, progress=None, ready=None, curve=None) -> WatchResult:
     """Send a series from a scanner's export folder to a receiver, volume by volume, until the run ends.
 
@@ -286,6 +286,10 @@ def watch_folder(folder, vendor: str, endpoint: str = DEFAULT_ENDPOINT, *, run_i
     ----------
     tr_s : float, optional
         TR in seconds; default: the headers' (an error if they have none).
+    new_subfolder : bool
+        ``folder`` is the parent the scanner makes a folder in for each
+        series (GE's exam folder, a Siemens session folder): wait for the
+        next subfolder to appear and watch that one, all its files included.
     progress : callable, optional
         ``progress(n_sent, n_volumes, last_index, lag_s, n_unacked, n_bad)``.
     ready : callable, optional
@@ -299,6 +303,14 @@ def watch_folder(folder, vendor: str, endpoint: str = DEFAULT_ENDPOINT, *, run_i
     """
     if run_id is not None and not _NAME_RE.match(run_id):
         raise ValueError(f"run id {run_id!r}: use 1-128 characters of [A-Za-z0-9._-]")
+    stop = stop or (lambda: False)
+    if new_subfolder:
+        folder = _wait_for_subfolder(folder, poll_s, stop, ready)
+        if folder is None:
+            return WatchResult(run_id=run_id or "", n_sent=0, indices=[], all_acked=True, ended="interrupted",
+                               resent=0, rejected=[], unacked=[], bad_files={}, skipped_series={}, incomplete={},
+                               detect_lag_s=np.zeros(0), latency_s=np.zeros(0))
+        include_existing, ready = True, None
     watcher = FolderWatcher(folder, vendor, series=series, include_existing=include_existing, give_up_s=give_up_s,
                             events=events)
     try:
@@ -308,9 +320,32 @@ def watch_folder(folder, vendor: str, endpoint: str = DEFAULT_ENDPOINT, *, run_i
         watcher.close()
 
 
+def _wait_for_subfolder(parent, poll_s: float, stop, ready) -> str | None:
+    """The first folder created in ``parent`` from now on (None if ``stop()`` came first)."""
+    parent = os.fspath(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{parent}: no such folder; give the folder the scanner makes its series folders in")
+
+    def subfolders():
+        with os.scandir(parent) as it:
+            return {e.name for e in it if e.is_dir()}
+
+    before = subfolders()
+    if ready is not None:
+        ready()
+    log.info("waiting for the next series folder in %s", parent)
+    while not stop():
+        new = sorted(subfolders() - before)
+        if new:
+            path = os.path.join(parent, new[0])
+            log.info("watching the new folder %s", path)
+            return path
+        time.sleep(poll_s)  # before the run: nothing to service yet
+    return None
+
+
 def _watch(watcher, vendor, endpoint, run_id, tr_s, n_volumes, idle_timeout_s, poll_s, resend_timeout_s,
            drain_timeout_s, stop, progress, ready, curve) -> WatchResult:
-    stop = stop or (lambda: False)
     t0 = time.monotonic()
     first: ScannerVolume | None = None
     sent_idx: list[int] = []

@@ -132,14 +132,19 @@ def _assert_export(nifti, data, affine):
 
 @pytest.mark.timeout(120)
 def test_ge_export_folder_to_receiver_bit_exact(b2m_proc, endpoint, tmp_path, rng):
-    """Slices arrive scrambled, with a junk file among them; the recorded run equals the slices stacked."""
-    folder, out = tmp_path / "export", tmp_path / "session"
-    folder.mkdir()
+    """The watcher follows the series folder GE creates; slices arrive scrambled, with a junk file among
+    them; the recorded run equals the slices stacked."""
+    exam, out = tmp_path / "e123", tmp_path / "session"
+    (exam / "s1924").mkdir(parents=True)  # an earlier series: not watched
+    shutil.copy(GE[0], exam / "s1924")
     rx = b2m_proc("receive", "--bind", endpoint, "--out", out, name="receive")
     rx.wait_for("ready")
-    tx = b2m_proc("scanner", "watch", folder, "--vendor", "ge", "--connect", endpoint, "--volumes", 3,
-                  "--give-up", 0.5, "--quiet", name="watch")
+    tx = b2m_proc("scanner", "watch", exam, "--new-subfolder", "--vendor", "ge", "--connect", endpoint,
+                  "--volumes", 3, "--give-up", 0.5, "--quiet", name="watch")
     tx.wait_for("watching")
+    folder = exam / "s1925"  # GE makes the series folder when the series starts
+    folder.mkdir()
+    shutil.copy(GE[1], folder)  # written before the watcher saw the folder: still part of the series
     for v in range(3):
         for j in rng.permutation(18):
             shutil.copy(GE[18 * v + j], folder)
