@@ -10,10 +10,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from realtime.scanner.pacing import parse_speed
 from realtime.scanner.replay import replay_nifti
-from realtime.transport import DEFAULT_ENDPOINT
-
 from ..console import stderr_console
-from ._curve import add_client_args, client_keys
+from ._curve import client_keys
+from ._link import add_sender_args, report_link
 
 
 def add_parser(sub) -> None:
@@ -21,17 +20,12 @@ def add_parser(sub) -> None:
                        description="Stream a recorded 4-D NIfTI as a scanner would: native dtype, "
                                    "absolute-deadline pacing, every volume kept until acked.")
     p.add_argument("run", help="4-D NIfTI file (.nii or .nii.gz)")
-    p.add_argument("--connect", default=DEFAULT_ENDPOINT, help=f"receiver endpoint (default {DEFAULT_ENDPOINT})")
     p.add_argument("--tr", type=float, default=None, help="TR in seconds (default: the header's pixdim[4])")
     p.add_argument("--speed", default="1", help="1 = real time, N = N times faster, max = as fast as acks allow")
     p.add_argument("--run-id", default=None, help="run id (default: from the file name)")
     p.add_argument("--start", type=int, default=0, help="first volume index to send (default 0)")
     p.add_argument("--stop", type=int, default=None, help="stop before this volume index (default: the end)")
-    p.add_argument("--resend-timeout", type=float, default=1.0, help="seconds before an unacked volume is resent")
-    p.add_argument("--drain-timeout", type=float, default=60.0,
-                   help="seconds to wait for the last acks before giving up (exit 1)")
-    add_client_args(p)
-    p.add_argument("--quiet", action="store_true", help="no progress line")
+    add_sender_args(p)
     p.set_defaults(func=run)
 
 
@@ -61,9 +55,5 @@ def run(args) -> int:
         "wall_s": round(res.wall_s, 3),
     }
     print(json.dumps(summary), file=sys.stdout, flush=True)
-    for key, field, reason in res.rejected:
-        console.print(f"[red]rejected[/red] {key}: {field}: {reason}", highlight=False)
-    if res.unacked:
-        console.print(f"[red]{len(res.unacked)} message(s) never acked[/red]; is the receiver running at "
-                      f"{args.connect}? Rerun with --start to resume.", highlight=False)
+    report_link(console, res, args.connect, "Rerun with --start to resume.")
     return 0 if res.all_acked else 1

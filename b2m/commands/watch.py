@@ -11,10 +11,10 @@ from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
 from realtime.scanner.vendors import VENDORS
 from realtime.scanner.watch import watch_folder
-from realtime.transport import DEFAULT_ENDPOINT
 
 from ..console import stderr_console
-from ._curve import add_client_args, client_keys
+from ._curve import client_keys
+from ._link import add_sender_args, report_link
 
 
 def add_parser(sub) -> None:
@@ -26,7 +26,6 @@ def add_parser(sub) -> None:
                                    "moved or deleted; an unreadable one is reported by name and skipped.")
     p.add_argument("folder", help="the folder the scanner writes into")
     p.add_argument("--vendor", required=True, choices=VENDORS, help="what the scanner writes (see above)")
-    p.add_argument("--connect", default=DEFAULT_ENDPOINT, help=f"receiver endpoint (default {DEFAULT_ENDPOINT})")
     p.add_argument("--run-id", default=None, help="run id (default: series-SERIESNUMBER)")
     p.add_argument("--tr", type=float, default=None, help="TR in seconds (default: the DICOM RepetitionTime)")
     p.add_argument("--volumes", type=int, default=None,
@@ -47,11 +46,7 @@ def add_parser(sub) -> None:
                         "is read at once)")
     p.add_argument("--give-up", type=float, default=2.0, metavar="SECONDS",
                    help="report a file as bad once it has been unchanged and unreadable this long (default 2)")
-    p.add_argument("--resend-timeout", type=float, default=1.0, help="seconds before an unacked volume is resent")
-    p.add_argument("--drain-timeout", type=float, default=60.0,
-                   help="seconds to wait for the last acks before giving up (exit 1)")
-    add_client_args(p)
-    p.add_argument("--quiet", action="store_true", help="no progress line")
+    add_sender_args(p)
     p.set_defaults(func=run)
 
 
@@ -93,11 +88,7 @@ def run(args) -> int:
         "folder_lag_ms_p50": pct(lag, 50), "folder_lag_ms_p99": pct(lag, 99), "wall_s": round(res.wall_s, 3),
     }
     print(json.dumps(summary), file=sys.stdout, flush=True)
-    for key, field, reason in res.rejected:
-        console.print(f"[red]rejected[/red] {key}: {field}: {reason}", highlight=False)
-    if res.unacked:
-        console.print(f"[red]{len(res.unacked)} message(s) never acked[/red]; is the receiver running at "
-                      f"{args.connect}? Rerun with --include-existing to resend.", highlight=False)
+    report_link(console, res, args.connect, "Rerun with --include-existing to resend.")
     if res.ended == "interrupted":
         console.print(f"[yellow]stopped after {res.n_sent} volume(s), without a run end[/yellow]; rerun with "
                       "--include-existing and the same --run-id to resume", highlight=False)

@@ -1,0 +1,26 @@
+"""The sending side's common options and end-of-run report (``scanner replay``, ``scanner watch``)."""
+
+from __future__ import annotations
+
+from realtime.transport import DEFAULT_ENDPOINT
+
+from ._curve import add_client_args
+
+
+def add_sender_args(p) -> None:
+    """--connect, --resend-timeout, --drain-timeout, the CURVE client keys and --quiet."""
+    p.add_argument("--connect", default=DEFAULT_ENDPOINT, help=f"receiver endpoint (default {DEFAULT_ENDPOINT})")
+    p.add_argument("--resend-timeout", type=float, default=1.0, help="seconds before an unacked volume is resent")
+    p.add_argument("--drain-timeout", type=float, default=60.0,
+                   help="seconds to wait for the last acks before giving up (exit 1)")
+    add_client_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def report_link(console, res, connect: str, resume_hint: str) -> None:
+    """On stderr: each rejected message with its field and reason, and what was never acked."""
+    for key, field, reason in res.rejected:
+        console.print(f"[red]rejected[/red] {key}: {field}: {reason}", highlight=False)
+    if res.unacked:
+        console.print(f"[red]{len(res.unacked)} message(s) never acked[/red]; is the receiver running at "
+                      f"{connect}? {resume_hint}", highlight=False)
