@@ -56,7 +56,10 @@ def run(args) -> int:
     stopping = []
 
     def on_signal(signum, frame):
+        if stopping:  # a second Ctrl-C: quit now, even while waiting for a receiver that is down
+            raise KeyboardInterrupt
         stopping.append(signum)
+        console.print("[yellow]stopping after the volumes already found; press Ctrl-C again to quit now[/yellow]")
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

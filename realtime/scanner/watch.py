@@ -110,10 +110,16 @@ class FolderWatcher:
         return suffixes is None or name.lower().endswith(suffixes)
 
     def _listing(self) -> dict[str, tuple]:
+        """(size, mtime) of the wanted files not yet read (and of bad ones, which are read again if
+        they change); read files are not stat'ed again, so a series of tens of thousands of slice
+        files costs little more than one directory listing per scan."""
         out = {}
         with os.scandir(self.folder) as it:
             for e in it:
                 if not self._wanted(e.name):
+                    continue
+                st = self.files.get(e.name)
+                if st is not None and st.done and e.name not in self._closed and e.name not in self.bad:
                     continue
                 try:
                     st = e.stat()
@@ -383,7 +389,7 @@ def _watch(watcher, vendor, endpoint, run_id, tr_s, n_volumes, idle_timeout_s, p
                                          "run's first volume")
                     log.error("%s: %s; skipped", vol.files[0], watcher.bad[name])
                     continue
-                mtime = max(os.stat(f).st_mtime for f in vol.files if os.path.exists(f))
+                mtime = max((os.stat(f).st_mtime for f in vol.files if os.path.exists(f)), default=time.time())
                 sender.send(VolumeMessage(run_id=run_id, index=vol.index, data=vol.data, affine=vol.affine,
                                           tr_s=tr_s, n_volumes=n_volumes, t_acquired=mtime))
                 lags.append(time.time() - mtime)
