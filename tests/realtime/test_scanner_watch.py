@@ -94,6 +94,13 @@ def test_bad_file_is_reported_once_by_name_and_the_run_goes_on(tmp_path, caplog)
     assert [v.index for v in got] == [1]
     assert list(w.bad) == ["zz_broken.dcm"] and "not a readable DICOM" in w.bad["zz_broken.dcm"]
     assert sum("zz_broken.dcm" in r.getMessage() for r in caplog.records if r.levelname == "ERROR") == 1
+    # the scanner writes it again, whole this time: it is read
+    (tmp_path / "zz_broken.dcm").write_bytes(open(SIEMENS[2], "rb").read())
+    got = []
+    for _ in range(3):
+        got += w.scan()
+        clock.t += 0.1
+    assert [v.index for v in got] == [2] and w.bad == {}
 
 
 def test_ge_volume_is_sent_only_when_all_its_slices_are_there(tmp_path, rng):
