@@ -32,6 +32,8 @@ def add_parser(sub) -> None:
                    help="volumes in the run (the protocol's measurements): the run ends after this many")
     p.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
                    help="end the run when no new volume came for this long (default: the longer of 10 s and 5 TRs)")
+    p.add_argument("--slices", type=int, default=None,
+                   help="GE: slices per volume (default: the DICOM ImagesInAcquisition)")
     p.add_argument("--series", default=None,
                    help="only this DICOM SeriesNumber (default: the first series that appears)")
     p.add_argument("--new-subfolder", action="store_true",
@@ -77,6 +79,7 @@ def run(args) -> int:
                            n_volumes=args.volumes, idle_timeout_s=args.idle_timeout, poll_s=args.poll,
                            series=args.series, include_existing=args.include_existing, give_up_s=args.give_up,
                            events=not args.no_inotify, new_subfolder=args.new_subfolder,
+                           slices_per_volume=args.slices,
                            resend_timeout_s=args.resend_timeout, drain_timeout_s=args.drain_timeout,
                            stop=lambda: bool(stopping), progress=progress, curve=curve,
                            ready=lambda: print(f"watching\t{args.folder}", file=sys.stderr, flush=True))

@@ -146,8 +146,14 @@ class SliceInfo:
     path: str
 
 
-def read_ge_slice(path) -> SliceInfo:
+def read_ge_slice(path, slices_per_volume: int | None = None) -> SliceInfo:
     """One GE slice DICOM -> its pixels and geometry.
+
+    Parameters
+    ----------
+    slices_per_volume : int, optional
+        Default: the header's ``ImagesInAcquisition``. Give it where a
+        scanner's export fills that field differently.
 
     Raises
     ------
@@ -155,7 +161,7 @@ def read_ge_slice(path) -> SliceInfo:
     """
     path = os.fspath(path)
     ds = _dcmread(path)
-    n = int(_require(ds, "ImagesInAcquisition", path))
+    n = int(slices_per_volume) if slices_per_volume else int(_require(ds, "ImagesInAcquisition", path))
     instance = int(_require(ds, "InstanceNumber", path))
     if n < 1 or instance < 1:
         raise VendorFileError(f"{path}: ImagesInAcquisition {n} / InstanceNumber {instance} must be >= 1")

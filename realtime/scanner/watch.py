@@ -75,10 +75,13 @@ class FolderWatcher:
         Monotonic time source (seconds).
     events : bool
         Use inotify where available (:attr:`events` then has a descriptor to wait on).
+    slices_per_volume : int, optional
+        GE: slices per volume, if not the header's ``ImagesInAcquisition``.
     """
 
     def __init__(self, folder, vendor: str, *, series: str | None = None, include_existing: bool = False,
-                 give_up_s: float = 2.0, clock=time.monotonic, events: bool = True):
+                 give_up_s: float = 2.0, clock=time.monotonic, events: bool = True,
+                 slices_per_volume: int | None = None):
         if vendor not in VENDORS:
             raise ValueError(f"vendor must be one of {', '.join(VENDORS)}, got {vendor!r}")
         self.folder = os.fspath(folder)
@@ -87,6 +90,7 @@ class FolderWatcher:
         self.vendor = vendor
         self.series = None if series is None else str(series)
         self.give_up_s = float(give_up_s)
+        self.slices_per_volume = slices_per_volume
         self.clock = clock
         self.files: dict[str, _FileState] = {}
         self.bad: dict[str, str] = {}  # name -> reason, as reported
@@ -189,7 +193,7 @@ class FolderWatcher:
             elif self.vendor == "nifti":
                 vol = read_nifti_volume(path, self._nifti_next)
             else:
-                sl = read_ge_slice(path)
+                sl = read_ge_slice(path, self.slices_per_volume)
                 st.done = True
                 if self._series_ok(sl.series, name):
                     if sl.volume in self._emitted:
@@ -279,7 +283,7 @@ def watch_folder(folder, vendor: str, endpoint: str = DEFAULT_ENDPOINT, *, run_i
                  tr_s: float | None = None, n_volumes: int | None = None, idle_timeout_s: float | None = None,
                  poll_s: float = 0.05, series: str | None = None, include_existing: bool = False,
                  give_up_s: float = 2.0, events: bool = True, resend_timeout_s: float = 1.0,
-                 drain_timeout_s: float = 60.0, new_subfolder: bool = False,
+                 drain_timeout_s: float = 60.0, new_subfolder: bool = False, slices_per_volume: int | None = None,
                  stop=None, progress=None, ready=None, curve=None) -> WatchResult:
     """Send a series from a scanner's export folder to a receiver, volume by volume, until the run ends.
 
@@ -318,7 +322,7 @@ def watch_folder(folder, vendor: str, endpoint: str = DEFAULT_ENDPOINT, *, run_i
                                detect_lag_s=np.zeros(0), latency_s=np.zeros(0))
         include_existing, ready = True, None
     watcher = FolderWatcher(folder, vendor, series=series, include_existing=include_existing, give_up_s=give_up_s,
-                            events=events)
+                            events=events, slices_per_volume=slices_per_volume)
     try:
         return _watch(watcher, vendor, endpoint, run_id, tr_s, n_volumes, idle_timeout_s, poll_s, resend_timeout_s,
                       drain_timeout_s, stop, progress, ready, curve)

@@ -81,6 +81,13 @@ def test_truncated_or_foreign_files_name_the_file(tmp_path):
         read_siemens_mosaic(junk)
 
 
+def test_ge_slices_per_volume_can_be_given():
+    """A site whose export fills ImagesInAcquisition otherwise gives the count: 9 slices per volume turns
+    instance 10 into the first slice of volume 1."""
+    assert read_ge_slice(GE[9]).volume == 0
+    assert read_ge_slice(GE[9], slices_per_volume=9).volume == 1
+
+
 def test_ge_volume_with_a_missing_slice_is_refused():
     slices = [read_ge_slice(p) for p in GE[:17]]
     with pytest.raises(VendorFileError, match="17 slice files.*expected 18"):
