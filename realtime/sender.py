@@ -105,13 +105,14 @@ class ReliableSender:
         self.stats = SenderStats()
         self.connected = False
         self._wake_fds: set[int] = set()
+        self._wake_poller: zmq.Poller | None = None  # the link's sockets plus the wake descriptors
 
     # ---- public API ------------------------------------------------------
 
     def send(self, msg: Message) -> None:
         """Send a message; keep it until acked. Waits while the window is full."""
         while len(self.pending) >= self.window:
-            self.poll(self.resend_timeout_s)
+            self.poll(self.resend_timeout_s, wake=False)
         key = _key(msg)
         p = _Pending(frames=encode(msg), first_sent=time.monotonic())
         self.pending[key] = p
@@ -128,14 +129,19 @@ class ReliableSender:
     def wake_on(self, fd: int) -> None:
         """Also wake :meth:`poll` and :meth:`wait_until` when file descriptor ``fd`` is readable
         (e.g. an inotify descriptor), so one wait serves the link and another event source."""
-        self._poller.register(fd, zmq.POLLIN)
+        if self._wake_poller is None:
+            self._wake_poller = zmq.Poller()
+            self._wake_poller.register(self.sock, zmq.POLLIN)
+            self._wake_poller.register(self._monitor, zmq.POLLIN)
+        self._wake_poller.register(fd, zmq.POLLIN)
         self._wake_fds.add(fd)
 
-    def poll(self, timeout_s: float) -> bool:
+    def poll(self, timeout_s: float, wake: bool = True) -> bool:
         """Handle acks and socket events for up to ``timeout_s`` seconds.
 
         Returns early after the first batch of events; resends what is due.
-        Returns True if a descriptor given to :meth:`wake_on` is readable.
+        Returns True if a descriptor given to :meth:`wake_on` is readable
+        (only watched with ``wake``: waits for acks alone leave them queued).
         """
         timeout_ms = max(0, math.ceil(timeout_s * 1000))  # ceil: wake at or after, never spin
         due = self._next_resend_in()
@@ -143,7 +149,8 @@ class ReliableSender:
             timeout_ms = min(timeout_ms, max(0, math.ceil(due * 1000)))
         if self._retry_at < math.inf:
             timeout_ms = min(timeout_ms, max(0, math.ceil((self._retry_at - time.monotonic()) * 1000)))
-        events = dict(self._poller.poll(timeout_ms))
+        poller = self._wake_poller if wake and self._wake_poller is not None else self._poller
+        events = dict(poller.poll(timeout_ms))
         if self._monitor in events:
             self._drain_monitor()
         if self.sock in events:
@@ -176,7 +183,7 @@ class ReliableSender:
         """
         end = time.monotonic() + timeout_s
         while self.pending and time.monotonic() < end:
-            self.poll(min(self.resend_timeout_s, end - time.monotonic()))
+            self.poll(min(self.resend_timeout_s, end - time.monotonic()), wake=False)
         return not self.pending
 
     def close(self) -> None:

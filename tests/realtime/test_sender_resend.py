@@ -144,3 +144,25 @@ def test_volumes_held_before_the_link_is_up_keep_their_order(rng, tmp_path, endp
             assert tx.drain(DRAIN_S)
     records, _ = scan_records(out / "runs" / "run1" / "volumes.log", payloads=False)
     assert [r.header["index"] for r in records if r.kind == "volume"] == list(range(40))
+
+
+def test_wake_descriptor_wakes_waits_but_not_ack_waits(endpoint, rng):
+    """A readable wake descriptor (the watcher's inotify) ends wait_until at once; drain, which waits for
+    acks alone, ignores it instead of spinning on it while no receiver answers."""
+    import os
+    import time
+
+    r, w = os.pipe()
+    os.write(w, b"x")  # readable from now on, never read
+    with ReliableSender(endpoint, resend_timeout_s=RESEND_S) as tx:
+        tx.wake_on(r)
+        assert tx.wait_until(time.monotonic() + 5.0) is True  # at once
+        tx.send(_msg(_volumes(rng, 1), 0))  # no receiver: stays pending
+        calls = []
+        for poller in (tx._poller, tx._wake_poller):
+            inner = poller.poll
+            poller.poll = lambda timeout=None, inner=inner: calls.append(timeout) or inner(timeout)
+        assert tx.drain(0.5) is False
+        assert len(calls) < 20  # a handful of resend-timeout waits, not a spin
+    os.close(r)
+    os.close(w)
