@@ -195,6 +195,7 @@ class FolderWatcher:
             else:
                 sl = read_ge_slice(path, self.slices_per_volume)
                 st.done = True
+                self.bad.pop(name, None)
                 if self._series_ok(sl.series, name):
                     if sl.volume in self._emitted:
                         log.warning("%s: volume %d was already sent; this slice is ignored", name, sl.volume)
@@ -252,8 +253,8 @@ class WatchResult:
     ----------
     detect_lag_s : ndarray of shape (n_sent,)
         Send time minus the newest file's modification time, per volume, in
-        seconds: how long a volume waited in the folder (includes the scan
-        interval and the settle scan).
+        seconds: how long a volume waited in the folder (with folder scans
+        only, this includes the scan interval and the settle scan).
     latency_s : ndarray
         Send -> ack time of each acked volume, in seconds.
     """
