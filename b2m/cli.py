@@ -16,7 +16,7 @@ from protocols.errors import ProtocolError
 from realtime.transport import TransportError
 
 from .console import stderr_console
-from .commands import demo, group, keys, library, receive, replay, session, simulate, train, watch
+from .commands import demo, group, keys, library, receive, replay, scanner_export, session, simulate, train, watch
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     ssub = scanner.add_subparsers(dest="scanner_command", required=True, metavar="SUBCOMMAND")
     watch.add_parser(ssub)
     replay.add_parser(ssub)
+    scanner_export.add_parser(ssub)
     receive.add_parser(sub)
     keys.add_parser(sub)
     session.add_parser(sub)

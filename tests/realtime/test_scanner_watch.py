@@ -211,3 +211,27 @@ def test_nifti_without_tr_is_a_clear_error(b2m_proc, endpoint, tmp_path, rng):
     nib.save(nib.Nifti1Image(rng.integers(0, 100, (4, 4, 3)).astype(np.int16), np.eye(4)), folder / "v1.nii")
     assert tx.wait(timeout=30) == 2
     assert "v1.nii: the header has no TR; give it with --tr SECONDS" in tx.stderr()
+
+
+@pytest.mark.timeout(120)
+def test_dry_run_export_to_watch_to_receiver_bit_exact(b2m_proc, endpoint, fmri1_nii, tmp_path):
+    """A site's dry run: b2m scanner export plays the scanner's NIfTI export of nitime's real run (40 volumes)
+    at 20x TR pace, the watcher sends it, and the receiver's NIfTI equals the original run."""
+    folder, out = tmp_path / "export", tmp_path / "session"
+    folder.mkdir()
+    rx = b2m_proc("receive", "--bind", endpoint, "--out", out, name="receive")
+    rx.wait_for("ready")
+    tx = b2m_proc("scanner", "watch", folder, "--vendor", "nifti", "--connect", endpoint, "--volumes", 40,
+                  "--run-id", "dry", "--quiet", name="watch")
+    tx.wait_for("watching")
+    ex = b2m_proc("scanner", "export", fmri1_nii, folder, "--speed", "20", "--quiet", name="export")
+    assert ex.wait(timeout=60) == 0, ex.stderr()
+    assert ex.stdout().startswith("40\t")
+    assert tx.wait(timeout=60) == 0, tx.stderr()
+    summary = json.loads(tx.stdout().strip().splitlines()[-1])
+    assert summary["sent"] == 40 and summary["all_acked"] and summary["bad_files"] == {}
+    rx.wait_for("dry\t", stream="stdout")
+    src = nib.load(fmri1_nii)
+    _assert_export(out / "nifti" / "dry.nii", np.asanyarray(src.dataobj.get_unscaled()), src.affine)
+    assert nib.load(out / "nifti" / "dry.nii").header.get_zooms()[3] == pytest.approx(1.35, abs=1e-6)
+    rx.kill(signal.SIGTERM)
