@@ -27,6 +27,7 @@ from .errors import MessageError
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "valid_run_id",
     "MAX_HEADER_BYTES",
     "MAX_PAYLOAD_BYTES",
     "ALLOWED_DTYPES",
@@ -382,9 +383,15 @@ def _finite(h: dict, key: str, *, optional: bool = False) -> float | None:
     return v
 
 
+def valid_run_id(run_id: str) -> bool:
+    """True if ``run_id`` is one the protocol accepts: 1-128 characters of ``[A-Za-z0-9._-]``, starting
+    with a letter or digit (it names a folder in the session record)."""
+    return bool(_RUN_ID.fullmatch(run_id))
+
+
 def _run_id(h: dict, *, optional: bool = False) -> str | None:
     v = _get(h, "run_id", str, optional=optional)
-    if v is not None and not _RUN_ID.fullmatch(v):
+    if v is not None and not valid_run_id(v):
         raise MessageError(
             "header.run_id",
             f"{_short(v)} is not a valid run id: use 1-128 characters of A-Z a-z 0-9 . _ -, "

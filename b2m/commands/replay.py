@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from realtime.scanner.pacing import parse_speed
 from realtime.scanner.replay import replay_nifti
+
 from ..console import stderr_console
 from ._curve import client_keys
 from ._link import add_sender_args, report_link

@@ -60,7 +60,7 @@ class ScannerVolume:
     tr_s : float or None
         Repetition time in seconds, if the header has it.
     series : str
-        Series identifier (DICOM ``SeriesNumber``; the file name for NIfTI).
+        Series identifier (DICOM ``SeriesNumber``; empty for NIfTI).
     files : tuple of str
         The file(s) it was read from.
     """
@@ -225,7 +225,7 @@ def read_nifti_volume(path, index: int) -> ScannerVolume:
     """
     import nibabel as nib
 
-    from ..nifti_io import header_tr_s
+    from ..nifti_io import tr_seconds
 
     path = os.fspath(path)
     try:
@@ -237,9 +237,6 @@ def read_nifti_volume(path, index: int) -> ScannerVolume:
         data = data[..., 0]
     if data.ndim != 3:
         raise VendorFileError(f"{path}: shape {data.shape} is not one volume; the watcher takes a file per volume")
-    try:  # a 3-D header rarely has a TR; then it comes from --tr
-        tr = header_tr_s(img.header)
-    except ValueError:
-        tr = None
+    tr, _ = tr_seconds(img.header)  # a 3-D header rarely has a TR; then it comes from --tr
     return ScannerVolume(index=index, data=np.ascontiguousarray(data), affine=np.asarray(img.affine, np.float64),
                          tr_s=tr, series="", files=(path,))

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from protocols.wire import RunEnd, RunStart, VolumeMessage
+from protocols.wire import RunEnd, RunStart, VolumeMessage, valid_run_id
 
 from ..sender import ReliableSender
 from ..transport import DEFAULT_ENDPOINT
@@ -41,7 +40,6 @@ __all__ = ["FolderWatcher", "WatchResult", "watch_folder"]
 log = logging.getLogger("b2m.scanner.watch")
 
 _SUFFIXES = {"siemens": (".dcm", ".ima"), "ge": None, "nifti": (".nii", ".nii.gz")}
-_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
 @dataclass
@@ -312,8 +310,8 @@ def watch_folder(folder, vendor: str, endpoint: str = DEFAULT_ENDPOINT, *, run_i
     ValueError
         Bad folder, vendor or run id, or no TR; the message says what to give.
     """
-    if run_id is not None and not _NAME_RE.match(run_id):
-        raise ValueError(f"run id {run_id!r}: use 1-128 characters of [A-Za-z0-9._-]")
+    if run_id is not None and not valid_run_id(run_id):
+        raise ValueError(f"run id {run_id!r}: use 1-128 characters of [A-Za-z0-9._-], starting with a letter or digit")
     stop = stop or (lambda: False)
     if new_subfolder:
         folder = _wait_for_subfolder(folder, poll_s, stop, ready)

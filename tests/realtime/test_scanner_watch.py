@@ -235,3 +235,11 @@ def test_dry_run_export_to_watch_to_receiver_bit_exact(b2m_proc, endpoint, fmri1
     _assert_export(out / "nifti" / "dry.nii", np.asanyarray(src.dataobj.get_unscaled()), src.affine)
     assert nib.load(out / "nifti" / "dry.nii").header.get_zooms()[3] == pytest.approx(1.35, abs=1e-6)
     rx.kill(signal.SIGTERM)
+
+
+def test_run_id_the_protocol_would_refuse_is_refused_before_watching(tmp_path):
+    from realtime.scanner.watch import watch_folder
+
+    for bad in ("_leading-underscore", "x" * 129, "has space"):
+        with pytest.raises(ValueError, match="starting with a letter or digit"):
+            watch_folder(tmp_path, "siemens", run_id=bad)
