@@ -37,8 +37,12 @@ def add_parser(sub) -> None:
                    help="output device name or index, 'default', or wav:PATH to write what would be played")
     p.add_argument("--in-process-audio", action="store_true",
                    help="run the audio stream in this process (default: an isolated child process)")
-    p.add_argument("--mode", default="retrieval", choices=["retrieval"],
-                   help="how music follows the decoded embedding (retrieval from the library)")
+    p.add_argument("--mode", default="retrieval", choices=["retrieval", "generation"],
+                   help="how music follows the decoded embedding: retrieval (play the library clip) or "
+                        "generation (compose the chosen generator point's piece live; needs a library from "
+                        "`b2m library build --generate N`)")
+    p.add_argument("--segment-bars", type=int, default=4,
+                   help="generation: bars rendered per segment (default 4)")
     p.add_argument("--results", default=DEFAULT_RESULTS, help=f"ZeroMQ PUB endpoint for per-TR results "
                    f"(default {DEFAULT_RESULTS}; 'none' to disable)")
     p.add_argument("--pyneal-port", type=int, default=None,
@@ -100,7 +104,7 @@ def run_check(args) -> int:
         raise ValueError(f"b2m session --check needs {', '.join(missing)} (see b2m session --help)")
     checks = preflight(args.model, args.library, audio=args.audio, isolate=not args.in_process_audio,
                        bind=args.bind, results=args.results, pyneal_port=args.pyneal_port, insecure=args.insecure,
-                       curve=server_keys(args))
+                       curve=server_keys(args), mode=args.mode, segment_bars=args.segment_bars)
     print(format_checks(checks))
     failed = [c.name for c in checks if not c.ok]
     print(f"{len(checks) - len(failed)} of {len(checks)} checks passed"
@@ -121,6 +125,8 @@ def run_live(args) -> int:
     from realtime.results import PynealResultsServer, ResultsPublisher
     from protocols.session import SessionRecord
     from realtime.session import Dashboard, SessionEngine, write_session_info
+    from realtime.session.engine import SessionOptions
+    from realtime.session.generation import atlas_points
     from realtime.session.replay import recorded_decisions, recorded_volumes
 
     curve = server_keys(args)  # a bad key file stops the session before anything starts
@@ -131,6 +137,9 @@ def run_live(args) -> int:
     logging.getLogger("b2m").addHandler(fh)
     decoder, library = open_parts(args.model, args.library)
     policy = _policy(args)
+    options = SessionOptions(mode=args.mode, segment_bars=args.segment_bars)
+    if args.mode == "generation":
+        atlas_points(library)  # a library that is not generated: the error says what to do, before the audio opens
     try:
         output = open_output(args.audio, isolate=not args.in_process_audio)
     except AudioDeviceError as e:
@@ -163,8 +172,8 @@ def run_live(args) -> int:
             pyneal = PynealResultsServer(port=args.pyneal_port, insecure=args.insecure)
             print(f"pyneal\t{pyneal.host}:{pyneal.port}", file=sys.stderr, flush=True)
         recorded, offsets = recorded_decisions(args.out)
-        engine = SessionEngine(decoder, library, output, policy, record_dir=args.out, publisher=publisher,
-                               pyneal=pyneal, run_offsets=offsets)
+        engine = SessionEngine(decoder, library, output, policy, options, record_dir=args.out,
+                               publisher=publisher, pyneal=pyneal, run_offsets=offsets)
         if offsets:  # a session folder with decisions in it: an interrupted session, continued
             rec = SessionRecord(args.out, sync=False)
             ended_runs = {r for r, run in rec.runs.items() if run.ended}
@@ -215,8 +224,9 @@ def run_live(args) -> int:
 def session_summary(engine, ended) -> dict:
     st = engine.stats()
     audio = st.get("audio") or {}
-    return {"runs_ended": ended, "counts": st["counts"], "latency_ms": st["latency_ms"],
-            "audio_underruns": audio.get("underruns"), "audio": audio, "clips": st.get("clips")}
+    return {"runs_ended": ended, "mode": engine.options.mode, "counts": st["counts"], "latency_ms": st["latency_ms"],
+            "audio_underruns": audio.get("underruns"), "audio": audio, "clips": st.get("clips"),
+            "pieces": st.get("pieces")}
 
 
 def run_replay(session: str) -> int:

@@ -21,6 +21,7 @@ import glob
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -36,7 +37,8 @@ from ..beats import clip_beats
 from ..embedding.base import Embedder
 from .index import FAISS_THRESHOLD, FaissHNSWIndex, normalize_rows
 
-__all__ = ["Unit", "BuildResult", "build_library", "discover_sources", "generated_units", "AUDIO_EXTS",
+__all__ = ["Unit", "BuildResult", "build_library", "discover_sources", "generated_units", "generator_point",
+           "AUDIO_EXTS",
            "MIDI_EXTS", "DEFAULT_CLIP_S", "LIBRARY_SR"]
 
 log = logging.getLogger("b2m.library")
@@ -174,6 +176,25 @@ def generated_units(n: int, *, shared_instruments: bool = False, seed: int = 0,
         units.append(Unit(id=f"{tag}:{genre}.{track:05d}:seed{seed}", source="generated", genre=genre,
                           produce=produce, label=f"{genre}.{track:05d}"))
     return units
+
+
+# the clip id a generated unit gets (``_clip_id`` turns the unit id's ':' into '.')
+_GENERATED_ID = re.compile(r"^gen(-shared)?\.([a-z]+)\.(\d+)\.seed(\d+)$")
+
+
+def generator_point(clip) -> tuple[str, int, int, bool] | None:
+    """The generator's ``(genre, track, seed, shared_instruments)`` behind a generated clip.
+
+    ``clip`` is a library row (:class:`protocols.library.Clip`). Returns None
+    for a clip that :func:`generated_units` did not make (audio, MIDI,
+    music21 sources, or a generated row whose id was edited).
+    """
+    if clip.source != "generated":
+        return None
+    m = _GENERATED_ID.match(clip.id)
+    if m is None or m.group(2) != clip.genre:
+        return None
+    return m.group(2), int(m.group(3)), int(m.group(4)), m.group(1) is not None
 
 
 def discover_sources(sources: Iterable[str], clip_s: float = DEFAULT_CLIP_S) -> tuple[list[Unit], list]:

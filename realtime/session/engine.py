@@ -50,13 +50,15 @@ from ..feedback import Decision, FeedbackPolicy, PolicyConfig
 from ..preprocessing import OnlinePreprocessor, PreprocessConfig
 from .clips import ClipCache
 from .decisions import DecisionLog, decisions_path
+from .generation import LivePieces, atlas_points
 
 log = logging.getLogger("b2m.session")
 
-__all__ = ["SessionEngine", "SessionOptions", "STAGES"]
+__all__ = ["SessionEngine", "SessionOptions", "STAGES", "MODES"]
 
 # Result stages, in order; latency of each is measured from the previous one.
 STAGES = ("received", "preprocessed", "decoded", "decided", "audio_scheduled")
+MODES = ("retrieval", "generation")
 
 
 @dataclass(frozen=True)
@@ -72,11 +74,24 @@ class SessionOptions:
         Volumes that may arrive after a missing one before it is stood in for.
     n_tags : int
         Tags of the playing clip reported per result.
+    mode : {"retrieval", "generation"}
+        Play the chosen library clip, or the chosen generator point's piece
+        composed live (:mod:`.generation`; the library must be generated).
+    segment_bars : int
+        Generation mode: bars rendered per segment.
     """
 
     lead_s: float = 0.05
     max_wait: int = 4
     n_tags: int = 3
+    mode: str = "retrieval"
+    segment_bars: int = 4
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if int(self.segment_bars) < 1:
+            raise ValueError(f"segment_bars must be >= 1, got {self.segment_bars}")
 
 
 @dataclass
@@ -142,10 +157,21 @@ class SessionEngine:
         self._run_offsets = dict(run_offsets or {})
         self.runs: dict[str, _Run] = {}
         self._session_end_s = 0.0  # session time at which the latest run's last decided volume ends
-        self.clips = (ClipCache(library, output.samplerate, output.channels, stage=output.stage,
-                                unstage=output.unstage) if output is not None else None)
+        self.generating = self.options.mode == "generation"
+        if self.generating:
+            atlas_points(library)  # a library that is not generated is refused before anything starts
+        self.clips = self.pieces = None
+        if output is not None and self.generating:
+            self.pieces = LivePieces(library, output.samplerate, output.channels, self.options.segment_bars,
+                                     stage=output.stage, unstage=output.unstage)
+        elif output is not None:
+            self.clips = ClipCache(library, output.samplerate, output.channels, stage=output.stage,
+                                   unstage=output.unstage)
         self._audio_started = False
         self._last_cmd_frame = 0
+        self._segment_end = 0      # generation: output frame where the last scheduled segment ends
+        self._beats_per_bar = 4    # of what plays (generation: the piece's meter)
+        self._tr_s = 2.0           # of the run being decoded
         self._catching_up = False
         self._logged: set = set()
         # the newest results, for the dashboard and callers; the whole session is in the decisions
@@ -158,6 +184,8 @@ class SessionEngine:
         self.next_candidate: str | None = None
         if self.clips is not None:  # the first sound must not wait for a disk read: load it now
             self.clips.preload(self.policy.neutral_clip)
+        if self.pieces is not None:  # nor for the first segment's render
+            self.pieces.prepare(self.policy.neutral_clip)
 
     # ---- runs -----------------------------------------------------------
 
@@ -236,6 +264,7 @@ class SessionEngine:
         lat: dict[str, float] = {}
         res = Result(run_id=run.run_id, index=index)
         t_scan = run.offset_s + (index + 1) * run.tr_s  # the decision's session time
+        self._tr_s = run.tr_s
         self._session_end_s = max(self._session_end_s, t_scan)
         embedding, audio_frame, error = None, None, None
         try:
@@ -299,6 +328,8 @@ class SessionEngine:
         self.next_candidate = self.library.clips[cand[0]].id if cand else None
         if self.clips is not None and d.topk:
             self.clips.prefetch([i for i, _ in d.topk[:3]])  # the next switch is almost always to one of these
+        if self.pieces is not None and cand:
+            self.pieces.prefetch(cand[:2])
 
     # ---- audio ------------------------------------------------------------
 
@@ -312,6 +343,8 @@ class SessionEngine:
         out = self.output
         if out is None or self._catching_up:
             return None
+        if self.generating:
+            return self._generate(d, t_scan)
         frame = None
         if not self._audio_started or d.action == "switch":
             ready = self.clips.get(d.clip)
@@ -325,6 +358,35 @@ class SessionEngine:
             out.schedule_switch(at, ready.source, fade, offset=offset, beat_frames=ready.beat_frames)
             self._audio_started = True
             self._last_cmd_frame = frame = int(at)
+        return frame
+
+    def _generate(self, d: Decision, t_scan: float) -> int | None:
+        """Generation mode: start the chosen piece on a switch; keep the playing one going, segment by segment."""
+        out = self.output
+        frame = None
+        at = self._decision_frame(t_scan)
+        if not self._audio_started or d.action == "switch":
+            seg = self.pieces.start(d.clip)
+            if self._audio_started:
+                if self.policy_config.align != "none":
+                    every = self._beats_per_bar if self.policy_config.align == "bar" else 1
+                    on_beat = out.next_beat_frame(at, every)
+                    at = on_beat if on_beat is not None else at
+                at = max(at, self._last_cmd_frame)  # a continuation may already be scheduled: never before it
+            fade = int(round(self.policy_config.crossfade_s * out.samplerate))
+            out.schedule_switch(at, seg.source, fade, beat_frames=seg.beat_frames)
+            self._audio_started = True
+            self._beats_per_bar = seg.beats_per_bar
+            self._last_cmd_frame = frame = int(at)
+            self._segment_end = int(at) + seg.n_frames
+        # the next segments start where the last one ends (a cut of 0 frames: the piece continues seamlessly),
+        # scheduled once they are due within the next two TRs; a segment that ran out would loop, not stop
+        horizon = at + int(round(2 * self._tr_s * out.samplerate))
+        while self._segment_end <= horizon:
+            seg = self.pieces.next_segment()
+            out.schedule_switch(self._segment_end, seg.source, 0, beat_frames=seg.beat_frames)
+            self._last_cmd_frame = self._segment_end
+            self._segment_end += seg.n_frames
         return frame
 
     def _render(self, t_scan: float) -> None:
@@ -381,6 +443,8 @@ class SessionEngine:
                 out.advance_to(at + fade + out.samplerate // 10)
         if self.clips is not None:
             self.clips.close()
+        if self.pieces is not None:
+            self.pieces.close()
         for run in self.runs.values():
             if run.log is not None:
                 run.log.close()
@@ -429,4 +493,6 @@ class SessionEngine:
             out["audio"] = self.output.stats()
         if self.clips is not None:
             out["clips"] = dict(self.clips.stats)
+        if self.pieces is not None:
+            out["pieces"] = dict(self.pieces.stats)
         return out

@@ -55,6 +55,30 @@ def _decoder_speed(decoder, n: int = 200) -> tuple[str, None]:
             f"p50 {np.percentile(ms, 50):.2f} ms, p99 {np.percentile(ms, 99):.2f} ms"), None
 
 
+def _generator_speed(library, segment_bars: int, samplerate: int = 48000) -> tuple[str, None]:
+    from realtime.feedback import FeedbackPolicy, PolicyConfig
+
+    from .generation import LivePieces
+
+    pieces = LivePieces(library, samplerate, 2, segment_bars)
+    try:
+        index = FeedbackPolicy(library, PolicyConfig()).neutral_clip
+        t0 = time.perf_counter()
+        pieces.prepare(index)
+        first_ms = (time.perf_counter() - t0) * 1e3
+        pieces.start(index)
+        segs = [pieces.next_segment() for _ in range(2)]   # on the worker or here: each render is timed
+        seg_ms = pieces.stats["render_ms_max"]
+    finally:
+        pieces.close()
+    audio_s = segs[-1].n_frames / samplerate
+    genres = sorted({p[0] for p in pieces.points})
+    return (f"{len(pieces.points)} generator points ({len(genres)} genres); neutral piece "
+            f"'{library.clips[index].id}': a new piece and its first {segment_bars} bars in {first_ms:.0f} ms; "
+            f"the slowest {segment_bars}-bar segment ({audio_s:.1f} s of audio at {samplerate} Hz) in "
+            f"{seg_ms:.0f} ms ({audio_s * 1e3 / max(seg_ms, 1e-6):.0f}x real time)"), None
+
+
 def _play(library, spec: str, isolate: bool, seconds: float) -> tuple[str, None]:
     from realtime.audio import open_output
     from realtime.feedback import FeedbackPolicy, PolicyConfig
@@ -94,7 +118,8 @@ def _play(library, spec: str, isolate: bool, seconds: float) -> tuple[str, None]
 
 def preflight(model: str, library: str, *, audio: str = "default", isolate: bool = True,
               bind: str | None = None, results: str | None = None, pyneal_port: int | None = None,
-              insecure: bool = False, curve=None, seconds: float = 2.0) -> list[Check]:
+              insecure: bool = False, curve=None, seconds: float = 2.0, mode: str = "retrieval",
+              segment_bars: int = 4) -> list[Check]:
     """Run every check (see the module doc) and return them in order.
 
     Parameters
@@ -114,6 +139,11 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
         The CURVE keys of the scanner link and the results stream (``--curve-secret``).
     seconds : float
         How long the neutral clip plays.
+    mode : {"retrieval", "generation"}
+        With generation, also check the library is a generator atlas and time
+        the rendering of the neutral piece's first segment.
+    segment_bars : int
+        Generation: bars per segment, as the session's ``--segment-bars``.
     """
     from music.library import Library
     from protocols.library import check_same_embedder
@@ -149,6 +179,11 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
         checks.append(_attempt("results endpoint", lambda: _bind_publisher(results, insecure, curve))[0])
     if pyneal_port is not None:
         checks.append(_attempt("Pyneal port", lambda: _bind_pyneal(pyneal_port, insecure))[0])
+    if mode == "generation":
+        if lib is not None:
+            checks.append(_attempt("generator", lambda: _generator_speed(lib, segment_bars))[0])
+        else:
+            checks.append(Check("generator", False, "not checked: the library did not load"))
     if lib is not None:
         checks.append(_attempt("audio output", lambda: _play(lib, audio, isolate, seconds))[0])
     else:
