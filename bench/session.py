@@ -292,7 +292,7 @@ def inprocess(vols, bundle_dir: str, lib_dir: str, *, blas_threads: int | None =
 
 
 def _inprocess(vols, bundle_dir: str, lib_dir: str, *, n_runs: int, run_len: int, tmp: str,
-               anchor_every: int, rtspm_every: int, blas_threads) -> dict:
+               anchor_every: int, rtspm_every: int, blas_threads, mode: str = "retrieval") -> dict:
     from music.library import Library
     from realtime.decoder import Decoder
     from realtime.feedback import PolicyConfig
@@ -306,7 +306,7 @@ def _inprocess(vols, bundle_dir: str, lib_dir: str, *, n_runs: int, run_len: int
     out = discard_sink(tmp)
     record = os.path.join(tmp, "record")
     os.makedirs(record, exist_ok=True)
-    policy, options = PolicyConfig(), SessionOptions()
+    policy, options = PolicyConfig(), SessionOptions(mode=mode)
     engine = SessionEngine(decoder, library, out, policy, options, record_dir=record)
     try:
         import rtspm  # noqa: F401
@@ -414,7 +414,8 @@ def _inprocess(vols, bundle_dir: str, lib_dir: str, *, n_runs: int, run_len: int
                     "minus CPU is time spent waiting (other processes on the machine, BLAS threads, the GIL)",
         "blas_threads": blas_threads,
         "first_volume_of_run_call_ms": summarize(first_call_ms),
-        "counts": stats["counts"], "clips": stats.get("clips"), "audio": stats.get("audio"),
+        "counts": stats["counts"], "clips": stats.get("clips"), "pieces": stats.get("pieces"),
+        "audio": stats.get("audio"),
         "errors": {"n": int(stats["counts"]["errors"]), "latest_clips": [x.clip for x in errors][:5]},
         "anchors": {
             "bare_decoder_ms": summarize(bare_ms),
@@ -472,7 +473,7 @@ def _wait_line(path: str, key: str, proc, timeout: float) -> str:
         raise RuntimeError(f"no {key!r} line from the session (exit {proc.poll()}):\n{f.read()[-3000:]}")
 
 
-def processes(vols, bundle_dir: str, lib_dir: str, *, n_volumes: int, tmp: str) -> dict:
+def processes(vols, bundle_dir: str, lib_dir: str, *, n_volumes: int, tmp: str, mode: str = "retrieval") -> dict:
     import zmq
 
     from protocols.wire import decode
@@ -483,7 +484,7 @@ def processes(vols, bundle_dir: str, lib_dir: str, *, n_volumes: int, tmp: str) 
     with open(err_path, "w") as err:
         sess = subprocess.Popen(_b2m() + ["session", "--model", bundle_dir, "--library", lib_dir, "--out", out,
                                           "--bind", "tcp://127.0.0.1:*", "--audio", f"wav:{out}/feedback.wav",
-                                          "--results", "tcp://127.0.0.1:*", "--no-dashboard"],
+                                          "--results", "tcp://127.0.0.1:*", "--no-dashboard", "--mode", mode],
                                 stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
@@ -575,7 +576,7 @@ def processes(vols, bundle_dir: str, lib_dir: str, *, n_volumes: int, tmp: str) 
 # ---------------------------------------------------------------------------------------------- part 4
 
 def jack_switches(vols, bundle_dir: str, lib_dir: str, *, seconds: float, tr_s: float, tmp: str,
-                  ref_seconds: float) -> dict:
+                  ref_seconds: float, mode: str = "retrieval") -> dict:
     from realtime.audio.jack import reference_xruns, start_jackd
 
     from music.library import Library
@@ -595,7 +596,7 @@ def jack_switches(vols, bundle_dir: str, lib_dir: str, *, seconds: float, tr_s: 
         out.start()
         proxy = RecordingOutput(out)
         policy = PolicyConfig(smooth_trs=1, margin=0.0, min_dwell_s=3.0)
-        options = SessionOptions()
+        options = SessionOptions(mode=mode)
         engine = SessionEngine(decoder, library, proxy, policy, options, record_dir=None)
         n = int(round(seconds / tr_s))
         mark = server.log_mark()
@@ -670,7 +671,7 @@ def jack_switches(vols, bundle_dir: str, lib_dir: str, *, seconds: float, tr_s: 
         "latency_ms": _stage_stats(rows), "latency_ms_switch_trs": _switch_stats(rows),
         "per_tr_latency_ms": rows,  # every TR's stages, to see which TRs make the tail
         "pacing_lateness_ms": summarize(lateness_ms),
-        "counts": engine.counts,
+        "counts": engine.counts, "pieces": engine.stats().get("pieces"),
         "commands_scheduled": len(matched), "commands_executed": len(ok), "switches_scheduled":
             sum(m["kind"] == "switch" for m in matched), "switches_executed": len(sw),
         "max_abs_frame_error": max_abs(sw, "frame_error"),
@@ -829,6 +830,9 @@ def print_report(res: dict) -> None:
                   f"staged in the audio process by the loader; a switch is one round trip; the call alone p50 "
                   f"{_fmt(jk['schedule_switch_call_ms']['p50'])} / max {_fmt(jk['schedule_switch_call_ms']['max'])}), "
                   f"total max {_fmt(w['total']['max'])} ms")
+            if jk.get("pieces"):
+                print(f"  generation: {jk['pieces']} (switch_waits: TRs a switch waited for its piece; "
+                      f"sync_renders: segments the session rendered itself)")
     print("\ngoals:")
     for g in res["goals"]:
         fig = g.get("figure_ms", g.get("figure_mb"))
@@ -854,12 +858,15 @@ def main(argv=None) -> int:
     p.add_argument("--blas-threads", type=int, default=None,
                    help="limit BLAS threads in the in-process part (default: leave them, as b2m session does)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", default="retrieval", choices=["retrieval", "generation"],
+                   help="the session's --mode (the bench library is generated, so both work); generation writes "
+                        "session[-quick]-generation.json")
     args = p.parse_args(argv)
     n_runs = args.runs or (2 if args.quick else 10)
     proc_volumes = args.proc_volumes or (120 if args.quick else sd.RUN_LENGTH)
     jack_seconds = args.jack_seconds or (30.0 if args.quick else 60.0)
     t_start = time.perf_counter()
-    res: dict = {"machine": machine_info(), "sources": source_digest(SOURCES), "quick": args.quick,
+    res: dict = {"machine": machine_info(), "sources": source_digest(SOURCES), "quick": args.quick, "mode": args.mode,
                  "loadavg_start": list(os.getloadavg()),
                  "threads_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                                 "MKL_NUM_THREADS")},
@@ -888,7 +895,7 @@ def main(argv=None) -> int:
             os.makedirs(idir)
             res["inprocess"] = inprocess(vols, bundle_dir, lib_dir, n_runs=n_runs, run_len=args.run_length,
                                          tmp=idir, anchor_every=10, rtspm_every=40 if args.quick else 100,
-                                         blas_threads=args.blas_threads)
+                                         blas_threads=args.blas_threads, mode=args.mode)
             res["embedding_dim"] = res["inprocess"]["embedding_dim"]
             res["library_clips"] = res["inprocess"]["library_clips"]
         if not args.no_jack:
@@ -897,7 +904,7 @@ def main(argv=None) -> int:
             os.makedirs(jdir)
             try:
                 res["jack"] = jack_switches(vols, bundle_dir, lib_dir, seconds=jack_seconds, tr_s=args.jack_tr,
-                                            tmp=jdir, ref_seconds=5.0)
+                                            tmp=jdir, ref_seconds=5.0, mode=args.mode)
             except Exception as e:  # report, never hide
                 res["jack"] = {"error": f"{type(e).__name__}: {e}"}
         if not args.no_procs:
@@ -905,7 +912,8 @@ def main(argv=None) -> int:
             pdir = os.path.join(tmp, "procs")
             os.makedirs(pdir)
             try:
-                res["processes"] = processes(vols, bundle_dir, lib_dir, n_volumes=proc_volumes, tmp=pdir)
+                res["processes"] = processes(vols, bundle_dir, lib_dir, n_volumes=proc_volumes, tmp=pdir,
+                                             mode=args.mode)
             except Exception as e:
                 res["processes"] = {"error": f"{type(e).__name__}: {e}"}
     finally:
@@ -914,7 +922,8 @@ def main(argv=None) -> int:
     res["total_s"] = time.perf_counter() - t_start
     res["loadavg_end"] = list(os.getloadavg())
     print_report(res)
-    path = write_json("session-quick" if args.quick else "session", res)
+    name = "session-quick" if args.quick else "session"
+    path = write_json(name if args.mode == "retrieval" else f"{name}-{args.mode}", res)
     _log(f"wrote {path} ({res['total_s']:.0f} s)")
     ip, pr, jk = res.get("inprocess") or {}, res.get("processes") or {}, res.get("jack") or {}
     line = {

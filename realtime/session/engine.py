@@ -172,6 +172,7 @@ class SessionEngine:
         self._segment_end = 0      # generation: output frame where the last scheduled segment ends
         self._beats_per_bar = 4    # of what plays (generation: the piece's meter)
         self._tr_s = 2.0           # of the run being decoded
+        self._playing = None       # generation: the library row whose piece is playing
         self._catching_up = False
         self._logged: set = set()
         # the newest results, for the dashboard and callers; the whole session is in the decisions
@@ -256,6 +257,16 @@ class SessionEngine:
 
     def _step(self, run: _Run, msg, volume: np.ndarray, t_recv: float, *, stand_in: bool,
               index: int | None = None) -> Result:
+        if self.pieces is not None:  # the generator's worker waits while this TR is worked on
+            self.pieces.pause()
+        try:
+            return self._step_now(run, msg, volume, t_recv, stand_in=stand_in, index=index)
+        finally:
+            if self.pieces is not None:
+                self.pieces.resume()
+
+    def _step_now(self, run: _Run, msg, volume: np.ndarray, t_recv: float, *, stand_in: bool,
+                  index: int | None = None) -> Result:
         index = msg.index if index is None else index
         run.next_index = index + 1
         self.counts["volumes"] += 1
@@ -328,8 +339,9 @@ class SessionEngine:
         self.next_candidate = self.library.clips[cand[0]].id if cand else None
         if self.clips is not None and d.topk:
             self.clips.prefetch([i for i, _ in d.topk[:3]])  # the next switch is almost always to one of these
-        if self.pieces is not None and cand:
-            self.pieces.prefetch(cand[:2])
+        if self.pieces is not None:  # a switch still waiting for its piece first, then the next candidates
+            waiting = [d.clip] if self._audio_started and d.clip != self._playing else []
+            self.pieces.prefetch(waiting + cand[:2])
 
     # ---- audio ------------------------------------------------------------
 
@@ -365,8 +377,14 @@ class SessionEngine:
         out = self.output
         frame = None
         at = self._decision_frame(t_scan)
-        if not self._audio_started or d.action == "switch":
-            seg = self.pieces.start(d.clip)
+        want = self.policy.current
+        if want != self._playing and self._audio_started and not hasattr(out, "advance_to") \
+                and not self.pieces.ready(want):
+            want = self._playing  # a device never waits for a new piece: this one goes on (prefetched in _fill)
+            self.pieces.stats["switch_waits"] += 1
+        if not self._audio_started or want != self._playing:
+            seg = self.pieces.start(want)
+            self._playing = want
             if self._audio_started:
                 if self.policy_config.align != "none":
                     every = self._beats_per_bar if self.policy_config.align == "bar" else 1

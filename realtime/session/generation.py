@@ -18,14 +18,21 @@ what is heard equals the piece rendered in one go, bit for bit (the
 stream's guarantee). A switch starts the new piece on the next bar line of
 the one playing, with the session's crossfade; each segment carries its
 beat frames and bar length for that. Segments are rendered on a worker
-thread, the current piece's next one ahead of need and the policy's next
-candidates' first ones before a switch asks for them; a segment not ready
-when needed is rendered on the spot and counted (``stats["sync_renders"]``).
+thread (niced, so the per-TR work comes first), the current piece's next
+one ahead of need and the policy's next candidates' first ones before a
+switch asks for them. A new piece costs a few hundred milliseconds (its
+loudness is calibrated on a render of its first 8 s, then its first segment
+is rendered), so a sound device never waits for one: if the chosen piece is
+not prepared yet, the one playing goes on and the switch is heard on a bar
+line after the TR at which it is ready (the decision itself is not delayed).
+A WAV sink, whose output must not depend on thread timing, renders it on
+the spot. Any segment rendered on the spot is counted (``stats["sync_renders"]``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict, deque
@@ -36,6 +43,9 @@ import numpy as np
 log = logging.getLogger("b2m.session")
 
 __all__ = ["Segment", "LivePieces", "atlas_points", "AtlasError"]
+
+WORKER_NICE = 5  # added to the worker thread's nice value
+CHUNK = 16384    # samples the worker renders between looks at the session (0.34 s of audio at 48 kHz, ~6 ms)
 
 
 class AtlasError(ValueError):
@@ -142,7 +152,11 @@ class LivePieces:
         self._preparing: int | None = None                         # what the worker prepares now
         self._staged: deque = deque()                              # staged sources, oldest first
         self._closed = False
-        self.stats = {"pieces": 0, "segments": 0, "sync_renders": 0, "render_ms_max": 0.0, "errors": 0}
+        self._idle = threading.Event()  # clear while the session works on a TR: the worker waits
+        self._idle.set()
+        # switch_waits: TRs at which a device kept the playing piece because the chosen one was not ready
+        self.stats = {"pieces": 0, "segments": 0, "sync_renders": 0, "render_ms_max": 0.0, "errors": 0,
+                      "switch_waits": 0}
         self._thread = threading.Thread(target=self._work, name="b2m-generator", daemon=True)
         self._thread.start()
 
@@ -155,13 +169,24 @@ class LivePieces:
         self.stats["pieces"] += 1
         return _Piece(index, GeneratorStream(genre, track, seed, sr=self.samplerate, shared_instruments=shared))
 
-    def _render(self, piece: _Piece) -> Segment:
-        t0 = time.perf_counter()
+    def _render(self, piece: _Piece, gated: bool = False) -> Segment:
         stream, p = piece.stream, piece.stream.params
         first_bar, last_bar = piece.bars, piece.bars + self.segment_bars
         start = stream.position
         end = int(round(last_bar * p.bar_s * self.samplerate))   # bar lines never drift
-        y = stream.next(n_samples=end - start)
+        busy_s = 0.0  # rendering time, without the waits
+        if gated:  # the worker: in slices, each waiting while the session works on a TR (the stream is
+            parts = []  # bit-identical whatever the slicing)
+            for a in range(start, end, CHUNK):
+                self._idle.wait()
+                t0 = time.perf_counter()
+                parts.append(stream.next(n_samples=min(CHUNK, end - a)))
+                busy_s += time.perf_counter() - t0
+            y = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        else:
+            t0 = time.perf_counter()
+            y = stream.next(n_samples=end - start)
+            busy_s = time.perf_counter() - t0
         beat_s = 60.0 / p.tempo
         k = np.arange(first_bar * p.beats_per_bar, last_bar * p.beats_per_bar)
         beats = np.round(k * beat_s * self.samplerate).astype(np.int64) - start
@@ -170,7 +195,7 @@ class LivePieces:
             src = self._stage(src)
         seg = Segment(piece.index, piece.number, src, int(y.size), beats, int(p.beats_per_bar), float(p.tempo))
         piece.bars, piece.number = last_bar, piece.number + 1
-        ms = (time.perf_counter() - t0) * 1e3
+        ms = busy_s * 1e3
         self.stats["segments"] += 1
         self.stats["render_ms_max"] = max(self.stats["render_ms_max"], ms)
         return seg
@@ -178,8 +203,16 @@ class LivePieces:
     def _claim(self, piece: _Piece) -> None:
         """Wait until no other thread renders ``piece``, then mark it busy (lock held)."""
         while piece.busy:
-            self._lock.wait(1.0)
+            self._wait_for_worker()
         piece.busy = True
+
+    def _wait_for_worker(self) -> None:
+        """Wait (lock held) for the worker to finish a render; a worker paused by this TR goes on meanwhile."""
+        paused = not self._idle.is_set()
+        self._idle.set()
+        self._lock.wait(1.0)
+        if paused:
+            self._idle.clear()
 
     def _release(self, piece: _Piece) -> None:
         piece.busy = False
@@ -200,6 +233,10 @@ class LivePieces:
         return None, None
 
     def _work(self) -> None:
+        try:  # below the session's own threads for the CPU (Linux: a thread's nice value is its own)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+        except (AttributeError, OSError):
+            pass
         while True:
             with self._lock:
                 job, what = self._next_job()
@@ -212,13 +249,18 @@ class LivePieces:
                     self._claim(what)
             try:
                 if job == "ahead":
-                    seg = self._render(what)
+                    seg = self._render(what, gated=True)
                     with self._lock:
-                        what.ahead.append(seg)
+                        retired = what is not self._current
+                        if not retired:
+                            what.ahead.append(seg)
                         self._release(what)
+                    if retired:       # the session switched away while it was being rendered
+                        self._drop([seg])
                 else:
-                    piece = self._new_piece(what)
-                    piece.ahead.append(self._render(piece))
+                    self._idle.wait()
+                    piece = self._new_piece(what)  # its loudness calibration: ~0.1 s, not sliced
+                    piece.ahead.append(self._render(piece, gated=True))
                     self._put_prepared(piece)
             except Exception:
                 self.stats["errors"] += 1
@@ -277,6 +319,18 @@ class LivePieces:
                 self._wanted.pop()
             self._lock.notify_all()
 
+    def pause(self) -> None:
+        """The session starts a TR: the worker stops at its next slice until :meth:`resume`."""
+        self._idle.clear()
+
+    def resume(self) -> None:
+        self._idle.set()
+
+    def ready(self, index: int) -> bool:
+        """Whether ``index``'s piece is prepared, so :meth:`start` returns at once."""
+        with self._lock:
+            return int(index) in self._prepared
+
     def prepare(self, index: int) -> None:
         """Prepare a piece now (before the session starts: the first sound must not wait)."""
         piece = self._new_piece(int(index))
@@ -288,7 +342,7 @@ class LivePieces:
         index = int(index)
         with self._lock:
             while self._preparing == index:  # being prepared now: waiting is cheaper than rendering it twice
-                self._lock.wait(1.0)
+                self._wait_for_worker()
             if index in self._wanted:
                 self._wanted.remove(index)
             piece = self._prepared.pop(index, None)
@@ -296,17 +350,14 @@ class LivePieces:
             self.stats["sync_renders"] += 1
             piece = self._new_piece(index)
             piece.ahead.append(self._render(piece))
+        rest = []
         with self._lock:
             old, self._current = self._current, piece
             seg = piece.ahead.popleft()
-            self._lock.notify_all()   # the worker renders the next segment ahead
-        if old is not None:
-            with self._lock:
-                self._claim(old)      # never drop segments a render is still adding to
-                rest = list(old.ahead)
-                old.ahead.clear()
-                self._release(old)
-            self._drop(rest)
+            if old is not None and not old.busy:  # else the worker drops what it renders for it when done
+                rest, old.ahead = list(old.ahead), deque()
+            self._lock.notify_all()   # the worker renders the new piece's next segment ahead
+        self._drop(rest)
         self._keep_staged(seg)
         return seg
 
@@ -332,4 +383,5 @@ class LivePieces:
         with self._lock:
             self._closed = True
             self._lock.notify_all()
+        self._idle.set()
         self._thread.join(timeout=5)

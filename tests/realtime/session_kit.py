@@ -71,6 +71,16 @@ def make_library(folder: str) -> str:
     return lib
 
 
+def make_atlas(folder: str, n_points: int = 10, seed: int = 3) -> str:
+    """A library the generator made (one piece per genre for 10 points), embedded by the kit's embedder:
+    what ``b2m session --mode generation`` needs."""
+    from music.library import build_library, generated_units
+
+    out = os.path.join(folder, "atlas")
+    build_library(out, generated_units(n_points, seed=seed), KitEmbedder(), clip_s=15.0)
+    return out
+
+
 def make_bundle(folder: str, nifti: str, *, seed: int = 0, motion: bool = False, detrend: str = "causal",
                 normalize: str = "running") -> str:
     import nibabel as nib

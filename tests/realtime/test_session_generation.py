@@ -14,10 +14,10 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-from session_kit import KitEmbedder, kit_fixture, volumes
+from session_kit import kit_fixture, make_atlas, volumes
 
 from music.generator import GeneratorStream
-from music.library import Library, build_library, generated_units, generator_point
+from music.library import Library, generator_point
 from music.render import render_midi
 from realtime.audio import WavSink
 from realtime.decoder import Decoder
@@ -38,10 +38,8 @@ def kit(tmp_path_factory, fmri1_nii):
 
 @pytest.fixture(scope="module")
 def atlas(tmp_path_factory):
-    """A generated library, one point per genre (tracks 0), embedded by the kit's embedder."""
-    out = str(tmp_path_factory.mktemp("atlas") / "lib")
-    build_library(out, generated_units(N_POINTS, seed=3), KitEmbedder(), clip_s=15.0)
-    return out
+    """A generated library, one point per genre (tracks 0, seed 3), embedded by the kit's embedder."""
+    return make_atlas(str(tmp_path_factory.mktemp("atlas")), N_POINTS, seed=3)
 
 
 def one_go(point, n: int) -> np.ndarray:
@@ -84,6 +82,34 @@ def test_segments_join_into_the_piece_rendered_in_one_go(atlas):
         k = np.arange(len(s.beat_frames)) + s.number * 2 * bpb
         np.testing.assert_array_equal(s.beat_frames + start, np.round(k * 60.0 / tempo * SR).astype(int))
         assert s.beat_frames[0] == 0 and len(s.beat_frames) == 2 * bpb
+
+
+def test_the_worker_waits_while_a_tr_is_worked_on_without_ever_blocking_the_session(atlas):
+    import threading
+
+    lib = Library(atlas)
+    pieces = LivePieces(lib, SR, channels=2, segment_bars=2)
+    got = []
+    try:
+        pieces.pause()  # a TR is being worked on
+        pieces.prefetch([7, 8])
+        time.sleep(0.5)
+        assert pieces.stats["segments"] == 0  # the worker renders nothing meanwhile
+
+        def session_side():  # asks for the piece the worker had started to prepare, still within the TR
+            got.append(pieces.start(7))
+            got.extend(pieces.next_segment() for _ in range(2))
+
+        t = threading.Thread(target=session_side)
+        t.start()
+        t.join(30)
+        assert not t.is_alive(), "the session waited forever for a paused worker"
+        pieces.resume()
+    finally:
+        pieces.close()
+    # rendered in slices between pauses or on the spot, the piece is still the piece rendered in one go
+    y = np.concatenate([g.source[:, 0] for g in got])
+    np.testing.assert_array_equal(y, one_go(generator_point(lib.clips[7]), len(y)).astype(np.float32))
 
 
 def run_generation(kit, atlas, tmp_path, policy, bars=2):

@@ -9,7 +9,7 @@ import types
 
 import pytest
 from jack_fixture import check_no_underruns, jackd, reference_xruns  # noqa: F401  (jackd: the fixture)
-from session_kit import kit_fixture
+from session_kit import kit_fixture, make_atlas
 
 from realtime.audio import resume_portaudio, suspend_portaudio
 
@@ -19,7 +19,8 @@ def kit(tmp_path_factory, fmri1_nii):
     return kit_fixture(tmp_path_factory, fmri1_nii)
 
 
-def _session_at_tr_pace(kit, jackd, b2m_proc, endpoint, tmp_path, n_volumes: int, tr_s: float) -> None:
+def _session_at_tr_pace(kit, jackd, b2m_proc, endpoint, tmp_path, n_volumes: int, tr_s: float, *,
+                        library=None, extra=(), check=None) -> None:
     # the machine's own rate, measured over as long as the session plays (at most a minute): on this VM
     # a C client alone logged 3 xruns one minute and 43 the next, so 4 s says little about 60 s
     reference = reference_xruns(jackd, min(n_volumes * tr_s, 60.0))
@@ -27,16 +28,18 @@ def _session_at_tr_pace(kit, jackd, b2m_proc, endpoint, tmp_path, n_volumes: int
     # would not be at a site, where the session is the only client): leave the graph to the session
     suspended = suspend_portaudio()
     try:
-        _run_session(kit, jackd, b2m_proc, endpoint, tmp_path, n_volumes, tr_s, reference)
+        _run_session(kit, jackd, b2m_proc, endpoint, tmp_path, n_volumes, tr_s, reference,
+                     library or kit.library, extra, check)
     finally:
         resume_portaudio(suspended)
 
 
-def _run_session(kit, jackd, b2m_proc, endpoint, tmp_path, n_volumes: int, tr_s: float, reference: dict) -> None:
+def _run_session(kit, jackd, b2m_proc, endpoint, tmp_path, n_volumes: int, tr_s: float, reference: dict,
+                 library: str, extra, check) -> None:
     out = tmp_path / "session"
-    sess = b2m_proc("session", "--model", kit.bundle, "--library", kit.library, "--out", out, "--bind", endpoint,
+    sess = b2m_proc("session", "--model", kit.bundle, "--library", library, "--out", out, "--bind", endpoint,
                     "--audio", "system", "--results", "none", "--no-dashboard",
-                    "--min-dwell", "4", "--margin", "0", "--smooth-trs", "1", "--crossfade", "0.5",
+                    "--min-dwell", "4", "--margin", "0", "--smooth-trs", "1", "--crossfade", "0.5", *extra,
                     name="session")
     sess.wait_for("ready", timeout=60)
     mark = jackd.log_mark()
@@ -56,6 +59,8 @@ def _run_session(kit, jackd, b2m_proc, endpoint, tmp_path, n_volumes: int, tr_s:
     assert summary["counts"]["switches"] >= 2
     assert audio["callback_errors"] == 0 and audio["late_commands"] == 0
     assert audio["callbacks"] * audio["blocksize"] >= 0.8 * seconds * audio["samplerate"]  # a real clock ran
+    if check is not None:
+        check(summary)
     check_no_underruns(types.SimpleNamespace(underruns=audio["underruns"], callbacks=audio["callbacks"]),
                        jackd, mark, seconds, reference)
 
@@ -69,3 +74,18 @@ def test_session_on_jack_15s(kit, jackd, b2m_proc, endpoint, tmp_path):
 @pytest.mark.audio
 def test_session_on_jack_60s(kit, jackd, b2m_proc, endpoint, tmp_path):
     _session_at_tr_pace(kit, jackd, b2m_proc, endpoint, tmp_path, n_volumes=40, tr_s=1.5)
+
+
+@pytest.mark.audio
+def test_generation_session_on_jack_20s(kit, jackd, b2m_proc, endpoint, tmp_path):
+    """Generation mode on a real clock: 2-bar segments (1.3-3.7 s) composed live, each in the audio process
+    before its frame (no late command), while the decoder runs at TR pace."""
+    atlas = make_atlas(str(tmp_path))
+
+    def generated(summary):
+        pieces = summary["pieces"]
+        assert summary["mode"] == "generation" and pieces["errors"] == 0
+        assert pieces["segments"] >= 20 * 1.0 / 3.7, pieces  # the music went on past the first segments
+
+    _session_at_tr_pace(kit, jackd, b2m_proc, endpoint, tmp_path, n_volumes=20, tr_s=1.0, library=atlas,
+                        extra=("--mode", "generation", "--segment-bars", "2"), check=generated)
