@@ -10,7 +10,9 @@ its ack, or from a session record in :mod:`.replay`) through
    top-k retrieval, hysteresis, dwell, motion hold, neutral start),
 4. the audio engine: a switch is scheduled on the next bar (or beat) of the
    clip playing, with an equal-power crossfade, the new clip entering on its
-   own first beat,
+   own first beat (in generation mode, :mod:`.generation`, the chosen
+   generator point's piece is composed live instead and continued segment
+   by segment),
 
 then publishes a :class:`protocols.wire.Result`, answers Pyneal clients, and
 appends the decision to the session record (:mod:`.decisions`).

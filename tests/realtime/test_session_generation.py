@@ -9,6 +9,7 @@ its MIDI (``music.render.render_midi``), and bar lines from the tempo.
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -164,6 +165,16 @@ def test_a_generation_session_plays_each_piece_unbroken_and_switches_on_its_bar_
         assert b - a in set(lines.tolist())
     first_len = (started[1][0] - started[0][0]) / SR
     assert first_len > 12.0  # several segments: the piece went on, it did not loop a clip
+    # the live view says the music is composed, and how the generator keeps up
+    from rich.console import Console
+
+    from realtime.session import Dashboard
+
+    console = Console(record=True, width=200, file=open(tmp_path / "tty.txt", "w"))
+    console.print(Dashboard(eng, console=console).render())
+    p = eng.pieces.stats
+    assert re.search(rf"generator +{p['segments']} segments of 2 bars, {p['pieces']} pieces begun",
+                     console.export_text())
 
 
 def test_a_library_that_is_not_generated_is_refused_before_the_session_starts(kit):
