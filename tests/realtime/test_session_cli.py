@@ -103,14 +103,18 @@ def test_session_needs_model_library_out(b2m_proc):
     assert "--model" in p.stderr() and "--library" in p.stderr()
 
 
-def test_session_sigkill_midrun_restart_continues_and_replays_identically(kit, b2m_proc, endpoint, tmp_path):
+@pytest.mark.parametrize("mode", ["retrieval", "generation"])
+def test_session_sigkill_midrun_restart_continues_and_replays_identically(kit, b2m_proc, endpoint, tmp_path, mode):
+    from session_kit import make_atlas
+
     from realtime.session import read_decisions
     from realtime.session.decisions import decisions_path
 
     out = tmp_path / "session"
-    args = ("session", "--model", kit.bundle, "--library", kit.library, "--out", out, "--bind", endpoint,
+    library = kit.library if mode == "retrieval" else make_atlas(str(tmp_path))
+    args = ("session", "--model", kit.bundle, "--library", library, "--out", out, "--bind", endpoint,
             "--audio", f"wav:{tmp_path}/fb.wav", "--results", "none", "--no-dashboard", "--runs", "1",
-            "--min-dwell", "5", "--margin", "0", "--smooth-trs", "1")
+            "--min-dwell", "5", "--margin", "0", "--smooth-trs", "1", "--mode", mode)
     s1 = b2m_proc(*args, name="session1")
     s1.wait_for("ready", timeout=60)
     tx = b2m_proc("scanner", "replay", kit.nifti, "--connect", endpoint, "--speed", "8", "--run-id", "run-01",
@@ -137,6 +141,10 @@ def test_session_sigkill_midrun_restart_continues_and_replays_identically(kit, b
     assert rep.wait() == 0, rep.stderr() + rep.stdout()
     report = json.loads(rep.stdout()[: rep.stdout().rindex("}") + 1])
     assert report["identical"] and report["n_compared"] == 40
+    summary = json.loads((out / "summary.json").read_text())  # the restarted process's own
+    assert summary["mode"] == mode
+    if mode == "generation":  # the piece playing at the kill was begun again, and the music went on
+        assert summary["pieces"]["errors"] == 0 and summary["pieces"]["segments"] >= 2
 
 
 def test_session_check_passes_and_plays_the_neutral_clip_sample_exact(kit, b2m_proc, endpoint, tmp_path):
