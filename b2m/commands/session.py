@@ -131,15 +131,15 @@ def run_live(args) -> int:
 
     curve = server_keys(args)  # a bad key file stops the session before anything starts
 
-    os.makedirs(args.out, exist_ok=True)
-    fh = logging.FileHandler(os.path.join(args.out, "session.log"))
-    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    logging.getLogger("b2m").addHandler(fh)
     decoder, library = open_parts(args.model, args.library)
     policy = _policy(args)
     options = SessionOptions(mode=args.mode, segment_bars=args.segment_bars)
     if args.mode == "generation":
-        atlas_points(library)  # a library that is not generated: the error says what to do, before the audio opens
+        atlas_points(library)  # a library that is not generated: the error says what to do, before anything opens
+    os.makedirs(args.out, exist_ok=True)
+    fh = logging.FileHandler(os.path.join(args.out, "session.log"))
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.getLogger("b2m").addHandler(fh)
     try:
         output = open_output(args.audio, isolate=not args.in_process_audio)
     except AudioDeviceError as e:

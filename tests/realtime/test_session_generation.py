@@ -216,3 +216,4 @@ def test_b2m_session_generation_refuses_a_library_of_recordings(kit, b2m_proc, e
     assert sess.wait(60) == 2
     err = sess.stderr()
     assert "b2m library build --generate N" in err and "rows are not" in err
+    assert not (tmp_path / "s").exists()  # refused before the session folder was made
