@@ -112,6 +112,13 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
              f"p50 {lat.get('p50', float('nan')):.2f} ms, p99 {lat.get('p99', float('nan')):.2f} ms"),
             ("Audio underruns", str(summary.get("audio_underruns"))),
             ("Runs ended", ", ".join(summary.get("runs_ended") or []) or "-")]
+    pieces = summary.get("pieces")
+    rows.insert(0, ("Music", "generated live from the library's generator points" if pieces is not None
+                    else "retrieved from the library"))
+    if pieces is not None:
+        rows.append(("Generator: segments / pieces begun / rendered on the spot / TRs a switch waited / errors",
+                     f"{pieces['segments']} / {pieces['pieces']} / {pieces['sync_renders']} / "
+                     f"{pieces['switch_waits']} / {pieces['errors']}"))
     page = html_page("b2m session report", "Session report", rows,
                      session_figures(results, library, fd_threshold_mm) if results else [])
     with open(path, "w") as f:
