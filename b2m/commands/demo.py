@@ -16,6 +16,9 @@ def add_parser(sub) -> None:
     p.add_argument("--realtime", action="store_true",
                    help="replay at true TR pace with sound through the audio device (--audio)")
     p.add_argument("--audio", default="default", help="with --realtime: output device (default: the default one)")
+    p.add_argument("--mode", default="retrieval", choices=["retrieval", "generation"],
+                   help="retrieval (play the library's clips) or generation (compose the music live from an "
+                        "atlas of 100 generator points, OUT/atlas, built once; about a minute more)")
     p.set_defaults(func=run)
 
 
@@ -24,7 +27,8 @@ def run(args) -> int:
 
     from b2m.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(out=args.out, train_runs=args.train_runs, realtime=args.realtime, audio=args.audio)
+    cfg = DemoConfig(out=args.out, train_runs=args.train_runs, realtime=args.realtime, audio=args.audio,
+                     mode=args.mode)
     err = stderr_console()
     with stage_progress(err, width=34) as progress:
         s = run_demo(cfg, progress)
@@ -37,6 +41,14 @@ def run(args) -> int:
     print(f"latency received -> audio scheduled: p50 {s['latency_ms']['p50']:.1f} ms, "
           f"p99 {s['latency_ms']['p99']:.1f} ms; audio underruns {s['audio_underruns']}; "
           f"{s['counts']['switches']} switches, {s['counts']['holds']} motion holds", file=sys.stdout)
+    gen = s.get("generator")
+    if gen:
+        print(f"music composed live: {gen['segments']} segments, {gen['pieces']} pieces begun, "
+              f"{gen['sync_renders']} rendered on the spot, {gen['errors']} errors", file=sys.stdout)
+        if gen["sync_renders"] and not args.realtime:  # these TRs dominate the p99 of an accelerated replay
+            print(f"  replayed at {s['throughput_tr_per_s']} TR/s into a WAV on the scanner's clock, music is "
+                  "rendered as it is decided (so the file never depends on thread timing); at TR pace on a "
+                  "device the generator renders ahead and a TR never waits for it", file=sys.stdout)
     sync = (s.get("clip_loads") or {}).get("sync_loads", 0)
     if sync:  # these TRs dominate the p99 of an accelerated replay
         print(f"  {sync} of the switches read their clip on the spot: replayed at {s['throughput_tr_per_s']} TR/s, "

@@ -14,7 +14,10 @@ same code and settings made it: ``OUT/stamp.json``):
    (:func:`realtime.scanner.replay.replay_nifti`) into a receiver that records
    every volume and hands it to the session engine: preprocessing, ONNX
    decoding, feedback policy, music scheduled into ``feedback.wav`` on the
-   scanner's clock (or a sound device with ``--realtime``).
+   scanner's clock (or a sound device with ``--realtime``). With ``mode =
+   "generation"`` the music is composed live from an atlas of
+   ``atlas_points`` generator points (``OUT/atlas``, embedded with the
+   bundle's embedder) instead of retrieved from the library.
 5. **Check**: the live embeddings against the offline causal decoding of the
    same run (train/deploy parity), the recorded run against the source file
    (bit-exact), and identification of the heard clips from the live decoding.
@@ -41,7 +44,7 @@ __all__ = ["DemoConfig", "run_demo", "demo_stamp"]
 log = logging.getLogger("b2m.demo")
 
 #: What a demo leaves in OUT and a rerun reuses.
-REUSED = ("dataset", "bundle", "library")
+REUSED = ("dataset", "bundle", "library", "atlas")
 #: The project's packages: any change to their files (code, models, ds003720 metadata) can change what the
 #: demo makes.
 _PACKAGES = ("b2m", "music", "offline_training", "realtime", "protocols")
@@ -58,6 +61,8 @@ class DemoConfig:
     seed: int = 0
     realtime: bool = False
     audio: str = "default"
+    mode: str = "retrieval"
+    atlas_points: int = 100
 
 
 def demo_stamp(cfg: DemoConfig, root: os.PathLike | str | None = None) -> dict:
@@ -185,6 +190,17 @@ def _library(cfg: DemoConfig, ds: str, targets, embedder, events, progress) -> s
     return lib
 
 
+def _atlas(cfg: DemoConfig, embedder, progress) -> str:
+    """Generation mode's library: ``atlas_points`` generator points spread over the 10 genres."""
+    from music.library import build_library, generated_units
+
+    atlas = os.path.join(cfg.out, "atlas")
+    if not os.path.exists(os.path.join(atlas, "manifest.json")):
+        build_library(atlas, generated_units(cfg.atlas_points, seed=cfg.seed), embedder,
+                      progress=lambda d, t, label="": progress("atlas", d, t))
+    return atlas
+
+
 def _live(cfg: DemoConfig, run, bundle: str, library: str, progress) -> dict:
     from music.library import Library
     from realtime.audio import open_output
@@ -192,6 +208,7 @@ def _live(cfg: DemoConfig, run, bundle: str, library: str, progress) -> dict:
     from realtime.receiver import Receiver
     from realtime.scanner.replay import replay_nifti
     from realtime.session import SessionEngine
+    from realtime.session.engine import SessionOptions
 
     session = os.path.join(cfg.out, "session")
     if os.path.isdir(session):  # a live run is never resumed: it is the thing being demonstrated
@@ -202,7 +219,7 @@ def _live(cfg: DemoConfig, run, bundle: str, library: str, progress) -> dict:
     wav = os.path.join(cfg.out, "feedback.wav")
     output = open_output(cfg.audio if cfg.realtime else f"wav:{wav}", isolate=cfg.realtime)
     output.start()
-    engine = SessionEngine(decoder, lib, output, record_dir=session)
+    engine = SessionEngine(decoder, lib, output, options=SessionOptions(mode=cfg.mode), record_dir=session)
     results = []
 
     def on_volume(msg, t_recv):
@@ -331,8 +348,9 @@ def run_demo(cfg: DemoConfig, progress=lambda stage, done, total: None) -> dict:
     spec = manifest.get("embedder_spec") or {"name": "musicnn-msd"}  # the bundle says how to recreate it
     targets, embedder, events = timed("targets", _targets, ds, spec, float(manifest["tr_s"]), progress)
     library = timed("library", _library, cfg, ds, targets, embedder, events, progress)
+    played = timed("atlas", _atlas, cfg, embedder, progress) if cfg.mode == "generation" else library
     run = _test_run(ds, cfg)
-    live = timed("live", _live, cfg, run, bundle, library, progress)
+    live = timed("live", _live, cfg, run, bundle, played, progress)
     checks = timed("checks", _checks, run, live, targets)
     st = live["engine"].stats()
     total = st["latency_ms"].get("total", {})
@@ -348,6 +366,8 @@ def run_demo(cfg: DemoConfig, progress=lambda stage, done, total: None) -> dict:
         # a switch to a clip the loader had not prefetched yet reads it on the spot (counted here); at TR
         # pace the prefetch has time, at --speed max it often has not, and such TRs dominate the p99
         "clip_loads": st.get("clips"),
+        "mode": cfg.mode,
+        "generator": st.get("pieces"),  # generation mode: segments rendered, pieces begun, ...
         "recorded_run_bit_exact": checks["recorded_run_bit_exact"],
         "retrieved_genre_agreement": checks["retrieved_genre_agreement"],
         "n_test_clips": checks["n_test_clips"],
@@ -359,7 +379,8 @@ def run_demo(cfg: DemoConfig, progress=lambda stage, done, total: None) -> dict:
         "volumes_replayed": live["replay"].n_sent,
         "live_wall_s": round(live["wall_s"], 2),
         "throughput_tr_per_s": round(live["replay"].n_sent / live["wall_s"], 1),
-        "paths": {"dataset": ds, "bundle": bundle, "library": library, "session": live["session"],
+        "paths": {"dataset": ds, "bundle": bundle, "library": library, "played_from": played,
+                  "session": live["session"],
                   "feedback_wav": live["feedback_wav"], "report": os.path.join(cfg.out, "report.html")},
         "config": cfg.__dict__,
         "step_wall_s": walls,

@@ -28,3 +28,13 @@ def test_b2m_demo_runs_end_to_end_and_prints_the_headline(tmp_path):
     # off a terminal, progress is one line per stage
     assert any(line.endswith("s") and ": done in " in line for line in r.stderr.splitlines())
     assert json.loads((out / "stamp.json").read_text())["grid"] == "small"
+    # the same folder in generation mode: dataset, bundle and library reused, the music composed live
+    r = subprocess.run([sys.executable, "-m", "b2m", "demo", "--out", str(out), "--mode", "generation"],
+                       capture_output=True, text=True, cwd=REPO, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    g = json.loads((out / "summary.json").read_text())
+    assert g["mode"] == "generation" and g["paths"]["played_from"].endswith("atlas")
+    assert g["step_wall_s"]["simulate"] < s["step_wall_s"]["simulate"]  # reused, not simulated again
+    assert g["generator"]["errors"] == 0 and g["generator"]["segments"] >= 410 * 1.5 / 10
+    assert g["live_vs_offline_max_abs_diff"] <= 1e-4 and g["recorded_run_bit_exact"] is True
+    assert "music composed live" in r.stdout
