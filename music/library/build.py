@@ -38,8 +38,7 @@ from ..embedding.base import Embedder
 from .index import FAISS_THRESHOLD, FaissHNSWIndex, normalize_rows
 
 __all__ = ["Unit", "BuildResult", "build_library", "discover_sources", "generated_units", "generator_point",
-           "AUDIO_EXTS",
-           "MIDI_EXTS", "DEFAULT_CLIP_S", "LIBRARY_SR"]
+           "AUDIO_EXTS", "MIDI_EXTS", "DEFAULT_CLIP_S", "LIBRARY_SR"]
 
 log = logging.getLogger("b2m.library")
 

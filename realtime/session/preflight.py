@@ -9,6 +9,8 @@ will get. Each check uses the real part, exactly as the session opens it:
 - the ONNX decoder's time per TR (one thread, as in the session);
 - the scanner endpoint, the results endpoint and the Pyneal port can be
   bound (nothing else holds them; CURVE rules as in the session);
+- with ``--mode generation``, the library is a generator atlas, and the
+  neutral piece's first segments are rendered and timed;
 - the audio output opens and plays the neutral clip for a few seconds, with
   its callbacks and underruns counted.
 

@@ -219,3 +219,15 @@ def test_b2m_session_generation_refuses_a_library_of_recordings(kit, b2m_proc, e
     err = sess.stderr()
     assert "b2m library build --generate N" in err and "rows are not" in err
     assert not (tmp_path / "s").exists()  # refused before the session folder was made
+
+
+def test_preflight_in_generation_mode_times_the_generator_or_says_why_it_cannot(kit, atlas, tmp_path):
+    from realtime.session.preflight import preflight
+
+    ok = {c.name: c for c in preflight(kit.bundle, atlas, audio=f"wav:{tmp_path}/a.wav", mode="generation",
+                                       segment_bars=2)}
+    assert ok["generator"].ok and f"{N_POINTS} generator points (10 genres)" in ok["generator"].detail
+    assert re.search(r"slowest 2-bar segment .* \d+x real time", ok["generator"].detail)
+    bad = {c.name: c for c in preflight(kit.bundle, kit.library, audio=f"wav:{tmp_path}/b.wav", mode="generation")}
+    assert not bad["generator"].ok and "b2m library build --generate N" in bad["generator"].detail
+    assert bad["audio output"].ok  # the other checks still ran
