@@ -227,7 +227,7 @@ def test_preflight_in_generation_mode_times_the_generator_or_says_why_it_cannot(
     ok = {c.name: c for c in preflight(kit.bundle, atlas, audio=f"wav:{tmp_path}/a.wav", mode="generation",
                                        segment_bars=2)}
     assert ok["generator"].ok and f"{N_POINTS} generator points (10 genres)" in ok["generator"].detail
-    assert re.search(r"slowest 2-bar segment .* \d+x real time", ok["generator"].detail)
+    assert re.search(r"slowest 2-bar segment .* \(\d+x real time\)", ok["generator"].detail)
     bad = {c.name: c for c in preflight(kit.bundle, kit.library, audio=f"wav:{tmp_path}/b.wav", mode="generation")}
     assert not bad["generator"].ok and "b2m library build --generate N" in bad["generator"].detail
     assert bad["audio output"].ok  # the other checks still ran
