@@ -11,6 +11,7 @@ from conftest import REPO
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # two demos: retrieval (about 4 min), then generation in the same folder (about 2)
 def test_b2m_demo_runs_end_to_end_and_prints_the_headline(tmp_path):
     out = tmp_path / "demo"
     r = subprocess.run([sys.executable, "-m", "b2m", "demo", "--out", str(out)], capture_output=True, text=True,
