@@ -136,10 +136,12 @@ class Receiver:
 
     # ---- serving ---------------------------------------------------------
 
-    def serve(self, stop: threading.Event | None = None, *, poll_ms: int = 200) -> None:
+    def serve(self, stop: threading.Event | None = None, *, poll_ms: int = 200, idle=None) -> None:
         """Serve until ``stop`` is set (checked on each wake-up) or forever.
 
-        Volumes already recorded when ``stop`` is seen are still given to ``on_volume``.
+        Volumes already recorded when ``stop`` is seen are still given to ``on_volume``. ``idle``, if
+        given, is called on this thread at every wake-up (at least every ``poll_ms``), after the
+        volumes' callbacks; an exception in it is logged and serving goes on.
         """
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
@@ -159,6 +161,11 @@ class Receiver:
             # is recorded and acked before the next TR of work, so a backlog (a replay at --speed
             # max, a reconnect) never keeps acks waiting long enough for the sender to resend.
             self.run_callbacks(limit=1)
+            if idle is not None:
+                try:
+                    idle()
+                except Exception:  # a hook's failure must not stop the receiver
+                    log.exception("the receiver's idle hook failed; serving goes on")
         self.run_callbacks()  # stopping: what was acked is also handed on
 
     def handle(self, frames, peer: bytes = b"") -> list[list]:

@@ -191,7 +191,7 @@ def run_live(args) -> int:
             print(f"ready\t{rx.endpoint}", file=sys.stderr, flush=True)
             if not args.no_dashboard:
                 dashboard = Dashboard(engine, rx, engine.preprocess.motion_config.fd_threshold_mm).start()
-            rx.serve(stop)
+            rx.serve(stop, idle=engine.keep_playing)  # generated music goes on between runs
             rx.wait_exports()
         engine.finish()
     finally:

@@ -175,6 +175,7 @@ class SessionEngine:
         self._beats_per_bar = 4    # of what plays (generation: the piece's meter)
         self._tr_s = 2.0           # of the run being decoded
         self._playing = None       # generation: the library row whose piece is playing
+        self._kept_at = 0.0        # time.monotonic() of the last keep_playing that looked at the clock
         self._catching_up = False
         self._logged: set = set()
         # the newest results, for the dashboard and callers; the whole session is in the decisions
@@ -399,15 +400,36 @@ class SessionEngine:
             self._beats_per_bar = seg.beats_per_bar
             self._last_cmd_frame = frame = int(at)
             self._segment_end = int(at) + seg.n_frames
-        # the next segments start where the last one ends (a cut of 0 frames: the piece continues seamlessly),
-        # scheduled once they are due within the next two TRs; a segment that ran out would loop, not stop
+        self._continue_piece(at)
+        return frame
+
+    def _continue_piece(self, at: int) -> None:
+        """Schedule the playing piece's next segments that are due within two TRs of output frame ``at``.
+
+        Each starts where the last one ends (a cut of 0 frames: the piece continues seamlessly). A segment
+        that ran out before its successor was scheduled would loop, not stop.
+        """
+        out = self.output
         horizon = at + int(round(2 * self._tr_s * out.samplerate))
         while self._segment_end <= horizon:
             seg = self.pieces.next_segment()
             out.schedule_switch(self._segment_end, seg.source, 0, beat_frames=seg.beat_frames)
             self._last_cmd_frame = self._segment_end
             self._segment_end += seg.n_frames
-        return frame
+
+    def keep_playing(self) -> None:
+        """Between TRs: keep a sound device's generated piece going (call it often; the receiver's idle hook).
+
+        Segments are otherwise scheduled at each TR, so in a pause between runs the last one would loop.
+        Nothing to do in retrieval mode (a clip loops by design) or for a WAV sink (its clock is the
+        session's, which stands still between runs).
+        """
+        out = self.output
+        if (self.pieces is None or not self._audio_started or self._catching_up or hasattr(out, "advance_to")
+                or time.monotonic() - self._kept_at < 0.1):  # the receiver may wake far more often
+            return
+        self._kept_at = time.monotonic()
+        self._continue_piece(out.time_to_frame(out.now() + self.options.lead_s))
 
     def _render(self, t_scan: float) -> None:
         """A WAV sink renders up to the decision's session time (after the result is out)."""

@@ -9,7 +9,8 @@ parameter space whose music sits at a known place in the embedding space.
 The policy (:class:`realtime.feedback.FeedbackPolicy`) retrieves and
 switches between those points exactly as in retrieval mode; what plays is
 the chosen point's piece, continued bar after bar for as long as the policy
-keeps it (never a loop of a 15 s clip).
+keeps it (never a loop of a 15 s clip), also between runs, when no TR comes
+(:meth:`~.engine.SessionEngine.keep_playing`, the receiver's idle hook).
 
 **Segments.** A piece is rendered in segments of whole bars at the output's
 rate (:class:`music.generator.GeneratorStream`). The session schedules each

@@ -241,3 +241,28 @@ def test_receiver_non_loopback_bind_insecure_allowed(tmp_path, endpoint):
         assert rx.endpoint == f"tcp://0.0.0.0:{port}"
     finally:
         rx.close()
+
+
+def test_the_idle_hook_runs_between_messages_and_its_failure_does_not_stop_serving(tmp_path, endpoint, client):
+    import threading
+    import time
+
+    calls = []
+
+    def idle():
+        calls.append(time.monotonic())
+        if len(calls) == 2:
+            raise RuntimeError("a hook that fails once")
+
+    stop = threading.Event()
+    with Receiver(str(tmp_path / "rec"), endpoint) as rx:
+        t = threading.Thread(target=rx.serve, args=(stop,), kwargs={"poll_ms": 20, "idle": idle})
+        t.start()
+        time.sleep(0.5)
+        client.send_multipart(encode(Heartbeat(t_sent=time.time())))  # still served after the failure
+        assert client.poll(5000)
+        reply = decode(client.recv_multipart())
+        stop.set()
+        t.join(5)
+    assert isinstance(reply, Ack) and not t.is_alive()
+    assert len(calls) >= 10 and max(np.diff(calls)) < 0.5  # every wake-up, at least every poll_ms (+ slack)

@@ -7,6 +7,7 @@ import signal
 import time
 import types
 
+import numpy as np
 import pytest
 from jack_fixture import check_no_underruns, jackd, reference_xruns  # noqa: F401  (jackd: the fixture)
 from session_kit import kit_fixture, make_atlas
@@ -89,3 +90,39 @@ def test_generation_session_on_jack_20s(kit, jackd, b2m_proc, endpoint, tmp_path
 
     _session_at_tr_pace(kit, jackd, b2m_proc, endpoint, tmp_path, n_volumes=20, tr_s=1.0, library=atlas,
                         extra=("--mode", "generation", "--segment-bars", "2"), check=generated)
+
+
+@pytest.mark.audio
+def test_generated_music_goes_on_through_a_pause_between_runs(kit, jackd, tmp_path):
+    """No volume for 10 s (the operator readies the next run): on a real clock, the receiver's idle hook
+    (``SessionEngine.keep_playing``) schedules the piece's next segments on time, so it is not looped."""
+    from session_kit import volumes
+
+    from music.library import Library
+    from realtime.audio import IsolatedOutput
+    from realtime.decoder import Decoder
+    from realtime.feedback import PolicyConfig
+    from realtime.session import SessionEngine
+    from realtime.session.engine import SessionOptions
+
+    atlas = make_atlas(str(tmp_path))
+    out = IsolatedOutput("system", blocksize=jackd.period)
+    with out:
+        eng = SessionEngine(Decoder(kit.bundle), Library(atlas), out, PolicyConfig(),
+                            SessionOptions(mode="generation", segment_bars=1))
+        for m in volumes(kit.nifti)[:3]:
+            eng.on_volume(m, time.time())
+            time.sleep(m.tr_s)
+        last_tr = out.time_to_frame(out.now())
+        end = time.monotonic() + 10.0
+        while time.monotonic() < end:  # what Receiver.serve(idle=...) does while no volume comes
+            eng.keep_playing()
+            time.sleep(0.05)
+        log = out.executed()
+        eng.finish()
+    assert out.callback_errors == 0 and eng.pieces.stats["errors"] == 0
+    assert [r["frame"] for r in log] == [r["scheduled_frame"] for r in log]  # none late, none looped into
+    after = [r["frame"] for r in log if r["frame"] > last_tr and r["kind"] == "switch"]
+    bar_max_s = 4 * 60 / 60.0  # the slowest bar a style allows (4 beats at 60 BPM)
+    assert len(after) >= 10.0 / bar_max_s - 1, log  # one-bar segments kept coming through the pause
+    assert max(np.diff([last_tr] + after)) <= bar_max_s * out.samplerate + 1
