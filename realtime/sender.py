@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
@@ -66,6 +67,10 @@ class SenderStats:
     auth_failures: int = 0
     rejected: list = field(default_factory=list)
     latencies_s: dict = field(default_factory=dict)
+
+    def volume_latencies_s(self) -> np.ndarray:
+        """Send -> ack time of each acked volume (not control messages), seconds, in ack order."""
+        return np.array([v for k, v in self.latencies_s.items() if k[0] == "volume"], dtype=float)
 
 
 class ReliableSender:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from realtime.transport import DEFAULT_ENDPOINT
 
 from ._curve import add_client_args
@@ -24,3 +26,16 @@ def report_link(console, res, connect: str, resume_hint: str) -> None:
     if res.unacked:
         console.print(f"[red]{len(res.unacked)} message(s) never acked[/red]; is the receiver running at "
                       f"{connect}? {resume_hint}", highlight=False)
+
+
+def ms_percentile(seconds: np.ndarray, q: float) -> float | None:
+    """The ``q``-th percentile of times in seconds, in ms rounded to 1 us; None for no samples."""
+    return round(float(np.percentile(seconds, q)) * 1e3, 3) if seconds.size else None
+
+
+def link_summary(res) -> dict:
+    """The end-of-run JSON fields every sender prints (a ``ReplayResult`` or a ``WatchResult``)."""
+    return {"run_id": res.run_id, "sent": res.n_sent, "all_acked": res.all_acked, "resent": res.resent,
+            "rejected": [list(map(str, r)) for r in res.rejected], "unacked": [list(map(str, k)) for k in res.unacked],
+            "latency_ms_p50": ms_percentile(res.latency_s, 50), "latency_ms_p99": ms_percentile(res.latency_s, 99),
+            "wall_s": round(res.wall_s, 3)}

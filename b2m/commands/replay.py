@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 
-import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from realtime.scanner.pacing import parse_speed
@@ -13,7 +12,7 @@ from realtime.scanner.replay import replay_nifti
 
 from ..console import stderr_console
 from ._curve import client_keys
-from ._link import add_sender_args, report_link
+from ._link import add_sender_args, link_summary, ms_percentile, report_link
 
 
 def add_parser(sub) -> None:
@@ -45,16 +44,8 @@ def run(args) -> int:
         res = replay_nifti(args.run, args.connect, tr_s=args.tr, speed=speed, run_id=args.run_id,
                            start=args.start, stop=args.stop, resend_timeout_s=args.resend_timeout,
                            drain_timeout_s=args.drain_timeout, progress=progress, curve=curve)
-    lat = res.latency_s * 1e3
-    summary = {
-        "run_id": res.run_id, "sent": res.n_sent, "all_acked": res.all_acked, "resent": res.resent, "held": res.held,
-        "reconnects": res.reconnects, "rejected": [list(map(str, r)) for r in res.rejected],
-        "unacked": [list(map(str, k)) for k in res.unacked],
-        "latency_ms_p50": round(float(np.median(lat)), 3) if lat.size else None,
-        "latency_ms_p99": round(float(np.percentile(lat, 99)), 3) if lat.size else None,
-        "pacing_error_ms_p99": round(float(np.percentile(res.pacing_error_s, 99) * 1e3), 3),
-        "wall_s": round(res.wall_s, 3),
-    }
+    summary = {**link_summary(res), "held": res.held, "reconnects": res.reconnects,
+               "pacing_error_ms_p99": ms_percentile(res.pacing_error_s, 99)}
     print(json.dumps(summary), file=sys.stdout, flush=True)
     report_link(console, res, args.connect, "Rerun with --start to resume.")
     return 0 if res.all_acked else 1

@@ -6,7 +6,6 @@ import json
 import signal
 import sys
 
-import numpy as np
 from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
 from realtime.scanner.vendors import VENDORS
@@ -14,7 +13,7 @@ from realtime.scanner.watch import watch_folder
 
 from ..console import stderr_console
 from ._curve import client_keys
-from ._link import add_sender_args, report_link
+from ._link import add_sender_args, link_summary, ms_percentile, report_link
 
 
 def add_parser(sub) -> None:
@@ -83,16 +82,10 @@ def run(args) -> int:
                            resend_timeout_s=args.resend_timeout, drain_timeout_s=args.drain_timeout,
                            stop=lambda: bool(stopping), progress=progress, curve=curve,
                            ready=lambda: print(f"watching\t{args.folder}", file=sys.stderr, flush=True))
-    lat, lag = res.latency_s * 1e3, res.detect_lag_s * 1e3
-    pct = lambda a, q: round(float(np.percentile(a, q)), 3) if a.size else None  # noqa: E731
-    summary = {
-        "run_id": res.run_id, "sent": res.n_sent, "ended": res.ended, "all_acked": res.all_acked,
-        "resent": res.resent, "rejected": [list(map(str, r)) for r in res.rejected],
-        "unacked": [list(map(str, k)) for k in res.unacked], "bad_files": res.bad_files,
-        "skipped_series": res.skipped_series, "incomplete_volumes": res.incomplete,
-        "latency_ms_p50": pct(lat, 50), "latency_ms_p99": pct(lat, 99),
-        "folder_lag_ms_p50": pct(lag, 50), "folder_lag_ms_p99": pct(lag, 99), "wall_s": round(res.wall_s, 3),
-    }
+    summary = {**link_summary(res), "ended": res.ended, "bad_files": res.bad_files,
+               "skipped_series": res.skipped_series, "incomplete_volumes": res.incomplete,
+               "folder_lag_ms_p50": ms_percentile(res.detect_lag_s, 50),
+               "folder_lag_ms_p99": ms_percentile(res.detect_lag_s, 99)}
     print(json.dumps(summary), file=sys.stdout, flush=True)
     report_link(console, res, args.connect, "Rerun with --include-existing to resend.")
     if res.ended == "interrupted":

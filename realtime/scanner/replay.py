@@ -127,8 +127,7 @@ def replay_nifti(path, endpoint: str = DEFAULT_ENDPOINT, *, tr_s: float | None =
         if progress is not None:
             progress(n, n, 0.0, len(sender.pending))
         st = sender.stats
-        lat = np.array([v for k, v in st.latencies_s.items() if k[0] == "volume"])
         return ReplayResult(run_id=run_id, n_sent=n, all_acked=ok and not st.rejected, resent=st.resent, held=st.held,
                             reconnects=st.reconnects, rejected=list(st.rejected),
                             unacked=sorted(k for k in sender.pending), pacing_error_s=pacing,
-                            latency_s=lat, wall_s=time.monotonic() - t0)
+                            latency_s=st.volume_latencies_s(), wall_s=time.monotonic() - t0)

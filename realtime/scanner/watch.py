@@ -413,9 +413,9 @@ def _watch(watcher, vendor, endpoint, run_id, tr_s, n_volumes, idle_timeout_s, p
             progress(len(sent_idx), n_volumes, sent_idx[-1] if sent_idx else -1, 0.0, len(sender.pending),
                      len(watcher.bad))
         st = sender.stats
-        lat = np.array([v for k, v in st.latencies_s.items() if k[0] == "volume"])
         return WatchResult(run_id=run_id or "", n_sent=len(sent_idx), indices=sent_idx,
                            all_acked=ok and not st.rejected, ended=ended, resent=st.resent,
                            rejected=list(st.rejected), unacked=sorted(sender.pending), bad_files=dict(watcher.bad),
                            skipped_series=dict(watcher.skipped_series), incomplete=watcher.incomplete(),
-                           detect_lag_s=np.array(lags), latency_s=lat, wall_s=time.monotonic() - t0)
+                           detect_lag_s=np.array(lags), latency_s=st.volume_latencies_s(),
+                           wall_s=time.monotonic() - t0)
