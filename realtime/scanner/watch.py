@@ -400,6 +400,8 @@ def _watch(watcher, vendor, endpoint, run_id, tr_s, n_volumes, idle_timeout_s, p
                 last_new = time.monotonic()
                 if progress is not None:
                     progress(len(sent_idx), n_volumes, vol.index, lags[-1], len(sender.pending), len(watcher.bad))
+                if n_volumes is not None and len(sent_idx) >= n_volumes:
+                    break  # one scan may find more (a backlog): the run has exactly n_volumes
             if n_volumes is not None and len(sent_idx) >= n_volumes:
                 ended = "volumes"
                 break

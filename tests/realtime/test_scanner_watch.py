@@ -243,3 +243,19 @@ def test_run_id_the_protocol_would_refuse_is_refused_before_watching(tmp_path):
     for bad in ("_leading-underscore", "x" * 129, "has space"):
         with pytest.raises(ValueError, match="starting with a letter or digit"):
             watch_folder(tmp_path, "siemens", run_id=bad)
+
+
+def test_a_run_of_n_volumes_ends_at_n_even_when_more_are_found_at_once(endpoint, fmri1_nii, tmp_path):
+    """40 volumes already in the folder come back from one scan: with n_volumes=3 exactly the first
+    three are sent (a fourth would be past the run's own length, and the receiver would reject it)."""
+    from conftest import ReceiverThread
+
+    from realtime.scanner.export import export_run
+    from realtime.scanner.watch import watch_folder
+
+    folder = tmp_path / "export"
+    export_run(fmri1_nii, folder, speed=float("inf"))
+    with ReceiverThread(tmp_path / "session", endpoint):
+        res = watch_folder(folder, "nifti", endpoint, run_id="cut", n_volumes=3, include_existing=True)
+    assert res.ended == "volumes" and res.indices == [0, 1, 2]
+    assert res.all_acked and res.rejected == [] and res.unacked == []
