@@ -11,6 +11,7 @@ import logging
 import sys
 
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from protocols.errors import ProtocolError
 from realtime.transport import TransportError
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         stderr.print("[yellow]interrupted[/yellow]")
         return EXIT_INTERRUPTED
     except (ProtocolError, TransportError, ValueError, OSError) as e:
-        stderr.print(f"[red]error:[/red] {e}", highlight=False)
+        stderr.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)  # a message may hold [brackets]
         return EXIT_USAGE
 
 

@@ -21,8 +21,11 @@ progress callback. Conditions:
     watcher does on a network share.
 
 Files: real Siemens mosaic DICOMs (Pyneal's test data, 64x64x18; the three
-volumes cycled, ``AcquisitionNumber`` rewritten per volume with pydicom) and
-full-grid NIfTI volumes (96x96x68 int16, ds003720's size). Prints medians and
+volumes cycled, ``AcquisitionNumber`` rewritten per volume with pydicom),
+real Philips XTC PAR/REC pairs (80x80x15, magnitude and phase; the four
+cycled, ``Acquisition nr`` rewritten per volume; the PAR is written first,
+and the REC's close is the one timed) and full-grid NIfTI volumes
+(96x96x68 int16, ds003720's size). Prints medians and
 p99 of close -> sent and of send -> ack, and the ratio scan / inotify; writes
 ``bench/results/watch.json`` with the machine's details.
 """
@@ -43,9 +46,10 @@ from _machine import machine_info, source_digest, summarize, write_json  # bench
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 SIEMENS = sorted(glob.glob(os.path.join(REPO, "tests", "data", "pyneal", "siemens", "*.dcm")))
+PHILIPS = sorted(glob.glob(os.path.join(REPO, "tests", "data", "pyneal", "philips", "*.par")))
 
 
-def _siemens_files(n: int, out: str) -> list[str]:
+def _siemens_files(n: int, out: str) -> list[tuple[str]]:
     """``n`` mosaic DICOMs: the real three cycled, each with its own AcquisitionNumber."""
     import pydicom
 
@@ -56,11 +60,29 @@ def _siemens_files(n: int, out: str) -> list[str]:
         ds.InstanceNumber = k + 1
         p = os.path.join(out, f"001_000013_{k + 1:06d}.dcm")
         ds.save_as(p)
-        paths.append(p)
+        paths.append((p,))
     return paths
 
 
-def _nifti_files(n: int, out: str, rng) -> list[str]:
+def _philips_files(n: int, out: str) -> list[tuple[str, str]]:
+    """``n`` PAR/REC pairs: the real four cycled, each PAR with its own Acquisition nr."""
+    import re
+
+    pairs = []
+    for k in range(n):
+        src = PHILIPS[k % len(PHILIPS)]
+        with open(src, encoding="latin-1") as f:
+            par = re.sub(r"(Acquisition nr\s*:\s*)\d+", rf"\g<1>{k + 1}", f.read(), count=1)
+        stem = os.path.join(out, f"Dump-{k:04d}")
+        with open(stem + ".par", "w", encoding="latin-1") as f:
+            f.write(par)
+        with open(src[:-4] + ".rec", "rb") as f, open(stem + ".rec", "wb") as g:
+            g.write(f.read())
+        pairs.append((stem + ".par", stem + ".rec"))
+    return pairs
+
+
+def _nifti_files(n: int, out: str, rng) -> list[tuple[str]]:
     import nibabel as nib
 
     paths = []
@@ -70,11 +92,11 @@ def _nifti_files(n: int, out: str, rng) -> list[str]:
         img.header.set_xyzt_units("mm", "sec")
         p = os.path.join(out, f"vol_{k + 1:05d}.nii")
         nib.save(img, p)
-        paths.append(p)
+        paths.append((p,))
     return paths
 
 
-def _one(vendor: str, files: list[str], events: bool, interval: float, poll: float, tmp: str) -> dict:
+def _one(vendor: str, files: list[tuple[str, ...]], events: bool, interval: float, poll: float, tmp: str) -> dict:
     from realtime.receiver import Receiver
     from realtime.scanner.watch import watch_folder
 
@@ -94,25 +116,34 @@ def _one(vendor: str, files: list[str], events: bool, interval: float, poll: flo
         if last >= 0 and last not in sent_at:
             sent_at[last] = time.time()
 
+    stop_watch = threading.Event()
+
     def run():
         result["res"] = watch_folder(folder, vendor, endpoint, n_volumes=len(files), tr_s=1.0, poll_s=poll,
-                                     events=events, progress=progress, ready=ready.set, idle_timeout_s=30.0)
+                                     events=events, progress=progress, ready=ready.set, idle_timeout_s=30.0,
+                                     stop=stop_watch.is_set)
 
     t = threading.Thread(target=run)
     t.start()
     ready.wait(10)
     closed_at = []
     t0 = time.monotonic()
-    for k, src in enumerate(files):
+    for k, srcs in enumerate(files):
         due = t0 + k * interval
         while time.monotonic() < due:
             time.sleep(min(0.005, due - time.monotonic()))
-        with open(src, "rb") as f:
-            blob = f.read()
-        with open(os.path.join(folder, os.path.basename(src)), "wb") as f:
-            f.write(blob)
+        for src in srcs:  # a volume's files in the scanner's order; the last close completes it
+            with open(src, "rb") as f:
+                blob = f.read()
+            with open(os.path.join(folder, os.path.basename(src)), "wb") as f:
+                f.write(blob)
         closed_at.append(time.time())
     t.join(60)
+    if t.is_alive():  # stop it before its folder is removed, and say which condition hung
+        stop_watch.set()
+        t.join(10)
+        raise RuntimeError(f"{vendor}, {'inotify' if events else 'scan'}: the watch had not ended 60 s after the "
+                           f"last volume ({len(sent_at)} of {len(files)} sent)")
     stop_rx.set()
     rx_thread.join(10)
     rx.close()
@@ -135,13 +166,14 @@ def main() -> int:
     out = {}
     with tempfile.TemporaryDirectory(prefix="b2m-bench-watch-") as tmp:
         staged = {"siemens": _siemens_files(n, tempfile.mkdtemp(dir=tmp)),
+                  "philips": _philips_files(n, tempfile.mkdtemp(dir=tmp)),
                   "nifti": _nifti_files(n, tempfile.mkdtemp(dir=tmp), rng)}
         for vendor, files in staged.items():
             for mode in ("inotify", "scan"):
                 print(f"{vendor} / {mode}: {n} volumes ...", file=sys.stderr, flush=True)
                 out[f"{vendor}/{mode}"] = _one(vendor, files, mode == "inotify", args.interval, args.poll, tmp)
     ratios = {}
-    for vendor in ("siemens", "nifti"):
+    for vendor in staged:
         a, b = out[f"{vendor}/scan"]["close_to_sent_ms"], out[f"{vendor}/inotify"]["close_to_sent_ms"]
         ratios[vendor] = {q: a[q] / b[q] for q in ("p50", "p99")}
     payload = {"machine": machine_info(),

@@ -1,4 +1,4 @@
-"""``b2m scanner watch FOLDER --vendor siemens|ge|nifti``: send a run from the scanner's export folder."""
+"""``b2m scanner watch FOLDER --vendor siemens|ge|nifti|philips``: send a run from the scanner's export folder."""
 
 from __future__ import annotations
 
@@ -21,18 +21,25 @@ def add_parser(sub) -> None:
                        description="Watch the folder a scanner exports its images into during a run (a local "
                                    "folder or a network share) and send each volume as soon as all its files are "
                                    "there, every volume kept until acked. Siemens: one mosaic DICOM per volume; "
-                                   "GE: one DICOM per slice; nifti: one 3-D NIfTI per volume. Files are never "
+                                   "GE: one DICOM per slice; nifti: one 3-D NIfTI per volume; philips: one PAR/REC "
+                                   "pair per volume (the XTC export), sent as float32 floating-point values. "
+                                   "Files are never "
                                    "moved or deleted; an unreadable one is reported by name and skipped.")
     p.add_argument("folder", help="the folder the scanner writes into")
     p.add_argument("--vendor", required=True, choices=VENDORS, help="what the scanner writes (see above)")
     p.add_argument("--run-id", default=None, help="run id (default: series-SERIESNUMBER)")
-    p.add_argument("--tr", type=float, default=None, help="TR in seconds (default: the DICOM RepetitionTime)")
+    p.add_argument("--tr", type=float, default=None,
+                   help="TR in seconds (default: the DICOM RepetitionTime, or the PAR's Repetition time; Philips XTC "
+                        "dumps write 1 ms there, so give it)")
     p.add_argument("--volumes", type=int, default=None,
                    help="volumes in the run (the protocol's measurements): the run ends after this many")
     p.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
                    help="end the run when no new volume came for this long (default: the longer of 10 s and 5 TRs)")
     p.add_argument("--slices", type=int, default=None,
                    help="GE: slices per volume (default: the DICOM ImagesInAcquisition)")
+    p.add_argument("--image-type", type=int, default=None, metavar="CODE",
+                   help="Philips: the PAR image_type_mr to send, where a dump holds several (default: 0, magnitude, "
+                        "if present, else the lowest code, which is the magnitude in XTC dumps)")
     p.add_argument("--series", default=None,
                    help="only this DICOM SeriesNumber (default: the first series that appears)")
     p.add_argument("--new-subfolder", action="store_true",
@@ -78,7 +85,7 @@ def run(args) -> int:
                            n_volumes=args.volumes, idle_timeout_s=args.idle_timeout, poll_s=args.poll,
                            series=args.series, include_existing=args.include_existing, give_up_s=args.give_up,
                            events=not args.no_inotify, new_subfolder=args.new_subfolder,
-                           slices_per_volume=args.slices,
+                           slices_per_volume=args.slices, image_type=args.image_type,
                            resend_timeout_s=args.resend_timeout, drain_timeout_s=args.drain_timeout,
                            stop=lambda: bool(stopping), progress=progress, curve=curve,
                            ready=lambda: print(f"watching\t{args.folder}", file=sys.stderr, flush=True))

@@ -11,15 +11,27 @@ Vendors and their real-time exports:
     index is ``(InstanceNumber - 1) // ImagesInAcquisition``.
 ``nifti``
     One 3-D NIfTI per volume (scanner NIfTI export, dcm2niix per volume).
+``philips``
+    One PAR/REC pair per volume (the XTC real-time export, ``Dump-NNNN.par``
+    and ``.rec``), parsed by nibabel's ``parrec`` with ``strict_sort``. The
+    volume index is the PAR's ``Acquisition nr`` minus 1 (as Pyneal reads it).
 
 DICOM arrays follow nibabel's convention: axes (row, column, slice), and the
 affine maps those indices to mm. DICOM's patient space is LPS, so x and y are
 negated to give the RAS+ affine the wire protocol carries. The volume index
 comes from the headers, never from the order files appear in.
 
-Philips XTC PAR/REC dumps are not read yet: the exports at hand carry two
-image types per dump and a header TR of 1 ms, and which image a site wants
-has to be confirmed on its own data.
+Philips is the one vendor whose stored values are not sent as stored. A REC
+holds unsigned integers with a rescale slope per slice, and the XTC export
+changes that slope from one volume to the next (0.488 then 0.486 on slice 1
+of the real dumps in Pyneal's test data), so stored values are not comparable
+over time. The reader sends float32 "floating point" values, ``FP = (PV RS +
+RI) / (RS SS)``, which is dcm2niix's default for Philips. A dump can hold
+several images of each slice (``image_type_mr``: the XTC dumps at hand hold
+16, unsigned magnitude, and 17, phase in milliradians). The default is the
+magnitude: code 0 where present, else the lowest code, which is the image
+Pyneal sends. The dumps' ``Repetition time [ms]`` reads 1, which no EPI
+volume can have: a TR under 0.1 s is taken as missing, and ``--tr`` gives it.
 """
 
 from __future__ import annotations
@@ -31,9 +43,9 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["VENDORS", "ScannerVolume", "SliceInfo", "VendorFileError", "read_siemens_mosaic", "read_ge_slice",
-           "stack_ge_slices", "read_nifti_volume"]
+           "stack_ge_slices", "read_nifti_volume", "read_philips_parrec", "philips_rec_path"]
 
-VENDORS = ("siemens", "ge", "nifti")
+VENDORS = ("siemens", "ge", "nifti", "philips")
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -54,7 +66,8 @@ class ScannerVolume:
     index : int
         0-based volume index within the series, from the headers.
     data : ndarray of shape (x, y, z)
-        Voxel values in the file's stored dtype (never rescaled).
+        Voxel values in the file's stored dtype (never rescaled); Philips:
+        float32 floating-point values (see the module's notes).
     affine : ndarray of shape (4, 4), float64
         Voxel index -> mm, RAS+.
     tr_s : float or None
@@ -63,6 +76,9 @@ class ScannerVolume:
         Series identifier (DICOM ``SeriesNumber``; empty for NIfTI).
     files : tuple of str
         The file(s) it was read from.
+    tr_note : str
+        Why ``tr_s`` is None, naming the header field, where the header has
+        a value that is not a usable TR.
     """
 
     index: int
@@ -71,6 +87,7 @@ class ScannerVolume:
     tr_s: float | None
     series: str
     files: tuple[str, ...]
+    tr_note: str = ""
 
 
 def _dcmread(path: str):
@@ -240,3 +257,93 @@ def read_nifti_volume(path, index: int) -> ScannerVolume:
     tr, _ = tr_seconds(img.header)  # a 3-D header rarely has a TR; then it comes from --tr
     return ScannerVolume(index=index, data=np.ascontiguousarray(data), affine=np.asarray(img.affine, np.float64),
                          tr_s=tr, series="", files=(path,))
+
+
+#: The shortest TR taken from a header as a volume's TR, seconds.
+_MIN_VOLUME_TR_S = 0.1
+
+
+def philips_rec_path(par_path) -> str | None:
+    """The REC file next to a PAR file (``.rec`` or ``.REC``), or None if there is none."""
+    par_path = os.fspath(par_path)
+    stem, folder = os.path.splitext(os.path.basename(par_path))[0], os.path.dirname(par_path) or "."
+    for suffix in (".rec", ".REC", ".Rec"):
+        if os.path.isfile(os.path.join(folder, stem + suffix)):
+            return os.path.join(folder, stem + suffix)
+    return None
+
+
+def read_philips_parrec(path, image_type: int | None = None) -> ScannerVolume:
+    """One Philips PAR/REC pair (a real-time XTC dump) -> its volume, float32 FP values.
+
+    Parameters
+    ----------
+    path : path-like
+        The PAR file; its REC is the file of the same name with ``.rec``.
+    image_type : int, optional
+        The ``image_type_mr`` code of the image to send. Default: 0
+        (magnitude) if present, else the lowest code in the dump.
+
+    Returns
+    -------
+    ScannerVolume
+        ``data`` of shape (x, y, z), float32; ``series`` is the name of the
+        folder the dump is in (XTC makes one per series).
+
+    Raises
+    ------
+    VendorFileError
+        If the PAR does not parse, the REC is missing or not the size the
+        PAR describes (still being written), the image type is absent, or
+        the dump holds more than one volume of it.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # nibabel's notes on PAR versions it has not seen
+        from nibabel import parrec
+
+        path = os.fspath(path)
+        try:
+            with open(path, encoding="latin-1") as f:
+                hdr = parrec.PARRECHeader.from_fileobj(f, strict_sort=True)
+        except OSError as e:
+            raise VendorFileError(f"{path}: {e}") from e
+        except Exception as e:  # nibabel raises PARRECError, ValueError, IndexError on a partial header
+            raise VendorFileError(f"{path}: not a readable PAR header ({type(e).__name__}: {e})") from e
+        rec = philips_rec_path(path)
+        if rec is None:
+            raise VendorFileError(f"{path}: its REC file ({os.path.splitext(path)[0]}.rec) is not there")
+        defs = hdr.image_defs
+        rows_cols = np.asarray(defs["recon resolution"], dtype=np.int64).reshape(len(defs), 2)
+        expected = int(np.sum(rows_cols[:, 0] * rows_cols[:, 1] * defs["image pixel size"] // 8))
+        size = os.path.getsize(rec)
+        if size != expected:
+            raise VendorFileError(f"{rec}: {size} bytes, but {os.path.basename(path)} describes {expected}; "
+                                  "the scanner may still be writing it")
+        shape = hdr.get_data_shape()
+        labels = hdr.get_volume_labels() if len(shape) > 3 else {}
+        if set(labels) - {"image_type_mr"}:
+            raise VendorFileError(f"{path}: holds {shape[3]} volumes ({', '.join(labels)} vary); the watcher "
+                                  "takes one volume per PAR/REC pair, as the real-time export writes them")
+        types = [int(t) for t in labels.get("image_type_mr", [int(defs["image_type_mr"][0])])]
+        if image_type is None:
+            image_type = 0 if 0 in types else min(types)
+        if int(image_type) not in types:
+            raise VendorFileError(f"{path}: no image of image_type_mr {image_type} (it has {sorted(types)}); "
+                                  "choose one with --image-type")
+        k = types.index(int(image_type))
+        try:  # the header parsed above serves the image too (parsing a PAR costs more than reading its REC)
+            proxy = parrec.PARRECArrayProxy(rec, hdr, mmap=False, scaling="fp")
+            data = np.asarray(proxy[..., k] if len(shape) > 3 else proxy[...], dtype=np.float32)
+            affine = np.asarray(hdr.get_affine(), dtype=np.float64)  # what PARRECImage takes: RAS+ scanner mm
+        except Exception as e:
+            raise VendorFileError(f"{path}: the REC does not unpack ({type(e).__name__}: {e})") from e
+        acq = int(hdr.general_info["acq_nr"])
+        if acq < 1:
+            raise VendorFileError(f"{path}: Acquisition nr {acq} must be >= 1 (it numbers the volumes)")
+        tr_ms = float(np.ravel(hdr.general_info["repetition_time"])[0])
+        tr, note = tr_ms / 1000.0, ""
+        if not _MIN_VOLUME_TR_S <= tr <= 60.0:
+            tr, note = None, f"{path}: Repetition time [ms] is {tr_ms:g} in the PAR header, not a volume's TR"
+    return ScannerVolume(index=acq - 1, data=np.ascontiguousarray(data), affine=affine,
+                         tr_s=tr, series=os.path.basename(os.path.dirname(os.path.abspath(path))),
+                         files=(path, rec), tr_note=note)

@@ -33,13 +33,13 @@ from ..sender import ReliableSender
 from ..transport import DEFAULT_ENDPOINT
 from .inotify import FolderEvents
 from .vendors import VENDORS, ScannerVolume, VendorFileError, read_ge_slice, read_nifti_volume, \
-    read_siemens_mosaic, stack_ge_slices
+    philips_rec_path, read_philips_parrec, read_siemens_mosaic, stack_ge_slices
 
 __all__ = ["FolderWatcher", "WatchResult", "watch_folder"]
 
 log = logging.getLogger("b2m.scanner.watch")
 
-_SUFFIXES = {"siemens": (".dcm", ".ima"), "ge": None, "nifti": (".nii", ".nii.gz")}
+_SUFFIXES = {"siemens": (".dcm", ".ima"), "ge": None, "nifti": (".nii", ".nii.gz"), "philips": (".par",)}
 
 
 @dataclass
@@ -57,8 +57,10 @@ class FolderWatcher:
     Parameters
     ----------
     folder : path-like
-    vendor : {"siemens", "ge", "nifti"}
-        See :mod:`.vendors`.
+    vendor : {"siemens", "ge", "nifti", "philips"}
+        See :mod:`.vendors`. Philips: a PAR file is tracked together with its
+        REC (both must be complete and unchanged), and is read again when
+        either changes.
     series : str, optional
         Only this series (DICOM ``SeriesNumber``). Default: the series of the
         first volume read; files of any other series are reported and skipped.
@@ -75,11 +77,13 @@ class FolderWatcher:
         Use inotify where available (:attr:`events` then has a descriptor to wait on).
     slices_per_volume : int, optional
         GE: slices per volume, if not the header's ``ImagesInAcquisition``.
+    image_type : int, optional
+        Philips: the PAR ``image_type_mr`` to send (default: the magnitude).
     """
 
     def __init__(self, folder, vendor: str, *, series: str | None = None, include_existing: bool = False,
                  give_up_s: float = 2.0, clock=time.monotonic, events: bool = True,
-                 slices_per_volume: int | None = None):
+                 slices_per_volume: int | None = None, image_type: int | None = None):
         if vendor not in VENDORS:
             raise ValueError(f"vendor must be one of {', '.join(VENDORS)}, got {vendor!r}")
         self.folder = os.fspath(folder)
@@ -89,6 +93,7 @@ class FolderWatcher:
         self.series = None if series is None else str(series)
         self.give_up_s = float(give_up_s)
         self.slices_per_volume = slices_per_volume
+        self.image_type = image_type
         self.clock = clock
         self.files: dict[str, _FileState] = {}
         self.bad: dict[str, str] = {}  # name -> reason, as reported
@@ -116,12 +121,16 @@ class FolderWatcher:
         they change); read files are not stat'ed again, so a series of tens of thousands of slice
         files costs little more than one directory listing per scan."""
         out = {}
+        recs = {}  # Philips: REC stem (lower case) -> its entry, stat'ed only for a PAR listed below
         with os.scandir(self.folder) as it:
             for e in it:
+                if self.vendor == "philips" and e.name.lower().endswith(".rec"):
+                    recs[e.name[:-4].lower()] = e
+                    continue
                 if not self._wanted(e.name):
                     continue
                 st = self.files.get(e.name)
-                if st is not None and st.done and e.name not in self._closed and e.name not in self.bad:
+                if st is not None and st.done and self._key(e.name) not in self._closed and e.name not in self.bad:
                     continue
                 try:
                     st = e.stat()
@@ -129,18 +138,42 @@ class FolderWatcher:
                     continue
                 if e.is_file():
                     out[e.name] = (st.st_size, st.st_mtime_ns)
+        if self.vendor == "philips":  # a pair is unchanged only if both files are; a missing REC reads as (-1, 0)
+            out = {name: stamp + self._rec_stamp(recs.get(name[:-4].lower())) for name, stamp in out.items()}
         return out
+
+    def _pair_stamp(self, par_path: str) -> tuple:
+        """A Philips PAR's stamp as :meth:`_listing` makes it, from the files themselves."""
+        st = os.stat(par_path)
+        rec = philips_rec_path(par_path)
+        rs = os.stat(rec) if rec is not None else None
+        return (st.st_size, st.st_mtime_ns) + ((rs.st_size, rs.st_mtime_ns) if rs is not None else (-1, 0))
+
+    @staticmethod
+    def _rec_stamp(entry) -> tuple:
+        try:
+            st = entry.stat()
+        except (AttributeError, FileNotFoundError):  # no REC (yet), or removed since the listing
+            return (-1, 0)
+        return (st.st_size, st.st_mtime_ns)
+
+    def _key(self, name: str) -> str:
+        """The name a closed file counts for: itself, or for Philips its pair's PAR (lower case)."""
+        if self.vendor != "philips":
+            return name
+        low = name.lower()
+        return low[:-4] + ".par" if low.endswith(".rec") else low
 
     def scan(self) -> list[ScannerVolume]:
         """One pass over the folder: the volumes completed since the last pass, by index."""
         now = self.clock()
         if self.events is not None:
-            self._closed.update(self.events.read())
+            self._closed.update(self._key(n) for n in self.events.read())
         ready = []
         for name, stamp in sorted(self._listing().items()):
             st = self.files.get(name)
-            closed = name in self._closed  # the writer closed it: complete now
-            self._closed.discard(name)
+            closed = self._key(name) in self._closed  # the writer closed it: complete now
+            self._closed.discard(self._key(name))
             if st is None or st.stamp != stamp:  # new, or still being written, or rewritten
                 if st is not None and st.done and name not in self.bad:
                     log.warning("%s changed after it was read; the volume already sent stays as sent", name)
@@ -190,6 +223,8 @@ class FolderWatcher:
                 vol = read_siemens_mosaic(path)
             elif self.vendor == "nifti":
                 vol = read_nifti_volume(path, self._nifti_next)
+            elif self.vendor == "philips":
+                vol = read_philips_parrec(path, self.image_type)
             else:
                 sl = read_ge_slice(path, self.slices_per_volume)
                 st.done = True
@@ -205,6 +240,8 @@ class FolderWatcher:
             return None
         st.done = True
         self.bad.pop(name, None)
+        if self.vendor == "philips":  # the REC may have been listed mid-write, before the read found it whole
+            st.stamp = self._pair_stamp(path)
         if not self._series_ok(vol.series, name):
             return None
         if self.vendor == "nifti":
@@ -283,7 +320,7 @@ def watch_folder(folder, vendor: str, endpoint: str = DEFAULT_ENDPOINT, *, run_i
                  poll_s: float = 0.05, series: str | None = None, include_existing: bool = False,
                  give_up_s: float = 2.0, events: bool = True, resend_timeout_s: float = 1.0,
                  drain_timeout_s: float = 60.0, new_subfolder: bool = False, slices_per_volume: int | None = None,
-                 stop=None, progress=None, ready=None, curve=None) -> WatchResult:
+                 image_type: int | None = None, stop=None, progress=None, ready=None, curve=None) -> WatchResult:
     """Send a series from a scanner's export folder to a receiver, volume by volume, until the run ends.
 
     The run ends after ``n_volumes`` volumes, or once no new volume has come
@@ -321,7 +358,7 @@ def watch_folder(folder, vendor: str, endpoint: str = DEFAULT_ENDPOINT, *, run_i
                                detect_lag_s=np.zeros(0), latency_s=np.zeros(0))
         include_existing, ready = True, None
     watcher = FolderWatcher(folder, vendor, series=series, include_existing=include_existing, give_up_s=give_up_s,
-                            events=events, slices_per_volume=slices_per_volume)
+                            events=events, slices_per_volume=slices_per_volume, image_type=image_type)
     try:
         return _watch(watcher, vendor, endpoint, run_id, tr_s, n_volumes, idle_timeout_s, poll_s, resend_timeout_s,
                       drain_timeout_s, stop, progress, ready, curve)
@@ -376,7 +413,8 @@ def _watch(watcher, vendor, endpoint, run_id, tr_s, n_volumes, idle_timeout_s, p
                     first = vol
                     tr = tr_s if tr_s is not None else vol.tr_s
                     if tr is None:
-                        raise ValueError(f"{vol.files[0]}: the header has no TR; give it with --tr SECONDS")
+                        raise ValueError(f"{vol.tr_note or vol.files[0] + ': the header has no TR'}; "
+                                         "give it with --tr SECONDS")
                     tr_s = float(tr)
                     if idle is None:
                         idle = max(10.0, 5 * tr_s)

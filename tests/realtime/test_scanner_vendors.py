@@ -2,11 +2,14 @@
 
 References are independent of the readers: Pyneal's description of the
 acquisitions (sizes, spacing, TR), the mosaic tiles cut out of pydicom's
-pixel array by hand, and nibabel's own single-slice DICOM wrapper for GE.
+pixel array by hand, nibabel's own single-slice DICOM wrapper for GE, and
+for Philips the REC's bytes scaled by the PAR's image lines, both read by
+hand here.
 """
 
 from __future__ import annotations
 
+import shutil
 import warnings
 
 import nibabel as nib
@@ -14,9 +17,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from realtime.scanner.vendors import (VendorFileError, read_ge_slice, read_nifti_volume, read_siemens_mosaic,
-                                      stack_ge_slices)
-from vendor_data import GE, SIEMENS
+from realtime.scanner.vendors import (VendorFileError, read_ge_slice, read_nifti_volume, read_philips_parrec,
+                                      read_siemens_mosaic, stack_ge_slices)
+from vendor_data import GE, PHILIPS, SIEMENS
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -107,3 +110,64 @@ def test_nifti_volume_keeps_stored_values(tmp_path, rng):
     nib.save(nib.Nifti1Image(np.stack([data, data], -1), affine), tmp_path / "two.nii")
     with pytest.raises(VendorFileError, match="two.nii: shape .* is not one volume"):
         read_nifti_volume(tmp_path / "two.nii", 0)
+
+
+def _par_image_lines(par):
+    """The PAR's image lines, parsed by hand: (slice number, image type, index in REC, RI, RS, SS) each."""
+    rows = []
+    with open(par, encoding="latin-1") as f:
+        for line in f:
+            fields = line.split()
+            if fields and not line.startswith(("#", ".")) and fields[0].isdigit():
+                rows.append((int(fields[0]), int(fields[4]), int(fields[6]), float(fields[11]), float(fields[12]),
+                             float(fields[13])))
+    return rows
+
+
+def test_philips_magnitude_matches_hand_scaled_rec_and_pyneal_description():
+    """Each REC image is 80 x 80 unsigned 16-bit, row by row; the reader's axis 0 runs along a row. The
+    floating-point value is (PV RS + RI) / (RS SS), with the slope of that slice in that volume: the XTC
+    export changes it from volume to volume, which is why stored values are not sent."""
+    assert len(PHILIPS) == 4
+    slopes = []
+    for k, par in enumerate(PHILIPS):
+        vol = read_philips_parrec(par)
+        assert vol.index == k  # Acquisition nr 1..4
+        assert vol.data.shape == (80, 80, 15) and vol.data.dtype == np.float32
+        np.testing.assert_allclose(_zooms(vol.affine), [3.0, 3.0, 4.0], atol=1e-3)
+        assert vol.series == "philips" and vol.files == (par, par[:-4] + ".rec")
+        assert vol.tr_s is None and "Repetition time [ms] is 1 in the PAR header" in vol.tr_note
+        raw = np.fromfile(par[:-4] + ".rec", dtype="<u2").reshape(30, 80, 80)
+        lines = _par_image_lines(par)
+        assert len(lines) == 30 and {t for _, t, *_ in lines} == {16, 17}
+        for sl, kind, idx, ri, rs, ss in lines:
+            if kind == 16:
+                ref = (raw[idx].T.astype(np.float64) * rs + ri) / (rs * ss)
+                np.testing.assert_allclose(vol.data[:, :, sl - 1], ref, rtol=1e-6)
+                if sl == 1:
+                    slopes.append(rs)
+        assert vol.data.min() >= 0  # the magnitude
+        phase = read_philips_parrec(par, image_type=17).data
+        assert phase.min() >= -np.pi - 1e-5 and phase.max() <= np.pi + 1e-5 and phase.min() < -3.1
+        assert np.array_equal(read_philips_parrec(par, image_type=16).data, vol.data)
+    assert len(set(slopes)) == 4  # slice 1's slope differs in every volume
+
+
+def test_philips_incomplete_or_foreign_pairs_name_the_file(tmp_path):
+    par = tmp_path / "Dump-0000.par"
+    shutil.copy(PHILIPS[0], par)
+    with pytest.raises(VendorFileError, match="Dump-0000.par: its REC file .*Dump-0000.rec. is not there"):
+        read_philips_parrec(par)
+    blob = open(PHILIPS[0][:-4] + ".rec", "rb").read()
+    (tmp_path / "Dump-0000.rec").write_bytes(blob[:100_000])
+    with pytest.raises(VendorFileError, match="100000 bytes, but Dump-0000.par describes 384000; the scanner may "
+                                              "still be writing it"):
+        read_philips_parrec(par)
+    (tmp_path / "Dump-0000.rec").write_bytes(blob)
+    with pytest.raises(VendorFileError, match=r"no image of image_type_mr 3 \(it has \[16, 17\]\); choose one "
+                                              "with --image-type"):
+        read_philips_parrec(par, image_type=3)
+    junk = tmp_path / "junk.par"
+    junk.write_text("# not a PAR header\n. nothing : here\n")
+    with pytest.raises(VendorFileError, match="junk.par: not a readable PAR header"):
+        read_philips_parrec(junk)

@@ -13,10 +13,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from realtime.scanner.vendors import read_ge_slice, read_siemens_mosaic, stack_ge_slices
+from realtime.scanner.vendors import read_ge_slice, read_philips_parrec, read_siemens_mosaic, stack_ge_slices
 from realtime.scanner.watch import FolderWatcher
 
-from vendor_data import GE, SIEMENS
+from vendor_data import GE, PHILIPS, SIEMENS
 
 
 class Clock:
@@ -124,6 +124,68 @@ def test_other_series_are_skipped(tmp_path):
     assert w.scan() == [] and w.skipped_series == {"13": 1}
 
 
+def test_philips_pair_is_read_once_both_files_are_complete_and_unchanged(tmp_path):
+    """Folder scans only: a PAR without its REC, or with a REC still growing, is not a volume; the pair is
+    read once both have been unchanged between two scans, and never again."""
+    clock = Clock()
+    w = FolderWatcher(tmp_path, "philips", clock=clock, events=False, give_up_s=10.0)
+    rec_blob = open(PHILIPS[0][:-4] + ".rec", "rb").read()
+    shutil.copy(PHILIPS[0], tmp_path)  # the header first
+    assert w.scan() == []
+    clock.t += 0.05
+    assert w.scan() == [] and w.bad == {}  # no REC yet: waiting, not bad
+    rec = tmp_path / "Dump-0000.rec"
+    rec.write_bytes(rec_blob[:200_000])
+    for _ in range(2):
+        clock.t += 0.05
+        assert w.scan() == [] and w.bad == {}  # a short REC: still being written
+    with open(rec, "ab") as f:
+        f.write(rec_blob[200_000:])
+    clock.t += 0.05
+    assert w.scan() == []  # it grew: wait for it to settle
+    clock.t += 0.05
+    (vol,) = w.scan()
+    assert vol.index == 0 and np.array_equal(vol.data, read_philips_parrec(PHILIPS[0]).data)
+    clock.t += 0.05
+    assert w.scan() == [] and w.bad == {}
+
+
+def test_philips_rec_closed_last_completes_the_pair_at_once(tmp_path):
+    """With inotify, closing the REC after its PAR is what completes the volume: no settle scan."""
+    w = FolderWatcher(tmp_path, "philips")
+    shutil.copy(PHILIPS[1], tmp_path)
+    assert w.scan() == []
+    shutil.copy(PHILIPS[1][:-4] + ".rec", tmp_path)  # written and closed
+    (vol,) = w.scan()
+    assert vol.index == 1 and vol.files[1].endswith("Dump-0001.rec")
+
+
+def test_philips_rec_finished_during_the_read_is_not_taken_for_a_rewrite(tmp_path, caplog):
+    """The PAR's close wakes the watcher while the REC is still being written; the REC is whole by the
+    time the pair is read. Its own close, a moment later, must not count as a rewrite of a volume already
+    sent (a warning, and a second read)."""
+    rec_blob = open(PHILIPS[0][:-4] + ".rec", "rb").read()
+    rec = tmp_path / "Dump-0000.rec"
+
+    class ScannerFinishesTheRec(FolderWatcher):
+        def _read(self, name, now):
+            with open(rec, "ab") as f:  # the rest of the REC lands between the listing and the read
+                f.write(rec_blob[200_000:])
+            return super()._read(name, now)
+
+    w = ScannerFinishesTheRec(tmp_path, "philips")
+    writer = open(rec, "wb")  # the scanner has the REC open
+    writer.write(rec_blob[:200_000])
+    writer.flush()
+    shutil.copy(PHILIPS[0], tmp_path)  # the PAR, closed
+    (vol,) = w.scan()
+    assert np.array_equal(vol.data, read_philips_parrec(PHILIPS[0]).data)
+    writer.close()
+    with caplog.at_level("WARNING", logger="b2m.scanner.watch"):
+        assert w.scan() == []
+    assert caplog.records == [] and w.bad == {}
+
+
 def _reference_run(paths_by_volume, reader):
     vols = [reader(p) for p in paths_by_volume]
     return np.stack([v.data for v in vols], -1), vols[0].affine
@@ -199,6 +261,45 @@ def test_watcher_stopped_midrun_resumes_without_loss(b2m_proc, endpoint, tmp_pat
     rx.wait_for("epi1\t", stream="stdout")
     data, affine = _reference_run(SIEMENS, read_siemens_mosaic)
     _assert_export(out / "nifti" / "epi1.nii", data, affine)
+    rx.kill(signal.SIGTERM)
+
+
+@pytest.mark.timeout(120)
+def test_philips_export_folder_to_receiver_bit_exact(b2m_proc, endpoint, tmp_path):
+    """XTC makes a folder per series and writes a PAR/REC pair per volume (here the REC sometimes first,
+    sometimes last); the recorded run is the magnitude's floating-point values, volume by volume. Without
+    --tr the PAR's TR of 1 ms is refused by name."""
+    xtc, out = tmp_path / "xtc", tmp_path / "session"
+    xtc.mkdir()
+    tx = b2m_proc("scanner", "watch", xtc, "--new-subfolder", "--vendor", "philips", "--connect", endpoint,
+                  "--quiet", name="watch-no-tr")
+    tx.wait_for("watching")
+    (xtc / "0000").mkdir()
+    for suffix in (".par", ".rec"):
+        shutil.copy(PHILIPS[0][:-4] + suffix, xtc / "0000")
+    assert tx.wait(timeout=30) == 2
+    assert "Repetition time [ms] is 1 in the PAR header, not a volume's TR; give it with --tr SECONDS" in tx.stderr()
+
+    rx = b2m_proc("receive", "--bind", endpoint, "--out", out, name="receive")
+    rx.wait_for("ready")
+    tx = b2m_proc("scanner", "watch", xtc, "--new-subfolder", "--vendor", "philips", "--tr", 1, "--connect",
+                  endpoint, "--volumes", 4, "--quiet", name="watch")
+    tx.wait_for("watching")
+    folder = xtc / "0001"
+    folder.mkdir()
+    for k, par in enumerate(PHILIPS):
+        first, last = (".rec", ".par") if k % 2 else (".par", ".rec")
+        for suffix in (first, last):
+            shutil.copy(par[:-4] + suffix, folder)
+            time.sleep(0.1)
+    assert tx.wait(timeout=60) == 0, tx.stderr()
+    summary = json.loads(tx.stdout().strip().splitlines()[-1])
+    assert summary["sent"] == 4 and summary["ended"] == "volumes" and summary["all_acked"]
+    assert summary["bad_files"] == {}
+    rx.wait_for("series-0001\t", stream="stdout")
+    data, affine = _reference_run(PHILIPS, read_philips_parrec)
+    _assert_export(out / "nifti" / "series-0001.nii", data, affine)
+    assert nib.load(out / "nifti" / "series-0001.nii").header.get_zooms()[3] == pytest.approx(1.0)
     rx.kill(signal.SIGTERM)
 
 

@@ -10,3 +10,5 @@ DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 SIEMENS = sorted(glob.glob(os.path.join(DATA, "siemens", "*.dcm")))
 #: GE slice DICOMs, in instance-number order (18 per volume).
 GE = sorted(glob.glob(os.path.join(DATA, "ge", "*")), key=lambda p: int(p.rsplit(".", 1)[1]))
+#: Philips XTC dumps, one PAR/REC pair per volume, in volume order (the PAR files).
+PHILIPS = sorted(glob.glob(os.path.join(DATA, "philips", "*.par")))
