@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +17,10 @@ import numpy as np
 
 from protocols.session import run_volumes
 
-__all__ = ["NiftiRun", "read_nifti_run", "header_tr_s", "tr_seconds", "export_run_nifti", "iter_volumes"]
+__all__ = ["NiftiRun", "read_nifti_run", "header_tr_s", "tr_seconds", "export_run_nifti", "run_export_args",
+           "iter_volumes"]
+
+log = logging.getLogger("b2m.receiver")
 
 _TIME_UNIT_S = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
 _MAX_TR_S = 60.0  # a longer "TR" is a unit error
@@ -133,6 +138,27 @@ def _header_from_bytes(blob: bytes):
         except Exception:
             continue
     return None
+
+
+def run_export_args(run) -> tuple[bytes | None, tuple[float, float] | None]:
+    """A recorded run's source NIfTI header and scaling, from its run start, for :func:`export_run_nifti`.
+
+    Parameters
+    ----------
+    run : protocols.session.RunRecord
+
+    Returns
+    -------
+    header_bytes, scaling
+        ``scaling`` is None where the run start's ``scl_slope``/``scl_inter``
+        are not finite numbers (logged).
+    """
+    meta = (run.start or {}).get("meta", {})
+    scaling = (meta.get("scl_slope", 1.0), meta.get("scl_inter", 0.0))
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in scaling):
+        log.warning("run %s: ignoring non-numeric scl_slope/scl_inter in the run start", run.run_id)
+        scaling = None
+    return meta.get("nifti_header"), scaling
 
 
 def export_run_nifti(session_path: str | os.PathLike, run_id: str, out_path: str | os.PathLike,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import threading
 import time
@@ -27,7 +26,7 @@ from protocols.errors import MessageError
 from protocols.session import RunRecord, SessionRecord
 from protocols.wire import Ack, Heartbeat, Reject, RunEnd, RunStart, VolumeMessage, decode, encode
 
-from .nifti_io import export_run_nifti
+from .nifti_io import export_run_nifti, run_export_args
 from .transport import DEFAULT_ENDPOINT, CurveServer, bind_router, check_exposure, start_authenticator
 
 __all__ = ["Receiver", "ReceiverStats"]
@@ -300,12 +299,7 @@ class Receiver:
     def _finalise(self, run: RunRecord) -> None:
         self._finalised.add(run.run_id)
         nifti = os.path.join(self.out_dir, "nifti", f"{run.run_id}.nii") if self.export else None
-        meta = (run.start or {}).get("meta", {})
-        header_bytes = meta.get("nifti_header")
-        scaling = (meta.get("scl_slope", 1.0), meta.get("scl_inter", 0.0))
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in scaling):
-            log.warning("run %s: ignoring non-numeric scl_slope/scl_inter in the run start", run.run_id)
-            scaling = None
+        header_bytes, scaling = run_export_args(run)
 
         def job():
             try:

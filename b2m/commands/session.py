@@ -1,4 +1,5 @@
-"""``b2m session``: the live loop (receive, decode, choose music, play it), and ``b2m session replay``."""
+"""``b2m session``: the live loop (receive, decode, choose music, play it), ``b2m session replay`` and
+``b2m session export``."""
 
 from __future__ import annotations
 
@@ -23,12 +24,15 @@ def add_parser(sub) -> None:
 
     d = PolicyConfig()
     p = sub.add_parser(
-        "session", help="run a neurofeedback session (or `b2m session replay SESSION`)",
+        "session", help="run a neurofeedback session (or `b2m session replay|export SESSION`)",
         description="Receive volumes from the scanner, record them, decode each TR with the model bundle, "
                     "choose music from the library and play it. `b2m session replay SESSION` reruns a recorded "
-                    "session through the same bundle and library and checks every decision is reproduced.")
-    p.add_argument("action", nargs="?", choices=["replay"], help="replay a recorded session (give its folder)")
-    p.add_argument("session", nargs="?", help="with `replay`: the session folder")
+                    "session through the same bundle and library and checks every decision is reproduced. `b2m session "
+                    "export SESSION --bids DIR --subject 01` writes its runs as BIDS, with the music heard as "
+                    "each run's events.tsv.")
+    p.add_argument("action", nargs="?", choices=["replay", "export"],
+                   help="replay a recorded session, or export it as BIDS (give its folder)")
+    p.add_argument("session", nargs="?", help="with `replay` or `export`: the session folder")
     p.add_argument("--model", help="model bundle folder (from `b2m train`)")
     p.add_argument("--library", help="music library folder (from `b2m library build`)")
     p.add_argument("--out", help="session record folder (an existing one is continued)")
@@ -57,6 +61,11 @@ def add_parser(sub) -> None:
     p.add_argument("--insecure", action="store_true", help="allow non-loopback endpoints without CURVE keys")
     add_server_args(p)
     p.add_argument("--no-fsync", action="store_true", help=argparse_suppress())
+    e = p.add_argument_group("export (b2m session export SESSION --bids DIR --subject 01)")
+    e.add_argument("--bids", metavar="DIR", help="BIDS root to write the session's runs into (created or added to)")
+    e.add_argument("--subject", help="BIDS subject label (letters and digits, e.g. 01)")
+    e.add_argument("--ses", default=None, help="BIDS session label (default: none)")
+    e.add_argument("--task", default="neurofeedback", help="BIDS task label (default neurofeedback)")
     g = p.add_argument_group("feedback policy")
     g.add_argument("--smooth-trs", type=int, default=d.smooth_trs, help=f"TRs averaged (default {d.smooth_trs})")
     g.add_argument("--top-k", type=int, default=d.k, help=f"candidates retrieved (default {d.k})")
@@ -88,6 +97,12 @@ def run(args) -> int:
         if not args.session:
             raise ValueError("`b2m session replay` needs the session folder: b2m session replay SESSION")
         return run_replay(args.session)
+    if args.action == "export":
+        missing = [o for o, v in (("SESSION", args.session), ("--bids", args.bids), ("--subject", args.subject)) if not v]
+        if missing:
+            raise ValueError(f"`b2m session export` needs {', '.join(missing)}: "
+                             "b2m session export SESSION --bids DIR --subject 01")
+        return run_export(args)
     if args.check:
         return run_check(args)
     missing = [f"--{k}" for k in ("model", "library", "out") if not getattr(args, k)]
@@ -227,6 +242,32 @@ def session_summary(engine, ended) -> dict:
     return {"runs_ended": ended, "mode": engine.options.mode, "counts": st["counts"], "latency_ms": st["latency_ms"],
             "audio_underruns": audio.get("underruns"), "audio": audio, "clips": st.get("clips"),
             "pieces": st.get("pieces")}
+
+
+def run_export(args) -> int:
+    from music.library import Library
+    from realtime.session.bids import export_bids
+    from realtime.session.replay import SESSION_JSON, read_session_info
+
+    if not os.path.isdir(args.session):
+        raise ValueError(f"{args.session}: no such folder; give a session record (b2m session --out, or b2m receive "
+                         "--out)")
+    info = read_session_info(args.session) if os.path.exists(os.path.join(args.session, SESSION_JSON)) else {}
+    lib_path = args.library or info.get("library")
+    library = Library(lib_path, check_hashes=False) if lib_path else None
+    if library is None:
+        print(f"no library: {args.session} has no {SESSION_JSON} (a `b2m receive` record?) and --library was not "
+              "given, so no events.tsv is written", file=sys.stderr)
+    res = export_bids(args.session, args.bids, args.subject, session=args.ses, task=args.task, library=library,
+                      mode=info.get("mode", "retrieval"))
+    for run_id, number in res["runs"].items():
+        print(f"{run_id}\trun-{number:02d}")
+    for path in res["written"]:
+        print(f"wrote {path}", file=sys.stderr)
+    for run_id, why in res["skipped"].items():
+        print(f"skipped run {run_id}: {why}; it is still in the record (export it again once complete)",
+              file=sys.stderr)
+    return 1 if res["skipped"] else 0
 
 
 def run_replay(session: str) -> int:

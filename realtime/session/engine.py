@@ -280,7 +280,7 @@ class SessionEngine:
         t_scan = run.offset_s + (index + 1) * run.tr_s  # the decision's session time
         self._tr_s = run.tr_s
         self._session_end_s = max(self._session_end_s, t_scan)
-        embedding, audio_frame, error = None, None, None
+        embedding, audio_frame, audio_lead, error = None, None, None, None
         try:
             if run.error is not None:
                 raise ValueError(run.error)
@@ -310,6 +310,7 @@ class SessionEngine:
             audio_frame = self._audio(decision, t_scan)
             p4 = time.perf_counter()
             stamps["audio_scheduled"] = time.time()
+            audio_lead = self._lead_s(audio_frame)
             lat["audio_scheduled"] = (p4 - p3) * 1e3
             self._fill(res, decision, embedding)
         except Exception as e:  # never let one volume take the session down
@@ -328,9 +329,20 @@ class SessionEngine:
             self.counts["switches"] += 1
         elif res.action == "hold":
             self.counts["holds"] += 1
-        self._emit(run, res, embedding, t_scan, stand_in, audio_frame, error)
+        self._emit(run, res, embedding, t_scan, stand_in, (audio_frame, audio_lead), error)
         self._render(t_scan)
         return res
+
+    def _lead_s(self, audio_frame) -> float | None:
+        """A sound device: seconds from now (``audio_scheduled``) until ``audio_frame`` is played.
+
+        With it, the record places each switch on the wall clock (``b2m session export``). A WAV sink's
+        frames are session time already, so it has none.
+        """
+        out = self.output
+        if audio_frame is None or out is None or hasattr(out, "advance_to"):
+            return None
+        return (int(audio_frame) - out.time_to_frame(out.now())) / out.samplerate
 
     def _fill(self, res: Result, d: Decision, embedding) -> None:
         res.action = d.action
@@ -493,12 +505,12 @@ class SessionEngine:
 
     # ---- outputs ------------------------------------------------------------
 
-    def _emit(self, run: _Run, res: Result, embedding, t_scan: float, stand_in: bool, audio_frame, error) -> None:
+    def _emit(self, run: _Run, res: Result, embedding, t_scan: float, stand_in: bool, audio, error) -> None:
         self.last = res
         if self._catching_up:
             # a volume recorded (and acked) whose decision the old process never wrote: write it now, late
             if run.log is not None and (res.run_id, res.index) not in self._logged:
-                self._log(run, res, embedding, t_scan, stand_in, audio_frame, error)
+                self._log(run, res, embedding, t_scan, stand_in, audio, error)
             return
         self.results.append(res)
         if self.publisher is not None:
@@ -508,15 +520,17 @@ class SessionEngine:
 
             self.pyneal.store(res.index, pyneal_payload(res))
         if run.log is not None:
-            self._log(run, res, embedding, t_scan, stand_in, audio_frame, error)
+            self._log(run, res, embedding, t_scan, stand_in, audio, error)
 
-    def _log(self, run: _Run, res: Result, embedding, t_scan: float, stand_in: bool, audio_frame, error) -> None:
+    def _log(self, run: _Run, res: Result, embedding, t_scan: float, stand_in: bool, audio, error) -> None:
+        audio_frame, audio_lead = audio
         h = {"kind": "decision", "run_id": res.run_id, "index": res.index, "decoded_index": res.decoded_index,
              "action": res.action, "clip": res.clip, "topk": [list(t) for t in res.topk],
              "tags": [list(t) for t in res.tags], "fd_mm": res.fd_mm, "motion": res.motion,
              "flagged": res.flagged, "stand_in": stand_in, "t_scan_s": t_scan, "offset_s": run.offset_s,
              "tr_s": run.tr_s, "timestamps": res.timestamps, "latency_ms": res.latency_ms,
-             "audio_frame": audio_frame, "error": error}
+             "audio_frame": audio_frame, "audio_lead_s": audio_lead,
+             "audio_rate": self.output.samplerate if audio_frame is not None else None, "error": error}
         try:
             run.log.append(h, embedding)
         except Exception:

@@ -1,0 +1,213 @@
+"""A session record as a BIDS dataset: each run's BOLD series and the music the participant heard.
+
+``b2m session export SESSION --bids DIR --subject 01`` writes, per complete run
+(numbered in the order the runs were received)::
+
+    DIR/dataset_description.json
+    DIR/sub-01[/ses-S]/func/sub-01[_ses-S]_task-T_run-NN_bold.nii.gz    the volumes as received, bit-exact
+    DIR/sub-01[/ses-S]/func/sub-01[_ses-S]_task-T_run-NN_bold.json      RepetitionTime, TaskName, b2m's run id
+    DIR/sub-01[/ses-S]/func/sub-01[_ses-S]_task-T_run-NN_events.tsv     one row per clip or piece heard
+
+so a feedback session can be analysed like any other fMRI data (nilearn,
+fMRIPrep), or decoded offline.
+
+**Onsets** are in seconds from the start of the run's first volume, when each
+clip (or, in generation mode, each piece) begins to sound:
+
+- with a WAV sink, the output's frames are the session clock itself: a frame
+  ``f`` sounds at ``f / samplerate - offset_s``, where the run's volume ``i``
+  is acquired at ``offset_s + i * TR``;
+- with a sound device, the engine logs, at each switch, how far ahead of the
+  device's clock the switch was scheduled (``audio_lead_s``, from
+  ``audio_scheduled``); the run's start on the same wall clock is taken from
+  the scanner side's acquisition stamps as ``min_i(t_acquired_i - i * TR)``.
+  The device's own output latency (the DAC and headphones, a few ms) is not
+  included.
+
+A row lasts until the next one begins, the last until the run's end; a
+switch decided near the end that sounds only after the run's last volume is
+not listed. Each row
+names the clip (library row id), its genre, the audio file and where in it the
+clip starts (``stim_file``, ``clip_start_s``; ``n/a`` for a piece composed
+live), and the volume whose decision started it.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import re
+import shutil
+
+from protocols.session import SessionRecord
+
+from ..nifti_io import export_run_nifti, run_export_args
+from .decisions import decisions_path, read_decisions
+
+__all__ = ["EVENT_COLUMNS", "music_events", "export_bids"]
+
+#: Columns of ``*_events.tsv``, in order.
+EVENT_COLUMNS = ("onset", "duration", "trial_type", "clip", "genre", "stim_file", "clip_start_s", "decided_volume",
+                 "action")
+
+_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+
+
+def _run_start_wall(decisions: list[dict], tr_s: float) -> float | None:
+    """The run's first volume's acquisition time on the scanner side's clock (Unix s), or None."""
+    starts = [d["timestamps"]["acquired"] - d["index"] * tr_s for d in decisions
+              if (d.get("timestamps") or {}).get("acquired")]
+    return min(starts) if starts else None
+
+
+def music_events(decisions: list[dict], library, samplerate: int, n_volumes: int, *,
+                 mode: str = "retrieval") -> list[dict]:
+    """The clips (or pieces) heard during one run, from its recorded decisions.
+
+    Parameters
+    ----------
+    decisions : list of dict
+        The run's decision records (:func:`.decisions.read_decisions`).
+    library : music.library.Library
+        The session's library (clip ids, genres, audio paths).
+    samplerate : int
+        The audio output's rate, Hz, for decisions that do not record it.
+    n_volumes : int
+        Volumes in the run; the last row ends with it.
+    mode : {"retrieval", "generation"}
+        The session's mode: in generation mode each row is a piece composed
+        live, which no audio file holds.
+
+    Returns
+    -------
+    list of dict
+        One per sound begun, keys :data:`EVENT_COLUMNS`, onsets in seconds
+        from the start of the run's first volume, ordered by onset.
+    """
+    decisions = sorted(decisions, key=lambda d: d["index"])
+    if not decisions:
+        return []
+    tr_s = float(decisions[0]["tr_s"])
+    t0_wall = _run_start_wall(decisions, tr_s)
+    by_id = {c.id: c for c in library.clips}
+    rows = []
+    for d in decisions:
+        if d.get("audio_frame") is None or d.get("clip") is None:
+            continue
+        lead = d.get("audio_lead_s")
+        rate = d.get("audio_rate") or samplerate
+        if lead is None:  # a WAV sink: frames are session time
+            onset = d["audio_frame"] / rate - float(d["offset_s"])
+        elif t0_wall is not None:
+            onset = d["timestamps"]["audio_scheduled"] + float(lead) - t0_wall
+        else:
+            continue  # a device, and no acquisition stamps to place the run on the wall clock
+        clip = by_id.get(d["clip"])
+        no_file = clip is None or mode == "generation"
+        rows.append({"onset": onset, "trial_type": "music", "clip": d["clip"],
+                     "genre": (clip.genre if clip is not None and clip.genre else "n/a"),
+                     "stim_file": "n/a" if no_file else library.audio_path(clip),
+                     "clip_start_s": "n/a" if no_file else clip.start_s,
+                     "decided_volume": d["index"], "action": d["action"]})
+    rows.sort(key=lambda r: r["onset"])
+    end = n_volumes * tr_s
+    rows = [r for r in rows if r["onset"] < end]  # decided near the end, heard after the run's last volume
+    for r, nxt in zip(rows, rows[1:] + [None]):
+        r["duration"] = max(0.0, (nxt["onset"] if nxt is not None else end) - r["onset"])
+    return rows
+
+
+def _write_events(path: str, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(EVENT_COLUMNS)
+        for r in rows:
+            w.writerow([f"{r[k]:.4f}" if k in ("onset", "duration") else r[k] for k in EVENT_COLUMNS])
+
+
+def _check_label(name: str, value: str | None) -> None:
+    if value is not None and not _LABEL.match(value):
+        raise ValueError(f"--{name} {value!r}: a BIDS label is letters and digits only (e.g. 01, nf1)")
+
+
+def export_bids(session_dir, out_dir, subject: str, *, session: str | None = None, task: str = "neurofeedback",
+                library=None, samplerate: int = 48000, mode: str = "retrieval") -> dict:
+    """Write a session record's complete runs, with the music heard, as a BIDS dataset.
+
+    Parameters
+    ----------
+    session_dir : path-like
+        The session record (``b2m session --out``, or ``b2m receive --out``).
+    out_dir : path-like
+        The BIDS root; created, or added to.
+    subject, session, task : str
+        BIDS labels (letters and digits).
+    library : music.library.Library, optional
+        The session's library; without it (or without decisions, as for
+        ``b2m receive``) no events are written.
+    samplerate : int
+        The audio output's rate, Hz, for decisions that do not record it.
+    mode : {"retrieval", "generation"}
+        The session's mode (see :func:`music_events`).
+
+    Returns
+    -------
+    dict
+        ``written`` (paths), ``skipped`` (run id -> why), ``runs`` (run id ->
+        BIDS run number).
+
+    Raises
+    ------
+    ValueError
+        A bad label (names the option).
+    """
+    _check_label("subject", subject)
+    _check_label("session", session)
+    _check_label("task", task)
+    session_dir, out_dir = os.fspath(session_dir), os.fspath(out_dir)
+    rec = SessionRecord(session_dir, sync=False)
+    runs = sorted(rec.runs.values(), key=lambda r: min((float(x.header.get("t_recv", 0.0))
+                                                         for x in r.received.values()), default=float("inf")))
+    func = os.path.join(out_dir, f"sub-{subject}", *([f"ses-{session}"] if session else []), "func")
+    os.makedirs(func, exist_ok=True)
+    desc = os.path.join(out_dir, "dataset_description.json")
+    out = {"written": [], "skipped": {}, "runs": {}}
+    if not os.path.exists(desc):
+        with open(desc, "w") as f:
+            json.dump({"Name": "brain2music-rt neurofeedback sessions", "BIDSVersion": "1.9.0",
+                       "DatasetType": "raw", "GeneratedBy": [{"Name": "brain2music-rt", "Description":
+                                                              "b2m session export"}]}, f, indent=2)
+        out["written"].append(desc)
+    number = 0
+    for run in runs:
+        if not run.complete:
+            missing = run.missing()
+            out["skipped"][run.run_id] = (f"{len(run.received)} of {run.n_volumes} volumes recorded, missing "
+                                          f"{missing[:10]}{' ...' if len(missing) > 10 else ''}"
+                                          if run.n_volumes is not None else "no run end and no volume count")
+            continue
+        number += 1
+        stem = os.path.join(func, f"sub-{subject}{f'_ses-{session}' if session else ''}_task-{task}"
+                                  f"_run-{number:02d}")
+        bold = stem + "_bold.nii.gz"
+        header_bytes, scaling = run_export_args(run)
+        tmp = stem + "_bold.tmp.nii"
+        export_run_nifti(session_dir, run.run_id, tmp, header_bytes, scaling)
+        with open(tmp, "rb") as src, gzip.open(bold, "wb", compresslevel=6) as dst:
+            shutil.copyfileobj(src, dst)
+        os.remove(tmp)
+        tr_s = float(run.geometry["tr_s"])
+        with open(stem + "_bold.json", "w") as f:
+            json.dump({"RepetitionTime": tr_s, "TaskName": task, "b2m_run_id": run.run_id,
+                       "b2m_session": os.path.abspath(session_dir)}, f, indent=2)
+        out["written"] += [bold, stem + "_bold.json"]
+        out["runs"][run.run_id] = number
+        dpath = decisions_path(session_dir, run.run_id)
+        if library is not None and os.path.exists(dpath):
+            rows = music_events(read_decisions(dpath), library, samplerate, int(run.n_volumes), mode=mode)
+            _write_events(stem + "_events.tsv", rows)
+            out["written"].append(stem + "_events.tsv")
+    return out
+

@@ -1,0 +1,160 @@
+"""``b2m session export``: a session record as BIDS, the music heard as events.tsv.
+
+The onsets are checked against the audio itself: the kit's clips are tone bursts of one pitch each
+(220 to 1320 Hz), so which clip sounds in ``feedback.wav`` at any moment is read off its spectrum,
+independently of the decisions the export reads.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+
+import nibabel as nib
+import numpy as np
+import pytest
+import soundfile as sf
+from session_kit import kit_fixture
+
+from realtime.session.bids import EVENT_COLUMNS, music_events
+
+PITCH_HZ = {f"r{i}.wav": hz for i, hz in enumerate([220, 330, 440, 660, 880, 1320])}  # session_kit.make_library
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory, fmri1_nii):
+    return kit_fixture(tmp_path_factory, fmri1_nii)
+
+
+def _band_power(x: np.ndarray, sr: int, hz: float) -> float:
+    spec = np.abs(np.fft.rfft(x * np.hanning(len(x)))) ** 2
+    f = np.fft.rfftfreq(len(x), 1.0 / sr)
+    return float(spec[(f > 0.97 * hz) & (f < 1.03 * hz)].sum())
+
+
+def _read_events(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+@pytest.mark.timeout(180)
+def test_export_writes_the_run_bit_exact_and_events_where_the_music_changes(kit, b2m_proc, endpoint, tmp_path):
+    out, bids = tmp_path / "session", tmp_path / "bids"
+    sess = b2m_proc("session", "--model", kit.bundle, "--library", kit.library, "--out", out, "--bind", endpoint,
+                    "--audio", f"wav:{out}/feedback.wav", "--results", "none", "--no-dashboard", "--min-dwell", "5",
+                    "--margin", "0", "--smooth-trs", "1", "--crossfade", "0", name="session")
+    sess.wait_for("ready", timeout=60)
+    tx = b2m_proc("scanner", "replay", kit.nifti, "--connect", endpoint, "--speed", "max", "--run-id", "run-01",
+                  "--quiet", name="replay")
+    assert tx.wait() == 0, tx.stderr()
+    sess.wait_for("run\trun-01\tended", timeout=60)
+    sess.kill(signal.SIGTERM)
+    assert sess.p.returncode == 0, sess.stderr()
+
+    ex = b2m_proc("session", "export", out, "--bids", bids, "--subject", "01", "--ses", "nf", name="export")
+    assert ex.wait() == 0, ex.stderr()
+    assert ex.stdout().strip() == "run-01\trun-01"
+    func = bids / "sub-01" / "ses-nf" / "func"
+    stem = func / "sub-01_ses-nf_task-neurofeedback_run-01"
+    assert json.loads((bids / "dataset_description.json").read_text())["BIDSVersion"]
+    src = nib.load(kit.nifti)
+    bold = nib.load(f"{stem}_bold.nii.gz")
+    assert np.array_equal(np.asanyarray(bold.dataobj.get_unscaled()), np.asanyarray(src.dataobj.get_unscaled()))
+    np.testing.assert_allclose(bold.affine, src.affine, atol=1e-4)
+    side = json.loads(open(f"{stem}_bold.json").read())
+    tr = float(src.header.get_zooms()[3])
+    assert side["RepetitionTime"] == pytest.approx(tr) and side["TaskName"] == "neurofeedback"
+    assert side["b2m_run_id"] == "run-01"
+
+    with open(f"{stem}_events.tsv") as f:
+        assert f.readline().rstrip("\n").split("\t") == list(EVENT_COLUMNS)
+    rows = _read_events(f"{stem}_events.tsv")
+    n_switches = json.loads((out / "summary.json").read_text())["counts"]["switches"]
+    # the neutral clip, then a row per switch (one decided at the last volumes may sound after the run)
+    assert n_switches + 1 - len(rows) in (0, 1) and len(rows) >= 3
+    onsets = np.array([float(r["onset"]) for r in rows])
+    durations = np.array([float(r["duration"]) for r in rows])
+    assert np.all(np.diff(onsets) > 0)
+    np.testing.assert_allclose(onsets[1:], onsets[:-1] + durations[:-1], atol=1e-3)
+    assert onsets[-1] + durations[-1] == pytest.approx(40 * tr, abs=1e-3)  # the last row ends with the run
+    for r in rows[1:]:  # a switch decided at volume i is heard no earlier than (i + 1) TR into the run
+        assert float(r["onset"]) >= (int(r["decided_volume"]) + 1) * tr - 1e-6
+
+    # without a crossfade a switch is a cut, and the new clip enters on its own first beat, a tone burst:
+    # the onset is where its pitch appears and the old one's stops
+    audio, sr = sf.read(str(out / "feedback.wav"), dtype="float32")
+    mono = audio.mean(axis=1)
+    for prev, row in zip(rows, rows[1:]):
+        new, old = PITCH_HZ[os.path.basename(row["stim_file"])], PITCH_HZ[os.path.basename(prev["stim_file"])]
+        t = float(row["onset"])
+        before = mono[int((t - 0.5) * sr):int((t - 0.005) * sr)]
+        after = mono[int((t + 0.005) * sr):int((t + 0.5) * sr)]
+        assert _band_power(before, sr, new) < 0.01 * _band_power(after, sr, new), row
+        assert _band_power(after, sr, old) < 0.01 * _band_power(after, sr, new), row
+
+
+def test_device_onsets_come_from_the_scheduling_lead_and_the_acquisition_stamps(rng):
+    """A sound device: onset = audio_scheduled + audio_lead_s - the run's start on the scanner's clock, which
+    is the earliest ``t_acquired - i TR`` (a late stamp only ever lags). Closed form on synthetic decisions."""
+    from protocols.library import Clip
+
+    class Lib:
+        clips = [Clip(id="a", path="a.wav", start_s=1.0, duration_s=8.0, genre="jazz"),
+                 Clip(id="b", path="b.wav", start_s=0.0, duration_s=8.0, genre="rock")]
+
+        @staticmethod
+        def audio_path(clip):
+            return "/lib/" + clip.path
+
+    tr, t0 = 2.0, 1_800_000_000.0
+    jitter = rng.uniform(0.01, 0.2, 20)  # each volume's stamp lags its acquisition start by a little
+    jitter[3] = 0.0  # one stamp is exact: that is the run's start
+    decisions = []
+    for i in range(20):
+        d = {"index": i, "tr_s": tr, "offset_s": 0.0, "clip": "a" if i < 10 else "b",
+             "action": "neutral" if i == 0 else ("switch" if i == 10 else "keep"),
+             "timestamps": {"acquired": t0 + i * tr + jitter[i], "audio_scheduled": t0 + (i + 1) * tr + 0.05},
+             "audio_frame": None, "audio_lead_s": None, "audio_rate": None}
+        if i in (0, 10):
+            d.update(audio_frame=123456 * (i + 1), audio_lead_s=0.1 + 0.01 * i, audio_rate=44100)
+        decisions.append(d)
+    rows = music_events(decisions[::-1], Lib, 48000, 20)  # order of the log does not matter
+    assert [r["clip"] for r in rows] == ["a", "b"] and [r["genre"] for r in rows] == ["jazz", "rock"]
+    expected = [(0 + 1) * tr + 0.05 + 0.1, (10 + 1) * tr + 0.05 + 0.2]
+    np.testing.assert_allclose([r["onset"] for r in rows], expected, atol=1e-6)
+    np.testing.assert_allclose([r["duration"] for r in rows], [expected[1] - expected[0], 20 * tr - expected[1]],
+                               atol=1e-6)
+    assert rows[0]["stim_file"] == "/lib/a.wav" and rows[0]["clip_start_s"] == 1.0
+    gen = music_events(decisions, Lib, 48000, 20, mode="generation")
+    assert gen[0]["stim_file"] == "n/a" and gen[0]["clip_start_s"] == "n/a"  # composed live: no file holds it
+
+
+@pytest.mark.timeout(120)
+def test_a_receive_record_exports_bold_only_and_an_incomplete_run_is_named(b2m_proc, endpoint, fmri1_nii, tmp_path):
+    out, bids = tmp_path / "rx", tmp_path / "bids"
+    rx = b2m_proc("receive", "--bind", endpoint, "--out", out, name="receive")
+    rx.wait_for("ready")
+    tx = b2m_proc("scanner", "replay", fmri1_nii, "--connect", endpoint, "--speed", "max", "--run-id", "a1",
+                  "--quiet", name="replay")
+    assert tx.wait() == 0, tx.stderr()
+    rx.wait_for("a1\t", stream="stdout")
+    tx = b2m_proc("scanner", "replay", fmri1_nii, "--connect", endpoint, "--speed", "max", "--run-id", "a2",
+                  "--stop", 5, "--quiet", name="replay-part")  # 5 of 40 volumes: the scanner stopped early
+    assert tx.wait() == 0, tx.stderr()
+    rx.kill(signal.SIGTERM)
+    bad = b2m_proc("session", "export", out, "--bids", bids, "--subject", "01_x", name="export-bad")
+    assert bad.wait() == 2 and "--subject '01_x': a BIDS label is letters and digits only" in bad.stderr()
+    ex = b2m_proc("session", "export", out, "--bids", bids, "--subject", "02", name="export")
+    code = ex.wait()
+    assert ex.stdout().strip() == "a1\trun-01"
+    assert "no events.tsv is written" in ex.stderr()
+    func = bids / "sub-02" / "func"
+    assert sorted(os.listdir(func)) == ["sub-02_task-neurofeedback_run-01_bold.json",
+                                        "sub-02_task-neurofeedback_run-01_bold.nii.gz"]
+    src = nib.load(fmri1_nii)
+    got = nib.load(func / "sub-02_task-neurofeedback_run-01_bold.nii.gz")
+    assert np.array_equal(np.asanyarray(got.dataobj.get_unscaled()), np.asanyarray(src.dataobj.get_unscaled()))
+    # the partial run: named with what is missing, kept in the record, and the exit code says so
+    assert code == 1 and "skipped run a2: 5 of 40 volumes recorded, missing [5, 6, 7" in ex.stderr()
