@@ -20,7 +20,7 @@ from protocols.session import run_volumes
 __all__ = ["NiftiRun", "read_nifti_run", "header_tr_s", "tr_seconds", "export_run_nifti", "run_export_args",
            "iter_volumes"]
 
-log = logging.getLogger("b2m.receiver")
+log = logging.getLogger("b2m.nifti")
 
 _TIME_UNIT_S = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
 _MAX_TR_S = 60.0  # a longer "TR" is a unit error
