@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from rich.logging import RichHandler
@@ -16,6 +17,7 @@ from rich.markup import escape
 from protocols.errors import ProtocolError
 from realtime.transport import TransportError
 
+from .config import CONFIG_ENV, ConfigError, apply_config, command_path
 from .console import stderr_console
 from .commands import demo, group, keys, library, receive, replay, scanner_export, session, simulate, train, watch
 
@@ -27,6 +29,9 @@ stderr = stderr_console()
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="b2m", description="brain2music-rt: real-time music decoding from fMRI.")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more diagnostics on stderr")
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help=f"a site's settings (TOML: a table per command, e.g. [session], [scanner.watch], its keys the "
+                        f"command's long options); the command line wins over it. Default: ${CONFIG_ENV}, if set")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     scanner = sub.add_parser("scanner", help="the scanner side (watch the export folder, or replay a recorded run)")
@@ -57,7 +62,21 @@ def _log_handler() -> logging.Handler:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    config = pre.parse_known_args(argv)[0].config or os.environ.get(CONFIG_ENV) or None
+    used = {}
+    if config:  # before parsing: the file may give options the command requires
+        try:
+            used = apply_config(parser, config, command_path(parser, argv))
+        except ConfigError as e:
+            stderr.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
+            return EXIT_USAGE
+    args = parser.parse_args(argv)  # the file's values are defaults: the command line wins
+    if used:
+        stderr.print(f"config {escape(config)}: " + ", ".join(f"{k}={v}" for k, v in sorted(used.items())),
+                     highlight=False)
     level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
     logging.basicConfig(level=level, handlers=[_log_handler()])
     try:
