@@ -19,10 +19,14 @@ clip (or, in generation mode, each piece) begins to sound:
   is acquired at ``offset_s + i * TR``;
 - with a sound device, the engine logs, at each switch, how far ahead of the
   device's clock the switch was scheduled (``audio_lead_s``, from
-  ``audio_scheduled``); the run's start on the same wall clock is taken from
-  the scanner side's acquisition stamps as ``min_i(t_acquired_i - i * TR)``.
-  The device's own output latency (the DAC and headphones, a few ms) is not
-  included.
+  ``audio_scheduled``); the run's start on the same wall clock comes from the
+  scanner side's stamps, each taken as the moment its volume was complete
+  (the end of its acquisition, as on the session clock, where volume ``i``
+  is decided at ``(i + 1) * TR``): ``min_i(t_acquired_i - (i + 1) * TR)``.
+  A stamp made later than that (a folder watch stamps the file's writing,
+  after the reconstruction) moves the onsets earlier by as much; the
+  device's own output latency (the DAC and headphones, a few ms) is not
+  included either.
 
 A row lasts until the next one begins, the last until the run's end; a
 switch decided near the end that sounds only after the run's last volume is
@@ -56,8 +60,12 @@ _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
 
 def _run_start_wall(decisions: list[dict], tr_s: float) -> float | None:
-    """The run's first volume's acquisition time on the scanner side's clock (Unix s), or None."""
-    starts = [d["timestamps"]["acquired"] - d["index"] * tr_s for d in decisions
+    """When the run's first volume began, on the scanner side's clock (Unix s), or None.
+
+    Each stamp is taken as its volume's completion; the earliest implied start wins, since a stamp can
+    only come late.
+    """
+    starts = [d["timestamps"]["acquired"] - (d["index"] + 1) * tr_s for d in decisions
               if (d.get("timestamps") or {}).get("acquired")]
     return min(starts) if starts else None
 

@@ -97,7 +97,8 @@ def test_export_writes_the_run_bit_exact_and_events_where_the_music_changes(kit,
 
 def test_device_onsets_come_from_the_scheduling_lead_and_the_acquisition_stamps(rng):
     """A sound device: onset = audio_scheduled + audio_lead_s - the run's start on the scanner's clock, which
-    is the earliest ``t_acquired - i TR`` (a late stamp only ever lags). Closed form on synthetic decisions."""
+    is the earliest ``t_acquired - (i + 1) TR``: a stamp marks its volume complete, and a late one only
+    ever lags. Closed form on synthetic decisions."""
     from protocols.library import Clip
 
     class Lib:
@@ -109,13 +110,13 @@ def test_device_onsets_come_from_the_scheduling_lead_and_the_acquisition_stamps(
             return "/lib/" + clip.path
 
     tr, t0 = 2.0, 1_800_000_000.0
-    jitter = rng.uniform(0.01, 0.2, 20)  # each volume's stamp lags its acquisition start by a little
+    jitter = rng.uniform(0.01, 0.2, 20)  # each volume's stamp lags its completion by a little
     jitter[3] = 0.0  # one stamp is exact: that is the run's start
     decisions = []
     for i in range(20):
         d = {"index": i, "tr_s": tr, "offset_s": 0.0, "clip": "a" if i < 10 else "b",
              "action": "neutral" if i == 0 else ("switch" if i == 10 else "keep"),
-             "timestamps": {"acquired": t0 + i * tr + jitter[i], "audio_scheduled": t0 + (i + 1) * tr + 0.05},
+             "timestamps": {"acquired": t0 + (i + 1) * tr + jitter[i], "audio_scheduled": t0 + (i + 1) * tr + 0.05},
              "audio_frame": None, "audio_lead_s": None, "audio_rate": None}
         if i in (0, 10):
             d.update(audio_frame=123456 * (i + 1), audio_lead_s=0.1 + 0.01 * i, audio_rate=44100)

@@ -68,7 +68,25 @@ def _run_session(kit, jackd, b2m_proc, endpoint, tmp_path, n_volumes: int, tr_s:
 
 @pytest.mark.audio
 def test_session_on_jack_15s(kit, jackd, b2m_proc, endpoint, tmp_path):
-    _session_at_tr_pace(kit, jackd, b2m_proc, endpoint, tmp_path, n_volumes=15, tr_s=1.0)
+    def heard_where_the_record_says(summary):
+        """Where the music heard lies in the run, as `b2m session export` writes it, from the device's clock:
+        a switch decided at volume i (at (i + 1) TR, once the volume is complete) sounds on the playing
+        clip's next bar (at most 2.7 s at the kit's 90 bpm) after a lead of 50 ms and the processing."""
+        from music.library import Library
+        from realtime.session.bids import music_events
+        from realtime.session.decisions import read_decisions
+
+        decisions = read_decisions(str(tmp_path / "session" / "runs" / "run-01" / "decisions.log"))
+        assert all(d["audio_lead_s"] is not None and 0 < d["audio_lead_s"] < 3.0 for d in decisions
+                   if d["audio_frame"] is not None)
+        rows = music_events(decisions, Library(kit.library), 48000, 15)
+        assert len(rows) >= 3
+        for r in rows:
+            decided = (r["decided_volume"] + 1) * 1.0
+            assert decided - 0.05 <= r["onset"] <= decided + 0.05 + 2.7 + 0.5, (r, decided)
+
+    _session_at_tr_pace(kit, jackd, b2m_proc, endpoint, tmp_path, n_volumes=15, tr_s=1.0,
+                        check=heard_where_the_record_says)
 
 
 @pytest.mark.slow
