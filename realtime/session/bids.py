@@ -30,10 +30,12 @@ clip (or, in generation mode, each piece) begins to sound:
 
 A row lasts until the next one begins, the last until the run's end; a
 switch decided near the end that sounds only after the run's last volume is
-not listed. Each row
-names the clip (library row id), its genre, the audio file and where in it the
-clip starts (``stim_file``, ``clip_start_s``; ``n/a`` for a piece composed
-live), and the volume whose decision started it.
+listed in the run in which it sounds. What sounds as a run begins, carried
+over from the runs before, is its first row (onset 0, action
+``continued``). Each row names the clip (library row id), its genre, the
+audio file and where in it the clip starts (``stim_file``,
+``clip_start_s``; ``n/a`` for a piece composed live), and the run and
+volume whose decision started it (``decided_run``, ``decided_volume``).
 """
 
 from __future__ import annotations
@@ -50,29 +52,64 @@ from protocols.session import SessionRecord
 from ..nifti_io import export_run_nifti, run_export_args
 from .decisions import decisions_path, read_decisions
 
-__all__ = ["EVENT_COLUMNS", "music_events", "export_bids"]
+__all__ = ["EVENT_COLUMNS", "music_events", "sounds_begun", "export_bids"]
 
 #: Columns of ``*_events.tsv``, in order.
-EVENT_COLUMNS = ("onset", "duration", "trial_type", "clip", "genre", "stim_file", "clip_start_s", "decided_volume",
-                 "action")
+EVENT_COLUMNS = ("onset", "duration", "trial_type", "clip", "genre", "stim_file", "clip_start_s", "decided_run",
+                 "decided_volume", "action")
 
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
 
-def _run_start_wall(decisions: list[dict], tr_s: float) -> float | None:
-    """When the run's first volume began, on the scanner side's clock (Unix s), or None.
+def _run_starts(decisions: list[dict]) -> dict:
+    """When the run's first volume began, on each clock a sound can be placed on.
 
-    Each stamp is taken as its volume's completion; the earliest implied start wins, since a stamp can
-    only come late.
+    ``"session"``: the session clock (a WAV sink's frames), where the run
+    begins at its ``offset_s``. ``"wall"``: the scanner side's clock (Unix s),
+    from the stamps, each taken as its volume's completion; the earliest
+    implied start wins, since a stamp can only come late (None without stamps).
     """
+    tr_s = float(decisions[0]["tr_s"])
     starts = [d["timestamps"]["acquired"] - (d["index"] + 1) * tr_s for d in decisions
               if (d.get("timestamps") or {}).get("acquired")]
-    return min(starts) if starts else None
+    return {"session": float(decisions[0]["offset_s"]), "wall": min(starts) if starts else None}
+
+
+def sounds_begun(decisions: list[dict], library, samplerate: int, *, mode: str = "retrieval",
+                 run_id: str = "") -> list[dict]:
+    """Every sound a run's decisions began, at its time on its clock.
+
+    Same parameters as :func:`music_events`. Each row has the keys of
+    :data:`EVENT_COLUMNS` but ``onset`` and ``duration``, and ``at`` and
+    ``clock`` instead: seconds on the session clock (a WAV sink), or Unix
+    seconds on the wall clock (a sound device: ``audio_scheduled`` plus the
+    lead at which the switch was scheduled). Ordered by time.
+    """
+    by_id = {c.id: c for c in library.clips}
+    rows = []
+    for d in sorted(decisions, key=lambda d: d["index"]):
+        if d.get("audio_frame") is None or d.get("clip") is None:
+            continue
+        lead = d.get("audio_lead_s")
+        if lead is None:  # a WAV sink: frames are session time
+            clock, at = "session", d["audio_frame"] / (d.get("audio_rate") or samplerate)
+        else:
+            clock, at = "wall", d["timestamps"]["audio_scheduled"] + float(lead)
+        clip = by_id.get(d["clip"])
+        no_file = clip is None or mode == "generation"
+        rows.append({"at": at, "clock": clock, "trial_type": "music", "clip": d["clip"],
+                     "genre": (clip.genre if clip is not None and clip.genre else "n/a"),
+                     "stim_file": "n/a" if no_file else library.audio_path(clip),
+                     "clip_start_s": "n/a" if no_file else clip.start_s,
+                     "decided_run": run_id or d.get("run_id", ""), "decided_volume": d["index"],
+                     "action": d["action"]})
+    rows.sort(key=lambda r: r["at"])
+    return rows
 
 
 def music_events(decisions: list[dict], library, samplerate: int, n_volumes: int, *,
-                 mode: str = "retrieval") -> list[dict]:
-    """The clips (or pieces) heard during one run, from its recorded decisions.
+                 mode: str = "retrieval", before: list[dict] = ()) -> list[dict]:
+    """The clips (or pieces) heard during one run, from the recorded decisions.
 
     Parameters
     ----------
@@ -87,41 +124,32 @@ def music_events(decisions: list[dict], library, samplerate: int, n_volumes: int
     mode : {"retrieval", "generation"}
         The session's mode: in generation mode each row is a piece composed
         live, which no audio file holds.
+    before : list of dict
+        :func:`sounds_begun` of the runs before. A sound they began that is
+        heard within this run is one of its rows; the one sounding as it
+        begins is its first row, at onset 0, action ``continued``.
 
     Returns
     -------
     list of dict
-        One per sound begun, keys :data:`EVENT_COLUMNS`, onsets in seconds
-        from the start of the run's first volume, ordered by onset.
+        Keys :data:`EVENT_COLUMNS`, onsets in seconds from the start of the
+        run's first volume, ordered by onset.
     """
-    decisions = sorted(decisions, key=lambda d: d["index"])
     if not decisions:
         return []
-    tr_s = float(decisions[0]["tr_s"])
-    t0_wall = _run_start_wall(decisions, tr_s)
-    by_id = {c.id: c for c in library.clips}
-    rows = []
-    for d in decisions:
-        if d.get("audio_frame") is None or d.get("clip") is None:
-            continue
-        lead = d.get("audio_lead_s")
-        rate = d.get("audio_rate") or samplerate
-        if lead is None:  # a WAV sink: frames are session time
-            onset = d["audio_frame"] / rate - float(d["offset_s"])
-        elif t0_wall is not None:
-            onset = d["timestamps"]["audio_scheduled"] + float(lead) - t0_wall
-        else:
-            continue  # a device, and no acquisition stamps to place the run on the wall clock
-        clip = by_id.get(d["clip"])
-        no_file = clip is None or mode == "generation"
-        rows.append({"onset": onset, "trial_type": "music", "clip": d["clip"],
-                     "genre": (clip.genre if clip is not None and clip.genre else "n/a"),
-                     "stim_file": "n/a" if no_file else library.audio_path(clip),
-                     "clip_start_s": "n/a" if no_file else clip.start_s,
-                     "decided_volume": d["index"], "action": d["action"]})
-    rows.sort(key=lambda r: r["onset"])
-    end = n_volumes * tr_s
-    rows = [r for r in rows if r["onset"] < end]  # decided near the end, heard after the run's last volume
+    starts = _run_starts(decisions)
+    end = n_volumes * float(decisions[0]["tr_s"])
+    rows, sounding = [], None
+    for r in sorted([*before, *sounds_begun(decisions, library, samplerate, mode=mode)], key=lambda r: r["at"]):
+        if starts[r["clock"]] is None:
+            continue  # a device, and no stamps to place the run on the wall clock
+        onset = r["at"] - starts[r["clock"]]
+        row = {k: v for k, v in r.items() if k not in ("at", "clock")}
+        if onset <= 0:
+            sounding = {**row, "onset": 0.0, "action": "continued" if onset < 0 else row["action"]}
+        elif onset < end:  # one decided near the end sounds after the run's last volume: not in this run
+            rows.append({**row, "onset": onset})
+    rows = ([sounding] if sounding is not None else []) + rows
     for r, nxt in zip(rows, rows[1:] + [None]):
         r["duration"] = max(0.0, (nxt["onset"] if nxt is not None else end) - r["onset"])
     return rows
@@ -189,7 +217,13 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
                                                               "b2m session export"}]}, f, indent=2)
         out["written"].append(desc)
     number = 0
+    begun: list[dict] = []  # every sound begun so far, on its clock: the runs before go on sounding
     for run in runs:
+        dpath = decisions_path(session_dir, run.run_id)
+        decisions = read_decisions(dpath) if library is not None and os.path.exists(dpath) else None
+        before = list(begun)
+        if decisions:
+            begun += sounds_begun(decisions, library, samplerate, mode=mode, run_id=run.run_id)
         if not run.complete:
             missing = run.missing()
             out["skipped"][run.run_id] = (f"{len(run.received)} of {run.n_volumes} volumes recorded, missing "
@@ -212,9 +246,8 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
                        "b2m_session": os.path.abspath(session_dir)}, f, indent=2)
         out["written"] += [bold, stem + "_bold.json"]
         out["runs"][run.run_id] = number
-        dpath = decisions_path(session_dir, run.run_id)
-        if library is not None and os.path.exists(dpath):
-            rows = music_events(read_decisions(dpath), library, samplerate, int(run.n_volumes), mode=mode)
+        if decisions is not None:
+            rows = music_events(decisions, library, samplerate, int(run.n_volumes), mode=mode, before=before)
             _write_events(stem + "_events.tsv", rows)
             out["written"].append(stem + "_events.tsv")
     return out

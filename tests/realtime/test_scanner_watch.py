@@ -151,13 +151,20 @@ def test_philips_pair_is_read_once_both_files_are_complete_and_unchanged(tmp_pat
 
 
 def test_philips_rec_closed_last_completes_the_pair_at_once(tmp_path):
-    """With inotify, closing the REC after its PAR is what completes the volume: no settle scan."""
+    """With inotify, closing the REC after its PAR is what completes the volume: no settle scan. Upper-case
+    names (DUMP-0002.PAR, .REC) pair up the same way."""
     w = FolderWatcher(tmp_path, "philips")
     shutil.copy(PHILIPS[1], tmp_path)
     assert w.scan() == []
     shutil.copy(PHILIPS[1][:-4] + ".rec", tmp_path)  # written and closed
     (vol,) = w.scan()
     assert vol.index == 1 and vol.files[1].endswith("Dump-0001.rec")
+    shutil.copy(PHILIPS[2], tmp_path / "DUMP-0002.PAR")
+    assert w.scan() == []
+    shutil.copy(PHILIPS[2][:-4] + ".rec", tmp_path / "DUMP-0002.REC")
+    (vol,) = w.scan()
+    assert vol.index == 2 and vol.files[1].endswith("DUMP-0002.REC")
+    assert np.array_equal(vol.data, read_philips_parrec(PHILIPS[2]).data)
 
 
 def test_philips_rec_finished_during_the_read_is_not_taken_for_a_rewrite(tmp_path, caplog):

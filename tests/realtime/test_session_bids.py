@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 from session_kit import kit_fixture
 
-from realtime.session.bids import EVENT_COLUMNS, music_events
+from realtime.session.bids import EVENT_COLUMNS, music_events, sounds_begun
 
 PITCH_HZ = {f"r{i}.wav": hz for i, hz in enumerate([220, 330, 440, 660, 880, 1320])}  # session_kit.make_library
 
@@ -46,16 +46,17 @@ def test_export_writes_the_run_bit_exact_and_events_where_the_music_changes(kit,
                     "--audio", f"wav:{out}/feedback.wav", "--results", "none", "--no-dashboard", "--min-dwell", "5",
                     "--margin", "0", "--smooth-trs", "1", "--crossfade", "0", name="session")
     sess.wait_for("ready", timeout=60)
-    tx = b2m_proc("scanner", "replay", kit.nifti, "--connect", endpoint, "--speed", "max", "--run-id", "run-01",
-                  "--quiet", name="replay")
-    assert tx.wait() == 0, tx.stderr()
-    sess.wait_for("run\trun-01\tended", timeout=60)
+    for run_id in ("nf-a", "nf-b"):  # two runs: the music goes on from one to the next
+        tx = b2m_proc("scanner", "replay", kit.nifti, "--connect", endpoint, "--speed", "max", "--run-id", run_id,
+                      "--quiet", name=f"replay-{run_id}")
+        assert tx.wait() == 0, tx.stderr()
+        sess.wait_for(f"run\t{run_id}\tended", timeout=60)
     sess.kill(signal.SIGTERM)
     assert sess.p.returncode == 0, sess.stderr()
 
     ex = b2m_proc("session", "export", out, "--bids", bids, "--subject", "01", "--ses", "nf", name="export")
     assert ex.wait() == 0, ex.stderr()
-    assert ex.stdout().strip() == "run-01\trun-01"
+    assert ex.stdout().strip() == "nf-a\trun-01\nnf-b\trun-02"
     func = bids / "sub-01" / "ses-nf" / "func"
     stem = func / "sub-01_ses-nf_task-neurofeedback_run-01"
     assert json.loads((bids / "dataset_description.json").read_text())["BIDSVersion"]
@@ -66,14 +67,12 @@ def test_export_writes_the_run_bit_exact_and_events_where_the_music_changes(kit,
     side = json.loads(open(f"{stem}_bold.json").read())
     tr = float(src.header.get_zooms()[3])
     assert side["RepetitionTime"] == pytest.approx(tr) and side["TaskName"] == "neurofeedback"
-    assert side["b2m_run_id"] == "run-01"
+    assert side["b2m_run_id"] == "nf-a"
 
     with open(f"{stem}_events.tsv") as f:
         assert f.readline().rstrip("\n").split("\t") == list(EVENT_COLUMNS)
     rows = _read_events(f"{stem}_events.tsv")
-    n_switches = json.loads((out / "summary.json").read_text())["counts"]["switches"]
-    # the neutral clip, then a row per switch (one decided at the last volumes may sound after the run)
-    assert n_switches + 1 - len(rows) in (0, 1) and len(rows) >= 3
+    assert rows[0]["action"] == "neutral" and len(rows) >= 3  # the neutral clip, then a row per switch
     onsets = np.array([float(r["onset"]) for r in rows])
     durations = np.array([float(r["duration"]) for r in rows])
     assert np.all(np.diff(onsets) > 0)
@@ -86,13 +85,27 @@ def test_export_writes_the_run_bit_exact_and_events_where_the_music_changes(kit,
     # the onset is where its pitch appears and the old one's stops
     audio, sr = sf.read(str(out / "feedback.wav"), dtype="float32")
     mono = audio.mean(axis=1)
-    for prev, row in zip(rows, rows[1:]):
+    second = _read_events(func / "sub-01_ses-nf_task-neurofeedback_run-02_events.tsv")
+    pairs = [(0.0, p, r) for p, r in zip(rows, rows[1:])] + [(40 * tr, p, r) for p, r in zip(second, second[1:])]
+    for run_start, prev, row in pairs:  # both runs, each on the session clock from its own start
         new, old = PITCH_HZ[os.path.basename(row["stim_file"])], PITCH_HZ[os.path.basename(prev["stim_file"])]
-        t = float(row["onset"])
+        t = run_start + float(row["onset"])
         before = mono[int((t - 0.5) * sr):int((t - 0.005) * sr)]
         after = mono[int((t + 0.005) * sr):int((t + 0.5) * sr)]
         assert _band_power(before, sr, new) < 0.01 * _band_power(after, sr, new), row
         assert _band_power(after, sr, old) < 0.01 * _band_power(after, sr, new), row
+
+    # the second run begins 40 TRs into the session, with the music of the first still playing: its first
+    # row is that clip, "continued", at onset 0, and it is what the WAV holds there
+    assert second[0]["action"] == "continued" and float(second[0]["onset"]) == 0.0
+    assert float(second[1]["onset"]) > 0.5 and second[1]["action"] != "continued"
+    pitch = PITCH_HZ[os.path.basename(second[0]["stim_file"])]
+    start = 40 * tr
+    window = mono[int((start + 0.05) * sr):int((start + 0.5) * sr)]
+    others = [hz for hz in PITCH_HZ.values() if hz != pitch]
+    assert all(_band_power(window, sr, hz) < 0.01 * _band_power(window, sr, pitch) for hz in others)
+    bold2 = nib.load(func / "sub-01_ses-nf_task-neurofeedback_run-02_bold.nii.gz")
+    assert np.array_equal(np.asanyarray(bold2.dataobj.get_unscaled()), np.asanyarray(src.dataobj.get_unscaled()))
 
 
 def test_device_onsets_come_from_the_scheduling_lead_and_the_acquisition_stamps(rng):
@@ -130,6 +143,18 @@ def test_device_onsets_come_from_the_scheduling_lead_and_the_acquisition_stamps(
     assert rows[0]["stim_file"] == "/lib/a.wav" and rows[0]["clip_start_s"] == 1.0
     gen = music_events(decisions, Lib, 48000, 20, mode="generation")
     assert gen[0]["stim_file"] == "n/a" and gen[0]["clip_start_s"] == "n/a"  # composed live: no file holds it
+
+    # a WAV sink's frames are the session clock: a run starting 1 s into the session counts from there
+    for d in decisions:
+        d.update(offset_s=1.0, audio_lead_s=None)
+    rows = music_events(decisions, Lib, 48000, 20)
+    np.testing.assert_allclose([r["onset"] for r in rows], [123456 / 44100 - 1.0, 11 * 123456 / 44100 - 1.0])
+    # the next run, 40 s in: what the first began is still sounding as it starts, and is its first row
+    later = [{**d, "offset_s": 40.0, "clip": "a", "action": "keep", "audio_frame": None} for d in decisions]
+    rows = music_events(later, Lib, 48000, 20, before=sounds_begun(decisions, Lib, 48000, run_id="r1"))
+    assert [(r["onset"], r["clip"], r["action"], r["decided_run"], r["decided_volume"]) for r in rows] == \
+        [(0.0, "b", "continued", "r1", 10)]
+    assert rows[0]["duration"] == pytest.approx(20 * tr)
 
 
 @pytest.mark.timeout(120)
