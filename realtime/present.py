@@ -7,7 +7,8 @@ the volumes). The presenter waits for the trigger of the run's first volume
 the output's own clock at ``trigger + onset``, sample-exact, a few seconds
 ahead (a sound device) or as it renders (a WAV sink), and reports when each
 one actually began, in output frames from the trigger. Excerpts are staged
-one at a time, so memory holds two at most whatever the run's length.
+one at a time and released once heard, so memory holds those of the next
+``ahead_s`` seconds whatever the run's length.
 
 The trigger's own delay (from the scanner's pulse to the key press read
 here) is not known to this code; with a sound device the first excerpt
@@ -162,11 +163,12 @@ def present(output, excerpts: list[Excerpt], trigger_wall: float, *, lead_s: flo
             late += 1
             log.warning("excerpt %d scheduled after its onset; it begins late", k)
         output.schedule_switch(at, source, 0, loop=False)
-        staged.append(source)
+        staged.append((ends[k], source))
         if k + 1 == len(excerpts) or ends[k] < frames[k + 1]:
             output.schedule_stop(ends[k])  # silence until the next one (or the end)
-        while len(staged) > 2:
-            output.unstage(staged.pop(0))
+        played_to = output.frame if wav else output.time_to_frame(output.now())
+        while staged and staged[0][0] < played_to:  # released once heard to its end
+            output.unstage(staged.pop(0)[1])
         if wav:
             output.advance_to(at)
         if progress is not None:
