@@ -72,7 +72,7 @@ class Proc:
         self._err = open(self.err_path, "w")
         env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="200")
         self.p = subprocess.Popen([sys.executable, "-m", "b2m", *args], stdout=self._out,
-                                  stderr=self._err, env=env, cwd=REPO)
+                                  stderr=self._err, stdin=subprocess.DEVNULL, env=env, cwd=REPO)
 
     @property
     def pid(self) -> int:

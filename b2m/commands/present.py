@@ -99,6 +99,9 @@ def run(args) -> int:
         except InterruptedError:
             console.print("[yellow]stopped before the trigger; nothing was played[/yellow]")
             return 130
+        except EOFError as e:  # stdin is not the trigger box's keyboard (a pipe that ended, /dev/null)
+            print(f"error: {e}; nothing was played (use --trigger now to start at once)", file=sys.stderr)
+            return 2
         print("trigger", file=sys.stderr, flush=True)
         from rich.progress import Progress
 

@@ -65,6 +65,15 @@ def test_a_missing_track_is_named_before_the_run_can_start(b2m_proc, tmp_path, s
     assert not (tmp_path / "played.tsv").exists()
 
 
+def test_no_trigger_input_is_a_clear_error_and_nothing_is_played(b2m_proc, tmp_path, stimuli):
+    """Started with no keyboard on stdin (a service, a script): the run never starts, and says how to."""
+    p = b2m_proc("present", tmp_path / "events.tsv", "--stimuli", stimuli, "--audio", f"wav:{tmp_path}/x.wav",
+                 "--out", tmp_path / "played.tsv", "--quiet", name="present")
+    assert p.wait() == 2
+    assert "closed before a '5' came; nothing was played (use --trigger now" in p.stderr()
+    assert not (tmp_path / "played.tsv").exists()
+
+
 def test_the_trigger_key_is_read_from_a_pipe_and_nothing_else_starts_the_run():
     r, w = os.pipe()
     with os.fdopen(r, "rb", buffering=0) as stream:
