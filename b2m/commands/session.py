@@ -65,7 +65,13 @@ def add_parser(sub) -> None:
     e.add_argument("--bids", metavar="DIR", help="BIDS root to write the session's runs into (created or added to)")
     e.add_argument("--subject", help="BIDS subject label (letters and digits, e.g. 01)")
     e.add_argument("--ses", default=None, help="BIDS session label (default: none)")
-    e.add_argument("--task", default="neurofeedback", help="BIDS task label (default neurofeedback)")
+    e.add_argument("--task", default="neurofeedback", help="BIDS task label (default neurofeedback; Training or Test "
+                                                           "for runs recorded with `b2m present`)")
+    e.add_argument("--run-ids", default=None, metavar="ID,ID,...",
+                   help="only these runs of the record, numbered run-01, run-02, ... in this order")
+    e.add_argument("--events", action="append", default=[], metavar="RUN_ID=FILE",
+                   help="use FILE (`b2m present --out`) as that run's events.tsv (repeat per run); it is checked "
+                        "as `b2m train` reads it")
     g = p.add_argument_group("feedback policy")
     g.add_argument("--smooth-trs", type=int, default=d.smooth_trs, help=f"TRs averaged (default {d.smooth_trs})")
     g.add_argument("--top-k", type=int, default=d.k, help=f"candidates retrieved (default {d.k})")
@@ -255,11 +261,21 @@ def run_export(args) -> int:
     info = read_session_info(args.session) if os.path.exists(os.path.join(args.session, SESSION_JSON)) else {}
     lib_path = args.library or info.get("library")
     library = Library(lib_path, check_hashes=False) if lib_path else None
-    if library is None:
+    if library is None and not args.events:
         print(f"no library: {args.session} has no {SESSION_JSON} (a `b2m receive` record?) and --library was not "
-              "given, so no events.tsv is written", file=sys.stderr)
+              "given, so no events.tsv is written (--events RUN_ID=FILE gives a run's)", file=sys.stderr)
+    events = {}
+    for item in args.events:
+        run_id, sep, path = item.partition("=")
+        if not sep or not run_id or not path:
+            raise ValueError(f"--events {item!r}: give RUN_ID=FILE, e.g. --events train1=played1.tsv")
+        from offline_training.bids import read_events
+
+        read_events(path)  # names the line and column at fault, as `b2m train` would
+        events[run_id] = path
+    runs = [r for r in args.run_ids.split(",") if r] if args.run_ids else None
     res = export_bids(args.session, args.bids, args.subject, session=args.ses, task=args.task, library=library,
-                      mode=info.get("mode", "retrieval"))
+                      mode=info.get("mode", "retrieval"), runs=runs, events=events)
     for run_id, number in res["runs"].items():
         print(f"{run_id}\trun-{number:02d}")
     for path in res["written"]:

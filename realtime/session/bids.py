@@ -169,7 +169,8 @@ def _check_label(name: str, value: str | None) -> None:
 
 
 def export_bids(session_dir, out_dir, subject: str, *, session: str | None = None, task: str = "neurofeedback",
-                library=None, samplerate: int = 48000, mode: str = "retrieval") -> dict:
+                library=None, samplerate: int = 48000, mode: str = "retrieval", runs: list[str] | None = None,
+                events: dict[str, str] | None = None) -> dict:
     """Write a session record's complete runs, with the music heard, as a BIDS dataset.
 
     Parameters
@@ -187,6 +188,12 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
         The audio output's rate, Hz, for decisions that do not record it.
     mode : {"retrieval", "generation"}
         The session's mode (see :func:`music_events`).
+    runs : list of str, optional
+        Only these runs, numbered in this order (default: every run, in the
+        order received).
+    events : dict, optional
+        ``run_id -> events.tsv`` to copy as that run's events instead of the
+        music of its decisions (``b2m present``'s record of a listening run).
 
     Returns
     -------
@@ -204,8 +211,16 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
     _check_label("task", task)
     session_dir, out_dir = os.fspath(session_dir), os.fspath(out_dir)
     rec = SessionRecord(session_dir, sync=False)
-    runs = sorted(rec.runs.values(), key=lambda r: min((float(x.header.get("t_recv", 0.0))
-                                                         for x in r.received.values()), default=float("inf")))
+    events = dict(events or {})
+    for run_id in [*(runs or []), *events]:
+        if run_id not in rec.runs:
+            raise ValueError(f"{session_dir}: no run {run_id!r} in the record (it has {', '.join(sorted(rec.runs))})")
+    for run_id, path in events.items():
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such events file (given for run {run_id})")
+    received = sorted(rec.runs.values(), key=lambda r: min((float(x.header.get("t_recv", 0.0))
+                                                           for x in r.received.values()), default=float("inf")))
+    chosen = set(runs) if runs is not None else None
     func = os.path.join(out_dir, f"sub-{subject}", *([f"ses-{session}"] if session else []), "func")
     os.makedirs(func, exist_ok=True)
     desc = os.path.join(out_dir, "dataset_description.json")
@@ -218,12 +233,19 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
         out["written"].append(desc)
     number = 0
     begun: list[dict] = []  # every sound begun so far, on its clock: the runs before go on sounding
-    for run in runs:
+    todo = []
+    for run in received:  # every run, in the order heard: the music goes on from one to the next
         dpath = decisions_path(session_dir, run.run_id)
         decisions = read_decisions(dpath) if library is not None and os.path.exists(dpath) else None
         before = list(begun)
         if decisions:
             begun += sounds_begun(decisions, library, samplerate, mode=mode, run_id=run.run_id)
+        if chosen is not None and run.run_id not in chosen:
+            continue
+        todo.append((run, decisions, before))
+    if runs is not None:
+        todo.sort(key=lambda item: runs.index(item[0].run_id))
+    for run, decisions, before in todo:
         if not run.complete:
             missing = run.missing()
             out["skipped"][run.run_id] = (f"{len(run.received)} of {run.n_volumes} volumes recorded, missing "
@@ -246,7 +268,10 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
                        "b2m_session": os.path.abspath(session_dir)}, f, indent=2)
         out["written"] += [bold, stem + "_bold.json"]
         out["runs"][run.run_id] = number
-        if decisions is not None:
+        if run.run_id in events:
+            shutil.copyfile(events[run.run_id], stem + "_events.tsv")
+            out["written"].append(stem + "_events.tsv")
+        elif decisions is not None:
             rows = music_events(decisions, library, samplerate, int(run.n_volumes), mode=mode, before=before)
             _write_events(stem + "_events.tsv", rows)
             out["written"].append(stem + "_events.tsv")

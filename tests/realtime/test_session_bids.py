@@ -184,3 +184,21 @@ def test_a_receive_record_exports_bold_only_and_an_incomplete_run_is_named(b2m_p
     assert np.array_equal(np.asanyarray(got.dataobj.get_unscaled()), np.asanyarray(src.dataobj.get_unscaled()))
     # the partial run: named with what is missing, kept in the record, and the exit code says so
     assert code == 1 and "skipped run a2: 5 of 40 volumes recorded, missing [5, 6, 7" in ex.stderr()
+
+    # a lab's own listening run: the record's run a1 with the events `b2m present` wrote, as the Training
+    # task `b2m train` reads
+    played = tmp_path / "played.tsv"
+    played.write_text("onset\tduration\tgenre\ttrack\tstart\tend\tdesign_onset\n"
+                      "0.05\t15\tblues\t98\t1.5\t16.5\t0\n15.05\t15\tjazz\t3\t0\t15\t15\n")
+    lab = tmp_path / "lab"
+    ex = b2m_proc("session", "export", out, "--bids", lab, "--subject", "001", "--task", "Training", "--run-ids",
+                  "a1", "--events", f"a1={played}", name="export-lab")
+    assert ex.wait() == 0, ex.stderr()
+    from offline_training.bids import find_runs, read_events
+
+    (run,) = find_runs(lab, "001", tasks=("Training",))
+    assert run.run == 1 and read_events(run.events) == read_events(played)
+    assert np.array_equal(np.asanyarray(nib.load(run.bold).dataobj.get_unscaled()),
+                          np.asanyarray(src.dataobj.get_unscaled()))
+    bad = b2m_proc("session", "export", out, "--bids", lab, "--subject", "001", "--run-ids", "a9", name="export-a9")
+    assert bad.wait() == 2 and "no run 'a9' in the record (it has a1, a2)" in bad.stderr()
