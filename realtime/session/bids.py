@@ -163,6 +163,23 @@ def _write_events(path: str, rows: list[dict]) -> None:
             w.writerow([f"{r[k]:.4f}" if k in ("onset", "duration") else r[k] for k in EVENT_COLUMNS])
 
 
+def _check_not_another_run(stem: str, run_id: str, session_dir: str) -> None:
+    """Exporting the same run again rewrites it; a file of another run (or not ours) is never overwritten."""
+    side = stem + "_bold.json"
+    if not os.path.exists(side) and not os.path.exists(stem + "_bold.nii.gz"):
+        return
+    try:
+        with open(side) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        meta = {}
+    if meta.get("b2m_run_id") != run_id or meta.get("b2m_session") != os.path.abspath(session_dir):
+        held = (f"run {meta['b2m_run_id']} of {meta.get('b2m_session')}" if meta.get("b2m_run_id")
+                else "a run b2m did not write")
+        raise ValueError(f"{stem}_bold.nii.gz already holds {held}; numbering starts at run-01 in each export: "
+                         "choose another --task or --ses, or another --bids folder")
+
+
 def _check_label(name: str, value: str | None) -> None:
     if value is not None and not _LABEL.match(value):
         raise ValueError(f"--{name} {value!r}: a BIDS label is letters and digits only (e.g. 01, nf1)")
@@ -256,6 +273,7 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
         stem = os.path.join(func, f"sub-{subject}{f'_ses-{session}' if session else ''}_task-{task}"
                                   f"_run-{number:02d}")
         bold = stem + "_bold.nii.gz"
+        _check_not_another_run(stem, run.run_id, session_dir)
         header_bytes, scaling = run_export_args(run)
         tmp = stem + "_bold.tmp.nii"
         export_run_nifti(session_dir, run.run_id, tmp, header_bytes, scaling)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 
 import nibabel as nib
@@ -202,3 +203,11 @@ def test_a_receive_record_exports_bold_only_and_an_incomplete_run_is_named(b2m_p
                           np.asanyarray(src.dataobj.get_unscaled()))
     bad = b2m_proc("session", "export", out, "--bids", lab, "--subject", "001", "--run-ids", "a9", name="export-a9")
     assert bad.wait() == 2 and "no run 'a9' in the record (it has a1, a2)" in bad.stderr()
+    again = b2m_proc("session", "export", out, "--bids", lab, "--subject", "001", "--task", "Training",
+                     "--run-ids", "a1", "--events", f"a1={played}", name="export-again")
+    assert again.wait() == 0, again.stderr()  # the same run again: rewritten
+    other = tmp_path / "other-session"
+    shutil.copytree(out, other)
+    clash = b2m_proc("session", "export", other, "--bids", lab, "--subject", "001", "--task", "Training",
+                     "--run-ids", "a1", name="export-clash")
+    assert clash.wait() == 2 and f"run-01_bold.nii.gz already holds run a1 of {out}; numbering" in clash.stderr()
