@@ -99,7 +99,7 @@ def sounds_begun(decisions: list[dict], library, samplerate: int, *, mode: str =
         no_file = clip is None or mode == "generation"
         rows.append({"at": at, "clock": clock, "trial_type": "music", "clip": d["clip"],
                      "genre": (clip.genre if clip is not None and clip.genre else "n/a"),
-                     "stim_file": "n/a" if no_file else library.audio_path(clip),
+                     "stim_file": "n/a" if no_file else os.path.abspath(library.audio_path(clip)),
                      "clip_start_s": "n/a" if no_file else clip.start_s,
                      "decided_run": run_id or d.get("run_id", ""), "decided_volume": d["index"],
                      "action": d["action"]})
