@@ -72,6 +72,11 @@ def _value(action: argparse.Action, value, where: str):
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
         return value
+    if isinstance(action, argparse._AppendAction):  # a repeatable option: a list in the file
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list (the option can be given several times), got {value!r}")
+        one = argparse._StoreAction(action.option_strings, action.dest, type=action.type, choices=action.choices)
+        return [_value(one, v, where) for v in value]
     if isinstance(action, argparse._CountAction):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected a whole number, got {value!r}")

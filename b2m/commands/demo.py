@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -56,5 +57,8 @@ def run(args) -> int:
     print(f"wrote {s['paths']['report']}, {args.out}/summary.json"
           + (f", {s['paths']['feedback_wav']}" if s["paths"]["feedback_wav"] else "")
           + f" in {s['wall_s']:.0f} s", file=sys.stdout)
+    session = os.path.join(args.out, "session")
+    print(f"the session record: b2m session replay {session}; b2m session export {session} --bids "
+          f"{os.path.join(args.out, 'bids')} --subject 001", file=sys.stderr)
     ok = s["live_vs_offline_max_abs_diff"] <= 1e-4 and s["recorded_run_bit_exact"]
     return 0 if ok else 1

@@ -46,6 +46,10 @@ volumes = 410
     # scanner watch's --vendor is required on the command line, unless the file gives it
     args, _ = _parse(tmp_path, text, ["scanner", "watch", "/mnt/xtc"])
     assert (args.vendor, args.tr, args.volumes, args.folder) == ("philips", 1.5, 410, "/mnt/xtc")
+    # a repeatable option takes a list
+    with_list = text.replace("[scanner.watch]", 'events = ["a1=played.tsv"]\n\n[scanner.watch]')  # in [session]
+    args, _ = _parse(tmp_path, with_list, ["session", "export", "x"])
+    assert args.events == ["a1=played.tsv"]
     # a command without a table keeps its own defaults
     args, used = _parse(tmp_path, text, ["receive", "--out", "/tmp/rx"])
     assert used == {} and args.out == "/tmp/rx"
@@ -62,6 +66,7 @@ volumes = 410
     ("[scanner.watch]\nfolder = \"/mnt\"\n", r"\[scanner.watch\] folder: a positional argument; give it on the "
                                              r"command line"),
     ("[session\nmodel = 1\n", r"site.toml: not valid TOML"),
+    ("[session]\nevents = \"a1=p.tsv\"\n", r"\[session\] events: expected a list"),
 ])
 def test_every_mistake_is_named_even_in_a_table_not_used(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):

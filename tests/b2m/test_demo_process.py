@@ -29,6 +29,16 @@ def test_b2m_demo_runs_end_to_end_and_prints_the_headline(tmp_path):
     # off a terminal, progress is one line per stage
     assert any(line.endswith("s") and ": done in " in line for line in r.stderr.splitlines())
     assert json.loads((out / "stamp.json").read_text())["grid"] == "small"
+    # the demo's session record is a session's: it replays decision for decision, and exports as BIDS
+    rep = subprocess.run([sys.executable, "-m", "b2m", "session", "replay", str(out / "session")],
+                         capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert rep.returncode == 0 and "410 of 410 recorded decisions compared; identical" in rep.stdout, rep.stderr
+    ex = subprocess.run([sys.executable, "-m", "b2m", "session", "export", str(out / "session"), "--bids",
+                         str(out / "bids"), "--subject", "001"], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert ex.returncode == 0 and ex.stdout.strip() == "test-run\trun-01", ex.stderr
+    rows = (out / "bids" / "sub-001" / "func" / "sub-001_task-neurofeedback_run-01_events.tsv").read_text()
+    # a row for the neutral clip and one per switch (the last may sound after the run, and belong to none)
+    assert len(rows.splitlines()) - 1 in (s["counts"]["switches"] + 1, s["counts"]["switches"])
     # the same folder in generation mode: dataset, bundle and library reused, the music composed live
     r = subprocess.run([sys.executable, "-m", "b2m", "demo", "--out", str(out), "--mode", "generation"],
                        capture_output=True, text=True, cwd=REPO, timeout=1200)
