@@ -340,7 +340,7 @@ class SessionEngine:
         frames are session time already, so it has none.
         """
         out = self.output
-        if audio_frame is None or out is None or hasattr(out, "advance_to"):
+        if audio_frame is None or out is None or self._session_clock:
             return None
         return (int(audio_frame) - out.time_to_frame(out.now())) / out.samplerate
 
@@ -360,11 +360,27 @@ class SessionEngine:
 
     # ---- audio ------------------------------------------------------------
 
+    @property
+    def _session_clock(self) -> bool:
+        """The output is a WAV sink, whose frames are the session's clock (a device plays on its own)."""
+        return hasattr(self.output, "advance_to")
+
     def _decision_frame(self, t_scan: float) -> int:
         out = self.output
-        if hasattr(out, "advance_to"):  # a WAV sink: the session's clock is its clock
+        if self._session_clock:
             return out.time_to_frame(t_scan)
         return out.time_to_frame(out.now() + self.options.lead_s)
+
+    def _on_grid(self, at: int) -> int:
+        """Output frame ``at`` moved to the next bar (or beat) of what plays, as the policy's ``align`` asks."""
+        if self.policy_config.align == "none":
+            return at
+        every = self._beats_per_bar if self.policy_config.align == "bar" else 1
+        on_beat = self.output.next_beat_frame(at, every)
+        return on_beat if on_beat is not None else at
+
+    def _fade_frames(self) -> int:
+        return int(round(self.policy_config.crossfade_s * self.output.samplerate))
 
     def _audio(self, d: Decision, t_scan: float) -> int | None:
         out = self.output
@@ -376,13 +392,10 @@ class SessionEngine:
         if not self._audio_started or d.action == "switch":
             ready = self.clips.get(d.clip)
             at = self._decision_frame(t_scan)
-            if self._audio_started and self.policy_config.align != "none":
-                every = 4 if self.policy_config.align == "bar" else 1
-                on_beat = out.next_beat_frame(at, every)
-                at = on_beat if on_beat is not None else at
+            if self._audio_started:
+                at = self._on_grid(at)  # retrieval: _beats_per_bar stays 4
             offset = int(ready.beat_frames[0]) if ready.beat_frames.size else 0
-            fade = int(round(self.policy_config.crossfade_s * out.samplerate))
-            out.schedule_switch(at, ready.source, fade, offset=offset, beat_frames=ready.beat_frames)
+            out.schedule_switch(at, ready.source, self._fade_frames(), offset=offset, beat_frames=ready.beat_frames)
             self._audio_started = True
             self._last_cmd_frame = frame = int(at)
         return frame
@@ -393,7 +406,7 @@ class SessionEngine:
         frame = None
         at = self._decision_frame(t_scan)
         want = self.policy.current
-        if want != self._playing and self._audio_started and not hasattr(out, "advance_to") \
+        if want != self._playing and self._audio_started and not self._session_clock \
                 and not self.pieces.ready(want):
             want = self._playing  # a device never waits for a new piece: this one goes on (prefetched in _fill)
             self.pieces.stats["switch_waits"] += 1
@@ -401,13 +414,9 @@ class SessionEngine:
             seg = self.pieces.start(want)
             self._playing = want
             if self._audio_started:
-                if self.policy_config.align != "none":
-                    every = self._beats_per_bar if self.policy_config.align == "bar" else 1
-                    on_beat = out.next_beat_frame(at, every)
-                    at = on_beat if on_beat is not None else at
-                at = max(at, self._last_cmd_frame)  # a continuation may already be scheduled: never before it
-            fade = int(round(self.policy_config.crossfade_s * out.samplerate))
-            out.schedule_switch(at, seg.source, fade, beat_frames=seg.beat_frames)
+                # a continuation may already be scheduled: never before it
+                at = max(self._on_grid(at), self._last_cmd_frame)
+            out.schedule_switch(at, seg.source, self._fade_frames(), beat_frames=seg.beat_frames)
             self._audio_started = True
             self._beats_per_bar = seg.beats_per_bar
             self._last_cmd_frame = frame = int(at)
@@ -437,7 +446,7 @@ class SessionEngine:
         session's, which stands still between runs).
         """
         out = self.output
-        if (self.pieces is None or not self._audio_started or self._catching_up or hasattr(out, "advance_to")
+        if (self.pieces is None or not self._audio_started or self._catching_up or self._session_clock
                 or time.monotonic() - self._kept_at < 0.1):  # the receiver may wake far more often
             return
         self._kept_at = time.monotonic()
@@ -445,7 +454,7 @@ class SessionEngine:
 
     def _render(self, t_scan: float) -> None:
         """A WAV sink renders up to the decision's session time (after the result is out)."""
-        if self.output is not None and hasattr(self.output, "advance_to") and not self._catching_up:
+        if self._session_clock and not self._catching_up:
             self.output.advance_to(self.output.time_to_frame(t_scan))
 
     def resume(self, volumes, ended_runs=(), logged=()) -> dict:
@@ -489,11 +498,11 @@ class SessionEngine:
         """End of the session: fade out and, for a WAV sink, render to the end."""
         out = self.output
         if out is not None and self._audio_started:
-            fade = int(round(self.policy_config.crossfade_s * out.samplerate))
+            fade = self._fade_frames()
             at = self._decision_frame(self._session_end_s)
             at = max(at, out.frame, self._last_cmd_frame + fade)  # let the last crossfade finish
             out.schedule_stop(at, fade)
-            if hasattr(out, "advance_to"):
+            if self._session_clock:
                 out.advance_to(at + fade + out.samplerate // 10)
         if self.clips is not None:
             self.clips.close()
