@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import threading
-import time
 
 from ._curve import add_server_args, server_keys
 
@@ -145,7 +144,7 @@ def run_live(args) -> int:
     from realtime.receiver import Receiver
     from realtime.results import PynealResultsServer, ResultsPublisher
     from protocols.session import SessionRecord
-    from realtime.session import Dashboard, SessionEngine, write_session_info
+    from realtime.session import Dashboard, SessionEngine, session_info, write_session_info
     from realtime.session.engine import SessionOptions
     from realtime.session.generation import atlas_points
     from realtime.session.replay import recorded_decisions, recorded_volumes
@@ -201,12 +200,7 @@ def run_live(args) -> int:
             caught = engine.resume(recorded_volumes(args.out), ended_runs, logged=recorded)
             log.info("continuing the session in %s: state rebuilt from %d recorded volumes of %s",
                      args.out, caught["volumes"], ", ".join(caught["runs"]) or "no open run")
-        write_session_info(args.out, {
-            "model": os.path.abspath(args.model), "library": os.path.abspath(args.library),
-            "policy": policy.to_dict(), "options": engine.options.__dict__, "mode": args.mode,
-            "audio": args.audio, "started_unix": time.time(),
-            "embedder": decoder.embedder, "bundle_sha256": decoder.manifest.get("sha256", {}),
-        })
+        write_session_info(args.out, session_info(engine, args.model, args.library, args.audio))
         with Receiver(args.out, args.bind, insecure=args.insecure, curve=curve, sync=not args.no_fsync,
                       on_volume=engine.on_volume, on_run_complete=run_over, on_run_gaps=run_over) as rx:
             print(f"ready\t{rx.endpoint}", file=sys.stderr, flush=True)
@@ -252,6 +246,7 @@ def session_summary(engine, ended) -> dict:
 
 def run_export(args) -> int:
     from music.library import Library
+    from offline_training.bids import read_events
     from realtime.session.bids import export_bids
     from realtime.session.replay import SESSION_JSON, read_session_info
 
@@ -269,8 +264,6 @@ def run_export(args) -> int:
         run_id, sep, path = item.partition("=")
         if not sep or not run_id or not path:
             raise ValueError(f"--events {item!r}: give RUN_ID=FILE, e.g. --events train1=played1.tsv")
-        from offline_training.bids import read_events
-
         read_events(path)  # names the line and column at fault, as `b2m train` would
         events[run_id] = path
     runs = [r for r in args.run_ids.split(",") if r] if args.run_ids else None

@@ -207,7 +207,7 @@ def _live(cfg: DemoConfig, run, bundle: str, library: str, progress) -> dict:
     from realtime.decoder import Decoder
     from realtime.receiver import Receiver
     from realtime.scanner.replay import replay_nifti
-    from realtime.session import SessionEngine, write_session_info
+    from realtime.session import SessionEngine, session_info, write_session_info
     from realtime.session.engine import SessionOptions
 
     session = os.path.join(cfg.out, "session")
@@ -222,12 +222,7 @@ def _live(cfg: DemoConfig, run, bundle: str, library: str, progress) -> dict:
     engine = SessionEngine(decoder, lib, output, options=SessionOptions(mode=cfg.mode), record_dir=session)
     # what `b2m session` writes too, so `b2m session replay` and `b2m session export` take the demo's record
     os.makedirs(session, exist_ok=True)
-    write_session_info(session, {
-        "model": os.path.abspath(bundle), "library": os.path.abspath(library),
-        "policy": engine.policy_config.to_dict(), "options": engine.options.__dict__, "mode": cfg.mode,
-        "audio": cfg.audio if cfg.realtime else f"wav:{wav}", "started_unix": time.time(),
-        "embedder": decoder.embedder, "bundle_sha256": decoder.manifest.get("sha256", {}),
-    })
+    write_session_info(session, session_info(engine, bundle, library, cfg.audio if cfg.realtime else f"wav:{wav}"))
     results = []
 
     def on_volume(msg, t_recv):

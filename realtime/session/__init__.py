@@ -11,7 +11,7 @@
 from .dashboard import Dashboard
 from .decisions import DecisionLog, read_decisions
 from .engine import STAGES, SessionEngine, SessionOptions
-from .replay import read_session_info, recorded_volumes, replay_session, write_session_info
+from .replay import read_session_info, recorded_volumes, replay_session, session_info, write_session_info
 
 __all__ = ["SessionEngine", "SessionOptions", "STAGES", "Dashboard", "DecisionLog", "read_decisions",
-           "replay_session", "recorded_volumes", "read_session_info", "write_session_info"]
+           "replay_session", "recorded_volumes", "read_session_info", "session_info", "write_session_info"]

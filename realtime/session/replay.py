@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 
@@ -22,10 +23,23 @@ from protocols.wire import VolumeMessage
 
 from .decisions import run_decisions
 
-__all__ = ["SESSION_JSON", "write_session_info", "read_session_info", "recorded_volumes", "recorded_decisions",
+__all__ = ["SESSION_JSON", "session_info", "write_session_info", "read_session_info", "recorded_volumes", "recorded_decisions",
            "replay_session"]
 
 SESSION_JSON = "session_config.json"  # session.json belongs to the record itself (protocols.session)
+
+
+def session_info(engine, model: str, library: str, audio: str) -> dict:
+    """What a session run by ``engine`` writes as its ``session_config.json``: the parts a replay reopens.
+
+    ``model`` and ``library`` are the folders the engine's decoder and library came from; ``audio``
+    is the ``--audio`` it played on.
+    """
+    decoder = engine.decoder
+    return {"model": os.path.abspath(model), "library": os.path.abspath(library),
+            "policy": engine.policy_config.to_dict(), "options": engine.options.__dict__, "mode": engine.options.mode,
+            "audio": audio, "started_unix": time.time(),
+            "embedder": decoder.embedder, "bundle_sha256": decoder.manifest.get("sha256", {})}
 
 
 def write_session_info(session_dir, info: dict) -> str:
