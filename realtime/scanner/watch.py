@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pathlib
 import time
 from dataclasses import dataclass, field
 
@@ -146,11 +147,11 @@ class FolderWatcher:
         """A Philips PAR's stamp as :meth:`_listing` makes it, from the files themselves."""
         st = os.stat(par_path)
         rec = philips_rec_path(par_path)
-        rs = os.stat(rec) if rec is not None else None
-        return (st.st_size, st.st_mtime_ns) + ((rs.st_size, rs.st_mtime_ns) if rs is not None else (-1, 0))
+        return (st.st_size, st.st_mtime_ns) + self._rec_stamp(pathlib.Path(rec) if rec is not None else None)
 
     @staticmethod
     def _rec_stamp(entry) -> tuple:
+        """``(size, mtime)`` of a REC (a ``DirEntry`` or a ``Path``); ``(-1, 0)`` for none."""
         try:
             st = entry.stat()
         except (AttributeError, FileNotFoundError):  # no REC (yet), or removed since the listing
