@@ -46,6 +46,10 @@ def add_parser(sub) -> None:
                         "`b2m library build --generate N`)")
     p.add_argument("--segment-bars", type=int, default=4,
                    help="generation: bars rendered per segment (default 4)")
+    p.add_argument("--yoked-from", metavar="SESSION",
+                   help="sham feedback (a control group): play what the participant of this earlier session "
+                        "heard, run by run and volume by volume, instead of this participant's own decoding "
+                        "(which is still recorded); same --library and --mode as that session")
     p.add_argument("--results", default=DEFAULT_RESULTS, help=f"ZeroMQ PUB endpoint for per-TR results "
                    f"(default {DEFAULT_RESULTS}; 'none' to disable)")
     p.add_argument("--pyneal-port", type=int, default=None,
@@ -124,7 +128,8 @@ def run_check(args) -> int:
         raise ValueError(f"b2m session --check needs {', '.join(missing)} (see b2m session --help)")
     checks = preflight(args.model, args.library, audio=args.audio, isolate=not args.in_process_audio,
                        bind=args.bind, results=args.results, pyneal_port=args.pyneal_port, insecure=args.insecure,
-                       curve=server_keys(args), mode=args.mode, segment_bars=args.segment_bars)
+                       curve=server_keys(args), mode=args.mode, segment_bars=args.segment_bars,
+                       yoked_from=args.yoked_from)
     print(format_checks(checks))
     failed = [c.name for c in checks if not c.ok]
     print(f"{len(checks) - len(failed)} of {len(checks)} checks passed"
@@ -156,7 +161,13 @@ def run_live(args) -> int:
     options = SessionOptions(mode=args.mode, segment_bars=args.segment_bars)
     if args.mode == "generation":
         atlas_points(library)  # a library that is not generated: the error says what to do, before anything opens
+    yoked = _yoked(args, library)
     os.makedirs(args.out, exist_ok=True)
+    if yoked is not None:
+        from realtime.session.yoked import write_yoked
+
+        write_yoked(args.out, yoked)
+        print(f"yoked\t{yoked['source']}\t{len(yoked['runs'])} runs: sham feedback", file=sys.stderr, flush=True)
     fh = logging.FileHandler(os.path.join(args.out, "session.log"))
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     logging.getLogger("b2m").addHandler(fh)
@@ -193,7 +204,7 @@ def run_live(args) -> int:
             print(f"pyneal\t{pyneal.host}:{pyneal.port}", file=sys.stderr, flush=True)
         recorded, offsets = recorded_decisions(args.out)
         engine = SessionEngine(decoder, library, output, policy, options, record_dir=args.out,
-                               publisher=publisher, pyneal=pyneal, run_offsets=offsets)
+                               publisher=publisher, pyneal=pyneal, run_offsets=offsets, yoked=yoked)
         if offsets:  # a session folder with decisions in it: an interrupted session, continued
             rec = SessionRecord(args.out, sync=False)
             ended_runs = {r for r, run in rec.runs.items() if run.ended}
@@ -229,6 +240,11 @@ def run_live(args) -> int:
     except Exception:  # the record and summary are written; a plotting problem must not hide them
         log.exception("could not write %s", os.path.join(args.out, "report.html"))
     lat = summary["latency_ms"].get("total", {})
+    if summary.get("yoked"):
+        y = summary["yoked"]
+        agree = "n/a" if y["own_agreement"] is None else f"{y['own_agreement']:.1%}"
+        print(f"yoked: {y['trs']} TRs played from {y['source']}, {y['switches']} switches; the participant's own "
+              f"decoding would have played the same clip at {agree} of decoded TRs")
     print(f"session: {summary['counts']['volumes']} volumes, {summary['counts']['decoded']} decoded, "
           f"{summary['counts']['switches']} switches, {summary['counts']['holds']} motion holds, "
           f"{summary['counts']['errors']} errors; latency p50 {lat.get('p50', float('nan')):.2f} ms, "
@@ -241,7 +257,29 @@ def session_summary(engine, ended) -> dict:
     audio = st.get("audio") or {}
     return {"runs_ended": ended, "mode": engine.options.mode, "counts": st["counts"], "latency_ms": st["latency_ms"],
             "audio_underruns": audio.get("underruns"), "audio": audio, "clips": st.get("clips"),
-            "pieces": st.get("pieces")}
+            "pieces": st.get("pieces"), "yoked": st.get("yoked")}
+
+
+def _yoked(args, library) -> dict | None:
+    """A sham session's schedule: read from ``--yoked-from``, or kept in ``--out`` by the session continued."""
+    from realtime.session.replay import recorded_decisions
+    from realtime.session.yoked import read_yoked, yoked_schedule
+
+    kept = read_yoked(args.out) if os.path.isdir(args.out) else None
+    if args.yoked_from is None:
+        if kept is not None:
+            log.warning("%s is a sham session (yoked to %s): it continues as one", args.out, kept["source"])
+        return kept
+    if os.path.abspath(args.yoked_from) == os.path.abspath(args.out):
+        raise ValueError(f"--yoked-from {args.yoked_from} is this session's own --out; give the folder of another "
+                         "participant's session")
+    sched = yoked_schedule(args.yoked_from, library, args.mode)
+    if kept is not None and kept != sched:
+        raise ValueError(f"{args.out} was yoked to {kept['source']} as it was then; --yoked-from {args.yoked_from} "
+                         "now plays something else. Continue without --yoked-from, or start a new --out")
+    if kept is None and os.path.isdir(args.out) and recorded_decisions(args.out)[0]:
+        raise ValueError(f"{args.out} already holds decisions of real feedback; a sham session needs a new --out")
+    return sched
 
 
 def run_export(args) -> int:
@@ -284,16 +322,18 @@ def run_replay(session: str) -> int:
 
     from realtime.session import SessionEngine, read_session_info, replay_session
     from realtime.session.engine import SessionOptions
+    from realtime.session.yoked import read_yoked
     from realtime.feedback import PolicyConfig
 
     info = read_session_info(session)
     decoder, library = open_parts(info["model"], info["library"])
     policy = PolicyConfig(**info["policy"])
     options = SessionOptions(**info.get("options", {}))
+    yoked = read_yoked(session)
     with Progress(transient=True) as bar:
         task = bar.add_task("replaying", total=None)
         report = replay_session(session, lambda offsets: SessionEngine(decoder, library, None, policy, options,
-                                                                        run_offsets=offsets),
+                                                                        run_offsets=offsets, yoked=yoked),
                                 progress=lambda d, t: bar.update(task, completed=d, total=t))
     print(json.dumps(report, indent=2))
     verdict = "identical" if report["identical"] else f"DIFFERENT (first: {report['first_mismatch']})"

@@ -5,7 +5,8 @@
 - :mod:`.clips`: library clips loaded and beat-tracked off the hot path;
 - :mod:`.decisions`: ``runs/<id>/decisions.log`` of the session record;
 - :mod:`.dashboard`: the rich live view;
-- :mod:`.replay`: rerun a recorded session and check it decides the same.
+- :mod:`.replay`: rerun a recorded session and check it decides the same;
+- :mod:`.yoked`: sham feedback, the music another session's participant heard.
 """
 
 from .dashboard import Dashboard

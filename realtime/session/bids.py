@@ -6,6 +6,7 @@
     DIR/dataset_description.json
     DIR/sub-01[/ses-S]/func/sub-01[_ses-S]_task-T_run-NN_bold.nii.gz    the volumes as received, bit-exact
     DIR/sub-01[/ses-S]/func/sub-01[_ses-S]_task-T_run-NN_bold.json      RepetitionTime, TaskName, b2m's run id
+                                                                     (a sham session: whose music it played)
     DIR/sub-01[/ses-S]/func/sub-01[_ses-S]_task-T_run-NN_events.tsv     one row per clip or piece heard
 
 so a feedback session can be analysed like any other fMRI data (nilearn,
@@ -51,6 +52,7 @@ from protocols.session import SessionRecord
 
 from ..nifti_io import export_run_nifti, run_export_args
 from .decisions import decisions_path, read_decisions
+from .yoked import read_yoked
 
 __all__ = ["EVENT_COLUMNS", "music_events", "sounds_begun", "export_bids"]
 
@@ -248,6 +250,7 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
                        "DatasetType": "raw", "GeneratedBy": [{"Name": "brain2music-rt", "Description":
                                                               "b2m session export"}]}, f, indent=2)
         out["written"].append(desc)
+    yoked = read_yoked(session_dir)  # a sham session (b2m session --yoked-from), or None
     number = 0
     begun: list[dict] = []  # every sound begun so far, on its clock: the runs before go on sounding
     todo = []
@@ -281,9 +284,16 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
             shutil.copyfileobj(src, dst)
         os.remove(tmp)
         tr_s = float(run.geometry["tr_s"])
+        meta = {"RepetitionTime": tr_s, "TaskName": task, "b2m_run_id": run.run_id,
+                "b2m_session": os.path.abspath(session_dir)}
+        if yoked is not None:  # a sham run: say so, and whose music it played
+            meta["b2m_feedback"] = "yoked sham"
+            dpath = decisions_path(session_dir, run.run_id)
+            heard = read_decisions(dpath) if os.path.exists(dpath) else []
+            meta["b2m_yoked_to"] = {"session": yoked["source"],
+                                    "runs": sorted({d["yoked_to"][0] for d in heard if d.get("yoked_to")})}
         with open(stem + "_bold.json", "w") as f:
-            json.dump({"RepetitionTime": tr_s, "TaskName": task, "b2m_run_id": run.run_id,
-                       "b2m_session": os.path.abspath(session_dir)}, f, indent=2)
+            json.dump(meta, f, indent=2)
         out["written"] += [bold, stem + "_bold.json"]
         out["runs"][run.run_id] = number
         if run.run_id in events:

@@ -62,6 +62,10 @@ class Dashboard:
             head.add_row("run / volume", f"{r.run_id} / {r.index}  (decodes moment {r.decoded_index})")
             head.add_row("lag behind scanner", f"{lag:.2f} s" if lag is not None else "n/a (no acquisition time)")
             head.add_row("action", f"{r.action}{'  [motion hold]' if r.flagged else ''}")
+            if e.yoke is not None:
+                src = e.yoke.source_run(r.run_id)
+                head.add_row("feedback", f"SHAM: the music of {e.yoke.schedule['source']}, run "
+                             f"{src['run_id'] if src else '(none left: clip kept)'}")
             clip = e.library.clips[e.library.index_of(r.clip)] if r.clip else None
             head.add_row("playing", f"{r.clip}  ({clip.genre or clip.source})" if clip else "-")
             pieces = st.get("pieces")

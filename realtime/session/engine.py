@@ -53,6 +53,7 @@ from ..preprocessing import OnlinePreprocessor, PreprocessConfig
 from .clips import ClipCache
 from .decisions import DecisionLog, decisions_path
 from .generation import LivePieces, atlas_points
+from .yoked import Yoke
 
 log = logging.getLogger("b2m.session")
 
@@ -133,11 +134,15 @@ class SessionEngine:
         :class:`realtime.results.ResultsPublisher` and :class:`~realtime.results.PynealResultsServer`.
     run_offsets : dict, optional
         ``run_id -> offset_s`` to reuse (a replay passes the recorded ones).
+    yoked : dict, optional
+        A sham session: the schedule of what another session's participant heard
+        (:func:`realtime.session.yoked.yoked_schedule`), played instead of this
+        participant's own decisions, which are still made and recorded (``own_clip``).
     """
 
     def __init__(self, decoder, library, output=None, policy: PolicyConfig | None = None,
                  options: SessionOptions | None = None, record_dir=None, publisher=None, pyneal=None,
-                 run_offsets: dict | None = None):
+                 run_offsets: dict | None = None, yoked: dict | None = None):
         from protocols.library import check_same_embedder
 
         check_same_embedder(decoder.embedder, library.embedder, "model bundle", "library")
@@ -147,6 +152,7 @@ class SessionEngine:
         self.policy_config = policy or PolicyConfig()
         self.options = options or SessionOptions()
         self.policy = FeedbackPolicy(library, self.policy_config)
+        self.yoke = Yoke(yoked, library) if yoked is not None else None
         self.record_dir = record_dir
         self.publisher = publisher
         self.pyneal = pyneal
@@ -280,7 +286,7 @@ class SessionEngine:
         t_scan = run.offset_s + (index + 1) * run.tr_s  # the decision's session time
         self._tr_s = run.tr_s
         self._session_end_s = max(self._session_end_s, t_scan)
-        embedding, audio_frame, audio_lead, error = None, None, None, None
+        embedding, audio_frame, audio_lead, error, extra = None, None, None, None, {}
         try:
             if run.error is not None:
                 raise ValueError(run.error)
@@ -303,7 +309,10 @@ class SessionEngine:
             p2 = time.perf_counter()
             stamps["decoded"] = time.time()
             lat["decoded"] = (p2 - p1) * 1e3
-            decision = self.policy.step(t_scan, embedding, flagged)
+            decision = own = self.policy.step(t_scan, embedding, flagged)
+            if self.yoke is not None:  # a sham session: what the source participant heard plays instead
+                decision, yoked_to = self.yoke.apply(own, run.run_id, index, embedding is not None)
+                extra = {"own_clip": self.library.clips[own.clip].id, "yoked_to": yoked_to}
             p3 = time.perf_counter()
             stamps["decided"] = time.time()
             lat["decided"] = (p3 - p2) * 1e3
@@ -319,7 +328,8 @@ class SessionEngine:
             error = f"{type(e).__name__}: {e}"
             if run.error is None:
                 log.exception("%s/%d could not be processed; the session continues", run.run_id, index)
-            res.clip = self.library.clips[self.policy.current].id if self.policy.current is not None else None
+            playing = self.yoke.current if self.yoke is not None else self.policy.current
+            res.clip = self.library.clips[playing].id if playing is not None else None
         lat["total"] = (time.perf_counter() - p0) * 1e3
         res.timestamps = stamps
         res.latency_ms = {k: round(v, 4) for k, v in lat.items()}
@@ -329,7 +339,7 @@ class SessionEngine:
             self.counts["switches"] += 1
         elif res.action == "hold":
             self.counts["holds"] += 1
-        self._emit(run, res, embedding, t_scan, stand_in, (audio_frame, audio_lead), error)
+        self._emit(run, res, embedding, t_scan, stand_in, (audio_frame, audio_lead), error, extra)
         self._render(t_scan)
         return res
 
@@ -350,10 +360,15 @@ class SessionEngine:
         res.embedding = embedding
         res.topk = [(self.library.clips[i].id, round(s, 6)) for i, s in d.topk]
         res.tags = self.library.clips[d.clip].tag_list()[: self.options.n_tags]
-        cand = [i for i, _ in d.topk if i != d.clip]
+        cand = [i for i, _ in d.topk if i != d.clip]  # the next switch is almost always to one of these
+        ahead = [i for i, _ in d.topk[:3]]
+        if self.yoke is not None:  # a sham session knows its next switch: the source's next clip
+            nxt = self.yoke.upcoming(res.run_id, res.index)
+            cand = ([nxt] if nxt is not None else []) + cand
+            ahead = cand[:3]
         self.next_candidate = self.library.clips[cand[0]].id if cand else None
-        if self.clips is not None and d.topk:
-            self.clips.prefetch([i for i, _ in d.topk[:3]])  # the next switch is almost always to one of these
+        if self.clips is not None and ahead:
+            self.clips.prefetch(ahead)
         if self.pieces is not None:  # a switch still waiting for its piece first, then the next candidates
             waiting = [d.clip] if self._audio_started and d.clip != self._playing else []
             self.pieces.prefetch(waiting + cand[:2])
@@ -405,7 +420,7 @@ class SessionEngine:
         out = self.output
         frame = None
         at = self._decision_frame(t_scan)
-        want = self.policy.current
+        want = d.clip
         if want != self._playing and self._audio_started and not self._session_clock \
                 and not self.pieces.ready(want):
             want = self._playing  # a device never waits for a new piece: this one goes on (prefetched in _fill)
@@ -514,12 +529,13 @@ class SessionEngine:
 
     # ---- outputs ------------------------------------------------------------
 
-    def _emit(self, run: _Run, res: Result, embedding, t_scan: float, stand_in: bool, audio, error) -> None:
+    def _emit(self, run: _Run, res: Result, embedding, t_scan: float, stand_in: bool, audio, error,
+              extra: dict) -> None:
         self.last = res
         if self._catching_up:
             # a volume recorded (and acked) whose decision the old process never wrote: write it now, late
             if run.log is not None and (res.run_id, res.index) not in self._logged:
-                self._log(run, res, embedding, t_scan, stand_in, audio, error)
+                self._log(run, res, embedding, t_scan, stand_in, audio, error, extra)
             return
         self.results.append(res)
         if self.publisher is not None:
@@ -529,9 +545,10 @@ class SessionEngine:
 
             self.pyneal.store(res.index, pyneal_payload(res))
         if run.log is not None:
-            self._log(run, res, embedding, t_scan, stand_in, audio, error)
+            self._log(run, res, embedding, t_scan, stand_in, audio, error, extra)
 
-    def _log(self, run: _Run, res: Result, embedding, t_scan: float, stand_in: bool, audio, error) -> None:
+    def _log(self, run: _Run, res: Result, embedding, t_scan: float, stand_in: bool, audio, error,
+             extra: dict) -> None:
         audio_frame, audio_lead = audio
         h = {"kind": "decision", "run_id": res.run_id, "index": res.index, "decoded_index": res.decoded_index,
              "action": res.action, "clip": res.clip, "topk": [list(t) for t in res.topk],
@@ -539,7 +556,7 @@ class SessionEngine:
              "flagged": res.flagged, "stand_in": stand_in, "t_scan_s": t_scan, "offset_s": run.offset_s,
              "tr_s": run.tr_s, "timestamps": res.timestamps, "latency_ms": res.latency_ms,
              "audio_frame": audio_frame, "audio_lead_s": audio_lead,
-             "audio_rate": self.output.samplerate if audio_frame is not None else None, "error": error}
+             "audio_rate": self.output.samplerate if audio_frame is not None else None, "error": error, **extra}
         try:
             run.log.append(h, embedding)
         except Exception:
@@ -560,4 +577,6 @@ class SessionEngine:
             out["clips"] = dict(self.clips.stats)
         if self.pieces is not None:
             out["pieces"] = dict(self.pieces.stats)
+        if self.yoke is not None:
+            out["yoked"] = self.yoke.summary()
         return out

@@ -11,6 +11,8 @@ will get. Each check uses the real part, exactly as the session opens it:
   bound (nothing else holds them; CURVE rules as in the session);
 - with ``--mode generation``, the library is a generator atlas, and the
   neutral piece's first segments are rendered and timed;
+- with ``--yoked-from SOURCE`` (a sham session), the source session's played
+  clips are read and every one is found in the library;
 - the audio output opens and plays the neutral clip for a few seconds, with
   its callbacks and underruns counted.
 
@@ -121,7 +123,7 @@ def _play(library, spec: str, isolate: bool, seconds: float) -> tuple[str, None]
 def preflight(model: str, library: str, *, audio: str = "default", isolate: bool = True,
               bind: str | None = None, results: str | None = None, pyneal_port: int | None = None,
               insecure: bool = False, curve=None, seconds: float = 2.0, mode: str = "retrieval",
-              segment_bars: int = 4) -> list[Check]:
+              segment_bars: int = 4, yoked_from: str | None = None) -> list[Check]:
     """Run every check (see the module doc) and return them in order.
 
     Parameters
@@ -146,6 +148,8 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
         the rendering of the neutral piece's first segment.
     segment_bars : int
         Generation: bars per segment, as the session's ``--segment-bars``.
+    yoked_from : str, optional
+        A sham session's source session folder (``--yoked-from``).
     """
     from music.library import Library
     from protocols.library import check_same_embedder
@@ -186,11 +190,26 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
             checks.append(_attempt("generator", lambda: _generator_speed(lib, segment_bars))[0])
         else:
             checks.append(Check("generator", False, "not checked: the library did not load"))
+    if yoked_from is not None:
+        if lib is not None:
+            checks.append(_attempt("yoked source", lambda: _yoked_source(yoked_from, lib, mode))[0])
+        else:
+            checks.append(Check("yoked source", False, "not checked: the library did not load"))
     if lib is not None:
         checks.append(_attempt("audio output", lambda: _play(lib, audio, isolate, seconds))[0])
     else:
         checks.append(Check("audio output", False, "not checked: the library did not load"))
     return checks
+
+
+def _yoked_source(source: str, library, mode: str) -> tuple[str, None]:
+    from .yoked import yoked_schedule
+
+    sched = yoked_schedule(source, library, mode)
+    runs = sched["runs"]
+    switches = sum(sum(a != b for a, b in zip(r["clips"], r["clips"][1:]) if a and b) for r in runs)
+    return (f"{sched['source']}: {len(runs)} run(s) ({', '.join(str(len(r['clips'])) for r in runs)} volumes), "
+            f"{switches} switches, every clip in the library"), None
 
 
 def _bind_router(endpoint: str, insecure: bool, curve=None) -> tuple[str, None]:

@@ -39,7 +39,8 @@ def session_info(engine, model: str, library: str, audio: str) -> dict:
     return {"model": os.path.abspath(model), "library": os.path.abspath(library),
             "policy": engine.policy_config.to_dict(), "options": engine.options.__dict__, "mode": engine.options.mode,
             "audio": audio, "started_unix": time.time(),
-            "embedder": decoder.embedder, "bundle_sha256": decoder.manifest.get("sha256", {})}
+            "embedder": decoder.embedder, "bundle_sha256": decoder.manifest.get("sha256", {}),
+            "yoked_from": engine.yoke.schedule["source"] if engine.yoke is not None else None}
 
 
 def write_session_info(session_dir, info: dict) -> str:

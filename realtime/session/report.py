@@ -119,6 +119,12 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
         rows.append(("Generator: segments / pieces begun / rendered on the spot / TRs a switch waited / errors",
                      f"{pieces['segments']} / {pieces['pieces']} / {pieces['sync_renders']} / "
                      f"{pieces['switch_waits']} / {pieces['errors']}"))
+    yoked = summary.get("yoked")
+    if yoked:
+        agree = "n/a" if yoked["own_agreement"] is None else f"{yoked['own_agreement']:.1%}"
+        rows.insert(1, ("Feedback", f"SHAM, yoked to {yoked['source']} (runs "
+                        + ", ".join(f"{k} <- {v}" for k, v in yoked["runs"].items()) + ")"))
+        rows.append(("Sham: switches heard / own decoding played at", f"{yoked['switches']} / {agree} of decoded TRs"))
     page = html_page("b2m session report", "Session report", rows,
                      session_figures(results, library, fd_threshold_mm) if results else [])
     with open(path, "w") as f:

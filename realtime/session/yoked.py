@@ -1,0 +1,179 @@
+"""Yoked sham feedback: the music another session's participant heard, TR by TR.
+
+A neurofeedback study needs a control group that hears feedback which looks
+and sounds like the real thing but does not follow their own brain (the
+CRED-nf checklist, Ros et al. 2020, asks for such a control and its
+blinding). ``b2m session --yoked-from SOURCE`` gives it: the participant
+hears, at volume ``i`` of their ``k``-th run, the clip (or generated piece)
+that the participant of ``SOURCE`` heard at volume ``i`` of *their*
+``k``-th run, switches included. Everything else is as in a real session:
+the volumes are recorded, preprocessed and decoded, and the participant's
+own policy still runs, so the record keeps what real feedback would have
+played (``own_clip``) next to what was played (``clip``).
+
+At the start the source's played clips are copied into ``SESSION/yoked.json``;
+a continued or replayed sham session reads that copy, so the record is
+complete without the source folder. Runs are matched by the order they
+started; a run or volume the source does not have keeps the clip playing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from ..feedback import Decision
+from .decisions import run_decisions
+
+log = logging.getLogger("b2m.session")
+
+__all__ = ["YOKED_JSON", "yoked_schedule", "write_yoked", "read_yoked", "Yoke"]
+
+YOKED_JSON = "yoked.json"
+
+
+def yoked_schedule(source_dir, library, mode: str = "retrieval") -> dict:
+    """What the participant of ``source_dir`` heard: ``{"source", "mode", "runs": [{"run_id", "tr_s", "clips"}]}``.
+
+    ``clips[i]`` is the library clip id playing after volume ``i`` of that run
+    (None where the source had nothing playing yet). Runs are in the order
+    they started. Raises ValueError, naming the folder and what to do, if
+    ``source_dir`` holds no decisions, was another mode, or played clips that
+    ``library`` does not have.
+    """
+    from .replay import SESSION_JSON
+
+    source_dir = os.path.abspath(os.fspath(source_dir))
+    if not os.path.isdir(source_dir):
+        raise ValueError(f"--yoked-from {source_dir}: no such folder; give the --out folder of an earlier "
+                         "`b2m session`")
+    runs = []
+    for run_id, decisions in run_decisions(source_dir):
+        if not decisions:
+            continue
+        n = max(d["index"] for d in decisions) + 1
+        clips: list = [None] * n
+        for d in decisions:
+            clips[d["index"]] = d.get("clip")
+        runs.append((float(decisions[0].get("offset_s") or 0.0), run_id,
+                     {"run_id": run_id, "tr_s": float(decisions[0]["tr_s"]), "clips": clips}))
+    if not runs:
+        raise ValueError(f"--yoked-from {source_dir}: no decisions in its runs/*/decisions.log; give the --out "
+                         "folder of a `b2m session` that decoded at least one run")
+    info_path = os.path.join(source_dir, SESSION_JSON)
+    src_mode = "retrieval"
+    if os.path.exists(info_path):
+        with open(info_path) as f:
+            src_mode = json.load(f).get("mode", "retrieval")
+    if src_mode != mode:
+        raise ValueError(f"--yoked-from {source_dir}: that session ran in {src_mode} mode and this one in {mode}; "
+                         f"give --mode {src_mode}")
+    known = {c.id for c in library.clips}
+    unknown = sorted({c for _, _, r in runs for c in r["clips"] if c is not None and c not in known})
+    if unknown:
+        raise ValueError(f"--yoked-from {source_dir}: it played {len(unknown)} clip(s) this library does not have "
+                         f"(first: {unknown[0]!r}); give --library the library that session used")
+    return {"source": source_dir, "mode": mode, "runs": [r for _, _, r in sorted(runs, key=lambda t: t[:2])]}
+
+
+def write_yoked(session_dir, schedule: dict) -> str:
+    """Keep ``schedule`` in the session record as ``yoked.json`` (atomically)."""
+    path = os.path.join(os.fspath(session_dir), YOKED_JSON)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(schedule, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_yoked(session_dir) -> dict | None:
+    """The schedule a sham session played (``yoked.json``), or None for a session with real feedback."""
+    path = os.path.join(os.fspath(session_dir), YOKED_JSON)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); it is written atomically, so the folder was "
+                             "edited by hand or copied partially") from None
+
+
+class Yoke:
+    """Replaces the policy's decision by what the source participant heard at the same run and volume.
+
+    Parameters
+    ----------
+    schedule : dict
+        From :func:`yoked_schedule` (or :func:`read_yoked`).
+    library : music.library.Library
+        This session's library (clip ids are mapped to its rows).
+    """
+
+    def __init__(self, schedule: dict, library):
+        self.schedule = schedule
+        self.library = library
+        self._ordinal: dict[str, int] = {}  # this session's run id -> the order it started in
+        self.current: int | None = None
+        self._warned: set = set()
+        self.counts = {"trs": 0, "switches": 0, "beyond_source": 0, "decoded": 0, "own_agrees": 0}
+
+    def source_run(self, run_id: str) -> dict | None:
+        """The source run yoked to this session's run ``run_id`` (None past the source's last run)."""
+        k = self._ordinal.get(run_id, len(self._ordinal))  # a run not seen yet would be the next one
+        runs = self.schedule["runs"]
+        return runs[k] if k < len(runs) else None
+
+    def apply(self, own: Decision, run_id: str, index: int, decoded: bool) -> tuple[Decision, list | None]:
+        """The decision to play instead of ``own``, and ``[source run id, index]`` it came from (or None).
+
+        The action is ``switch`` when the played clip changes; otherwise it is the own policy's
+        (``neutral``, ``hold`` or ``keep``), so motion holds and the neutral start stay visible in the record.
+        """
+        self._ordinal.setdefault(run_id, len(self._ordinal))
+        src = self.source_run(run_id)
+        within = src is not None and index < len(src["clips"])
+        clip_id = src["clips"][index] if within else None  # None within: the source had nothing playing yet
+        where = [src["run_id"], index] if clip_id is not None else None
+        if not within:
+            self.counts["beyond_source"] += 1
+            if run_id not in self._warned:
+                self._warned.add(run_id)
+                log.warning("yoked: %s/%d is beyond what %s recorded (%s); the clip playing is kept",
+                            run_id, index, self.schedule["source"],
+                            f"its run {src['run_id']} has {len(src['clips'])} volumes" if src else "no run left")
+        if clip_id is not None:
+            want = self.library.index_of(clip_id)
+        else:  # keep what plays (at the very start: the neutral clip, as the own policy has it)
+            want = self.current if self.current is not None else own.clip
+        prev, self.current = self.current, want
+        self.counts["trs"] += 1
+        if decoded:
+            self.counts["decoded"] += 1
+            self.counts["own_agrees"] += int(own.clip == want)
+        if prev is not None and want != prev:
+            self.counts["switches"] += 1
+            return Decision("switch", want, prev, own.topk, own.current_score), where
+        action = "keep" if own.action == "switch" else own.action
+        return Decision(action, want, None, own.topk, own.current_score), where
+
+    def upcoming(self, run_id: str, index: int) -> int | None:
+        """The library row of the next clip the source switched to after volume ``index`` (None if none)."""
+        src = self.source_run(run_id)
+        if src is None:
+            return None
+        for clip_id in src["clips"][index + 1:]:
+            if clip_id is not None and self.library.index_of(clip_id) != self.current:
+                return self.library.index_of(clip_id)
+        return None
+
+    def summary(self) -> dict:
+        """Counts for ``summary.json``: TRs yoked, switches heard, and how often the own choice was played."""
+        c = dict(self.counts)
+        c["own_agreement"] = c["own_agrees"] / c["decoded"] if c["decoded"] else None
+        return {"source": self.schedule["source"], "runs": {r: (self.schedule["runs"][k]["run_id"]
+                                                                if k < len(self.schedule["runs"]) else None)
+                                                            for r, k in self._ordinal.items()}, **c}
