@@ -48,11 +48,8 @@ from _machine import machine_info, source_digest, summarize, write_json  # bench
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from offline_training.evaluate import unit_rows  # noqa: E402 (after the repository is on the path)
 SR_OUT = 48000
-
-
-def unit(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
 def live_windows(point, seconds: list[tuple[float, float]], bars: int, timing: list) -> list[np.ndarray]:
@@ -119,7 +116,7 @@ def main(argv=None) -> int:
         for i in range(n_t):
             genre, track = GENRES[i % len(GENRES)], i // len(GENRES)
             x, _ = generate_clip(genre, track, seed=1, duration_s=15.0)
-            t = unit(emb.embed(x, 22050).clip)
+            t = unit_rows(emb.embed(x, 22050).clip)
             targets.append(t)
             target_pts.append((genre, track, 1, False))
             k = int(np.argmax(atlas @ t))            # what the policy retrieves, in either mode
@@ -127,12 +124,12 @@ def main(argv=None) -> int:
             heard["stored clip (retrieval)"].append(atlas[k])
             for name, y in zip(("live 0-15 s", "live 15-30 s", "live 30-45 s"),
                                live_windows(points[k], windows, args.segment_bars, timing)):
-                heard[name].append(unit(emb.embed(y, SR_OUT).clip))
+                heard[name].append(unit_rows(emb.embed(y, SR_OUT).clip))
             r = int(rng.integers(len(points)))
             y = live_windows(points[r], [(15.0, 30.0)], args.segment_bars, [])[0]
-            heard["random point, live 15-30 s"].append(unit(emb.embed(y, SR_OUT).clip))
+            heard["random point, live 15-30 s"].append(unit_rows(emb.embed(y, SR_OUT).clip))
             y = live_windows(target_pts[-1], [(15.0, 30.0)], args.segment_bars, [])[0]
-            heard["target's own piece, live 15-30 s"].append(unit(emb.embed(y, SR_OUT).clip))
+            heard["target's own piece, live 15-30 s"].append(unit_rows(emb.embed(y, SR_OUT).clip))
             bar.update(task, completed=i + 1)
     T = np.stack(targets)
     genres = [g for g, *_ in target_pts]

@@ -16,10 +16,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+
+from .wants import WantList
 
 log = logging.getLogger("b2m.session")
 
@@ -77,9 +79,8 @@ class ClipCache:
         self._stage = stage
         self._unstage = unstage
         self._clips: OrderedDict[int, ReadyClip] = OrderedDict()
-        self._lock = threading.Condition()  # guards _clips and _queued; held only for dict operations
-        self._todo: deque[int] = deque()  # newest request first; guarded by _lock
-        self._queued: set[int] = set()
+        self._lock = threading.Condition()  # guards _clips and _todo; held only for dict operations
+        self._todo = WantList(self.max_pending)
         self._loading: int | None = None  # what the loader is reading now
         self._closed = False
         self.stats = {"loads": 0, "sync_loads": 0, "load_ms_max": 0.0, "errors": 0, "beats_estimated": 0}
@@ -131,8 +132,7 @@ class ClipCache:
                     self._lock.wait()
                 if self._closed:
                     return
-                index = self._todo.popleft()
-                self._queued.discard(index)
+                index = self._todo.pop()
                 if index in self._clips:
                     continue
                 self._loading = index
@@ -153,15 +153,7 @@ class ClipCache:
         change every TR, and a stale request is not worth the CPU.
         """
         with self._lock:
-            for i in reversed([int(i) for i in indices]):
-                if i in self._clips or i == self._loading:
-                    continue
-                if i in self._queued:
-                    self._todo.remove(i)
-                self._queued.add(i)
-                self._todo.appendleft(i)
-            while len(self._todo) > self.max_pending:
-                self._queued.discard(self._todo.pop())
+            self._todo.want(indices, skip=lambda i: i in self._clips or i == self._loading)
             self._lock.notify_all()
 
     def preload(self, index: int) -> ReadyClip:
@@ -180,9 +172,7 @@ class ClipCache:
         with self._lock:
             while self._loading == index:  # being read now: waiting is cheaper than reading it twice
                 self._lock.wait(1.0)
-            if index in self._queued:  # not started: read it here, now
-                self._todo.remove(index)
-                self._queued.discard(index)
+            self._todo.discard(index)  # not started: read it here, now
             ready = self._clips.get(index)
             if ready is not None:
                 self._clips.move_to_end(index)

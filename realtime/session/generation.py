@@ -41,6 +41,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .wants import WantList
+
 log = logging.getLogger("b2m.session")
 
 __all__ = ["Segment", "LivePieces", "atlas_points", "AtlasError"]
@@ -148,7 +150,7 @@ class LivePieces:
         self._stage, self._unstage = stage, unstage
         self._lock = threading.Condition()
         self._prepared: OrderedDict[int, _Piece] = OrderedDict()  # candidates: first segment rendered
-        self._wanted: deque[int] = deque()                         # candidates to prepare, most wanted first
+        self._wanted = WantList(self.capacity)                     # candidates to prepare, most wanted first
         self._current: _Piece | None = None
         self._preparing: int | None = None                         # what the worker prepares now
         self._staged: deque = deque()                              # staged sources, oldest first
@@ -227,7 +229,7 @@ class LivePieces:
         if cur is not None and not cur.ahead and not cur.busy and not cur.failed:
             return "ahead", cur
         while self._wanted:
-            index = self._wanted.popleft()
+            index = self._wanted.pop()
             if index not in self._prepared and (cur is None or cur.index != index):
                 self._preparing = index
                 return "prepare", index
@@ -310,14 +312,8 @@ class LivePieces:
     def prefetch(self, indices) -> None:
         """Prepare these candidates' pieces (first segment), most wanted first."""
         with self._lock:
-            for i in reversed([int(i) for i in indices]):
-                if i in self._prepared or (self._current is not None and self._current.index == i):
-                    continue
-                if i in self._wanted:
-                    self._wanted.remove(i)
-                self._wanted.appendleft(i)
-            while len(self._wanted) > self.capacity:
-                self._wanted.pop()
+            self._wanted.want(indices, skip=lambda i: i in self._prepared
+                              or (self._current is not None and self._current.index == i))
             self._lock.notify_all()
 
     def pause(self) -> None:
@@ -344,8 +340,7 @@ class LivePieces:
         with self._lock:
             while self._preparing == index:  # being prepared now: waiting is cheaper than rendering it twice
                 self._wait_for_worker()
-            if index in self._wanted:
-                self._wanted.remove(index)
+            self._wanted.discard(index)
             piece = self._prepared.pop(index, None)
         if piece is None:
             self.stats["sync_renders"] += 1
