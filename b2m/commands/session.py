@@ -50,6 +50,11 @@ def add_parser(sub) -> None:
                    help="sham feedback (a control group): play what the participant of this earlier session "
                         "heard, run by run and volume by volume, instead of this participant's own decoding "
                         "(which is still recorded); same --library and --mode as that session")
+    p.add_argument("--allocation", metavar="FILE",
+                   help="blinded operator: a TSV (participant_id, condition real|sham, yoked_from) written by "
+                        "someone else; with --participant, the session is real or yoked as the file says, and "
+                        "nothing on screen, in the report or on stdout tells which")
+    p.add_argument("--participant", metavar="ID", help="with --allocation: this participant's participant_id")
     p.add_argument("--results", default=DEFAULT_RESULTS, help=f"ZeroMQ PUB endpoint for per-TR results "
                    f"(default {DEFAULT_RESULTS}; 'none' to disable)")
     p.add_argument("--pyneal-port", type=int, default=None,
@@ -102,6 +107,7 @@ def _policy(args):
 
 
 def run(args) -> int:
+    args.blind = _allocate(args)
     if args.action == "replay":
         if not args.session:
             raise ValueError("`b2m session replay` needs the session folder: b2m session replay SESSION")
@@ -129,7 +135,7 @@ def run_check(args) -> int:
     checks = preflight(args.model, args.library, audio=args.audio, isolate=not args.in_process_audio,
                        bind=args.bind, results=args.results, pyneal_port=args.pyneal_port, insecure=args.insecure,
                        curve=server_keys(args), mode=args.mode, segment_bars=args.segment_bars,
-                       yoked_from=args.yoked_from)
+                       yoked_from=args.yoked_from, blind=args.blind)
     print(format_checks(checks))
     failed = [c.name for c in checks if not c.ok]
     print(f"{len(checks) - len(failed)} of {len(checks)} checks passed"
@@ -167,6 +173,10 @@ def run_live(args) -> int:
         from realtime.session.yoked import write_yoked
 
         write_yoked(args.out, yoked)
+    if args.blind:
+        print(f"allocation\t{args.allocation}\tparticipant {args.participant}: condition blinded", file=sys.stderr,
+              flush=True)
+    elif yoked is not None:
         print(f"yoked\t{yoked['source']}\t{len(yoked['runs'])} runs: sham feedback", file=sys.stderr, flush=True)
     fh = logging.FileHandler(os.path.join(args.out, "session.log"))
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
@@ -211,12 +221,16 @@ def run_live(args) -> int:
             caught = engine.resume(recorded_volumes(args.out), ended_runs, logged=recorded)
             log.info("continuing the session in %s: state rebuilt from %d recorded volumes of %s",
                      args.out, caught["volumes"], ", ".join(caught["runs"]) or "no open run")
-        write_session_info(args.out, session_info(engine, args.model, args.library, args.audio))
+        info = session_info(engine, args.model, args.library, args.audio)
+        if args.blind:
+            info["allocation"] = {"file": os.path.abspath(args.allocation), "participant": args.participant}
+        write_session_info(args.out, info)
         with Receiver(args.out, args.bind, insecure=args.insecure, curve=curve, sync=not args.no_fsync,
                       on_volume=engine.on_volume, on_run_complete=run_over, on_run_gaps=run_over) as rx:
             print(f"ready\t{rx.endpoint}", file=sys.stderr, flush=True)
             if not args.no_dashboard:
-                dashboard = Dashboard(engine, rx, engine.preprocess.motion_config.fd_threshold_mm).start()
+                dashboard = Dashboard(engine, rx, engine.preprocess.motion_config.fd_threshold_mm,
+                                      blind=args.blind).start()
             rx.serve(stop, idle=engine.keep_playing)  # generated music goes on between runs
             rx.wait_exports()
         engine.finish()
@@ -229,6 +243,7 @@ def run_live(args) -> int:
         for part in parts:
             part.close()
     summary = session_summary(engine, ended)
+    summary["blinded"] = args.blind
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     from realtime.session.decisions import session_results
@@ -240,7 +255,7 @@ def run_live(args) -> int:
     except Exception:  # the record and summary are written; a plotting problem must not hide them
         log.exception("could not write %s", os.path.join(args.out, "report.html"))
     lat = summary["latency_ms"].get("total", {})
-    if summary.get("yoked"):
+    if summary.get("yoked") and not args.blind:
         y = summary["yoked"]
         agree = "n/a" if y["own_agreement"] is None else f"{y['own_agreement']:.1%}"
         print(f"yoked: {y['trs']} TRs played from {y['source']}, {y['switches']} switches; the participant's own "
@@ -260,13 +275,36 @@ def session_summary(engine, ended) -> dict:
             "pieces": st.get("pieces"), "yoked": st.get("yoked")}
 
 
+def _allocate(args) -> bool:
+    """``--allocation FILE --participant ID``: set ``args.yoked_from`` as the file says; whether the run is blinded."""
+    if args.allocation is None and args.participant is None:
+        return False
+    if args.allocation is None or args.participant is None:
+        raise ValueError("--allocation and --participant go together: b2m session --allocation FILE --participant ID")
+    if args.yoked_from is not None:
+        raise ValueError("--yoked-from and --allocation both say whose music to play; give one (the allocation "
+                         "keeps the operator blinded)")
+    from realtime.session.yoked import read_allocation
+
+    args.yoked_from = read_allocation(args.allocation, args.participant)
+    return True
+
+
 def _yoked(args, library) -> dict | None:
     """A sham session's schedule: read from ``--yoked-from``, or kept in ``--out`` by the session continued."""
     from realtime.session.replay import recorded_decisions
     from realtime.session.yoked import read_yoked, yoked_schedule
 
+    def refuse(why: str):
+        if args.blind:  # said without saying which condition is which
+            why = (f"{args.out} was run under another condition than {args.allocation} now gives participant "
+                   f"{args.participant}; check the allocation, or start a new --out")
+        raise ValueError(why)
+
     kept = read_yoked(args.out) if os.path.isdir(args.out) else None
     if args.yoked_from is None:
+        if kept is not None and args.blind:
+            refuse("")
         if kept is not None:
             log.warning("%s is a sham session (yoked to %s): it continues as one", args.out, kept["source"])
         return kept
@@ -275,10 +313,10 @@ def _yoked(args, library) -> dict | None:
                          "participant's session")
     sched = yoked_schedule(args.yoked_from, library, args.mode)
     if kept is not None and kept != sched:
-        raise ValueError(f"{args.out} was yoked to {kept['source']} as it was then; --yoked-from {args.yoked_from} "
-                         "now plays something else. Continue without --yoked-from, or start a new --out")
+        refuse(f"{args.out} was yoked to {kept['source']} as it was then; --yoked-from {args.yoked_from} now plays "
+               "something else. Continue without --yoked-from, or start a new --out")
     if kept is None and os.path.isdir(args.out) and recorded_decisions(args.out)[0]:
-        raise ValueError(f"{args.out} already holds decisions of real feedback; a sham session needs a new --out")
+        refuse(f"{args.out} already holds decisions of real feedback; a sham session needs a new --out")
     return sched
 
 

@@ -33,14 +33,18 @@ class Dashboard:
         For rejected-message counts.
     fd_threshold_mm : float
         Drawn as the scale of the FD trace.
+    blind : bool
+        The operator is blinded (``--allocation``): whether the music is real
+        or a sham is not shown.
     """
 
-    def __init__(self, engine, receiver=None, fd_threshold_mm: float = 0.5, console=None):
+    def __init__(self, engine, receiver=None, fd_threshold_mm: float = 0.5, console=None, blind: bool = False):
         from rich.console import Console
 
         self.engine = engine
         self.receiver = receiver
         self.fd_threshold_mm = fd_threshold_mm
+        self.blind = blind
         self.console = console or Console(stderr=True)
         self._live = None
         self._t0 = time.monotonic()
@@ -62,7 +66,9 @@ class Dashboard:
             head.add_row("run / volume", f"{r.run_id} / {r.index}  (decodes moment {r.decoded_index})")
             head.add_row("lag behind scanner", f"{lag:.2f} s" if lag is not None else "n/a (no acquisition time)")
             head.add_row("action", f"{r.action}{'  [motion hold]' if r.flagged else ''}")
-            if e.yoke is not None:
+            if self.blind:
+                head.add_row("feedback", "as allocated (blinded)")
+            elif e.yoke is not None:
                 src = e.yoke.source_run(r.run_id)
                 head.add_row("feedback", f"SHAM: the music of {e.yoke.schedule['source']}, run "
                              f"{src['run_id'] if src else '(none left: clip kept)'}")

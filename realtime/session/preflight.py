@@ -12,7 +12,8 @@ will get. Each check uses the real part, exactly as the session opens it:
 - with ``--mode generation``, the library is a generator atlas, and the
   neutral piece's first segments are rendered and timed;
 - with ``--yoked-from SOURCE`` (a sham session), the source session's played
-  clips are read and every one is found in the library;
+  clips are read and every one is found in the library (with ``--allocation``,
+  the same without saying whether the participant is a sham);
 - the audio output opens and plays the neutral clip for a few seconds, with
   its callbacks and underruns counted.
 
@@ -123,7 +124,7 @@ def _play(library, spec: str, isolate: bool, seconds: float) -> tuple[str, None]
 def preflight(model: str, library: str, *, audio: str = "default", isolate: bool = True,
               bind: str | None = None, results: str | None = None, pyneal_port: int | None = None,
               insecure: bool = False, curve=None, seconds: float = 2.0, mode: str = "retrieval",
-              segment_bars: int = 4, yoked_from: str | None = None) -> list[Check]:
+              segment_bars: int = 4, yoked_from: str | None = None, blind: bool = False) -> list[Check]:
     """Run every check (see the module doc) and return them in order.
 
     Parameters
@@ -150,6 +151,10 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
         Generation: bars per segment, as the session's ``--segment-bars``.
     yoked_from : str, optional
         A sham session's source session folder (``--yoked-from``).
+    blind : bool
+        The condition came from ``--allocation``: the check is made under the
+        name "allocation" for every participant, and its result does not say
+        which condition it found.
     """
     from music.library import Library
     from protocols.library import check_same_embedder
@@ -190,11 +195,19 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
             checks.append(_attempt("generator", lambda: _generator_speed(lib, segment_bars))[0])
         else:
             checks.append(Check("generator", False, "not checked: the library did not load"))
-    if yoked_from is not None:
-        if lib is not None:
-            checks.append(_attempt("yoked source", lambda: _yoked_source(yoked_from, lib, mode))[0])
+    if yoked_from is not None or blind:
+        name = "allocation" if blind else "yoked source"
+        if lib is None:
+            checks.append(Check(name, False, "not checked: the library did not load"))
+        elif blind:
+            def allocated():
+                if yoked_from is not None:
+                    _yoked_source(yoked_from, lib, mode)
+                return "the participant's condition was read and can be played (blinded)", None
+
+            checks.append(_attempt(name, allocated)[0])
         else:
-            checks.append(Check("yoked source", False, "not checked: the library did not load"))
+            checks.append(_attempt(name, lambda: _yoked_source(yoked_from, lib, mode))[0])
     if lib is not None:
         checks.append(_attempt("audio output", lambda: _play(lib, audio, isolate, seconds))[0])
     else:

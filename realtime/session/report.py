@@ -120,7 +120,9 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
                      f"{pieces['segments']} / {pieces['pieces']} / {pieces['sync_renders']} / "
                      f"{pieces['switch_waits']} / {pieces['errors']}"))
     yoked = summary.get("yoked")
-    if yoked:
+    if summary.get("blinded"):  # the operator reads this page: real or sham stays in the record's files
+        rows.insert(1, ("Feedback", "as allocated (blinded)"))
+    elif yoked:
         agree = "n/a" if yoked["own_agreement"] is None else f"{yoked['own_agreement']:.1%}"
         rows.insert(1, ("Feedback", f"SHAM, yoked to {yoked['source']} (runs "
                         + ", ".join(f"{k} <- {v}" for k, v in yoked["runs"].items()) + ")"))

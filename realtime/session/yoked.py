@@ -28,9 +28,65 @@ from .decisions import run_decisions
 
 log = logging.getLogger("b2m.session")
 
-__all__ = ["YOKED_JSON", "yoked_schedule", "write_yoked", "read_yoked", "Yoke"]
+__all__ = ["YOKED_JSON", "ALLOCATION_COLUMNS", "read_allocation", "yoked_schedule", "write_yoked", "read_yoked",
+           "Yoke"]
 
 YOKED_JSON = "yoked.json"
+#: Columns of an allocation file (TSV): who gets real feedback and who a sham, yoked to whose session.
+ALLOCATION_COLUMNS = ("participant_id", "condition", "yoked_from")
+CONDITIONS = ("real", "sham")
+
+
+def read_allocation(path, participant: str) -> str | None:
+    """The source session ``participant`` is yoked to in the allocation file ``path``, or None for real feedback.
+
+    The file is a TSV with the columns :data:`ALLOCATION_COLUMNS`, written by
+    someone who is not blinded: one row per participant, ``condition`` ``real``
+    or ``sham``, and for a sham the session folder whose music they hear (a
+    relative path is taken from the file's folder). With it, the operator runs
+    ``b2m session --allocation FILE --participant P02`` and never sees the
+    condition.
+
+    Raises
+    ------
+    ValueError
+        Naming the file, the line and the column at fault, and what to write there.
+    """
+    import csv
+
+    path = os.fspath(path)
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--allocation {path}: no such file") from None
+    if not rows or tuple(c.strip() for c in rows[0]) != ALLOCATION_COLUMNS:
+        raise ValueError(f"{path}, line 1: the header must be the tab-separated columns "
+                         f"{', '.join(ALLOCATION_COLUMNS)}; it is {rows[0] if rows else 'empty'}")
+    found = []
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) != len(ALLOCATION_COLUMNS):
+            raise ValueError(f"{path}, line {line}: {len(row)} fields, expected {len(ALLOCATION_COLUMNS)} "
+                             "separated by tabs (leave yoked_from empty for real feedback)")
+        pid, condition, source = (c.strip() for c in row)
+        if condition not in CONDITIONS:
+            raise ValueError(f"{path}, line {line}, column condition: {condition!r}; write real or sham")
+        if (condition == "sham") != bool(source):
+            raise ValueError(f"{path}, line {line}, column yoked_from: "
+                             + ("a sham needs the session folder whose music it plays" if condition == "sham"
+                                else "only a sham is yoked; leave it empty for real feedback"))
+        if pid == participant:
+            found.append((line, condition, source))
+    if len(found) != 1:
+        raise ValueError(f"{path}: participant {participant!r} is on "
+                         + ("no line" if not found else f"lines {', '.join(str(f[0]) for f in found)}")
+                         + "; each participant must be on exactly one (column participant_id)")
+    _, condition, source = found[0]
+    if condition == "real":
+        return None
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), source))
 
 
 def yoked_schedule(source_dir, library, mode: str = "retrieval") -> dict:

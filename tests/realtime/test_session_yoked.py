@@ -285,3 +285,91 @@ def test_a_generation_sham_composes_the_source_participants_pieces(kit, tmp_path
     b, _ = sf.read(tmp_path / "sham" / "feedback.wav", dtype="float32")
     np.testing.assert_array_equal(a, b)
     assert [d["own_clip"] for d in decisions(tmp_path / "sham")["run-01"]] == [r.clip for r in own]
+
+
+def write_allocation(path, rows, header="participant_id\tcondition\tyoked_from"):
+    path.write_text("\n".join([header] + ["\t".join(r) for r in rows]) + "\n")
+    return path
+
+
+def test_an_allocation_file_gives_each_participant_their_condition(tmp_path):
+    from realtime.session.yoked import read_allocation
+
+    alloc = write_allocation(tmp_path / "alloc.tsv", [("P01", "real", ""), ("P02", "sham", "sessions/P01"),
+                                                      ("P03", "sham", "/data/P01")])
+    assert read_allocation(alloc, "P01") is None
+    assert read_allocation(alloc, "P02") == str(tmp_path / "sessions" / "P01")  # relative to the file
+    assert read_allocation(alloc, "P03") == "/data/P01"
+    with pytest.raises(ValueError, match=r"'P09' is on no line"):
+        read_allocation(alloc, "P09")
+    cases = [
+        ([("P01", "real", "")], "condition\tgroup\tsource", r"line 1: the header must be"),
+        ([("P01", "placebo", "")], None, r"line 2, column condition: 'placebo'; write real or sham"),
+        ([("P01", "sham", "")], None, r"line 2, column yoked_from: a sham needs the session folder"),
+        ([("P01", "real", "x")], None, r"line 2, column yoked_from: only a sham is yoked"),
+        ([("P01", "real")], None, r"line 2: 2 fields, expected 3"),
+        ([("P01", "real", ""), ("P01", "sham", "x")], None, r"'P01' is on lines 2, 3"),
+    ]
+    for rows, header, message in cases:
+        bad = write_allocation(tmp_path / "bad.tsv", rows, *([header] if header else []))
+        with pytest.raises(ValueError, match=message):
+            read_allocation(bad, "P01")
+    with pytest.raises(FileNotFoundError, match="--allocation .*: no such file"):
+        read_allocation(tmp_path / "missing.tsv", "P01")
+
+
+def test_the_dashboard_of_a_blinded_session_does_not_say_sham(kit, source, tmp_path):
+    from rich.console import Console
+
+    from realtime.session import Dashboard
+
+    src_dir, _ = source
+    eng, _ = session(kit, tmp_path / "sham", kit.other, volumes(kit.nifti), yoked=yoked_schedule(src_dir,
+                                                                                                Library(kit.library)))
+    texts = {}
+    for blind in (False, True):
+        console = Console(record=True, width=200, file=open(tmp_path / f"tty{blind}.txt", "w"))
+        console.print(Dashboard(eng, fd_threshold_mm=0.5, console=console, blind=blind).render())
+        texts[blind] = console.export_text()
+    assert "SHAM" in texts[False] and str(src_dir) in texts[False]
+    assert "SHAM" not in texts[True] and str(src_dir) not in texts[True]
+    assert "as allocated (blinded)" in texts[True]
+
+
+def test_session_cli_allocation_keeps_the_operator_blind_and_the_record_true(kit, source, b2m_proc, endpoint,
+                                                                            tmp_path):
+    src_dir, src_results = source
+    alloc = write_allocation(tmp_path / "alloc.tsv", [("P01", "real", ""), ("P02", "sham", str(src_dir))])
+    common = ("--model", kit.other, "--library", kit.library, "--bind", endpoint, "--no-dashboard", "--results",
+              "none", "--min-dwell", "5", "--margin", "0", "--smooth-trs", "1", "--crossfade", "0.5", "--runs", "1",
+              "--allocation", alloc)
+    seen = {}
+    for pid in ("P01", "P02"):
+        check = b2m_proc("session", "--check", "--participant", pid, "--audio", f"wav:{tmp_path}/c{pid}.wav",
+                         *common, name=f"check-{pid}")
+        assert check.wait(timeout=120) == 0, check.stderr()
+        seen[pid] = [line for line in check.stdout().splitlines() if line[6:].startswith("allocation")]
+        out = tmp_path / pid
+        sess = b2m_proc("session", "--participant", pid, "--out", out, "--audio", f"wav:{out}/feedback.wav", *common,
+                        name=f"session-{pid}")
+        sess.wait_for("ready", timeout=60)
+        tx = b2m_proc("scanner", "replay", kit.nifti, "--connect", endpoint, "--speed", "max", "--run-id", "run-01",
+                      "--quiet", name=f"replay-{pid}")
+        assert tx.wait() == 0, tx.stderr()
+        assert sess.wait(timeout=120) == 0, sess.stderr()
+        shown = sess.stdout() + sess.stderr() + (out / "report.html").read_text()
+        assert f"participant {pid}: condition blinded" in sess.stderr()
+        assert "as allocated (blinded)" in shown
+        for tell in ("SHAM", "sham", "yoked", str(src_dir)):
+            assert tell not in shown, (pid, tell)
+        assert json.loads((out / "summary.json").read_text())["blinded"] is True
+        # the record keeps the truth for the analysis
+        played = [d["clip"] for d in decisions(out)["run-01"]]
+        assert (played == [r.clip for r in src_results]) == (pid == "P02")
+        assert (read_yoked(out) is not None) == (pid == "P02")
+    assert seen["P01"] == seen["P02"] and len(seen["P01"]) == 1 and seen["P01"][0].startswith("PASS")
+    # the allocation later says otherwise for a folder already run: refused without naming either condition
+    again = b2m_proc("session", "--participant", "P01", "--out", tmp_path / "P02", "--audio",
+                     f"wav:{tmp_path}/x.wav", *common, name="again")
+    assert again.wait(timeout=60) == 2
+    assert "was run under another condition than" in again.stderr() and "sham" not in again.stderr()
