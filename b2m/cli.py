@@ -19,8 +19,8 @@ from realtime.transport import TransportError
 
 from .config import CONFIG_ENV, ConfigError, apply_config, command_path
 from .console import stderr_console
-from .commands import demo, group, keys, library, present, receive, replay, scanner_export, session, simulate, train, \
-    watch
+from .commands import demo, group, keys, library, monitor, present, receive, replay, scanner_export, session, \
+    simulate, train, watch
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     receive.add_parser(sub)
     keys.add_parser(sub)
     session.add_parser(sub)
+    monitor.add_parser(sub)
     present.add_parser(sub)
     library.add_parser(sub)
     train.add_parser(sub)

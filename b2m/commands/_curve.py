@@ -23,10 +23,10 @@ def server_keys(args):
     return load_curve_server(args.curve_secret, args.curve_clients) if args.curve_secret else None
 
 
-def add_client_args(p) -> None:
+def add_client_args(p, who: str = "scanner", server: str = "receiver") -> None:
     p.add_argument("--curve-secret", metavar="FILE", default=None,
-                   help="this scanner's NAME.key_secret (from b2m keys); with --curve-server-key, encrypts the link")
-    p.add_argument("--curve-server-key", metavar="FILE", default=None, help="the receiver's public NAME.key")
+                   help=f"this {who}'s NAME.key_secret (from b2m keys); with --curve-server-key, encrypts the link")
+    p.add_argument("--curve-server-key", metavar="FILE", default=None, help=f"the {server}'s public NAME.key")
 
 
 def client_keys(args):

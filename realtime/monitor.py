@@ -1,0 +1,295 @@
+"""``b2m monitor``: the session seen from the control room, in a web browser.
+
+The session publishes every TR's :class:`protocols.wire.Result` on its
+``--results`` ZeroMQ PUB (CURVE-encrypted with keys). A monitor, on any
+machine that can reach it, subscribes to that stream and serves one web page:
+
+- ``/``: the page; it refreshes its panel every second;
+- ``/panel``: the panel as HTML with inline SVG (run and volume, the lag
+  behind the scanner, what plays and since when, the clip timeline of the
+  run, head motion, latency per stage, counts), drawn here so no script or
+  network resource is needed in the browser;
+- ``/state.json``: the same state for scripts.
+
+It only reads the stream, so it cannot slow the session, and it shows
+nothing the results do not hold: a blinded operator sees no condition here
+either. A message that is not a result is counted and shown, never fatal.
+Results published before the monitor connected are not seen (PUB/SUB);
+the session's own record has them all.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import zmq
+
+from protocols.wire import Result, decode
+
+log = logging.getLogger("b2m.monitor")
+
+__all__ = ["MonitorState", "ResultsSubscriber", "MonitorServer", "render_panel"]
+
+KEPT = 2000  # results held per run (about 50 min at TR 1.5 s)
+STAGES = ("preprocessed", "decoded", "decided", "audio_scheduled", "total")
+
+
+class MonitorState:
+    """What the monitor has seen; ``add`` from the subscriber thread, ``snapshot`` from the web threads."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+        self._lock = threading.Lock()
+        self._runs: dict[str, deque] = {}
+        self._latency = {s: deque(maxlen=KEPT) for s in STAGES}
+        self.counts = {"results": 0, "switches": 0, "holds": 0, "errors": 0, "bad_messages": 0}
+        self.last_bad: str | None = None
+        self.last: Result | None = None
+        self.last_seen: float | None = None  # unix time of the newest result
+
+    def add(self, r: Result) -> None:
+        with self._lock:
+            self._runs.setdefault(r.run_id, deque(maxlen=KEPT)).append(
+                (r.index, r.action, r.clip, r.fd_mm, r.flagged, dict(r.timestamps)))
+            for s in STAGES:
+                if s in r.latency_ms:
+                    self._latency[s].append(float(r.latency_ms[s]))
+            self.counts["results"] += 1
+            key = {"switch": "switches", "hold": "holds", "error": "errors"}.get(r.action)
+            if key:
+                self.counts[key] += 1
+            self.last, self.last_seen = r, time.time()
+
+    def bad(self, why: str) -> None:
+        with self._lock:
+            self.counts["bad_messages"] += 1
+            self.last_bad = why
+
+    def snapshot(self) -> dict:
+        """The state as plain JSON types (see the module doc)."""
+        with self._lock:
+            r = self.last
+            runs = {run_id: [{"index": i, "action": a, "clip": c, "fd_mm": fd, "flagged": fl}
+                             for i, a, c, fd, fl, _ in rows] for run_id, rows in self._runs.items()}
+            lat = {s: {"last": v[-1], "p50": float(np.median(v)), "p99": float(np.percentile(v, 99)), "n": len(v)}
+                   for s, v in ((s, list(q)) for s, q in self._latency.items()) if v}
+            last = None
+            if r is not None:
+                acquired = r.timestamps.get("acquired")
+                rows = self._runs[r.run_id]
+                since = None  # the first volume of the stretch the playing clip has been playing
+                for i, _, c, *_ in reversed(rows):
+                    if c != r.clip:
+                        break
+                    since = i
+                last = {"run_id": r.run_id, "index": r.index, "decoded_index": r.decoded_index, "action": r.action,
+                        "clip": r.clip, "tags": [list(t) for t in r.tags], "fd_mm": r.fd_mm, "flagged": r.flagged,
+                        "topk": [list(t) for t in r.topk], "playing_since_index": since,
+                        "lag_s": (r.timestamps.get("audio_scheduled", self.last_seen) - acquired) if acquired else None}
+                # lag_s: from the volume's acquisition to its music being scheduled (scanner and session clocks)
+            return {"endpoint": self.endpoint, "counts": dict(self.counts), "last_bad_message": self.last_bad,
+                    "seconds_since_last": None if self.last_seen is None else time.time() - self.last_seen,
+                    "last": last, "latency_ms": lat, "runs": runs}
+
+
+class ResultsSubscriber:
+    """A thread that subscribes to a session's results PUB and feeds a :class:`MonitorState`.
+
+    Parameters
+    ----------
+    endpoint : str
+        The session's ``--results`` endpoint, e.g. ``tcp://10.0.0.5:5556``.
+    state : MonitorState
+    curve : realtime.transport.CurveClient, optional
+        Keys for an encrypted results stream (``b2m keys``; the session's public key as server key).
+    """
+
+    def __init__(self, endpoint: str, state: MonitorState, curve=None, ctx: zmq.Context | None = None):
+        self.state = state
+        self.ctx = ctx or zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.SUB)
+        if curve is not None:
+            self.sock.curve_secretkey = curve.secret
+            self.sock.curve_publickey = curve.public
+            self.sock.curve_serverkey = curve.server_public
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 10000)
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sock.connect(endpoint)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="b2m-monitor-sub", daemon=True)
+
+    def start(self) -> "ResultsSubscriber":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(200):
+                continue
+            frames = self.sock.recv_multipart()
+            try:
+                msg = decode(frames)
+            except Exception as e:  # one bad message is counted and shown, never fatal
+                self.state.bad(f"{type(e).__name__}: {e}")
+                continue
+            if isinstance(msg, Result):
+                self.state.add(msg)
+            else:
+                self.state.bad(f"a {type(msg).__name__} message on the results stream (expected results only)")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close(0)
+
+
+# ---- the page ---------------------------------------------------------------
+
+_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>b2m monitor</title>
+<style>body{{font-family:sans-serif;margin:1em 2em;color:#222}}th{{text-align:left;padding:2px 14px 2px 0;
+font-weight:normal;color:#555}}td{{padding:2px 10px 2px 0}}.bad{{color:#b00;font-weight:bold}}
+h2{{font-size:1.05em;margin:1em 0 .3em}}svg{{background:#fafafa;border:1px solid #ddd}}</style></head>
+<body><h1>b2m session monitor</h1><p>results from <code>{endpoint}</code>; refreshed every second</p>
+<div id="panel">{panel}</div>
+<script>setInterval(async () => {{ try {{ const r = await fetch("panel", {{cache: "no-store"}});
+document.getElementById("panel").innerHTML = await r.text(); }} catch (e) {{
+document.getElementById("panel").insertAdjacentHTML("afterbegin",
+"<p class=bad>the monitor itself does not answer</p>"); }} }}, 1000);</script></body></html>"""
+
+
+def _colour(clip: str | None) -> str:
+    if not clip:
+        return "#ccc"
+    h = sum((k + 1) * ord(c) for k, c in enumerate(clip)) % 360  # stable per clip id, across processes
+    return f"hsl({h},55%,55%)"
+
+
+def _timeline_svg(rows: list[dict], width: int = 900, height: int = 34) -> str:
+    """The run's clips as coloured spans over the volume axis, switches marked."""
+    if not rows:
+        return ""
+    n = max(r["index"] for r in rows) + 1
+    x = lambda i: width * i / max(n, 1)  # noqa: E731
+    parts, start = [], rows[0]
+    for prev, r in zip(rows, rows[1:] + [None]):
+        if r is None or r["clip"] != start["clip"]:
+            end = (prev["index"] + 1) if r is None else r["index"]
+            parts.append(f'<rect x="{x(start["index"]):.1f}" y="4" width="{max(x(end) - x(start["index"]), 1):.1f}" '
+                         f'height="{height - 8}" fill="{_colour(start["clip"])}">'
+                         f'<title>{html.escape(str(start["clip"]))}: volumes {start["index"]}-{end - 1}</title></rect>')
+            start = r
+    for r in rows:
+        if r["action"] == "switch":
+            parts.append(f'<line x1="{x(r["index"]):.1f}" x2="{x(r["index"]):.1f}" y1="0" y2="{height}" '
+                         'stroke="#b00" stroke-width="1.5"/>')
+    return f'<svg width="{width}" height="{height}">{"".join(parts)}</svg>'
+
+
+def _fd_svg(rows: list[dict], threshold_mm: float, width: int = 900, height: int = 80) -> str:
+    """Framewise displacement over the run's volumes, the threshold dashed, held volumes in red."""
+    pts = [(r["index"], r["fd_mm"]) for r in rows if r["fd_mm"] is not None]
+    if not pts:
+        return "<p>no head motion estimates (motion correction off, or no volume yet)</p>"
+    n = max(r["index"] for r in rows) + 1
+    top = max(max(v for _, v in pts), threshold_mm) * 1.15
+    x = lambda i: width * i / max(n - 1, 1)  # noqa: E731
+    y = lambda v: height - 2 - (height - 4) * v / top  # noqa: E731
+    line = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in pts)
+    held = "".join(f'<circle cx="{x(r["index"]):.1f}" cy="{y(r["fd_mm"] or 0):.1f}" r="2.5" fill="#b00"/>'
+                   for r in rows if r["flagged"] and r["fd_mm"] is not None)
+    return (f'<svg width="{width}" height="{height}"><polyline points="{line}" fill="none" stroke="#2a7" '
+            f'stroke-width="1.2"/><line x1="0" x2="{width}" y1="{y(threshold_mm):.1f}" y2="{y(threshold_mm):.1f}" '
+            f'stroke="#b00" stroke-dasharray="4 3"/>{held}</svg>')
+
+
+def render_panel(snap: dict, fd_threshold_mm: float = 0.5, stale_s: float = 10.0) -> str:
+    """The panel of :func:`MonitorState.snapshot` as HTML (tables and inline SVG)."""
+    e = html.escape
+    c, last = snap["counts"], snap["last"]
+    out = []
+    if last is None:
+        out.append(f"<p>waiting for the first result from <code>{e(snap['endpoint'])}</code> ...</p>")
+    else:
+        ago = snap["seconds_since_last"]
+        if ago is not None and ago > stale_s:
+            out.append(f'<p class="bad">no result for {ago:.0f} s: between runs, or the session or the link '
+                       "is down</p>")
+        since = last["playing_since_index"]
+        rows = [("run / volume", f"{last['run_id']} / {last['index']} (decodes moment {last['decoded_index']})"),
+                ("acquired -> music scheduled", f"{last['lag_s']:.2f} s" if last["lag_s"] is not None else "n/a"),
+                ("action", last["action"] + ("  [motion hold]" if last["flagged"] else "")),
+                ("playing", f"{last['clip']}" + (f" (since volume {since})" if since is not None else "")),
+                ("tags", ", ".join(f"{t} {p:.2f}" for t, p in last["tags"]) or "-"),
+                ("candidates", ", ".join(f"{k} {s:.3f}" for k, s in last["topk"][:5]) or "-")]
+        out.append("<table>" + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows) + "</table>")
+        run = snap["runs"].get(last["run_id"], [])
+        out.append(f"<h2>Music in run {e(last['run_id'])} (red: switches)</h2>" + _timeline_svg(run))
+        out.append(f"<h2>Head motion, FD in mm (dashed: {fd_threshold_mm:g} mm)</h2>"
+                   + _fd_svg(run, fd_threshold_mm))
+    if snap["latency_ms"]:
+        out.append("<h2>Latency per stage (ms)</h2><table><tr><th>stage</th><th>last</th><th>p50</th><th>p99</th>"
+                   "<th>n</th></tr>" + "".join(
+                       f"<tr><td>{e(s)}</td><td>{v['last']:.2f}</td><td>{v['p50']:.2f}</td><td>{v['p99']:.2f}</td>"
+                       f"<td>{v['n']}</td></tr>" for s, v in snap["latency_ms"].items()) + "</table>")
+    foot = (f"results {c['results']} &middot; switches {c['switches']} &middot; motion holds {c['holds']} &middot; "
+            f"errors {c['errors']} &middot; runs seen {len(snap['runs'])}")
+    if c["bad_messages"]:
+        foot += (f' &middot; <span class="bad">messages that were not results: {c["bad_messages"]} '
+                 f"(last: {e(snap['last_bad_message'] or '')})</span>")
+    out.append(f"<p>{foot}</p>")
+    return "\n".join(out)
+
+
+class MonitorServer:
+    """The web page over HTTP, in its own threads (``port`` 0: any free port; see :attr:`url`)."""
+
+    def __init__(self, state: MonitorState, host: str = "127.0.0.1", port: int = 8080,
+                 fd_threshold_mm: float = 0.5):
+        monitor = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                path = self.path.split("?", 1)[0]
+                snap = state.snapshot()
+                if path == "/":
+                    body, kind = _PAGE.format(endpoint=html.escape(state.endpoint),
+                                              panel=render_panel(snap, monitor.fd_threshold_mm)), "text/html"
+                elif path == "/panel":
+                    body, kind = render_panel(snap, monitor.fd_threshold_mm), "text/html"
+                elif path == "/state.json":
+                    body, kind = json.dumps(snap), "application/json"
+                else:
+                    self.send_error(404, "the monitor serves /, /panel and /state.json")
+                    return
+                data = body.encode("utf-8")
+                self.send_response(200)
+                self.send_header("Content-Type", f"{kind}; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, fmt, *args):  # requests are not news; errors still go to the log
+                log.debug("%s " + fmt, self.address_string(), *args)
+
+        self.fd_threshold_mm = fd_threshold_mm
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.host, self.port = self.httpd.server_address[:2]
+        self.url = f"http://{host if ':' not in host else f'[{host}]'}:{self.port}/"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="b2m-monitor-http", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
