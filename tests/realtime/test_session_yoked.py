@@ -126,12 +126,17 @@ def test_a_sham_run_longer_than_its_source_keeps_the_last_clip_and_a_second_run_
     assert all(d["yoked_to"] is None for d in rec["b"]) and rec["a"][24]["yoked_to"] == ["run-01", 24]
 
 
-def test_a_sham_session_replays_identically_from_its_own_record(kit, source, tmp_path):
-    src_dir, _ = source
+def sham_folder(kit, source, tmp_path):
+    """A new sham session folder yoked to ``source`` (as ``b2m session --yoked-from`` starts one), and the library."""
     lib = Library(kit.library)
     folder = tmp_path / "sham"
     folder.mkdir()
-    write_yoked(folder, yoked_schedule(src_dir, lib))
+    write_yoked(folder, yoked_schedule(source[0], lib))
+    return folder, lib
+
+
+def test_a_sham_session_replays_identically_from_its_own_record(kit, source, tmp_path):
+    folder, lib = sham_folder(kit, source, tmp_path)
     session(kit, folder, kit.other, volumes(kit.nifti), yoked=read_yoked(folder), record_volumes=True)
     dec = Decoder(kit.other)
     report = replay_session(folder, lambda offsets: SessionEngine(dec, lib, None, POLICY, run_offsets=offsets,
@@ -226,11 +231,8 @@ def test_an_interrupted_sham_session_continues_yoked_where_it_stopped(kit, sourc
     # state from the record (as `b2m session` does with the kept yoked.json) and goes on with 25..39
     from realtime.session.replay import recorded_decisions, recorded_volumes
 
-    src_dir, src_results = source
-    lib = Library(kit.library)
-    folder = tmp_path / "sham"
-    folder.mkdir()
-    write_yoked(folder, yoked_schedule(src_dir, lib))
+    _, src_results = source
+    folder, lib = sham_folder(kit, source, tmp_path)
     msgs = volumes(kit.nifti)
     dec = Decoder(kit.other)
     first = SessionEngine(dec, lib, None, POLICY, record_dir=str(folder), yoked=read_yoked(folder))
