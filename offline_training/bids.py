@@ -84,6 +84,7 @@ __all__ = [
     "BoldRun",
     "find_subjects",
     "find_runs",
+    "shared_tracks",
     "subject_label",
     "read_sidecar",
     "load_bold",
@@ -344,6 +345,26 @@ class RunFiles:
 
 #: Alias of :class:`RunFiles`.
 BoldRun = RunFiles
+
+
+def shared_tracks(train_runs: Sequence[RunFiles], test_runs: Sequence[RunFiles]) -> list[tuple[str, str, str]]:
+    """GTZAN tracks heard in a Training run and in a Test run: ``(track, training run, test run)``, sorted.
+
+    Test identification measures decoding of music the model never heard only
+    if this is empty: another excerpt of the same recording in training lets a
+    decoder recognise the recording (its instruments, mix and singer) rather
+    than decode the music. ds003720's Training and Test tracks are disjoint.
+    """
+    heard: dict[str, str] = {}
+    for r in train_runs:
+        for e in read_events(r.events):
+            heard.setdefault(e.stimulus_name, r.name)
+    both = set()
+    for r in test_runs:
+        for e in read_events(r.events):
+            if e.stimulus_name in heard:
+                both.add((e.stimulus_name, heard[e.stimulus_name], r.name))
+    return sorted(both)
 
 
 def subject_label(subject: str | int) -> str:

@@ -35,13 +35,13 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from realtime.preprocessing import PreprocessConfig
 
-from .bids import RunFiles, find_runs, load_bold, read_events
+from .bids import RunFiles, find_runs, load_bold, read_events, shared_tracks
 from .ceiling import EV_LAG_S, noise_ceiling, repeat_rows
 from .decoding import DEVIATION_SCALES, decoded_events, evaluate_decoder, fit_decoder, presentation_ids
 from .encoding import delay_features, fit_encoding, run_folds, select_regions, select_voxels, within_genre_scores
@@ -85,6 +85,7 @@ class TrainConfig:
     roi_mask: str | None = None
     parcellation: str | None = None
     top_regions: int = 0
+    allow_shared_tracks: bool = False
 
     def preprocess(self) -> PreprocessConfig:
         return PreprocessConfig(motion=self.motion, detrend=self.detrend, poly_order=self.poly_order,
@@ -212,6 +213,8 @@ class Prepared:
         Brain mask; the voxel order of every run's values is its C order.
     labels : ndarray of shape (n_voxels,), int64, or None
         With ``cfg.parcellation``: each masked voxel's region label, in that order.
+    shared_tracks : list of (track, training run, test run)
+        Tracks heard in both (:func:`~offline_training.bids.shared_tracks`); only with ``allow_shared_tracks``.
     """
 
     train_files: list
@@ -225,6 +228,7 @@ class Prepared:
     affine: np.ndarray
     mask: np.ndarray
     labels: np.ndarray | None = None
+    shared_tracks: list = field(default_factory=list)
 
     def runs(self, cfg: TrainConfig, pcfg: PreprocessConfig, progress: Callable[[int, int], None] | None = None):
         """Training and Test runs through the rest of the chain (``pcfg``: detrend, normalise).
@@ -274,6 +278,12 @@ def prepare(ds: str, cfg: TrainConfig, progress: Progress = _noop, timings: dict
                          "CV needs at least 2")
     if not test_files:
         raise ValueError(f"{ds}: subject {cfg.subject} has no Test runs to evaluate on")
+    shared = shared_tracks(train_files, test_files)
+    if shared and not cfg.allow_shared_tracks:
+        name, train_run, test_run = shared[0]
+        raise ValueError(f"{ds}: {len(shared)} track(s) are heard in both Training and Test runs (first: {name}, in "
+                         f"{train_run} and {test_run}); Test identification would reward recognising the recording. "
+                         "Fix the events, or pass --allow-shared-tracks to train anyway (metrics.json lists them)")
     t0 = time.monotonic()
     stimuli = cfg.stimuli or os.path.join(ds, "stimuli")
     cache = cfg.cache or os.path.join(ds, "derivatives", "b2m", "embeddings")
@@ -307,7 +317,8 @@ def prepare(ds: str, cfg: TrainConfig, progress: Progress = _noop, timings: dict
                                    progress=lambda d, t, i=i: progress("motion correction", i * n_vol + min(d, n_vol),
                                                                        len(all_files) * n_vol)))
     timings["motion_correction"] = time.monotonic() - t0
-    return Prepared(train_files, test_files, stages, targets, embedder, tr, n_vol, reference, affine, bmask, labels)
+    return Prepared(train_files, test_files, stages, targets, embedder, tr, n_vol, reference, affine, bmask, labels,
+                    shared)
 
 
 def _image_on_grid(path: str, shape, affine, what: str) -> np.ndarray:
@@ -369,7 +380,8 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
     pcfg = cfg.preprocess()
     # the dataset identifies the subject beside its label: b2m group pools sub-001 of two datasets as two people
     metrics: dict = {"config": asdict(cfg), "dataset": os.path.abspath(ds), "preprocess": pcfg.to_dict(),
-                     "tr_s": tr, "n_brain_voxels": int(bmask.sum()), "timings_s": timings}
+                     "tr_s": tr, "n_brain_voxels": int(bmask.sum()), "timings_s": timings,
+                     "shared_tracks": [list(t) for t in prep.shared_tracks]}
 
     def fit_eval(pc: PreprocessConfig, tag: str) -> tuple[dict, dict]:
         t0 = time.monotonic()

@@ -80,6 +80,9 @@ def add_parser(sub) -> None:
                    help="with --parcellation: keep every voxel of the N regions whose voxels have the best mean CV "
                         "encoding score in the Training runs (Brain2Music kept 6 Destrieux regions); replaces --voxels")
     p.add_argument("--stimuli", default=None, help="stimulus folder (default DS/stimuli)")
+    p.add_argument("--allow-shared-tracks", action="store_true",
+                   help="train even if a track is heard in both Training and Test runs (refused by default: Test "
+                        "identification would reward recognising the recording); metrics.json lists them")
     p.add_argument("--cache", default=None, help="embedding cache (default DS/derivatives/b2m/embeddings)")
     p.set_defaults(func=run)
 
@@ -101,7 +104,8 @@ def run(args) -> int:
                       calibrate_scale=not args.no_scale_calibration,
                       whiten_readout=not args.no_readout_whitening, threads=args.threads or None,
                       stimuli=args.stimuli, cache=args.cache, roi_mask=args.roi_mask,
-                      parcellation=args.parcellation, top_regions=args.top_regions)
+                      parcellation=args.parcellation, top_regions=args.top_regions,
+                      allow_shared_tracks=args.allow_shared_tracks)
     if bool(args.parcellation) != bool(args.top_regions):
         stderr_console().print("[red]error:[/red] --parcellation and --top-regions go together: give the "
                                    "atlas and how many of its regions to keep")

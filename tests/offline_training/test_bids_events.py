@@ -428,3 +428,44 @@ def test_stimulus_segment_unreadable_audio_names_file(tmp_path, rng):
     (tmp_path / "blues.00098.wav").write_bytes(rng.integers(0, 256, 256, dtype=np.uint8).tobytes())
     with pytest.raises(ValueError, match=r"blues.00098.wav: cannot be read as audio"):
         stimulus_segment(_event(), tmp_path, 16000)
+
+
+# ----------------------------------------------------------------- Training/Test leakage
+
+
+def test_real_ds003720_training_and_test_tracks_are_disjoint(ds_root):
+    from offline_training.bids import shared_tracks
+
+    runs = find_runs(ds_root, "001", require_bold=False)
+    train = [r for r in runs if r.task == "Training"]
+    test = [r for r in runs if r.task == "Test"]
+    assert shared_tracks(train, test) == []
+    # and the check sees a track when it is shared: a Test run that plays a Training run's track
+    names_train = {e.stimulus_name for r in train for e in read_events(r.events)}
+    names_test = {e.stimulus_name for r in test for e in read_events(r.events)}
+    assert len(names_train) == 480 and len(names_test) == 60 and not names_train & names_test
+
+
+def test_shared_tracks_names_each_track_with_both_runs(tmp_path, rng):
+    from offline_training.bids import shared_tracks
+    from offline_training.train import TrainConfig, prepare
+
+    root = _tiny_run(tmp_path, rng)  # Training run-01 plays rock 1 (0-15 s)
+    func = root / "sub-001" / "func"
+    (func / "sub-001_task-Training_run-02_bold.nii.gz").write_bytes(
+        (func / "sub-001_task-Training_run-01_bold.nii.gz").read_bytes())
+    (func / "sub-001_task-Training_run-02_bold.json").write_text(
+        (func / "sub-001_task-Training_run-01_bold.json").read_text())
+    (func / "sub-001_task-Training_run-02_events.tsv").write_text(HEADER + "\n0\t15\t'jazz'\t4\t0\t15\n")
+    _tiny_run(tmp_path, rng, task="Test")
+    # another excerpt (15-30 s) of the same recording: still the same track
+    (func / "sub-001_task-Test_run-01_events.tsv").write_text(HEADER + "\n0\t15\t'rock'\t1\t15\t30\n"
+                                                              "15\t15\t'pop'\t2\t0\t15\n")
+    runs = find_runs(root, "001")
+    train = [r for r in runs if r.task == "Training"]
+    test = [r for r in runs if r.task == "Test"]
+    assert shared_tracks(train, test) == [("rock.00001", "sub-001_task-Training_run-01", "sub-001_task-Test_run-01")]
+    with pytest.raises(ValueError, match=r"1 track\(s\) are heard in both Training and Test runs \(first: "
+                                         r"rock\.00001, in sub-001_task-Training_run-01 and sub-001_task-Test_run-01"
+                                         r"\).*--allow-shared-tracks"):
+        prepare(str(root), TrainConfig(subject="001"))
