@@ -50,6 +50,10 @@ def add_parser(sub) -> None:
                    help="sham feedback (a control group): play what the participant of this earlier session "
                         "heard, run by run and volume by volume, instead of this participant's own decoding "
                         "(which is still recorded); same --library and --mode as that session")
+    p.add_argument("--protocol", metavar="BLOCKS.tsv",
+                   help="a block design for every run: a TSV of onset, duration (s from the run's first volume) and "
+                        "condition (feedback, silence or neutral: the neutral clip whatever is decoded); time outside "
+                        "the blocks is feedback")
     p.add_argument("--allocation", metavar="FILE",
                    help="blinded operator: a TSV (participant_id, condition real|sham, yoked_from) written by "
                         "someone else; with --participant, the session is real or yoked as the file says, and "
@@ -135,7 +139,7 @@ def run_check(args) -> int:
     checks = preflight(args.model, args.library, audio=args.audio, isolate=not args.in_process_audio,
                        bind=args.bind, results=args.results, pyneal_port=args.pyneal_port, insecure=args.insecure,
                        curve=server_keys(args), mode=args.mode, segment_bars=args.segment_bars,
-                       yoked_from=args.yoked_from, blind=args.blind)
+                       yoked_from=args.yoked_from, blind=args.blind, protocol=args.protocol)
     print(format_checks(checks))
     failed = [c.name for c in checks if not c.ok]
     print(f"{len(checks) - len(failed)} of {len(checks)} checks passed"
@@ -158,6 +162,7 @@ def run_live(args) -> int:
     from realtime.session import Dashboard, SessionEngine, session_info, write_session_info
     from realtime.session.engine import SessionOptions
     from realtime.session.generation import atlas_points
+    from realtime.session.protocol import read_protocol
     from realtime.session.replay import recorded_decisions, recorded_volumes
 
     curve = server_keys(args)  # a bad key file stops the session before anything starts
@@ -165,6 +170,7 @@ def run_live(args) -> int:
     decoder, library = open_parts(args.model, args.library)
     policy = _policy(args)
     options = SessionOptions(mode=args.mode, segment_bars=args.segment_bars)
+    protocol = read_protocol(args.protocol) if args.protocol else None
     if args.mode == "generation":
         atlas_points(library)  # a library that is not generated: the error says what to do, before anything opens
     yoked = _yoked(args, library)
@@ -214,7 +220,8 @@ def run_live(args) -> int:
             print(f"pyneal\t{pyneal.host}:{pyneal.port}", file=sys.stderr, flush=True)
         recorded, offsets = recorded_decisions(args.out)
         engine = SessionEngine(decoder, library, output, policy, options, record_dir=args.out,
-                               publisher=publisher, pyneal=pyneal, run_offsets=offsets, yoked=yoked)
+                               publisher=publisher, pyneal=pyneal, run_offsets=offsets, yoked=yoked,
+                               protocol=protocol)
         if offsets:  # a session folder with decisions in it: an interrupted session, continued
             rec = SessionRecord(args.out, sync=False)
             ended_runs = {r for r, run in rec.runs.items() if run.ended}
@@ -222,6 +229,7 @@ def run_live(args) -> int:
             log.info("continuing the session in %s: state rebuilt from %d recorded volumes of %s",
                      args.out, caught["volumes"], ", ".join(caught["runs"]) or "no open run")
         info = session_info(engine, args.model, args.library, args.audio)
+        info["protocol"] = protocol.to_dict() if protocol is not None else None
         if args.blind:
             info["allocation"] = {"file": os.path.abspath(args.allocation), "participant": args.participant}
         write_session_info(args.out, info)
@@ -244,6 +252,7 @@ def run_live(args) -> int:
             part.close()
     summary = session_summary(engine, ended)
     summary["blinded"] = args.blind
+    summary["protocol"] = protocol.to_dict() if protocol is not None else None
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     from realtime.session.decisions import session_results
@@ -258,7 +267,7 @@ def run_live(args) -> int:
     if summary.get("yoked") and not args.blind:
         y = summary["yoked"]
         agree = "n/a" if y["own_agreement"] is None else f"{y['own_agreement']:.1%}"
-        print(f"yoked: {y['trs']} TRs played from {y['source']}, {y['switches']} switches; the participant's own "
+        print(f"yoked: {y['trs']} TRs played from {y['source']}; the participant's own "
               f"decoding would have played the same clip at {agree} of decoded TRs")
     print(f"session: {summary['counts']['volumes']} volumes, {summary['counts']['decoded']} decoded, "
           f"{summary['counts']['switches']} switches, {summary['counts']['holds']} motion holds, "
@@ -343,8 +352,11 @@ def run_export(args) -> int:
         read_events(path)  # names the line and column at fault, as `b2m train` would
         events[run_id] = path
     runs = [r for r in args.run_ids.split(",") if r] if args.run_ids else None
+    from realtime.session.protocol import Protocol
+
+    protocol = Protocol.from_dict(info["protocol"]) if info.get("protocol") else None
     res = export_bids(args.session, args.bids, args.subject, session=args.ses, task=args.task, library=library,
-                      mode=info.get("mode", "retrieval"), runs=runs, events=events)
+                      mode=info.get("mode", "retrieval"), runs=runs, events=events, protocol=protocol)
     for run_id, number in res["runs"].items():
         print(f"{run_id}\trun-{number:02d}")
     for path in res["written"]:
@@ -360,6 +372,7 @@ def run_replay(session: str) -> int:
 
     from realtime.session import SessionEngine, read_session_info, replay_session
     from realtime.session.engine import SessionOptions
+    from realtime.session.protocol import Protocol
     from realtime.session.yoked import read_yoked
     from realtime.feedback import PolicyConfig
 
@@ -368,10 +381,12 @@ def run_replay(session: str) -> int:
     policy = PolicyConfig(**info["policy"])
     options = SessionOptions(**info.get("options", {}))
     yoked = read_yoked(session)
+    protocol = Protocol.from_dict(info["protocol"]) if info.get("protocol") else None
     with Progress(transient=True) as bar:
         task = bar.add_task("replaying", total=None)
         report = replay_session(session, lambda offsets: SessionEngine(decoder, library, None, policy, options,
-                                                                        run_offsets=offsets, yoked=yoked),
+                                                                        run_offsets=offsets, yoked=yoked,
+                                                                        protocol=protocol),
                                 progress=lambda d, t: bar.update(task, completed=d, total=t))
     print(json.dumps(report, indent=2))
     verdict = "identical" if report["identical"] else f"DIFFERENT (first: {report['first_mismatch']})"

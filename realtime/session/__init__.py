@@ -6,7 +6,8 @@
 - :mod:`.decisions`: ``runs/<id>/decisions.log`` of the session record;
 - :mod:`.dashboard`: the rich live view;
 - :mod:`.replay`: rerun a recorded session and check it decides the same;
-- :mod:`.yoked`: sham feedback, the music another session's participant heard.
+- :mod:`.yoked`: sham feedback, the music another session's participant heard;
+- :mod:`.protocol`: block designs (feedback, silence, the neutral clip).
 """
 
 from .dashboard import Dashboard

@@ -7,7 +7,8 @@
     DIR/sub-01[/ses-S]/func/sub-01[_ses-S]_task-T_run-NN_bold.nii.gz    the volumes as received, bit-exact
     DIR/sub-01[/ses-S]/func/sub-01[_ses-S]_task-T_run-NN_bold.json      RepetitionTime, TaskName, b2m's run id
                                                                      (a sham session: whose music it played)
-    DIR/sub-01[/ses-S]/func/sub-01[_ses-S]_task-T_run-NN_events.tsv     one row per clip or piece heard
+    DIR/sub-01[/ses-S]/func/sub-01[_ses-S]_task-T_run-NN_events.tsv     one row per clip or piece heard (music),
+                                                                     silence, and protocol block (block_*)
 
 so a feedback session can be analysed like any other fMRI data (nilearn,
 fMRIPrep), or decoded offline.
@@ -90,13 +91,18 @@ def sounds_begun(decisions: list[dict], library, samplerate: int, *, mode: str =
     by_id = {c.id: c for c in library.clips}
     rows = []
     for d in sorted(decisions, key=lambda d: d["index"]):
-        if d.get("audio_frame") is None or d.get("clip") is None:
+        if d.get("audio_frame") is None:
             continue
         lead = d.get("audio_lead_s")
         if lead is None:  # a WAV sink: frames are session time
             clock, at = "session", d["audio_frame"] / (d.get("audio_rate") or samplerate)
         else:
             clock, at = "wall", d["timestamps"]["audio_scheduled"] + float(lead)
+        if d.get("clip") is None:  # the music faded out (a silence block): silence from here on
+            rows.append({"at": at, "clock": clock, "trial_type": "silence", "clip": "n/a", "genre": "n/a",
+                         "stim_file": "n/a", "clip_start_s": "n/a", "decided_run": run_id or d.get("run_id", ""),
+                         "decided_volume": d["index"], "action": d["action"]})
+            continue
         clip = by_id.get(d["clip"])
         no_file = clip is None or mode == "generation"
         rows.append({"at": at, "clock": clock, "trial_type": "music", "clip": d["clip"],
@@ -157,6 +163,17 @@ def music_events(decisions: list[dict], library, samplerate: int, n_volumes: int
     return rows
 
 
+def block_events(protocol, run_s: float) -> list[dict]:
+    """The protocol's blocks that begin within a run of ``run_s`` seconds, as rows of :data:`EVENT_COLUMNS`.
+
+    ``trial_type`` is ``block_`` and the condition (``block_feedback``, ``block_silence``, ``block_neutral``):
+    the regressors of a block-design analysis, next to the music rows.
+    """
+    rest = {k: "n/a" for k in EVENT_COLUMNS if k not in ("onset", "duration", "trial_type")}
+    return [{"onset": b.onset_s, "duration": min(b.duration_s, run_s - b.onset_s),
+             "trial_type": f"block_{b.condition}", **rest} for b in protocol.blocks if b.onset_s < run_s]
+
+
 def _write_events(path: str, rows: list[dict]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
@@ -189,7 +206,7 @@ def _check_label(name: str, value: str | None) -> None:
 
 def export_bids(session_dir, out_dir, subject: str, *, session: str | None = None, task: str = "neurofeedback",
                 library=None, samplerate: int = 48000, mode: str = "retrieval", runs: list[str] | None = None,
-                events: dict[str, str] | None = None) -> dict:
+                events: dict[str, str] | None = None, protocol=None) -> dict:
     """Write a session record's complete runs, with the music heard, as a BIDS dataset.
 
     Parameters
@@ -213,6 +230,8 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
     events : dict, optional
         ``run_id -> events.tsv`` to copy as that run's events instead of the
         music of its decisions (``b2m present``'s record of a listening run).
+    protocol : realtime.session.protocol.Protocol, optional
+        The session's block design: its blocks are rows too (:func:`block_events`).
 
     Returns
     -------
@@ -301,6 +320,8 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
             out["written"].append(stem + "_events.tsv")
         elif decisions is not None:
             rows = music_events(decisions, library, samplerate, int(run.n_volumes), mode=mode, before=before)
+            if protocol is not None:
+                rows = sorted(rows + block_events(protocol, int(run.n_volumes) * tr_s), key=lambda r: r["onset"])
             _write_events(stem + "_events.tsv", rows)
             out["written"].append(stem + "_events.tsv")
     return out

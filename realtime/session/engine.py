@@ -138,11 +138,13 @@ class SessionEngine:
         A sham session: the schedule of what another session's participant heard
         (:func:`realtime.session.yoked.yoked_schedule`), played instead of this
         participant's own decisions, which are still made and recorded (``own_clip``).
+    protocol : realtime.session.protocol.Protocol, optional
+        Blocks of feedback, silence and the neutral clip in every run (after the yoke).
     """
 
     def __init__(self, decoder, library, output=None, policy: PolicyConfig | None = None,
                  options: SessionOptions | None = None, record_dir=None, publisher=None, pyneal=None,
-                 run_offsets: dict | None = None, yoked: dict | None = None):
+                 run_offsets: dict | None = None, yoked: dict | None = None, protocol=None):
         from protocols.library import check_same_embedder
 
         check_same_embedder(decoder.embedder, library.embedder, "model bundle", "library")
@@ -153,6 +155,10 @@ class SessionEngine:
         self.options = options or SessionOptions()
         self.policy = FeedbackPolicy(library, self.policy_config)
         self.yoke = Yoke(yoked, library) if yoked is not None else None
+        self.protocol = protocol
+        self.condition: str | None = None  # the protocol's block at the last decision
+        self._heard: int | None = None  # the library row the participant hears (None: silence)
+        self._heard_before = False
         self.record_dir = record_dir
         self.publisher = publisher
         self.pyneal = pyneal
@@ -309,10 +315,7 @@ class SessionEngine:
             p2 = time.perf_counter()
             stamps["decoded"] = time.time()
             lat["decoded"] = (p2 - p1) * 1e3
-            decision = own = self.policy.step(t_scan, embedding, flagged)
-            if self.yoke is not None:  # a sham session: what the source participant heard plays instead
-                decision, yoked_to = self.yoke.apply(own, run.run_id, index, embedding is not None)
-                extra = {"own_clip": self.library.clips[own.clip].id, "yoked_to": yoked_to}
+            decision, extra = self._decide(run, index, t_scan, embedding, flagged)
             p3 = time.perf_counter()
             stamps["decided"] = time.time()
             lat["decided"] = (p3 - p2) * 1e3
@@ -328,8 +331,7 @@ class SessionEngine:
             error = f"{type(e).__name__}: {e}"
             if run.error is None:
                 log.exception("%s/%d could not be processed; the session continues", run.run_id, index)
-            playing = self.yoke.current if self.yoke is not None else self.policy.current
-            res.clip = self.library.clips[playing].id if playing is not None else None
+            res.clip = self.library.clips[self._heard].id if self._heard is not None else None
         lat["total"] = (time.perf_counter() - p0) * 1e3
         res.timestamps = stamps
         res.latency_ms = {k: round(v, 4) for k, v in lat.items()}
@@ -342,6 +344,34 @@ class SessionEngine:
         self._emit(run, res, embedding, t_scan, stand_in, (audio_frame, audio_lead), error, extra)
         self._render(t_scan)
         return res
+
+    def _decide(self, run: _Run, index: int, t_scan: float, embedding, flagged: bool) -> tuple[Decision, dict]:
+        """The policy's decision, then what is heard: a sham's source music, then the protocol's block.
+
+        The action says what happens to the sound: ``switch`` when another clip (or, after silence, any
+        clip) starts, ``silence`` when it stops or stays off; otherwise the policy's own action
+        (``neutral``, ``keep``, ``hold``). Returns the decision and what the record adds to it.
+        """
+        own = self.policy.step(t_scan, embedding, flagged)
+        want, extra = own.clip, {}
+        if self.yoke is not None:  # a sham session: what the source participant heard plays instead
+            want, yoked_to = self.yoke.clip_for(own, run.run_id, index, embedding is not None)
+            extra = {"own_clip": self.library.clips[own.clip].id, "yoked_to": yoked_to}
+        if self.protocol is not None:
+            extra["condition"] = self.condition = condition = self.protocol.condition_at((index + 1) * run.tr_s)
+            if condition == "silence":
+                want = None
+            elif condition == "neutral":
+                want = self.policy.neutral_clip
+        prev, self._heard = self._heard, want
+        if want is None:
+            return Decision("silence", None, prev, own.topk, own.current_score), extra
+        starts = want != prev and (prev is not None or self._heard_before)
+        self._heard_before = True
+        if starts:
+            return Decision("switch", want, prev, own.topk, own.current_score), extra
+        return Decision("keep" if own.action == "switch" else own.action, want, None, own.topk,
+                        own.current_score), extra
 
     def _lead_s(self, audio_frame) -> float | None:
         """A sound device: seconds from now (``audio_scheduled``) until ``audio_frame`` is played.
@@ -356,10 +386,10 @@ class SessionEngine:
 
     def _fill(self, res: Result, d: Decision, embedding) -> None:
         res.action = d.action
-        res.clip = self.library.clips[d.clip].id
+        res.clip = self.library.clips[d.clip].id if d.clip is not None else None
         res.embedding = embedding
         res.topk = [(self.library.clips[i].id, round(s, 6)) for i, s in d.topk]
-        res.tags = self.library.clips[d.clip].tag_list()[: self.options.n_tags]
+        res.tags = self.library.clips[d.clip].tag_list()[: self.options.n_tags] if d.clip is not None else []
         cand = [i for i, _ in d.topk if i != d.clip]  # the next switch is almost always to one of these
         ahead = [i for i, _ in d.topk[:3]]
         if self.yoke is not None:  # a sham session knows its next switch: the source's next clip
@@ -370,7 +400,7 @@ class SessionEngine:
         if self.clips is not None and ahead:
             self.clips.prefetch(ahead)
         if self.pieces is not None:  # a switch still waiting for its piece first, then the next candidates
-            waiting = [d.clip] if self._audio_started and d.clip != self._playing else []
+            waiting = [d.clip] if self._audio_started and d.clip not in (self._playing, None) else []
             self.pieces.prefetch(waiting + cand[:2])
 
     # ---- audio ------------------------------------------------------------
@@ -401,6 +431,8 @@ class SessionEngine:
         out = self.output
         if out is None or self._catching_up:
             return None
+        if d.clip is None:
+            return self._silence(t_scan)
         if self.generating:
             return self._generate(d, t_scan)
         frame = None
@@ -414,6 +446,18 @@ class SessionEngine:
             self._audio_started = True
             self._last_cmd_frame = frame = int(at)
         return frame
+
+    def _silence(self, t_scan: float) -> int | None:
+        """Fade what plays out on the next bar (never before a command already scheduled); then nothing plays."""
+        if not self._audio_started:
+            return None
+        out = self.output
+        at = max(self._on_grid(self._decision_frame(t_scan)), self._last_cmd_frame)
+        out.schedule_stop(at, self._fade_frames())
+        self._audio_started = False
+        self._playing = None
+        self._last_cmd_frame = int(at)
+        return int(at)
 
     def _generate(self, d: Decision, t_scan: float) -> int | None:
         """Generation mode: start the chosen piece on a switch; keep the playing one going, segment by segment."""

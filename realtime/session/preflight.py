@@ -14,6 +14,7 @@ will get. Each check uses the real part, exactly as the session opens it:
 - with ``--yoked-from SOURCE`` (a sham session), the source session's played
   clips are read and every one is found in the library (with ``--allocation``,
   the same without saying whether the participant is a sham);
+- with ``--protocol``, the block design is read;
 - the audio output opens and plays the neutral clip for a few seconds, with
   its callbacks and underruns counted.
 
@@ -124,7 +125,8 @@ def _play(library, spec: str, isolate: bool, seconds: float) -> tuple[str, None]
 def preflight(model: str, library: str, *, audio: str = "default", isolate: bool = True,
               bind: str | None = None, results: str | None = None, pyneal_port: int | None = None,
               insecure: bool = False, curve=None, seconds: float = 2.0, mode: str = "retrieval",
-              segment_bars: int = 4, yoked_from: str | None = None, blind: bool = False) -> list[Check]:
+              segment_bars: int = 4, yoked_from: str | None = None, blind: bool = False,
+              protocol: str | None = None) -> list[Check]:
     """Run every check (see the module doc) and return them in order.
 
     Parameters
@@ -151,6 +153,8 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
         Generation: bars per segment, as the session's ``--segment-bars``.
     yoked_from : str, optional
         A sham session's source session folder (``--yoked-from``).
+    protocol : str, optional
+        The block design (``--protocol``): read and checked.
     blind : bool
         The condition came from ``--allocation``: the check is made under the
         name "allocation" for every participant, and its result does not say
@@ -195,6 +199,8 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
             checks.append(_attempt("generator", lambda: _generator_speed(lib, segment_bars))[0])
         else:
             checks.append(Check("generator", False, "not checked: the library did not load"))
+    if protocol is not None:
+        checks.append(_attempt("protocol", lambda: _protocol(protocol))[0])
     if yoked_from is not None or blind:
         name = "allocation" if blind else "yoked source"
         if lib is None:
@@ -213,6 +219,14 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
     else:
         checks.append(Check("audio output", False, "not checked: the library did not load"))
     return checks
+
+
+def _protocol(path: str) -> tuple[str, None]:
+    from .protocol import read_protocol
+
+    blocks = read_protocol(path).blocks
+    return (f"{path}: {len(blocks)} blocks: " + ", ".join(f"{b.condition} {b.onset_s:g}-{b.onset_s + b.duration_s:g} s"
+                                                          for b in blocks[:6]) + (" ..." if len(blocks) > 6 else "")), None
 
 
 def _yoked_source(source: str, library, mode: str) -> tuple[str, None]:

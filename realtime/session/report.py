@@ -120,13 +120,19 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
                      f"{pieces['segments']} / {pieces['pieces']} / {pieces['sync_renders']} / "
                      f"{pieces['switch_waits']} / {pieces['errors']}"))
     yoked = summary.get("yoked")
+    if summary.get("protocol"):
+        p = summary["protocol"]
+        rows.insert(1, ("Block design", f"{p['source']}: " + ", ".join(
+            f"{b['condition']} {b['onset_s']:g}-{b['onset_s'] + b['duration_s']:g} s" for b in p["blocks"])
+            + " (feedback elsewhere), in every run"))
     if summary.get("blinded"):  # the operator reads this page: real or sham stays in the record's files
         rows.insert(1, ("Feedback", "as allocated (blinded)"))
     elif yoked:
         agree = "n/a" if yoked["own_agreement"] is None else f"{yoked['own_agreement']:.1%}"
         rows.insert(1, ("Feedback", f"SHAM, yoked to {yoked['source']} (runs "
                         + ", ".join(f"{k} <- {v}" for k, v in yoked["runs"].items()) + ")"))
-        rows.append(("Sham: switches heard / own decoding played at", f"{yoked['switches']} / {agree} of decoded TRs"))
+        rows.append(("Sham: the participant's own decoding would have played the same clip at",
+                     f"{agree} of decoded TRs"))
     page = html_page("b2m session report", "Session report", rows,
                      session_figures(results, library, fd_threshold_mm) if results else [])
     with open(path, "w") as f:

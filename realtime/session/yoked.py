@@ -93,7 +93,7 @@ def yoked_schedule(source_dir, library, mode: str = "retrieval") -> dict:
     """What the participant of ``source_dir`` heard: ``{"source", "mode", "runs": [{"run_id", "tr_s", "clips"}]}``.
 
     ``clips[i]`` is the library clip id playing after volume ``i`` of that run
-    (None where the source had nothing playing yet). Runs are in the order
+    (None where the source heard silence). Runs are in the order
     they started. Raises ValueError, naming the folder and what to do, if
     ``source_dir`` holds no decisions, was another mode, or played clips that
     ``library`` does not have.
@@ -173,9 +173,10 @@ class Yoke:
         self.schedule = schedule
         self.library = library
         self._ordinal: dict[str, int] = {}  # this session's run id -> the order it started in
-        self.current: int | None = None
+        self.current: int | None = None  # the source's clip at the last volume (None: silence)
+        self._started = False
         self._warned: set = set()
-        self.counts = {"trs": 0, "switches": 0, "beyond_source": 0, "decoded": 0, "own_agrees": 0}
+        self.counts = {"trs": 0, "beyond_source": 0, "decoded": 0, "own_agrees": 0}
 
     def source_run(self, run_id: str) -> dict | None:
         """The source run yoked to this session's run ``run_id`` (None past the source's last run)."""
@@ -183,38 +184,30 @@ class Yoke:
         runs = self.schedule["runs"]
         return runs[k] if k < len(runs) else None
 
-    def apply(self, own: Decision, run_id: str, index: int, decoded: bool) -> tuple[Decision, list | None]:
-        """The decision to play instead of ``own``, and ``[source run id, index]`` it came from (or None).
-
-        The action is ``switch`` when the played clip changes; otherwise it is the own policy's
-        (``neutral``, ``hold`` or ``keep``), so motion holds and the neutral start stay visible in the record.
-        """
+    def clip_for(self, own: Decision, run_id: str, index: int, decoded: bool) -> tuple[int | None, list | None]:
+        """The library row to play instead of ``own.clip`` (None: the source heard silence), and
+        ``[source run id, index]`` it came from (None past the source's record, where what plays is kept)."""
         self._ordinal.setdefault(run_id, len(self._ordinal))
         src = self.source_run(run_id)
         within = src is not None and index < len(src["clips"])
-        clip_id = src["clips"][index] if within else None  # None within: the source had nothing playing yet
-        where = [src["run_id"], index] if clip_id is not None else None
-        if not within:
+        if within:
+            clip_id = src["clips"][index]
+            want = self.library.index_of(clip_id) if clip_id is not None else None
+        else:
             self.counts["beyond_source"] += 1
             if run_id not in self._warned:
                 self._warned.add(run_id)
                 log.warning("yoked: %s/%d is beyond what %s recorded (%s); the clip playing is kept",
                             run_id, index, self.schedule["source"],
                             f"its run {src['run_id']} has {len(src['clips'])} volumes" if src else "no run left")
-        if clip_id is not None:
-            want = self.library.index_of(clip_id)
-        else:  # keep what plays (at the very start: the neutral clip, as the own policy has it)
-            want = self.current if self.current is not None else own.clip
-        prev, self.current = self.current, want
+            want = self.current if self._started else own.clip  # at the very start: the neutral clip
+        self._started = True
+        self.current = want
         self.counts["trs"] += 1
         if decoded:
             self.counts["decoded"] += 1
             self.counts["own_agrees"] += int(own.clip == want)
-        if prev is not None and want != prev:
-            self.counts["switches"] += 1
-            return Decision("switch", want, prev, own.topk, own.current_score), where
-        action = "keep" if own.action == "switch" else own.action
-        return Decision(action, want, None, own.topk, own.current_score), where
+        return want, ([src["run_id"], index] if within else None)
 
     def upcoming(self, run_id: str, index: int) -> int | None:
         """The library row of the next clip the source switched to after volume ``index`` (None if none)."""
@@ -227,7 +220,7 @@ class Yoke:
         return None
 
     def summary(self) -> dict:
-        """Counts for ``summary.json``: TRs yoked, switches heard, and how often the own choice was played."""
+        """Counts for ``summary.json``: TRs yoked, and how often the own choice was played."""
         c = dict(self.counts)
         c["own_agreement"] = c["own_agrees"] / c["decoded"] if c["decoded"] else None
         return {"source": self.schedule["source"], "runs": {r: (self.schedule["runs"][k]["run_id"]

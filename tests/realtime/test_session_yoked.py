@@ -102,7 +102,7 @@ def test_the_sham_plays_the_source_sample_for_sample_and_records_its_own_decodin
     agree = np.mean([own[i].clip == src_results[i].clip for i in decoded])
     assert y["trs"] == 40 and y["decoded"] == len(decoded) and y["beyond_source"] == 0
     assert y["own_agreement"] == pytest.approx(agree)
-    assert y["switches"] == sum(r.action == "switch" for r in src_results)
+    assert eng.counts["switches"] == sum(r.action == "switch" for r in src_results)
     assert y["runs"] == {"run-01": "run-01"}
 
 

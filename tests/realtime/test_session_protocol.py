@@ -1,0 +1,193 @@
+"""Block designs (``b2m session --protocol``): feedback, silence and the neutral clip within a run.
+
+Real parts: nitime's run, the kit's ONNX bundle and library, the real mixer
+writing a WAV. The references: the protocol's intervals computed here, the
+same session without a protocol (the policy's own choices, which the blocks
+must not change), and the WAV's samples (silence is exact zeros).
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+from session_kit import kit_fixture, make_atlas, volumes
+
+from music.library import Library
+from protocols.session import SessionRecord
+from realtime.audio import WavSink
+from realtime.decoder import Decoder
+from realtime.feedback import PolicyConfig
+from realtime.session import SessionEngine, replay_session
+from realtime.session.decisions import run_decisions
+from realtime.session.engine import SessionOptions
+from realtime.session.protocol import Block, Protocol, read_protocol
+
+POLICY = PolicyConfig(smooth_trs=1, margin=0.0, min_dwell_s=5.0, crossfade_s=0.5, align="bar")
+TR = 1.35  # nitime's run: 40 volumes
+# feedback until 13.5 s (not listed), silence 13.5-27 s, neutral 27-40.5 s, then feedback again
+BLOCKS = "onset\tduration\tcondition\n13.5\t13.5\tsilence\n27\t13.5\tneutral\n"
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory, fmri1_nii):
+    return kit_fixture(tmp_path_factory, fmri1_nii)
+
+
+def expected_condition(i: int) -> str:
+    t = (i + 1) * TR  # the decision after volume i
+    return "silence" if 13.5 <= t < 27 else "neutral" if 27 <= t < 40.5 else "feedback"
+
+
+def run(kit, folder, library, protocol=None, mode="retrieval", record_volumes=False):
+    folder.mkdir(parents=True, exist_ok=True)
+    out = WavSink(str(folder / "feedback.wav"), samplerate=48000).start()
+    eng = SessionEngine(Decoder(kit.bundle), Library(library), out, POLICY, SessionOptions(mode=mode),
+                        record_dir=str(folder), protocol=protocol)
+    rec = SessionRecord(str(folder), sync=False) if record_volumes else None
+    results = []
+    for m in volumes(kit.nifti):
+        if rec is not None:
+            rec.append_volume(m, memoryview(np.ascontiguousarray(m.data)).cast("B"), time.time(), "C")
+        results.extend(eng.on_volume(m, time.time()))
+    eng.finish()
+    out.close()
+    return eng, results, out
+
+
+def test_read_protocol_and_its_errors(tmp_path):
+    p = tmp_path / "blocks.tsv"
+    p.write_text(BLOCKS)
+    proto = read_protocol(p)
+    assert proto.blocks == (Block(13.5, 13.5, "silence"), Block(27.0, 13.5, "neutral"))
+    assert [proto.condition_at(t) for t in (0, 13.49, 13.5, 26.99, 27, 40.49, 40.5)] == \
+           ["feedback", "feedback", "silence", "silence", "neutral", "neutral", "feedback"]
+    assert Protocol.from_dict(proto.to_dict()) == proto
+    cases = [
+        ("onset\tcondition\n0\tsilence\n", r"line 1: no column duration"),
+        ("onset\tduration\tcondition\nten\t5\tsilence\n", r"line 2, column onset: 'ten' is not a number"),
+        ("onset\tduration\tcondition\n0\t-5\tsilence\n", r"line 2, column duration: -5; give seconds >= 0"),
+        ("onset\tduration\tcondition\n0\t5\trest\n", r"line 2, column condition: 'rest'; write one of feedback"),
+        ("onset\tduration\tcondition\n0\t0\tsilence\n", r"line 2, column duration: 0; a block must last"),
+        ("onset\tduration\tcondition\n0\t10\tsilence\n5\t10\tneutral\n", r"line 3: the block at 5 s begins "
+                                                                         r"before the one at 0 s ends \(10 s\)"),
+        ("onset\tduration\tcondition\n", r"no blocks"),
+        ("onset\tduration\tcondition\n0\t5\n", r"line 2: 2 fields for 3 columns"),
+    ]
+    for text, message in cases:
+        p.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            read_protocol(p)
+    with pytest.raises(FileNotFoundError, match="--protocol .*: no such file"):
+        read_protocol(tmp_path / "missing.tsv")
+
+
+@pytest.mark.parametrize("mode", ["retrieval", "generation"])
+def test_blocks_silence_and_neutral_the_music_and_feedback_resumes_where_the_policy_is(kit, tmp_path, mode):
+    library = kit.library if mode == "retrieval" else make_atlas(str(tmp_path), 10, seed=3)
+    (tmp_path / "b.tsv").write_text(BLOCKS)
+    proto = read_protocol(tmp_path / "b.tsv")
+    _, free, _ = run(kit, tmp_path / "free", library)
+    eng, blocked, out = run(kit, tmp_path / "blocked", library, proto, mode=mode)
+    lib = eng.library
+    neutral = lib.clips[eng.policy.neutral_clip].id
+    recs = dict(run_decisions(tmp_path / "blocked"))["run-01"]
+    conditions = [expected_condition(i) for i in range(40)]
+    assert [d["condition"] for d in recs] == conditions
+    assert {"feedback", "silence", "neutral"} == set(conditions)
+    for i, (r, f, c) in enumerate(zip(blocked, free, conditions)):
+        if f.embedding is not None:  # decoding goes on in every block
+            np.testing.assert_array_equal(r.embedding, f.embedding)
+        if c == "silence":
+            assert (r.action, r.clip) == ("silence", None), i
+        elif c == "neutral":
+            assert r.clip == neutral, i
+        else:  # the policy went on through the blocks: feedback plays its choice
+            assert r.clip == f.clip, i
+    first_silent = conditions.index("silence")
+    back = len(conditions) - conditions[::-1].index("neutral")  # first feedback after the blocks
+    if free[back].clip != neutral:  # feedback takes over from the neutral clip with a switch
+        assert blocked[back].action == "switch"
+    # the sound: a stop at the first silent decision (on a bar line or after), then exact zeros until the
+    # neutral clip starts at its decision's frame (nothing plays, so no bar to wait for)
+    log = out.executed()
+    stop = next(e for e in log if e["kind"] == "stop")
+    assert stop["frame"] == recs[first_silent]["audio_frame"] >= round((first_silent + 1) * TR * 48000)
+    restart = next(e for e in log if e["kind"] == "switch" and e["frame"] > stop["frame"])
+    first_neutral = conditions.index("neutral")
+    assert restart["frame"] == recs[first_neutral]["audio_frame"] == round((first_neutral + 1) * TR * 48000)
+    wav, _ = sf.read(tmp_path / "blocked" / "feedback.wav", dtype="float32")
+    fade = round(POLICY.crossfade_s * 48000)
+    assert restart["frame"] > stop["frame"] + fade
+    assert not np.any(wav[stop["frame"] + fade: restart["frame"]])
+    assert np.abs(wav[restart["frame"]: restart["frame"] + 48000]).max() > 0.01
+    assert np.abs(wav[stop["frame"] - 48000: stop["frame"]]).max() > 0.01
+
+
+def test_a_session_with_blocks_replays_identically_and_exports_its_blocks_as_events(kit, tmp_path):
+    from realtime.session.bids import export_bids
+
+    (tmp_path / "b.tsv").write_text(BLOCKS)
+    proto = read_protocol(tmp_path / "b.tsv")
+    folder = tmp_path / "session"
+    eng, results, _ = run(kit, folder, kit.library, proto, record_volumes=True)
+    lib, dec = Library(kit.library), Decoder(kit.bundle)
+    report = replay_session(folder, lambda offsets: SessionEngine(dec, lib, None, POLICY, run_offsets=offsets,
+                                                                   protocol=proto))
+    assert report["identical"], report
+    report = replay_session(folder, lambda offsets: SessionEngine(dec, lib, None, POLICY, run_offsets=offsets))
+    assert not report["identical"]  # without the blocks the replay decides otherwise: the check can fail
+
+    export_bids(folder, tmp_path / "bids", "01", library=lib, protocol=proto)
+    with open(tmp_path / "bids" / "sub-01" / "func" / "sub-01_task-neurofeedback_run-01_events.tsv") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    blocks = [(float(r["onset"]), float(r["duration"]), r["trial_type"]) for r in rows
+              if r["trial_type"].startswith("block_")]
+    assert blocks == [(13.5, 13.5, "block_silence"), (27.0, 13.5, "block_neutral")]
+    sound = [r for r in rows if not r["trial_type"].startswith("block_")]
+    silent = [r for r in sound if r["trial_type"] == "silence"]
+    assert len(silent) == 1 and silent[0]["clip"] == "n/a"
+    recs = dict(run_decisions(folder))["run-01"]
+    stop_s = recs[[d["action"] for d in recs].index("silence")]["audio_frame"] / 48000
+    assert float(silent[0]["onset"]) == pytest.approx(stop_s, abs=1e-4)
+    k = sound.index(silent[0])  # the music before ends where the silence begins, and the next sound ends it
+    assert float(sound[k - 1]["onset"]) + float(sound[k - 1]["duration"]) == pytest.approx(stop_s, abs=1e-3)
+    assert sound[k + 1]["trial_type"] == "music" and sound[k + 1]["clip"] == lib.clips[eng.policy.neutral_clip].id
+    assert float(silent[0]["onset"]) + float(silent[0]["duration"]) == pytest.approx(float(sound[k + 1]["onset"]),
+                                                                                     abs=1e-3)
+
+
+def test_session_cli_protocol_runs_replays_and_exports(kit, b2m_proc, endpoint, tmp_path):
+    blocks = tmp_path / "blocks.tsv"
+    blocks.write_text(BLOCKS)
+    out = tmp_path / "session"
+    common = ("--model", kit.bundle, "--library", kit.library, "--bind", endpoint, "--no-dashboard", "--results",
+              "none", "--min-dwell", "5", "--margin", "0", "--smooth-trs", "1", "--crossfade", "0.5",
+              "--protocol", blocks)
+    check = b2m_proc("session", "--check", "--audio", f"wav:{tmp_path}/check.wav", *common, name="check")
+    assert check.wait(timeout=120) == 0, check.stderr()
+    assert "PASS  protocol" in check.stdout() and "silence 13.5-27 s, neutral 27-40.5 s" in check.stdout()
+    sess = b2m_proc("session", "--out", out, "--audio", f"wav:{out}/feedback.wav", "--runs", "1", *common,
+                    name="session")
+    sess.wait_for("ready", timeout=60)
+    tx = b2m_proc("scanner", "replay", kit.nifti, "--connect", endpoint, "--speed", "max", "--run-id", "run-01",
+                  "--quiet", name="replay")
+    assert tx.wait() == 0, tx.stderr()
+    assert sess.wait(timeout=120) == 0, sess.stderr()
+    recs = dict(run_decisions(out))["run-01"]
+    assert [d["condition"] for d in recs] == [expected_condition(i) for i in range(40)]
+    rp = b2m_proc("session", "replay", out, name="replay-check")
+    assert rp.wait(timeout=120) == 0 and "identical" in rp.stdout(), rp.stdout() + rp.stderr()
+    ex = b2m_proc("session", "export", out, "--bids", tmp_path / "bids", "--subject", "01", name="export")
+    assert ex.wait(timeout=120) == 0, ex.stderr()
+    events = (tmp_path / "bids" / "sub-01" / "func" / "sub-01_task-neurofeedback_run-01_events.tsv").read_text()
+    assert "Block design" in (out / "report.html").read_text()
+    assert "\tblock_silence\t" in events and "\tblock_neutral\t" in events and "\tsilence\t" in events
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("onset\tduration\tcondition\n0\t5\trest\n")
+    refused = b2m_proc("session", "--out", tmp_path / "s2", "--audio", f"wav:{tmp_path}/x.wav",
+                       *common[:-1], bad, name="refused")
+    assert refused.wait(timeout=60) == 2 and "column condition: 'rest'" in refused.stderr()
