@@ -191,3 +191,21 @@ def test_session_cli_protocol_runs_replays_and_exports(kit, b2m_proc, endpoint, 
     refused = b2m_proc("session", "--out", tmp_path / "s2", "--audio", f"wav:{tmp_path}/x.wav",
                        *common[:-1], bad, name="refused")
     assert refused.wait(timeout=60) == 2 and "column condition: 'rest'" in refused.stderr()
+
+
+def test_a_sham_of_a_session_with_silence_is_silent_where_its_source_was(kit, tmp_path):
+    from realtime.session.yoked import yoked_schedule
+
+    (tmp_path / "b.tsv").write_text(BLOCKS)
+    _, src, _ = run(kit, tmp_path / "src", kit.library, read_protocol(tmp_path / "b.tsv"))
+    lib = Library(kit.library)
+    sched = yoked_schedule(tmp_path / "src", lib)
+    out = WavSink(str(tmp_path / "sham.wav"), samplerate=48000).start()
+    eng = SessionEngine(Decoder(kit.bundle), lib, out, POLICY, record_dir=str(tmp_path / "sham"), yoked=sched)
+    sham = [r for m in volumes(kit.nifti) for r in eng.on_volume(m, time.time())]
+    eng.finish()
+    out.close()
+    assert [(r.action == "silence", r.clip) for r in sham] == [(r.action == "silence", r.clip) for r in src]
+    a, _ = sf.read(tmp_path / "src" / "feedback.wav", dtype="float32")
+    b, _ = sf.read(tmp_path / "sham.wav", dtype="float32")
+    np.testing.assert_array_equal(a, b)
