@@ -7,7 +7,10 @@ its ack, or from a session record in :mod:`.replay`) through
    configured by the bundle, one per run),
 2. the ONNX decoder (:class:`realtime.decoder.Decoder`, one thread, bound buffers),
 3. the feedback policy (:class:`realtime.feedback.FeedbackPolicy`: smoothing,
-   top-k retrieval, hysteresis, dwell, motion hold, neutral start),
+   top-k retrieval, hysteresis, dwell, motion hold, neutral start), then what
+   is heard instead, if anything: in a sham session the source participant's
+   music (:mod:`.yoked`), and the block design's silence or neutral clip
+   (:mod:`.protocol`); the policy's own choice is recorded either way,
 4. the audio engine: a switch is scheduled on the next bar (or beat) of the
    clip playing, with an equal-power crossfade, the new clip entering on its
    own first beat (in generation mode, :mod:`.generation`, the chosen
@@ -441,6 +444,7 @@ class SessionEngine:
             at = self._decision_frame(t_scan)
             if self._audio_started:
                 at = self._on_grid(at)  # retrieval: _beats_per_bar stays 4
+            at = max(at, self._last_cmd_frame)  # after silence: never before the fade-out it follows
             offset = int(ready.beat_frames[0]) if ready.beat_frames.size else 0
             out.schedule_switch(at, ready.source, self._fade_frames(), offset=offset, beat_frames=ready.beat_frames)
             self._audio_started = True
@@ -472,9 +476,8 @@ class SessionEngine:
         if not self._audio_started or want != self._playing:
             seg = self.pieces.start(want)
             self._playing = want
-            if self._audio_started:
-                # a continuation may already be scheduled: never before it
-                at = max(self._on_grid(at), self._last_cmd_frame)
+            # a continuation (or, after silence, the fade-out) may already be scheduled: never before it
+            at = max(self._on_grid(at) if self._audio_started else at, self._last_cmd_frame)
             out.schedule_switch(at, seg.source, self._fade_frames(), beat_frames=seg.beat_frames)
             self._audio_started = True
             self._beats_per_bar = seg.beats_per_bar

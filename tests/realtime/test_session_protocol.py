@@ -209,3 +209,22 @@ def test_a_sham_of_a_session_with_silence_is_silent_where_its_source_was(kit, tm
     a, _ = sf.read(tmp_path / "src" / "feedback.wav", dtype="float32")
     b, _ = sf.read(tmp_path / "sham.wav", dtype="float32")
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["retrieval", "generation"])
+def test_a_silence_shorter_than_a_bar_never_schedules_out_of_order(kit, tmp_path, mode):
+    # the fade-out waits for the next bar, which can lie after the next decision: the music that follows
+    # must start no earlier than the fade-out, not be refused by the mixer as out of time order
+    library = kit.library if mode == "retrieval" else make_atlas(str(tmp_path), 10, seed=3)
+    (tmp_path / "b.tsv").write_text("onset\tduration\tcondition\n5.4\t1.35\tsilence\n")  # volume 3's decision
+    eng, results, out = run(kit, tmp_path / "s", library, read_protocol(tmp_path / "b.tsv"), mode=mode)
+    assert [r.action for r in results].count("silence") == 1
+    assert eng.counts["errors"] == 0 and "error" not in [r.action for r in results]
+    log = out.executed()
+    frames = [e["frame"] for e in log]
+    assert frames == sorted(frames) and [e["kind"] for e in log].count("stop") == 2  # the block's, the end's
+    stop = next(e for e in log if e["kind"] == "stop")
+    assert stop["frame"] > round(4 * TR * 48000)  # the decision after volume 3 is at 4 TR ...
+    assert stop["frame"] > round(5 * TR * 48000)  # ... and the fade-out begins after the next decision's frame
+    after = log[log.index(stop) + 1]
+    assert after["kind"] == "switch" and after["frame"] == stop["frame"]  # so the music returns as it fades
