@@ -174,6 +174,7 @@ def run_live(args) -> int:
     if args.mode == "generation":
         atlas_points(library)  # a library that is not generated: the error says what to do, before anything opens
     yoked = _yoked(args, library)
+    _same_protocol(args.out, protocol)
     os.makedirs(args.out, exist_ok=True)
     if yoked is not None:
         from realtime.session.yoked import write_yoked
@@ -282,6 +283,20 @@ def session_summary(engine, ended) -> dict:
     return {"runs_ended": ended, "mode": engine.options.mode, "counts": st["counts"], "latency_ms": st["latency_ms"],
             "audio_underruns": audio.get("underruns"), "audio": audio, "clips": st.get("clips"),
             "pieces": st.get("pieces"), "yoked": st.get("yoked")}
+
+
+def _same_protocol(out: str, protocol) -> None:
+    """A session continued in ``out`` keeps the block design it began with (else its decisions would not replay)."""
+    from realtime.session.replay import SESSION_JSON, read_session_info, recorded_decisions
+
+    if not os.path.exists(os.path.join(out, SESSION_JSON)) or not recorded_decisions(out)[0]:
+        return
+    before = (read_session_info(out).get("protocol") or {}).get("blocks")
+    now = protocol.to_dict()["blocks"] if protocol is not None else None
+    if before != now:
+        raise ValueError(f"{out} began " + (f"with the blocks of {read_session_info(out)['protocol']['source']}"
+                                            if before else "without a --protocol")
+                         + "; continue it with the same --protocol, or start a new --out")
 
 
 def _allocate(args) -> bool:
