@@ -256,12 +256,13 @@ def run_live(args) -> int:
     summary["protocol"] = protocol.to_dict() if protocol is not None else None
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    from realtime.session.decisions import session_results
+    from realtime.session.decisions import run_decisions, session_results
     from realtime.session.report import write_session_report
 
     try:
+        tr_by_run = {run_id: float(ds[0]["tr_s"]) for run_id, ds in run_decisions(args.out) if ds}
         write_session_report(os.path.join(args.out, "report.html"), summary, session_results(args.out), library,
-                             engine.preprocess.motion_config.fd_threshold_mm)
+                             engine.preprocess.motion_config.fd_threshold_mm, tr_by_run)
     except Exception:  # the record and summary are written; a plotting problem must not hide them
         log.exception("could not write %s", os.path.join(args.out, "report.html"))
     lat = summary["latency_ms"].get("total", {})

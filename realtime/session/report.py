@@ -37,11 +37,13 @@ def png_base64(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def session_figures(results, library, fd_threshold_mm: float = 0.5) -> list[tuple[str, str]]:
+def session_figures(results, library, fd_threshold_mm: float = 0.5, blocks=None) -> list[tuple[str, str]]:
     """``(title, base64 PNG)`` for: the music over time, latency per stage, head motion.
 
     ``results`` are the session's :class:`protocols.wire.Result` in order;
-    time is the volume index (one TR each), per run.
+    time is the volume index (one TR each), per run. ``blocks`` (optional):
+    ``run_id -> [(first volume, last volume, condition)]`` of a block design,
+    shaded behind the music (silence and neutral blocks).
     """
     import matplotlib
 
@@ -52,19 +54,30 @@ def session_figures(results, library, fd_threshold_mm: float = 0.5) -> list[tupl
     runs = list(dict.fromkeys(r.run_id for r in results))
     labels = sorted({(library.clips[library.index_of(r.clip)].genre or library.clips[library.index_of(r.clip)].source)
                      for r in results if r.clip})
+    if any(r.action == "silence" for r in results):
+        labels.append("(silence)")
     row = {g: k for k, g in enumerate(labels)}
     fig, axes = plt.subplots(len(runs), 1, figsize=(11, 1.2 + 0.35 * max(len(labels), 3) * len(runs)),
                              squeeze=False)
     for ax, run_id in zip(axes[:, 0], runs):
-        rr = [r for r in results if r.run_id == run_id and r.clip]
-        g = [row[library.clips[library.index_of(r.clip)].genre or library.clips[library.index_of(r.clip)].source]
+        rr = [r for r in results if r.run_id == run_id and (r.clip or r.action == "silence")]
+        g = [row["(silence)"] if r.clip is None else
+             row[library.clips[library.index_of(r.clip)].genre or library.clips[library.index_of(r.clip)].source]
              for r in rr]
+        shades = {"silence": "0.85", "neutral": "#fde9c8"}
+        for first, last, condition in (blocks or {}).get(run_id, []):
+            if condition in shades:
+                ax.axvspan(first - 0.5, last + 0.5, color=shades[condition], zorder=0, lw=0,
+                           label=f"{condition} block")
         ax.step([r.index for r in rr], g, where="post", color="tab:blue", lw=1.2)
         sw = [(r.index, row[library.clips[library.index_of(r.clip)].genre
                              or library.clips[library.index_of(r.clip)].source]) for r in rr if r.action == "switch"]
         if sw:
             ax.scatter(*np.array(sw).T, color="tab:red", s=14, zorder=3, label="switch")
-            ax.legend(loc="upper right", fontsize=8)
+        handles, names = ax.get_legend_handles_labels()
+        if handles:
+            keep = dict(zip(names, handles))  # one entry per kind of block
+            ax.legend(keep.values(), keep.keys(), loc="upper right", fontsize=8)
         ax.set_yticks(range(len(labels)), labels)
         ax.set_title(f"{run_id}: genre (or source) of the clip playing", fontsize=10)
     axes[-1, 0].set_xlabel("volume")
@@ -101,8 +114,32 @@ def session_figures(results, library, fd_threshold_mm: float = 0.5) -> list[tupl
     return figs
 
 
-def write_session_report(path: str, summary: dict, results, library, fd_threshold_mm: float = 0.5) -> str:
-    """Write ``path`` (HTML) with the headline counts and :func:`session_figures`."""
+def block_volumes(protocol: dict, tr_by_run: dict) -> dict:
+    """``run_id -> [(first volume, last volume, condition)]``: the volumes whose decisions fall in each block.
+
+    ``protocol`` is :meth:`realtime.session.protocol.Protocol.to_dict`; the decision after volume ``i``
+    falls at ``(i + 1) * TR`` into the run.
+    """
+    import math
+
+    out = {}
+    for run_id, tr in tr_by_run.items():
+        spans = []
+        for b in protocol["blocks"]:
+            first = max(math.ceil(b["onset_s"] / tr - 1 - 1e-9), 0)
+            last = math.ceil((b["onset_s"] + b["duration_s"]) / tr - 1 - 1e-9) - 1
+            if last >= first:
+                spans.append((first, last, b["condition"]))
+        out[run_id] = spans
+    return out
+
+
+def write_session_report(path: str, summary: dict, results, library, fd_threshold_mm: float = 0.5,
+                         tr_by_run: dict | None = None) -> str:
+    """Write ``path`` (HTML) with the headline counts and :func:`session_figures`.
+
+    ``tr_by_run`` (``run_id -> TR``, seconds) places a block design (``summary["protocol"]``) on the volumes.
+    """
     c = summary["counts"]
     lat = summary["latency_ms"].get("total", {})
     rows = [("Volumes / decoded", f"{c['volumes']} / {c['decoded']}"),
@@ -133,8 +170,9 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
                         + ", ".join(f"{k} <- {v}" for k, v in yoked["runs"].items()) + ")"))
         rows.append(("Sham: the participant's own decoding would have played the same clip at",
                      f"{agree} of decoded TRs"))
+    blocks = block_volumes(summary["protocol"], tr_by_run or {}) if summary.get("protocol") else None
     page = html_page("b2m session report", "Session report", rows,
-                     session_figures(results, library, fd_threshold_mm) if results else [])
+                     session_figures(results, library, fd_threshold_mm, blocks) if results else [])
     with open(path, "w") as f:
         f.write(page)
     return path

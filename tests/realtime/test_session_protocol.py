@@ -249,3 +249,15 @@ def test_a_session_is_continued_only_with_the_blocks_it_began_with(kit, tmp_path
     with pytest.raises(ValueError, match="began without a --protocol"):
         _same_protocol(str(folder), proto)
     _same_protocol(str(tmp_path / "new"), proto)  # a new folder: anything goes
+
+
+def test_block_volumes_are_the_volumes_whose_decisions_fall_in_each_block():
+    from realtime.session.report import block_volumes
+
+    proto = {"blocks": [{"onset_s": 13.5, "duration_s": 13.5, "condition": "silence"},
+                        {"onset_s": 27.0, "duration_s": 13.5, "condition": "neutral"}]}
+    spans = block_volumes(proto, {"run-01": TR})["run-01"]
+    for first, last, condition in spans:  # the closed form above, volume by volume
+        assert {expected_condition(i) for i in range(first, last + 1)} == {condition}
+        assert expected_condition(first - 1) != condition and expected_condition(last + 1) != condition
+    assert [c for _, _, c in spans] == ["silence", "neutral"]
