@@ -17,13 +17,20 @@ import numpy as np
 
 from protocols.session import run_volumes
 
-__all__ = ["NiftiRun", "read_nifti_run", "header_tr_s", "tr_seconds", "export_run_nifti", "run_export_args",
-           "iter_volumes"]
+__all__ = ["NiftiRun", "read_nifti_run", "header_tr_s", "tr_seconds", "implausible_tr", "export_run_nifti",
+           "run_export_args", "iter_volumes"]
 
 log = logging.getLogger("b2m.nifti")
 
 _TIME_UNIT_S = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
-_MAX_TR_S = 60.0  # a longer "TR" is a unit error
+#: The TRs taken from a header as a volume's TR, seconds: outside, it is a unit error or a placeholder
+#: (Philips XTC writes 1 ms), and ``--tr`` gives the TR. The one rule for NIfTI, DICOM and PAR headers.
+TR_RANGE_S = (0.1, 60.0)
+
+
+def implausible_tr(tr_s: float) -> bool:
+    """Whether ``tr_s`` (seconds) cannot be a volume's TR (:data:`TR_RANGE_S`; NaN included)."""
+    return not TR_RANGE_S[0] <= tr_s <= TR_RANGE_S[1]
 
 
 @dataclass
@@ -91,7 +98,7 @@ def tr_seconds(header) -> tuple[float | None, str]:
     """TR in seconds from a NIfTI header (:func:`header_tr_s`), if it can be trusted.
 
     Returns ``(tr, "")``, or ``(None, reason)`` when the header has no time
-    unit, or the TR is not positive and finite, or over 60 s (e.g. a value in
+    unit, or the TR is outside :data:`TR_RANGE_S` (e.g. a value in
     milliseconds labelled as seconds, as in nibabel's ``example4d.nii.gz``).
     """
     try:
@@ -101,7 +108,7 @@ def tr_seconds(header) -> tuple[float | None, str]:
     pixdim = header.get_zooms()[3]
     if not np.isfinite(tr) or tr <= 0:
         return None, f"pixdim[4] is {pixdim}"
-    if tr > _MAX_TR_S:
+    if implausible_tr(tr):
         unit = header.get_xyzt_units()[1]
         return None, f"pixdim[4] is {pixdim} labelled '{unit}', which is not a plausible TR in seconds"
     return tr, ""

@@ -31,7 +31,11 @@ several images of each slice (``image_type_mr``: the XTC dumps at hand hold
 16, unsigned magnitude, and 17, phase in milliradians). The default is the
 magnitude: code 0 where present, else the lowest code, which is the image
 Pyneal sends. The dumps' ``Repetition time [ms]`` reads 1, which no EPI
-volume can have: a TR under 0.1 s is taken as missing, and ``--tr`` gives it.
+volume can have.
+
+Every vendor's header TR goes through one rule (:data:`realtime.nifti_io.TR_RANGE_S`,
+0.1-60 s): outside it the TR is taken as missing (``tr_note`` says why) and
+``--tr`` gives it; the volume itself is read all the same.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..nifti_io import implausible_tr
 
 __all__ = ["VENDORS", "ScannerVolume", "SliceInfo", "VendorFileError", "read_siemens_mosaic", "read_ge_slice",
            "stack_ge_slices", "read_nifti_volume", "read_philips_parrec", "philips_rec_path"]
@@ -99,14 +105,15 @@ def _dcmread(path: str):
         raise VendorFileError(f"{path}: not a readable DICOM file ({type(e).__name__}: {e})") from e
 
 
-def _tr_s(ds, path: str) -> float | None:
+def _tr_s(ds, path: str) -> tuple[float | None, str]:
+    """The DICOM's TR in seconds and "", or None and why (missing, or not a volume's TR: ``--tr`` gives it)."""
     tr = ds.get("RepetitionTime")
     if tr is None:
-        return None
+        return None, f"{path}: no RepetitionTime in the DICOM header"
     tr = float(tr) / 1000.0
-    if not 0.0 < tr <= 60.0:
-        raise VendorFileError(f"{path}: RepetitionTime {tr * 1000:g} ms is not a usable TR; give it with --tr")
-    return tr
+    if implausible_tr(tr):
+        return None, f"{path}: RepetitionTime {tr * 1000:g} ms is not a volume's TR"
+    return tr, ""
 
 
 def _require(ds, name: str, path: str):
@@ -144,8 +151,9 @@ def read_siemens_mosaic(path) -> ScannerVolume:
             raise VendorFileError(f"{path}: the mosaic does not unpack ({e}); check NumberOfImagesInMosaic "
                                   "in the CSA header") from e
     number = _require(ds, "AcquisitionNumber", path)
-    return ScannerVolume(index=int(number) - 1, data=data, affine=affine, tr_s=_tr_s(ds, path),
-                         series=str(ds.get("SeriesNumber", "")), files=(path,))
+    tr, note = _tr_s(ds, path)
+    return ScannerVolume(index=int(number) - 1, data=data, affine=affine, tr_s=tr,
+                         series=str(ds.get("SeriesNumber", "")), files=(path,), tr_note=note)
 
 
 @dataclass
@@ -161,6 +169,7 @@ class SliceInfo:
     tr_s: float | None
     series: str
     path: str
+    tr_note: str = ""  # why tr_s is None
 
 
 def read_ge_slice(path, slices_per_volume: int | None = None) -> SliceInfo:
@@ -186,11 +195,12 @@ def read_ge_slice(path, slices_per_volume: int | None = None) -> SliceInfo:
         pixels = ds.pixel_array
     except Exception as e:
         raise VendorFileError(f"{path}: the pixel data cannot be decoded ({e}); the file may be incomplete") from e
+    tr, note = _tr_s(ds, path)
     return SliceInfo(volume=(instance - 1) // n, n_slices=n,
                      position=np.asarray(_require(ds, "ImagePositionPatient", path), dtype=np.float64),
                      orientation=np.asarray(_require(ds, "ImageOrientationPatient", path), dtype=np.float64),
                      spacing=np.asarray(_require(ds, "PixelSpacing", path), dtype=np.float64),
-                     pixels=pixels, tr_s=_tr_s(ds, path), series=str(ds.get("SeriesNumber", "")), path=path)
+                     pixels=pixels, tr_s=tr, series=str(ds.get("SeriesNumber", "")), path=path, tr_note=note)
 
 
 def stack_ge_slices(slices: list[SliceInfo]) -> ScannerVolume:
@@ -230,7 +240,7 @@ def stack_ge_slices(slices: list[SliceInfo]) -> ScannerVolume:
     affine[:3, 3] = pos[0]
     data = np.stack([s.pixels for s in order], axis=-1)
     return ScannerVolume(index=first.volume, data=data, affine=_LPS_TO_RAS @ affine, tr_s=first.tr_s,
-                         series=first.series, files=tuple(s.path for s in order))
+                         series=first.series, files=tuple(s.path for s in order), tr_note=first.tr_note)
 
 
 def read_nifti_volume(path, index: int) -> ScannerVolume:
@@ -257,10 +267,6 @@ def read_nifti_volume(path, index: int) -> ScannerVolume:
     tr, _ = tr_seconds(img.header)  # a 3-D header rarely has a TR; then it comes from --tr
     return ScannerVolume(index=index, data=np.ascontiguousarray(data), affine=np.asarray(img.affine, np.float64),
                          tr_s=tr, series="", files=(path,))
-
-
-#: The shortest TR taken from a header as a volume's TR, seconds.
-_MIN_VOLUME_TR_S = 0.1
 
 
 def philips_rec_path(par_path) -> str | None:
@@ -342,7 +348,7 @@ def read_philips_parrec(path, image_type: int | None = None) -> ScannerVolume:
             raise VendorFileError(f"{path}: Acquisition nr {acq} must be >= 1 (it numbers the volumes)")
         tr_ms = float(np.ravel(hdr.general_info["repetition_time"])[0])
         tr, note = tr_ms / 1000.0, ""
-        if not _MIN_VOLUME_TR_S <= tr <= 60.0:
+        if implausible_tr(tr):
             tr, note = None, f"{path}: Repetition time [ms] is {tr_ms:g} in the PAR header, not a volume's TR"
     return ScannerVolume(index=acq - 1, data=np.ascontiguousarray(data), affine=affine,
                          tr_s=tr, series=os.path.basename(os.path.dirname(os.path.abspath(path))),

@@ -171,3 +171,24 @@ def test_philips_incomplete_or_foreign_pairs_name_the_file(tmp_path):
     junk.write_text("# not a PAR header\n. nothing : here\n")
     with pytest.raises(VendorFileError, match="junk.par: not a readable PAR header"):
         read_philips_parrec(junk)
+
+
+@pytest.mark.parametrize("tr_ms", [0.0, 1.0, 61000.0, None])
+def test_a_dicom_tr_that_is_no_volumes_tr_is_missing_not_a_bad_file(tmp_path, tr_ms):
+    # one rule for every vendor's header (realtime.nifti_io.TR_RANGE_S): outside it the TR is unknown and
+    # --tr gives it; the volume itself is still read (it used to be refused as a bad file for DICOM)
+    for src, reader in ((SIEMENS[0], read_siemens_mosaic), (GE[0], read_ge_slice)):
+        ds = pydicom.dcmread(src)
+        if tr_ms is None:
+            del ds.RepetitionTime
+        else:
+            ds.RepetitionTime = tr_ms
+        path = str(tmp_path / f"{reader.__name__}.dcm")
+        ds.save_as(path)
+        got = reader(path)
+        assert got.tr_s is None
+        assert path in got.tr_note and ("no RepetitionTime" if tr_ms is None else f"RepetitionTime {tr_ms:g} ms") \
+            in got.tr_note
+        want = reader(src)
+        np.testing.assert_array_equal(got.data if hasattr(got, "data") else got.pixels,
+                                      want.data if hasattr(want, "data") else want.pixels)
