@@ -44,8 +44,9 @@ def run(args) -> int:
           f"{s['counts']['switches']} switches, {s['counts']['holds']} motion holds", file=sys.stdout)
     gen = s.get("generator")
     if gen:
-        print(f"music composed live: {gen['segments']} segments, {gen['pieces']} pieces begun, "
-              f"{gen['sync_renders']} rendered on the spot, {gen['errors']} errors", file=sys.stdout)
+        from realtime.session.generation import describe_pieces
+
+        print(f"music composed live: {describe_pieces(gen)}", file=sys.stdout)
         if gen["sync_renders"] and not args.realtime:  # these TRs dominate the p99 of an accelerated replay
             print(f"  replayed at {s['throughput_tr_per_s']} TR/s into a WAV on the scanner's clock, music is "
                   "rendered as it is decided (so the file never depends on thread timing); at TR pace on a "

@@ -78,9 +78,9 @@ class Dashboard:
             head.add_row("playing", f"{r.clip}  ({clip.genre or clip.source})" if clip else "-")
             pieces = st.get("pieces")
             if pieces is not None:  # generation mode: the piece is composed live
-                head.add_row("generator", f"{pieces['segments']} segments of {e.options.segment_bars} bars, "
-                             f"{pieces['pieces']} pieces begun, {pieces['sync_renders']} rendered on the spot, "
-                             f"{pieces['switch_waits']} TRs a switch waited, {pieces['errors']} errors")
+                from .generation import describe_pieces
+
+                head.add_row("generator", describe_pieces(pieces, e.options.segment_bars))
             head.add_row("tags", ", ".join(f"{t} {p:.2f}" for t, p in r.tags) or "-")
             head.add_row("next candidate", e.next_candidate or "-")
             recent = list(e.results)[-60:]  # list() copies under the GIL: the loop may be appending

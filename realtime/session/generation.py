@@ -45,7 +45,7 @@ from .wants import WantList
 
 log = logging.getLogger("b2m.session")
 
-__all__ = ["Segment", "LivePieces", "atlas_points", "AtlasError"]
+__all__ = ["Segment", "LivePieces", "atlas_points", "AtlasError", "describe_pieces"]
 
 WORKER_NICE = 5  # added to the worker thread's nice value
 CHUNK = 16384    # samples the worker renders between looks at the session (0.34 s of audio at 48 kHz, ~6 ms)
@@ -117,6 +117,13 @@ class _Piece:
         self.ahead: deque[Segment] = deque()
         self.busy = False             # a thread is rendering it
         self.failed = False           # the worker's render failed: no more rendering ahead
+
+
+def describe_pieces(stats: dict, segment_bars: int | None = None) -> str:
+    """:attr:`LivePieces.stats` in words, as the dashboard, the report and the demo print them."""
+    bars = f" of {segment_bars} bars" if segment_bars else ""
+    return (f"{stats['segments']} segments{bars}, {stats['pieces']} pieces begun, {stats['sync_renders']} rendered "
+            f"on the spot, {stats['switch_waits']} TRs a switch waited, {stats['errors']} errors")
 
 
 class LivePieces:

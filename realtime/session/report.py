@@ -153,9 +153,9 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
     rows.insert(0, ("Music", "generated live from the library's generator points" if pieces is not None
                     else "retrieved from the library"))
     if pieces is not None:
-        rows.append(("Generator: segments / pieces begun / rendered on the spot / TRs a switch waited / errors",
-                     f"{pieces['segments']} / {pieces['pieces']} / {pieces['sync_renders']} / "
-                     f"{pieces['switch_waits']} / {pieces['errors']}"))
+        from .generation import describe_pieces
+
+        rows.append(("Generator", describe_pieces(pieces)))
     yoked = summary.get("yoked")
     if summary.get("protocol"):
         p = summary["protocol"]

@@ -201,7 +201,8 @@ def test_b2m_session_mode_generation_end_to_end_and_replay(kit, atlas, b2m_proc,
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mode"] == "generation" and summary["counts"]["volumes"] == 40
     page = (out / "report.html").read_text()
-    assert "generated live from the library" in page and f"{summary['pieces']['segments']} / " in page
+    p = summary["pieces"]
+    assert "generated live from the library" in page and f"{p['segments']} segments, {p['pieces']} pieces begun" in page
     assert summary["pieces"]["errors"] == 0 and summary["pieces"]["segments"] >= 40 * 1.35 / 6
     wav, sr = sf.read(str(out / "feedback.wav"), dtype="float32")
     assert sr == 48000 and len(wav) >= 40 * 1.35 * sr
