@@ -226,7 +226,11 @@ class Result:
     action : str
         ``neutral``, ``keep``, ``switch``, ``hold`` (motion) or ``error``.
     clip : str or None
-        The clip playing (or about to) after this decision.
+        The clip playing (or about to) after this decision (None in silence).
+    condition : str or None
+        The block design's condition at this decision (``feedback``,
+        ``silence`` or ``neutral``), None without a block design. Optional
+        on the wire: a result without it decodes as None.
     """
 
     run_id: str
@@ -242,6 +246,7 @@ class Result:
     tags: list = field(default_factory=list)
     action: str = "neutral"
     clip: str | None = None
+    condition: str | None = None
     type: Literal["result"] = field(default="result", init=False)
 
 
@@ -331,6 +336,8 @@ def encode(msg: Message) -> list:
                  fd_mm=None if msg.fd_mm is None else float(msg.fd_mm), flagged=bool(msg.flagged),
                  embedding=emb, topk=[[str(c), float(v)] for c, v in msg.topk],
                  tags=[[str(t), float(v)] for t, v in msg.tags], action=msg.action, clip=msg.clip)
+        if msg.condition is not None:
+            h["condition"] = str(msg.condition)
     elif isinstance(msg, Reject):
         h = _base("reject")
         h.update(field=msg.field, reason=msg.reason, of=msg.of, run_id=msg.run_id, index=msg.index,
@@ -610,7 +617,8 @@ def _decode_result(h: dict, frames) -> Result:
                   motion=motion, fd_mm=_finite(h, "fd_mm", optional=True), flagged=bool(_get(h, "flagged", bool)),
                   embedding=None if emb is None else np.frombuffer(emb, "<f4"),
                   topk=[(c, v) for c, v in _get(h, "topk", list)], tags=[(t, v) for t, v in _get(h, "tags", list)],
-                  action=_get(h, "action", str), clip=_get(h, "clip", str, optional=True))
+                  action=_get(h, "action", str), clip=_get(h, "clip", str, optional=True),
+                  condition=_get(h, "condition", str, optional=True))
 
 
 _DECODERS = {

@@ -57,7 +57,7 @@ class MonitorState:
     def add(self, r: Result) -> None:
         with self._lock:
             self._runs.setdefault(r.run_id, deque(maxlen=KEPT)).append(
-                (r.index, r.action, r.clip, r.fd_mm, r.flagged, dict(r.timestamps)))
+                (r.index, r.action, r.clip, r.fd_mm, r.flagged, r.condition))
             for s in STAGES:
                 if s in r.latency_ms:
                     self._latency[s].append(float(r.latency_ms[s]))
@@ -76,8 +76,8 @@ class MonitorState:
         """The state as plain JSON types (see the module doc)."""
         with self._lock:
             r = self.last
-            runs = {run_id: [{"index": i, "action": a, "clip": c, "fd_mm": fd, "flagged": fl}
-                             for i, a, c, fd, fl, _ in rows] for run_id, rows in self._runs.items()}
+            runs = {run_id: [{"index": i, "action": a, "clip": c, "fd_mm": fd, "flagged": fl, "condition": cond}
+                             for i, a, c, fd, fl, cond in rows] for run_id, rows in self._runs.items()}
             lat = {s: {"last": v[-1], "p50": float(np.median(v)), "p99": float(np.percentile(v, 99)), "n": len(v)}
                    for s, v in ((s, list(q)) for s, q in self._latency.items()) if v}
             last = None
@@ -90,7 +90,7 @@ class MonitorState:
                         break
                     since = i
                 last = {"run_id": r.run_id, "index": r.index, "decoded_index": r.decoded_index, "action": r.action,
-                        "clip": r.clip, "tags": [list(t) for t in r.tags], "fd_mm": r.fd_mm, "flagged": r.flagged,
+                        "clip": r.clip, "condition": r.condition, "tags": [list(t) for t in r.tags], "fd_mm": r.fd_mm, "flagged": r.flagged,
                         "topk": [list(t) for t in r.topk], "playing_since_index": since,
                         "lag_s": (r.timestamps.get("audio_scheduled", self.last_seen) - acquired) if acquired else None}
                 # lag_s: from the volume's acquisition to its music being scheduled (scanner and session clocks)
@@ -228,7 +228,9 @@ def render_panel(snap: dict, fd_threshold_mm: float = 0.5, stale_s: float = 10.0
         rows = [("run / volume", f"{last['run_id']} / {last['index']} (decodes moment {last['decoded_index']})"),
                 ("acquired -> music scheduled", f"{last['lag_s']:.2f} s" if last["lag_s"] is not None else "n/a"),
                 ("action", last["action"] + ("  [motion hold]" if last["flagged"] else "")),
-                ("playing", f"{last['clip']}" + (f" (since volume {since})" if since is not None else "")),
+                *([("block", last["condition"])] if last["condition"] else []),
+                ("playing", f"{last['clip'] or 'nothing (silence)'}"
+                 + (f" (since volume {since})" if since is not None else "")),
                 ("tags", ", ".join(f"{t} {p:.2f}" for t, p in last["tags"]) or "-"),
                 ("candidates", ", ".join(f"{k} {s:.3f}" for k, s in last["topk"][:5]) or "-")]
         out.append("<table>" + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows) + "</table>")

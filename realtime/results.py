@@ -74,6 +74,8 @@ def pyneal_payload(result: Result) -> dict:
     """
     out = {"action": result.action, "clip": result.clip, "decodedIndex": result.decoded_index,
            "fd": result.fd_mm, "flagged": result.flagged}
+    if result.condition is not None:
+        out["condition"] = result.condition
     if result.topk:
         out["topClip"], out["topScore"] = result.topk[0]
     if result.embedding is not None:

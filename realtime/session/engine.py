@@ -328,6 +328,7 @@ class SessionEngine:
             audio_lead = self._lead_s(audio_frame)
             lat["audio_scheduled"] = (p4 - p3) * 1e3
             self._fill(res, decision, embedding)
+            res.condition = extra.get("condition")
         except Exception as e:  # never let one volume take the session down
             self.counts["errors"] += 1
             res.action = "error"

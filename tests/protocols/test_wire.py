@@ -443,3 +443,19 @@ def test_result_roundtrip_exact(rng):
     assert isinstance(got, Result) and got.index == 17 and got.decoded_index == 13 and got.action == "switch"
     np.testing.assert_array_equal(got.embedding, emb)
     assert got.topk == [("gen.jazz.00001", 0.91)] and got.timestamps == r.timestamps and got.fd_mm == 0.12
+
+
+def test_result_condition_is_optional_on_the_wire():
+    from protocols.wire import Result
+
+    silent = Result(run_id="run1", index=3, action="silence", clip=None, condition="silence")
+    got = decode(encode(silent))
+    assert (got.action, got.clip, got.condition) == ("silence", None, "silence")
+    frames = encode(Result(run_id="run1", index=3, action="keep", clip="c"))
+    assert b"condition" not in bytes(frames[0])  # without a block design nothing is added
+    assert decode(frames).condition is None
+    h = msgpack.unpackb(bytes(frames[0]), raw=False)
+    h["condition"] = 7
+    with pytest.raises(MessageError) as e:
+        decode([msgpack.packb(h, use_bin_type=True), *frames[1:]])
+    assert e.value.field == "header.condition"

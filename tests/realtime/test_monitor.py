@@ -139,3 +139,15 @@ def test_monitor_refuses_a_network_address_without_insecure(b2m_proc):
     p = b2m_proc("monitor", "--http", "0.0.0.0:0", name="monitor")
     assert p.wait(timeout=30) == 2
     assert "plain HTTP" in p.stderr() and "--insecure" in p.stderr()
+
+
+def test_the_panel_shows_the_block_and_silence():
+    state = MonitorState("tcp://127.0.0.1:1")
+    state.add(Result(run_id="r", index=0, action="keep", clip="a", condition="feedback"))
+    state.add(Result(run_id="r", index=1, action="silence", clip=None, condition="silence"))
+    snap = state.snapshot()
+    assert [r["condition"] for r in snap["runs"]["r"]] == ["feedback", "silence"]
+    panel = render_panel(snap)
+    assert "<th>block</th><td>silence</td>" in panel and "nothing (silence)" in panel
+    state.add(Result(run_id="r", index=2, action="keep", clip="a"))  # a session without blocks: no row
+    assert "<th>block</th>" not in render_panel(state.snapshot())

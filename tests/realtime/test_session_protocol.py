@@ -96,7 +96,8 @@ def test_blocks_silence_and_neutral_the_music_and_feedback_resumes_where_the_pol
     neutral = lib.clips[eng.policy.neutral_clip].id
     recs = dict(run_decisions(tmp_path / "blocked"))["run-01"]
     conditions = [expected_condition(i) for i in range(40)]
-    assert [d["condition"] for d in recs] == conditions
+    assert [d["condition"] for d in recs] == conditions == [r.condition for r in blocked]  # recorded, published
+    assert all(r.condition is None for r in free)
     assert {"feedback", "silence", "neutral"} == set(conditions)
     for i, (r, f, c) in enumerate(zip(blocked, free, conditions)):
         if f.embedding is not None:  # decoding goes on in every block
