@@ -251,21 +251,26 @@ def run_live(args) -> int:
                 part.close()
         for part in parts:
             part.close()
+    from realtime.session.decisions import run_decisions, session_results
+    from realtime.session.report import music_match, write_session_report
+
+    results = session_results(args.out)
     summary = session_summary(engine, ended)
     summary["blinded"] = args.blind
     summary["protocol"] = protocol.to_dict() if protocol is not None else None
+    summary["music_match"] = music_match(results, library)
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    from realtime.session.decisions import run_decisions, session_results
-    from realtime.session.report import write_session_report
-
     try:
         tr_by_run = {run_id: float(ds[0]["tr_s"]) for run_id, ds in run_decisions(args.out) if ds}
-        write_session_report(os.path.join(args.out, "report.html"), summary, session_results(args.out), library,
+        write_session_report(os.path.join(args.out, "report.html"), summary, results, library,
                              engine.preprocess.motion_config.fd_threshold_mm, tr_by_run)
     except Exception:  # the record and summary are written; a plotting problem must not hide them
         log.exception("could not write %s", os.path.join(args.out, "report.html"))
     lat = summary["latency_ms"].get("total", {})
+    if summary["music_match"] and not args.blind:  # a sham's music matches worse: it would unblind
+        print("music heard vs decoded, mean cosine: " + ", ".join(
+            f"{k} {v['mean_cosine']:.3f} ({v['n']} TRs)" for k, v in summary["music_match"].items()))
     if summary.get("yoked") and not args.blind:
         y = summary["yoked"]
         agree = "n/a" if y["own_agreement"] is None else f"{y['own_agreement']:.1%}"

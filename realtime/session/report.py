@@ -13,7 +13,7 @@ import io
 
 import numpy as np
 
-__all__ = ["session_figures", "write_session_report", "png_base64", "html_page"]
+__all__ = ["session_figures", "write_session_report", "png_base64", "html_page", "music_match"]
 
 _STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}\n"
           "th{text-align:left;padding:4px 12px 4px 0;font-weight:normal;color:#555}td{font-weight:bold}\n"
@@ -35,6 +35,33 @@ def png_base64(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def music_match(results, library) -> dict:
+    """How close the music heard was to what was decoded: a check that feedback (or a sham) did what it should.
+
+    For every decoded TR with a clip playing after its decision: the cosine
+    similarity of the decoded embedding (unit norm) and the clip's library
+    embedding (unit norm). Grouped by the block design's condition (all TRs
+    under ``"all"`` as well). Real feedback plays clips near the decoded point,
+    a sham plays another participant's, and the neutral block one clip.
+
+    Returns
+    -------
+    dict
+        ``condition -> {"n": TRs, "mean_cosine": float}``.
+    """
+    sums: dict[str, list] = {}
+    emb = np.asarray(library.embeddings, np.float32)
+    for r in results:
+        if r.embedding is None or r.clip is None:
+            continue
+        cos = float(np.asarray(r.embedding, np.float32) @ emb[library.index_of(r.clip)])
+        for key in {"all", r.condition or "all"}:
+            s = sums.setdefault(key, [0.0, 0])
+            s[0] += cos
+            s[1] += 1
+    return {k: {"n": n, "mean_cosine": total / n} for k, (total, n) in sorted(sums.items())}
 
 
 def session_figures(results, library, fd_threshold_mm: float = 0.5, blocks=None) -> list[tuple[str, str]]:
@@ -156,6 +183,10 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
         from .generation import describe_pieces
 
         rows.append(("Generator", describe_pieces(pieces)))
+    match = summary.get("music_match") or {}
+    if match and not summary.get("blinded"):  # real feedback matches better than a sham: it would unblind
+        rows.append(("Music heard vs decoded: mean cosine (TRs)", ", ".join(
+            f"{k} {v['mean_cosine']:.3f} ({v['n']})" for k, v in match.items())))
     yoked = summary.get("yoked")
     if summary.get("protocol"):
         p = summary["protocol"]

@@ -262,3 +262,24 @@ def test_block_volumes_are_the_volumes_whose_decisions_fall_in_each_block():
         assert {expected_condition(i) for i in range(first, last + 1)} == {condition}
         assert expected_condition(first - 1) != condition and expected_condition(last + 1) != condition
     assert [c for _, _, c in spans] == ["silence", "neutral"]
+
+
+def test_music_match_is_the_mean_cosine_of_decoded_and_heard_per_block(kit, tmp_path):
+    from realtime.session.decisions import session_results
+    from realtime.session.report import music_match
+
+    (tmp_path / "b.tsv").write_text(BLOCKS)
+    eng, _, _ = run(kit, tmp_path / "s", kit.library, read_protocol(tmp_path / "b.tsv"))
+    got = music_match(session_results(tmp_path / "s"), eng.library)
+    # independently, from the record's decisions and the library's stored embeddings
+    lib_emb = np.load(f"{kit.library}/embeddings.npy")
+    ids = [c.id for c in eng.library.clips]
+    by = {}
+    for d in dict(run_decisions(tmp_path / "s"))["run-01"]:
+        if d["embedding"] is not None and d["clip"] is not None:
+            c = float(d["embedding"].astype(np.float64) @ lib_emb[ids.index(d["clip"])].astype(np.float64))
+            by.setdefault(d["condition"], []).append(c)
+            by.setdefault("all", []).append(c)
+    assert set(got) == set(by) == {"all", "feedback", "neutral"}  # silence plays nothing to compare
+    for k, v in by.items():
+        assert got[k]["n"] == len(v) and got[k]["mean_cosine"] == pytest.approx(np.mean(v), abs=1e-6)

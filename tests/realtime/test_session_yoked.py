@@ -191,6 +191,7 @@ def test_session_cli_yoked_from_plays_the_source_and_replays(kit, source, b2m_pr
     assert tx.wait() == 0, tx.stderr()
     assert sess.wait(timeout=120) == 0, sess.stderr()
     assert "yoked: 40 TRs played from" in sess.stdout()
+    assert "music heard vs decoded, mean cosine: all " in sess.stdout()
     rec = decisions(out)["run-01"]
     assert [d["clip"] for d in rec] == [r.clip for r in src_results]
     summary = json.loads((out / "summary.json").read_text())
@@ -362,7 +363,7 @@ def test_session_cli_allocation_keeps_the_operator_blind_and_the_record_true(kit
         shown = sess.stdout() + sess.stderr() + (out / "report.html").read_text()
         assert f"participant {pid}: condition blinded" in sess.stderr()
         assert "as allocated (blinded)" in shown
-        for tell in ("SHAM", "sham", "yoked", str(src_dir)):
+        for tell in ("SHAM", "sham", "yoked", str(src_dir), "mean cosine"):
             assert tell not in shown, (pid, tell)
         assert json.loads((out / "summary.json").read_text())["blinded"] is True
         # the record keeps the truth for the analysis
