@@ -27,9 +27,10 @@ what feedback would have played.
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import asdict, dataclass
+
+from .tables import read_table
 
 __all__ = ["CONDITIONS", "Block", "Protocol", "read_protocol"]
 
@@ -77,34 +78,18 @@ def read_protocol(path) -> Protocol:
     ValueError
         Naming the file, the line and the column at fault, and what to write.
     """
-    path = os.fspath(path)
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f, delimiter="\t"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--protocol {path}: no such file") from None
-    header = [c.strip() for c in rows[0]] if rows else []
-    missing = [c for c in COLUMNS if c not in header]
-    if missing:
-        raise ValueError(f"{path}, line 1: no column {', '.join(missing)}; the header must hold the tab-separated "
-                         f"columns {', '.join(COLUMNS)}")
-    col = {c: header.index(c) for c in COLUMNS}
     blocks = []
-    for line, row in enumerate(rows[1:], start=2):
-        if not any(c.strip() for c in row):
-            continue
-        if len(row) != len(header):
-            raise ValueError(f"{path}, line {line}: {len(row)} fields for {len(header)} columns (tab-separated)")
+    for line, row in read_table(path, "--protocol", COLUMNS):
         values = {}
         for name in ("onset", "duration"):
-            text = row[col[name]].strip()
+            text = row[name]
             try:
                 values[name] = float(text)
             except ValueError:
                 raise ValueError(f"{path}, line {line}, column {name}: {text!r} is not a number of seconds") from None
             if not (values[name] >= 0 and values[name] < float("inf")):
                 raise ValueError(f"{path}, line {line}, column {name}: {text}; give seconds >= 0")
-        condition = row[col["condition"]].strip()
+        condition = row["condition"]
         if condition not in CONDITIONS:
             raise ValueError(f"{path}, line {line}, column condition: {condition!r}; write one of "
                              f"{', '.join(CONDITIONS)}")

@@ -52,25 +52,11 @@ def read_allocation(path, participant: str) -> str | None:
     ValueError
         Naming the file, the line and the column at fault, and what to write there.
     """
-    import csv
+    from .tables import read_table
 
-    path = os.fspath(path)
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f, delimiter="\t"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--allocation {path}: no such file") from None
-    if not rows or tuple(c.strip() for c in rows[0]) != ALLOCATION_COLUMNS:
-        raise ValueError(f"{path}, line 1: the header must be the tab-separated columns "
-                         f"{', '.join(ALLOCATION_COLUMNS)}; it is {rows[0] if rows else 'empty'}")
     found = []
-    for line, row in enumerate(rows[1:], start=2):
-        if not any(c.strip() for c in row):
-            continue
-        if len(row) != len(ALLOCATION_COLUMNS):
-            raise ValueError(f"{path}, line {line}: {len(row)} fields, expected {len(ALLOCATION_COLUMNS)} "
-                             "separated by tabs (leave yoked_from empty for real feedback)")
-        pid, condition, source = (c.strip() for c in row)
+    for line, row in read_table(path, "--allocation", ALLOCATION_COLUMNS):
+        pid, condition, source = (row[c] for c in ALLOCATION_COLUMNS)
         if condition not in CONDITIONS:
             raise ValueError(f"{path}, line {line}, column condition: {condition!r}; write real or sham")
         if (condition == "sham") != bool(source):

@@ -306,11 +306,11 @@ def test_an_allocation_file_gives_each_participant_their_condition(tmp_path):
     with pytest.raises(ValueError, match=r"'P09' is on no line"):
         read_allocation(alloc, "P09")
     cases = [
-        ([("P01", "real", "")], "condition\tgroup\tsource", r"line 1: the header must be"),
+        ([("P01", "real", "")], "condition\tgroup\tsource", r"line 1: no column participant_id, yoked_from"),
         ([("P01", "placebo", "")], None, r"line 2, column condition: 'placebo'; write real or sham"),
         ([("P01", "sham", "")], None, r"line 2, column yoked_from: a sham needs the session folder"),
         ([("P01", "real", "x")], None, r"line 2, column yoked_from: only a sham is yoked"),
-        ([("P01", "real")], None, r"line 2: 2 fields, expected 3"),
+        ([("P01", "real")], None, r"line 2: 2 fields for 3 columns"),
         ([("P01", "real", ""), ("P01", "sham", "x")], None, r"'P01' is on lines 2, 3"),
     ]
     for rows, header, message in cases:

@@ -1,0 +1,43 @@
+"""The small tab-separated tables a session is given: a block design, an allocation.
+
+One reader, so both name the file, the line and the column the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+
+__all__ = ["read_table"]
+
+
+def read_table(path, option: str, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+    """``(line number, {column: value})`` for each non-blank row, values stripped; other columns are kept too.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming ``option`` (e.g. ``--protocol``) and the path.
+    ValueError
+        Naming the file and line: a header without one of ``columns``, or a row
+        with another number of fields than the header.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{option} {path}: no such file") from None
+    header = [c.strip() for c in rows[0]] if rows else []
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise ValueError(f"{path}, line 1: no column {', '.join(missing)}; the header must hold the tab-separated "
+                         f"columns {', '.join(columns)}")
+    out = []
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            raise ValueError(f"{path}, line {line}: {len(row)} fields for {len(header)} columns (tab-separated)")
+        out.append((line, {name: value.strip() for name, value in zip(header, row)}))
+    return out
