@@ -259,6 +259,10 @@ def run_live(args) -> int:
     summary["blinded"] = args.blind
     summary["protocol"] = protocol.to_dict() if protocol is not None else None
     summary["music_match"] = music_match(results, library)
+    if summary.get("yoked"):
+        from realtime.session.yoked import own_agreement
+
+        summary["yoked"]["own_agreement"] = own_agreement(args.out)
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     try:
@@ -275,7 +279,7 @@ def run_live(args) -> int:
         y = summary["yoked"]
         agree = "n/a" if y["own_agreement"] is None else f"{y['own_agreement']:.1%}"
         print(f"yoked: {y['trs']} TRs played from {y['source']}; the participant's own "
-              f"decoding would have played the same clip at {agree} of decoded TRs")
+              f"decoding chose the clip that played at {agree} of decoded TRs")
     print(f"session: {summary['counts']['volumes']} volumes, {summary['counts']['decoded']} decoded, "
           f"{summary['counts']['switches']} switches, {summary['counts']['holds']} motion holds, "
           f"{summary['counts']['errors']} errors; latency p50 {lat.get('p50', float('nan')):.2f} ms, "

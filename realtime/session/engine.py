@@ -359,7 +359,7 @@ class SessionEngine:
         own = self.policy.step(t_scan, embedding, flagged)
         want, extra = own.clip, {}
         if self.yoke is not None:  # a sham session: what the source participant heard plays instead
-            want, yoked_to = self.yoke.clip_for(own, run.run_id, index, embedding is not None)
+            want, yoked_to = self.yoke.clip_for(own, run.run_id, index)
             extra = {"own_clip": self.library.clips[own.clip].id, "yoked_to": yoked_to}
         if self.protocol is not None:
             extra["condition"] = self.condition = condition = self.protocol.condition_at((index + 1) * run.tr_s)

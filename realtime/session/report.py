@@ -199,7 +199,7 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
         agree = "n/a" if yoked["own_agreement"] is None else f"{yoked['own_agreement']:.1%}"
         rows.insert(1, ("Feedback", f"SHAM, yoked to {yoked['source']} (runs "
                         + ", ".join(f"{k} <- {v}" for k, v in yoked["runs"].items()) + ")"))
-        rows.append(("Sham: the participant's own decoding would have played the same clip at",
+        rows.append(("Sham: the participant's own decoding chose the clip that played at",
                      f"{agree} of decoded TRs"))
     blocks = block_volumes(summary["protocol"], tr_by_run or {}) if summary.get("protocol") else None
     page = html_page("b2m session report", "Session report", rows,

@@ -29,7 +29,7 @@ from .decisions import run_decisions
 log = logging.getLogger("b2m.session")
 
 __all__ = ["YOKED_JSON", "ALLOCATION_COLUMNS", "read_allocation", "yoked_schedule", "write_yoked", "read_yoked",
-           "Yoke"]
+           "Yoke", "own_agreement"]
 
 YOKED_JSON = "yoked.json"
 #: Columns of an allocation file (TSV): who gets real feedback and who a sham, yoked to whose session.
@@ -162,7 +162,7 @@ class Yoke:
         self.current: int | None = None  # the source's clip at the last volume (None: silence)
         self._started = False
         self._warned: set = set()
-        self.counts = {"trs": 0, "beyond_source": 0, "decoded": 0, "own_agrees": 0}
+        self.counts = {"trs": 0, "beyond_source": 0}
 
     def source_run(self, run_id: str) -> dict | None:
         """The source run yoked to this session's run ``run_id`` (None past the source's last run)."""
@@ -170,7 +170,7 @@ class Yoke:
         runs = self.schedule["runs"]
         return runs[k] if k < len(runs) else None
 
-    def clip_for(self, own: Decision, run_id: str, index: int, decoded: bool) -> tuple[int | None, list | None]:
+    def clip_for(self, own: Decision, run_id: str, index: int) -> tuple[int | None, list | None]:
         """The library row to play instead of ``own.clip`` (None: the source heard silence), and
         ``[source run id, index]`` it came from (None past the source's record, where what plays is kept)."""
         self._ordinal.setdefault(run_id, len(self._ordinal))
@@ -190,9 +190,6 @@ class Yoke:
         self._started = True
         self.current = want
         self.counts["trs"] += 1
-        if decoded:
-            self.counts["decoded"] += 1
-            self.counts["own_agrees"] += int(own.clip == want)
         return want, ([src["run_id"], index] if within else None)
 
     def upcoming(self, run_id: str, index: int) -> int | None:
@@ -206,9 +203,15 @@ class Yoke:
         return None
 
     def summary(self) -> dict:
-        """Counts for ``summary.json``: TRs yoked, and how often the own choice was played."""
-        c = dict(self.counts)
-        c["own_agreement"] = c["own_agrees"] / c["decoded"] if c["decoded"] else None
+        """For ``summary.json``: the source, which of its runs each run was yoked to, TRs yoked and beyond it."""
         return {"source": self.schedule["source"], "runs": {r: (self.schedule["runs"][k]["run_id"]
                                                                 if k < len(self.schedule["runs"]) else None)
-                                                            for r, k in self._ordinal.items()}, **c}
+                                                            for r, k in self._ordinal.items()}, **self.counts}
+
+
+def own_agreement(session_dir) -> float | None:
+    """In a sham session's record: the share of decoded TRs at which the participant's own decoding chose the
+    clip that played (None without such TRs: a session with real feedback has no ``own_clip``)."""
+    pairs = [(d["own_clip"], d["clip"]) for _, ds in run_decisions(session_dir) for d in ds
+             if d.get("embedding") is not None and d.get("own_clip") is not None and d.get("clip") is not None]
+    return sum(a == b for a, b in pairs) / len(pairs) if pairs else None

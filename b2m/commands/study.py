@@ -1,0 +1,45 @@
+"""``b2m study SESSION... [--out DIR]``: a study's sessions side by side, and real feedback against sham."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("study", help="sessions side by side: real against sham feedback (the manipulation check)",
+                       description="Read each session record (b2m session --out) and print one row per session: "
+                                   "real or sham, runs, volumes, switches, mean FD, how close the music heard was "
+                                   "to what was decoded (overall and per block), and for a sham how often the "
+                                   "participant's own decoding chose what played. Then real against sham "
+                                   "sessions on that music match (mean, s.d., Welch's t-test).")
+    p.add_argument("sessions", nargs="+", metavar="SESSION", help="session folders")
+    p.add_argument("--out", metavar="DIR", help="also write study.tsv, study.json and study.html here")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from realtime.session.study import COLUMNS, cell, compare_groups, session_row
+
+    rows = [session_row(s) for s in args.sessions]
+    table = "\n".join(["\t".join(COLUMNS)] + ["\t".join(cell(r[c]) for c in COLUMNS) for r in rows]) + "\n"
+    cmp = compare_groups(rows)
+    line = ("music match (mean cosine of decoded and heard), real against sham: "
+            + "; ".join(f"{g} n={cmp[g]['n']} mean {cell(cmp[g]['mean'])} sd {cell(cmp[g]['sd'])}"
+                        for g in ("real", "sham"))
+            + (f"; Welch t {cmp['welch_t']:.3f}, p {cmp['p']:.4f}" if cmp["p"] is not None
+               else "; no test (it needs two sessions of each)"))
+    sys.stdout.write(table)
+    print(line)
+    if args.out:
+        from realtime.session.study import write_study_page
+
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "study.tsv"), "w") as f:
+            f.write(table)
+        with open(os.path.join(args.out, "study.json"), "w") as f:
+            json.dump({"sessions": rows, "music_match_real_vs_sham": cmp}, f, indent=2)
+        write_study_page(os.path.join(args.out, "study.html"), rows, cmp, line)
+        print(f"wrote {args.out}/study.tsv, study.json, study.html", file=sys.stderr)
+    return 0

@@ -1,0 +1,113 @@
+"""``b2m study``: sessions side by side, real feedback against sham.
+
+Four real sessions in process (two decoders, each also yoked to the other's
+session), then ``b2m study`` as a process. The references: the decision
+records read here with numpy, and Welch's t written out by its formula.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import numpy as np
+import pytest
+from scipy import stats
+from session_kit import kit_fixture, make_bundle, volumes
+
+from music.library import Library
+from realtime.audio import WavSink
+from realtime.decoder import Decoder
+from realtime.feedback import PolicyConfig
+from realtime.session import SessionEngine, write_session_info
+from realtime.session.decisions import run_decisions
+from realtime.session.yoked import write_yoked, yoked_schedule
+
+POLICY = PolicyConfig(smooth_trs=1, margin=0.0, min_dwell_s=5.0, crossfade_s=0.5, align="bar")
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory, fmri1_nii):
+    kit = kit_fixture(tmp_path_factory, fmri1_nii)
+    kit.other = make_bundle(os.path.join(kit.folder, "other"), kit.nifti, seed=5)
+    return kit
+
+
+def session(kit, folder, bundle, source=None):
+    folder.mkdir(parents=True)
+    lib = Library(kit.library)
+    yoked = yoked_schedule(source, lib) if source is not None else None
+    if yoked is not None:
+        write_yoked(folder, yoked)
+    write_session_info(folder, {"library": kit.library, "model": bundle, "mode": "retrieval"})
+    out = WavSink(str(folder / "feedback.wav")).start()
+    eng = SessionEngine(Decoder(bundle), lib, out, POLICY, record_dir=str(folder), yoked=yoked)
+    for m in volumes(kit.nifti):
+        eng.on_volume(m, time.time())
+    eng.finish()
+    out.close()
+    return folder
+
+
+def by_hand(folder, lib_emb, ids):
+    ds = dict(run_decisions(folder))["run-01"]
+    cos = [float(d["embedding"].astype(np.float64) @ lib_emb[ids.index(d["clip"])]) for d in ds
+           if d["embedding"] is not None and d["clip"] is not None]
+    own = [d["own_clip"] == d["clip"] for d in ds if d["embedding"] is not None and "own_clip" in d]
+    return np.mean(cos), (np.mean(own) if own else None), sum(d["action"] == "switch" for d in ds)
+
+
+def test_study_puts_real_and_sham_sessions_side_by_side(kit, tmp_path, b2m_proc):
+    real_a = session(kit, tmp_path / "A", kit.bundle)
+    real_b = session(kit, tmp_path / "B", kit.other)
+    sham_a = session(kit, tmp_path / "A2", kit.other, source=real_a)
+    sham_b = session(kit, tmp_path / "B2", kit.bundle, source=real_b)
+    p = b2m_proc("study", real_a, real_b, sham_a, sham_b, "--out", tmp_path / "study", name="study")
+    assert p.wait(timeout=120) == 0, p.stderr()
+    lines = p.stdout().splitlines()
+    header = lines[0].split("\t")
+    rows = [dict(zip(header, line.split("\t"))) for line in lines[1:5]]
+    lib = Library(kit.library)
+    lib_emb = np.load(os.path.join(kit.library, "embeddings.npy")).astype(np.float64)
+    ids = [c.id for c in lib.clips]
+    got = {}
+    for row, folder, kind in zip(rows, (real_a, real_b, sham_a, sham_b), ("real", "real", "sham", "sham")):
+        match, own, switches = by_hand(folder, lib_emb, ids)
+        assert row["session"] == str(folder) and row["feedback"] == kind
+        assert float(row["music_match"]) == pytest.approx(match, abs=1e-4)
+        assert int(row["switches"]) == switches and int(row["volumes"]) == 40 and int(row["decoded"]) == 38
+        if kind == "sham":
+            assert float(row["own_agreement"]) == pytest.approx(own, abs=1e-4)
+            assert row["yoked_to"] == str(real_a if folder == sham_a else real_b)
+        else:
+            assert row["own_agreement"] == "n/a" and row["yoked_to"] == "n/a"
+        got.setdefault(kind, []).append(match)
+    # Welch's t by its formula on the sessions' figures (each checked above), and its two-sided p from the
+    # t distribution with Welch's degrees of freedom
+    sessions = json.loads((tmp_path / "study" / "study.json").read_text())["sessions"]
+    a, b = (np.array([s["music_match"] for s in sessions if s["feedback"] == g]) for g in ("real", "sham"))
+    np.testing.assert_allclose(np.concatenate([a, b]), got["real"] + got["sham"], atol=1e-6)
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    t = (a.mean() - b.mean()) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
+    saved = json.loads((tmp_path / "study" / "study.json").read_text())["music_match_real_vs_sham"]
+    assert saved["welch_t"] == pytest.approx(t, rel=1e-9)
+    assert saved["p"] == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-9)
+    assert f"Welch t {t:.3f}" in lines[5]
+    assert "Study: real against sham feedback" in (tmp_path / "study" / "study.html").read_text()
+    assert (tmp_path / "study" / "study.tsv").read_text().splitlines()[0].split("\t") == header
+
+
+def test_study_with_one_session_per_group_runs_no_test_and_a_folder_without_decisions_is_named(kit, tmp_path,
+                                                                                                b2m_proc):
+    real = session(kit, tmp_path / "A", kit.bundle)
+    p = b2m_proc("study", real, name="study")
+    assert p.wait(timeout=120) == 0, p.stderr()
+    assert "no test (it needs two sessions of each)" in p.stdout() and "sham n=0 mean n/a" in p.stdout()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    write_session_info(empty, {"library": kit.library})
+    bad = b2m_proc("study", real, empty, name="bad")
+    assert bad.wait(timeout=60) == 2 and f"{empty}: no decisions" in bad.stderr()
