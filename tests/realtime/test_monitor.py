@@ -16,7 +16,6 @@ import urllib.error
 import urllib.request
 
 import pytest
-import zmq
 from session_kit import kit_fixture
 
 from protocols.wire import Result, RunEnd, encode
