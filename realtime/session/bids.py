@@ -9,6 +9,9 @@
                                                                      (a sham session: whose music it played)
     DIR/sub-01[/ses-S]/func/sub-01[_ses-S]_task-T_run-NN_events.tsv     one row per clip or piece heard (music),
                                                                      silence, and protocol block (block_*)
+    DIR/derivatives/b2m/sub-01[/ses-S]/func/..._run-NN_desc-decoded_timeseries.tsv (and .json)
+                                                                     per volume: the decision and the decoded
+                                                                     embedding
 
 so a feedback session can be analysed like any other fMRI data (nilearn,
 fMRIPrep), or decoded offline.
@@ -55,7 +58,7 @@ from ..nifti_io import export_run_nifti, run_export_args
 from .decisions import decisions_path, read_decisions
 from .yoked import read_yoked
 
-__all__ = ["EVENT_COLUMNS", "music_events", "sounds_begun", "export_bids"]
+__all__ = ["EVENT_COLUMNS", "music_events", "sounds_begun", "block_events", "write_decoded_timeseries", "export_bids"]
 
 #: Columns of ``*_events.tsv``, in order.
 EVENT_COLUMNS = ("onset", "duration", "trial_type", "clip", "genre", "stim_file", "clip_start_s", "decided_run",
@@ -172,6 +175,47 @@ def block_events(protocol, run_s: float) -> list[dict]:
     rest = {k: "n/a" for k in EVENT_COLUMNS if k not in ("onset", "duration", "trial_type")}
     return [{"onset": b.onset_s, "duration": min(b.duration_s, run_s - b.onset_s),
              "trial_type": f"block_{b.condition}", **rest} for b in protocol.blocks if b.onset_s < run_s]
+
+
+def write_decoded_timeseries(stem: str, decisions: list[dict]) -> list[str]:
+    """A run's decisions as a BIDS derivative time series: ``STEM_desc-decoded_timeseries.tsv`` and its ``.json``.
+
+    One row per decided volume: ``onset`` (seconds from the run's first
+    volume: the decision after volume ``i`` falls at ``(i + 1) * TR``),
+    ``volume``, ``decoded_volume``, ``action``, ``clip`` (``n/a`` in silence),
+    ``condition`` and ``own_clip`` where the session had blocks or was a sham,
+    ``fd_mm``, ``flagged``, ``stand_in``, then the decoded embedding as
+    ``e000`` ... (``n/a`` before the delay stack is full). Floats are written
+    with 9 significant digits, which a float32 survives exactly.
+    """
+    ds = sorted(decisions, key=lambda d: d["index"])
+    dim = max((d["embedding"].size for d in ds if d.get("embedding") is not None), default=0)
+    extra = [k for k in ("condition", "own_clip") if any(k in d for d in ds)]
+    cols = ["onset", "volume", "decoded_volume", "action", "clip", *extra, "fd_mm", "flagged", "stand_in"]
+    cols += [f"e{k:03d}" for k in range(dim)]
+
+    def cell(v) -> str:
+        return "n/a" if v is None else f"{v:.9g}" if isinstance(v, float) else str(v)
+
+    path = stem + "_desc-decoded_timeseries.tsv"
+    with open(path, "w") as f:
+        f.write("\t".join(cols) + "\n")
+        for d in ds:
+            e = d.get("embedding")
+            row = [(d["index"] + 1) * float(d["tr_s"]), d["index"], d.get("decoded_index"), d["action"], d["clip"],
+                   *(d.get(k) for k in extra), d.get("fd_mm"), d.get("flagged"), d.get("stand_in")]
+            row += [float(x) for x in e] if e is not None else [None] * dim
+            f.write("\t".join(cell(v) for v in row) + "\n")
+    side = stem + "_desc-decoded_timeseries.json"
+    with open(side, "w") as f:
+        json.dump({"Description": "b2m session: what was decoded and decided after each volume of the run",
+                   "onset": {"Units": "s", "Description": "decision time from the start of the run's first volume"},
+                   "decoded_volume": {"Description": "the moment the decoder input refers to (volume - lag)"},
+                   "clip": {"Description": "library clip heard after the decision (n/a: silence)"},
+                   "own_clip": {"Description": "sham session: the clip this participant's own decoding chose"},
+                   "fd_mm": {"Units": "mm", "Description": "framewise displacement"},
+                   "e000": {"Description": f"e000..e{dim - 1:03d}: the decoded embedding, unit norm"}}, f, indent=2)
+    return [path, side]
 
 
 def _write_events(path: str, rows: list[dict]) -> None:
@@ -315,6 +359,20 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
             json.dump(meta, f, indent=2)
         out["written"] += [bold, stem + "_bold.json"]
         out["runs"][run.run_id] = number
+        dpath = decisions_path(session_dir, run.run_id)
+        if os.path.exists(dpath):  # what was decoded and decided, volume by volume, as a derivative
+            root = os.path.join(out_dir, "derivatives", "b2m")
+            deriv = os.path.join(root, os.path.relpath(func, out_dir))
+            os.makedirs(deriv, exist_ok=True)
+            if not os.path.exists(os.path.join(root, "dataset_description.json")):
+                with open(os.path.join(root, "dataset_description.json"), "w") as f:
+                    json.dump({"Name": "brain2music-rt decoding and decisions", "BIDSVersion": "1.9.0",
+                               "DatasetType": "derivative",
+                               "GeneratedBy": [{"Name": "brain2music-rt", "Description": "b2m session export"}]},
+                              f, indent=2)
+                out["written"].append(os.path.join(root, "dataset_description.json"))
+            out["written"] += write_decoded_timeseries(os.path.join(deriv, os.path.basename(stem)),
+                                                       read_decisions(dpath))
         if run.run_id in events:
             shutil.copyfile(events[run.run_id], stem + "_events.tsv")
             out["written"].append(stem + "_events.tsv")

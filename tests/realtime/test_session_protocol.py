@@ -9,6 +9,7 @@ must not change), and the WAV's samples (silence is exact zeros).
 from __future__ import annotations
 
 import csv
+import json
 import time
 
 import numpy as np
@@ -283,3 +284,30 @@ def test_music_match_is_the_mean_cosine_of_decoded_and_heard_per_block(kit, tmp_
     assert set(got) == set(by) == {"all", "feedback", "neutral"}  # silence plays nothing to compare
     for k, v in by.items():
         assert got[k]["n"] == len(v) and got[k]["mean_cosine"] == pytest.approx(np.mean(v), abs=1e-6)
+
+
+def test_export_writes_each_runs_decisions_and_decoded_embeddings_as_a_derivative(kit, tmp_path):
+    from realtime.session.bids import export_bids
+
+    (tmp_path / "b.tsv").write_text(BLOCKS)
+    proto = read_protocol(tmp_path / "b.tsv")
+    folder = tmp_path / "session"
+    run(kit, folder, kit.library, proto, record_volumes=True)
+    export_bids(folder, tmp_path / "bids", "01", library=Library(kit.library), protocol=proto)
+    deriv = tmp_path / "bids" / "derivatives" / "b2m"
+    assert '"DatasetType": "derivative"' in (deriv / "dataset_description.json").read_text()
+    tsv = deriv / "sub-01" / "func" / "sub-01_task-neurofeedback_run-01_desc-decoded_timeseries.tsv"
+    with open(tsv) as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    recs = dict(run_decisions(folder))["run-01"]
+    assert len(rows) == len(recs) == 40
+    for row, d in zip(rows, recs):
+        assert float(row["onset"]) == pytest.approx((d["index"] + 1) * TR)
+        assert (int(row["volume"]), row["action"], row["condition"]) == (d["index"], d["action"], d["condition"])
+        assert row["clip"] == (d["clip"] or "n/a")
+        if d["embedding"] is None:
+            assert row["e000"] == "n/a" and row["decoded_volume"] == "n/a"
+        else:  # float32 written with 9 significant digits comes back bit for bit
+            back = np.array([row[f"e{k:03d}"] for k in range(d["embedding"].size)], dtype=np.float32)
+            np.testing.assert_array_equal(back, d["embedding"])
+    assert json.loads(tsv.with_suffix(".json").read_text())["onset"]["Units"] == "s"
