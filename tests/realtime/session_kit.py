@@ -132,5 +132,10 @@ class Kit:
         self.bundle = make_bundle(folder, nifti)
 
 
-def kit_fixture(tmp_path_factory, nifti: str) -> Kit:
-    return Kit(str(tmp_path_factory.mktemp("session-kit")), nifti)
+def kit_fixture(tmp_path_factory, nifti: str, *, other: bool = False) -> Kit:
+    """The kit; with ``other``, also ``kit.other``: a second participant's decoder (another random readout),
+    whose choices differ from the first's (sham and study tests)."""
+    kit = Kit(str(tmp_path_factory.mktemp("session-kit")), nifti)
+    if other:
+        kit.other = make_bundle(os.path.join(kit.folder, "other"), nifti, seed=5)
+    return kit

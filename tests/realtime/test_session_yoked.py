@@ -9,14 +9,13 @@ real-feedback session of the sham participant's own decoder (what the sham's
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 
 import numpy as np
 import pytest
 import soundfile as sf
-from session_kit import kit_fixture, make_bundle, volumes
+from session_kit import kit_fixture, volumes
 
 from music.library import Library
 from protocols.session import SessionRecord
@@ -32,10 +31,7 @@ POLICY = PolicyConfig(smooth_trs=1, margin=0.0, min_dwell_s=5.0, crossfade_s=0.5
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory, fmri1_nii):
-    kit = kit_fixture(tmp_path_factory, fmri1_nii)
-    # the sham participant's decoder: another random readout, so their own choices differ from the source's
-    kit.other = make_bundle(os.path.join(kit.folder, "other"), kit.nifti, seed=5)
-    return kit
+    return kit_fixture(tmp_path_factory, fmri1_nii, other=True)  # kit.other: the sham participant's decoder
 
 
 def session(kit, folder, bundle, msgs, yoked=None, record_volumes=False):

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 from scipy import stats
-from session_kit import kit_fixture, make_bundle, volumes
+from session_kit import kit_fixture, volumes
 
 from music.library import Library
 from realtime.audio import WavSink
@@ -30,9 +30,7 @@ POLICY = PolicyConfig(smooth_trs=1, margin=0.0, min_dwell_s=5.0, crossfade_s=0.5
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory, fmri1_nii):
-    kit = kit_fixture(tmp_path_factory, fmri1_nii)
-    kit.other = make_bundle(os.path.join(kit.folder, "other"), kit.nifti, seed=5)
-    return kit
+    return kit_fixture(tmp_path_factory, fmri1_nii, other=True)
 
 
 def session(kit, folder, bundle, source=None):
