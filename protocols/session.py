@@ -32,7 +32,8 @@ from .errors import RecordError
 from .record import PREFIX_BYTES, RecordLog, scan_records
 from .wire import RunEnd, RunStart, VolumeMessage
 
-__all__ = ["SESSION_FORMAT", "SESSION_VERSION", "RunRecord", "SessionRecord", "load_run", "run_volumes", "list_runs"]
+__all__ = ["SESSION_FORMAT", "SESSION_VERSION", "RunRecord", "SessionRecord", "load_run", "run_volumes", "list_runs",
+           "write_json_atomic"]
 
 SESSION_FORMAT = "b2m-session-record"
 # Reservation ahead of appends (see SessionRecord.top_up): keep room for this
@@ -46,7 +47,8 @@ _RESERVE_STEP = 4
 SESSION_VERSION = 1
 
 
-def _atomic_json(path: str, obj) -> None:
+def write_json_atomic(path: str, obj) -> None:
+    """Write ``obj`` as JSON to ``path`` through a synced temporary file, so a reader sees the old or the new."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
@@ -163,7 +165,7 @@ class SessionRecord:
                 raise RecordError(meta_path, f"session record version {meta.get('version')} is not supported "
                                              f"(this is version {SESSION_VERSION})")
         else:
-            _atomic_json(meta_path, {"format": SESSION_FORMAT, "version": SESSION_VERSION,
+            write_json_atomic(meta_path, {"format": SESSION_FORMAT, "version": SESSION_VERSION,
                                      "created_unix": time.time()})
         self.runs: dict[str, RunRecord] = {}
         self.torn: list[str] = []
@@ -256,7 +258,7 @@ class SessionRecord:
         summary = {"run_id": run.run_id, "n_volumes": run.n_volumes, "n_received": len(run.received),
                    "missing": run.missing(), "complete": run.complete, "ended": run.ended}
         summary.update(extra or {})
-        _atomic_json(path, summary)
+        write_json_atomic(path, summary)
         return path
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from protocols.session import SessionRecord
+from protocols.session import SessionRecord, write_json_atomic
 from protocols.wire import VolumeMessage
 
 from .decisions import run_decisions
@@ -46,25 +46,26 @@ def session_info(engine, model: str, library: str, audio: str) -> dict:
 def write_session_info(session_dir, info: dict) -> str:
     """Write ``session.json`` (bundle, library, options) as ``session_config.json`` atomically."""
     path = os.path.join(os.fspath(session_dir), SESSION_JSON)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(info, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_json_atomic(path, info)
     return path
+
+
+def read_record_json(path: str):
+    """A JSON file the session wrote atomically (``write_json_atomic``); ValueError if it does not parse."""
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); it is written atomically, so the folder was "
+                             "edited by hand or copied partially") from None
 
 
 def read_session_info(session_dir) -> dict:
     path = os.path.join(os.fspath(session_dir), SESSION_JSON)
     try:
-        with open(path) as f:
-            return json.load(f)
+        return read_record_json(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} is missing: is {session_dir} a folder written by `b2m session`?") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); it is written atomically, so the folder was "
-                         "edited by hand or copied partially") from None
 
 
 def recorded_volumes(session_dir):

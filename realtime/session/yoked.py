@@ -19,7 +19,6 @@ started; a run or volume the source does not have keeps the clip playing.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -84,7 +83,7 @@ def yoked_schedule(source_dir, library, mode: str = "retrieval") -> dict:
     ``source_dir`` holds no decisions, was another mode, or played clips that
     ``library`` does not have.
     """
-    from .replay import SESSION_JSON
+    from .replay import SESSION_JSON, read_session_info
 
     source_dir = os.path.abspath(os.fspath(source_dir))
     if not os.path.isdir(source_dir):
@@ -103,11 +102,9 @@ def yoked_schedule(source_dir, library, mode: str = "retrieval") -> dict:
     if not runs:
         raise ValueError(f"--yoked-from {source_dir}: no decisions in its runs/*/decisions.log; give the --out "
                          "folder of a `b2m session` that decoded at least one run")
-    info_path = os.path.join(source_dir, SESSION_JSON)
     src_mode = "retrieval"
-    if os.path.exists(info_path):
-        with open(info_path) as f:
-            src_mode = json.load(f).get("mode", "retrieval")
+    if os.path.exists(os.path.join(source_dir, SESSION_JSON)):
+        src_mode = read_session_info(source_dir).get("mode", "retrieval")
     if src_mode != mode:
         raise ValueError(f"--yoked-from {source_dir}: that session ran in {src_mode} mode and this one in {mode}; "
                          f"give --mode {src_mode}")
@@ -121,27 +118,19 @@ def yoked_schedule(source_dir, library, mode: str = "retrieval") -> dict:
 
 def write_yoked(session_dir, schedule: dict) -> str:
     """Keep ``schedule`` in the session record as ``yoked.json`` (atomically)."""
+    from protocols.session import write_json_atomic
+
     path = os.path.join(os.fspath(session_dir), YOKED_JSON)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(schedule, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_json_atomic(path, schedule)
     return path
 
 
 def read_yoked(session_dir) -> dict | None:
     """The schedule a sham session played (``yoked.json``), or None for a session with real feedback."""
+    from .replay import read_record_json
+
     path = os.path.join(os.fspath(session_dir), YOKED_JSON)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); it is written atomically, so the folder was "
-                             "edited by hand or copied partially") from None
+    return read_record_json(path) if os.path.exists(path) else None
 
 
 class Yoke:
