@@ -243,6 +243,17 @@ def _check_not_another_run(stem: str, run_id: str, session_dir: str) -> None:
                          "choose another --task or --ses, or another --bids folder")
 
 
+def _describe(root: str, name: str, kind: str) -> list[str]:
+    """``ROOT/dataset_description.json`` of a ``raw`` or ``derivative`` dataset, if there is none yet; what was written."""
+    path = os.path.join(root, "dataset_description.json")
+    if os.path.exists(path):
+        return []
+    with open(path, "w") as f:
+        json.dump({"Name": name, "BIDSVersion": "1.9.0", "DatasetType": kind,
+                   "GeneratedBy": [{"Name": "brain2music-rt", "Description": "b2m session export"}]}, f, indent=2)
+    return [path]
+
+
 def _check_label(name: str, value: str | None) -> None:
     if value is not None and not _LABEL.match(value):
         raise ValueError(f"--{name} {value!r}: a BIDS label is letters and digits only (e.g. 01, nf1)")
@@ -305,23 +316,17 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
     chosen = set(runs) if runs is not None else None
     func = os.path.join(out_dir, f"sub-{subject}", *([f"ses-{session}"] if session else []), "func")
     os.makedirs(func, exist_ok=True)
-    desc = os.path.join(out_dir, "dataset_description.json")
     out = {"written": [], "skipped": {}, "runs": {}}
-    if not os.path.exists(desc):
-        with open(desc, "w") as f:
-            json.dump({"Name": "brain2music-rt neurofeedback sessions", "BIDSVersion": "1.9.0",
-                       "DatasetType": "raw", "GeneratedBy": [{"Name": "brain2music-rt", "Description":
-                                                              "b2m session export"}]}, f, indent=2)
-        out["written"].append(desc)
+    out["written"] += _describe(out_dir, "brain2music-rt neurofeedback sessions", "raw")
     yoked = read_yoked(session_dir)  # a sham session (b2m session --yoked-from), or None
     number = 0
     begun: list[dict] = []  # every sound begun so far, on its clock: the runs before go on sounding
     todo = []
     for run in received:  # every run, in the order heard: the music goes on from one to the next
         dpath = decisions_path(session_dir, run.run_id)
-        decisions = read_decisions(dpath) if library is not None and os.path.exists(dpath) else None
+        decisions = read_decisions(dpath) if os.path.exists(dpath) else None
         before = list(begun)
-        if decisions:
+        if decisions and library is not None:
             begun += sounds_begun(decisions, library, samplerate, mode=mode, run_id=run.run_id)
         if chosen is not None and run.run_id not in chosen:
             continue
@@ -351,32 +356,22 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
                 "b2m_session": os.path.abspath(session_dir)}
         if yoked is not None:  # a sham run: say so, and whose music it played
             meta["b2m_feedback"] = "yoked sham"
-            dpath = decisions_path(session_dir, run.run_id)
-            heard = read_decisions(dpath) if os.path.exists(dpath) else []
             meta["b2m_yoked_to"] = {"session": yoked["source"],
-                                    "runs": sorted({d["yoked_to"][0] for d in heard if d.get("yoked_to")})}
+                                    "runs": sorted({d["yoked_to"][0] for d in decisions or () if d.get("yoked_to")})}
         with open(stem + "_bold.json", "w") as f:
             json.dump(meta, f, indent=2)
         out["written"] += [bold, stem + "_bold.json"]
         out["runs"][run.run_id] = number
-        dpath = decisions_path(session_dir, run.run_id)
-        if os.path.exists(dpath):  # what was decoded and decided, volume by volume, as a derivative
+        if decisions is not None:  # what was decoded and decided, volume by volume, as a derivative
             root = os.path.join(out_dir, "derivatives", "b2m")
             deriv = os.path.join(root, os.path.relpath(func, out_dir))
             os.makedirs(deriv, exist_ok=True)
-            if not os.path.exists(os.path.join(root, "dataset_description.json")):
-                with open(os.path.join(root, "dataset_description.json"), "w") as f:
-                    json.dump({"Name": "brain2music-rt decoding and decisions", "BIDSVersion": "1.9.0",
-                               "DatasetType": "derivative",
-                               "GeneratedBy": [{"Name": "brain2music-rt", "Description": "b2m session export"}]},
-                              f, indent=2)
-                out["written"].append(os.path.join(root, "dataset_description.json"))
-            out["written"] += write_decoded_timeseries(os.path.join(deriv, os.path.basename(stem)),
-                                                       read_decisions(dpath))
+            out["written"] += _describe(root, "brain2music-rt decoding and decisions", "derivative")
+            out["written"] += write_decoded_timeseries(os.path.join(deriv, os.path.basename(stem)), decisions)
         if run.run_id in events:
             shutil.copyfile(events[run.run_id], stem + "_events.tsv")
             out["written"].append(stem + "_events.tsv")
-        elif decisions is not None:
+        elif decisions is not None and library is not None:
             rows = music_events(decisions, library, samplerate, int(run.n_volumes), mode=mode, before=before)
             if protocol is not None:
                 rows = sorted(rows + block_events(protocol, int(run.n_volumes) * tr_s), key=lambda r: r["onset"])

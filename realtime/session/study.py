@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from .decisions import run_decisions, session_results
+from .decisions import session_results
 from .replay import read_session_info
 from .report import music_match
 from .yoked import own_agreement, read_yoked
@@ -46,12 +46,12 @@ def session_row(session_dir) -> dict:
 
     session_dir = os.path.abspath(os.fspath(session_dir))
     info = read_session_info(session_dir)
-    if not any(True for _ in run_decisions(session_dir)):
+    results = session_results(session_dir)
+    if not results:
         raise ValueError(f"{session_dir}: no decisions in runs/*/decisions.log; give folders written by "
                          "`b2m session --out`")
     library = Library(info["library"], check_hashes=False)
     yoked = read_yoked(session_dir)
-    results = session_results(session_dir)
     match = music_match(results, library)
     fd = [r.fd_mm for r in results if r.fd_mm is not None]
     return {"session": session_dir,
