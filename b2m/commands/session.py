@@ -173,8 +173,10 @@ def run_live(args) -> int:
     protocol = read_protocol(args.protocol) if args.protocol else None
     if args.mode == "generation":
         atlas_points(library)  # a library that is not generated: the error says what to do, before anything opens
-    yoked = _yoked(args, library)
-    _same_protocol(args.out, protocol)
+    # an --out with decisions in it is an interrupted session, continued: read them once, here
+    recorded, offsets = recorded_decisions(args.out)
+    yoked = _yoked(args, library, continuing=bool(recorded))
+    _same_protocol(args.out, protocol, continuing=bool(recorded))
     os.makedirs(args.out, exist_ok=True)
     if yoked is not None:
         from realtime.session.yoked import write_yoked
@@ -219,7 +221,6 @@ def run_live(args) -> int:
         if args.pyneal_port is not None:
             pyneal = PynealResultsServer(port=args.pyneal_port, insecure=args.insecure)
             print(f"pyneal\t{pyneal.host}:{pyneal.port}", file=sys.stderr, flush=True)
-        recorded, offsets = recorded_decisions(args.out)
         engine = SessionEngine(decoder, library, output, policy, options, record_dir=args.out,
                                publisher=publisher, pyneal=pyneal, run_offsets=offsets, yoked=yoked,
                                protocol=protocol)
@@ -295,17 +296,16 @@ def session_summary(engine, ended) -> dict:
             "pieces": st.get("pieces"), "yoked": st.get("yoked")}
 
 
-def _same_protocol(out: str, protocol) -> None:
+def _same_protocol(out: str, protocol, *, continuing: bool) -> None:
     """A session continued in ``out`` keeps the block design it began with (else its decisions would not replay)."""
-    from realtime.session.replay import SESSION_JSON, read_session_info, recorded_decisions
+    from realtime.session.protocol import Protocol
+    from realtime.session.replay import SESSION_JSON, read_session_info
 
-    if not os.path.exists(os.path.join(out, SESSION_JSON)) or not recorded_decisions(out)[0]:
+    if not continuing or not os.path.exists(os.path.join(out, SESSION_JSON)):
         return
-    before = (read_session_info(out).get("protocol") or {}).get("blocks")
-    now = protocol.to_dict()["blocks"] if protocol is not None else None
-    if before != now:
-        raise ValueError(f"{out} began " + (f"with the blocks of {read_session_info(out)['protocol']['source']}"
-                                            if before else "without a --protocol")
+    before = Protocol.of_session(read_session_info(out))
+    if (before and before.blocks) != (protocol and protocol.blocks):
+        raise ValueError(f"{out} began " + (f"with the blocks of {before.source}" if before else "without a --protocol")
                          + "; continue it with the same --protocol, or start a new --out")
 
 
@@ -324,9 +324,8 @@ def _allocate(args) -> bool:
     return True
 
 
-def _yoked(args, library) -> dict | None:
+def _yoked(args, library, *, continuing: bool) -> dict | None:
     """A sham session's schedule: read from ``--yoked-from``, or kept in ``--out`` by the session continued."""
-    from realtime.session.replay import recorded_decisions
     from realtime.session.yoked import read_yoked, yoked_schedule
 
     def refuse(why: str):
@@ -349,7 +348,7 @@ def _yoked(args, library) -> dict | None:
     if kept is not None and kept != sched:
         refuse(f"{args.out} was yoked to {kept['source']} as it was then; --yoked-from {args.yoked_from} now plays "
                "something else. Continue without --yoked-from, or start a new --out")
-    if kept is None and os.path.isdir(args.out) and recorded_decisions(args.out)[0]:
+    if kept is None and continuing:
         refuse(f"{args.out} already holds decisions of real feedback; a sham session needs a new --out")
     return sched
 
@@ -379,7 +378,7 @@ def run_export(args) -> int:
     runs = [r for r in args.run_ids.split(",") if r] if args.run_ids else None
     from realtime.session.protocol import Protocol
 
-    protocol = Protocol.from_dict(info["protocol"]) if info.get("protocol") else None
+    protocol = Protocol.of_session(info)
     res = export_bids(args.session, args.bids, args.subject, session=args.ses, task=args.task, library=library,
                       mode=info.get("mode", "retrieval"), runs=runs, events=events, protocol=protocol)
     for run_id, number in res["runs"].items():
@@ -406,7 +405,7 @@ def run_replay(session: str) -> int:
     policy = PolicyConfig(**info["policy"])
     options = SessionOptions(**info.get("options", {}))
     yoked = read_yoked(session)
-    protocol = Protocol.from_dict(info["protocol"]) if info.get("protocol") else None
+    protocol = Protocol.of_session(info)
     with Progress(transient=True) as bar:
         task = bar.add_task("replaying", total=None)
         report = replay_session(session, lambda offsets: SessionEngine(decoder, library, None, policy, options,

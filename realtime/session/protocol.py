@@ -65,6 +65,11 @@ class Protocol:
         return {"source": self.source, "blocks": [asdict(b) for b in self.blocks]}
 
     @classmethod
+    def of_session(cls, info: dict) -> "Protocol | None":
+        """The block design a session's ``session_config.json`` records, or None (a session without one)."""
+        return cls.from_dict(info["protocol"]) if info.get("protocol") else None
+
+    @classmethod
     def from_dict(cls, d: dict) -> "Protocol":
         return cls(tuple(Block(float(b["onset_s"]), float(b["duration_s"]), str(b["condition"]))
                          for b in d["blocks"]), d.get("source", ""))

@@ -235,22 +235,26 @@ def test_a_silence_shorter_than_a_bar_never_schedules_out_of_order(kit, tmp_path
 def test_a_session_is_continued_only_with_the_blocks_it_began_with(kit, tmp_path):
     from b2m.commands.session import _same_protocol
     from realtime.session import write_session_info
+    from realtime.session.replay import recorded_decisions
 
     (tmp_path / "b.tsv").write_text(BLOCKS)
     proto = read_protocol(tmp_path / "b.tsv")
     folder = tmp_path / "s"
     run(kit, folder, kit.library, proto)
     write_session_info(folder, {"protocol": proto.to_dict()})
-    _same_protocol(str(folder), proto)  # the same design: fine
+    continuing = bool(recorded_decisions(folder)[0])  # as b2m session finds it
+    assert continuing
+    _same_protocol(str(folder), proto, continuing=continuing)  # the same design: fine
     with pytest.raises(ValueError, match=r"began with the blocks of .*b\.tsv; continue it with the same --protocol"):
-        _same_protocol(str(folder), None)
+        _same_protocol(str(folder), None, continuing=continuing)
     (tmp_path / "c.tsv").write_text("onset\tduration\tcondition\n0\t10\tsilence\n")
     with pytest.raises(ValueError, match="continue it with the same --protocol"):
-        _same_protocol(str(folder), read_protocol(tmp_path / "c.tsv"))
+        _same_protocol(str(folder), read_protocol(tmp_path / "c.tsv"), continuing=continuing)
     write_session_info(folder, {"protocol": None})
     with pytest.raises(ValueError, match="began without a --protocol"):
-        _same_protocol(str(folder), proto)
-    _same_protocol(str(tmp_path / "new"), proto)  # a new folder: anything goes
+        _same_protocol(str(folder), proto, continuing=continuing)
+    new = tmp_path / "new"
+    _same_protocol(str(new), proto, continuing=bool(recorded_decisions(new)[0]))  # a new folder: anything goes
 
 
 def test_block_volumes_are_the_volumes_whose_decisions_fall_in_each_block():
