@@ -252,7 +252,7 @@ def run_live(args) -> int:
                 part.close()
         for part in parts:
             part.close()
-    from realtime.session.decisions import run_decisions, session_results
+    from realtime.session.decisions import session_results
     from realtime.session.report import music_match, write_session_report
 
     results = session_results(args.out)
@@ -267,9 +267,8 @@ def run_live(args) -> int:
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     try:
-        tr_by_run = {run_id: float(ds[0]["tr_s"]) for run_id, ds in run_decisions(args.out) if ds}
         write_session_report(os.path.join(args.out, "report.html"), summary, results, library,
-                             engine.preprocess.motion_config.fd_threshold_mm, tr_by_run)
+                             engine.preprocess.motion_config.fd_threshold_mm)
     except Exception:  # the record and summary are written; a plotting problem must not hide them
         log.exception("could not write %s", os.path.join(args.out, "report.html"))
     lat = summary["latency_ms"].get("total", {})

@@ -66,8 +66,8 @@ class Dashboard:
             head.add_row("run / volume", f"{r.run_id} / {r.index}  (decodes moment {r.decoded_index})")
             head.add_row("lag behind scanner", f"{lag:.2f} s" if lag is not None else "n/a (no acquisition time)")
             head.add_row("action", f"{r.action}{'  [motion hold]' if r.flagged else ''}")
-            if e.condition is not None:
-                head.add_row("block", e.condition)
+            if r.condition is not None:
+                head.add_row("block", r.condition)
             if self.blind:
                 head.add_row("feedback", "as allocated (blinded)")
             elif e.yoke is not None:

@@ -159,7 +159,6 @@ class SessionEngine:
         self.policy = FeedbackPolicy(library, self.policy_config)
         self.yoke = Yoke(yoked, library) if yoked is not None else None
         self.protocol = protocol
-        self.condition: str | None = None  # the protocol's block at the last decision
         self._heard: int | None = None  # the library row the participant hears (None: silence)
         self._heard_before = False
         self.record_dir = record_dir
@@ -362,7 +361,7 @@ class SessionEngine:
             want, yoked_to = self.yoke.clip_for(own, run.run_id, index)
             extra = {"own_clip": self.library.clips[own.clip].id, "yoked_to": yoked_to}
         if self.protocol is not None:
-            extra["condition"] = self.condition = condition = self.protocol.condition_at((index + 1) * run.tr_s)
+            extra["condition"] = condition = self.protocol.condition_at((index + 1) * run.tr_s)
             if condition == "silence":
                 want = None
             elif condition == "neutral":

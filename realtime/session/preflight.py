@@ -224,9 +224,8 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
 def _protocol(path: str) -> tuple[str, None]:
     from .protocol import read_protocol
 
-    blocks = read_protocol(path).blocks
-    return (f"{path}: {len(blocks)} blocks: " + ", ".join(f"{b.condition} {b.onset_s:g}-{b.onset_s + b.duration_s:g} s"
-                                                          for b in blocks[:6]) + (" ..." if len(blocks) > 6 else "")), None
+    protocol = read_protocol(path)
+    return f"{path}: {len(protocol.blocks)} blocks: {protocol.describe(limit=6)}", None
 
 
 def _yoked_source(source: str, library, mode: str) -> tuple[str, None]:

@@ -61,6 +61,12 @@ class Protocol:
                 return b.condition
         return "feedback"
 
+    def describe(self, limit: int | None = None) -> str:
+        """The blocks in words, e.g. ``silence 0-30 s, feedback 30-90 s`` (the first ``limit``, then ``...``)."""
+        shown = self.blocks[:limit] if limit else self.blocks
+        return (", ".join(f"{b.condition} {b.onset_s:g}-{b.onset_s + b.duration_s:g} s" for b in shown)
+                + (" ..." if len(shown) < len(self.blocks) else ""))
+
     def to_dict(self) -> dict:
         return {"source": self.source, "blocks": [asdict(b) for b in self.blocks]}
 

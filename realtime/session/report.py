@@ -13,7 +13,7 @@ import io
 
 import numpy as np
 
-__all__ = ["session_figures", "write_session_report", "png_base64", "html_page", "music_match"]
+__all__ = ["session_figures", "write_session_report", "png_base64", "html_page", "music_match", "condition_spans"]
 
 _STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}\n"
           "th{text-align:left;padding:4px 12px 4px 0;font-weight:normal;color:#555}td{font-weight:bold}\n"
@@ -64,13 +64,29 @@ def music_match(results, library) -> dict:
     return {k: {"n": n, "mean_cosine": total / n} for k, (total, n) in sorted(sums.items())}
 
 
-def session_figures(results, library, fd_threshold_mm: float = 0.5, blocks=None) -> list[tuple[str, str]]:
+def condition_spans(results) -> list[tuple[int, int, str]]:
+    """``(first volume, last volume, condition)`` of each stretch of one run's results in one block condition.
+
+    ``results`` are one run's, in volume order; results without a condition (no block design) make no span.
+    """
+    spans: list[list] = []
+    for r in results:
+        if r.condition is None:
+            continue
+        if spans and spans[-1][2] == r.condition and spans[-1][1] == r.index - 1:
+            spans[-1][1] = r.index
+        else:
+            spans.append([r.index, r.index, r.condition])
+    return [tuple(s) for s in spans]
+
+
+def session_figures(results, library, fd_threshold_mm: float = 0.5) -> list[tuple[str, str]]:
     """``(title, base64 PNG)`` for: the music over time, latency per stage, head motion.
 
     ``results`` are the session's :class:`protocols.wire.Result` in order;
-    time is the volume index (one TR each), per run. ``blocks`` (optional):
-    ``run_id -> [(first volume, last volume, condition)]`` of a block design,
-    shaded behind the music (silence and neutral blocks).
+    time is the volume index (one TR each), per run. The blocks of a block
+    design (the results' ``condition``) are shaded behind the music (silence
+    and neutral blocks).
     """
     import matplotlib
 
@@ -78,9 +94,12 @@ def session_figures(results, library, fd_threshold_mm: float = 0.5, blocks=None)
     import matplotlib.pyplot as plt
 
     figs = []
+    def label(clip_id: str) -> str:
+        clip = library.clips[library.index_of(clip_id)]
+        return clip.genre or clip.source
+
     runs = list(dict.fromkeys(r.run_id for r in results))
-    labels = sorted({(library.clips[library.index_of(r.clip)].genre or library.clips[library.index_of(r.clip)].source)
-                     for r in results if r.clip})
+    labels = sorted({label(r.clip) for r in results if r.clip})
     if any(r.action == "silence" for r in results):
         labels.append("(silence)")
     row = {g: k for k, g in enumerate(labels)}
@@ -88,17 +107,14 @@ def session_figures(results, library, fd_threshold_mm: float = 0.5, blocks=None)
                              squeeze=False)
     for ax, run_id in zip(axes[:, 0], runs):
         rr = [r for r in results if r.run_id == run_id and (r.clip or r.action == "silence")]
-        g = [row["(silence)"] if r.clip is None else
-             row[library.clips[library.index_of(r.clip)].genre or library.clips[library.index_of(r.clip)].source]
-             for r in rr]
+        g = [row["(silence)" if r.clip is None else label(r.clip)] for r in rr]
         shades = {"silence": "0.85", "neutral": "#fde9c8"}
-        for first, last, condition in (blocks or {}).get(run_id, []):
+        for first, last, condition in condition_spans([r for r in results if r.run_id == run_id]):
             if condition in shades:
                 ax.axvspan(first - 0.5, last + 0.5, color=shades[condition], zorder=0, lw=0,
                            label=f"{condition} block")
         ax.step([r.index for r in rr], g, where="post", color="tab:blue", lw=1.2)
-        sw = [(r.index, row[library.clips[library.index_of(r.clip)].genre
-                             or library.clips[library.index_of(r.clip)].source]) for r in rr if r.action == "switch"]
+        sw = [(r.index, row[label(r.clip)]) for r in rr if r.action == "switch"]
         if sw:
             ax.scatter(*np.array(sw).T, color="tab:red", s=14, zorder=3, label="switch")
         handles, names = ax.get_legend_handles_labels()
@@ -141,32 +157,8 @@ def session_figures(results, library, fd_threshold_mm: float = 0.5, blocks=None)
     return figs
 
 
-def block_volumes(protocol: dict, tr_by_run: dict) -> dict:
-    """``run_id -> [(first volume, last volume, condition)]``: the volumes whose decisions fall in each block.
-
-    ``protocol`` is :meth:`realtime.session.protocol.Protocol.to_dict`; the decision after volume ``i``
-    falls at ``(i + 1) * TR`` into the run.
-    """
-    import math
-
-    out = {}
-    for run_id, tr in tr_by_run.items():
-        spans = []
-        for b in protocol["blocks"]:
-            first = max(math.ceil(b["onset_s"] / tr - 1 - 1e-9), 0)
-            last = math.ceil((b["onset_s"] + b["duration_s"]) / tr - 1 - 1e-9) - 1
-            if last >= first:
-                spans.append((first, last, b["condition"]))
-        out[run_id] = spans
-    return out
-
-
-def write_session_report(path: str, summary: dict, results, library, fd_threshold_mm: float = 0.5,
-                         tr_by_run: dict | None = None) -> str:
-    """Write ``path`` (HTML) with the headline counts and :func:`session_figures`.
-
-    ``tr_by_run`` (``run_id -> TR``, seconds) places a block design (``summary["protocol"]``) on the volumes.
-    """
+def write_session_report(path: str, summary: dict, results, library, fd_threshold_mm: float = 0.5) -> str:
+    """Write ``path`` (HTML) with the headline counts and :func:`session_figures`."""
     c = summary["counts"]
     lat = summary["latency_ms"].get("total", {})
     rows = [("Volumes / decoded", f"{c['volumes']} / {c['decoded']}"),
@@ -189,10 +181,10 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
             f"{k} {v['mean_cosine']:.3f} ({v['n']})" for k, v in match.items())))
     yoked = summary.get("yoked")
     if summary.get("protocol"):
-        p = summary["protocol"]
-        rows.insert(1, ("Block design", f"{p['source']}: " + ", ".join(
-            f"{b['condition']} {b['onset_s']:g}-{b['onset_s'] + b['duration_s']:g} s" for b in p["blocks"])
-            + " (feedback elsewhere), in every run"))
+        from .protocol import Protocol
+
+        p = Protocol.from_dict(summary["protocol"])
+        rows.insert(1, ("Block design", f"{p.source}: {p.describe()} (feedback elsewhere), in every run"))
     if summary.get("blinded"):  # the operator reads this page: real or sham stays in the record's files
         rows.insert(1, ("Feedback", "as allocated (blinded)"))
     elif yoked:
@@ -201,9 +193,8 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
                         + ", ".join(f"{k} <- {v}" for k, v in yoked["runs"].items()) + ")"))
         rows.append(("Sham: the participant's own decoding chose the clip that played at",
                      f"{agree} of decoded TRs"))
-    blocks = block_volumes(summary["protocol"], tr_by_run or {}) if summary.get("protocol") else None
     page = html_page("b2m session report", "Session report", rows,
-                     session_figures(results, library, fd_threshold_mm, blocks) if results else [])
+                     session_figures(results, library, fd_threshold_mm) if results else [])
     with open(path, "w") as f:
         f.write(page)
     return path

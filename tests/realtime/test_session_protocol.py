@@ -257,16 +257,20 @@ def test_a_session_is_continued_only_with_the_blocks_it_began_with(kit, tmp_path
     _same_protocol(str(new), proto, continuing=bool(recorded_decisions(new)[0]))  # a new folder: anything goes
 
 
-def test_block_volumes_are_the_volumes_whose_decisions_fall_in_each_block():
-    from realtime.session.report import block_volumes
+def test_the_report_shades_the_volumes_whose_decisions_fall_in_each_block(kit, tmp_path):
+    from realtime.session.report import condition_spans
 
-    proto = {"blocks": [{"onset_s": 13.5, "duration_s": 13.5, "condition": "silence"},
-                        {"onset_s": 27.0, "duration_s": 13.5, "condition": "neutral"}]}
-    spans = block_volumes(proto, {"run-01": TR})["run-01"]
+    (tmp_path / "b.tsv").write_text(BLOCKS)
+    _, results, _ = run(kit, tmp_path / "s", kit.library, read_protocol(tmp_path / "b.tsv"))
+    spans = condition_spans(results)
     for first, last, condition in spans:  # the closed form above, volume by volume
         assert {expected_condition(i) for i in range(first, last + 1)} == {condition}
-        assert expected_condition(first - 1) != condition and expected_condition(last + 1) != condition
-    assert [c for _, _, c in spans] == ["silence", "neutral"]
+        assert first == 0 or expected_condition(first - 1) != condition  # each span as long as it can be
+        assert last == 39 or expected_condition(last + 1) != condition
+    assert [c for _, _, c in spans] == ["feedback", "silence", "neutral", "feedback"]
+    assert (spans[0][0], spans[-1][1]) == (0, 39)
+    _, free, _ = run(kit, tmp_path / "free", kit.library)
+    assert condition_spans(free) == []  # no block design, nothing to shade
 
 
 def test_music_match_is_the_mean_cosine_of_decoded_and_heard_per_block(kit, tmp_path):
