@@ -90,7 +90,8 @@ class MonitorState:
                         break
                     since = i
                 last = {"run_id": r.run_id, "index": r.index, "decoded_index": r.decoded_index, "action": r.action,
-                        "clip": r.clip, "condition": r.condition, "tags": [list(t) for t in r.tags], "fd_mm": r.fd_mm, "flagged": r.flagged,
+                        "clip": r.clip, "condition": r.condition, "tags": [list(t) for t in r.tags],
+                        "fd_mm": r.fd_mm, "flagged": r.flagged,
                         "topk": [list(t) for t in r.topk], "playing_since_index": since,
                         "lag_s": (r.timestamps.get("audio_scheduled", self.last_seen) - acquired) if acquired else None}
                 # lag_s: from the volume's acquisition to its music being scheduled (scanner and session clocks)

@@ -244,7 +244,7 @@ def _check_not_another_run(stem: str, run_id: str, session_dir: str) -> None:
 
 
 def _describe(root: str, name: str, kind: str) -> list[str]:
-    """``ROOT/dataset_description.json`` of a ``raw`` or ``derivative`` dataset, if there is none yet; what was written."""
+    """``ROOT/dataset_description.json`` of a ``raw`` or ``derivative`` dataset, if none is there; the paths written."""
     path = os.path.join(root, "dataset_description.json")
     if os.path.exists(path):
         return []

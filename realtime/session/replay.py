@@ -23,8 +23,8 @@ from protocols.wire import VolumeMessage
 
 from .decisions import run_decisions
 
-__all__ = ["SESSION_JSON", "session_info", "write_session_info", "read_session_info", "recorded_volumes", "recorded_decisions",
-           "replay_session"]
+__all__ = ["SESSION_JSON", "session_info", "write_session_info", "read_session_info", "read_record_json",
+           "recorded_volumes", "recorded_decisions", "replay_session"]
 
 SESSION_JSON = "session_config.json"  # session.json belongs to the record itself (protocols.session)
 
