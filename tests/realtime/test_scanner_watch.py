@@ -31,6 +31,17 @@ def _touch(path, ns):
     os.utime(path, ns=(ns, ns))
 
 
+def _finish_and_settle(w, clock, path, rest: bytes):
+    """The scanner writes the rest of ``path``: the watcher waits for it to settle, then reads one volume."""
+    with open(path, "ab") as f:
+        f.write(rest)
+    clock.t += 0.05
+    assert w.scan() == []  # it grew: wait for it to settle
+    clock.t += 0.05
+    (vol,) = w.scan()
+    return vol
+
+
 def test_partial_file_waits_until_complete_and_stable(tmp_path):
     """Folder scans only (as on a network share): a file is read once unchanged between two scans."""
     clock = Clock()
@@ -41,12 +52,7 @@ def test_partial_file_waits_until_complete_and_stable(tmp_path):
     assert w.scan() == []
     clock.t += 0.05
     assert w.scan() == []  # unchanged once: read, fails, not yet given up
-    with open(target, "ab") as f:
-        f.write(blob[1000:])
-    clock.t += 0.05
-    assert w.scan() == []  # it grew: wait for it to settle
-    clock.t += 0.05
-    (vol,) = w.scan()
+    vol = _finish_and_settle(w, clock, target, blob[1000:])
     assert vol.index == 0 and np.array_equal(vol.data, read_siemens_mosaic(SIEMENS[0]).data)
     assert w.bad == {}
     clock.t += 0.05
@@ -139,12 +145,7 @@ def test_philips_pair_is_read_once_both_files_are_complete_and_unchanged(tmp_pat
     for _ in range(2):
         clock.t += 0.05
         assert w.scan() == [] and w.bad == {}  # a short REC: still being written
-    with open(rec, "ab") as f:
-        f.write(rec_blob[200_000:])
-    clock.t += 0.05
-    assert w.scan() == []  # it grew: wait for it to settle
-    clock.t += 0.05
-    (vol,) = w.scan()
+    vol = _finish_and_settle(w, clock, rec, rec_blob[200_000:])
     assert vol.index == 0 and np.array_equal(vol.data, read_philips_parrec(PHILIPS[0]).data)
     clock.t += 0.05
     assert w.scan() == [] and w.bad == {}
