@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # portaudio19-dev: tinysoundfont's pyaudio dependency builds against it.
-APT_PACKAGES=(libportaudio2 portaudio19-dev libsndfile1 jackd2)
+# faketime: the tests run a scanner side whose clock is off, as at a site (libfaketime).
+APT_PACKAGES=(libportaudio2 portaudio19-dev libsndfile1 jackd2 faketime)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -212,7 +212,10 @@ class Result:
         the delay stack is full.
     timestamps : dict of str -> float
         Unix seconds: ``acquired``, ``received``, ``preprocessed``, ``decoded``,
-        ``decided``, ``audio_scheduled`` (those reached).
+        ``decided``, ``audio_scheduled`` (those reached), all on the session
+        computer's clock: ``acquired`` is the scanner side's stamp moved by
+        the estimated difference between the two clocks
+        (``realtime.clocks``).
     latency_ms : dict of str -> float
         Per stage, from the previous stage.
     motion : list of 6 float or None

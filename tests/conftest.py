@@ -65,13 +65,13 @@ def shared_data() -> str:
 class Proc:
     """A ``b2m`` subprocess whose stderr/stdout go to files, stopped by PID."""
 
-    def __init__(self, args, log_dir, name):
+    def __init__(self, args, log_dir, name, prefix=()):
         self.out_path = os.path.join(log_dir, f"{name}.out")
         self.err_path = os.path.join(log_dir, f"{name}.err")
         self._out = open(self.out_path, "w")
         self._err = open(self.err_path, "w")
         env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="200")
-        self.p = subprocess.Popen([sys.executable, "-m", "b2m", *args], stdout=self._out,
+        self.p = subprocess.Popen([*prefix, sys.executable, "-m", "b2m", *args], stdout=self._out,
                                   stderr=self._err, stdin=subprocess.DEVNULL, env=env, cwd=REPO)
 
     @property
@@ -110,11 +110,14 @@ class Proc:
 
 @pytest.fixture
 def b2m_proc(tmp_path):
-    """Start ``b2m`` subcommands as processes; all are killed at teardown."""
+    """Start ``b2m`` subcommands as processes; all are killed at teardown.
+
+    ``prefix``: a command the process runs under (e.g. ``faketime -f +3s``).
+    """
     procs: list[Proc] = []
 
-    def start(*args, name=None):
-        proc = Proc([str(a) for a in args], tmp_path, name or f"p{len(procs)}")
+    def start(*args, name=None, prefix=()):
+        proc = Proc([str(a) for a in args], tmp_path, name or f"p{len(procs)}", prefix=prefix)
         procs.append(proc)
         return proc
 

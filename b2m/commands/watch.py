@@ -91,6 +91,7 @@ def run(args) -> int:
                            ready=lambda: print(f"watching\t{args.folder}", file=sys.stderr, flush=True))
     summary = {**link_summary(res), "ended": res.ended, "bad_files": res.bad_files,
                "skipped_series": res.skipped_series, "incomplete_volumes": res.incomplete,
+               "folder_lag_ms_min": ms_percentile(res.detect_lag_s, 0),
                "folder_lag_ms_p50": ms_percentile(res.detect_lag_s, 50),
                "folder_lag_ms_p99": ms_percentile(res.detect_lag_s, 99)}
     print(json.dumps(summary), file=sys.stdout, flush=True)

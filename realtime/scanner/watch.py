@@ -30,6 +30,7 @@ import numpy as np
 
 from protocols.wire import RunEnd, RunStart, VolumeMessage, valid_run_id
 
+from ..clocks import CLOCK_WARN_S
 from ..sender import ReliableSender
 from ..transport import DEFAULT_ENDPOINT
 from .inotify import FolderEvents
@@ -290,7 +291,10 @@ class WatchResult:
     detect_lag_s : ndarray of shape (n_sent,)
         Send time minus the newest file's modification time, per volume, in
         seconds: how long a volume waited in the folder (with folder scans
-        only, this includes the scan interval and the settle scan).
+        only, this includes the scan interval and the settle scan). Stamped
+        by the export folder's clock: a negative lag is that clock running
+        ahead of this computer's; seconds where a TR's worth is expected can
+        be that clock running behind.
     latency_s : ndarray
         Send -> ack time of each acked volume, in seconds.
     """
@@ -397,6 +401,7 @@ def _watch(watcher, vendor, endpoint, run_id, tr_s, n_volumes, idle_timeout_s, p
     first: ScannerVolume | None = None
     sent_idx: list[int] = []
     lags: list[float] = []
+    ahead = False  # a file's time was in this computer's future (warned once)
     ended = "interrupted"
     last_new = time.monotonic()
     idle = idle_timeout_s
@@ -431,10 +436,18 @@ def _watch(watcher, vendor, endpoint, run_id, tr_s, n_volumes, idle_timeout_s, p
                                          "run's first volume")
                     log.error("%s: %s; skipped", vol.files[0], watcher.bad[name])
                     continue
-                mtime = max((os.stat(f).st_mtime for f in vol.files if os.path.exists(f)), default=time.time())
+                now = time.time()
+                mtime = max((os.stat(f).st_mtime for f in vol.files if os.path.exists(f)), default=now)
+                if mtime - now >= CLOCK_WARN_S and not ahead:
+                    log.warning("%s was written %.2f s in this computer's future: the export folder's clock is "
+                                "ahead of this one's by at least that. Each volume's acquisition time is taken "
+                                "as when it was read instead; synchronise the clocks (NTP, chrony) to be sure",
+                                vol.files[0], mtime - now)
+                ahead = ahead or mtime - now >= CLOCK_WARN_S
+                # a stamp later than the moment the file was read is another clock's: never after that moment
                 sender.send(VolumeMessage(run_id=run_id, index=vol.index, data=vol.data, affine=vol.affine,
-                                          tr_s=tr_s, n_volumes=n_volumes, t_acquired=mtime))
-                lags.append(time.time() - mtime)
+                                          tr_s=tr_s, n_volumes=n_volumes, t_acquired=min(mtime, now)))
+                lags.append(now - mtime)
                 sent_idx.append(vol.index)
                 last_new = time.monotonic()
                 if progress is not None:

@@ -25,7 +25,10 @@ clip (or, in generation mode, each piece) begins to sound:
 - with a sound device, the engine logs, at each switch, how far ahead of the
   device's clock the switch was scheduled (``audio_lead_s``, from
   ``audio_scheduled``); the run's start on the same wall clock comes from the
-  scanner side's stamps, each taken as the moment its volume was complete
+  scanner side's stamps, moved onto the session computer's clock by the
+  difference between the two clocks (estimated from every volume's send and
+  receive times, :mod:`realtime.clocks`; the decisions hold it as
+  ``clock_offset_s``), each taken as the moment its volume was complete
   (the end of its acquisition, as on the session clock, where volume ``i``
   is decided at ``(i + 1) * TR``): ``min_i(t_acquired_i - (i + 1) * TR)``.
   A stamp made later than that (a folder watch stamps the file's writing,
@@ -71,13 +74,19 @@ def _run_starts(decisions: list[dict]) -> dict:
     """When the run's first volume began, on each clock a sound can be placed on.
 
     ``"session"``: the session clock (a WAV sink's frames), where the run
-    begins at its ``offset_s``. ``"wall"``: the scanner side's clock (Unix s),
-    from the stamps, each taken as its volume's completion; the earliest
-    implied start wins, since a stamp can only come late (None without stamps).
+    begins at its ``offset_s``. ``"wall"``: the session computer's clock (Unix
+    s), from the scanner side's stamps, each taken as its volume's completion
+    and moved onto this clock by the run's estimated clock offset; the
+    earliest implied start wins, since a stamp can only come late (None
+    without stamps).
     """
     tr_s = float(decisions[0]["tr_s"])
-    starts = [d["timestamps"]["acquired"] - (d["index"] + 1) * tr_s for d in decisions
-              if (d.get("timestamps") or {}).get("acquired")]
+    # each stamp was moved onto the session computer's clock by the offset estimated by then; the run's
+    # final estimate (the least of them, :mod:`realtime.clocks`) is the best, and holds for every stamp
+    applied = [d.get("clock_offset_s") for d in decisions]
+    final = min((a for a in applied if a is not None), default=None)
+    starts = [d["timestamps"]["acquired"] - (a or 0.0) + (final or 0.0) - (d["index"] + 1) * tr_s
+              for d, a in zip(decisions, applied) if (d.get("timestamps") or {}).get("acquired")]
     return {"session": float(decisions[0]["offset_s"]), "wall": min(starts) if starts else None}
 
 

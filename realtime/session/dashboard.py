@@ -12,6 +12,8 @@ import time
 
 import numpy as np
 
+from ..clocks import CLOCK_WARN_S, describe_offset
+
 __all__ = ["Dashboard"]
 
 _SPARK = " ▁▂▃▄▅▆▇█"
@@ -65,6 +67,10 @@ class Dashboard:
             lag = time.time() - r.timestamps.get("acquired", time.time()) if r.timestamps.get("acquired") else None
             head.add_row("run / volume", f"{r.run_id} / {r.index}  (decodes moment {r.decoded_index})")
             head.add_row("lag behind scanner", f"{lag:.2f} s" if lag is not None else "n/a (no acquisition time)")
+            off = (st.get("clock_offset_s") or {}).get(r.run_id, {}).get("offset_s")
+            if off is not None and abs(off) >= CLOCK_WARN_S:  # the lag above is already corrected for it
+                head.add_row("scanner clock", f"[yellow]{describe_offset(off, 'its clock')}: corrected; "
+                             "synchronise the clocks[/yellow]")
             head.add_row("action", f"{r.action}{'  [motion hold]' if r.flagged else ''}")
             if r.condition is not None:
                 head.add_row("block", r.condition)

@@ -51,6 +51,7 @@ import numpy as np
 
 from protocols.wire import Result
 
+from ..clocks import CLOCK_WARN_S, SenderClock, describe_offset
 from ..feedback import Decision, FeedbackPolicy, PolicyConfig
 from ..preprocessing import OnlinePreprocessor, PreprocessConfig
 from .clips import ClipCache
@@ -113,6 +114,8 @@ class _Run:
     last_volume: np.ndarray | None = None
     error: str | None = None
     n_decoded: int = 0
+    clock: SenderClock = field(default_factory=SenderClock)  # the sender's clock against this one
+    clock_warned: bool = False
 
 
 RESULTS_KEPT = 600  # results held in memory: 15 min at TR 1.5 s
@@ -246,6 +249,7 @@ class SessionEngine:
     def on_volume(self, msg, t_recv: float) -> list[Result]:
         """Handle one recorded volume (any order); returns the results produced now."""
         run = self._run(msg)
+        self._clock(run, msg, t_recv)
         out = []
         if msg.index < run.next_index or (run.pre is None and run.error is None):
             self.counts["late"] += 1
@@ -270,6 +274,17 @@ class SessionEngine:
             self._release(run)
         return out
 
+    def _clock(self, run: _Run, msg, t_recv: float) -> None:
+        run.clock.update(float(msg.t_sent or 0.0), t_recv)
+        off = run.clock.offset_s
+        # a few messages first: one received while this process was busy overstates the offset
+        if not run.clock_warned and run.clock.n >= 5 and off is not None and abs(off) >= CLOCK_WARN_S:
+            run.clock_warned = True
+            log.warning("run %s: %s (the least receive - send time over %d volumes); acquisition times are "
+                        "moved onto this computer's clock for the lag and the exported events. Synchronise "
+                        "both computers' clocks (NTP, chrony) to be sure", run.run_id,
+                        describe_offset(off, "the sender's clock"), run.clock.n)
+
     # ---- one TR ---------------------------------------------------------
 
     def _step(self, run: _Run, msg, volume: np.ndarray, t_recv: float, *, stand_in: bool,
@@ -288,7 +303,8 @@ class SessionEngine:
         run.next_index = index + 1
         self.counts["volumes"] += 1
         p0 = time.perf_counter()
-        stamps = {"acquired": float(msg.t_acquired), "received": float(t_recv)}
+        # every stamp on this computer's clock: the scanner side's acquisition time moved by the clock offset
+        stamps = {"acquired": run.clock.here(float(msg.t_acquired)), "received": float(t_recv)}
         lat: dict[str, float] = {}
         res = Result(run_id=run.run_id, index=index)
         t_scan = run.offset_s + (index + 1) * run.tr_s  # the decision's session time
@@ -603,7 +619,8 @@ class SessionEngine:
              "flagged": res.flagged, "stand_in": stand_in, "t_scan_s": t_scan, "offset_s": run.offset_s,
              "tr_s": run.tr_s, "timestamps": res.timestamps, "latency_ms": res.latency_ms,
              "audio_frame": audio_frame, "audio_lead_s": audio_lead,
-             "audio_rate": self.output.samplerate if audio_frame is not None else None, "error": error, **extra}
+             "audio_rate": self.output.samplerate if audio_frame is not None else None, "error": error,
+             "clock_offset_s": run.clock.offset_s, **extra}
         try:
             run.log.append(h, embedding)
         except Exception:
@@ -626,4 +643,8 @@ class SessionEngine:
             out["pieces"] = dict(self.pieces.stats)
         if self.yoke is not None:
             out["yoked"] = self.yoke.summary()
+        clocks = {r.run_id: {"offset_s": r.clock.offset_s, "messages": r.clock.n}
+                  for r in list(self.runs.values()) if r.clock.offset_s is not None}
+        if clocks:  # this computer's clock minus the scanner side's, per run
+            out["clock_offset_s"] = clocks
         return out

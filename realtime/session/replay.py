@@ -82,7 +82,8 @@ def recorded_volumes(session_dir):
         msg = VolumeMessage(run_id=run.run_id, index=index, data=data,
                             affine=np.asarray(h.get("affine", g["affine"]), float).reshape(4, 4),
                             tr_s=float(h.get("tr_s", g["tr_s"])),
-                            n_volumes=h.get("n_volumes"), t_acquired=float(h.get("t_acq") or 0.0))
+                            n_volumes=h.get("n_volumes"), t_acquired=float(h.get("t_acq") or 0.0),
+                            t_sent=float(h.get("t_send") or 0.0))
         yield msg, t_recv
 
 

@@ -168,6 +168,14 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
              f"p50 {lat.get('p50', float('nan')):.2f} ms, p99 {lat.get('p99', float('nan')):.2f} ms"),
             ("Audio underruns", str(summary.get("audio_underruns"))),
             ("Runs ended", ", ".join(summary.get("runs_ended") or []) or "-")]
+    clocks = summary.get("clock_offset_s") or {}
+    if clocks:
+        from ..clocks import CLOCK_WARN_S, describe_offset
+
+        rows.append(("Scanner side's clock (acquisition times are moved onto the session's)", ", ".join(
+            f"{run}: " + (describe_offset(c["offset_s"]) + " (synchronise the clocks)"
+                          if abs(c["offset_s"]) >= CLOCK_WARN_S else f"agrees within {1e3 * abs(c['offset_s']):.1f} ms")
+            for run, c in clocks.items())))
     pieces = summary.get("pieces")
     rows.insert(0, ("Music", "generated live from the library's generator points" if pieces is not None
                     else "retrieved from the library"))

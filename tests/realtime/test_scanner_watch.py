@@ -368,3 +368,32 @@ def test_a_run_of_n_volumes_ends_at_n_even_when_more_are_found_at_once(endpoint,
         res = watch_folder(folder, "nifti", endpoint, run_id="cut", n_volumes=3, include_existing=True)
     assert res.ended == "volumes" and res.indices == [0, 1, 2]
     assert res.all_acked and res.rejected == [] and res.unacked == []
+
+
+def test_files_from_a_clock_ahead_are_stamped_when_read_and_named(endpoint, fmri1_nii, tmp_path, caplog):
+    """The export folder's clock runs 30 s ahead (its files' modification times are in this computer's
+    future): each volume's acquisition time is the moment it was read, never later, the file is named
+    in one warning, and the folder lag comes out negative, which shows the clock in the summary."""
+    from conftest import ReceiverThread
+
+    from protocols.session import SessionRecord
+    from realtime.scanner.export import export_run
+    from realtime.scanner.watch import watch_folder
+
+    folder = tmp_path / "export"
+    export_run(fmri1_nii, folder, speed=float("inf"))
+    ahead = time.time() + 30.0
+    for p in sorted(folder.iterdir()):
+        os.utime(p, (ahead, ahead))
+    t0 = time.time()
+    with caplog.at_level("WARNING", logger="b2m"), ReceiverThread(tmp_path / "session", endpoint):
+        res = watch_folder(folder, "nifti", endpoint, run_id="ahead", n_volumes=3, include_existing=True)
+    t1 = time.time()
+    assert res.all_acked and res.indices == [0, 1, 2]
+    heads = [h for h in SessionRecord(str(tmp_path / "session"), sync=False).runs["ahead"].received.values()]
+    acq = np.array([h.header["t_acq"] for h in heads])
+    assert np.all((acq >= t0) & (acq <= t1)), (acq - t0, t1 - t0)  # when read, not 30 s on
+    assert np.all(acq <= np.array([h.header["t_send"] for h in heads]))
+    warned = [r.getMessage() for r in caplog.records if "future" in r.getMessage()]
+    assert len(warned) == 1 and "ahead" in warned[0] and str(folder) in warned[0], warned
+    assert np.all(res.detect_lag_s < -29.0), res.detect_lag_s

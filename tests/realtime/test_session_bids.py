@@ -158,6 +158,48 @@ def test_device_onsets_come_from_the_scheduling_lead_and_the_acquisition_stamps(
     assert rows[0]["duration"] == pytest.approx(20 * tr)
 
 
+def test_device_onsets_use_the_runs_final_clock_offset(rng):
+    """The scanner side's clock is 2.5 s ahead: each decision's ``acquired`` was moved onto the session's clock
+    by the offset estimated by then (the least receive - send time so far), which improves as the run goes
+    on. The run's start is placed with the final estimate: the true start plus the link's least latency.
+    Ground truth: the session-clock start ``s0`` the synthetic stamps are built from."""
+    from protocols.library import Clip
+
+    class Lib:
+        clips = [Clip(id="a", path="a.wav", start_s=0.0, duration_s=8.0, genre="jazz"),
+                 Clip(id="b", path="b.wav", start_s=0.0, duration_s=8.0, genre="rock")]
+
+        @staticmethod
+        def audio_path(clip):
+            return "/lib/" + clip.path
+
+    tr, s0, skew, n = 1.5, 1_800_000_000.0, 2.5, 30
+    done = s0 + (np.arange(n) + 1) * tr  # each volume complete, on the session's clock
+    jitter = rng.uniform(0.01, 0.3, n)  # each acquisition stamp lags its volume's completion
+    jitter[4] = 0.0
+    latency = rng.uniform(0.002, 0.5, n)  # the link, and the session busy with the TR before
+    latency[0], latency[17] = 0.9, 0.0004  # the first volume waited; the least latency comes late
+    received = done + jitter + latency
+    sent = received - latency - (-skew)  # on the sender's clock, 2.5 s ahead
+    running = np.minimum.accumulate(received - sent)  # the engine's estimate at each volume
+    decisions = []
+    for i in range(n):
+        d = {"index": i, "tr_s": tr, "offset_s": 0.0, "clip": "a" if i < 15 else "b",
+             "action": "neutral" if i == 0 else ("switch" if i == 15 else "keep"), "clock_offset_s": running[i],
+             "timestamps": {"acquired": (done[i] + jitter[i] + skew) + running[i],
+                            "audio_scheduled": received[i] + 0.01},
+             "audio_frame": None, "audio_lead_s": None, "audio_rate": None}
+        if i in (0, 15):
+            d.update(audio_frame=1000 * (i + 1), audio_lead_s=0.2, audio_rate=48000)
+        decisions.append(d)
+    rows = music_events(decisions, Lib, 48000, n)
+    start = s0 + latency.min()  # the true start, late by the least latency only
+    expected = [received[i] + 0.01 + 0.2 - start for i in (0, 15)]
+    np.testing.assert_allclose([r["onset"] for r in rows], expected, atol=1e-6)
+    # with each stamp's own running estimate the first volume's 0.9 s wait would have placed the start late
+    assert running[0] - running[-1] > 0.5
+
+
 @pytest.mark.timeout(120)
 def test_a_receive_record_exports_bold_only_and_an_incomplete_run_is_named(b2m_proc, endpoint, fmri1_nii, tmp_path):
     out, bids = tmp_path / "rx", tmp_path / "bids"
