@@ -109,10 +109,9 @@ def test_export_writes_the_run_bit_exact_and_events_where_the_music_changes(kit,
     assert np.array_equal(np.asanyarray(bold2.dataobj.get_unscaled()), np.asanyarray(src.dataobj.get_unscaled()))
 
 
-def test_device_onsets_come_from_the_scheduling_lead_and_the_acquisition_stamps(rng):
-    """A sound device: onset = audio_scheduled + audio_lead_s - the run's start on the scanner's clock, which
-    is the earliest ``t_acquired - (i + 1) TR``: a stamp marks its volume complete, and a late one only
-    ever lags. Closed form on synthetic decisions."""
+def _two_clip_library():
+    """A stand-in for ``music.library.Library`` with the two attributes the export reads: clip ``a`` (jazz,
+    starting 1 s into ``/lib/a.wav``) and ``b`` (rock)."""
     from protocols.library import Clip
 
     class Lib:
@@ -123,6 +122,14 @@ def test_device_onsets_come_from_the_scheduling_lead_and_the_acquisition_stamps(
         def audio_path(clip):
             return "/lib/" + clip.path
 
+    return Lib
+
+
+def test_device_onsets_come_from_the_scheduling_lead_and_the_acquisition_stamps(rng):
+    """A sound device: onset = audio_scheduled + audio_lead_s - the run's start on the scanner's clock, which
+    is the earliest ``t_acquired - (i + 1) TR``: a stamp marks its volume complete, and a late one only
+    ever lags. Closed form on synthetic decisions."""
+    Lib = _two_clip_library()
     tr, t0 = 2.0, 1_800_000_000.0
     jitter = rng.uniform(0.01, 0.2, 20)  # each volume's stamp lags its completion by a little
     jitter[3] = 0.0  # one stamp is exact: that is the run's start
@@ -163,16 +170,7 @@ def test_device_onsets_use_the_runs_final_clock_offset(rng):
     by the offset estimated by then (the least receive - send time so far), which improves as the run goes
     on. The run's start is placed with the final estimate: the true start plus the link's least latency.
     Ground truth: the session-clock start ``s0`` the synthetic stamps are built from."""
-    from protocols.library import Clip
-
-    class Lib:
-        clips = [Clip(id="a", path="a.wav", start_s=0.0, duration_s=8.0, genre="jazz"),
-                 Clip(id="b", path="b.wav", start_s=0.0, duration_s=8.0, genre="rock")]
-
-        @staticmethod
-        def audio_path(clip):
-            return "/lib/" + clip.path
-
+    Lib = _two_clip_library()
     tr, s0, skew, n = 1.5, 1_800_000_000.0, 2.5, 30
     done = s0 + (np.arange(n) + 1) * tr  # each volume complete, on the session's clock
     jitter = rng.uniform(0.01, 0.3, n)  # each acquisition stamp lags its volume's completion
