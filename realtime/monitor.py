@@ -28,10 +28,11 @@ import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import numpy as np
 import zmq
 
 from protocols.wire import Result, decode
+
+from .results import latency_summary
 
 log = logging.getLogger("b2m.monitor")
 
@@ -78,8 +79,7 @@ class MonitorState:
             r = self.last
             runs = {run_id: [{"index": i, "action": a, "clip": c, "fd_mm": fd, "flagged": fl, "condition": cond}
                              for i, a, c, fd, fl, cond in rows] for run_id, rows in self._runs.items()}
-            lat = {s: {"last": v[-1], "p50": float(np.median(v)), "p99": float(np.percentile(v, 99)), "n": len(v)}
-                   for s, v in ((s, list(q)) for s, q in self._latency.items()) if v}
+            lat = {s: latency_summary(q) for s, q in self._latency.items() if q}
             last = None
             if r is not None:
                 acquired = r.timestamps.get("acquired")

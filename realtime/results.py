@@ -23,9 +23,18 @@ from protocols.wire import Result, encode
 
 from .transport import CurveServer, check_exposure, set_curve_server, start_authenticator
 
-__all__ = ["ResultsPublisher", "PynealResultsServer", "pyneal_payload"]
+__all__ = ["ResultsPublisher", "PynealResultsServer", "pyneal_payload", "latency_summary"]
 
 log = logging.getLogger("b2m.results")
+
+
+def latency_summary(samples_ms) -> dict:
+    """``{"last", "p50", "p99", "n"}`` of one stage's latencies (ms), as the dashboard and the monitor show them.
+
+    ``samples_ms``: a non-empty sequence, oldest first (a deque the session is appending to is copied first).
+    """
+    a = np.array(list(samples_ms), float)  # list() copies under the GIL: the loop may be appending
+    return {"last": float(a[-1]), "p50": float(np.median(a)), "p99": float(np.percentile(a, 99)), "n": int(a.size)}
 
 
 class ResultsPublisher:

@@ -54,6 +54,7 @@ from protocols.wire import Result
 from ..clocks import CLOCK_WARN_S, SenderClock, describe_offset
 from ..feedback import Decision, FeedbackPolicy, PolicyConfig
 from ..preprocessing import OnlinePreprocessor, PreprocessConfig
+from ..results import latency_summary, pyneal_payload
 from .clips import ClipCache
 from .decisions import DecisionLog, decisions_path
 from .generation import LivePieces, atlas_points
@@ -604,8 +605,6 @@ class SessionEngine:
         if self.publisher is not None:
             self.publisher.publish(res)
         if self.pyneal is not None:
-            from ..results import pyneal_payload
-
             self.pyneal.store(res.index, pyneal_payload(res))
         if run.log is not None:
             self._log(run, res, embedding, t_scan, stand_in, audio, error, extra)
@@ -628,12 +627,7 @@ class SessionEngine:
 
     def stats(self) -> dict:
         """Counts, latency medians/p99 per stage (ms) and the audio output's statistics."""
-        lat = {}
-        for k, v in self.latency_ms.items():
-            if v:
-                a = np.array(list(v), float)  # list() copies under the GIL: the loop may be appending
-                lat[k] = {"last": float(a[-1]), "p50": float(np.median(a)), "p99": float(np.percentile(a, 99)),
-                          "n": int(a.size)}
+        lat = {k: latency_summary(v) for k, v in self.latency_ms.items() if v}
         out = {"counts": dict(self.counts), "latency_ms": lat}
         if self.output is not None:
             out["audio"] = self.output.stats()
