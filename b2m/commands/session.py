@@ -293,7 +293,8 @@ def session_summary(engine, ended) -> dict:
     return {"runs_ended": ended, "mode": engine.options.mode, "counts": st["counts"], "latency_ms": st["latency_ms"],
             "audio_underruns": audio.get("underruns"), "audio": audio, "clips": st.get("clips"),
             "pieces": st.get("pieces"), "yoked": st.get("yoked"),
-            "clock_offset_s": st.get("clock_offset_s")}  # per run: this computer's clock minus the scanner side's
+            "clock_offset_s": st.get("clock_offset_s"),  # per run: this computer's clock minus the scanner side's
+            "alignment": st.get("alignment")}  # runs found against the model's reference from another session
 
 
 def _same_protocol(out: str, protocol, *, continuing: bool) -> None:

@@ -25,6 +25,14 @@ Then (:func:`reslice`)
 same ``update`` on every volume of a run, so online and offline results are
 identical.
 
+Another session (a model bundle's reference, another day)
+    the volumes may lie on another grid (``grid``: another field of view,
+    voxel size or tilt): each is smoothed on its own grid and sampled at
+    the transformed reference points, and resliced from it onto the
+    reference grid in one interpolation. The run's first volume may lie far
+    from the reference, so :meth:`MotionCorrector.align` searches for it
+    first (``align_first``).
+
 Parameters follow the convention in :mod:`realtime.preprocessing._rigid`:
 ``(tx, ty, tz)`` mm and ``(rx, ry, rz)`` radians in world space,
 ``M = T @ Rx @ Ry @ Rz`` about the world origin, mapping reference -> current.
@@ -33,7 +41,7 @@ Parameters follow the convention in :mod:`realtime.preprocessing._rigid`:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -45,6 +53,8 @@ __all__ = [
     "MotionReference",
     "MotionResult",
     "MotionCorrector",
+    "Alignment",
+    "ALIGN_MATCH",
     "RunMotion",
     "realign_run",
     "reslice",
@@ -132,11 +142,11 @@ def _check_affine(affine) -> np.ndarray:
     return a
 
 
-def _check_volume(volume, shape, what="volume") -> np.ndarray:
+def _check_volume(volume, shape, what="volume", of="the motion reference") -> np.ndarray:
     v = np.asarray(volume)
     if v.shape != tuple(shape):
-        raise ValueError(f"{what} has shape {v.shape}, but the motion reference has shape {tuple(shape)}; "
-                         "every volume of a run must be on the reference grid")
+        raise ValueError(f"{what} has shape {v.shape}, but {of} has shape {tuple(shape)}; "
+                         "every volume of a run must be on one grid")
     if v.dtype.kind not in "iuf":
         raise ValueError(f"{what} must hold integers or floats; got dtype {v.dtype}")
     return v
@@ -182,20 +192,24 @@ def _transform(vox: np.ndarray, pts: np.ndarray, out: np.ndarray) -> None:
 
 
 class _Reslicer:
-    """Trilinear sampling of raw volumes at fixed reference-grid voxels."""
+    """Trilinear sampling of raw volumes at fixed reference-grid voxels.
 
-    def __init__(self, shape, affine, mask):
+    ``grid``: ``(shape, affine)`` of the volumes sampled, when it is not the reference's.
+    """
+
+    def __init__(self, shape, affine, mask, grid=None):
         self.shape = tuple(shape)
         self.affine = affine
-        self.inv_affine = np.linalg.inv(affine)
+        src_shape, src_affine = grid if grid is not None else (shape, affine)
+        self.inv_src_affine = np.linalg.inv(src_affine)
         self.ijk = _voxel_list(mask, shape)
         self.n = len(self.ijk)
         self._pts = np.ascontiguousarray(self.ijk.T, dtype=np.float32)
         self._coords = np.empty((3, self.n), np.float32)
-        self._sampler = TrilinearSampler(shape, self.n, (0, 0, 0), np.array(shape) - 1)
+        self._sampler = TrilinearSampler(tuple(src_shape), self.n, (0, 0, 0), np.array(src_shape) - 1)
 
     def __call__(self, flat32: np.ndarray, matrix: np.ndarray, out: np.ndarray) -> int:
-        v = self.inv_affine @ matrix @ self.affine
+        v = self.inv_src_affine @ matrix @ self.affine
         _transform(v, self._pts, self._coords)
         return self._sampler.sample(flat32, self._coords, out)
 
@@ -251,13 +265,19 @@ class MotionReference:
     estimation_mask : ndarray of bool, shape (nx, ny, nz), optional
         Where sample points may lie (e.g. a brain mask). Default: an
         intensity threshold on the smoothed reference (``config.mask_fraction``).
+    grid : (shape, affine), optional
+        The grid of the volumes to register, when it is not the reference's
+        (another day's slice prescription: another field of view, voxel size
+        or orientation). Parameters stay in world space; each volume is
+        smoothed on its own grid and sampled at the transformed reference
+        points.
 
     Attributes
     ----------
     n_points : int
         Number of sample points used for estimation.
     points_ijk : ndarray of shape (n_points, 3), int
-        Their voxel indices.
+        Their voxel indices (on the reference grid).
 
     Notes
     -----
@@ -265,7 +285,8 @@ class MotionReference:
     :meth:`estimate` depends only on its arguments.
     """
 
-    def __init__(self, reference, affine, *, config: MotionConfig | None = None, estimation_mask=None):
+    def __init__(self, reference, affine, *, config: MotionConfig | None = None, estimation_mask=None,
+                 grid=None):
         self.config = cfg = config or MotionConfig()
         self.affine = _check_affine(affine)
         ref = np.asarray(reference)
@@ -276,14 +297,27 @@ class MotionReference:
         self.inv_affine = np.linalg.inv(self.affine)
         voxel_mm = np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
         self.voxel_mm = voxel_mm
-
-        self._vol = np.empty(self.shape, np.float32)
-        self.smoother = BinomialSmoother(self.shape, binomial_passes(cfg.fwhm_mm, voxel_mm))
-        ref_s = self.smoother.smooth(_to_float32(ref, self._vol), out=np.zeros(self._vol.size, np.float32))
-        lo, hi = self.smoother.valid_box()
+        smoother = BinomialSmoother(self.shape, binomial_passes(cfg.fwhm_mm, voxel_mm))
+        ref_s = smoother.smooth(_to_float32(ref, np.empty(self.shape, np.float32)),
+                                out=np.zeros(ref.size, np.float32))
+        lo, hi = smoother.valid_box()
         if np.any(hi - lo < 4):
             raise ValueError(f"reference of shape {self.shape} is too small for smoothing at "
                              f"{cfg.fwhm_mm} mm FWHM; lower fwhm_mm")
+        # the volumes' grid: the reference's, or another one
+        if grid is None:
+            self.vol_shape, self.vol_affine, self.smoother = self.shape, self.affine, smoother
+        else:
+            self.vol_shape, self.vol_affine = tuple(int(n) for n in grid[0]), _check_affine(grid[1])
+            self.smoother = BinomialSmoother(self.vol_shape, binomial_passes(
+                cfg.fwhm_mm, np.sqrt((self.vol_affine[:3, :3] ** 2).sum(axis=0))))
+            ref_s *= self.smoother.gain / smoother.gain  # the smoothers' gains differ with their kernels
+            vlo, vhi = self.smoother.valid_box()
+            if np.any(vhi - vlo < 4):
+                raise ValueError(f"volumes of shape {self.vol_shape} are too small for smoothing at "
+                                 f"{cfg.fwhm_mm} mm FWHM; lower fwhm_mm")
+        self.inv_vol_affine = np.linalg.inv(self.vol_affine)
+        self._vol = np.empty(self.vol_shape, np.float32)
         self._smoothed = np.zeros(self._vol.size, np.float32)
 
         # sample points: a grid every sep_mm, inside the valid box with a
@@ -347,36 +381,54 @@ class MotionReference:
         self._sampled = np.empty(n, np.float32)
         self._invalid = np.empty(n, bool)
         self._b = np.empty(len(self._jac), np.float32)
-        self._sampler = TrilinearSampler(self.shape, n, lo, hi)
+        self._sampler = TrilinearSampler(self.vol_shape, n, *self.smoother.valid_box())
 
     def prepare(self, volume) -> np.ndarray:
         """Copy a volume to float32 (internal buffer) and smooth it.
 
         Parameters
         ----------
-        volume : ndarray of shape ``self.shape``, any real dtype (not modified)
+        volume : ndarray of shape ``self.vol_shape``, any real dtype (not modified)
 
         Returns
         -------
-        raw : ndarray of shape ``self.shape``, float32
+        raw : ndarray of shape ``self.vol_shape``, float32
             The float32 copy (internal buffer, overwritten by the next call).
         """
-        v = _check_volume(volume, self.shape)
+        v = _check_volume(volume, self.vol_shape, of="the motion reference" if self.vol_shape == self.shape
+                          and self.vol_affine is self.affine else "the run's grid")
         raw = _to_float32(v, self._vol)
         self.smoother.smooth(raw, out=self._smoothed)
         return raw
 
-    def estimate(self, volume=None, init=None) -> tuple[np.ndarray, int, bool]:
+    def match(self, params) -> float:
+        """How well the last prepared volume matches the reference once moved by ``params``.
+
+        The Pearson correlation of the smoothed reference and the smoothed
+        volume at the sample points that fall inside the volume (NaN if
+        fewer than a quarter do): about 0.9 or more for two EPI volumes of one
+        head well aligned.
+        """
+        _transform(self.inv_vol_affine @ rigid_matrix(params) @ self.affine, self._pts, self._coords)
+        n_invalid = self._sampler.sample(self._smoothed, self._coords, self._sampled)
+        if n_invalid > (1.0 - _MIN_VALID_FRACTION) * self.n_points:
+            return float("nan")
+        ok = self._sampler.valid
+        return float(np.corrcoef(self._sampled[ok], self._ref_vals[ok])[0, 1])
+
+    def estimate(self, volume=None, init=None, max_iter: int | None = None) -> tuple[np.ndarray, int, bool]:
         """Estimate the rigid parameters of one volume.
 
         Parameters
         ----------
-        volume : ndarray of shape ``self.shape``, any real dtype, optional
+        volume : ndarray of shape ``self.vol_shape``, any real dtype, optional
             Not modified. None reuses the volume given to the last
             :meth:`prepare` call.
         init : array-like of shape (6,), optional
             Starting point (mm, radians); the previous volume's estimate in a
             run. Default: zeros.
+        max_iter : int, optional
+            Cap on iterations for this call (default ``config.max_iter``).
 
         Returns
         -------
@@ -395,8 +447,8 @@ class MotionReference:
         m = rigid_matrix(p0)
         e, coords, jac = self._sampled, self._coords, self._jac
         n_iter, converged = 0, False
-        for n_iter in range(1, cfg.max_iter + 1):
-            _transform(self.inv_affine @ m @ self.affine, self._pts, coords)
+        for n_iter in range(1, (cfg.max_iter if max_iter is None else max_iter) + 1):
+            _transform(self.inv_vol_affine @ m @ self.affine, self._pts, coords)
             n_invalid = self._sampler.sample(self._smoothed, coords, e)
             if n_invalid > (1.0 - _MIN_VALID_FRACTION) * self.n_points:
                 break
@@ -473,6 +525,21 @@ class MotionCorrector:
         Where motion is estimated from (see :class:`MotionReference`).
     reslice_mask : ndarray of bool, shape (nx, ny, nz), or of int, shape (n_voxels, 3), optional
         The voxels the model needs; without it ``MotionResult.values`` is None.
+    grid : (shape, affine), optional
+        The volumes' grid, when it is not the reference's (another session's
+        slice prescription): volumes are registered and resliced from it onto
+        the reference grid in one interpolation.
+    align_first : bool
+        The reference comes from another session, so the first volume may lie
+        far from it (the head placed anew, another prescription): it is found
+        by :meth:`align` when the grids differ, or when its estimate from zero
+        motion does not converge or matches the reference poorly
+        (:data:`ALIGN_MATCH`).
+
+    Attributes
+    ----------
+    alignment : Alignment or None
+        The first volume's search, if one was run.
 
     Notes
     -----
@@ -482,12 +549,16 @@ class MotionCorrector:
     """
 
     def __init__(self, reference, affine, *, config: MotionConfig | None = None,
-                 estimation_mask=None, reslice_mask=None):
-        self.reference = MotionReference(reference, affine, config=config, estimation_mask=estimation_mask)
+                 estimation_mask=None, reslice_mask=None, grid=None, align_first: bool = False):
+        self._ref_volume, self._grid = reference, grid
+        self.reference = MotionReference(reference, affine, config=config, estimation_mask=estimation_mask,
+                                         grid=grid)
         self.config = self.reference.config
         self._reslicer = (None if reslice_mask is None
-                          else _Reslicer(self.reference.shape, self.reference.affine, reslice_mask))
+                          else _Reslicer(self.reference.shape, self.reference.affine, reslice_mask, grid))
         self._prev: np.ndarray | None = None
+        self._align_first = align_first
+        self.alignment: Alignment | None = None
 
     @property
     def n_voxels(self) -> int | None:
@@ -536,7 +607,10 @@ class MotionCorrector:
         """
         ref = self.reference
         raw = ref.prepare(volume)
-        params, n_iter, converged = ref.estimate(None, init=self._prev)
+        if self._prev is None and self._align_first and self.alignment is None:
+            params, n_iter, converged = self._first(volume)
+        else:
+            params, n_iter, converged = ref.estimate(None, init=self._prev)
         fd = 0.0 if self._prev is None else _fd_step(self._prev, params, self.config.fd_radius_mm)
         self._prev = params.copy()
         values = None
@@ -550,6 +624,129 @@ class MotionCorrector:
             values = out
         return MotionResult(params=params, fd=fd, flagged=fd > self.config.fd_threshold_mm,
                             n_iter=n_iter, converged=converged, values=values)
+
+
+    def _first(self, volume) -> tuple[np.ndarray, int, bool]:
+        """The first volume against a reference from another session (``align_first``)."""
+        ref = self.reference
+        if self._grid is None:  # the same grid: the usual start from zero motion, if it lands well
+            params, n_iter, converged = ref.estimate(None)
+            if converged and ref.match(params) >= ALIGN_MATCH:
+                return params, n_iter, converged
+        a = self.align(volume)
+        return a.params, a.n_iter, a.converged
+
+    def align(self, volume) -> "Alignment":
+        """Find a volume that may lie far from the reference, and start the run from it.
+
+        Three starts are each refined at coarse smoothing (8 mm, points every
+        6 mm): zero motion (the head where it was in the scanner), the shift
+        between the two volumes' intensity centroids, and, when the grids
+        differ, the rigid part of the map that keeps every voxel index in
+        place (a prescription that followed the head, as auto-align does).
+        The best match is then refined with this corrector's own settings.
+        The next :meth:`update` starts from the result, with FD 0.
+        """
+        cfg = self.config
+        coarse = MotionReference(self._ref_volume, self.reference.affine, grid=self._grid, config=replace(
+            cfg, fwhm_mm=max(8.0, cfg.fwhm_mm), sep_mm=max(6.0, cfg.sep_mm), max_points=min(5000, cfg.max_points
+                                                                                             or 5000)))
+        coarse.prepare(volume)
+        starts = {"zero": np.zeros(6), "centroids": _centroid_shift(self._ref_volume, self.reference.affine,
+                                                                    volume, self.reference.vol_affine)}
+        if self._grid is not None:
+            starts["voxel grid"] = _voxel_identity(self.reference.affine, self.reference.vol_affine,
+                                                   self._ref_volume)
+        tried = {}
+        for name, p0 in starts.items():
+            p, _, _ = coarse.estimate(None, init=p0, max_iter=_ALIGN_ITER)
+            tried[name] = (p, coarse.match(p))
+        best = max(tried, key=lambda k: -np.inf if not np.isfinite(tried[k][1]) else tried[k][1])
+        fine = self.reference
+        fine.prepare(volume)
+        params, n_iter, converged = fine.estimate(None, init=tried[best][0], max_iter=_ALIGN_ITER)
+        coverage = None
+        if self._reslicer is not None:  # the model's voxels the volumes' field of view holds
+            r = self._reslicer
+            _transform(r.inv_src_affine @ rigid_matrix(params) @ r.affine, r._pts, r._coords)
+            lo, hi = np.zeros((3, 1), np.float32), np.array(self.reference.vol_shape, np.float32)[:, None] - 1
+            coverage = float(np.mean(np.all((r._coords >= lo) & (r._coords <= hi), axis=0)))
+        self.alignment = Alignment(params=params, similarity=fine.match(params), start=best,
+                                   n_iter=n_iter, converged=converged,
+                                   starts={k: round(v[1], 4) for k, v in tried.items()}, coverage=coverage)
+        return self.alignment
+
+
+ALIGN_MATCH = 0.8  # a first volume matching the reference less than this (Pearson r, smoothed) is searched for
+_ALIGN_ITER = 40
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """The first volume of a run found against a reference from another session.
+
+    Attributes
+    ----------
+    params : ndarray of shape (6,)
+        mm and radians, reference -> the volume, in world space.
+    similarity : float
+        :meth:`MotionReference.match` at ``params`` (Pearson r of the smoothed volumes).
+    start : str
+        The start the search kept: ``zero``, ``centroids`` or ``voxel grid``.
+    n_iter : int
+    converged : bool
+    starts : dict of str -> float
+        Each start's match after the coarse refinement.
+    coverage : float or None
+        The fraction of the resliced (model's) voxels inside the volumes'
+        field of view; the others take the nearest edge voxel's values.
+        None without a reslice mask.
+    """
+
+    params: np.ndarray
+    similarity: float
+    start: str
+    n_iter: int
+    converged: bool
+    starts: dict
+    coverage: float | None = None
+
+    def describe(self) -> str:
+        """``"11.8 mm, 4.2 deg from the reference (match r 0.96), covering 97% of the model's voxels"``."""
+        t = float(np.linalg.norm(self.params[:3]))
+        deg = float(np.degrees(np.linalg.norm(self.params[3:])))
+        cover = "" if self.coverage is None else f", covering {self.coverage:.0%} of the model's voxels"
+        return f"{t:.1f} mm, {deg:.1f} deg from the reference (match r {self.similarity:.2f}){cover}"
+
+
+def _centroid(volume, affine) -> np.ndarray:
+    """World position (mm) of a volume's intensity centroid, over voxels above 1/8 of its mean (SPM's head)."""
+    v = np.asarray(volume, np.float64)
+    w = np.where(v > v.mean() / 8.0, v, 0.0)
+    ijk = np.array([(w.sum(axis=tuple(b for b in range(3) if b != a)) * np.arange(v.shape[a])).sum()
+                    for a in range(3)]) / w.sum()
+    return affine[:3, :3] @ ijk + affine[:3, 3]
+
+
+def _centroid_shift(reference, ref_affine, volume, vol_affine) -> np.ndarray:
+    params = np.zeros(6)
+    params[:3] = _centroid(volume, vol_affine) - _centroid(reference, ref_affine)
+    return params
+
+
+def _voxel_identity(ref_affine, vol_affine, reference) -> np.ndarray:
+    """The rigid map closest to ``vol_affine @ inv(ref_affine)`` (each voxel index kept), at the head's centroid."""
+    m = vol_affine @ np.linalg.inv(ref_affine)
+    u, _, vt = np.linalg.svd(m[:3, :3])
+    r = u @ vt
+    if np.linalg.det(r) < 0:  # a flip between the grids is not a head's move: keep the nearest rotation
+        u[:, -1] *= -1
+        r = u @ vt
+    c = _centroid(reference, ref_affine)
+    rigid = np.eye(4)
+    rigid[:3, :3] = r
+    rigid[:3, 3] = m[:3, :3] @ c + m[:3, 3] - r @ c
+    return params_from_matrix(rigid)
 
 
 @dataclass(frozen=True)

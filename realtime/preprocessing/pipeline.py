@@ -187,7 +187,12 @@ class OnlinePreprocessor:
         Expected run length (time axis of the drift basis).
     reference : ndarray of shape (nx, ny, nz), optional
         Motion reference; default the run's first volume. A model bundle
-        carries the training reference so live runs are aligned to the mask.
+        carries the training reference so live runs are aligned to the mask,
+        even from another session: with a reference and motion correction,
+        :meth:`check` accepts volumes on another grid (another day's slice
+        prescription), and the run's first volume is searched for
+        (:meth:`.motion.MotionCorrector.align`) if it lies far from the
+        reference.
     norm_mean, norm_std : ndarray of shape (n_voxels,), optional
         Training statistics for ``normalize="bundle"``.
     tr_s : float, optional
@@ -206,6 +211,8 @@ class OnlinePreprocessor:
         self.n_voxels = int(self.mask.sum())
         self.n_volumes = n_volumes
         self._motion: MotionCorrector | None = None
+        self._reference = reference
+        self.grid: tuple | None = None  # the volumes' (shape, affine), when not the mask's
         if config.motion and reference is not None:
             self._make_motion(reference)
         self._raw = np.empty(self.n_voxels, np.float32)
@@ -214,19 +221,43 @@ class OnlinePreprocessor:
         self._stack = DelayStack(self.n_voxels, config.delays)
         self.t = 0
 
-    def _make_motion(self, reference) -> None:
+    def _make_motion(self, reference, grid=None) -> None:
         check_geometry(self.mask.shape, self.affine, np.shape(reference), self.affine, what="reference")
         self._motion = MotionCorrector(reference, self.affine, config=self.config.motion_config,
-                                       reslice_mask=self.mask)
+                                       reslice_mask=self.mask, grid=grid,
+                                       align_first=reference is self._reference and reference is not None)
+
+    @property
+    def alignment(self):
+        """The run's first volume found against the reference (:class:`.motion.Alignment`), or None."""
+        return None if self._motion is None else self._motion.alignment
 
     def check(self, shape, affine) -> None:
-        """Check a run's geometry against the mask before its first volume."""
-        check_geometry(self.mask.shape, self.affine, shape, affine)
+        """Check a run's geometry against the mask before its first volume.
+
+        Volumes on another grid are accepted when they can be aligned to the
+        reference (motion correction on, a reference given): they are then
+        registered and resliced onto the mask's grid.
+
+        Raises
+        ------
+        GeometryError
+            If the grids differ and nothing can align them.
+        """
+        try:
+            check_geometry(self.mask.shape, self.affine, shape, affine)
+        except GeometryError as e:
+            if not (self.config.motion and self._reference is not None):
+                raise GeometryError(f"{e} (a model with motion correction and a reference volume aligns "
+                                    "another grid; this one has none)") from None
+            self.grid = (tuple(int(n) for n in shape[:3]), np.asarray(affine, np.float64))
+            self._make_motion(self._reference, self.grid)
 
     def process(self, volume: np.ndarray) -> StepResult:
         """Run one volume of shape (nx, ny, nz) (any real dtype) through the chain."""
-        if volume.shape[:3] != self.mask.shape:
-            raise GeometryError(f"volume shape {volume.shape} does not match the mask {self.mask.shape}")
+        expected = self.mask.shape if self.grid is None else self.grid[0]
+        if volume.shape[:3] != expected:
+            raise GeometryError(f"volume shape {volume.shape} does not match the run's grid {expected}")
         motion = None
         if self.config.motion:
             if self._motion is None:

@@ -54,6 +54,7 @@ from protocols.wire import Result
 from ..clocks import CLOCK_WARN_S, SenderClock, describe_offset
 from ..feedback import Decision, FeedbackPolicy, PolicyConfig
 from ..preprocessing import OnlinePreprocessor, PreprocessConfig
+from ..preprocessing.motion import ALIGN_MATCH
 from ..results import latency_summary, pyneal_payload
 from .clips import ClipCache
 from .decisions import DecisionLog, decisions_path
@@ -61,6 +62,8 @@ from .generation import LivePieces, atlas_points
 from .yoked import Yoke
 
 log = logging.getLogger("b2m.session")
+
+ALIGN_COVERAGE = 0.9  # a run whose field of view holds less of the model's voxels than this is warned about
 
 __all__ = ["SessionEngine", "SessionOptions", "STAGES", "MODES"]
 
@@ -204,6 +207,7 @@ class SessionEngine:
                        "late": 0}
         self.last: Result | None = None
         self.next_candidate: str | None = None
+        self.alignments: dict[str, dict] = {}  # run -> how its first volume was found (:meth:`_aligned`)
         if self.clips is not None:  # the first sound must not wait for a disk read: load it now
             self.clips.preload(self.policy.neutral_clip)
         if self.pieces is not None:  # nor for the first segment's render
@@ -275,6 +279,19 @@ class SessionEngine:
             self._release(run)
         return out
 
+    def _aligned(self, run: _Run) -> None:
+        """Say how the run's first volume was found against the model's reference (another session's)."""
+        a, grid = run.pre.alignment, run.pre.grid
+        where = (f"on another grid than the model's ({'x'.join(map(str, grid[0]))} voxels of "
+                 + "x".join(f"{v:.2g}" for v in np.sqrt((grid[1][:3, :3] ** 2).sum(axis=0))) + " mm)"
+                 if grid is not None else "far from the model's reference")
+        self.alignments[run.run_id] = {"params": [float(v) for v in a.params], "similarity": a.similarity,
+                                       "start": a.start, "other_grid": grid is not None, "coverage": a.coverage}
+        poor = a.similarity < ALIGN_MATCH or (a.coverage is not None and a.coverage < ALIGN_COVERAGE)
+        log.log(logging.WARNING if poor else logging.INFO, "run %s: volumes %s, aligned to it: %s%s", run.run_id,
+                where, a.describe(), "; check that this is the model's participant and that the slices cover "
+                "the model's voxels" if poor else "")
+
     def _clock(self, run: _Run, msg, t_recv: float) -> None:
         run.clock.update(float(msg.t_sent or 0.0), t_recv)
         off = run.clock.offset_s
@@ -316,6 +333,8 @@ class SessionEngine:
             if run.error is not None:
                 raise ValueError(run.error)
             step = run.pre.process(volume)
+            if step.t == 0 and run.pre.alignment is not None:
+                self._aligned(run)
             run.last_volume = volume if not stand_in else run.last_volume
             p1 = time.perf_counter()
             stamps["preprocessed"] = time.time()
@@ -637,6 +656,8 @@ class SessionEngine:
             out["pieces"] = dict(self.pieces.stats)
         if self.yoke is not None:
             out["yoked"] = self.yoke.summary()
+        if self.alignments:  # runs whose first volume was searched for against the model's reference
+            out["alignment"] = dict(self.alignments)
         clocks = {r.run_id: {"offset_s": r.clock.offset_s, "messages": r.clock.n}
                   for r in list(self.runs.values()) if r.clock.offset_s is not None}
         if clocks:  # this computer's clock minus the scanner side's, per run

@@ -168,6 +168,15 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
              f"p50 {lat.get('p50', float('nan')):.2f} ms, p99 {lat.get('p99', float('nan')):.2f} ms"),
             ("Audio underruns", str(summary.get("audio_underruns"))),
             ("Runs ended", ", ".join(summary.get("runs_ended") or []) or "-")]
+    aligned = summary.get("alignment") or {}
+    if aligned:
+        from ..preprocessing.motion import Alignment
+
+        rows.append(("Runs aligned to the model's reference (another session)", ", ".join(
+            f"{run}: " + ("another grid, " if a["other_grid"] else "")
+            + Alignment(params=np.asarray(a["params"]), similarity=a["similarity"], start=a["start"], n_iter=0,
+                        converged=True, starts={}, coverage=a.get("coverage")).describe()
+            for run, a in aligned.items())))
     clocks = summary.get("clock_offset_s") or {}
     if clocks:
         from ..clocks import CLOCK_WARN_S, describe_offset

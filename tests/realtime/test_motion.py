@@ -52,14 +52,16 @@ def _true_params() -> np.ndarray:
     return p
 
 
-def _move(volume: np.ndarray, affine: np.ndarray, params) -> np.ndarray:
-    """``current(M x) = volume(x)``, resampled with a 5th-order spline (scipy)."""
-    vox = np.linalg.inv(affine) @ np.linalg.inv(rigid_matrix(params)) @ affine
-    ijk = np.indices(volume.shape).reshape(3, -1).astype(np.float64)
+def _move(volume: np.ndarray, affine: np.ndarray, params, grid=None) -> np.ndarray:
+    """``current(M x) = volume(x)``, resampled with a 5th-order spline (scipy); on ``grid`` = (shape, affine)
+    if given (another prescription), else on the volume's own grid."""
+    shape, out_affine = grid if grid is not None else (volume.shape, affine)
+    vox = np.linalg.inv(affine) @ np.linalg.inv(rigid_matrix(params)) @ out_affine
+    ijk = np.indices(shape).reshape(3, -1).astype(np.float64)
     coords = vox[:3, :3] @ ijk + vox[:3, 3:]
     coeffs = ndi.spline_filter(volume, order=5, mode="nearest")
     out = ndi.map_coordinates(coeffs, coords, order=5, prefilter=False, mode="nearest")
-    return out.reshape(volume.shape)
+    return out.reshape(shape)
 
 
 def _rms_errors(est: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -445,3 +447,81 @@ def test_empty_reference_is_a_clear_error(epi):
 def test_config_rejects_bad_options(bad):
     with pytest.raises(ValueError, match="MotionConfig"):
         MotionConfig(**bad)
+
+
+# ---------------------------------------------------------------- another session
+
+def _other_prescription(affine) -> tuple:
+    """Another day's grid: 2.4 mm isotropic, 112x96x24, tilted 12 deg about x and -5 deg about z, its
+    origin 8, -10 and 4 mm away."""
+    a = rigid_matrix([0, 0, 0, 12 * DEG, 0, -5 * DEG]) @ np.diag([-2.4, 2.4, 2.4, 1.0])
+    a[:3, 3] = affine[:3, 3] + [8.0, -10.0, 4.0]
+    return (112, 96, 24), a
+
+
+@pytest.mark.parametrize("move", [(6.0, -4.0, 3.0, 4.0, -3.0, 5.0), (25.0, 12.0, -10.0, 8.0, 2.0, -10.0)])
+def test_another_grid_is_registered_to_the_reference(epi, rng, move):
+    """Another session: the head moved (up to 30 mm, 13 deg) and the slices were prescribed anew (another
+    voxel size, orientation and field of view). The first volume is found by the search, every later one
+    from it; the parameters match the imposed move, and reslicing brings the reference back wherever
+    the new field of view covers it. Reference: the volume made from the truth by scipy's spline."""
+    ref, affine = epi
+    truth = np.array(move) * np.r_[1, 1, 1, DEG, DEG, DEG]
+    grid = _other_prescription(affine)
+    sd = _global_mean(ref) / 40.0
+    day2 = [_rician(_move(ref, affine, truth, grid), sd, rng) for _ in range(2)]
+    mask = ref > np.percentile(ref, 70)
+    mc = MotionCorrector(ref, affine, reslice_mask=mask, grid=grid, align_first=True)
+    first, second = mc.update(day2[0]), mc.update(day2[1])
+    for r in (first, second):
+        np.testing.assert_allclose(r.params[:3], truth[:3], atol=0.15)
+        np.testing.assert_allclose(r.params[3:], truth[3:], atol=0.15 * DEG)
+    a = mc.alignment
+    assert first.fd == 0.0 and second.fd < 0.1 and a is not None and a.similarity > 0.95
+    assert a.describe().startswith(f"{np.linalg.norm(truth[:3]):.1f} mm")
+    # where the new field of view covers the mask, the resliced volume is the reference again
+    vox = np.linalg.inv(grid[1]) @ rigid_matrix(first.params) @ affine
+    at = vox[:3, :3] @ np.argwhere(mask).T + vox[:3, 3:]
+    inside = np.all((at >= 0) & (at <= np.array(grid[0])[:, None] - 1), axis=0)
+    assert inside.mean() > 0.7
+    assert np.corrcoef(first.values[inside], ref[mask][inside])[0, 1] > 0.9
+
+
+def test_a_prescription_that_followed_the_head_is_found_from_the_voxel_grid(epi, rng):
+    """Auto-align moved the slices with the head (35 mm, 16 deg): in world space nothing is where it was,
+    but every voxel index is. Zero motion leaves most sample points outside the volume; the voxel-grid
+    start finds it."""
+    ref, affine = epi
+    truth = np.array([35.0, -25.0, 20.0, 10 * DEG, 5 * DEG, -12 * DEG])
+    grid = (ref.shape, rigid_matrix(truth) @ affine)
+    vol = _rician(_move(ref, affine, truth, grid), _global_mean(ref) / 40.0, rng)
+    mc = MotionCorrector(ref, affine, grid=grid, align_first=True)
+    r = mc.update(vol)
+    np.testing.assert_allclose(r.params[:3], truth[:3], atol=0.15)
+    np.testing.assert_allclose(r.params[3:], truth[3:], atol=0.15 * DEG)
+    assert np.isnan(mc.alignment.starts["zero"]) and mc.alignment.start != "zero"
+
+
+def test_a_first_volume_far_off_on_the_same_grid_is_searched_for_and_a_near_one_is_not(epi, rng):
+    """Same grid, another day: 25 mm and 8 deg away, the usual start from zero motion does not converge in
+    its 8 iterations, and the search finds the volume; 1 mm away, no search runs, and the result is
+    exactly that of a corrector that never searches."""
+    ref, affine = epi
+    far = np.array([25.0, -15.0, 10.0, 6 * DEG, 0.0, 4 * DEG])
+    mc = MotionCorrector(ref, affine, align_first=True)
+    r = mc.update(_move(ref, affine, far))
+    np.testing.assert_allclose(r.params[:3], far[:3], atol=0.1)
+    np.testing.assert_allclose(r.params[3:], far[3:], atol=0.1 * DEG)
+    assert mc.alignment is not None
+    near = _move(ref, affine, [1.0, 0, 0, 0, 0.5 * DEG, 0])
+    mc, plain = MotionCorrector(ref, affine, align_first=True), MotionCorrector(ref, affine)
+    np.testing.assert_array_equal(mc.update(near).params, plain.update(near).params)
+    assert mc.alignment is None
+
+
+def test_another_grid_needs_volumes_of_that_grid(epi):
+    ref, affine = epi
+    grid = _other_prescription(affine)
+    mc = MotionCorrector(ref, affine, grid=grid, align_first=True)
+    with pytest.raises(ValueError, match=r"shape \(128, 96, 24\), but the run's grid has shape \(112, 96, 24\)"):
+        mc.update(ref)

@@ -127,3 +127,54 @@ def test_psc_needs_the_ema_baseline(fmri1):
     lit = raw.min(0) > 0  # voxels with signal at every volume (the mask also holds some that are 0 at times)
     assert lit.sum() > 100 and np.isfinite(out.values).all()
     np.testing.assert_allclose(out.values[:, lit], 100.0 * resid[:, lit] / (raw - resid)[:, lit], rtol=1e-4, atol=1e-4)
+
+
+def test_another_days_grid_gives_the_inputs_of_the_models_grid(rng):
+    """A bundle's reference and mask from day 1; on day 2 the slices are prescribed anew (2.4 mm, tilted
+    12 deg) and the head lies 10 mm and 6 deg away. The same brain activity, scanned on either grid, gives
+    the same normalised voxel values wherever the new field of view covers the mask. The day-2 volumes are
+    made by scipy's spline from the truth, sharing no code with the chain."""
+    from scipy.ndimage import gaussian_filter, map_coordinates
+
+    from realtime.preprocessing import rigid_matrix
+
+    img = nib.load(os.path.join(data_path, "example4d.nii.gz"))
+    vol0 = np.asanyarray(img.dataobj)[..., 0].astype(np.float64)
+    affine = img.affine
+    n = 10
+    activity = [1.0 + 0.08 * gaussian_filter(rng.standard_normal(vol0.shape), 2.0) / 0.05 for _ in range(n)]
+    brain = [vol0 * a for a in activity]  # the day's volumes as the head lies on day 1's grid
+    tilt = rigid_matrix([0, 0, 0, np.radians(12), 0, 0]) @ np.diag([-2.4, 2.4, 2.4, 1.0])
+    tilt[:3, 3] = affine[:3, 3] + [6.0, -8.0, 2.0]
+    grid = ((112, 96, 24), tilt)
+    move = rigid_matrix([6.0, -7.0, 3.0, np.radians(4), np.radians(-2), np.radians(3)])
+    vox = np.linalg.inv(affine) @ np.linalg.inv(move) @ grid[1]
+    at = vox[:3, :3] @ np.indices(grid[0]).reshape(3, -1) + vox[:3, 3:]
+    day2 = [map_coordinates(b, at, order=3, mode="nearest").reshape(grid[0]) for b in brain]
+    day1, day2 = ([(v + rng.normal(0, 3.0, v.shape)).astype(np.float32) for v in run] for run in (brain, day2))
+    mask = vol0 > np.percentile(vol0, 75)
+    cfg = PreprocessConfig(motion=True, detrend="none", normalize="running", delays=(0,))
+    one = OnlinePreprocessor(mask, affine, cfg, n, reference=vol0.astype(np.float32))
+    two = OnlinePreprocessor(mask, affine, cfg, n, reference=vol0.astype(np.float32))
+    one.check(vol0.shape, affine)
+    two.check(grid[0], grid[1])
+    r1 = [one.process(v).values.copy() for v in day1]
+    r2 = [two.process(v).values.copy() for v in day2]
+    assert one.alignment is None and two.alignment is not None and two.grid[0] == grid[0]
+    back = np.linalg.inv(grid[1]) @ rigid_matrix(two.alignment.params) @ affine
+    ijk = back[:3, :3] @ np.argwhere(mask).T + back[:3, 3:]
+    covered = np.all((ijk >= 1) & (ijk <= np.array(grid[0])[:, None] - 2), axis=0)
+    assert covered.mean() > 0.7
+    r = [np.corrcoef(a[covered], b[covered])[0, 1] for a, b in zip(r1[2:], r2[2:])]
+    print(f"\nday 1 vs day 2, normalised values where covered ({covered.mean():.0%}): r {np.round(r, 3)}")
+    assert np.median(r) > 0.9, r
+
+
+def test_another_grid_without_motion_correction_is_refused_with_the_reason(fmri1):
+    data, affine, mask = fmri1
+    other = affine.copy()
+    other[:3, :3] *= 1.2
+    pre = OnlinePreprocessor(mask, affine, PreprocessConfig(motion=False), 10, tr_s=2.0,
+                             reference=np.asarray(data[..., 0], np.float32))
+    with pytest.raises(GeometryError, match="another grid.*aligns another grid; this one has none"):
+        pre.check(data.shape, other)
