@@ -34,7 +34,10 @@ Measured:
 3. The whole per-TR chain, ``OnlinePreprocessor`` with the default
    config (motion, reslice at a 60,000-voxel grey-matter mask, EMA high-pass
    detrend, running z-score, delays (2, 3, 4)), on the tSNR-40 run, with BLAS
-   limited to 1 thread and without; plus a per-stage breakdown.
+   limited to 1 thread and without; plus a per-stage breakdown; and the
+   same chain on another day's grid (another prescription and head
+   position, as a session on a bundle from another day), alternating with
+   the model's grid: per-TR ratio, the first volume's search, accuracy.
 4. Drift: a known drift (linear + quadratic + 0.005 Hz sine, about 2 % of
    baseline) and a block-design task (1/30 Hz, 1 %) on 2,000 synthetic voxel
    time series (410 volumes, TR 1.5 s, AR(1) noise at tSNR 40), and (full
@@ -73,6 +76,7 @@ TR_S = 1.5
 RUN_LENGTH = 410  # volumes in one ds003720 run
 TSNR = 40.0
 MASK_VOXELS = 60_000
+DAY2_MOVE = (6.0, -7.0, 3.0, np.radians(4), np.radians(-2), np.radians(3))  # mm, rad: the head on another day
 GOAL_CHAIN_P99_MS = 25.0
 DCT_CUTOFF_S = 128.0
 # OpenNFT's realign flags (opennft/mainLoop.m and pyOpenNFT: quality .9, fwhm 5, sep 4, interp 4)
@@ -347,6 +351,66 @@ def chain_timing_abba(vols, affine, mask) -> dict:
     return out
 
 
+def another_grid(vols, affine, mask, true, n_max: int) -> dict:
+    """The chain on another day's grid against the model's own, alternating volume by volume (1 BLAS thread).
+
+    Day 2: the slices prescribed anew (2.4 mm isotropic, 84 x 84 x 58, tilted 12 deg about x, the origin
+    8, -10 and 4 mm away) and the head 10 mm and 6 deg away from where the model's reference lay
+    (``DAY2_MOVE``), on top of the run's own motion. The day-2 volumes are the run's resampled by scipy's
+    cubic spline (not timed). Both passes start from the model's reference volume (the run's volume 0 on
+    the model's grid), as a session does from a bundle: the day-2 pass finds its first volume by
+    ``MotionCorrector.align`` (its time is reported apart) and reslices every volume from its own grid.
+    Accuracy: the day-2 parameters against the truth, ``DAY2_MOVE`` composed with the run's motion.
+    """
+    from scipy.ndimage import map_coordinates
+    from threadpoolctl import threadpool_limits
+
+    from realtime.preprocessing import params_from_matrix, rigid_matrix
+
+    n = min(len(vols), n_max)
+    grid_affine = rigid_matrix([0, 0, 0, np.radians(12), 0, 0]) @ np.diag([-2.4, 2.4, 2.4, 1.0])
+    grid_affine[:3, 3] = affine[:3, 3] + [8.0, -10.0, 4.0]
+    shape2 = (84, 84, 58)
+    move = rigid_matrix(DAY2_MOVE)
+    vox = np.linalg.inv(affine) @ np.linalg.inv(move) @ grid_affine
+    at = vox[:3, :3] @ np.indices(shape2).reshape(3, -1) + vox[:3, 3:]
+    t0 = time.perf_counter()
+    day2 = [np.round(map_coordinates(vols[t].astype(np.float64), at, order=3, mode="nearest")).astype(np.int16)
+            .reshape(shape2) for t in range(n)]
+    build_s = time.perf_counter() - t0
+    truth = np.array([params_from_matrix(move @ rigid_matrix(p)) for p in true[:n]])
+    cfg = PreprocessConfig()
+    reference = vols[0]
+    ts = {"model's grid": [], "another grid": []}
+    est = np.empty((n, 6))
+    with threadpool_limits(1):
+        same = OnlinePreprocessor(mask, affine, cfg, n, reference=reference, tr_s=TR_S)
+        other = OnlinePreprocessor(mask, affine, cfg, n, reference=reference, tr_s=TR_S)
+        other.check(shape2, grid_affine)
+        for t in range(n):
+            order = (("model's grid", same, vols[t]), ("another grid", other, day2[t]))
+            for name, pre, vol in (order if t % 2 == 0 else order[::-1]):
+                s = time.perf_counter()
+                r = pre.process(vol)
+                ts[name].append(time.perf_counter() - s)
+                if pre is other:
+                    est[t] = r.motion.params
+    err = _errors(est, truth)  # volumes 1..; the first one, found by the search, apart
+    first = est[0] - truth[0]
+    out = {"n_volumes": n, "grid": {"shape": list(shape2), "affine": grid_affine.tolist()}, "move": list(DAY2_MOVE),
+           "build_s": build_s, "alignment": {"first_ms": 1e3 * ts["another grid"][0],
+                                             "describe": other.alignment.describe(),
+                                             "start": other.alignment.start, "starts": other.alignment.starts},
+           "first_volume_error": {"mm": [float(x) for x in first[:3]],
+                                  "deg": [float(x) for x in np.rad2deg(first[3:])]},
+           "error": err}
+    for name, xs in ts.items():
+        out[name] = summarize(_ms(xs[1:]))
+    out["ratio_another_over_model_p50"] = out["another grid"]["p50"] / out["model's grid"]["p50"]
+    out["ratio_another_over_model_p99"] = out["another grid"]["p99"] / out["model's grid"]["p99"]
+    return out
+
+
 def chain_breakdown(vols, affine, mask) -> dict:
     """Per stage, BLAS at 1 thread: the steps of ``OnlinePreprocessor.process`` called one by one.
 
@@ -553,6 +617,18 @@ def print_report(res: dict) -> None:
     print("  stages one by one, BLAS 1 (p50 / p99 ms): " + ", ".join(
         f"{k} {b[k]['p50']:.2f}/{b[k]['p99']:.2f}" for k in
         ("smooth", "estimate", "reslice", "detrend", "normalize", "delay_stack", "sum")))
+    ag = res["another_grid"]
+    print(f"\nanother day's grid (84 x 84 x 58 at 2.4 mm, tilted 12 deg; the head 10 mm, 6 deg away), "
+          f"{ag['n_volumes']} volumes alternating with the model's grid, BLAS 1:")
+    for k in ("model's grid", "another grid"):
+        print(f"  {k:<13} p50 {ag[k]['p50']:6.2f} ms  p99 {ag[k]['p99']:6.2f} ms")
+    print(f"  ratio another / model's: p50 {ag['ratio_another_over_model_p50']:.2f}, "
+          f"p99 {ag['ratio_another_over_model_p99']:.2f}; first volume (the search) "
+          f"{ag['alignment']['first_ms']:.0f} ms: {ag['alignment']['describe']}")
+    print(f"  against the truth (the day's move and the run's motion): RMS {ag['error']['rms_error_mm']:.3f} mm, "
+          f"{ag['error']['rms_error_deg']:.3f} deg; first volume "
+          + " ".join(f"{x:+.3f}" for x in ag["first_volume_error"]["mm"]) + " mm "
+          + " ".join(f"{x:+.3f}" for x in ag["first_volume_error"]["deg"]) + " deg")
 
     for key, title in (("synthetic", "synthetic voxels"), ("run", "motion-corrected run voxels")):
         dt = res["drift"].get(key)
@@ -614,6 +690,8 @@ def main(argv=None) -> int:
     res["chain"]["breakdown_blas1"] = chain_breakdown(noisy, affine, mask)
     res["chain"]["goal_p99_ms"] = GOAL_CHAIN_P99_MS
     res["chain"]["meets_goal_blas1"] = res["chain"]["blas1"]["p99_ms"] <= GOAL_CHAIN_P99_MS
+    _log("another day's grid...")
+    res["another_grid"] = another_grid(noisy, affine, mask, true, 14 if args.quick else 60)
 
     _log("drift...")
     rng = np.random.default_rng(args.seed + 10)
@@ -644,6 +722,12 @@ def main(argv=None) -> int:
         "chain_ms": {k: {"p50": res["chain"][k]["p50_ms"], "p99": res["chain"][k]["p99_ms"]}
                      for k in ("blas1", "blas_default")},
         "chain_goal_p99_ms": GOAL_CHAIN_P99_MS,
+        "another_grid_ms": {k: {"p50": res["another_grid"][k]["p50"], "p99": res["another_grid"][k]["p99"]}
+                            for k in ("model's grid", "another grid")},
+        "another_grid_ratio_p50": res["another_grid"]["ratio_another_over_model_p50"],
+        "another_grid_first_ms": res["another_grid"]["alignment"]["first_ms"],
+        "another_grid_rms_error": [res["another_grid"]["error"]["rms_error_mm"],
+                                   res["another_grid"]["error"]["rms_error_deg"]],
         "rtspm_reslice_p50_ms": res["tsnr40"]["rtspm"].get("reslice_ms", {}).get("p50"),
         "drift_lf_leak": {key: {m: round(v["lf_leak_ratio"], 5) for m, v in dt["methods"].items()}
                           for key, dt in res["drift"].items()},

@@ -297,7 +297,14 @@ class MotionReference:
         self.inv_affine = np.linalg.inv(self.affine)
         voxel_mm = np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
         self.voxel_mm = voxel_mm
-        smoother = BinomialSmoother(self.shape, binomial_passes(cfg.fwhm_mm, voxel_mm))
+        vol_smoothing = None
+        if grid is not None:  # the volumes are smoothed on their grid; the reference to the same width in mm
+            vol_mm = np.sqrt((np.asarray(grid[1], float)[:3, :3] ** 2).sum(axis=0))
+            vol_smoothing = binomial_passes(cfg.fwhm_mm, vol_mm)
+            sigma_mm = float(np.mean(np.sqrt(np.asarray(vol_smoothing) / 4.0) * vol_mm))
+            ref_passes = tuple(2 * int(round(2.0 * (sigma_mm / v) ** 2)) for v in voxel_mm)
+        smoother = BinomialSmoother(self.shape, binomial_passes(cfg.fwhm_mm, voxel_mm) if grid is None
+                                    else ref_passes)
         ref_s = smoother.smooth(_to_float32(ref, np.empty(self.shape, np.float32)),
                                 out=np.zeros(ref.size, np.float32))
         lo, hi = smoother.valid_box()
@@ -309,8 +316,7 @@ class MotionReference:
             self.vol_shape, self.vol_affine, self.smoother = self.shape, self.affine, smoother
         else:
             self.vol_shape, self.vol_affine = tuple(int(n) for n in grid[0]), _check_affine(grid[1])
-            self.smoother = BinomialSmoother(self.vol_shape, binomial_passes(
-                cfg.fwhm_mm, np.sqrt((self.vol_affine[:3, :3] ** 2).sum(axis=0))))
+            self.smoother = BinomialSmoother(self.vol_shape, vol_smoothing)
             ref_s *= self.smoother.gain / smoother.gain  # the smoothers' gains differ with their kernels
             vlo, vhi = self.smoother.valid_box()
             if np.any(vhi - vlo < 4):
@@ -367,21 +373,48 @@ class MotionReference:
             keep = np.sort(np.argpartition(lev, -cfg.max_points)[-cfg.max_points:])
             ijk, jac, values = ijk[keep], jac[:, keep], values[keep]
 
-        hess = jac @ jac.T
-        if np.linalg.cond(hess) > 1e12:
+        if not self._use_points(ijk, jac, values):
             raise ValueError("the reference has too little structure to determine 6 rigid parameters "
                              "(ill-conditioned normal matrix); check the reference volume and mask")
+
+    def _use_points(self, ijk, jac, values) -> bool:
+        """Estimate from these sample points (False, and nothing changed, if they cannot fix 6 parameters)."""
+        jac64 = np.asarray(jac, np.float64)
+        hess = jac64 @ jac64.T
+        if len(ijk) < 100 or np.linalg.cond(hess) > 1e12:
+            return False
         self.points_ijk = ijk
         self.n_points = n = len(ijk)
         self._hess = hess
         self._jac = np.ascontiguousarray(jac, dtype=np.float32)
-        self._ref_vals = values.astype(np.float32)
+        self._ref_vals = np.asarray(values, np.float32)
         self._pts = np.ascontiguousarray(ijk.T, dtype=np.float32)
         self._coords = np.empty((3, n), np.float32)
         self._sampled = np.empty(n, np.float32)
         self._invalid = np.empty(n, bool)
         self._b = np.empty(len(self._jac), np.float32)
         self._sampler = TrilinearSampler(self.vol_shape, n, *self.smoother.valid_box())
+        return True
+
+    def keep_in_view(self, params, margin_vox: float = 2.0) -> int:
+        """Drop the sample points that lie outside the volumes' field of view at ``params``.
+
+        On another session's grid part of the reference may lie beyond the
+        slices; those points would be tested and set aside at every
+        iteration. Points within ``margin_vox`` of the edge are dropped too,
+        so that the run's own small motion does not bring them in and out.
+        Nothing is dropped if fewer than 100 points, or too little structure,
+        would remain. Returns the number of points dropped.
+        """
+        _transform(self.inv_vol_affine @ rigid_matrix(params) @ self.affine, self._pts, self._coords)
+        lo, hi = self.smoother.valid_box()
+        inside = np.all((self._coords >= lo[:, None] + margin_vox) & (self._coords <= hi[:, None] - margin_vox),
+                        axis=0)
+        if inside.all():
+            return 0
+        n = self.n_points
+        ok = self._use_points(self.points_ijk[inside], self._jac[:, inside], self._ref_vals[inside])
+        return n - self.n_points if ok else 0
 
     def prepare(self, volume) -> np.ndarray:
         """Copy a volume to float32 (internal buffer) and smooth it.
@@ -665,13 +698,15 @@ class MotionCorrector:
         fine = self.reference
         fine.prepare(volume)
         params, n_iter, converged = fine.estimate(None, init=tried[best][0], max_iter=_ALIGN_ITER)
+        similarity = fine.match(params)
+        fine.keep_in_view(params)
         coverage = None
         if self._reslicer is not None:  # the model's voxels the volumes' field of view holds
             r = self._reslicer
             _transform(r.inv_src_affine @ rigid_matrix(params) @ r.affine, r._pts, r._coords)
             lo, hi = np.zeros((3, 1), np.float32), np.array(self.reference.vol_shape, np.float32)[:, None] - 1
             coverage = float(np.mean(np.all((r._coords >= lo) & (r._coords <= hi), axis=0)))
-        self.alignment = Alignment(params=params, similarity=fine.match(params), start=best,
+        self.alignment = Alignment(params=params, similarity=similarity, start=best,
                                    n_iter=n_iter, converged=converged,
                                    starts={k: round(v[1], 4) for k, v in tried.items()}, coverage=coverage)
         return self.alignment
