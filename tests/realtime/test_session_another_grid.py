@@ -72,6 +72,8 @@ def test_a_run_on_another_days_grid_is_aligned_and_decodes_as_on_the_models(b2m_
     assert summary["alignment"]["day2"]["similarity"] > 0.95 and summary["alignment"]["day2"]["coverage"] > 0.9
     assert "run day2: volumes on another grid than the model's (112x96x24 voxels of 2.4x2.4x2.4 mm)" in \
         sess.stderr()
+    rep = b2m_proc("session", "replay", out, name="session-replay")  # the search is deterministic
+    assert rep.wait() == 0 and "identical" in rep.stdout(), rep.stderr() + rep.stdout()
     emb = {}
     for run_id in ("day1", "day2"):
         ds = sorted(read_decisions(decisions_path(str(out), run_id)), key=lambda d: d["index"])
