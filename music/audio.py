@@ -26,6 +26,7 @@ __all__ = [
     "resample",
     "apply_fades",
     "rms_normalize",
+    "level_gain",
     "limit_peaks",
     "rms_dbfs",
     "crossfade_gains",
@@ -254,17 +255,26 @@ def rms_normalize(x, target_dbfs: float = -20.0, peak_dbfs: float | None = -1.0)
     y : array of shape (n_samples,), float32
     """
     x = _as_mono_f32(x)
-    x64 = x.astype(np.float64)
-    rms = np.sqrt(np.mean(x64 * x64)) if x.size else 0.0
+    return (x.astype(np.float64) * level_gain(x, target_dbfs, peak_dbfs)).astype(np.float32)
+
+
+def level_gain(x, target_dbfs: float = -20.0, peak_dbfs: float | None = -1.0) -> float:
+    """The gain :func:`rms_normalize` applies to ``x``: RMS to ``target_dbfs``, peaks kept under ``peak_dbfs``.
+
+    ``x`` may have any shape (a stereo clip of shape (n_samples, 2) gets one
+    gain for both channels, from the RMS over all samples). 1.0 for silence.
+    """
+    x64 = np.asarray(x, dtype=np.float64)
+    rms = np.sqrt(np.mean(x64 * x64)) if x64.size else 0.0
     if rms == 0:
-        return x.copy()
+        return 1.0
     g = 10 ** (target_dbfs / 20) / rms
     if peak_dbfs is not None:
         peak = np.max(np.abs(x64))
         ceiling = 10 ** (peak_dbfs / 20)
         if g * peak > ceiling:
             g = ceiling / peak
-    return (x64 * g).astype(np.float32)
+    return float(g)
 
 
 def limit_peaks(x, sr: int, peak_dbfs: float = -1.0, window_s: float = 0.02) -> np.ndarray:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -15,6 +16,19 @@ from ._curve import add_server_args, server_keys
 log = logging.getLogger("b2m.session")
 
 DEFAULT_RESULTS = "tcp://127.0.0.1:5556"
+
+
+def _level(text: str) -> float | None:
+    """``--level-dbfs``: a number of dBFS, or ``none``."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a level: give dBFS RMS (e.g. -20) or none") from None
+    if not -60.0 <= value <= -3.0:
+        raise argparse.ArgumentTypeError(f"{value:g} dBFS is outside -60..-3 (RMS; -20 is the default)")
+    return value
 
 
 def add_parser(sub) -> None:
@@ -46,6 +60,10 @@ def add_parser(sub) -> None:
                         "`b2m library build --generate N`)")
     p.add_argument("--segment-bars", type=int, default=4,
                    help="generation: bars rendered per segment (default 4)")
+    p.add_argument("--level-dbfs", type=_level, default=-20.0, metavar="DBFS",
+                   help="play every clip (or generated piece) at this RMS level, peaks under -1 dBFS, so no "
+                        "switch changes the loudness, as ds003720's stimuli were RMS-normalised (default -20; "
+                        "lower is quieter; 'none': the files' own levels)")
     p.add_argument("--yoked-from", metavar="SESSION",
                    help="sham feedback (a control group): play what the participant of this earlier session "
                         "heard, run by run and volume by volume, instead of this participant's own decoding "
@@ -139,7 +157,8 @@ def run_check(args) -> int:
     checks = preflight(args.model, args.library, audio=args.audio, isolate=not args.in_process_audio,
                        bind=args.bind, results=args.results, pyneal_port=args.pyneal_port, insecure=args.insecure,
                        curve=server_keys(args), mode=args.mode, segment_bars=args.segment_bars,
-                       yoked_from=args.yoked_from, blind=args.blind, protocol=args.protocol)
+                       yoked_from=args.yoked_from, blind=args.blind, protocol=args.protocol,
+                       level_dbfs=args.level_dbfs)
     print(format_checks(checks))
     failed = [c.name for c in checks if not c.ok]
     print(f"{len(checks) - len(failed)} of {len(checks)} checks passed"
@@ -169,7 +188,7 @@ def run_live(args) -> int:
 
     decoder, library = open_parts(args.model, args.library)
     policy = _policy(args)
-    options = SessionOptions(mode=args.mode, segment_bars=args.segment_bars)
+    options = SessionOptions(mode=args.mode, segment_bars=args.segment_bars, level_dbfs=args.level_dbfs)
     protocol = read_protocol(args.protocol) if args.protocol else None
     if args.mode == "generation":
         atlas_points(library)  # a library that is not generated: the error says what to do, before anything opens

@@ -67,10 +67,13 @@ class ClipCache:
     stage, unstage : callable, optional
         The output's ``stage``/``unstage``: a loaded clip is staged on the
         loader thread and unstaged when it leaves the cache.
+    level_dbfs : float or None
+        Each clip is scaled to this RMS level, dBFS (peaks under -1 dBFS;
+        :func:`music.audio.level_gain`); None keeps the file's level.
     """
 
     def __init__(self, library, samplerate: int, channels: int = 2, capacity: int = 24, max_pending: int = 4,
-                 stage=None, unstage=None):
+                 stage=None, unstage=None, level_dbfs: float | None = None):
         self.library = library
         self.samplerate = int(samplerate)
         self.channels = int(channels)
@@ -78,6 +81,7 @@ class ClipCache:
         self.max_pending = int(max_pending)
         self._stage = stage
         self._unstage = unstage
+        self.level_dbfs = level_dbfs
         self._clips: OrderedDict[int, ReadyClip] = OrderedDict()
         self._lock = threading.Condition()  # guards _clips and _todo; held only for dict operations
         self._todo = WantList(self.max_pending)
@@ -88,13 +92,15 @@ class ClipCache:
         self._thread.start()
 
     def _load(self, index: int) -> ReadyClip:
-        from music.audio import read_segment
+        from music.audio import level_gain, read_segment
         from music.beats import clip_beats
         from realtime.audio import prepare_source
 
         t0 = time.perf_counter()
         clip = self.library.clips[index]
         x, sr = read_segment(self.library.audio_path(clip), clip.start_s, clip.duration_s)
+        if self.level_dbfs is not None:  # every clip equally loud: a switch never changes the level
+            x = (x * level_gain(x, self.level_dbfs)).astype(np.float32)
         stored = self.library.beats(index)  # from the build (beats.npz); a library without them: here
         if stored is None:
             # at the file's own rate (GTZAN-like 22 kHz: a third of the work at 48 kHz, same beats)

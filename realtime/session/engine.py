@@ -90,6 +90,11 @@ class SessionOptions:
         composed live (:mod:`.generation`; the library must be generated).
     segment_bars : int
         Generation mode: bars rendered per segment.
+    level_dbfs : float or None
+        Every clip (and every generated piece) is played at this RMS level,
+        dBFS, its peaks kept under -1 dBFS (:func:`music.audio.level_gain`),
+        so no switch changes the loudness; ds003720's stimuli were
+        RMS-normalised alike. None plays the files at their own level.
     """
 
     lead_s: float = 0.05
@@ -97,12 +102,16 @@ class SessionOptions:
     n_tags: int = 3
     mode: str = "retrieval"
     segment_bars: int = 4
+    level_dbfs: float | None = -20.0
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if int(self.segment_bars) < 1:
             raise ValueError(f"segment_bars must be >= 1, got {self.segment_bars}")
+        if self.level_dbfs is not None and not (np.isfinite(self.level_dbfs) and -60 <= self.level_dbfs <= -3):
+            raise ValueError(f"level_dbfs must be between -60 and -3 dBFS RMS (or None: the files' own level), "
+                             f"got {self.level_dbfs!r}")
 
 
 @dataclass
@@ -186,10 +195,10 @@ class SessionEngine:
         self.clips = self.pieces = None
         if output is not None and self.generating:
             self.pieces = LivePieces(library, output.samplerate, output.channels, self.options.segment_bars,
-                                     stage=output.stage, unstage=output.unstage)
+                                     stage=output.stage, unstage=output.unstage, level_dbfs=self.options.level_dbfs)
         elif output is not None:
             self.clips = ClipCache(library, output.samplerate, output.channels, stage=output.stage,
-                                   unstage=output.unstage)
+                                   unstage=output.unstage, level_dbfs=self.options.level_dbfs)
         self._audio_started = False
         self._last_cmd_frame = 0
         self._segment_end = 0      # generation: output frame where the last scheduled segment ends

@@ -142,10 +142,13 @@ class LivePieces:
         about 3 MB for 8 s of stereo at 48 kHz).
     stage, unstage : callable, optional
         The output's ``stage``/``unstage`` (see :class:`~.clips.ClipCache`).
+    level_dbfs : float or None
+        Each piece's RMS level, dBFS (its stream's fixed gain, set from its
+        first 8 s); None: the synthesiser's own level.
     """
 
     def __init__(self, library, samplerate: int, channels: int = 2, segment_bars: int = 4, capacity: int = 3,
-                 stage=None, unstage=None):
+                 stage=None, unstage=None, level_dbfs: float | None = -20.0):
         if int(segment_bars) < 1:
             raise ValueError(f"segment_bars must be >= 1, got {segment_bars}")
         self.points = atlas_points(library)
@@ -154,6 +157,7 @@ class LivePieces:
         self.channels = int(channels)
         self.segment_bars = int(segment_bars)
         self.capacity = int(capacity)
+        self.level_dbfs = level_dbfs
         self._stage, self._unstage = stage, unstage
         self._lock = threading.Condition()
         self._prepared: OrderedDict[int, _Piece] = OrderedDict()  # candidates: first segment rendered
@@ -177,7 +181,8 @@ class LivePieces:
 
         genre, track, seed, shared = self.points[index]
         self.stats["pieces"] += 1
-        return _Piece(index, GeneratorStream(genre, track, seed, sr=self.samplerate, shared_instruments=shared))
+        return _Piece(index, GeneratorStream(genre, track, seed, sr=self.samplerate, shared_instruments=shared,
+                                             target_dbfs=self.level_dbfs))
 
     def _render(self, piece: _Piece, gated: bool = False) -> Segment:
         stream, p = piece.stream, piece.stream.params

@@ -85,7 +85,7 @@ def _generator_speed(library, segment_bars: int, samplerate: int = 48000) -> tup
             f"{seg_ms:.0f} ms ({audio_s * 1e3 / max(seg_ms, 1e-6):.0f}x real time)"), None
 
 
-def _play(library, spec: str, isolate: bool, seconds: float) -> tuple[str, None]:
+def _play(library, spec: str, isolate: bool, seconds: float, level_dbfs: float | None) -> tuple[str, None]:
     from realtime.audio import open_output
     from realtime.feedback import FeedbackPolicy, PolicyConfig
 
@@ -95,7 +95,8 @@ def _play(library, spec: str, isolate: bool, seconds: float) -> tuple[str, None]
     clips = None
     try:
         out.start()
-        clips = ClipCache(library, out.samplerate, out.channels, stage=out.stage, unstage=out.unstage)
+        clips = ClipCache(library, out.samplerate, out.channels, stage=out.stage, unstage=out.unstage,
+                          level_dbfs=level_dbfs)
         index = FeedbackPolicy(library, PolicyConfig()).neutral_clip
         ready = clips.preload(index)
         sr = out.samplerate
@@ -126,7 +127,7 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
               bind: str | None = None, results: str | None = None, pyneal_port: int | None = None,
               insecure: bool = False, curve=None, seconds: float = 2.0, mode: str = "retrieval",
               segment_bars: int = 4, yoked_from: str | None = None, blind: bool = False,
-              protocol: str | None = None) -> list[Check]:
+              protocol: str | None = None, level_dbfs: float | None = -20.0) -> list[Check]:
     """Run every check (see the module doc) and return them in order.
 
     Parameters
@@ -155,6 +156,8 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
         A sham session's source session folder (``--yoked-from``).
     protocol : str, optional
         The block design (``--protocol``): read and checked.
+    level_dbfs : float or None
+        The session's ``--level-dbfs``: the neutral clip plays at that level.
     blind : bool
         The condition came from ``--allocation``: the check is made under the
         name "allocation" for every participant, and its result does not say
@@ -215,7 +218,7 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
         else:
             checks.append(_attempt(name, lambda: _yoked_source(yoked_from, lib, mode))[0])
     if lib is not None:
-        checks.append(_attempt("audio output", lambda: _play(lib, audio, isolate, seconds))[0])
+        checks.append(_attempt("audio output", lambda: _play(lib, audio, isolate, seconds, level_dbfs))[0])
     else:
         checks.append(Check("audio output", False, "not checked: the library did not load"))
     return checks

@@ -162,11 +162,14 @@ def test_session_check_passes_and_plays_the_neutral_clip_sample_exact(kit, b2m_p
     assert [line.split("  ")[1].strip() for line in lines] == names
     assert all(line.startswith("PASS") for line in lines)
     assert "8 of 8 checks passed" in chk.stderr()
-    # what played is the neutral clip itself: fade-in from 0.1 s for 50 ms, then its samples exactly, for 2 s
+    # what played is the neutral clip itself at the session's level (-20 dBFS RMS): fade-in from 0.1 s for
+    # 50 ms, then its samples exactly, for 2 s
     lib = Library(kit.library)
     clip = lib.clips[FeedbackPolicy(lib, PolicyConfig()).neutral_clip]
     x, sr = read_segment(lib.audio_path(clip), clip.start_s, clip.duration_s)
-    src = prepare_source(x, sr, 48000, 2)
+    x64 = x.astype(np.float64)
+    gain = float(min(10 ** (-20 / 20) / np.sqrt(np.mean(x64 ** 2)), 10 ** (-1 / 20) / np.abs(x64).max()))
+    src = prepare_source((x * gain).astype(np.float32), sr, 48000, 2)
     played, rate = sf.read(wav, dtype="float32", always_2d=True)
     at, fade, n = 4800, 2400, 2 * 48000
     assert rate == 48000 and np.all(played[:at] == 0)

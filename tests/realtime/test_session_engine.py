@@ -279,6 +279,40 @@ def test_clip_cache_counts_only_switch_time_reads_as_on_the_spot(kit):
         cache.close()
 
 
+def test_clip_cache_plays_every_clip_at_one_level(kit, tmp_path):
+    """Clips 20 dB apart in their files come out at the same RMS, unless their peaks would pass -1 dBFS (the
+    kit's tone bursts have a crest factor near 21 dB: at -20 dBFS each is held at its ceiling instead, a
+    level computed here in closed form from the file); without a level they keep their own."""
+    import soundfile as sf
+    from session_kit import make_library
+
+    from music.audio import rms_dbfs
+    from realtime.session.clips import ClipCache
+
+    lib = Library(make_library(str(tmp_path)))  # a library of its own: its source files are changed below
+    quiet = lib.audio_path(lib.clips[1])
+    assert str(tmp_path) in quiet
+    x, sr = sf.read(quiet, dtype="float32")
+    sf.write(quiet, x * 0.1, sr, subtype="FLOAT")  # 20 dB quieter than the others
+    levels = {}
+    for level in (-20.0, -30.0, None):
+        cache = ClipCache(lib, 48000, 2, level_dbfs=level)
+        try:
+            levels[level] = [rms_dbfs(cache.preload(i).source) for i in (0, 1, 2)]
+        finally:
+            cache.close()
+
+    def expected(i, target):
+        y, _ = sf.read(lib.audio_path(lib.clips[i]), dtype="float64")
+        crest = 20 * np.log10(np.abs(y).max() / np.sqrt(np.mean(y ** 2)))
+        return min(target, -1.0 - crest)
+
+    np.testing.assert_allclose(levels[-30.0], -30.0, atol=0.05)  # under the ceiling: one level for all
+    np.testing.assert_allclose(levels[-20.0], [expected(i, -20.0) for i in (0, 1, 2)], atol=0.05)
+    files = [rms_dbfs(sf.read(lib.audio_path(lib.clips[i]), dtype="float64")[0]) for i in (0, 1, 2)]
+    np.testing.assert_allclose(levels[None], files, atol=0.1)  # the files' own levels (clip 1 20 dB down)
+
+
 def test_clip_cache_beat_tracks_clips_of_a_library_built_without_beats(kit, tmp_path):
     import json
     import shutil
