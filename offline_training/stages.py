@@ -135,7 +135,10 @@ def motion_stage(rf: RunFiles, mask: np.ndarray, reference: np.ndarray, affine: 
 
     Every volume goes through :func:`realtime.preprocessing.realign_run` (the
     per-TR :class:`~realtime.preprocessing.MotionCorrector`) with the shared
-    ``reference``, exactly as :class:`OnlinePreprocessor` does live; the rest of the chain is :func:`preprocess_stage`. The result is
+    ``reference``, exactly as :class:`OnlinePreprocessor` does live (a run on
+    another grid, recorded on another day, is aligned and resliced onto the
+    reference's, and its first volume searched for, as live); the rest of the
+    chain is :func:`preprocess_stage`. The result is
     cached under ``cache_dir`` keyed by the file (path, size, mtime), the mask,
     the reference, the motion config and the code (:func:`motion_code_digest`), so a second ``b2m train`` (other
     voxel counts, delays, alphas) skips it. Writing an entry deletes the
@@ -155,10 +158,17 @@ def motion_stage(rf: RunFiles, mask: np.ndarray, reference: np.ndarray, affine: 
     progress : callable, optional
         ``progress(done_volumes, n_volumes)``.
     """
-    from realtime.preprocessing import check_geometry, realign_run
+    from realtime.preprocessing import GeometryError, check_geometry, realign_run
 
     img, _ = load_bold(rf)
-    check_geometry(mask.shape, affine, img.shape, img.affine)
+    grid = None  # a run recorded on another day's grid is aligned to the shared reference, as live
+    try:
+        check_geometry(mask.shape, affine, img.shape, img.affine)
+    except GeometryError as e:
+        if not pcfg.motion:
+            raise GeometryError(f"{rf.bold}: {e} (with motion correction, a run on another grid is aligned to the "
+                                "subject's reference)") from None
+        grid = (tuple(img.shape[:3]), np.asarray(img.affine, np.float64))
     path = None
     if cache_dir:
         code = motion_code_digest()  # hashed once per run: it reads the package's files
@@ -182,7 +192,7 @@ def motion_stage(rf: RunFiles, mask: np.ndarray, reference: np.ndarray, affine: 
                 pass
     if pcfg.motion:  # the live per-TR motion code, on the subject's shared reference
         rm = realign_run(img, affine, config=pcfg.motion_config, reslice_mask=mask, reference=reference,
-                         progress=progress)
+                         grid=grid, align_first=True, progress=progress)
         values, params, fd = rm.values, rm.params, rm.fd
     else:
         n = img.shape[3]

@@ -813,7 +813,7 @@ class RunMotion:
 
 def realign_run(data, affine, *, reference_index: int = 0, config: MotionConfig | None = None,
                 estimation_mask=None, reslice_mask=None, reference: np.ndarray | None = None,
-                progress=None) -> RunMotion:
+                grid=None, align_first: bool = False, progress=None) -> RunMotion:
     """Motion-correct a whole run with exactly the per-TR code.
 
     A :class:`MotionCorrector` is built on ``data[..., reference_index]`` (or
@@ -832,6 +832,10 @@ def realign_run(data, affine, *, reference_index: int = 0, config: MotionConfig 
     reference : ndarray of shape (nx, ny, nz), optional
         A reference volume from elsewhere (e.g. a model bundle's, shared by
         every run of a subject); ``reference_index`` is then not used.
+    grid, align_first
+        As for :class:`MotionCorrector`: the run's own ``(shape, affine)``
+        when it is not the reference's (``affine`` is then the reference's),
+        and whether its first volume may lie far from the reference.
     progress : callable, optional
         ``progress(done_volumes, n_volumes)``.
 
@@ -851,7 +855,7 @@ def realign_run(data, affine, *, reference_index: int = 0, config: MotionConfig 
     else:
         reference_index = None
     mc = MotionCorrector(reference, affine, config=config, estimation_mask=estimation_mask,
-                         reslice_mask=reslice_mask)
+                         reslice_mask=reslice_mask, grid=grid, align_first=align_first)
     params = np.empty((n, 6))
     fd = np.empty(n)
     flagged = np.empty(n, bool)

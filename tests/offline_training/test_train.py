@@ -195,3 +195,37 @@ def test_released_stage_pages_read_back_the_same_values(tmp_path, rng):
     np.testing.assert_array_equal(fresh.values, expected)
     np.testing.assert_array_equal(preprocess_stage(fresh, cfg, 1.5), before)
     _release_pages(np.zeros((3, 2), np.float32))      # an in-memory stage (no cache) is left alone
+
+
+def test_a_training_run_from_another_day_is_aligned_onto_the_subjects_grid(tmp_path, rng):
+    """Training runs recorded over two days: the second day's run lies on another grid (2.4 mm, tilted 10 deg)
+    with the head 5 mm and 4 deg away. Its motion stage is the first day's, up to noise and interpolation:
+    same voxels, same time courses. The second day's images are made from the truth by scipy's spline."""
+    from scipy.ndimage import map_coordinates
+
+    from realtime.preprocessing import rigid_matrix
+
+    shape = (30, 30, 24)
+    day1 = _blob_run(rng, shape=shape, n=10)
+    grid_affine = rigid_matrix([0, 0, 0, np.radians(10), 0, 0]) @ np.diag([2.4, 2.4, 2.4, 1.0])
+    grid_affine[:3, 3] = [-2.0, 3.0, 1.0]
+    shape2 = (28, 28, 22)
+    move = rigid_matrix([3.0, -3.0, 2.5, np.radians(3), np.radians(-2), np.radians(2)])
+    vox = np.linalg.inv(AFFINE) @ np.linalg.inv(move) @ grid_affine
+    at = vox[:3, :3] @ np.indices(shape2).reshape(3, -1) + vox[:3, 3:]
+    day2 = np.stack([map_coordinates(day1[..., t].astype(np.float64), at, order=3, mode="nearest").reshape(shape2)
+                     for t in range(day1.shape[3])], -1)
+    rf1 = _run_files(tmp_path, day1, AFFINE)
+    rf2 = _run_files(tmp_path, np.round(day2).astype(np.int16), grid_affine, name="sub-001_task-Training_run-02")
+    reference = day1[..., 0].astype(np.float32)
+    mask = reference > 300
+    cfg = PreprocessConfig(motion=True, motion_config=MOTION)
+    one, two = motion_stage(rf1, mask, reference, AFFINE, cfg), motion_stage(rf2, mask, reference, AFFINE, cfg)
+    assert two.values.shape == one.values.shape
+    truth = np.array([3.0, -3.0, 2.5])  # the head's move between the days, on top of the run's own drift
+    np.testing.assert_allclose(two.params[:, :3] - one.params[:, :3], np.tile(truth, (10, 1)), atol=0.5)
+    assert two.fd[0] == 0 and np.all(np.abs(two.fd[1:] - one.fd[1:]) < 0.2)
+    r = [np.corrcoef(a - a.mean(), b - b.mean())[0, 1] for a, b in zip(one.values, two.values)]
+    assert min(r) > 0.98, r
+    with pytest.raises(ValueError, match="run-02.*motion correction, a run on another grid is aligned"):
+        motion_stage(rf2, mask, reference, AFFINE, PreprocessConfig(motion=False))
