@@ -230,6 +230,9 @@ class Result:
         ``neutral``, ``keep``, ``switch``, ``hold`` (motion) or ``error``.
     clip : str or None
         The clip playing (or about to) after this decision (None in silence).
+    dvars_pct : float or None
+        DVARS of this volume from the previous one, percent of the mean
+        signal (``realtime.preprocessing.qc``). Optional on the wire.
     condition : str or None
         The block design's condition at this decision (``feedback``,
         ``silence`` or ``neutral``), None without a block design. Optional
@@ -250,6 +253,7 @@ class Result:
     action: str = "neutral"
     clip: str | None = None
     condition: str | None = None
+    dvars_pct: float | None = None
     type: Literal["result"] = field(default="result", init=False)
 
 
@@ -341,6 +345,8 @@ def encode(msg: Message) -> list:
                  tags=[[str(t), float(v)] for t, v in msg.tags], action=msg.action, clip=msg.clip)
         if msg.condition is not None:
             h["condition"] = str(msg.condition)
+        if msg.dvars_pct is not None:
+            h["dvars_pct"] = float(msg.dvars_pct)
     elif isinstance(msg, Reject):
         h = _base("reject")
         h.update(field=msg.field, reason=msg.reason, of=msg.of, run_id=msg.run_id, index=msg.index,
@@ -621,7 +627,8 @@ def _decode_result(h: dict, frames) -> Result:
                   embedding=None if emb is None else np.frombuffer(emb, "<f4"),
                   topk=[(c, v) for c, v in _get(h, "topk", list)], tags=[(t, v) for t, v in _get(h, "tags", list)],
                   action=_get(h, "action", str), clip=_get(h, "clip", str, optional=True),
-                  condition=_get(h, "condition", str, optional=True))
+                  condition=_get(h, "condition", str, optional=True),
+                  dvars_pct=_finite(h, "dvars_pct", optional=True))
 
 
 _DECODERS = {

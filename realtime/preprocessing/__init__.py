@@ -12,7 +12,8 @@ from ._rigid import framewise_displacement, params_from_matrix, params_from_spm,
 from .delays import DelayStack, stack_delays
 from .detrend import (CausalDetrender, EmaDetrender, dct_basis, detrend_run, detrend_run_offline, drift_basis,
                       ema_detrend_run, median_filter_detrend)
-from .motion import MotionConfig, MotionCorrector, MotionReference, MotionResult, RunMotion, realign_run, reslice
+from .motion import (ALIGN_MATCH, Alignment, MotionConfig, MotionCorrector, MotionReference, MotionResult, RunMotion,
+                     realign_run, reslice)
 from .normalize import RunningNormalizer, normalize_run, zscore_run
 from .pipeline import (GeometryError, OnlinePreprocessor, PreprocessConfig, RunPreprocessed, StepResult,
                        causal_detrender, check_geometry, preprocess_run)
@@ -23,6 +24,8 @@ __all__ = [
     "EmaDetrender",
     "GeometryError",
     "MotionConfig",
+    "Alignment",
+    "ALIGN_MATCH",
     "MotionCorrector",
     "MotionReference",
     "MotionResult",

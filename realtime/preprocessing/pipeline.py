@@ -21,6 +21,7 @@ from .delays import DelayStack, stack_delays
 from .detrend import CausalDetrender, EmaDetrender, detrend_run_offline, median_filter_detrend, step_run
 from .motion import MotionConfig, MotionCorrector, MotionResult, realign_run
 from .normalize import RunningNormalizer, zscore_run
+from .qc import Dvars
 
 __all__ = ["PreprocessConfig", "GeometryError", "check_geometry", "causal_detrender", "OnlinePreprocessor",
            "StepResult", "RunPreprocessed", "preprocess_run"]
@@ -147,12 +148,16 @@ class StepResult:
     values : ndarray of shape (n_voxels,), float32
         This volume after normalisation (a reused buffer).
     motion : MotionResult or None
+    dvars_pct : float
+        DVARS of the motion-corrected voxel values from the previous volume,
+        percent of their mean (:mod:`.qc`; 0 for the first volume).
     """
 
     t: int
     x: np.ndarray | None
     values: np.ndarray
     motion: MotionResult | None
+    dvars_pct: float = 0.0
 
 
 def causal_detrender(config: PreprocessConfig, n_voxels: int, n_volumes: int, tr_s: float | None = None):
@@ -219,6 +224,7 @@ class OnlinePreprocessor:
         self._detrend = causal_detrender(config, self.n_voxels, n_volumes, tr_s)
         self._norm = RunningNormalizer(self.n_voxels, config.normalize, norm_mean, norm_std, config.n_baseline)
         self._stack = DelayStack(self.n_voxels, config.delays)
+        self._dvars = Dvars(self.n_voxels)
         self.t = 0
 
     def _make_motion(self, reference, grid=None) -> None:
@@ -267,12 +273,13 @@ class OnlinePreprocessor:
         else:
             values = self._raw
             np.copyto(values, volume[self.mask], casting="unsafe")
+        dvars = self._dvars.step(values)  # on the corrected voxels, before the filters change them
         if self._detrend is not None:
             values = self._detrend.step(values, motion.params if self.config.motion_regressors else None)
         values = self._norm.step(values, self._detrend.baseline if self.config.normalize == "psc" else None)
         x = self._stack.push(values)
         self.t += 1
-        return StepResult(t=self.t - 1, x=x, values=values, motion=motion)
+        return StepResult(t=self.t - 1, x=x, values=values, motion=motion, dvars_pct=dvars)
 
 
 @dataclass

@@ -193,14 +193,15 @@ def write_decoded_timeseries(stem: str, decisions: list[dict]) -> list[str]:
     volume: the decision after volume ``i`` falls at ``(i + 1) * TR``),
     ``volume``, ``decoded_volume``, ``action``, ``clip`` (``n/a`` in silence),
     ``condition`` and ``own_clip`` where the session had blocks or was a sham,
-    ``fd_mm``, ``flagged``, ``stand_in``, then the decoded embedding as
+    ``fd_mm``, ``dvars_pct``, ``flagged``, ``stand_in``, then the decoded embedding as
     ``e000`` ... (``n/a`` before the delay stack is full). Floats are written
     with 9 significant digits, which a float32 survives exactly.
     """
     ds = sorted(decisions, key=lambda d: d["index"])
     dim = max((d["embedding"].size for d in ds if d.get("embedding") is not None), default=0)
     extra = [k for k in ("condition", "own_clip") if any(k in d for d in ds)]
-    cols = ["onset", "volume", "decoded_volume", "action", "clip", *extra, "fd_mm", "flagged", "stand_in"]
+    cols = ["onset", "volume", "decoded_volume", "action", "clip", *extra, "fd_mm", "dvars_pct", "flagged",
+            "stand_in"]
     cols += [f"e{k:03d}" for k in range(dim)]
 
     def cell(v) -> str:
@@ -212,7 +213,7 @@ def write_decoded_timeseries(stem: str, decisions: list[dict]) -> list[str]:
         for d in ds:
             e = d.get("embedding")
             row = [(d["index"] + 1) * float(d["tr_s"]), d["index"], d.get("decoded_index"), d["action"], d["clip"],
-                   *(d.get(k) for k in extra), d.get("fd_mm"), d.get("flagged"), d.get("stand_in")]
+                   *(d.get(k) for k in extra), d.get("fd_mm"), d.get("dvars_pct"), d.get("flagged"), d.get("stand_in")]
             row += [float(x) for x in e] if e is not None else [None] * dim
             f.write("\t".join(cell(v) for v in row) + "\n")
     side = stem + "_desc-decoded_timeseries.json"
@@ -223,6 +224,8 @@ def write_decoded_timeseries(stem: str, decisions: list[dict]) -> list[str]:
                    "clip": {"Description": "library clip heard after the decision (n/a: silence)"},
                    "own_clip": {"Description": "sham session: the clip this participant's own decoding chose"},
                    "fd_mm": {"Units": "mm", "Description": "framewise displacement"},
+                   "dvars_pct": {"Units": "%", "Description": "DVARS: RMS change of the model's motion-corrected "
+                                 "voxels from the previous volume, in percent of their mean"},
                    "e000": {"Description": f"e000..e{dim - 1:03d}: the decoded embedding, unit norm"}}, f, indent=2)
     return [path, side]
 

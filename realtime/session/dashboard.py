@@ -93,6 +93,11 @@ class Dashboard:
             fds = [x.fd_mm for x in recent if x.run_id == r.run_id]
             head.add_row(f"FD (last {len(fds)}, scale {self.fd_threshold_mm:g} mm)",
                          sparkline(fds, self.fd_threshold_mm) + (f"  {r.fd_mm:.2f} mm" if r.fd_mm is not None else ""))
+            dvs = [x.dvars_pct for x in recent if x.run_id == r.run_id and x.dvars_pct is not None]
+            if dvs:  # scaled to 3x the run's median: a spike stands out as a full bar
+                scale = 3.0 * float(np.median([v for v in dvs if v > 0] or [1.0]))
+                head.add_row(f"DVARS (last {len(dvs)}, scale {scale:.2g} %)",
+                             sparkline(dvs, scale) + f"  {dvs[-1]:.2f} %")
             if r.motion:
                 head.add_row("motion", "t " + " ".join(f"{v:+.2f}" for v in r.motion[:3]) + " mm, r "
                              + " ".join(f"{np.degrees(v):+.2f}" for v in r.motion[3:]) + " deg")

@@ -349,6 +349,7 @@ class SessionEngine:
             stamps["preprocessed"] = time.time()
             lat["preprocessed"] = (p1 - p0) * 1e3
             flagged = stand_in
+            res.dvars_pct = step.dvars_pct if np.isfinite(step.dvars_pct) else None
             if step.motion is not None:
                 res.motion = [float(v) for v in step.motion.params]
                 res.fd_mm = float(step.motion.fd)
@@ -643,8 +644,8 @@ class SessionEngine:
         h = {"kind": "decision", "run_id": res.run_id, "index": res.index, "decoded_index": res.decoded_index,
              "action": res.action, "clip": res.clip, "topk": [list(t) for t in res.topk],
              "tags": [list(t) for t in res.tags], "fd_mm": res.fd_mm, "motion": res.motion,
-             "flagged": res.flagged, "stand_in": stand_in, "t_scan_s": t_scan, "offset_s": run.offset_s,
-             "tr_s": run.tr_s, "timestamps": res.timestamps, "latency_ms": res.latency_ms,
+             "flagged": res.flagged, "stand_in": stand_in, "dvars_pct": res.dvars_pct, "t_scan_s": t_scan,
+             "offset_s": run.offset_s, "tr_s": run.tr_s, "timestamps": res.timestamps, "latency_ms": res.latency_ms,
              "audio_frame": audio_frame, "audio_lead_s": audio_lead,
              "audio_rate": self.output.samplerate if audio_frame is not None else None, "error": error,
              "clock_offset_s": run.clock.offset_s, **extra}

@@ -154,6 +154,19 @@ def session_figures(results, library, fd_threshold_mm: float = 0.5) -> list[tupl
         ax.legend(fontsize=8)
         figs.append(("Head motion", png_base64(fig)))
         plt.close(fig)
+    dv = [(k, r.dvars_pct) for k, r in enumerate(results) if r.dvars_pct is not None]
+    if dv:  # the image's change, which a spike or a dropout makes without any motion
+        fig, ax = plt.subplots(figsize=(11, 2.6))
+        k, v = np.array(dv).T
+        ax.plot(k, v, lw=0.8, color="tab:purple")
+        ax.axhline(float(np.median(v[v > 0])) if np.any(v > 0) else 0.0, color="0.5", ls=":", lw=0.8,
+                   label="median")
+        ax.set_xlabel("TR (all runs in order)")
+        ax.set_ylabel("DVARS (% of mean)")
+        ax.set_title("DVARS: RMS change of the model's voxels from the previous volume (0 at each run's start)")
+        ax.legend(fontsize=8)
+        figs.append(("Image change (DVARS)", png_base64(fig)))
+        plt.close(fig)
     return figs
 
 

@@ -453,7 +453,8 @@ def test_result_condition_is_optional_on_the_wire():
     assert (got.action, got.clip, got.condition) == ("silence", None, "silence")
     frames = encode(Result(run_id="run1", index=3, action="keep", clip="c"))
     assert b"condition" not in bytes(frames[0])  # without a block design nothing is added
-    assert decode(frames).condition is None
+    assert decode(frames).condition is None and decode(frames).dvars_pct is None  # optional, as condition
+    assert decode(encode(Result(run_id="run1", index=3, dvars_pct=0.42))).dvars_pct == 0.42
     h = msgpack.unpackb(bytes(frames[0]), raw=False)
     h["condition"] = 7
     with pytest.raises(MessageError) as e:

@@ -40,6 +40,21 @@ def run_engine(kit, tmp_path, msgs=None, output=True, record=True, policy=POLICY
     return eng, results, out
 
 
+def test_every_result_carries_the_dvars_of_its_volume(kit, tmp_path):
+    """DVARS per TR, in the results and the record, against numpy on the NIfTI itself (the kit's bundle has no
+    motion correction, so the model's voxels are the volume's own): 100 * RMS of the change / the mean."""
+    from realtime.session.decisions import read_decisions
+
+    eng, results, _ = run_engine(kit, tmp_path, output=False)
+    mask = Decoder(kit.bundle).manifest["arrays"]["mask"]
+    data = np.asanyarray(nib.load(kit.nifti).dataobj.get_unscaled()).astype(np.float64)[mask]  # (voxels, t)
+    expected = [0.0] + [100 * np.sqrt(np.mean((data[:, t] - data[:, t - 1]) ** 2)) / data[:, t].mean()
+                        for t in range(1, data.shape[1])]
+    np.testing.assert_allclose([r.dvars_pct for r in results], expected, rtol=1e-5)
+    logged = sorted(read_decisions(decisions_path(str(tmp_path / "session"), "run-01")), key=lambda d: d["index"])
+    np.testing.assert_allclose([d["dvars_pct"] for d in logged], expected, rtol=1e-5)
+
+
 @pytest.mark.parametrize("detrend,normalize", [("causal", "running"), ("ema", "running"), ("ema", "psc")])
 def test_live_embeddings_equal_offline_causal_decoding(kit, tmp_path, detrend, normalize):
     bundle = kit.bundle if detrend == "causal" else make_bundle(kit.folder, kit.nifti, detrend=detrend,
