@@ -364,7 +364,7 @@ def _yoked(args, library, *, continuing: bool) -> dict | None:
     if os.path.abspath(args.yoked_from) == os.path.abspath(args.out):
         raise ValueError(f"--yoked-from {args.yoked_from} is this session's own --out; give the folder of another "
                          "participant's session")
-    sched = yoked_schedule(args.yoked_from, library, args.mode)
+    sched = yoked_schedule(args.yoked_from, library, args.mode, args.level_dbfs)
     if kept is not None and kept != sched:
         refuse(f"{args.out} was yoked to {kept['source']} as it was then; --yoked-from {args.yoked_from} now plays "
                "something else. Continue without --yoked-from, or start a new --out")

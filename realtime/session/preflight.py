@@ -211,12 +211,12 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
         elif blind:
             def allocated():
                 if yoked_from is not None:
-                    _yoked_source(yoked_from, lib, mode)
+                    _yoked_source(yoked_from, lib, mode, level_dbfs)
                 return "the participant's condition was read and can be played (blinded)", None
 
             checks.append(_attempt(name, allocated)[0])
         else:
-            checks.append(_attempt(name, lambda: _yoked_source(yoked_from, lib, mode))[0])
+            checks.append(_attempt(name, lambda: _yoked_source(yoked_from, lib, mode, level_dbfs))[0])
     if lib is not None:
         checks.append(_attempt("audio output", lambda: _play(lib, audio, isolate, seconds, level_dbfs))[0])
     else:
@@ -231,10 +231,10 @@ def _protocol(path: str) -> tuple[str, None]:
     return f"{path}: {len(protocol.blocks)} blocks: {protocol.describe(limit=6)}", None
 
 
-def _yoked_source(source: str, library, mode: str) -> tuple[str, None]:
+def _yoked_source(source: str, library, mode: str, level_dbfs: float | None) -> tuple[str, None]:
     from .yoked import yoked_schedule
 
-    sched = yoked_schedule(source, library, mode)
+    sched = yoked_schedule(source, library, mode, level_dbfs)
     runs = sched["runs"]
     switches = sum(sum(a != b for a, b in zip(r["clips"], r["clips"][1:]) if a and b) for r in runs)
     return (f"{sched['source']}: {len(runs)} run(s) ({', '.join(str(len(r['clips'])) for r in runs)} volumes), "

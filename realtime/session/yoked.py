@@ -74,7 +74,7 @@ def read_allocation(path, participant: str) -> str | None:
     return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(path)), source))
 
 
-def yoked_schedule(source_dir, library, mode: str = "retrieval") -> dict:
+def yoked_schedule(source_dir, library, mode: str = "retrieval", level_dbfs: float | None = -20.0) -> dict:
     """What the participant of ``source_dir`` heard: ``{"source", "mode", "runs": [{"run_id", "tr_s", "clips"}]}``.
 
     ``clips[i]`` is the library clip id playing after volume ``i`` of that run
@@ -102,12 +102,22 @@ def yoked_schedule(source_dir, library, mode: str = "retrieval") -> dict:
     if not runs:
         raise ValueError(f"--yoked-from {source_dir}: no decisions in its runs/*/decisions.log; give the --out "
                          "folder of a `b2m session` that decoded at least one run")
-    src_mode = "retrieval"
+    src_mode, src_level = "retrieval", level_dbfs
     if os.path.exists(os.path.join(source_dir, SESSION_JSON)):
-        src_mode = read_session_info(source_dir).get("mode", "retrieval")
+        info = read_session_info(source_dir)
+        src_mode = info.get("mode", "retrieval")
+        # a session recorded before --level-dbfs existed played the files at their own levels
+        src_level = (info.get("options") or {}).get("level_dbfs")
     if src_mode != mode:
         raise ValueError(f"--yoked-from {source_dir}: that session ran in {src_mode} mode and this one in {mode}; "
                          f"give --mode {src_mode}")
+    if (src_level is None) != (level_dbfs is None) or (src_level is not None and abs(src_level - level_dbfs) > 1e-6):
+        def say(v):
+            return "the files' own levels" if v is None else f"{v:g} dBFS"
+
+        raise ValueError(f"--yoked-from {source_dir}: that session played its music at {say(src_level)} and this "
+                         f"one would at {say(level_dbfs)}; give --level-dbfs "
+                         f"{'none' if src_level is None else f'{src_level:g}'} so the sham sounds as the source did")
     known = {c.id for c in library.clips}
     unknown = sorted({c for _, _, r in runs for c in r["clips"] if c is not None and c not in known})
     if unknown:

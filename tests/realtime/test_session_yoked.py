@@ -155,6 +155,17 @@ def test_a_source_that_cannot_be_yoked_to_is_refused_by_name(kit, source, tmp_pa
     try:
         with pytest.raises(ValueError, match="--mode generation"):
             yoked_schedule(src_dir, lib)
+        # the sham must sound as the source did: the same level (a record from before --level-dbfs: none)
+        (src_dir / "session_config.json").write_text(json.dumps({"mode": "retrieval"}))
+        with pytest.raises(ValueError, match="at the files' own levels and this one would at -20 dBFS; give "
+                                             "--level-dbfs none"):
+            yoked_schedule(src_dir, lib)
+        assert yoked_schedule(src_dir, lib, level_dbfs=None)["runs"]
+        (src_dir / "session_config.json").write_text(json.dumps({"mode": "retrieval",
+                                                                 "options": {"level_dbfs": -20.0}}))
+        with pytest.raises(ValueError, match="at -20 dBFS and this one would at -26 dBFS; give --level-dbfs -20"):
+            yoked_schedule(src_dir, lib, level_dbfs=-26.0)
+        assert yoked_schedule(src_dir, lib)["runs"]
     finally:
         (src_dir / "session_config.json").unlink()
     # a library without the source's clips: the same clips under other ids
@@ -273,7 +284,8 @@ def test_a_generation_sham_composes_the_source_participants_pieces(kit, tmp_path
         return res
 
     src = run(tmp_path / "src", kit.bundle)
-    (tmp_path / "src" / "session_config.json").write_text(json.dumps({"mode": "generation"}))
+    (tmp_path / "src" / "session_config.json").write_text(json.dumps({"mode": "generation",
+                                                                      "options": {"level_dbfs": -20.0}}))
     own = run(tmp_path / "own", kit.other)
     assert [r.clip for r in own] != [r.clip for r in src] and sum(r.action == "switch" for r in src) >= 1
     with pytest.raises(ValueError, match="--mode generation"):
