@@ -78,7 +78,8 @@ def test_session_end_to_end_results_pyneal_and_replay(kit, b2m_proc, endpoint, t
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["volumes"] == 40 and summary["counts"]["decoded"] == 38
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 and "Latency per TR" in page  # music, latency (no motion)
+    # music, latency and DVARS (no motion correction: no FD)
+    assert page.count("data:image/png;base64,") == 3 and "Latency per TR" in page and "Image change (DVARS)" in page
     assert summary["counts"]["switches"] == sum(r.action == "switch" for r in got) >= 1
     info = sf.info(str(out / "feedback.wav"))
     assert info.samplerate == 48000 and info.frames >= 40 * 1.35 * 48000  # the whole run, on the scanner's clock

@@ -21,7 +21,7 @@ from music.library import Library
 from realtime.audio import WavSink
 from realtime.decoder import Decoder
 from realtime.feedback import PolicyConfig
-from realtime.session import SessionEngine, write_session_info
+from realtime.session import SessionEngine, session_info, write_session_info
 from realtime.session.decisions import run_decisions
 from realtime.session.yoked import write_yoked, yoked_schedule
 
@@ -39,9 +39,9 @@ def session(kit, folder, bundle, source=None):
     yoked = yoked_schedule(source, lib) if source is not None else None
     if yoked is not None:
         write_yoked(folder, yoked)
-    write_session_info(folder, {"library": kit.library, "model": bundle, "mode": "retrieval"})
     out = WavSink(str(folder / "feedback.wav")).start()
     eng = SessionEngine(Decoder(bundle), lib, out, POLICY, record_dir=str(folder), yoked=yoked)
+    write_session_info(folder, session_info(eng, bundle, kit.library, f"wav:{folder / 'feedback.wav'}"))
     for m in volumes(kit.nifti):
         eng.on_volume(m, time.time())
     eng.finish()
