@@ -71,6 +71,7 @@ def test_session_end_to_end_results_pyneal_and_replay(kit, b2m_proc, endpoint, t
     assert got[-1].embedding is not None and got[-1].embedding.shape == (8,)
     past = pyneal_ask(host, int(port), 30)
     assert past["foundResults"] is True and past["clip"] == got[30].clip and past["action"] == got[30].action
+    assert got[30].dvars_pct > 0 and past["dvars"] == pytest.approx(got[30].dvars_pct)  # QC reaches the results
     np.testing.assert_allclose(past["embedding"], got[30].embedding, atol=1e-6)
     assert pyneal_ask(host, int(port), 400) == {"foundResults": False}  # a future volume
     sess.kill(signal.SIGTERM)
