@@ -28,6 +28,7 @@ import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import zmq
 
 from protocols.wire import Result, decode
@@ -58,7 +59,7 @@ class MonitorState:
     def add(self, r: Result) -> None:
         with self._lock:
             self._runs.setdefault(r.run_id, deque(maxlen=KEPT)).append(
-                (r.index, r.action, r.clip, r.fd_mm, r.flagged, r.condition))
+                (r.index, r.action, r.clip, r.fd_mm, r.flagged, r.condition, r.dvars_pct))
             for s in STAGES:
                 if s in r.latency_ms:
                     self._latency[s].append(float(r.latency_ms[s]))
@@ -77,8 +78,9 @@ class MonitorState:
         """The state as plain JSON types (see the module doc)."""
         with self._lock:
             r = self.last
-            runs = {run_id: [{"index": i, "action": a, "clip": c, "fd_mm": fd, "flagged": fl, "condition": cond}
-                             for i, a, c, fd, fl, cond in rows] for run_id, rows in self._runs.items()}
+            runs = {run_id: [{"index": i, "action": a, "clip": c, "fd_mm": fd, "flagged": fl, "condition": cond,
+                              "dvars_pct": dv} for i, a, c, fd, fl, cond, dv in rows]
+                    for run_id, rows in self._runs.items()}
             lat = {s: latency_summary(q) for s, q in self._latency.items() if q}
             last = None
             if r is not None:
@@ -91,7 +93,7 @@ class MonitorState:
                     since = i
                 last = {"run_id": r.run_id, "index": r.index, "decoded_index": r.decoded_index, "action": r.action,
                         "clip": r.clip, "condition": r.condition, "tags": [list(t) for t in r.tags],
-                        "fd_mm": r.fd_mm, "flagged": r.flagged,
+                        "fd_mm": r.fd_mm, "dvars_pct": r.dvars_pct, "flagged": r.flagged,
                         "topk": [list(t) for t in r.topk], "playing_since_index": since,
                         "lag_s": (r.timestamps.get("audio_scheduled", self.last_seen) - acquired) if acquired else None}
                 # lag_s: from the volume's acquisition to its music being scheduled (scanner and session clocks)
@@ -196,21 +198,22 @@ def _timeline_svg(rows: list[dict], width: int = 900, height: int = 34) -> str:
     return f'<svg width="{width}" height="{height}">{"".join(parts)}</svg>'
 
 
-def _fd_svg(rows: list[dict], threshold_mm: float, width: int = 900, height: int = 80) -> str:
-    """Framewise displacement over the run's volumes, the threshold dashed, held volumes in red."""
-    pts = [(r["index"], r["fd_mm"]) for r in rows if r["fd_mm"] is not None]
+def _trace_svg(rows: list[dict], key: str, level: float, *, color: str, level_color: str, held: bool,
+               missing: str, width: int = 900, height: int = 80) -> str:
+    """``rows[...][key]`` over the run's volumes, a horizontal line at ``level`` dashed, held volumes in red."""
+    pts = [(r["index"], r[key]) for r in rows if r.get(key) is not None]
     if not pts:
-        return "<p>no head motion estimates (motion correction off, or no volume yet)</p>"
+        return f"<p>{missing}</p>"
     n = max(r["index"] for r in rows) + 1
-    top = max(max(v for _, v in pts), threshold_mm) * 1.15
+    top = max(max(v for _, v in pts), level) * 1.15 or 1.0
     x = lambda i: width * i / max(n - 1, 1)  # noqa: E731
     y = lambda v: height - 2 - (height - 4) * v / top  # noqa: E731
     line = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in pts)
-    held = "".join(f'<circle cx="{x(r["index"]):.1f}" cy="{y(r["fd_mm"] or 0):.1f}" r="2.5" fill="#b00"/>'
-                   for r in rows if r["flagged"] and r["fd_mm"] is not None)
-    return (f'<svg width="{width}" height="{height}"><polyline points="{line}" fill="none" stroke="#2a7" '
-            f'stroke-width="1.2"/><line x1="0" x2="{width}" y1="{y(threshold_mm):.1f}" y2="{y(threshold_mm):.1f}" '
-            f'stroke="#b00" stroke-dasharray="4 3"/>{held}</svg>')
+    dots = "".join(f'<circle cx="{x(r["index"]):.1f}" cy="{y(r[key]):.1f}" r="2.5" fill="#b00"/>'
+                   for r in rows if held and r["flagged"] and r.get(key) is not None)
+    return (f'<svg width="{width}" height="{height}"><polyline points="{line}" fill="none" stroke="{color}" '
+            f'stroke-width="1.2"/><line x1="0" x2="{width}" y1="{y(level):.1f}" y2="{y(level):.1f}" '
+            f'stroke="{level_color}" stroke-dasharray="4 3"/>{dots}</svg>')
 
 
 def render_panel(snap: dict, fd_threshold_mm: float = 0.5, stale_s: float = 10.0) -> str:
@@ -238,7 +241,13 @@ def render_panel(snap: dict, fd_threshold_mm: float = 0.5, stale_s: float = 10.0
         run = snap["runs"].get(last["run_id"], [])
         out.append(f"<h2>Music in run {e(last['run_id'])} (red: switches)</h2>" + _timeline_svg(run))
         out.append(f"<h2>Head motion, FD in mm (dashed: {fd_threshold_mm:g} mm)</h2>"
-                   + _fd_svg(run, fd_threshold_mm))
+                   + _trace_svg(run, "fd_mm", fd_threshold_mm, color="#2a7", level_color="#b00", held=True,
+                                missing="no head motion estimates (motion correction off, or no volume yet)"))
+        dv = [r["dvars_pct"] for r in run if r.get("dvars_pct")]
+        med = float(np.median(dv)) if dv else 0.0
+        out.append(f"<h2>Image change, DVARS in % of the mean (dashed: the run's median, {med:.2f} %)</h2>"
+                   + _trace_svg(run, "dvars_pct", med, color="#73b", level_color="#888", held=False,
+                                missing="no DVARS yet"))
     if snap["latency_ms"]:
         out.append("<h2>Latency per stage (ms)</h2><table><tr><th>stage</th><th>last</th><th>p50</th><th>p99</th>"
                    "<th>n</th></tr>" + "".join(

@@ -75,6 +75,7 @@ def test_monitor_shows_what_the_session_decided(kit, b2m_proc, endpoint, tmp_pat
     assert [(r["action"], r["clip"], r["flagged"]) for r in rows] == \
            [(d["action"], d["clip"], d["flagged"]) for d in recorded]
     assert [r["fd_mm"] for r in rows] == pytest.approx([d["fd_mm"] for d in recorded])
+    assert [r["dvars_pct"] for r in rows] == pytest.approx([d["dvars_pct"] for d in recorded])
     assert state["counts"]["switches"] == sum(d["action"] == "switch" for d in recorded) >= 1
     assert state["counts"]["bad_messages"] == 0
     last = recorded[-1]
@@ -122,12 +123,14 @@ def test_the_panel_draws_one_span_per_stretch_of_a_clip_and_warns_when_results_s
     clips = ["a"] * 5 + ["b"] * 3 + ["a"] * 4  # three stretches, two switches
     for i, c in enumerate(clips):
         action = "switch" if i and c != clips[i - 1] else "keep"
-        state.add(Result(run_id="r", index=i, action=action, clip=c, fd_mm=0.1 * i, flagged=i == 6))
+        state.add(Result(run_id="r", index=i, action=action, clip=c, fd_mm=0.1 * i, flagged=i == 6,
+                         dvars_pct=0.5 + (i == 9)))
     snap = state.snapshot()
     panel = render_panel(snap)
     assert panel.count("<rect") == 3 and panel.count('stroke="#b00" stroke-width="1.5"') == 2
     assert "volumes 0-4" in panel and "volumes 5-7" in panel and "volumes 8-11" in panel
     assert panel.count("<circle") == 1  # the held volume
+    assert "DVARS in % of the mean (dashed: the run's median, 0.50 %)" in panel
     assert snap["last"]["playing_since_index"] == 8
     assert "no result for" not in panel
     snap["seconds_since_last"] = 42.0
