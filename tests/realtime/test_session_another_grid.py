@@ -8,6 +8,7 @@ made from the truth by scipy's spline. Real processes: ``b2m session`` and ``b2m
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import signal
@@ -72,6 +73,11 @@ def test_a_run_on_another_days_grid_is_aligned_and_decodes_as_on_the_models(b2m_
     assert summary["alignment"]["day2"]["similarity"] > 0.95 and summary["alignment"]["day2"]["coverage"] > 0.9
     assert "run day2: volumes on another grid than the model's (112x96x24 voxels of 2.4x2.4x2.4 mm)" in \
         sess.stderr()
+    report = html.unescape((out / "report.html").read_text())
+    assert "Runs aligned to the model's reference (another session)" in report
+    # the head's move imposed on day 2: (6, -7, 3) mm, 4, -2, 3 deg
+    assert f"day2: another grid, {np.linalg.norm([6.0, -7.0, 3.0]):.1f} mm" in report
+    assert "of the model's voxels" in report
     rep = b2m_proc("session", "replay", out, name="session-replay")  # the search is deterministic
     assert rep.wait() == 0 and "identical" in rep.stdout(), rep.stderr() + rep.stdout()
     emb = {}
