@@ -6,7 +6,8 @@
     DIR/dataset_description.json
     DIR/sub-01[/ses-S]/func/sub-01[_ses-S]_task-T_run-NN_bold.nii.gz    the volumes as received, bit-exact
     DIR/sub-01[/ses-S]/func/sub-01[_ses-S]_task-T_run-NN_bold.json      RepetitionTime, TaskName, b2m's run id
-                                                                     (a sham session: whose music it played)
+                                                                     (a sham session: whose music it played;
+                                                                     the clock offset the onsets used)
     DIR/sub-01[/ses-S]/func/sub-01[_ses-S]_task-T_run-NN_events.tsv     one row per clip or piece heard (music),
                                                                      silence, and protocol block (block_*)
     DIR/derivatives/b2m/sub-01[/ses-S]/func/..._run-NN_desc-decoded_timeseries.tsv (and .json)
@@ -370,6 +371,9 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
             meta["b2m_feedback"] = "yoked sham"
             meta["b2m_yoked_to"] = {"session": yoked["source"],
                                     "runs": sorted({d["yoked_to"][0] for d in decisions or () if d.get("yoked_to")})}
+        offsets = [d["clock_offset_s"] for d in decisions or () if d.get("clock_offset_s") is not None]
+        if offsets:  # the events' onsets are placed with it (the scanner side's clock onto the session's)
+            meta["b2m_clock_offset_s"] = min(offsets)
         with open(stem + "_bold.json", "w") as f:
             json.dump(meta, f, indent=2)
         out["written"] += [bold, stem + "_bold.json"]

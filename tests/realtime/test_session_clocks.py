@@ -11,6 +11,7 @@ import json
 import shutil
 import signal
 
+import nibabel as nib
 import numpy as np
 import pytest
 from session_kit import kit_fixture
@@ -35,9 +36,12 @@ def test_a_scanner_clock_3s_ahead_is_measured_and_taken_out(kit, b2m_proc, endpo
                     "--audio", f"wav:{out}/feedback.wav", "--results", "none", "--no-dashboard", name="session")
     sess.wait_for("ready", timeout=60)
     n, tr = 12, 0.25
+    img = nib.load(kit.nifti)  # the first 12 volumes of the real run, as a whole run (with its run end)
+    short = tmp_path / "short.nii"
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj.get_unscaled())[..., :n], img.affine, img.header), short)
     for run_id, prefix in (("skewed", (faketime, "-f", f"+{SKEW_S:g}s")), ("synced", ())):
-        tx = b2m_proc("scanner", "replay", kit.nifti, "--connect", endpoint, "--speed", "1", "--tr", tr,
-                      "--stop", n, "--run-id", run_id, "--quiet", name=f"replay-{run_id}", prefix=prefix)
+        tx = b2m_proc("scanner", "replay", short, "--connect", endpoint, "--speed", "1", "--tr", tr,
+                      "--run-id", run_id, "--quiet", name=f"replay-{run_id}", prefix=prefix)
         assert tx.wait(60) == 0, tx.stderr()  # every volume acked: recorded, and decoded before the session stops
     sess.kill(signal.SIGTERM)
     assert sess.p.returncode == 0, sess.stderr()
@@ -63,5 +67,11 @@ def test_a_scanner_clock_3s_ahead_is_measured_and_taken_out(kit, b2m_proc, endpo
     assert "run synced: the sender's clock" not in err
     rep = b2m_proc("session", "replay", out, name="session-replay")  # the record's own send times go with it
     assert rep.wait() == 0 and "identical" in rep.stdout(), rep.stderr() + rep.stdout()
+    ex = b2m_proc("session", "export", out, "--bids", tmp_path / "bids", "--subject", "01", name="export")
+    assert ex.wait() == 0, ex.stderr()
+    func = tmp_path / "bids" / "sub-01" / "func"
+    for number, skew in ((1, SKEW_S), (2, 0.0)):  # the correction the events were placed with, for the analyst
+        side = json.loads((func / f"sub-01_task-neurofeedback_run-{number:02d}_bold.json").read_text())
+        assert -skew - 1e-3 <= side["b2m_clock_offset_s"] < -skew + 0.05, side
     report = (out / "report.html").read_text()
     assert "skewed: the scanner side" in report and "s clock is 3.0" in report
