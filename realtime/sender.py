@@ -233,7 +233,12 @@ class ReliableSender:
         return max(0.0, oldest + self.resend_timeout_s - time.monotonic())
 
     def _resend_due(self, force: bool = False, force_unsent: bool = False) -> None:
-        """(Re)send what is due, oldest first; stop at the first that cannot go (order is kept)."""
+        """(Re)send what is due, oldest first; stop at the first that cannot go (order is kept).
+
+        A message never sent yet (held while no receiver was attached) must not overtake an earlier
+        one that has not gone either: a volume that overtook the run's first one would set the run's
+        geometry, and the first would be refused.
+        """
         now = time.monotonic()
         for key, p in list(self.pending.items()):
             if force or (force_unsent and p.held and not p.sends) or now - p.last_sent >= self.resend_timeout_s:
@@ -241,6 +246,8 @@ class ReliableSender:
                 self._transmit(key, p)
                 if p.sends == before:
                     return
+            elif not p.sends:  # not due, and never sent: what follows waits for it
+                return
 
     def _drain_monitor(self) -> None:
         reconnected = False

@@ -3,6 +3,8 @@ either side starts late or restarts, and nothing is recorded twice."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -115,6 +117,22 @@ def test_reliable_sender_drops_rejected_message(rng, tmp_path, endpoint, serving
             assert tx.stats.acked == 1
             ((key, field, reason),) = tx.stats.rejected
             assert key == ("volume", "run1", 1) and field == "header.shape" and reason
+
+
+def test_a_held_message_never_overtakes_an_earlier_unsent_one(rng, endpoint):
+    """No receiver yet: both volumes are held. The first was just tried again (its resend is not due); the
+    second was never tried, so its timeout looks long past. A resend pass must still try nothing after the
+    first: it once sent the second first, which set the run's geometry, and the first was refused (CI)."""
+    vols = _volumes(rng, 2)
+    with ReliableSender(endpoint, resend_timeout_s=RESEND_S) as tx:  # nothing listens at endpoint
+        tx.send(_msg(vols, 0))
+        tx.send(_msg(vols, 1))
+        first, second = tx.pending.values()
+        assert first.held and second.held and not first.sends and not second.sends
+        first.last_sent = time.monotonic()  # as if tried a moment ago
+        tried = second.last_sent
+        tx._resend_due()
+        assert second.last_sent == tried  # not tried: it waits for the first
 
 
 def test_reliable_sender_drops_rejected_oversized_run_start(tmp_path, endpoint, serving):
