@@ -488,7 +488,7 @@ def test_another_grid_is_registered_to_the_reference(epi, rng, move):
 
 
 def test_a_prescription_that_followed_the_head_is_found_from_the_voxel_grid(epi, rng):
-    """Auto-align moved the slices with the head (35 mm, 16 deg): in world space nothing is where it was,
+    """Auto-align moved the slices with the head (47 mm, 16 deg): in world space nothing is where it was,
     but every voxel index is. Zero motion leaves most sample points outside the volume; the voxel-grid
     start finds it."""
     ref, affine = epi
