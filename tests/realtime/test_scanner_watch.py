@@ -231,6 +231,7 @@ def test_ge_export_folder_to_receiver_bit_exact(b2m_proc, endpoint, tmp_path, rn
     assert tx.wait(timeout=60) == 0, tx.stderr()
     summary = json.loads(tx.stdout().strip().splitlines()[-1])
     assert summary["sent"] == 3 and summary["ended"] == "volumes" and summary["all_acked"]
+    assert 0 <= summary["folder_lag_ms_min"] <= summary["folder_lag_ms_p50"]  # one clock: never negative
     assert list(summary["bad_files"]) == ["i9999999.MRDC.999"]
     assert "i9999999.MRDC.999" in tx.stderr()
     rx.wait_for("series-6\t", stream="stdout")
