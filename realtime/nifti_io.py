@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
+from nibabel.affines import voxel_sizes
 
 from protocols.session import run_volumes
 
@@ -205,8 +206,7 @@ def export_run_nifti(session_path: str | os.PathLike, run_id: str, out_path: str
         hdr.set_xyzt_units("mm", "sec")
         hdr.set_sform(g["affine"], code=1)
         hdr.set_qform(g["affine"], code=1)
-        voxel_mm = np.sqrt((g["affine"][:3, :3] ** 2).sum(axis=0))
-        hdr.set_zooms(tuple(float(v) for v in voxel_mm) + (float(g["tr_s"]),))
+        hdr.set_zooms(tuple(float(v) for v in voxel_sizes(g["affine"])) + (float(g["tr_s"]),))
     if scaling is not None and tuple(scaling) != (1.0, 0.0):
         hdr.set_slope_inter(*scaling)
     if isinstance(hdr, nib.Nifti1Header) and hdr["magic"] != b"n+1":

@@ -19,15 +19,19 @@ DEFAULT_RESULTS = "tcp://127.0.0.1:5556"
 
 
 def _level(text: str) -> float | None:
-    """``--level-dbfs``: a number of dBFS, or ``none``."""
+    """``--level-dbfs``: a number of dBFS, or ``none``; its bounds are :class:`SessionOptions`'."""
+    from realtime.session.engine import SessionOptions
+
     if text.strip().lower() == "none":
         return None
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a level: give dBFS RMS (e.g. -20) or none") from None
-    if not -60.0 <= value <= -3.0:
-        raise argparse.ArgumentTypeError(f"{value:g} dBFS is outside -60..-3 (RMS; -20 is the default)")
+    try:
+        SessionOptions(level_dbfs=value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return value
 
 

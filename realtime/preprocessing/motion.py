@@ -44,6 +44,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 
 from ._rigid import _fd_step, params_from_matrix, rigid_matrix
 from ._sampling import BinomialSmoother, TrilinearSampler, binomial_passes
@@ -55,6 +56,7 @@ __all__ = [
     "MotionCorrector",
     "Alignment",
     "ALIGN_MATCH",
+    "describe_alignment",
     "RunMotion",
     "realign_run",
     "reslice",
@@ -208,6 +210,12 @@ class _Reslicer:
         self._coords = np.empty((3, self.n), np.float32)
         self._sampler = TrilinearSampler(tuple(src_shape), self.n, (0, 0, 0), np.array(src_shape) - 1)
 
+    def coverage(self, matrix: np.ndarray) -> float:
+        """The fraction of the voxels that ``matrix`` puts inside the sampled volumes' grid."""
+        _transform(self.inv_src_affine @ matrix @ self.affine, self._pts, self._coords)
+        hi = np.array(self._sampler.shape, np.float32)[:, None] - 1
+        return float(np.mean(np.all((self._coords >= 0) & (self._coords <= hi), axis=0)))
+
     def __call__(self, flat32: np.ndarray, matrix: np.ndarray, out: np.ndarray) -> int:
         v = self.inv_src_affine @ matrix @ self.affine
         _transform(v, self._pts, self._coords)
@@ -295,11 +303,10 @@ class MotionReference:
         ref = _check_volume(ref, ref.shape, "reference")
         self.shape = ref.shape
         self.inv_affine = np.linalg.inv(self.affine)
-        voxel_mm = np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
-        self.voxel_mm = voxel_mm
+        self.voxel_mm = voxel_mm = voxel_sizes(self.affine)
         vol_smoothing = None
         if grid is not None:  # the volumes are smoothed on their grid; the reference to the same width in mm
-            vol_mm = np.sqrt((np.asarray(grid[1], float)[:3, :3] ** 2).sum(axis=0))
+            vol_mm = voxel_sizes(np.asarray(grid[1], float))
             vol_smoothing = binomial_passes(cfg.fwhm_mm, vol_mm)
             sigma_mm = float(np.mean(np.sqrt(np.asarray(vol_smoothing) / 4.0) * vol_mm))
             ref_passes = tuple(2 * int(round(2.0 * (sigma_mm / v) ** 2)) for v in voxel_mm)
@@ -658,7 +665,6 @@ class MotionCorrector:
         return MotionResult(params=params, fd=fd, flagged=fd > self.config.fd_threshold_mm,
                             n_iter=n_iter, converged=converged, values=values)
 
-
     def _first(self, volume) -> tuple[np.ndarray, int, bool]:
         """The first volume against a reference from another session (``align_first``)."""
         ref = self.reference
@@ -700,12 +706,7 @@ class MotionCorrector:
         params, n_iter, converged = fine.estimate(None, init=tried[best][0], max_iter=_ALIGN_ITER)
         similarity = fine.match(params)
         fine.keep_in_view(params)
-        coverage = None
-        if self._reslicer is not None:  # the model's voxels the volumes' field of view holds
-            r = self._reslicer
-            _transform(r.inv_src_affine @ rigid_matrix(params) @ r.affine, r._pts, r._coords)
-            lo, hi = np.zeros((3, 1), np.float32), np.array(self.reference.vol_shape, np.float32)[:, None] - 1
-            coverage = float(np.mean(np.all((r._coords >= lo) & (r._coords <= hi), axis=0)))
+        coverage = None if self._reslicer is None else self._reslicer.coverage(rigid_matrix(params))
         self.alignment = Alignment(params=params, similarity=similarity, start=best,
                                    n_iter=n_iter, converged=converged,
                                    starts={k: round(v[1], 4) for k, v in tried.items()}, coverage=coverage)
@@ -748,10 +749,16 @@ class Alignment:
 
     def describe(self) -> str:
         """``"11.8 mm, 4.2 deg from the reference (match r 0.96), covering 97% of the model's voxels"``."""
-        t = float(np.linalg.norm(self.params[:3]))
-        deg = float(np.degrees(np.linalg.norm(self.params[3:])))
-        cover = "" if self.coverage is None else f", covering {self.coverage:.0%} of the model's voxels"
-        return f"{t:.1f} mm, {deg:.1f} deg from the reference (match r {self.similarity:.2f}){cover}"
+        return describe_alignment(self.params, self.similarity, self.coverage)
+
+
+def describe_alignment(params, similarity: float, coverage: float | None = None) -> str:
+    """How far an :class:`Alignment` found the head, how well it matched, and how much of the model it covers
+    (also from the plain numbers a session's ``summary.json`` keeps)."""
+    t = float(np.linalg.norm(np.asarray(params[:3], float)))
+    deg = float(np.degrees(np.linalg.norm(np.asarray(params[3:], float))))
+    cover = "" if coverage is None else f", covering {coverage:.0%} of the model's voxels"
+    return f"{t:.1f} mm, {deg:.1f} deg from the reference (match r {similarity:.2f}){cover}"
 
 
 def _centroid(volume, affine) -> np.ndarray:

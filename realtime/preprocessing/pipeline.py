@@ -227,11 +227,11 @@ class OnlinePreprocessor:
         self._dvars = Dvars(self.n_voxels)
         self.t = 0
 
-    def _make_motion(self, reference, grid=None) -> None:
+    def _make_motion(self, reference, grid=None, *, given: bool = True) -> None:
+        """``given``: the reference came with the model (another session), not from this run's first volume."""
         check_geometry(self.mask.shape, self.affine, np.shape(reference), self.affine, what="reference")
         self._motion = MotionCorrector(reference, self.affine, config=self.config.motion_config,
-                                       reslice_mask=self.mask, grid=grid,
-                                       align_first=reference is self._reference and reference is not None)
+                                       reslice_mask=self.mask, grid=grid, align_first=given)
 
     @property
     def alignment(self):
@@ -267,7 +267,7 @@ class OnlinePreprocessor:
         motion = None
         if self.config.motion:
             if self._motion is None:
-                self._make_motion(volume)
+                self._make_motion(volume, given=False)
             motion = self._motion.update(volume, out=self._raw)
             values = self._raw
         else:

@@ -439,11 +439,11 @@ def _watch(watcher, vendor, endpoint, run_id, tr_s, n_volumes, idle_timeout_s, p
                 now = time.time()
                 mtime = max((os.stat(f).st_mtime for f in vol.files if os.path.exists(f)), default=now)
                 if mtime - now >= CLOCK_WARN_S and not ahead:
+                    ahead = True
                     log.warning("%s was written %.2f s in this computer's future: the export folder's clock is "
                                 "ahead of this one's by at least that. Each volume's acquisition time is taken "
                                 "as when it was read instead; synchronise the clocks (NTP, chrony) to be sure",
                                 vol.files[0], mtime - now)
-                ahead = ahead or mtime - now >= CLOCK_WARN_S
                 # a stamp later than the moment the file was read is another clock's: never after that moment
                 sender.send(VolumeMessage(run_id=run_id, index=vol.index, data=vol.data, affine=vol.affine,
                                           tr_s=tr_s, n_volumes=n_volumes, t_acquired=min(mtime, now)))

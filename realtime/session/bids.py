@@ -62,13 +62,20 @@ from ..nifti_io import export_run_nifti, run_export_args
 from .decisions import decisions_path, read_decisions
 from .yoked import read_yoked
 
-__all__ = ["EVENT_COLUMNS", "music_events", "sounds_begun", "block_events", "write_decoded_timeseries", "export_bids"]
+__all__ = ["EVENT_COLUMNS", "run_clock_offset", "music_events", "sounds_begun", "block_events",
+           "write_decoded_timeseries", "export_bids"]
 
 #: Columns of ``*_events.tsv``, in order.
 EVENT_COLUMNS = ("onset", "duration", "trial_type", "clip", "genre", "stim_file", "clip_start_s", "decided_run",
                  "decided_volume", "action")
 
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
+
+
+def run_clock_offset(decisions: list[dict]) -> float | None:
+    """A run's final clock offset (session computer minus scanner side, s): the least of the running estimates
+    its decisions recorded (:mod:`realtime.clocks`), None for a run recorded without them."""
+    return min((d["clock_offset_s"] for d in decisions if d.get("clock_offset_s") is not None), default=None)
 
 
 def _run_starts(decisions: list[dict]) -> dict:
@@ -83,11 +90,10 @@ def _run_starts(decisions: list[dict]) -> dict:
     """
     tr_s = float(decisions[0]["tr_s"])
     # each stamp was moved onto the session computer's clock by the offset estimated by then; the run's
-    # final estimate (the least of them, :mod:`realtime.clocks`) is the best, and holds for every stamp
-    applied = [d.get("clock_offset_s") for d in decisions]
-    final = min((a for a in applied if a is not None), default=None)
-    starts = [d["timestamps"]["acquired"] - (a or 0.0) + (final or 0.0) - (d["index"] + 1) * tr_s
-              for d, a in zip(decisions, applied) if (d.get("timestamps") or {}).get("acquired")]
+    # final estimate is the best, and holds for every stamp
+    final = run_clock_offset(decisions) or 0.0
+    starts = [d["timestamps"]["acquired"] - (d.get("clock_offset_s") or 0.0) + final - (d["index"] + 1) * tr_s
+              for d in decisions if (d.get("timestamps") or {}).get("acquired")]
     return {"session": float(decisions[0]["offset_s"]), "wall": min(starts) if starts else None}
 
 
@@ -371,9 +377,9 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
             meta["b2m_feedback"] = "yoked sham"
             meta["b2m_yoked_to"] = {"session": yoked["source"],
                                     "runs": sorted({d["yoked_to"][0] for d in decisions or () if d.get("yoked_to")})}
-        offsets = [d["clock_offset_s"] for d in decisions or () if d.get("clock_offset_s") is not None]
-        if offsets:  # the events' onsets are placed with it (the scanner side's clock onto the session's)
-            meta["b2m_clock_offset_s"] = min(offsets)
+        offset = run_clock_offset(decisions or [])
+        if offset is not None:  # the events' onsets are placed with it (the scanner side's clock onto the session's)
+            meta["b2m_clock_offset_s"] = offset
         with open(stem + "_bold.json", "w") as f:
             json.dump(meta, f, indent=2)
         out["written"] += [bold, stem + "_bold.json"]

@@ -48,6 +48,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 
 from protocols.wire import Result
 
@@ -292,7 +293,7 @@ class SessionEngine:
         """Say how the run's first volume was found against the model's reference (another session's)."""
         a, grid = run.pre.alignment, run.pre.grid
         where = (f"on another grid than the model's ({'x'.join(map(str, grid[0]))} voxels of "
-                 + "x".join(f"{v:.2g}" for v in np.sqrt((grid[1][:3, :3] ** 2).sum(axis=0))) + " mm)"
+                 + "x".join(f"{v:.2g}" for v in voxel_sizes(grid[1])) + " mm)"
                  if grid is not None else "far from the model's reference")
         self.alignments[run.run_id] = {"params": [float(v) for v in a.params], "similarity": a.similarity,
                                        "start": a.start, "other_grid": grid is not None, "coverage": a.coverage}

@@ -183,13 +183,11 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
             ("Runs ended", ", ".join(summary.get("runs_ended") or []) or "-")]
     aligned = summary.get("alignment") or {}
     if aligned:
-        from ..preprocessing.motion import Alignment
+        from ..preprocessing.motion import describe_alignment
 
         rows.append(("Runs aligned to the model's reference (another session)", ", ".join(
             f"{run}: " + ("another grid, " if a["other_grid"] else "")
-            + Alignment(params=np.asarray(a["params"]), similarity=a["similarity"], start=a["start"], n_iter=0,
-                        converged=True, starts={}, coverage=a.get("coverage")).describe()
-            for run, a in aligned.items())))
+            + describe_alignment(a["params"], a["similarity"], a.get("coverage")) for run, a in aligned.items())))
     clocks = summary.get("clock_offset_s") or {}
     if clocks:
         from ..clocks import CLOCK_WARN_S, describe_offset
