@@ -19,8 +19,6 @@ measured from that read.
 from __future__ import annotations
 
 import logging
-import os
-import select
 import sys
 import time
 from dataclasses import dataclass
@@ -77,42 +75,28 @@ def wait_for_trigger(kind: str = "key", key: str = "5", stream=None, stop=None) 
 
     Parameters
     ----------
-    kind : {"key", "now"}
+    kind : {"key", "now"} or str
         ``"key"``: wait for ``key`` on ``stream`` (default stdin; on a
         terminal, read without waiting for Enter). ``"now"``: return at once.
+        Anything else is the trigger box's serial port (or a FIFO), read as
+        :class:`realtime.triggers.TriggerInput` reads it.
     stop : callable, optional
         Polled while waiting; returning True gives up (``InterruptedError``).
     """
     if kind == "now":
         return time.time()
-    if kind != "key":
-        raise ValueError(f"trigger must be 'key' or 'now', got {kind!r}")
-    stream = sys.stdin if stream is None else stream
-    fd = stream.fileno()
-    old = None
-    if os.isatty(fd):
-        import termios
-        import tty
+    from .triggers import TriggerInput
 
-        old = termios.tcgetattr(fd)
-        tty.setcbreak(fd)
-    try:
+    source = (sys.stdin if stream is None else stream).fileno() if kind == "key" else kind
+    with TriggerInput(source, key=key) as trigger:
         while True:
             if stop is not None and stop():
                 raise InterruptedError("stopped while waiting for the trigger")
-            ready, _, _ = select.select([fd], [], [], 0.1)
-            if not ready:
-                continue
-            ch = os.read(fd, 1).decode(errors="replace")
-            if ch == "":
+            pulses = trigger.read(0.1)
+            if pulses:
+                return pulses[0]
+            if trigger.closed:
                 raise EOFError(f"the trigger input closed before a {key!r} came")
-            if ch == key:
-                return time.time()
-    finally:
-        if old is not None:
-            import termios
-
-            termios.tcsetattr(fd, termios.TCSADRAIN, old)
 
 
 def present(output, excerpts: list[Excerpt], trigger_wall: float, *, lead_s: float = 0.05, ahead_s: float = 5.0,

@@ -27,8 +27,9 @@ def add_parser(sub) -> None:
                    help="output device name or index, 'default', or wav:PATH to write what would be played")
     p.add_argument("--in-process-audio", action="store_true",
                    help="run the audio stream in this process (default: an isolated child process)")
-    p.add_argument("--trigger", default="key", choices=["key", "now"],
-                   help="start at the trigger key read on stdin (default), or at once")
+    p.add_argument("--trigger", default="key", metavar="key|now|PORT",
+                   help="start at the trigger key read on stdin (default), at once, or at the first pulse on "
+                        "the trigger box's serial port (e.g. /dev/ttyUSB0), as `b2m session --trigger` reads it")
     p.add_argument("--key", default="5", help="the trigger key (default 5, what most trigger boxes type)")
     p.add_argument("--rms-dbfs", type=float, default=None,
                    help="scale each excerpt to this RMS level (default: as in the file)")
@@ -92,10 +93,14 @@ def run(args) -> int:
         excerpts = _render(events, args.stimuli, output.samplerate, output.channels, args.rms_dbfs, console,
                            args.quiet)
         print(f"ready\t{len(excerpts)} excerpts, {excerpts[-1].onset_s + excerpts[-1].audio.shape[0] / output.samplerate:.1f} s; "
-              + ("waiting for the trigger" + f" (key {args.key!r})" if args.trigger == "key" else "starting now"),
+              + ("starting now" if args.trigger == "now" else f"waiting for the trigger (key {args.key!r}"
+                 + ("" if args.trigger == "key" else f" on {args.trigger}") + ")"),
               file=sys.stderr, flush=True)
         try:
             t0 = wait_for_trigger(args.trigger, args.key, stop=lambda: bool(stopping))
+        except ValueError as e:  # a serial port that cannot be opened
+            print(f"error: {e}; nothing was played", file=sys.stderr)
+            return 2
         except InterruptedError:
             console.print("[yellow]stopped before the trigger; nothing was played[/yellow]")
             return 130

@@ -23,6 +23,14 @@ def add_parser(sub) -> None:
     p.add_argument("--tr", type=float, default=None, help="TR in seconds (default: the header's pixdim[4])")
     p.add_argument("--speed", default="1", help="1 = real time, N = N times faster, max = as fast as possible")
     p.add_argument("--prefix", default="vol", help="file name prefix (default vol)")
+    p.add_argument("--trigger-out", metavar="PATH", default=None,
+                   help="also play the scanner's trigger: write --trigger-key to PATH (one end of a serial line, "
+                        "e.g. of `socat pty,raw,echo=0,link=/tmp/box pty,raw,echo=0,link=/tmp/port`) as each "
+                        "volume's acquisition begins; each file then follows one TR plus --recon-delay later "
+                        "(real time only)")
+    p.add_argument("--trigger-key", default="5", help="the pulse's character (default 5)")
+    p.add_argument("--recon-delay", type=float, default=0.0, metavar="SECONDS",
+                   help="seconds from the end of a volume's acquisition to its file (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -32,7 +40,14 @@ def run(args) -> int:
     with Progress(TextColumn("[bold]export[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=stderr_console(), disable=args.quiet) as bar:
         task = bar.add_task("export", total=None)
-        files = export_run(args.run, args.folder, tr_s=args.tr, speed=speed, prefix=args.prefix,
-                           progress=lambda k, n: bar.update(task, completed=k, total=n))
-    print(f"{len(files)}\t{args.folder}", file=sys.stdout, flush=True)
+        try:
+            res = export_run(args.run, args.folder, tr_s=args.tr, speed=speed, prefix=args.prefix,
+                             trigger_out=args.trigger_out, key=args.trigger_key, recon_delay_s=args.recon_delay,
+                             progress=lambda k, n: bar.update(task, completed=k, total=n))
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    print(f"{len(res.files)}\t{args.folder}", file=sys.stdout, flush=True)
+    if args.trigger_out is not None:  # when each pulse went, on this computer's clock (Unix s)
+        print("pulses\t" + "\t".join(f"{t:.6f}" for t in res.pulses_unix), file=sys.stdout, flush=True)
     return 0

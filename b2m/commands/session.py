@@ -88,6 +88,17 @@ def add_parser(sub) -> None:
     p.add_argument("--runs", type=int, default=None, help="stop after this many runs have ended (default: run "
                    "until SIGINT/SIGTERM)")
     p.add_argument("--no-dashboard", action="store_true", help="no live terminal view (scripts)")
+    t = p.add_argument_group("scanner trigger (optional: when each volume began, on this computer's clock)")
+    t.add_argument("--trigger", metavar="PORT", default=None,
+                   help="read the scanner's trigger pulses: a serial port (e.g. /dev/ttyUSB0), a FIFO, or stdin "
+                        "(a box that types the key into this terminal). Every pulse is kept in SESSION/triggers.tsv; "
+                        "the export places each run's music from the pulse of its first volume, and the summary "
+                        "gives each run's image delay")
+    t.add_argument("--trigger-key", default="5", help="the character of a pulse (default 5)")
+    t.add_argument("--trigger-baud", type=int, default=None, metavar="BAUD",
+                   help="serial speed (default 57600; as the trigger box's manual says)")
+    t.add_argument("--trigger-dummies", type=int, default=0, metavar="N",
+                   help="pulses the scanner sends before the first saved volume of a run (dummy scans; default 0)")
     p.add_argument("--check", action="store_true",
                    help="pre-flight: load the bundle and library, time the decoder, bind the endpoints and play "
                         "the neutral clip on --audio, print PASS/FAIL per part and exit (1 if any failed); "
@@ -162,7 +173,8 @@ def run_check(args) -> int:
                        bind=args.bind, results=args.results, pyneal_port=args.pyneal_port, insecure=args.insecure,
                        curve=server_keys(args), mode=args.mode, segment_bars=args.segment_bars,
                        yoked_from=args.yoked_from, blind=args.blind, protocol=args.protocol,
-                       level_dbfs=args.level_dbfs)
+                       level_dbfs=args.level_dbfs, trigger=args.trigger, trigger_key=args.trigger_key,
+                       trigger_baud=args.trigger_baud)
     print(format_checks(checks))
     failed = [c.name for c in checks if not c.ok]
     print(f"{len(checks) - len(failed)} of {len(checks)} checks passed"
@@ -189,6 +201,9 @@ def run_live(args) -> int:
     from realtime.session.replay import recorded_decisions, recorded_volumes
 
     curve = server_keys(args)  # a bad key file stops the session before anything starts
+    if args.trigger_dummies < 0:
+        print(f"error: --trigger-dummies must be 0 or more, got {args.trigger_dummies}", file=sys.stderr)
+        return 2
 
     decoder, library = open_parts(args.model, args.library)
     policy = _policy(args)
@@ -218,6 +233,16 @@ def run_live(args) -> int:
     except AudioDeviceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    triggers = None
+    if args.trigger is not None:
+        from realtime.triggers import TriggerInput, TriggerLog
+
+        try:
+            triggers = TriggerLog(TriggerInput(args.trigger, args.trigger_key, args.trigger_baud), args.out)
+        except ValueError as e:
+            output.close()
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     stop = threading.Event()
     ended: list[str] = []
     parts: list = []
@@ -255,21 +280,28 @@ def run_live(args) -> int:
                      args.out, caught["volumes"], ", ".join(caught["runs"]) or "no open run")
         info = session_info(engine, args.model, args.library, args.audio)
         info["protocol"] = protocol.to_dict() if protocol is not None else None
+        info["trigger"] = ({"input": args.trigger, "key": args.trigger_key, "dummies": args.trigger_dummies}
+                           if triggers is not None else None)
         if args.blind:
             info["allocation"] = {"file": os.path.abspath(args.allocation), "participant": args.participant}
         write_session_info(args.out, info)
         with Receiver(args.out, args.bind, insecure=args.insecure, curve=curve, sync=not args.no_fsync,
                       on_volume=engine.on_volume, on_run_complete=run_over, on_run_gaps=run_over) as rx:
+            if triggers is not None:
+                triggers.start()
+                print(f"trigger\t{args.trigger}\tkey {args.trigger_key!r}", file=sys.stderr, flush=True)
             print(f"ready\t{rx.endpoint}", file=sys.stderr, flush=True)
             if not args.no_dashboard:
                 dashboard = Dashboard(engine, rx, engine.preprocess.motion_config.fd_threshold_mm,
-                                      blind=args.blind).start()
+                                      blind=args.blind, triggers=triggers).start()
             rx.serve(stop, idle=engine.keep_playing)  # generated music goes on between runs
             rx.wait_exports()
         engine.finish()
     finally:
         if dashboard is not None:
             dashboard.stop()
+        if triggers is not None:
+            triggers.stop()
         for part in (publisher, pyneal):
             if part is not None:
                 part.close()
@@ -283,6 +315,7 @@ def run_live(args) -> int:
     summary["blinded"] = args.blind
     summary["protocol"] = protocol.to_dict() if protocol is not None else None
     summary["music_match"] = music_match(results, library)
+    summary["triggers"] = _trigger_summary(args, triggers)
     if summary.get("yoked"):
         from realtime.session.yoked import own_agreement
 
@@ -308,6 +341,24 @@ def run_live(args) -> int:
           f"{summary['counts']['errors']} errors; latency p50 {lat.get('p50', float('nan')):.2f} ms, "
           f"p99 {lat.get('p99', float('nan')):.2f} ms; audio underruns {summary['audio_underruns']}")
     return 0
+
+
+def _trigger_summary(args, triggers) -> dict | None:
+    """The trigger input and each run's pulses (:func:`realtime.session.bids.run_triggers`); one line per run on
+    stderr."""
+    if triggers is None:
+        return None
+    from protocols.session import SessionRecord
+    from realtime.session.bids import run_triggers
+    from realtime.triggers import describe_triggers
+
+    pulses = triggers.pulses()
+    runs = {}
+    for run_id, run in sorted(SessionRecord(args.out, sync=False).runs.items()):
+        if run.received and run.geometry:
+            runs[run_id] = run_triggers(run, pulses, args.trigger_dummies).to_dict()
+            print(f"trigger\t{run_id}\t{describe_triggers(runs[run_id])}", file=sys.stderr, flush=True)
+    return {**triggers.summary(), "key": args.trigger_key, "dummies": args.trigger_dummies, "runs": runs}
 
 
 def session_summary(engine, ended) -> dict:

@@ -33,9 +33,14 @@ clip (or, in generation mode, each piece) begins to sound:
   (the end of its acquisition, as on the session clock, where volume ``i``
   is decided at ``(i + 1) * TR``): ``min_i(t_acquired_i - (i + 1) * TR)``.
   A stamp made later than that (a folder watch stamps the file's writing,
-  after the reconstruction) moves the onsets earlier by as much; the
-  device's own output latency (the DAC and headphones, a few ms) is not
-  included either.
+  after the reconstruction) moves the onsets earlier by as much. A session
+  that read the scanner's trigger (``b2m session --trigger``) places the
+  run from the pulse of its first volume instead, read on this computer's
+  own clock, with neither error (:mod:`realtime.triggers`); ``bold.json``
+  says which (``b2m_run_start_from``) and gives the start in Unix time
+  (``b2m_run_start_unix``, to align other recordings such as physiology).
+  The device's own output latency (the DAC and headphones, a few ms) is
+  not included either way.
 
 A row lasts until the next one begins, the last until the run's end; a
 switch decided near the end that sounds only after the run's last volume is
@@ -59,10 +64,12 @@ import shutil
 from protocols.session import SessionRecord
 
 from ..nifti_io import export_run_nifti, run_export_args
+from ..triggers import RunTriggers, match_run, read_triggers
 from .decisions import decisions_path, read_decisions
+from .replay import read_session_info
 from .yoked import read_yoked
 
-__all__ = ["EVENT_COLUMNS", "run_clock_offset", "music_events", "sounds_begun", "block_events",
+__all__ = ["EVENT_COLUMNS", "run_clock_offset", "run_triggers", "music_events", "sounds_begun", "block_events",
            "write_decoded_timeseries", "export_bids"]
 
 #: Columns of ``*_events.tsv``, in order.
@@ -78,16 +85,30 @@ def run_clock_offset(decisions: list[dict]) -> float | None:
     return min((d["clock_offset_s"] for d in decisions if d.get("clock_offset_s") is not None), default=None)
 
 
-def _run_starts(decisions: list[dict]) -> dict:
+def run_triggers(run, pulses, dummies: int = 0) -> RunTriggers:
+    """A recorded run's trigger pulses (:func:`realtime.triggers.match_run`), from when its volumes were received.
+
+    ``run`` is a :class:`protocols.session.SessionRecord` run; ``pulses`` the
+    session's (:func:`realtime.triggers.read_triggers`).
+    """
+    got = sorted(run.received.items())
+    return match_run(pulses, [i for i, _ in got], [float(m.header.get("t_recv", float("nan"))) for _, m in got],
+                     float(run.geometry["tr_s"]), dummies=dummies, n_volumes=run.n_volumes)
+
+
+def _run_starts(decisions: list[dict], trigger_start: float | None = None) -> dict:
     """When the run's first volume began, on each clock a sound can be placed on.
 
     ``"session"``: the session clock (a WAV sink's frames), where the run
     begins at its ``offset_s``. ``"wall"``: the session computer's clock (Unix
-    s), from the scanner side's stamps, each taken as its volume's completion
-    and moved onto this clock by the run's estimated clock offset; the
-    earliest implied start wins, since a stamp can only come late (None
-    without stamps).
+    s): the pulse of the run's first volume if the trigger was read
+    (``trigger_start``); else from the scanner side's stamps, each taken as
+    its volume's completion and moved onto this clock by the run's estimated
+    clock offset, the earliest implied start winning, since a stamp can only
+    come late (None without stamps).
     """
+    if trigger_start is not None:
+        return {"session": float(decisions[0]["offset_s"]), "wall": float(trigger_start)}
     tr_s = float(decisions[0]["tr_s"])
     # each stamp was moved onto the session computer's clock by the offset estimated by then; the run's
     # final estimate is the best, and holds for every stamp
@@ -135,7 +156,7 @@ def sounds_begun(decisions: list[dict], library, samplerate: int, *, mode: str =
 
 
 def music_events(decisions: list[dict], library, samplerate: int, n_volumes: int, *,
-                 mode: str = "retrieval", before: list[dict] = ()) -> list[dict]:
+                 mode: str = "retrieval", before: list[dict] = (), trigger_start: float | None = None) -> list[dict]:
     """The clips (or pieces) heard during one run, from the recorded decisions.
 
     Parameters
@@ -155,6 +176,10 @@ def music_events(decisions: list[dict], library, samplerate: int, n_volumes: int
         :func:`sounds_begun` of the runs before. A sound they began that is
         heard within this run is one of its rows; the one sounding as it
         begins is its first row, at onset 0, action ``continued``.
+    trigger_start : float, optional
+        The pulse of the run's first volume (Unix s, :func:`run_triggers`):
+        a sound device's onsets are placed from it rather than from the
+        scanner side's stamps.
 
     Returns
     -------
@@ -164,7 +189,7 @@ def music_events(decisions: list[dict], library, samplerate: int, n_volumes: int
     """
     if not decisions:
         return []
-    starts = _run_starts(decisions)
+    starts = _run_starts(decisions, trigger_start)
     end = n_volumes * float(decisions[0]["tr_s"])
     rows, sounding = [], None
     for r in sorted([*before, *sounds_begun(decisions, library, samplerate, mode=mode)], key=lambda r: r["at"]):
@@ -235,6 +260,14 @@ def write_decoded_timeseries(stem: str, decisions: list[dict]) -> list[str]:
                                  "voxels from the previous volume, in percent of their mean"},
                    "e000": {"Description": f"e000..e{dim - 1:03d}: the decoded embedding, unit norm"}}, f, indent=2)
     return [path, side]
+
+
+def _trigger_dummies(session_dir: str) -> int:
+    """``--trigger-dummies`` of the session that recorded ``session_dir`` (0 if it gave none, or is no session)."""
+    try:
+        return int((read_session_info(session_dir).get("trigger") or {}).get("dummies") or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def _write_events(path: str, rows: list[dict]) -> None:
@@ -338,6 +371,8 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
     out = {"written": [], "skipped": {}, "runs": {}}
     out["written"] += _describe(out_dir, "brain2music-rt neurofeedback sessions", "raw")
     yoked = read_yoked(session_dir)  # a sham session (b2m session --yoked-from), or None
+    pulses = read_triggers(session_dir)  # the scanner's trigger, if the session read it (b2m session --trigger)
+    dummies = _trigger_dummies(session_dir)
     number = 0
     begun: list[dict] = []  # every sound begun so far, on its clock: the runs before go on sounding
     todo = []
@@ -380,6 +415,14 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
         offset = run_clock_offset(decisions or [])
         if offset is not None:  # the events' onsets are placed with it (the scanner side's clock onto the session's)
             meta["b2m_clock_offset_s"] = offset
+        trig = run_triggers(run, pulses, dummies) if pulses is not None else None
+        trigger_start = trig.start if trig is not None else None
+        if trig is not None:
+            meta["b2m_trigger"] = trig.to_dict()
+        wall = _run_starts(decisions, trigger_start)["wall"] if decisions else trigger_start
+        if wall is not None:  # when the run's first volume began, on the session computer's clock
+            meta["b2m_run_start_unix"] = wall
+            meta["b2m_run_start_from"] = "scanner trigger" if trigger_start is not None else "scanner side's stamps"
         with open(stem + "_bold.json", "w") as f:
             json.dump(meta, f, indent=2)
         out["written"] += [bold, stem + "_bold.json"]
@@ -394,7 +437,8 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
             shutil.copyfile(events[run.run_id], stem + "_events.tsv")
             out["written"].append(stem + "_events.tsv")
         elif decisions is not None and library is not None:
-            rows = music_events(decisions, library, samplerate, int(run.n_volumes), mode=mode, before=before)
+            rows = music_events(decisions, library, samplerate, int(run.n_volumes), mode=mode, before=before,
+                                trigger_start=trigger_start)
             if protocol is not None:
                 rows = sorted(rows + block_events(protocol, int(run.n_volumes) * tr_s), key=lambda r: r["onset"])
             _write_events(stem + "_events.tsv", rows)

@@ -38,15 +38,20 @@ class Dashboard:
     blind : bool
         The operator is blinded (``--allocation``): whether the music is real
         or a sham is not shown.
+    triggers : realtime.triggers.TriggerLog, optional
+        The scanner's trigger (``--trigger``): pulses so far, the last one's
+        age, and the latest volumes' image delay.
     """
 
-    def __init__(self, engine, receiver=None, fd_threshold_mm: float = 0.5, console=None, blind: bool = False):
+    def __init__(self, engine, receiver=None, fd_threshold_mm: float = 0.5, console=None, blind: bool = False,
+                 triggers=None):
         from rich.console import Console
 
         self.engine = engine
         self.receiver = receiver
         self.fd_threshold_mm = fd_threshold_mm
         self.blind = blind
+        self.triggers = triggers
         self.console = console or Console(stderr=True)
         self._live = None
         self._t0 = time.monotonic()
@@ -71,6 +76,8 @@ class Dashboard:
             if off is not None and abs(off) >= CLOCK_WARN_S:  # the lag above is already corrected for it
                 head.add_row("scanner clock", f"[yellow]{describe_offset(off, 'its clock')}: corrected; "
                              "synchronise the clocks[/yellow]")
+            if self.triggers is not None:
+                head.add_row("scanner trigger", self._trigger_row(r))
             head.add_row("action", f"{r.action}{'  [motion hold]' if r.flagged else ''}")
             if r.condition is not None:
                 head.add_row("block", r.condition)
@@ -114,6 +121,24 @@ class Dashboard:
                 f"audio underruns {audio.get('underruns', 'n/a')}  late audio commands "
                 f"{audio.get('late_commands', 'n/a')}  uptime {time.monotonic() - self._t0:.0f} s")
         return Panel(Group(head, lat, foot), title="b2m session", border_style="cyan")
+
+    def _trigger_row(self, r) -> str:
+        """Pulses so far and the last one's age; the image delay of the run's latest volumes."""
+        from ..triggers import match_run
+
+        times = list(self.triggers.times)  # a copy: the trigger thread appends
+        if self.triggers.trigger.closed:
+            return f"[red]input closed after {len(times)} pulses: check the trigger box's cable[/red]"
+        if not times:
+            return "[yellow]no pulse yet: check the trigger box[/yellow]"
+        text = f"{len(times)} pulses, last {time.time() - times[-1]:.1f} s ago"
+        run = self.engine.runs.get(r.run_id)
+        recent = [x for x in list(self.engine.results)[-60:] if x.run_id == r.run_id and x.timestamps.get("received")]
+        if run is not None and recent:
+            m = match_run(times, [x.index for x in recent], [x.timestamps["received"] for x in recent], run.tr_s)
+            text += (f"; image delay {1e3 * float(np.median(m.delay_s)):.0f} ms after acquisition" if m.start
+                     is not None else f"; [yellow]{m.note}[/yellow]")
+        return text
 
     def __rich__(self):
         return self.render()

@@ -127,7 +127,8 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
               bind: str | None = None, results: str | None = None, pyneal_port: int | None = None,
               insecure: bool = False, curve=None, seconds: float = 2.0, mode: str = "retrieval",
               segment_bars: int = 4, yoked_from: str | None = None, blind: bool = False,
-              protocol: str | None = None, level_dbfs: float | None = -20.0) -> list[Check]:
+              protocol: str | None = None, level_dbfs: float | None = -20.0, trigger: str | None = None,
+              trigger_key: str = "5", trigger_baud: int | None = None) -> list[Check]:
     """Run every check (see the module doc) and return them in order.
 
     Parameters
@@ -158,6 +159,9 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
         The block design (``--protocol``): read and checked.
     level_dbfs : float or None
         The session's ``--level-dbfs``: the neutral clip plays at that level.
+    trigger, trigger_key, trigger_baud : optional
+        The scanner's trigger input (``--trigger``): opened, and listened to
+        for ``seconds`` (pulses now mean the scanner is running).
     blind : bool
         The condition came from ``--allocation``: the check is made under the
         name "allocation" for every participant, and its result does not say
@@ -204,6 +208,8 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
             checks.append(Check("generator", False, "not checked: the library did not load"))
     if protocol is not None:
         checks.append(_attempt("protocol", lambda: _protocol(protocol))[0])
+    if trigger is not None:
+        checks.append(_attempt("scanner trigger", lambda: _trigger(trigger, trigger_key, trigger_baud, seconds))[0])
     if yoked_from is not None or blind:
         name = "allocation" if blind else "yoked source"
         if lib is None:
@@ -229,6 +235,24 @@ def _protocol(path: str) -> tuple[str, None]:
 
     protocol = read_protocol(path)
     return f"{path}: {len(protocol.blocks)} blocks: {protocol.describe(limit=6)}", None
+
+
+def _trigger(source: str, key: str, baud: int | None, seconds: float) -> tuple[str, None]:
+    from ..triggers import TriggerInput
+
+    with TriggerInput(source, key, baud) as trigger:
+        t_end, times = time.monotonic() + seconds, []
+        while time.monotonic() < t_end and not trigger.closed:
+            times += trigger.read(min(0.05, max(0.0, t_end - time.monotonic())))
+        other = trigger.other
+    if trigger.closed and not times:
+        raise ValueError(f"{source} closed at once: is it the trigger box's port?")
+    text = f"{source} opened; {len(times)} pulses (key {key!r}) in {seconds:g} s"
+    if len(times) > 1:
+        text += f", every {(times[-1] - times[0]) / (len(times) - 1):.3f} s"
+    if other:
+        text += f"; {other} other bytes (not the key: check the box's mode or --trigger-key)"
+    return text, None
 
 
 def _yoked_source(source: str, library, mode: str, level_dbfs: float | None) -> tuple[str, None]:

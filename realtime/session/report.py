@@ -196,6 +196,12 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
             f"{run}: " + (describe_offset(c["offset_s"]) + " (synchronise the clocks)"
                           if abs(c["offset_s"]) >= CLOCK_WARN_S else f"agrees within {1e3 * abs(c['offset_s']):.1f} ms")
             for run, c in clocks.items())))
+    trig = summary.get("triggers")
+    if trig:
+        from ..triggers import describe_triggers
+
+        rows.append((f"Scanner trigger ({trig['source']}, key {trig['key']!r}): {trig['pulses']} pulses", ", ".join(
+            f"{run}: {describe_triggers(m)}" for run, m in trig["runs"].items()) or "no run"))
     pieces = summary.get("pieces")
     rows.insert(0, ("Music", "generated live from the library's generator points" if pieces is not None
                     else "retrieved from the library"))

@@ -91,6 +91,30 @@ def test_the_trigger_key_is_read_from_a_pipe_and_nothing_else_starts_the_run():
     os.close(w)
 
 
+def test_the_trigger_is_read_from_the_boxs_serial_port():
+    """A real pty pair: a pulse written to one end starts the run; what waited in the port beforehand does not."""
+    import threading
+
+    box, port = os.openpty()
+    try:
+        os.write(box, b"5")  # before the presenter opened the port: not this run's pulse
+        sent = []
+
+        def pulse():
+            time.sleep(0.3)
+            sent.append(time.time())
+            os.write(box, b"5")
+
+        threading.Thread(target=pulse).start()
+        t = wait_for_trigger(os.ttyname(port), "5")
+        assert sent and 0 <= t - sent[0] < 0.1
+    finally:
+        os.close(box)
+        os.close(port)
+    with pytest.raises(ValueError, match="no such device"):
+        wait_for_trigger("/dev/ttyUSB97", "5")
+
+
 @pytest.mark.audio
 @pytest.mark.timeout(120)
 def test_on_jack_every_excerpt_begins_on_its_frame(b2m_proc, tmp_path, stimuli, jackd):

@@ -398,3 +398,35 @@ def test_files_from_a_clock_ahead_are_stamped_when_read_and_named(endpoint, fmri
     warned = [r.getMessage() for r in caplog.records if "future" in r.getMessage()]
     assert len(warned) == 1 and "ahead" in warned[0] and str(folder) in warned[0], warned
     assert np.all(res.detect_lag_s < -29.0), res.detect_lag_s
+
+
+def test_an_export_with_a_trigger_pulses_as_each_acquisition_begins(fmri1_nii, tmp_path):
+    """``export_run(trigger_out=...)`` on a real pty: a '5' as each volume's acquisition begins, read on the
+    other side within milliseconds, and each file written a TR plus the reconstruction delay after its pulse
+    (its modification time on the same clock)."""
+    import select
+
+    from realtime.scanner.export import export_run
+
+    tr, recon, n = 0.2, 0.15, 6
+    short = tmp_path / "short.nii"
+    img = nib.load(fmri1_nii)
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj.get_unscaled())[..., :n], img.affine, img.header), short)
+    master, slave = os.openpty()
+    import tty
+
+    tty.setraw(slave)
+    try:
+        res = export_run(short, tmp_path / "export", tr_s=tr, trigger_out=os.ttyname(slave), recon_delay_s=recon)
+        assert select.select([master], [], [], 1.0)[0] and os.read(master, 100) == b"5" * n
+    finally:
+        os.close(master)
+        os.close(slave)
+    pulses = np.array(res.pulses_unix)
+    np.testing.assert_allclose(np.diff(pulses), tr, atol=0.02)  # absolute deadlines: no error adds up
+    mtimes = np.array([os.stat(f).st_mtime for f in res.files])
+    np.testing.assert_allclose(mtimes - pulses, tr + recon, atol=0.03)
+    with pytest.raises(ValueError, match="--speed 1"):
+        export_run(short, tmp_path / "x", tr_s=tr, speed=2.0, trigger_out=os.devnull)
+    with pytest.raises(ValueError, match="--trigger-out /nonexistent/box: cannot open it"):
+        export_run(short, tmp_path / "x", tr_s=tr, trigger_out="/nonexistent/box")

@@ -251,3 +251,27 @@ def test_a_receive_record_exports_bold_only_and_an_incomplete_run_is_named(b2m_p
     clash = b2m_proc("session", "export", other, "--bids", lab, "--subject", "001", "--task", "Training",
                      "--run-ids", "a1", name="export-clash")
     assert clash.wait() == 2 and f"run-01_bold.nii.gz already holds run a1 of {out}; numbering" in clash.stderr()
+
+
+def test_device_onsets_from_the_trigger_ignore_late_stamps(rng):
+    """A folder watch stamps each file after its reconstruction (0.7 s here): placed from the stamps the run
+    starts 0.7 s late and every onset is 0.7 s early. The trigger's pulse of volume 0 (read on the session's
+    clock) is the start itself. Ground truth: the start ``s0`` the synthetic decisions are built from."""
+    Lib = _two_clip_library()
+    tr, s0, n, recon = 1.5, 1_800_000_000.0, 20, 0.7
+    done = s0 + (np.arange(n) + 1) * tr
+    decisions = []
+    for i in range(n):
+        d = {"index": i, "tr_s": tr, "offset_s": 0.0, "clip": "a" if i < 8 else "b",
+             "action": "neutral" if i == 0 else ("switch" if i == 8 else "keep"), "clock_offset_s": 0.0,
+             "timestamps": {"acquired": done[i] + recon + rng.uniform(0, 0.05),
+                            "audio_scheduled": done[i] + recon + 0.1},
+             "audio_frame": None, "audio_lead_s": None, "audio_rate": None}
+        if i in (0, 8):
+            d.update(audio_frame=1000 * (i + 1), audio_lead_s=0.25, audio_rate=48000)
+        decisions.append(d)
+    truth = [done[i] + recon + 0.1 + 0.25 - s0 for i in (0, 8)]
+    stamped = music_events(decisions, Lib, 48000, n)
+    np.testing.assert_allclose([r["onset"] for r in stamped], np.subtract(truth, recon), atol=0.06)
+    triggered = music_events(decisions, Lib, 48000, n, trigger_start=s0)
+    np.testing.assert_allclose([r["onset"] for r in triggered], truth, atol=1e-6)

@@ -265,6 +265,41 @@ def test_dashboard_shows_the_session_state(kit, tmp_path):
     assert "lag behind scanner" in text and "next candidate" in text
 
 
+def test_dashboard_shows_the_scanner_trigger(kit, tmp_path):
+    """The trigger's row: no pulse yet, then the pulses and the image delay of the run's latest volumes
+    (pulses built one TR apart, each volume received ``delay`` after its acquisition ended)."""
+    from rich.console import Console
+
+    from realtime.session import Dashboard
+    from realtime.triggers import TriggerInput, TriggerLog
+
+    eng, results, _ = run_engine(kit, tmp_path)
+    run = eng.runs[results[-1].run_id]
+    master, slave = os.openpty()
+    log = TriggerLog(TriggerInput(os.ttyname(slave)), str(tmp_path))  # a real input, not started
+
+    def shown() -> str:
+        console = Console(record=True, width=200, file=open(tmp_path / "tty.txt", "w"))
+        console.print(Dashboard(eng, console=console, triggers=log).render())
+        return console.export_text()
+
+    try:
+        assert "no pulse yet: check the trigger box" in shown()
+        recent = [r for r in results[-60:] if r.run_id == run.run_id]
+        idx = np.array([r.index for r in recent])
+        rec = np.array([r.timestamps["received"] for r in recent])
+        delay = 0.25
+        p0 = np.min(rec - (idx + 1) * run.tr_s) - delay  # the latest start for which no volume came early
+        log.times.extend((p0 + run.tr_s * np.arange(idx.max() + 1)).tolist())
+        want = np.median(rec - (p0 + (idx + 1) * run.tr_s))
+        text = shown()
+        assert f"{idx.max() + 1} pulses, last" in text and f"image delay {1e3 * want:.0f} ms" in text, text
+    finally:
+        log.trigger.close()
+        os.close(master)
+        os.close(slave)
+
+
 def test_clip_cache_counts_only_switch_time_reads_as_on_the_spot(kit):
     from music.beats import estimate_beats
     from realtime.audio import prepare_source, read_segment

@@ -1,0 +1,133 @@
+"""The scanner's trigger read by a live session, as at a site: a serial line (a real pseudo-terminal pair made by
+``socat``, the null modem of serial-port testing), the scanner's export played by ``b2m scanner export
+--trigger-out`` (a '5' as each volume's acquisition begins, its file a TR plus a reconstruction delay later),
+``b2m scanner watch`` sending the files and ``b2m session --trigger`` reading the other end.
+
+The reference is when the export process wrote each pulse (its stdout): the session must place the run there,
+where the folder's file stamps place it a reconstruction delay late."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+from session_kit import kit_fixture
+
+from realtime.session.decisions import decisions_path, read_decisions
+
+RECON_S = 0.4  # the reconstruction: from the end of a volume's acquisition to its file
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory, fmri1_nii):
+    return kit_fixture(tmp_path_factory, fmri1_nii)
+
+
+@pytest.fixture
+def serial_line(tmp_path):
+    """Two linked pseudo-terminals (``box``, ``port``): bytes written to one are read from the other."""
+    socat = shutil.which("socat")
+    assert socat, "Debian's socat is missing: run ./setup.sh"
+    box, port = tmp_path / "box", tmp_path / "port"
+    p = subprocess.Popen([socat, f"pty,raw,echo=0,link={box}", f"pty,raw,echo=0,link={port}"],
+                         stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if box.exists() and port.exists():
+                break
+            time.sleep(0.05)
+        assert box.exists() and port.exists(), "socat made no pty pair"
+        yield str(box), str(port)
+    finally:
+        os.kill(p.pid, signal.SIGTERM)
+        p.wait(timeout=10)
+
+
+def _short_run(kit, tmp_path, n: int) -> str:
+    img = nib.load(kit.nifti)
+    short = tmp_path / "short.nii"
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj.get_unscaled())[..., :n], img.affine, img.header), short)
+    return str(short)
+
+
+@pytest.mark.timeout(180)
+def test_a_session_places_the_run_from_the_scanners_trigger(kit, b2m_proc, endpoint, tmp_path, serial_line):
+    box, port = serial_line
+    n, tr = 12, 0.5
+    out, folder = tmp_path / "session", tmp_path / "export"
+    folder.mkdir()
+    sess = b2m_proc("session", "--model", kit.bundle, "--library", kit.library, "--out", out, "--bind", endpoint,
+                    "--audio", f"wav:{out}/feedback.wav", "--results", "none", "--no-dashboard", "--trigger", port,
+                    name="session")
+    sess.wait_for("ready", timeout=60)
+    assert f"trigger\t{port}\tkey '5'" in sess.stderr()
+    tx = b2m_proc("scanner", "watch", folder, "--vendor", "nifti", "--connect", endpoint, "--volumes", n,
+                  "--run-id", "trig", "--quiet", name="watch")
+    tx.wait_for("watching")
+    ex = b2m_proc("scanner", "export", _short_run(kit, tmp_path, n), folder, "--tr", tr, "--trigger-out", box,
+                  "--recon-delay", RECON_S, "--quiet", name="export")
+    assert ex.wait(60) == 0, ex.stderr()
+    written = np.array([float(t) for t in ex.stdout().splitlines()[-1].split("\t")[1:]])
+    assert written.size == n
+    assert tx.wait(60) == 0, tx.stderr()
+    sess.kill(signal.SIGTERM)
+    assert sess.p.returncode == 0, sess.stderr()
+
+    trig = json.loads((out / "summary.json").read_text())["triggers"]
+    read = np.loadtxt(out / "triggers.tsv")
+    assert trig["pulses"] == n and read.size == n and trig["other_bytes"] == 0
+    # each pulse read on the session's clock just after the export wrote it (through the pty pair)
+    assert np.all(read - written >= -1e-3) and np.median(read - written) < 0.01, read - written
+    m = trig["runs"]["trig"]
+    assert m["matched"] == n and m["n_missing"] == 0 and m["note"] is None, m
+    assert m["start_unix"] == pytest.approx(read[0]) and m["tr_s"] == pytest.approx(tr, abs=0.01)
+    # the image came the reconstruction delay after its acquisition ended, plus the watch and the link
+    assert RECON_S <= m["delay_ms"]["p50"] / 1e3 < RECON_S + 0.3, m["delay_ms"]
+    # the folder's stamps (each file's writing) place the same run a reconstruction delay later
+    ds = read_decisions(decisions_path(str(out), "trig"))
+    from_stamps = min(d["timestamps"]["acquired"] - (d["index"] + 1) * tr for d in ds)
+    assert RECON_S - 0.05 < from_stamps - written[0] < RECON_S + 0.2, from_stamps - written[0]
+    assert "trigger\ttrig\t12 pulses, every 0.5" in sess.stderr()
+    assert "Scanner trigger" in (out / "report.html").read_text()
+
+    exp = b2m_proc("session", "export", out, "--bids", tmp_path / "bids", "--subject", "01", name="export-bids")
+    assert exp.wait() == 0, exp.stderr()
+    side = json.loads((tmp_path / "bids/sub-01/func/sub-01_task-neurofeedback_run-01_bold.json").read_text())
+    assert side["b2m_run_start_from"] == "scanner trigger"
+    assert side["b2m_run_start_unix"] == pytest.approx(written[0], abs=0.01)
+    assert side["b2m_trigger"]["matched"] == n
+    rep = b2m_proc("session", "replay", out, name="session-replay")  # the trigger changes no decision
+    assert rep.wait() == 0 and "identical" in rep.stdout(), rep.stderr() + rep.stdout()
+
+
+@pytest.mark.timeout(120)
+def test_the_preflight_listens_to_the_trigger(kit, b2m_proc, tmp_path, serial_line):
+    box, port = serial_line
+    chk = b2m_proc("session", "--check", "--model", kit.bundle, "--library", kit.library, "--bind", "none",
+                   "--results", "none", "--audio", f"wav:{tmp_path}/check.wav", "--trigger", port, name="check")
+    fd = os.open(box, os.O_WRONLY | os.O_NOCTTY)
+    try:  # the scanner running: a pulse every 0.2 s until the check has listened
+        while chk.p.poll() is None:
+            os.write(fd, b"5")
+            time.sleep(0.2)
+    finally:
+        os.close(fd)
+    assert chk.wait() == 0, chk.stderr() + chk.stdout()
+    line = next(x for x in chk.stdout().splitlines() if "scanner trigger" in x)
+    assert line.startswith("PASS") and f"{port} opened" in line and "every 0.2" in line, line
+
+
+def test_a_missing_trigger_port_stops_the_session_before_it_starts(kit, b2m_proc, endpoint, tmp_path):
+    out = tmp_path / "session"
+    p = b2m_proc("session", "--model", kit.bundle, "--library", kit.library, "--out", out, "--bind", endpoint,
+                 "--audio", f"wav:{out}/feedback.wav", "--results", "none", "--no-dashboard",
+                 "--trigger", "/dev/ttyUSB97", name="session")
+    assert p.wait(60) == 2
+    assert "--trigger /dev/ttyUSB97: no such device or file; is the trigger box plugged in?" in p.stderr()
