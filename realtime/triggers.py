@@ -233,6 +233,7 @@ class TriggerLog:
         self._stop = threading.Event()
         self._warned_other = False
         self._warned_write = False
+        self._unwritten: list[float] = []  # pulses the disk refused
         self._thread = threading.Thread(target=self._loop, name="b2m-trigger", daemon=True)
 
     def start(self) -> "TriggerLog":
@@ -244,14 +245,15 @@ class TriggerLog:
             while not self._stop.is_set():
                 pulses = self.trigger.read(0.05)
                 self.times.extend(pulses)
-                try:
-                    for t in pulses:
+                for t in pulses:
+                    try:
                         f.write(_line(t))  # line-buffered: on disk as it comes
-                except OSError as e:  # a full disk: the pulses stay in memory, for this session's summary
-                    if not self._warned_write:
-                        self._warned_write = True
-                        log.error("could not write a trigger pulse to %s (%s); the pulses are kept in memory "
-                                  "only", self.path, e)
+                    except OSError as e:  # a full disk: kept in memory, for this session's summary
+                        self._unwritten.append(t)
+                        if not self._warned_write:
+                            self._warned_write = True
+                            log.error("could not write a trigger pulse to %s (%s); the pulses are kept in "
+                                      "memory only", self.path, e)
                 if self.trigger.first_other is not None and not self._warned_other:
                     self._warned_other = True
                     log.warning("the trigger input sent %r, not the trigger key %r; only %r counts as a pulse "
@@ -267,8 +269,7 @@ class TriggerLog:
         """Every pulse of the session folder (Unix s, sorted): those on disk, a continued session's earlier
         ones too, and this one's, whether or not they reached the disk."""
         on_disk = read_triggers(os.path.dirname(self.path))
-        here = [float(_line(t)) for t in list(self.times)]  # as written: to the microsecond
-        return np.union1d(on_disk if on_disk is not None else [], here)
+        return np.sort(np.r_[on_disk if on_disk is not None else [], self._unwritten])
 
     def stop(self) -> None:
         self._stop.set()
