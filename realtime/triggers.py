@@ -39,7 +39,7 @@ import numpy as np
 log = logging.getLogger("b2m.triggers")
 
 __all__ = ["DEFAULT_KEY", "DEFAULT_BAUD", "TRIGGERS_FILE", "TriggerInput", "TriggerLog", "RunTriggers",
-           "read_triggers", "match_run", "describe_triggers"]
+           "read_triggers", "match_run", "overdue", "describe_triggers"]
 
 #: The character most trigger boxes send (or type) per volume.
 DEFAULT_KEY = "5"
@@ -439,6 +439,23 @@ def match_run(pulses, indices, received, tr_s: float, *, dummies: int = 0,
                      f"pulses during dummy scans, give --trigger-dummies {dummies + extra}")
     return RunTriggers(start, matched=len(got), missing=missing, tr_s=tr_meas, delay_s=delay,
                        note="; ".join(notes) or None)
+
+
+def overdue(pulses, m: RunTriggers, last_index: int, now: float, tr_s: float) -> int:
+    """Volumes whose pulse came but that are overdue: not received by ``now``, ``2 * TR`` after their usual time.
+
+    A volume's usual time is the end of its acquisition plus the run's median
+    image delay (``m.delay_s``). Pulses from the run's first on count, those
+    of volumes up to ``last_index`` (the latest received) excepted, so a
+    stalled export or link shows within a few TRs, while the scanner is
+    still running.
+    """
+    if m.start is None or not m.delay_s.size:
+        return 0
+    p = np.asarray(pulses, float)
+    usual = float(np.median(m.delay_s)) + tr_s
+    due = p[(p >= m.start - _MATCH_TOL_TR * tr_s) & (p + usual + 2 * tr_s < now)]
+    return max(0, int(due.size) - (last_index + 1))
 
 
 def describe_triggers(m: dict | None) -> str:

@@ -123,8 +123,8 @@ class Dashboard:
         return Panel(Group(head, lat, foot), title="b2m session", border_style="cyan")
 
     def _trigger_row(self, r) -> str:
-        """Pulses so far and the last one's age; the image delay of the run's latest volumes."""
-        from ..triggers import match_run
+        """Pulses so far and the last one's age; the image delay of the run's latest volumes, and any overdue."""
+        from ..triggers import match_run, overdue
 
         times = list(self.triggers.times)  # a copy: the trigger thread appends
         if self.triggers.trigger.closed:
@@ -136,8 +136,12 @@ class Dashboard:
         recent = [x for x in list(self.engine.results)[-60:] if x.run_id == r.run_id and x.timestamps.get("received")]
         if run is not None and recent:
             m = match_run(times, [x.index for x in recent], [x.timestamps["received"] for x in recent], run.tr_s)
-            text += (f"; image delay {1e3 * float(np.median(m.delay_s)):.0f} ms after acquisition" if m.start
-                     is not None else f"; [yellow]{m.note}[/yellow]")
+            if m.start is None:
+                return text + f"; [yellow]{m.note}[/yellow]"
+            text += f"; image delay {1e3 * float(np.median(m.delay_s)):.0f} ms after acquisition"
+            late = overdue(times, m, max(x.index for x in recent), time.time(), run.tr_s)
+            if late:  # acquired, and not here well after they should be: the export or the link is stuck
+                text += f"; [red]{late} volume(s) acquired but not received: check the export and the link[/red]"
         return text
 
     def __rich__(self):

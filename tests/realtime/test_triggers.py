@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from realtime.triggers import TriggerInput, TriggerLog, describe_triggers, match_run, read_triggers
+from realtime.triggers import TriggerInput, TriggerLog, describe_triggers, match_run, overdue, read_triggers
 
 
 def _run(t0, tr, n, delay, rng=None, jitter=0.0):
@@ -35,6 +35,20 @@ def test_a_runs_start_is_its_first_pulse_and_the_delay_what_came_after_acquisiti
     d = m.to_dict()
     assert d["delay_ms"]["p50"] == pytest.approx(1e3 * np.median(delay)) and d["n_missing"] == 0
     assert "40 pulses" in describe_triggers(d) and "ms after its acquisition ended" in describe_triggers(d)
+
+
+def test_volumes_acquired_but_not_received_are_counted_once_overdue():
+    """The export stalls after volume 9 while the scanner goes on pulsing: at ``now`` the volumes whose usual
+    arrival (end of acquisition + median delay) is more than 2 TR past are overdue; the rest are not yet."""
+    tr, t0, delay = 2.0, 1_800_000_000.0, 0.5
+    pulses = t0 + tr * np.arange(30)
+    m = match_run(pulses, np.arange(10), pulses[:10] + tr + delay, tr)
+    assert m.start == pytest.approx(t0)
+    now = t0 + 40.3  # volume k is usually here at t0 + 2k + 2.5, overdue 4 s later: k <= 16 by now
+    assert overdue(pulses, m, 9, now, tr) == 17 - 10
+    assert overdue(pulses[:10], m, 9, now, tr) == 0  # the scanner stopped after volume 9: nothing missing
+    # while volumes keep coming, none is overdue
+    assert overdue(pulses, m, 16, t0 + 2 * 16 + 2.5 + 0.1, tr) == 0
 
 
 def test_the_run_is_found_among_the_sessions_trains():
