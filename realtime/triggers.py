@@ -12,14 +12,16 @@ there is in the scanner side's stamps.
   (stdin) or a FIFO, each stamped with ``time.time()`` when it was read.
 - :class:`TriggerLog` (``b2m session --trigger``) keeps every pulse of a
   session in ``SESSION/triggers.tsv``, one Unix time a line, written as
-  it comes.
+  it comes; and, with ``--response-keys``, every press of the participant's
+  buttons on the same input (a trigger box with a button box) in
+  ``SESSION/responses.tsv``, exported as ``response`` events.
 - :func:`match_run` finds a run's pulses among them from the times its
   volumes were received. ``b2m session export`` places the music's onsets
   from the pulse of the run's first volume, and the session's summary gives
   each run's pulses, missing pulses, measured TR and image delay.
 
-Only the bytes equal to the trigger key are pulses; any other byte is
-counted, and the first is named in a warning (a box in another mode, or the
+Only the bytes equal to the trigger key are pulses, and the response keys
+presses; any other byte is counted, and the first is named in a warning (a box in another mode, or the
 wrong key). Pulses read in one ``read`` share its stamp: they were waiting,
 so the reading was late for all but the last.
 """
@@ -38,8 +40,8 @@ import numpy as np
 
 log = logging.getLogger("b2m.triggers")
 
-__all__ = ["DEFAULT_KEY", "DEFAULT_BAUD", "TRIGGERS_FILE", "TriggerInput", "TriggerLog", "RunTriggers",
-           "read_triggers", "match_run", "overdue", "describe_triggers"]
+__all__ = ["DEFAULT_KEY", "DEFAULT_BAUD", "TRIGGERS_FILE", "RESPONSES_FILE", "TriggerInput", "TriggerLog",
+           "RunTriggers", "read_triggers", "read_responses", "match_run", "overdue", "describe_triggers"]
 
 #: The character most trigger boxes send (or type) per volume.
 DEFAULT_KEY = "5"
@@ -47,6 +49,8 @@ DEFAULT_KEY = "5"
 DEFAULT_BAUD = 57600
 #: A session's pulses, one Unix time (s) a line.
 TRIGGERS_FILE = "triggers.tsv"
+#: The participant's button presses read on the trigger input: Unix time (s) and the button, tab-separated.
+RESPONSES_FILE = "responses.tsv"
 
 # a gap of more than this many TRs between pulses ends a train (a run's pulses)
 _TRAIN_GAP_TR = 2.5
@@ -81,6 +85,11 @@ class TriggerInput:
     baud : int, optional
         Serial speed, set on a serial port (a tty that is not a terminal
         session); default :data:`DEFAULT_BAUD`.
+    responses : str
+        Characters that are the participant's buttons on the same input (a
+        trigger box with a button box, such as ``1234``). Each press is put
+        in :attr:`presses` as ``(Unix s, character)``; the reader takes them
+        from there.
 
     Raises
     ------
@@ -88,10 +97,15 @@ class TriggerInput:
         If the source cannot be opened or set up; the message names it and says what to do.
     """
 
-    def __init__(self, source, key: str = DEFAULT_KEY, baud: int | None = None):
+    def __init__(self, source, key: str = DEFAULT_KEY, baud: int | None = None, responses: str = ""):
         if len(key) != 1:
             raise ValueError(f"the trigger key must be one character, got {key!r}")
+        if key in responses or len(set(responses)) != len(responses) or any(ord(c) > 127 for c in responses):
+            raise ValueError(f"--response-keys {responses!r}: give each button's character once (ASCII), none of "
+                             f"them the trigger key {key!r}")
         self.key = key.encode()
+        self.buttons = responses.encode()
+        self.presses: list[tuple[float, str]] = []
         self.source = source
         self.closed = False
         self.other = 0            # bytes read that were not the key
@@ -191,9 +205,12 @@ class TriggerInput:
             return []
         n = data.count(self.key)
         if n != len(data):
-            if self.first_other is None:
-                self.first_other = next(bytes([b]) for b in data if bytes([b]) != self.key)
-            self.other += len(data) - n
+            pressed = [chr(b) for b in data if b in self.buttons]
+            self.presses += [(now, c) for c in pressed]
+            strays = [bytes([b]) for b in data if b != self.key[0] and b not in self.buttons]
+            if strays and self.first_other is None:
+                self.first_other = strays[0]
+            self.other += len(strays)
         return [now] * n
 
     def close(self) -> None:
@@ -229,7 +246,9 @@ class TriggerLog:
     def __init__(self, trigger: TriggerInput, out_dir: str):
         self.trigger = trigger
         self.path = os.path.join(os.fspath(out_dir), TRIGGERS_FILE)
+        self.responses_path = os.path.join(os.fspath(out_dir), RESPONSES_FILE)
         self.times: list[float] = []
+        self.presses: list[tuple[float, str]] = []  # this sitting's button presses (Unix s, button)
         self._stop = threading.Event()
         self._warned_other = False
         self._warned_write = False
@@ -241,10 +260,17 @@ class TriggerLog:
         return self
 
     def _loop(self) -> None:
-        with open(self.path, "a", buffering=1) as f:
+        with open(self.path, "a", buffering=1) as f, open(self.responses_path, "a", buffering=1) as g:
             while not self._stop.is_set():
                 pulses = self.trigger.read(0.05)
                 self.times.extend(pulses)
+                while self.trigger.presses:  # the participant's buttons, if the input carries them
+                    t, button = self.trigger.presses.pop(0)
+                    self.presses.append((t, button))
+                    try:
+                        g.write(f"{t:.6f}\t{button}\n")
+                    except OSError:
+                        log.error("could not write a button press to %s", self.responses_path)
                 for t in pulses:
                     try:
                         f.write(_line(t))  # line-buffered: on disk as it comes
@@ -278,7 +304,7 @@ class TriggerLog:
 
     def summary(self) -> dict:
         return {"source": str(self.trigger.source), "pulses": len(self.times), "other_bytes": self.trigger.other,
-                "closed": self.trigger.closed}
+                "closed": self.trigger.closed, "presses": len(self.presses)}
 
 
 def _line(t: float) -> str:
@@ -302,6 +328,26 @@ def read_triggers(session_dir) -> np.ndarray | None:
             except ValueError:
                 continue
     return np.sort(np.asarray(times, float))
+
+
+def read_responses(session_dir) -> list[tuple[float, str]]:
+    """A session's button presses read on the trigger input, ``(Unix s, button)`` in time order ([] for none).
+
+    A line that is not a time and one character is skipped.
+    """
+    path = os.path.join(os.fspath(session_dir), RESPONSES_FILE)
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path) as f:
+        for line in f:
+            t, _, button = line.rstrip("\n").partition("\t")
+            try:
+                if len(button) == 1:
+                    out.append((float(t), button))
+            except ValueError:
+                continue
+    return sorted(out)
 
 
 @dataclass

@@ -99,6 +99,9 @@ def add_parser(sub) -> None:
                    help="serial speed (default 57600; as the trigger box's manual says)")
     t.add_argument("--trigger-dummies", type=int, default=0, metavar="N",
                    help="pulses the scanner sends before the first saved volume of a run (dummy scans; default 0)")
+    t.add_argument("--response-keys", default="", metavar="KEYS",
+                   help="the participant's buttons on the trigger input (a trigger box with a button box), e.g. "
+                        "1234: each press is kept in SESSION/responses.tsv and exported as a response event")
     p.add_argument("--check", action="store_true",
                    help="pre-flight: load the bundle and library, time the decoder, bind the endpoints and play "
                         "the neutral clip on --audio, print PASS/FAIL per part and exit (1 if any failed); "
@@ -201,6 +204,10 @@ def run_live(args) -> int:
     from realtime.session.replay import recorded_decisions, recorded_volumes
 
     curve = server_keys(args)  # a bad key file stops the session before anything starts
+    if args.response_keys and args.trigger is None:
+        print("error: --response-keys reads the buttons on the trigger input: give --trigger PORT too",
+              file=sys.stderr)
+        return 2
     if args.trigger_dummies < 0:
         print(f"error: --trigger-dummies must be 0 or more, got {args.trigger_dummies}", file=sys.stderr)
         return 2
@@ -238,7 +245,8 @@ def run_live(args) -> int:
         from realtime.triggers import TriggerInput, TriggerLog
 
         try:
-            triggers = TriggerLog(TriggerInput(args.trigger, args.trigger_key, args.trigger_baud), args.out)
+            triggers = TriggerLog(TriggerInput(args.trigger, args.trigger_key, args.trigger_baud,
+                                               responses=args.response_keys), args.out)
         except ValueError as e:
             output.close()
             print(f"error: {e}", file=sys.stderr)
@@ -280,8 +288,8 @@ def run_live(args) -> int:
                      args.out, caught["volumes"], ", ".join(caught["runs"]) or "no open run")
         info = session_info(engine, args.model, args.library, args.audio)
         info["protocol"] = protocol.to_dict() if protocol is not None else None
-        info["trigger"] = ({"input": args.trigger, "key": args.trigger_key, "dummies": args.trigger_dummies}
-                           if triggers is not None else None)
+        info["trigger"] = ({"input": args.trigger, "key": args.trigger_key, "dummies": args.trigger_dummies,
+                            "response_keys": args.response_keys} if triggers is not None else None)
         if args.blind:
             info["allocation"] = {"file": os.path.abspath(args.allocation), "participant": args.participant}
         write_session_info(args.out, info)
@@ -358,7 +366,15 @@ def _trigger_summary(args, triggers) -> dict | None:
         if run.received and run.geometry:
             runs[run_id] = run_triggers(run, pulses, args.trigger_dummies).to_dict()
             print(f"trigger\t{run_id}\t{describe_triggers(runs[run_id])}", file=sys.stderr, flush=True)
-    return {**triggers.summary(), "key": args.trigger_key, "dummies": args.trigger_dummies, "runs": runs}
+    if args.response_keys:
+        from collections import Counter
+
+        by = Counter(b for _, b in triggers.presses)
+        n = len(triggers.presses)
+        print(f"responses\t{n} press{'es' if n != 1 else ''}" + (" (" + ", ".join(
+            f"{b}: {n}" for b, n in sorted(by.items())) + ")" if by else ""), file=sys.stderr, flush=True)
+    return {**triggers.summary(), "key": args.trigger_key, "dummies": args.trigger_dummies,
+            "response_keys": args.response_keys, "runs": runs}
 
 
 def session_summary(engine, ended) -> dict:

@@ -9,7 +9,8 @@
                                                                      (a sham session: whose music it played;
                                                                      the clock offset the onsets used)
     DIR/sub-01[/ses-S]/func/sub-01[_ses-S]_task-T_run-NN_events.tsv     one row per clip or piece heard (music),
-                                                                     silence, and protocol block (block_*)
+                                                                     silence, protocol block (block_*) and
+                                                                     button press (response)
     DIR/derivatives/b2m/sub-01[/ses-S]/func/..._run-NN_desc-decoded_timeseries.tsv (and .json)
                                                                      per volume: the decision and the decoded
                                                                      embedding
@@ -64,17 +65,17 @@ import shutil
 from protocols.session import SessionRecord
 
 from ..nifti_io import export_run_nifti, run_export_args
-from ..triggers import RunTriggers, match_run, read_triggers
+from ..triggers import RunTriggers, match_run, read_responses, read_triggers
 from .decisions import decisions_path, read_decisions
 from .replay import read_session_info
 from .yoked import read_yoked
 
 __all__ = ["EVENT_COLUMNS", "run_clock_offset", "run_triggers", "music_events", "sounds_begun", "block_events",
-           "write_decoded_timeseries", "export_bids"]
+           "response_events", "write_decoded_timeseries", "export_bids"]
 
 #: Columns of ``*_events.tsv``, in order.
 EVENT_COLUMNS = ("onset", "duration", "trial_type", "clip", "genre", "stim_file", "clip_start_s", "decided_run",
-                 "decided_volume", "action")
+                 "decided_volume", "action", "response")
 
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
@@ -218,6 +219,29 @@ def block_events(protocol, run_s: float) -> list[dict]:
              "trial_type": f"block_{b.condition}", **rest} for b in protocol.blocks if b.onset_s < run_s]
 
 
+def response_events(presses, run_start: float, run_s: float) -> list[dict]:
+    """The participant's button presses within a run, as rows of ``events.tsv``.
+
+    Parameters
+    ----------
+    presses : list of (float, str)
+        ``(Unix s, button)`` on the session computer's clock (:func:`realtime.triggers.read_responses`).
+    run_start : float
+        When the run's first volume began on the same clock (Unix s).
+    run_s : float
+        The run's length, s.
+
+    Returns
+    -------
+    list of dict
+        ``trial_type`` ``response``, ``response`` the button, duration 0,
+        onset in seconds from the run's first volume.
+    """
+    rest = {k: "n/a" for k in EVENT_COLUMNS if k not in ("onset", "duration", "trial_type", "response")}
+    return [{"onset": t - run_start, "duration": 0.0, "trial_type": "response", **rest, "response": button}
+            for t, button in presses if 0.0 <= t - run_start < run_s]
+
+
 def write_decoded_timeseries(stem: str, decisions: list[dict]) -> list[str]:
     """A run's decisions as a BIDS derivative time series: ``STEM_desc-decoded_timeseries.tsv`` and its ``.json``.
 
@@ -275,7 +299,7 @@ def _write_events(path: str, rows: list[dict]) -> None:
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
         w.writerow(EVENT_COLUMNS)
         for r in rows:
-            w.writerow([f"{r[k]:.4f}" if k in ("onset", "duration") else r[k] for k in EVENT_COLUMNS])
+            w.writerow([f"{r[k]:.4f}" if k in ("onset", "duration") else r.get(k, "n/a") for k in EVENT_COLUMNS])
 
 
 def _check_not_another_run(stem: str, run_id: str, session_dir: str) -> None:
@@ -372,6 +396,7 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
     out["written"] += _describe(out_dir, "brain2music-rt neurofeedback sessions", "raw")
     yoked = read_yoked(session_dir)  # a sham session (b2m session --yoked-from), or None
     pulses = read_triggers(session_dir)  # the scanner's trigger, if the session read it (b2m session --trigger)
+    presses = read_responses(session_dir)  # the participant's buttons on the same input (--response-keys)
     dummies = _trigger_dummies(session_dir)
     number = 0
     begun: list[dict] = []  # every sound begun so far, on its clock: the runs before go on sounding
@@ -441,6 +466,9 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
                                 trigger_start=trigger_start)
             if protocol is not None:
                 rows = sorted(rows + block_events(protocol, int(run.n_volumes) * tr_s), key=lambda r: r["onset"])
+            if presses and wall is not None:
+                rows = sorted(rows + response_events(presses, wall, int(run.n_volumes) * tr_s),
+                              key=lambda r: r["onset"])
             _write_events(stem + "_events.tsv", rows)
             out["written"].append(stem + "_events.tsv")
     return out

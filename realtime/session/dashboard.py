@@ -78,6 +78,10 @@ class Dashboard:
                              "synchronise the clocks[/yellow]")
             if self.triggers is not None:
                 head.add_row("scanner trigger", self._trigger_row(r))
+                if self.triggers.trigger.buttons:
+                    presses = list(self.triggers.presses)
+                    head.add_row("responses", f"{len(presses)} presses" + (
+                        f", last {presses[-1][1]!r} {time.time() - presses[-1][0]:.1f} s ago" if presses else ""))
             head.add_row("action", f"{r.action}{'  [motion hold]' if r.flagged else ''}")
             if r.condition is not None:
                 head.add_row("block", r.condition)

@@ -202,6 +202,8 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
 
         rows.append((f"Scanner trigger ({trig['source']}, key {trig['key']!r}): {trig['pulses']} pulses", ", ".join(
             f"{run}: {describe_triggers(m)}" for run, m in trig["runs"].items()) or "no run"))
+        if trig.get("response_keys"):
+            rows.append((f"Participant's buttons ({trig['response_keys']})", f"{trig['presses']} presses"))
     pieces = summary.get("pieces")
     rows.insert(0, ("Music", "generated live from the library's generator points" if pieces is not None
                     else "retrieved from the library"))

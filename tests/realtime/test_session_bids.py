@@ -19,7 +19,7 @@ import pytest
 import soundfile as sf
 from session_kit import kit_fixture
 
-from realtime.session.bids import EVENT_COLUMNS, music_events, sounds_begun
+from realtime.session.bids import EVENT_COLUMNS, music_events, response_events, sounds_begun
 
 PITCH_HZ = {f"r{i}.wav": hz for i, hz in enumerate([220, 330, 440, 660, 880, 1320])}  # session_kit.make_library
 
@@ -275,3 +275,14 @@ def test_device_onsets_from_the_trigger_ignore_late_stamps(rng):
     np.testing.assert_allclose([r["onset"] for r in stamped], np.subtract(truth, recon), atol=0.06)
     triggered = music_events(decisions, Lib, 48000, n, trigger_start=s0)
     np.testing.assert_allclose([r["onset"] for r in triggered], truth, atol=1e-6)
+
+
+def test_button_presses_are_placed_from_the_runs_start():
+    """Presses on the session computer's clock (Unix s) within a run become its response rows; those before
+    the run or after its last volume are not its."""
+    start, run_s = 1_800_000_000.0, 30.0
+    presses = [(start - 1.0, "1"), (start + 2.5, "2"), (start + 29.9, "3"), (start + 30.0, "4")]
+    rows = response_events(presses, start, run_s)
+    assert [(round(r["onset"], 6), r["response"], r["trial_type"], r["duration"]) for r in rows] == \
+        [(2.5, "2", "response", 0.0), (29.9, "3", "response", 0.0)]
+    assert set(rows[0]) == set(EVENT_COLUMNS) and rows[0]["clip"] == "n/a"

@@ -65,7 +65,7 @@ def test_a_session_places_the_run_from_the_scanners_trigger(kit, b2m_proc, endpo
     folder.mkdir()
     sess = b2m_proc("session", "--model", kit.bundle, "--library", kit.library, "--out", out, "--bind", endpoint,
                     "--audio", f"wav:{out}/feedback.wav", "--results", "none", "--no-dashboard", "--trigger", port,
-                    name="session")
+                    "--response-keys", "12", name="session")
     sess.wait_for("ready", timeout=60)
     assert f"trigger\t{port}\tkey '5'" in sess.stderr()
     tx = b2m_proc("scanner", "watch", folder, "--vendor", "nifti", "--connect", endpoint, "--volumes", n,
@@ -73,6 +73,14 @@ def test_a_session_places_the_run_from_the_scanners_trigger(kit, b2m_proc, endpo
     tx.wait_for("watching")
     ex = b2m_proc("scanner", "export", _short_run(kit, tmp_path, n), folder, "--tr", tr, "--trigger-out", box,
                   "--recon-delay", RECON_S, "--quiet", name="export")
+    # the participant presses button 2 a few volumes in, on the same serial line
+    fd = os.open(box, os.O_WRONLY | os.O_NOCTTY)
+    try:
+        time.sleep(2.2)
+        pressed = time.time()
+        os.write(fd, b"2")
+    finally:
+        os.close(fd)
     assert ex.wait(60) == 0, ex.stderr()
     written = np.array([float(t) for t in ex.stdout().splitlines()[-1].split("\t")[1:]])
     assert written.size == n
@@ -103,6 +111,14 @@ def test_a_session_places_the_run_from_the_scanners_trigger(kit, b2m_proc, endpo
     assert side["b2m_run_start_from"] == "scanner trigger"
     assert side["b2m_run_start_unix"] == pytest.approx(written[0], abs=0.01)
     assert side["b2m_trigger"]["matched"] == n
+    import csv
+
+    with open(tmp_path / "bids/sub-01/func/sub-01_task-neurofeedback_run-01_events.tsv") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    (resp,) = [r for r in rows if r["trial_type"] == "response"]
+    assert resp["response"] == "2" and float(resp["onset"]) == pytest.approx(pressed - written[0], abs=0.02)
+    assert all(r["response"] == "n/a" for r in rows if r["trial_type"] != "response")
+    assert "responses\t1 press (2: 1)" in sess.stderr()
     rep = b2m_proc("session", "replay", out, name="session-replay")  # the trigger changes no decision
     assert rep.wait() == 0 and "identical" in rep.stdout(), rep.stderr() + rep.stdout()
 

@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from realtime.triggers import TriggerInput, TriggerLog, describe_triggers, match_run, overdue, read_triggers
+from realtime.triggers import (TriggerInput, TriggerLog, describe_triggers, match_run, overdue, read_responses,
+                               read_triggers)
 
 
 def _run(t0, tr, n, delay, rng=None, jitter=0.0):
@@ -170,3 +171,31 @@ def test_the_log_keeps_every_pulse_on_disk_and_a_continued_session_adds_to_it(tm
         os.close(box)
         os.close(port)
     assert read_triggers(tmp_path / "none") is None
+
+
+def test_buttons_on_the_trigger_input_are_presses_not_pulses(tmp_path):
+    """A trigger box with a button box on one serial line: '5' per volume, '1'..'4' per press."""
+    box, port = os.openpty()
+    try:
+        log = TriggerLog(TriggerInput(os.ttyname(port), responses="1234"), str(tmp_path)).start()
+        os.write(box, b"5")
+        time.sleep(0.1)
+        os.write(box, b"3")
+        time.sleep(0.1)
+        os.write(box, b"5x1")
+        for _ in range(40):
+            if len(log.times) == 2 and len(log.presses) == 2:
+                break
+            time.sleep(0.05)
+        log.stop()
+        assert len(log.times) == 2 and [b for _, b in log.presses] == ["3", "1"] and log.trigger.other == 1
+        assert log.times[0] < log.presses[0][0] < log.times[1]  # each stamped when it came
+        assert read_responses(tmp_path) == [(float(f"{t:.6f}"), b) for t, b in log.presses]
+        assert log.summary()["presses"] == 2
+    finally:
+        os.close(box)
+        os.close(port)
+    assert read_responses(tmp_path / "none") == []
+    for bad in ("55", "15", "11"):
+        with pytest.raises(ValueError, match="--response-keys"):
+            TriggerInput("stdin", responses=bad)
