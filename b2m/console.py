@@ -7,18 +7,47 @@ paths and field names that error messages give across lines.
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
 
-__all__ = ["stderr_console", "stage_progress"]
+__all__ = ["stderr_console", "stage_progress", "record_log_handler"]
 
 
 def stderr_console() -> Console:
     """A rich console on stderr that never hard-wraps what it prints."""
     return Console(stderr=True, soft_wrap=True)
+
+
+class _RecordLogHandler(logging.FileHandler):
+    """A log file in a record folder whose disk may fill: a failed write is said once on stderr, not with a
+    traceback per message (stderr has every message anyway), and writing resumes when the disk takes it."""
+
+    _said = False
+
+    def handleError(self, record) -> None:
+        if not self._said:
+            self._said = True
+            err = sys.exc_info()[1]
+            print(f"could not write {self.baseFilename} ({getattr(err, 'strerror', None) or err}); its messages are "
+                  "on stderr meanwhile", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # what the full disk never took cannot be flushed either
+            pass
+
+
+def record_log_handler(path: str) -> logging.Handler:
+    """The log file of a session or receiver record (``session.log``, ``receiver.log``), with its format."""
+    fh = _RecordLogHandler(path)
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    return fh
 
 
 @contextmanager

@@ -46,6 +46,9 @@ class ReceiverStats:
         self.controls = 0
         self.affine_changes = 0
         self.last_reject: tuple[str, str] | None = None
+        self.not_recorded = 0      # messages the disk refused (full, failing): not acked, so sent again
+        self.last_disk_error: str | None = None
+        self._disk_warned_at: dict[str, float] = {}  # per kind of warning: when it was last given
 
 
 def _peek(frames) -> dict:
@@ -175,6 +178,8 @@ class Receiver:
             reply = self._dispatch(msg, frames, t_recv)
         except MessageError as e:
             return [self._reject(frames, e.field, e.reason, t_recv, peer)]
+        except OSError as e:  # the disk refused it (full, failing): no ack and no reject, so the sender keeps it
+            return self._not_recorded(frames, e)
         except Exception as e:  # a bug must not take the session down; keep the message
             log.exception("internal error while handling a message")
             return [self._reject(frames, "internal", f"{type(e).__name__}: {e}; the message was kept "
@@ -198,8 +203,31 @@ class Receiver:
         if run_id is not None:
             try:
                 self.record.top_up(run_id)
-            except OSError:
-                log.exception("could not reserve disk space for run %s; appends continue unreserved", run_id)
+            except OSError as e:
+                if self._disk_warning_due("reserve"):
+                    log.error("could not reserve disk space for run %s in %s (%s); appends continue unreserved",
+                              run_id, self.out_dir, e.strerror or e)
+
+    def _disk_warning_due(self, kind: str) -> bool:
+        """At most one disk warning of a kind in 10 s: every resend, every ack would say it again."""
+        now = time.monotonic()
+        if now - self.stats._disk_warned_at.get(kind, float("-inf")) < 10.0:
+            return False
+        self.stats._disk_warned_at[kind] = now
+        return True
+
+    def _not_recorded(self, frames, err: OSError) -> list:
+        """A message the disk could not take: neither acked nor refused, so the sender sends it again."""
+        st = self.stats
+        st.not_recorded += 1
+        ids = _peek(frames) if len(frames) else {}
+        st.last_disk_error = (f"{ids.get('of', 'message')} {ids.get('run_id', '?')}/{ids.get('index', '-')}: "
+                              f"{err.strerror or err}")
+        if self._disk_warning_due("record"):
+            log.error("could not record %s (%s, in %s): not acked, so the scanner side keeps it and sends it "
+                      "again; make room on that disk (%d message(s) not recorded so far)", st.last_disk_error,
+                      type(err).__name__, self.out_dir, st.not_recorded)
+        return []
 
     def _reject(self, frames, field: str, reason: str, t_recv: float, peer: bytes) -> list:
         self.stats.rejected += 1

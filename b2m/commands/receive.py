@@ -11,6 +11,7 @@ import threading
 from realtime.receiver import Receiver
 from realtime.transport import DEFAULT_ENDPOINT, describe_curve
 
+from ..console import record_log_handler
 from ._curve import add_server_args, server_keys
 
 log = logging.getLogger("b2m.receiver")
@@ -32,9 +33,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     curve = server_keys(args)
     os.makedirs(args.out, exist_ok=True)
-    fh = logging.FileHandler(os.path.join(args.out, "receiver.log"))
-    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger("b2m").addHandler(fh)
+    logging.getLogger("b2m").addHandler(record_log_handler(os.path.join(args.out, "receiver.log")))
     stop = threading.Event()
 
     def on_signal(signum, frame):

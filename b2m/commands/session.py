@@ -105,7 +105,7 @@ def add_parser(sub) -> None:
     p.add_argument("--check", action="store_true",
                    help="pre-flight: load the bundle and library, time the decoder, bind the endpoints and play "
                         "the neutral clip on --audio, print PASS/FAIL per part and exit (1 if any failed); "
-                        "--out is not needed")
+                        "with --out, the free space on its disk")
     p.add_argument("--insecure", action="store_true", help="allow non-loopback endpoints without CURVE keys")
     add_server_args(p)
     p.add_argument("--no-fsync", action="store_true", help=argparse_suppress())
@@ -177,7 +177,7 @@ def run_check(args) -> int:
                        curve=server_keys(args), mode=args.mode, segment_bars=args.segment_bars,
                        yoked_from=args.yoked_from, blind=args.blind, protocol=args.protocol,
                        level_dbfs=args.level_dbfs, trigger=args.trigger, trigger_key=args.trigger_key,
-                       trigger_baud=args.trigger_baud)
+                       trigger_baud=args.trigger_baud, out=args.out)
     print(format_checks(checks))
     failed = [c.name for c in checks if not c.ok]
     print(f"{len(checks) - len(failed)} of {len(checks)} checks passed"
@@ -232,9 +232,9 @@ def run_live(args) -> int:
               flush=True)
     elif yoked is not None:
         print(f"yoked\t{yoked['source']}\t{len(yoked['runs'])} runs: sham feedback", file=sys.stderr, flush=True)
-    fh = logging.FileHandler(os.path.join(args.out, "session.log"))
-    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    logging.getLogger("b2m").addHandler(fh)
+    from ..console import record_log_handler
+
+    logging.getLogger("b2m").addHandler(record_log_handler(os.path.join(args.out, "session.log")))
     try:
         output = open_output(args.audio, isolate=not args.in_process_audio)
     except AudioDeviceError as e:
@@ -268,6 +268,7 @@ def run_live(args) -> int:
             stop.set()
 
     publisher = pyneal = dashboard = None
+    not_recorded = 0
     try:
         output.start()
         parts.append(output)
@@ -304,7 +305,11 @@ def run_live(args) -> int:
                                       blind=args.blind, triggers=triggers).start()
             rx.serve(stop, idle=engine.keep_playing)  # generated music goes on between runs
             rx.wait_exports()
-        engine.finish()
+            not_recorded = rx.stats.not_recorded
+        try:
+            engine.finish()
+        except Exception:  # the audio's tail (a WAV sink on a full disk, a device gone): the record is safe
+            log.exception("could not finish the audio output; the session record is complete as received")
     finally:
         if dashboard is not None:
             dashboard.stop()
@@ -328,11 +333,18 @@ def run_live(args) -> int:
         from realtime.session.yoked import own_agreement
 
         summary["yoked"]["own_agreement"] = own_agreement(args.out)
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    summary["not_recorded"] = not_recorded  # messages the disk refused at least once (each sent again)
+    written = True
     try:
+        with open(os.path.join(args.out, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
         write_session_report(os.path.join(args.out, "report.html"), summary, results, library,
                              engine.preprocess.motion_config.fd_threshold_mm)
+    except OSError as e:  # a full disk: the record holds what was acked; say what could not be written
+        written = False
+        print(f"error: could not write the summary or report in {args.out} ({e.strerror}); the session record "
+              "holds every volume acked",
+              file=sys.stderr)
     except Exception:  # the record and summary are written; a plotting problem must not hide them
         log.exception("could not write %s", os.path.join(args.out, "report.html"))
     lat = summary["latency_ms"].get("total", {})
@@ -348,7 +360,10 @@ def run_live(args) -> int:
           f"{summary['counts']['switches']} switches, {summary['counts']['holds']} motion holds, "
           f"{summary['counts']['errors']} errors; latency p50 {lat.get('p50', float('nan')):.2f} ms, "
           f"p99 {lat.get('p99', float('nan')):.2f} ms; audio underruns {summary['audio_underruns']}")
-    return 0
+    if not_recorded:
+        print(f"disk: {not_recorded} message(s) could not be recorded when they came (sent again by the scanner "
+              f"side; the record holds every volume acked): check the disk of {args.out}", file=sys.stderr)
+    return 0 if written else 1
 
 
 def _trigger_summary(args, triggers) -> dict | None:

@@ -124,7 +124,12 @@ class Dashboard:
                 f"{c['holds']}  errors {c['errors']}  stand-ins {c['stand_ins']}  rejected messages {rejected}  "
                 f"audio underruns {audio.get('underruns', 'n/a')}  late audio commands "
                 f"{audio.get('late_commands', 'n/a')}  uptime {time.monotonic() - self._t0:.0f} s")
-        return Panel(Group(head, lat, foot), title="b2m session", border_style="cyan")
+        parts = [head, lat, foot]
+        disk = self.receiver.stats if self.receiver is not None else None
+        if disk is not None and disk.not_recorded:  # the scanner side holds them and sends them again
+            parts.append(f"[red]disk: {disk.not_recorded} message(s) could not be recorded (last: "
+                         f"{disk.last_disk_error}); they are sent again: make room on the session's disk[/red]")
+        return Panel(Group(*parts), title="b2m session", border_style="cyan")
 
     def _trigger_row(self, r) -> str:
         """Pulses so far and the last one's age; the image delay of the run's latest volumes, and any overdue."""

@@ -29,18 +29,43 @@ def decisions_path(session_dir, run_id: str) -> str:
 
 
 class DecisionLog:
-    """Append decisions of one run (``path`` is created with its folder)."""
+    """Append decisions of one run (``path`` is created with its folder).
+
+    A decision the disk refuses (full, failing) is held in memory and
+    written, in order, before the next one: once there is room again the log
+    is whole. :meth:`append` raises only the first time of a spell (so the
+    caller says it once); :attr:`held` counts what waits.
+    """
 
     def __init__(self, path: str):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         self.path = path
         self._log = RecordLog(path, sync=False)
+        self._held: list[tuple[dict, bytes]] = []
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
 
     def append(self, header: dict, embedding: np.ndarray | None) -> None:
         payload = b"" if embedding is None else np.ascontiguousarray(embedding, "<f4").tobytes()
-        self._log.append(header, payload)
+        was_held = bool(self._held)
+        self._held.append((header, payload))
+        try:
+            while self._held:
+                self._log.append(*self._held[0])
+                self._held.pop(0)
+        except OSError:
+            if not was_held:  # the first refusal of a spell: the caller says so once
+                raise
 
     def close(self) -> None:
+        try:
+            while self._held:  # a last try for what the disk refused
+                self._log.append(*self._held[0])
+                self._held.pop(0)
+        except OSError:
+            pass
         self._log.close()
 
 

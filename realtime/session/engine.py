@@ -652,6 +652,9 @@ class SessionEngine:
              "clock_offset_s": run.clock.offset_s, **extra}
         try:
             run.log.append(h, embedding)
+        except OSError as e:  # the disk: held, and written before the next decision once there is room
+            log.error("could not write the decision for %s/%d to the record (%s): decisions are held in memory "
+                      "until the disk takes them again; make room on it", res.run_id, res.index, e.strerror or e)
         except Exception:
             log.exception("could not append the decision for %s/%d to the record", res.run_id, res.index)
 

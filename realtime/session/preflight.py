@@ -24,6 +24,7 @@ check says what failed and what to do; the others still run.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -128,7 +129,7 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
               insecure: bool = False, curve=None, seconds: float = 2.0, mode: str = "retrieval",
               segment_bars: int = 4, yoked_from: str | None = None, blind: bool = False,
               protocol: str | None = None, level_dbfs: float | None = -20.0, trigger: str | None = None,
-              trigger_key: str = "5", trigger_baud: int | None = None) -> list[Check]:
+              trigger_key: str = "5", trigger_baud: int | None = None, out: str | None = None) -> list[Check]:
     """Run every check (see the module doc) and return them in order.
 
     Parameters
@@ -162,6 +163,9 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
     trigger, trigger_key, trigger_baud : optional
         The scanner's trigger input (``--trigger``): opened, and listened to
         for ``seconds`` (pulses now mean the scanner is running).
+    out : str, optional
+        The session folder (``--out``): the free space on its disk, in hours
+        of scanning on the model's grid (fails under :data:`DISK_HOURS`).
     blind : bool
         The condition came from ``--allocation``: the check is made under the
         name "allocation" for every participant, and its result does not say
@@ -195,6 +199,8 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
         checks.append(Check("bundle and library", False, "not checked: the bundle or the library did not load"))
     if decoder is not None:
         checks.append(_attempt("decoder speed", lambda: _decoder_speed(decoder))[0])
+    if out is not None and decoder is not None:
+        checks.append(_attempt("disk space", lambda: _disk_space(out, decoder))[0])
     if bind and bind != "none":
         checks.append(_attempt("scanner endpoint", lambda: _bind_router(bind, insecure, curve))[0])
     if results and results != "none":
@@ -235,6 +241,32 @@ def _protocol(path: str) -> tuple[str, None]:
 
     protocol = read_protocol(path)
     return f"{path}: {len(protocol.blocks)} blocks: {protocol.describe(limit=6)}", None
+
+
+#: Hours of scanning the session folder's disk must have room for.
+DISK_HOURS = 1.0
+
+
+def _disk_space(out: str, decoder) -> tuple[str, None]:
+    """Free space where ``out`` is (or would be created), in volumes and hours of the model's grid."""
+    import shutil
+
+    where = os.path.abspath(out)
+    while not os.path.exists(where):
+        where = os.path.dirname(where)
+    free = shutil.disk_usage(where).free
+    mask = decoder.manifest["mask"]
+    tr_s = float(decoder.manifest.get("tr_s") or 2.0)
+    # an int16 volume of the grid, twice (the record, then the run's NIfTI export), and its record header
+    per_volume = 2 * 2 * int(np.prod(mask["shape"])) + 1024
+    volumes = free // per_volume
+    hours = volumes * tr_s / 3600.0
+    text = (f"{free / 2**30:.1f} GiB free on the disk of {out}: room for {volumes:,} volumes of the model's "
+            f"{'x'.join(map(str, mask['shape']))} grid (int16, recorded and exported), {hours:.1f} h at TR "
+            f"{tr_s:g} s")
+    if hours < DISK_HOURS:
+        raise ValueError(text + f"; a session needs {DISK_HOURS:g} h: make room, or give --out on another disk")
+    return text, None
 
 
 def _trigger(source: str, key: str, baud: int | None, seconds: float) -> tuple[str, None]:

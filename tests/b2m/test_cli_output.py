@@ -64,3 +64,24 @@ def test_stage_progress_writes_plain_lines_off_a_terminal_and_bars_on_one():
         progress("fit", 2, 3)
     out = tty.file.getvalue()
     assert "train" in out and "fit" in out and "2/3" in out and "started" not in out
+
+
+def test_a_record_log_on_a_full_disk_says_so_once(capfd):
+    """``/dev/full`` refuses every write (ENOSPC), as a full disk does: the log handler says it once on stderr,
+    without a traceback, however many messages follow."""
+    import logging
+
+    from b2m.console import record_log_handler
+
+    logger = logging.getLogger("b2m.test-full-disk")
+    handler = record_log_handler("/dev/full")
+    logger.addHandler(handler)
+    try:
+        for k in range(5):
+            logger.error("message %d", k)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    err = capfd.readouterr().err
+    assert err.count("could not write /dev/full (No space left on device)") == 1, err
+    assert "Traceback" not in err and "Logging error" not in err
