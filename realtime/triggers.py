@@ -112,6 +112,7 @@ class TriggerInput:
         self.first_other: bytes | None = None
         self._own = False
         self._saved = None
+        self._baud = baud
         if source == "stdin":
             import sys
 
@@ -171,6 +172,24 @@ class TriggerInput:
     def fileno(self) -> int:
         return self.fd
 
+    def reopen(self) -> bool:
+        """Open a closed device path again (a USB adapter plugged back in); True if it is open now."""
+        if not self.closed or not self._own:
+            return not self.closed
+        try:
+            fd = self._open(self.source)
+        except ValueError:
+            return False
+        self._release()
+        self.fd, self._own = fd, True
+        try:
+            self._setup(self._baud)
+        except Exception:
+            self._release()
+            return False
+        self.closed = False
+        return True
+
     def read(self, timeout_s: float) -> list[float]:
         """Wait up to ``timeout_s`` for input; return the times (Unix s) of the pulses read.
 
@@ -214,6 +233,9 @@ class TriggerInput:
         return [now] * n
 
     def close(self) -> None:
+        self._release()
+
+    def _release(self) -> None:
         if self._saved is not None:
             import termios
 
@@ -253,6 +275,7 @@ class TriggerLog:
         self._warned_other = False
         self._warned_write = False
         self._unwritten: list[float] = []  # pulses the disk refused
+        self._lost_at = 0.0  # time.monotonic() when the input closed (0: it is open)
         self._thread = threading.Thread(target=self._loop, name="b2m-trigger", daemon=True)
 
     def start(self) -> "TriggerLog":
@@ -286,10 +309,19 @@ class TriggerLog:
                                 "(check the box's mode, or give --trigger-key)", self.trigger.first_other,
                                 self.trigger.key.decode(), self.trigger.key.decode())
                 if self.trigger.closed:
-                    log.warning("the trigger input %s closed after %d pulses: the runs after this are placed "
-                                "from the scanner side's stamps; check the trigger box's cable",
-                                self.trigger.source, len(self.times))
-                    return
+                    if not self._lost_at:
+                        log.warning("the trigger input %s closed after %d pulses: until it is back, runs are "
+                                    "placed from the scanner side's stamps; check the trigger box's cable",
+                                    self.trigger.source, len(self.times))
+                        self._lost_at = time.monotonic()
+                    if not isinstance(self.trigger.source, str) or self.trigger.source == "stdin":
+                        return  # stdin at its end, or a descriptor given: nothing to open again
+                    if self._stop.wait(1.0):
+                        return
+                    if self.trigger.reopen():  # plugged back in
+                        log.warning("the trigger input %s is back after %.0f s", self.trigger.source,
+                                    time.monotonic() - self._lost_at)
+                        self._lost_at = 0.0
 
     def pulses(self) -> np.ndarray:
         """Every pulse of the session folder (Unix s, sorted): those on disk, a continued session's earlier

@@ -1,10 +1,11 @@
 """Shared fixtures: a seeded rng, free loopback endpoints, real data paths,
-a helper that runs ``b2m`` subcommands as real processes, and a Receiver
-serving in a thread."""
+a helper that runs ``b2m`` subcommands as real processes, a Receiver
+serving in a thread, and a serial line (two linked pseudo-terminals)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -181,3 +182,35 @@ def serving():
     yield start
     for r in started:
         r.close()
+
+
+def start_socat(box, port) -> subprocess.Popen:
+    """Two linked pseudo-terminals made by Debian's ``socat`` (a null modem): bytes written to ``box`` are
+    read from ``port``. Returns once both exist; stop it by its PID."""
+    socat = shutil.which("socat")
+    assert socat, "Debian's socat is missing: run ./setup.sh"
+    p = subprocess.Popen([socat, f"pty,raw,echo=0,link={box}", f"pty,raw,echo=0,link={port}"],
+                         stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        if os.path.exists(box) and os.path.exists(port):
+            return p
+        time.sleep(0.025)
+    p.kill()
+    raise AssertionError("socat made no pty pair")
+
+
+def stop_socat(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        os.kill(p.pid, signal.SIGTERM)
+    p.wait(timeout=10)
+
+
+@pytest.fixture
+def serial_line(tmp_path):
+    """``(box, port)``: the two ends of a serial line (:func:`start_socat`), for a trigger box and its reader."""
+    box, port = str(tmp_path / "box"), str(tmp_path / "port")
+    p = start_socat(box, port)
+    try:
+        yield box, port
+    finally:
+        stop_socat(p)

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
 import time
 
 import nibabel as nib
@@ -28,26 +26,6 @@ RECON_S = 0.4  # the reconstruction: from the end of a volume's acquisition to i
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory, fmri1_nii):
     return kit_fixture(tmp_path_factory, fmri1_nii)
-
-
-@pytest.fixture
-def serial_line(tmp_path):
-    """Two linked pseudo-terminals (``box``, ``port``): bytes written to one are read from the other."""
-    socat = shutil.which("socat")
-    assert socat, "Debian's socat is missing: run ./setup.sh"
-    box, port = tmp_path / "box", tmp_path / "port"
-    p = subprocess.Popen([socat, f"pty,raw,echo=0,link={box}", f"pty,raw,echo=0,link={port}"],
-                         stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            if box.exists() and port.exists():
-                break
-            time.sleep(0.05)
-        assert box.exists() and port.exists(), "socat made no pty pair"
-        yield str(box), str(port)
-    finally:
-        os.kill(p.pid, signal.SIGTERM)
-        p.wait(timeout=10)
 
 
 def _short_run(kit, tmp_path, n: int) -> str:

@@ -199,3 +199,45 @@ def test_buttons_on_the_trigger_input_are_presses_not_pulses(tmp_path):
     for bad in ("55", "15", "11"):
         with pytest.raises(ValueError, match="--response-keys"):
             TriggerInput("stdin", responses=bad)
+
+
+def test_a_trigger_box_unplugged_and_plugged_back_is_read_again(tmp_path, caplog):
+    """The serial line goes (socat stopped: the port's other side closes, as a USB adapter pulled out) and
+    comes back at the same path (socat started again): the log says both, and reads the pulses after."""
+    from conftest import start_socat, stop_socat
+
+    box, port = str(tmp_path / "box"), str(tmp_path / "port")
+    line = start_socat(box, port)
+    with caplog.at_level("WARNING", logger="b2m"):
+        log = TriggerLog(TriggerInput(port), str(tmp_path)).start()
+        try:
+            def pulse(n: int) -> None:
+                fd = os.open(box, os.O_WRONLY | os.O_NOCTTY)
+                os.write(fd, b"5")
+                os.close(fd)
+                for _ in range(100):
+                    if len(log.times) == n:
+                        return
+                    time.sleep(0.05)
+                raise AssertionError(f"{len(log.times)} pulses read, {n} sent")
+
+            pulse(1)
+            stop_socat(line)
+            for _ in range(100):
+                if log.trigger.closed:
+                    break
+                time.sleep(0.05)
+            assert log.trigger.closed
+            line = start_socat(box, port)
+            for _ in range(100):
+                if not log.trigger.closed:
+                    break
+                time.sleep(0.05)
+            assert not log.trigger.closed
+            pulse(2)
+        finally:
+            log.stop()
+            stop_socat(line)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "closed after 1 pulses" in said and f"the trigger input {port} is back after" in said
+    assert read_triggers(tmp_path).size == 2
