@@ -182,8 +182,9 @@ def export_run_nifti(session_path: str | os.PathLike, run_id: str, out_path: str
         ``.nii`` or ``.nii.gz``.
     header_bytes : bytes, optional
         The source NIfTI header sent in the run start; reused verbatim (but for
-        shape) so units and codes survive. Otherwise a header is made
-        from the affine and TR, with scanner-space codes.
+        shape, and for the TR if the run was sent with another) so units and
+        codes survive. Otherwise a header is made from the affine and TR, with
+        scanner-space codes.
     scaling : (slope, intercept), optional
         Written as scl_slope/scl_inter so scaled values match the source.
 
@@ -199,6 +200,13 @@ def export_run_nifti(session_path: str | os.PathLike, run_id: str, out_path: str
     if hdr is not None and np.dtype(hdr.get_data_dtype()).newbyteorder("=") == dtype.newbyteorder("="):
         hdr = hdr.copy()  # the source's header, verbatim but for the shape
         hdr.set_data_shape(shape)
+        # and the TR the run was sent with, in s: a header that said another (an overridden --tr) or gave
+        # it in ms would contradict RepetitionTime in the BIDS sidecar
+        space, t_unit = hdr.get_xyzt_units()
+        zooms = hdr.get_zooms()
+        if t_unit != "sec" or abs(float(zooms[3]) - float(g["tr_s"])) > 1e-6 * max(1.0, float(g["tr_s"])):
+            hdr.set_xyzt_units(space if space != "unknown" else "mm", "sec")
+            hdr.set_zooms(tuple(zooms[:3]) + (float(g["tr_s"]),))
     else:
         hdr = nib.Nifti1Header()
         hdr.set_data_dtype(dtype)

@@ -214,3 +214,42 @@ def serial_line(tmp_path):
         yield box, port
     finally:
         stop_socat(p)
+
+
+BIDS_VALIDATOR_VERSION = "1.14.6"
+# warnings an export cannot avoid: slice times are not in the volumes sent, nobody's name is known, and a short
+# test run has few switches
+BIDS_WARNINGS_ALLOWED = {"SLICE_TIMING_NOT_DEFINED", "NO_AUTHORS", "SUSPICIOUSLY_SHORT_EVENT_DESIGN"}
+
+
+@pytest.fixture(scope="session")
+def bids_validator() -> str:
+    """The BIDS validator (the npm package OpenNeuro ran, on this machine's node), installed once into
+    ``~/.cache/b2m`` from the npm registry; skipped where node, npm or the registry cannot be had."""
+    root = os.path.join(os.path.expanduser("~"), ".cache", "b2m", f"bids-validator-{BIDS_VALIDATOR_VERSION}")
+    exe = os.path.join(root, "node_modules", ".bin", "bids-validator")
+    if os.path.exists(exe):
+        return exe
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        pytest.skip("node and npm are needed for the BIDS validator (Debian: nodejs, npm)")
+    os.makedirs(root, exist_ok=True)
+    r = subprocess.run([npm, "install", "--prefix", root, "--no-audit", "--no-fund", "--omit=optional",
+                        f"bids-validator@{BIDS_VALIDATOR_VERSION}"], capture_output=True, text=True, timeout=900)
+    if r.returncode != 0 or not os.path.exists(exe):
+        pytest.skip(f"the BIDS validator could not be installed from npm: {r.stderr.strip()[-300:]}")
+    return exe
+
+
+def assert_valid_bids(validator: str, root) -> dict:
+    """Run the BIDS validator on ``root``: no error, and no warning but :data:`BIDS_WARNINGS_ALLOWED`."""
+    import json
+
+    r = subprocess.run([validator, str(root), "--json"], capture_output=True, text=True, timeout=300)
+    report = json.loads(r.stdout)
+    issues = report["issues"]
+    said = [(i["key"], i.get("reason", ""), [f["file"]["relativePath"] for f in i["files"][:3] if f.get("file")])
+            for i in issues["errors"] + issues["warnings"]]
+    assert not issues["errors"], said
+    assert {i["key"] for i in issues["warnings"]} <= BIDS_WARNINGS_ALLOWED, said
+    return report

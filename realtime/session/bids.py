@@ -11,6 +11,11 @@
     DIR/sub-01[/ses-S]/func/sub-01[_ses-S]_task-T_run-NN_events.tsv     one row per clip or piece heard (music),
                                                                      silence, protocol block (block_*) and
                                                                      button press (response)
+    DIR/stimuli/LIBRARY/...                                           the audio files of the clips heard
+                                                                     (events.tsv's stim_file is relative to
+                                                                     DIR/stimuli, as BIDS has it)
+    DIR/task-T_events.json                                           what each column of events.tsv holds
+    DIR/README                                                       what the dataset is
     DIR/derivatives/b2m/sub-01[/ses-S]/func/..._run-NN_desc-decoded_timeseries.tsv (and .json)
                                                                      per volume: the decision and the decoded
                                                                      embedding
@@ -58,6 +63,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import logging
 import os
 import re
 import shutil
@@ -69,6 +75,8 @@ from ..triggers import RunTriggers, match_run, read_responses, read_triggers
 from .decisions import decisions_path, read_decisions
 from .replay import read_session_info
 from .yoked import read_yoked
+
+log = logging.getLogger("b2m.session")
 
 __all__ = ["EVENT_COLUMNS", "run_clock_offset", "run_triggers", "music_events", "sounds_begun", "block_events",
            "response_events", "write_decoded_timeseries", "export_bids"]
@@ -330,6 +338,77 @@ def _describe(root: str, name: str, kind: str) -> list[str]:
     return [path]
 
 
+#: ``task-T_events.json``: the columns of the exported events (BIDS' data dictionary).
+EVENT_DESCRIPTIONS = {
+    "onset": {"Description": "when the sound (or press) began, from the start of the run's first volume",
+              "Units": "s"},
+    "duration": {"Description": "until the next sound began, or the run ended (0 for a button press)", "Units": "s"},
+    "trial_type": {"Description": "what the row is",
+                   "Levels": {"music": "a library clip (or, in generation mode, a piece composed live) heard",
+                              "silence": "the music faded out (a silence block)",
+                              "response": "the participant pressed a button (b2m session --response-keys)",
+                              "block_feedback": "protocol block: music follows the decoding",
+                              "block_silence": "protocol block: no music",
+                              "block_neutral": "protocol block: the neutral clip, whatever is decoded"}},
+    "clip": {"Description": "the library's clip id (or generator point) heard"},
+    "genre": {"Description": "the clip's genre in the library"},
+    "stim_file": {"Description": "the clip's audio file, relative to the dataset's stimuli folder (n/a for a "
+                                 "piece composed live)"},
+    "clip_start_s": {"Description": "where in stim_file the clip starts", "Units": "s"},
+    "decided_run": {"Description": "the b2m run id whose decision started the sound (an earlier run's for a "
+                                   "sound carried over)"},
+    "decided_volume": {"Description": "the volume index whose decision started the sound"},
+    "action": {"Description": "the feedback policy's decision",
+               "Levels": {"neutral": "the neutral clip (before decoding starts)", "switch": "a new clip",
+                          "keep": "the clip went on", "hold": "a motion hold: the clip went on",
+                          "silence": "the music faded out", "continued": "still sounding from before the run"}},
+    "response": {"Description": "the button pressed (a response row), n/a otherwise"},
+}
+
+
+def _dataset_files(root: str, task: str) -> list[str]:
+    """``README`` and ``task-T_events.json`` at the dataset's root, if missing; the paths written."""
+    written = []
+    readme = os.path.join(root, "README")
+    if not os.path.exists(readme):
+        with open(readme, "w") as f:
+            f.write("Neurofeedback sessions recorded by brain2music-rt (b2m session) and exported with "
+                    "`b2m session export`.\n\nEach run's BOLD series is as the scanner sent it. Its events.tsv "
+                    "lists the music the participant heard (the clips' audio is in stimuli/), protocol blocks "
+                    "and button presses; derivatives/b2m holds each volume's decoded embedding and decision.\n")
+        written.append(readme)
+    events = os.path.join(root, f"task-{task}_events.json")
+    if not os.path.exists(events):
+        with open(events, "w") as f:
+            json.dump(EVENT_DESCRIPTIONS, f, indent=2)
+        written.append(events)
+    return written
+
+
+def _stimulus(root: str, library, path: str, copied: dict) -> str:
+    """Copy a clip's audio file into ``ROOT/stimuli/LIBRARY/`` (once) and give its path relative to
+    ``ROOT/stimuli``: a file of the library's folder keeps its place in it, one outside goes under
+    ``sources/`` with a short hash of its folder, so two files of one name never meet."""
+    if path in copied:
+        return copied[path]
+    lib_root = os.path.abspath(library.path)
+    name = os.path.basename(lib_root.rstrip(os.sep)) or "library"
+    if path.startswith(lib_root + os.sep):
+        rel = os.path.join(name, os.path.relpath(path, lib_root))
+    else:
+        import hashlib
+
+        folder = hashlib.sha1(os.path.dirname(path).encode()).hexdigest()[:8]
+        rel = os.path.join(name, "sources", folder, os.path.basename(path))
+    dest = os.path.join(root, "stimuli", rel)
+    if not (os.path.exists(dest) and os.path.getsize(dest) == os.path.getsize(path)):
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.copyfile(path, dest + ".part")
+        os.replace(dest + ".part", dest)
+    copied[path] = rel.replace(os.sep, "/")
+    return copied[path]
+
+
 def _check_label(name: str, value: str | None) -> None:
     if value is not None and not _LABEL.match(value):
         raise ValueError(f"--{name} {value!r}: a BIDS label is letters and digits only (e.g. 01, nf1)")
@@ -394,6 +473,8 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
     os.makedirs(func, exist_ok=True)
     out = {"written": [], "skipped": {}, "runs": {}}
     out["written"] += _describe(out_dir, "brain2music-rt neurofeedback sessions", "raw")
+    out["written"] += _dataset_files(out_dir, task)
+    copied: dict[str, str] = {}  # audio file -> its path under stimuli/
     yoked = read_yoked(session_dir)  # a sham session (b2m session --yoked-from), or None
     pulses = read_triggers(session_dir)  # the scanner's trigger, if the session read it (b2m session --trigger)
     presses = read_responses(session_dir)  # the participant's buttons on the same input (--response-keys)
@@ -469,6 +550,15 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
             if presses and wall is not None:
                 rows = sorted(rows + response_events(presses, wall, int(run.n_volumes) * tr_s),
                               key=lambda r: r["onset"])
+            for r in rows:  # the audio heard goes with the dataset
+                if r.get("stim_file", "n/a") == "n/a":
+                    continue
+                if os.path.isfile(r["stim_file"]):
+                    r["stim_file"] = _stimulus(out_dir, library, r["stim_file"], copied)
+                else:  # BIDS wants it under stimuli/: say which file is gone rather than point nowhere
+                    log.warning("%s: the audio of clip %s is gone; its events give stim_file n/a", r["stim_file"],
+                                r["clip"])
+                    r["stim_file"] = "n/a"
             _write_events(stem + "_events.tsv", rows)
             out["written"].append(stem + "_events.tsv")
     return out

@@ -16,6 +16,7 @@ import time
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import assert_valid_bids
 from session_kit import kit_fixture
 
 from realtime.session.decisions import decisions_path, read_decisions
@@ -36,7 +37,8 @@ def _short_run(kit, tmp_path, n: int) -> str:
 
 
 @pytest.mark.timeout(180)
-def test_a_session_places_the_run_from_the_scanners_trigger(kit, b2m_proc, endpoint, tmp_path, serial_line):
+def test_a_session_places_the_run_from_the_scanners_trigger(kit, b2m_proc, endpoint, tmp_path, serial_line,
+                                                            bids_validator):
     box, port = serial_line
     n, tr = 12, 0.5
     out, folder = tmp_path / "session", tmp_path / "export"
@@ -97,6 +99,17 @@ def test_a_session_places_the_run_from_the_scanners_trigger(kit, b2m_proc, endpo
     assert resp["response"] == "2" and float(resp["onset"]) == pytest.approx(pressed - written[0], abs=0.02)
     assert all(r["response"] == "n/a" for r in rows if r["trial_type"] != "response")
     assert "responses\t1 press (2: 1)" in sess.stderr()
+    # the clips heard go with the dataset, where BIDS has stim_file point: byte for byte the library's
+    heard = [r for r in rows if r["trial_type"] == "music"]
+    assert heard and all(r["stim_file"].startswith(os.path.basename(kit.library) + "/") for r in heard)
+    from music.library import Library
+
+    lib = Library(kit.library)
+    for r in heard:
+        clip = lib.clips[lib.index_of(r["clip"])]
+        with open(tmp_path / "bids" / "stimuli" / r["stim_file"], "rb") as a, open(lib.audio_path(clip), "rb") as b:
+            assert a.read() == b.read()
+    assert_valid_bids(bids_validator, tmp_path / "bids")  # the BIDS validator finds no error
     rep = b2m_proc("session", "replay", out, name="session-replay")  # the trigger changes no decision
     assert rep.wait() == 0 and "identical" in rep.stdout(), rep.stderr() + rep.stdout()
 
