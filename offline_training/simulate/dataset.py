@@ -392,8 +392,8 @@ def _dataset_files(root: Path, config: SimulationConfig, subjects: list[str], n_
 Nothing in this folder was measured. The BOLD images were written by
 `b2m simulate` (brain2music-rt, simulator version {SIMULATOR_VERSION}); the file layout, the
 events.tsv files and the bold.json sidecars are those of ds003720 (sub-001's,
-copied byte for byte for every simulated subject; the events are the same for
-all five real subjects).
+copied byte for byte for every simulated subject, but for SliceTiming on a
+coarser grid; the events are the same for all five real subjects).
 
 - Grid: {config.grid}, {shape[0]}x{shape[1]}x{shape[2]} voxels at {vox:g} mm, int16, TR 1.5 s,
   {config.volumes} volumes per run.
@@ -407,8 +407,9 @@ all five real subjects).
   motion, noise-free responses, stimulus features, configuration) and the
   calibration of the simulation against published encoding accuracies.
 
-The sidecars' SliceTiming lists ds003720's 68 slices; on a coarser grid each
-slice was acquired at the time of the 2 mm slice containing its centre.
+ds003720's SliceTiming lists its 68 slices of 2 mm; on a coarser grid each
+slice was acquired at the time of the 2 mm slice containing its centre, and
+the sidecars' SliceTiming gives those times, one per slice written.
 
 Events columns (from the ds003720 README): onset, duration (s), genre, track
 (GTZAN index), start and end (offsets of the 15 s excerpt within the 30 s track).
@@ -417,6 +418,12 @@ Events columns (from the ds003720 README): onset, duration (s), genre, track
     _write_text(root / "CHANGES", f"1.0.0\n  - Simulated by brain2music-rt b2m simulate {SIMULATOR_VERSION}.\n")
     _write_tsv(root / "participants.tsv", ["participant_id", "group", "n_responsive_voxels"],
                [[f"sub-{s}", "simulated", n_resp[s]] for s in subjects])
+    for task in ("Training", "Test"):  # the columns of ds003720's events, as its README describes them
+        _write_json(root / f"task-{task}_events.json", {
+            "genre": {"Description": "the excerpt's GTZAN genre"},
+            "track": {"Description": "the GTZAN track's index within its genre"},
+            "start": {"Description": "where the 15 s excerpt starts in the 30 s track", "Units": "s"},
+            "end": {"Description": "where the excerpt ends in the track", "Units": "s"}})
     _write_json(root / "participants.json", {
         "participant_id": {"Description": "Simulated participant"},
         "group": {"Description": "Always 'simulated'"},
@@ -543,7 +550,7 @@ def simulate_dataset(out: os.PathLike | str, config: SimulationConfig | None = N
             key = (r.task, r.run)
             stem = f"sub-{label}_task-{r.task}_run-{r.run:02d}"
             shutil.copyfile(r.events, func / f"{stem}_events.tsv")
-            shutil.copyfile(r.sidecar, func / f"{stem}_bold.json")
+            _write_sidecar(r.sidecar, func / f"{stem}_bold.json", sidecars[key], grid)
             res = _simulate_run(func / f"{stem}_bold.nii.gz", deriv / f"sub-{label}" / stem, grid, anatomy,
                                 region, tuning, maps, run_stim[key], sidecars[key], config, tr_s,
                                 _rng(seed, s_idx, _TASK_ID[r.task], r.run, _COMP["motion"]),
@@ -555,6 +562,16 @@ def simulate_dataset(out: os.PathLike | str, config: SimulationConfig | None = N
     _dataset_files(root, config, subjects, n_resp)
     return SimulationResult(root=root, config=config, runs=written, subjects=subjects, n_responsive=n_resp,
                             stimuli=names, run_stimuli=run_stim)
+
+
+def _write_sidecar(source: Path, dest: Path, sidecar: dict, grid: Grid) -> None:
+    """ds003720's sidecar, byte for byte on its own grid; on a coarser one ``SliceTiming`` gives the time each
+    simulated slice was acquired at (:func:`slice_times_for_grid`), one per slice of the images written."""
+    st = sidecar.get("SliceTiming")
+    if st is None or len(st) == grid.shape[2]:
+        shutil.copyfile(source, dest)
+        return
+    _write_json(dest, {**sidecar, "SliceTiming": [float(t) for t in slice_times_for_grid(st, grid)]})
 
 
 def _simulate_run(bold_path: Path, truth_stem: Path, grid: Grid, anatomy: Anatomy, region: AuditoryRegion,
