@@ -30,6 +30,8 @@ __all__ = [
     "valid_run_id",
     "MAX_HEADER_BYTES",
     "MAX_PAYLOAD_BYTES",
+    "MAX_ALERTS",
+    "MAX_ALERT_CHARS",
     "ALLOWED_DTYPES",
     "VolumeMessage",
     "RunStart",
@@ -55,6 +57,9 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_PAYLOAD_BYTES = 512 * 1024 * 1024
 #: Largest accepted extent of one axis, in voxels.
 MAX_AXIS = 4096
+#: At most this many alerts in a result, each shorter than :data:`MAX_ALERT_CHARS`.
+MAX_ALERTS = 8
+MAX_ALERT_CHARS = 300
 #: dtypes a scanner may send, with explicit byte order. ``|`` means one byte.
 ALLOWED_DTYPES = (
     "|u1", "|i1",
@@ -237,6 +242,11 @@ class Result:
         The block design's condition at this decision (``feedback``,
         ``silence`` or ``neutral``), None without a block design. Optional
         on the wire: a result without it decodes as None.
+    alerts : list of str
+        What the operator should see now, wherever they watch (at most
+        :data:`MAX_ALERTS`, each under :data:`MAX_ALERT_CHARS` characters):
+        a trigger input that closed, volumes acquired but not received, a
+        disk that refuses the record. Optional on the wire: absent is none.
     """
 
     run_id: str
@@ -254,6 +264,7 @@ class Result:
     clip: str | None = None
     condition: str | None = None
     dvars_pct: float | None = None
+    alerts: list = field(default_factory=list)
     type: Literal["result"] = field(default="result", init=False)
 
 
@@ -347,6 +358,8 @@ def encode(msg: Message) -> list:
             h["condition"] = str(msg.condition)
         if msg.dvars_pct is not None:
             h["dvars_pct"] = float(msg.dvars_pct)
+        if msg.alerts:
+            h["alerts"] = [str(a) for a in msg.alerts]
     elif isinstance(msg, Reject):
         h = _base("reject")
         h.update(field=msg.field, reason=msg.reason, of=msg.of, run_id=msg.run_id, index=msg.index,
@@ -628,7 +641,18 @@ def _decode_result(h: dict, frames) -> Result:
                   topk=[(c, v) for c, v in _get(h, "topk", list)], tags=[(t, v) for t, v in _get(h, "tags", list)],
                   action=_get(h, "action", str), clip=_get(h, "clip", str, optional=True),
                   condition=_get(h, "condition", str, optional=True),
-                  dvars_pct=_finite(h, "dvars_pct", optional=True))
+                  dvars_pct=_finite(h, "dvars_pct", optional=True), alerts=_alerts(h))
+
+
+def _alerts(h: dict) -> list:
+    alerts = _get(h, "alerts", list, optional=True) or []
+    if len(alerts) > MAX_ALERTS:
+        raise MessageError("header.alerts", f"{len(alerts)} alerts; at most {MAX_ALERTS}")
+    for a in alerts:
+        if not isinstance(a, str) or len(a) >= MAX_ALERT_CHARS:
+            raise MessageError("header.alerts", f"each alert must be a string under {MAX_ALERT_CHARS} characters, "
+                                                f"got {_short(a)}")
+    return list(alerts)
 
 
 _DECODERS = {

@@ -5,10 +5,11 @@ The session publishes every TR's :class:`protocols.wire.Result` on its
 machine that can reach it, subscribes to that stream and serves one web page:
 
 - ``/``: the page; it refreshes its panel every second;
-- ``/panel``: the panel as HTML with inline SVG (run and volume, the lag
-  behind the scanner, what plays and since when, the clip timeline of the
-  run, head motion, latency per stage, counts), drawn here so no script or
-  network resource is needed in the browser;
+- ``/panel``: the panel as HTML with inline SVG (the session's alerts in
+  red, run and volume, the lag behind the scanner, what plays and since
+  when, the clip timeline of the run, head motion, latency per stage,
+  counts), drawn here so no script or network resource is needed in the
+  browser;
 - ``/state.json``: the same state for scripts.
 
 It only reads the stream, so it cannot slow the session, and it shows
@@ -91,7 +92,8 @@ class MonitorState:
                     if c != r.clip:
                         break
                     since = i
-                last = {"run_id": r.run_id, "index": r.index, "decoded_index": r.decoded_index, "action": r.action,
+                last = {"alerts": list(r.alerts),
+                        "run_id": r.run_id, "index": r.index, "decoded_index": r.decoded_index, "action": r.action,
                         "clip": r.clip, "condition": r.condition, "tags": [list(t) for t in r.tags],
                         "fd_mm": r.fd_mm, "dvars_pct": r.dvars_pct, "flagged": r.flagged,
                         "topk": [list(t) for t in r.topk], "playing_since_index": since,
@@ -228,6 +230,8 @@ def render_panel(snap: dict, fd_threshold_mm: float = 0.5, stale_s: float = 10.0
         if ago is not None and ago > stale_s:
             out.append(f'<p class="bad">no result for {ago:.0f} s: between runs, or the session or the link '
                        "is down</p>")
+        for alert in last.get("alerts") or ():  # what the session says needs the operator now
+            out.append(f'<p class="bad">{e(alert)}</p>')
         since = last["playing_since_index"]
         rows = [("run / volume", f"{last['run_id']} / {last['index']} (decodes moment {last['decoded_index']})"),
                 ("acquired -> music scheduled", f"{last['lag_s']:.2f} s" if last["lag_s"] is not None else "n/a"),

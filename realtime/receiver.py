@@ -48,6 +48,7 @@ class ReceiverStats:
         self.last_reject: tuple[str, str] | None = None
         self.not_recorded = 0      # messages the disk refused (full, failing): not acked, so sent again
         self.last_disk_error: str | None = None
+        self.last_disk_error_at = float("-inf")  # time.monotonic() of it
         self._disk_warned_at: dict[str, float] = {}  # per kind of warning: when it was last given
 
 
@@ -223,6 +224,7 @@ class Receiver:
         ids = _peek(frames) if len(frames) else {}
         st.last_disk_error = (f"{ids.get('of', 'message')} {ids.get('run_id', '?')}/{ids.get('index', '-')}: "
                               f"{err.strerror or err}")
+        st.last_disk_error_at = time.monotonic()
         if self._disk_warning_due("record"):
             log.error("could not record %s (%s, in %s): not acked, so the scanner side keeps it and sends it "
                       "again; make room on that disk (%d message(s) not recorded so far)", st.last_disk_error,

@@ -8,6 +8,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from realtime.scanner.export import export_run
 from realtime.scanner.pacing import parse_speed
+from realtime.triggers import DEFAULT_KEY
 
 from ..console import stderr_console
 
@@ -28,7 +29,7 @@ def add_parser(sub) -> None:
                         "e.g. of `socat pty,raw,echo=0,link=/tmp/box pty,raw,echo=0,link=/tmp/port`) as each "
                         "volume's acquisition begins; each file then follows one TR plus --recon-delay later "
                         "(real time only)")
-    p.add_argument("--trigger-key", default="5", help="the pulse's character (default 5)")
+    p.add_argument("--trigger-key", default=DEFAULT_KEY, help=f"the pulse's character (default {DEFAULT_KEY})")
     p.add_argument("--recon-delay", type=float, default=0.0, metavar="SECONDS",
                    help="seconds from the end of a volume's acquisition to its file (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

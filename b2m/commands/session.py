@@ -11,6 +11,8 @@ import signal
 import sys
 import threading
 
+from realtime.triggers import DEFAULT_KEY
+
 from ._curve import add_server_args, server_keys
 
 log = logging.getLogger("b2m.session")
@@ -94,7 +96,7 @@ def add_parser(sub) -> None:
                         "(a box that types the key into this terminal). Every pulse is kept in SESSION/triggers.tsv; "
                         "the export places each run's music from the pulse of its first volume, and the summary "
                         "gives each run's image delay")
-    t.add_argument("--trigger-key", default="5", help="the character of a pulse (default 5)")
+    t.add_argument("--trigger-key", default=DEFAULT_KEY, help=f"the character of a pulse (default {DEFAULT_KEY})")
     t.add_argument("--trigger-baud", type=int, default=None, metavar="BAUD",
                    help="serial speed (default 57600; as the trigger box's manual says)")
     t.add_argument("--trigger-dummies", type=int, default=0, metavar="N",
@@ -296,6 +298,9 @@ def run_live(args) -> int:
         write_session_info(args.out, info)
         with Receiver(args.out, args.bind, insecure=args.insecure, curve=curve, sync=not args.no_fsync,
                       on_volume=engine.on_volume, on_run_complete=run_over, on_run_gaps=run_over) as rx:
+            from realtime.session.alerts import standing_alerts
+
+            engine.alerts = lambda: standing_alerts(engine, rx, triggers)  # in every result: the monitor shows them
             if triggers is not None:
                 triggers.start()
                 print(f"trigger\t{args.trigger}\tkey {args.trigger_key!r}", file=sys.stderr, flush=True)
@@ -387,7 +392,7 @@ def _trigger_summary(args, triggers) -> dict | None:
         by = Counter(b for _, b in triggers.presses)
         n = len(triggers.presses)
         print(f"responses\t{n} press{'es' if n != 1 else ''}" + (" (" + ", ".join(
-            f"{b}: {n}" for b, n in sorted(by.items())) + ")" if by else ""), file=sys.stderr, flush=True)
+            f"{b}: {k}" for b, k in sorted(by.items())) + ")" if by else ""), file=sys.stderr, flush=True)
     return {**triggers.summary(), "key": args.trigger_key, "dummies": args.trigger_dummies,
             "response_keys": args.response_keys, "runs": runs}
 

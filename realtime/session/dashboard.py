@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from ..clocks import CLOCK_WARN_S, describe_offset
+from .alerts import standing_alerts, trigger_status
 
 __all__ = ["Dashboard"]
 
@@ -58,6 +59,7 @@ class Dashboard:
 
     def render(self):
         from rich.console import Group
+        from rich.markup import escape
         from rich.panel import Panel
         from rich.table import Table
 
@@ -77,7 +79,8 @@ class Dashboard:
                 head.add_row("scanner clock", f"[yellow]{describe_offset(off, 'its clock')}: corrected; "
                              "synchronise the clocks[/yellow]")
             if self.triggers is not None:
-                head.add_row("scanner trigger", self._trigger_row(r))
+                text, alert = trigger_status(self.triggers, e, r.run_id)
+                head.add_row("scanner trigger", f"[yellow]{text}[/yellow]" if alert else text)
                 if self.triggers.trigger.buttons:
                     presses = list(self.triggers.presses)
                     head.add_row("responses", f"{len(presses)} presses" + (
@@ -125,33 +128,8 @@ class Dashboard:
                 f"audio underruns {audio.get('underruns', 'n/a')}  late audio commands "
                 f"{audio.get('late_commands', 'n/a')}  uptime {time.monotonic() - self._t0:.0f} s")
         parts = [head, lat, foot]
-        disk = self.receiver.stats if self.receiver is not None else None
-        if disk is not None and disk.not_recorded:  # the scanner side holds them and sends them again
-            parts.append(f"[red]disk: {disk.not_recorded} message(s) could not be recorded (last: "
-                         f"{disk.last_disk_error}); they are sent again: make room on the session's disk[/red]")
+        parts += [f"[red]{escape(a)}[/red]" for a in standing_alerts(e, self.receiver, self.triggers)]
         return Panel(Group(*parts), title="b2m session", border_style="cyan")
-
-    def _trigger_row(self, r) -> str:
-        """Pulses so far and the last one's age; the image delay of the run's latest volumes, and any overdue."""
-        from ..triggers import match_run, overdue
-
-        times = list(self.triggers.times)  # a copy: the trigger thread appends
-        if self.triggers.trigger.closed:
-            return f"[red]input closed after {len(times)} pulses: check the trigger box's cable[/red]"
-        if not times:
-            return "[yellow]no pulse yet: check the trigger box[/yellow]"
-        text = f"{len(times)} pulses, last {time.time() - times[-1]:.1f} s ago"
-        run = self.engine.runs.get(r.run_id)
-        recent = [x for x in list(self.engine.results)[-60:] if x.run_id == r.run_id and x.timestamps.get("received")]
-        if run is not None and recent:
-            m = match_run(times, [x.index for x in recent], [x.timestamps["received"] for x in recent], run.tr_s)
-            if m.start is None:
-                return text + f"; [yellow]{m.note}[/yellow]"
-            text += f"; image delay {1e3 * float(np.median(m.delay_s)):.0f} ms after acquisition"
-            late = overdue(times, m, max(x.index for x in recent), time.time(), run.tr_s)
-            if late:  # acquired, and not here well after they should be: the export or the link is stuck
-                text += f"; [red]{late} volume(s) acquired but not received: check the export and the link[/red]"
-        return text
 
     def __rich__(self):
         return self.render()

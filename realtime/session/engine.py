@@ -212,6 +212,9 @@ class SessionEngine:
         # the newest results, for the dashboard and callers; the whole session is in the decisions
         # logs (``session_results``), so memory stays flat however long the session runs
         self.results: deque[Result] = deque(maxlen=RESULTS_KEPT)
+        # what the operator should see now (realtime.session.alerts.standing_alerts, set by the session
+        # command, which holds the receiver and the trigger input): put in every result
+        self.alerts = None
         self.latency_ms = {s: deque(maxlen=2000) for s in STAGES[1:] + ("total",)}
         self.counts = {"volumes": 0, "decoded": 0, "switches": 0, "holds": 0, "errors": 0, "stand_ins": 0,
                        "late": 0}
@@ -631,6 +634,11 @@ class SessionEngine:
             if run.log is not None and (res.run_id, res.index) not in self._logged:
                 self._log(run, res, embedding, t_scan, stand_in, audio, error, extra)
             return
+        if self.alerts is not None:
+            try:
+                res.alerts = list(self.alerts())
+            except Exception:  # an alert must never cost a TR
+                log.exception("could not gather the alerts for %s/%d", res.run_id, res.index)
         self.results.append(res)
         if self.publisher is not None:
             self.publisher.publish(res)

@@ -460,3 +460,19 @@ def test_result_condition_is_optional_on_the_wire():
     with pytest.raises(MessageError) as e:
         decode([msgpack.packb(h, use_bin_type=True), *frames[1:]])
     assert e.value.field == "header.condition"
+
+
+def test_result_alerts_are_optional_and_bounded_on_the_wire():
+    from protocols.wire import MAX_ALERT_CHARS, MAX_ALERTS, Result
+
+    frames = encode(Result(run_id="run1", index=3))
+    assert b"alerts" not in bytes(frames[0]) and decode(frames).alerts == []  # none: nothing on the wire
+    said = ["trigger: input closed after 12 pulses: check the trigger box's cable", "disk: 3 message(s) ..."]
+    assert decode(encode(Result(run_id="run1", index=3, alerts=said))).alerts == said
+    h = msgpack.unpackb(bytes(frames[0]), raw=False)
+    for bad, why in (([1], "string"), (["x" * MAX_ALERT_CHARS], "under"), (["a"] * (MAX_ALERTS + 1), "at most"),
+                     ("one", "a list")):
+        h["alerts"] = bad
+        with pytest.raises(MessageError, match=why) as e:
+            decode([msgpack.packb(h, use_bin_type=True)])
+        assert e.value.field == "header.alerts"

@@ -85,11 +85,22 @@ def kit(tmp_path_factory, fmri1_nii):
 @pytest.mark.timeout(180)
 def test_a_session_whose_disk_fills_goes_on_and_says_so(kit, b2m_proc, endpoint, small_disk, fmri1_nii,
                                                         tmp_path):
+    import re
+
+    from conftest import free_port
+    from test_monitor import get, wait_until
+
     out = small_disk / "session"
+    results = f"tcp://127.0.0.1:{free_port()}"
     sess = b2m_proc("session", "--model", kit.bundle, "--library", kit.library, "--out", out, "--bind", endpoint,
-                    "--audio", f"wav:{tmp_path}/feedback.wav", "--results", "none", "--no-dashboard",
+                    "--audio", f"wav:{tmp_path}/feedback.wav", "--results", results, "--no-dashboard",
                     name="session")
     sess.wait_for("ready", timeout=60)
+    # the control room: the monitor shows what the session says needs the operator
+    mon = b2m_proc("monitor", "--results", results, "--http", "127.0.0.1:0", name="monitor")
+    mon.wait_for("monitor\thttp://", timeout=30)
+    url = re.search(r"monitor\t(\S+)", mon.stderr()).group(1)
+    time.sleep(0.5)  # PUB/SUB: the subscription must reach the session before the first result
     tx = b2m_proc("scanner", "replay", fmri1_nii, "--connect", endpoint, "--speed", "max", "--run-id", "full",
                   "--drain-timeout", 120, "--quiet", name="replay")
     _wait_full(sess)
@@ -97,6 +108,11 @@ def test_a_session_whose_disk_fills_goes_on_and_says_so(kit, b2m_proc, endpoint,
     _grow(small_disk)
     assert tx.wait(120) == 0, tx.stderr()
     assert json.loads(tx.stdout().strip().splitlines()[-1])["rejected"] == []
+    # the results decided after the disk had room again say what happened, for 30 s
+    state = wait_until(lambda: (s := json.loads(get(url + "state.json")[1]))["counts"]["results"] == 40 and s)
+    alerts = state["last"]["alerts"]
+    assert any(a.startswith("disk: ") and "not recorded" in a and "make room" in a for a in alerts), state["last"]
+    assert "disk: " in get(url + "panel")[1]
     sess.kill(signal.SIGTERM)
     assert sess.p.returncode == 0, sess.stderr()
     _check_record(out, fmri1_nii, "full")

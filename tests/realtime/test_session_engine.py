@@ -284,7 +284,7 @@ def test_dashboard_shows_the_scanner_trigger(kit, tmp_path):
         return console.export_text()
 
     try:
-        assert "no pulse yet: check the trigger box" in shown()
+        assert "trigger: no pulse yet while volumes come: check the trigger box" in shown()
         recent = [r for r in results[-60:] if r.run_id == run.run_id]
         idx = np.array([r.index for r in recent])
         rec = np.array([r.timestamps["received"] for r in recent])

@@ -1,0 +1,85 @@
+"""What the operator should see now: the alerts standing in a live session, for the dashboard and every result.
+
+A session's own state says some things (the scanner side's clock is off);
+the parts around it say the rest: the trigger input (it closed, or volumes
+whose pulse came are overdue) and the receiver (the disk refused a message
+in the last :data:`DISK_ALERT_S` seconds). :func:`standing_alerts` gathers
+them as short sentences; the engine puts them in each
+:class:`protocols.wire.Result` (``alerts``), so the control-room monitor
+shows them too, and the dashboard draws them in red.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from protocols.wire import MAX_ALERT_CHARS, MAX_ALERTS
+
+from ..clocks import CLOCK_WARN_S, describe_offset
+from ..triggers import match_run, overdue
+
+__all__ = ["DISK_ALERT_S", "trigger_status", "standing_alerts"]
+
+#: A disk refusal is alerted this long after the last one (s).
+DISK_ALERT_S = 30.0
+
+
+def trigger_status(triggers, engine, run_id: str | None) -> tuple[str, str | None]:
+    """The trigger input in a line, and an alert if it needs the operator.
+
+    Parameters
+    ----------
+    triggers : realtime.triggers.TriggerLog
+    engine : SessionEngine
+        For the run's latest results (received times) and TR.
+    run_id : str or None
+        The run being decoded.
+
+    Returns
+    -------
+    (str, str or None)
+        Pulses so far and the last one's age, and for the run its image
+        delay; the alert: the input closed, no pulse yet while volumes come,
+        pulses that are not the run's, or volumes acquired but overdue.
+    """
+    times = list(triggers.times)  # a copy: the trigger thread appends
+    if triggers.trigger.closed:
+        text = f"input closed after {len(times)} pulses"
+        return text, f"trigger: {text}: check the trigger box's cable"
+    if not times:
+        return "no pulse yet", ("trigger: no pulse yet while volumes come: check the trigger box"
+                                if run_id is not None else None)
+    text = f"{len(times)} pulses, last {time.time() - times[-1]:.1f} s ago"
+    run = engine.runs.get(run_id) if run_id is not None else None
+    recent = [x for x in list(engine.results)[-60:] if x.run_id == run_id and x.timestamps.get("received")]
+    if run is None or not recent:
+        return text, None
+    m = match_run(times, [x.index for x in recent], [x.timestamps["received"] for x in recent], run.tr_s)
+    if m.start is None:
+        return text, f"trigger: run {run_id}: {m.note}"
+    text += f"; image delay {1e3 * float(np.median(m.delay_s)):.0f} ms after acquisition"
+    late = overdue(times, m, max(x.index for x in recent), time.time(), run.tr_s)
+    if late:  # acquired, and not here well after they should be: the export or the link is stuck
+        return text, f"{late} volume(s) acquired but not received: check the scanner's export and the link"
+    return text, None
+
+
+def standing_alerts(engine, receiver=None, triggers=None) -> list[str]:
+    """Every alert standing now (at most :data:`protocols.wire.MAX_ALERTS`, each cut to fit the wire)."""
+    out = []
+    last = engine.last
+    run_id = last.run_id if last is not None else None
+    run = engine.runs.get(run_id) if run_id is not None else None
+    if run is not None and run.clock.offset_s is not None and abs(run.clock.offset_s) >= CLOCK_WARN_S:
+        out.append(f"scanner clock: {describe_offset(run.clock.offset_s, 'its clock')}; synchronise the clocks")
+    if triggers is not None:
+        _, alert = trigger_status(triggers, engine, run_id)
+        if alert:
+            out.append(alert)
+    st = receiver.stats if receiver is not None else None
+    if st is not None and time.monotonic() - st.last_disk_error_at < DISK_ALERT_S:
+        out.append(f"disk: {st.not_recorded} message(s) not recorded (last: {st.last_disk_error}); they are sent "
+                   "again: make room on the session's disk")
+    return [a if len(a) < MAX_ALERT_CHARS else a[:MAX_ALERT_CHARS - 4] + " ..." for a in out[:MAX_ALERTS]]

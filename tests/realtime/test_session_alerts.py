@@ -1,0 +1,73 @@
+"""The alerts a live session raises for the operator, in every result: the scanner side's clock, the trigger
+input, and (in ``test_disk_full``) the disk. A real engine decodes the kit's run; the trigger input is a real
+pseudo-terminal."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import pytest
+from session_kit import kit_fixture, volumes
+
+from music.library import Library
+from realtime.decoder import Decoder
+from realtime.session import SessionEngine
+from realtime.session.alerts import standing_alerts
+from realtime.triggers import TriggerInput, TriggerLog
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory, fmri1_nii):
+    return kit_fixture(tmp_path_factory, fmri1_nii)
+
+
+def _engine(kit, skew_s: float = 0.0, n: int = 12):
+    """An engine fed ``n`` volumes sent by a clock ``skew_s`` ahead of this one (t_sent stamped on it)."""
+    eng = SessionEngine(Decoder(kit.bundle), Library(kit.library), None)
+    results = []
+    for m in volumes(kit.nifti)[:n]:
+        now = time.time()
+        results += eng.on_volume(dataclasses.replace(m, t_sent=now + skew_s), now)
+    return eng, results
+
+
+def test_a_scanner_clock_far_off_is_an_alert_in_every_result(kit):
+    eng, _ = _engine(kit, skew_s=3.0)
+    eng.alerts = lambda: standing_alerts(eng)
+    (res,) = eng.on_volume(dataclasses.replace(volumes(kit.nifti)[12], t_sent=time.time() + 3.0), time.time())
+    assert len(res.alerts) == 1 and res.alerts[0].startswith("scanner clock: its clock is 3.0")
+    assert "ahead of this computer's; synchronise the clocks" in res.alerts[0]
+    synced, _ = _engine(kit)
+    assert standing_alerts(synced) == []
+
+
+def test_the_trigger_input_raises_alerts_when_it_needs_the_operator(kit, tmp_path):
+    eng, results = _engine(kit)
+    box, port = os.openpty()
+    log = TriggerLog(TriggerInput(os.ttyname(port)), str(tmp_path)).start()
+    try:
+        assert standing_alerts(eng, triggers=log) == [
+            "trigger: no pulse yet while volumes come: check the trigger box"]
+        os.write(box, b"555")
+        for _ in range(40):
+            if len(log.times) == 3:
+                break
+            time.sleep(0.05)
+        # three pulses just now, and volumes received before them: not this run's pulses
+        (alert,) = standing_alerts(eng, triggers=log)
+        assert alert.startswith(f"trigger: run {results[-1].run_id}: no train of pulses began before volume")
+        os.close(box)  # the box unplugged
+        box = None
+        for _ in range(40):
+            if log.trigger.closed:
+                break
+            time.sleep(0.05)
+        assert standing_alerts(eng, triggers=log) == [
+            "trigger: input closed after 3 pulses: check the trigger box's cable"]
+    finally:
+        log.stop()
+        if box is not None:
+            os.close(box)
+        os.close(port)
