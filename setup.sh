@@ -8,7 +8,8 @@ cd "$(dirname "$0")"
 # portaudio19-dev: tinysoundfont's pyaudio dependency builds against it.
 # faketime: the tests run a scanner side whose clock is off, as at a site (libfaketime).
 # socat: the tests join the scanner's trigger to the session by a serial line (a linked pseudo-terminal pair).
-APT_PACKAGES=(libportaudio2 portaudio19-dev libsndfile1 jackd2 faketime socat)
+# dcm2niix: the tests check the slice times read from Siemens headers against it.
+APT_PACKAGES=(libportaudio2 portaudio19-dev libsndfile1 jackd2 faketime socat dcm2niix)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -85,6 +85,10 @@ class ScannerVolume:
     tr_note : str
         Why ``tr_s`` is None, naming the header field, where the header has
         a value that is not a usable TR.
+    slice_timing_s : tuple of float or None
+        When each slice (along the third axis of ``data``) was acquired within
+        the TR, in seconds, where the header says (Siemens: the CSA header's
+        ``MosaicRefAcqTimes``, as dcm2niix reads it); the BIDS ``SliceTiming``.
     """
 
     index: int
@@ -94,6 +98,7 @@ class ScannerVolume:
     series: str
     files: tuple[str, ...]
     tr_note: str = ""
+    slice_timing_s: tuple | None = None
 
 
 def _dcmread(path: str):
@@ -153,7 +158,19 @@ def read_siemens_mosaic(path) -> ScannerVolume:
     number = _require(ds, "AcquisitionNumber", path)
     tr, note = _tr_s(ds, path)
     return ScannerVolume(index=int(number) - 1, data=data, affine=affine, tr_s=tr,
-                         series=str(ds.get("SeriesNumber", "")), files=(path,), tr_note=note)
+                         series=str(ds.get("SeriesNumber", "")), files=(path,), tr_note=note,
+                         slice_timing_s=_mosaic_slice_times(w, data.shape[2]))
+
+
+def _mosaic_slice_times(wrapper, n_slices: int) -> tuple | None:
+    """The CSA header's ``MosaicRefAcqTimes`` (ms, one per slice in the mosaic's order, which is the order
+    nibabel unpacks) in seconds; None if the header has no such list for every slice."""
+    try:
+        tag = (wrapper.csa_header or {}).get("tags", {}).get("MosaicRefAcqTimes") or {}
+        times = [float(t) / 1000.0 for t in tag.get("items", [])]
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return tuple(times) if len(times) == n_slices and all(np.isfinite(times)) else None
 
 
 @dataclass

@@ -429,7 +429,9 @@ def _watch(watcher, vendor, endpoint, run_id, tr_s, n_volumes, idle_timeout_s, p
                     sender.send(RunStart(run_id=run_id, tr_s=tr_s, n_volumes=n_volumes, shape=vol.data.shape,
                                          dtype=vol.data.dtype.str, affine=vol.affine,
                                          meta={"source": "watch", "vendor": vendor, "series": vol.series,
-                                               "folder": os.path.abspath(watcher.folder)}))
+                                               "folder": os.path.abspath(watcher.folder),
+                                               **({"slice_timing_s": list(vol.slice_timing_s)}
+                                                  if vol.slice_timing_s is not None else {})}))
                 elif not _same_geometry(vol, first):
                     name = os.path.basename(vol.files[0])
                     watcher.bad[name] = (f"shape {vol.data.shape} {vol.data.dtype} or affine differs from the "

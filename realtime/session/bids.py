@@ -514,6 +514,9 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
         tr_s = float(run.geometry["tr_s"])
         meta = {"RepetitionTime": tr_s, "TaskName": task, "b2m_run_id": run.run_id,
                 "b2m_session": os.path.abspath(session_dir)}
+        st = ((run.start or {}).get("meta") or {}).get("slice_timing_s")  # the scanner's headers (Siemens CSA)
+        if isinstance(st, list) and len(st) == int(run.geometry["shape"][2]):
+            meta["SliceTiming"] = [float(t) for t in st]
         if yoked is not None:  # a sham run: say so, and whose music it played
             meta["b2m_feedback"] = "yoked sham"
             meta["b2m_yoked_to"] = {"session": yoked["source"],

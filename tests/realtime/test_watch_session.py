@@ -62,3 +62,11 @@ def test_export_folder_drives_a_session(vendor, b2m_proc, endpoint, tmp_path):
     rep = b2m_proc("session", "replay", out, name="session-replay")
     assert rep.wait() == 0, rep.stderr() + rep.stdout()
     assert "identical" in rep.stdout()
+    # the BIDS export carries the slice times the scanner's headers give (Siemens: MosaicRefAcqTimes)
+    ex = b2m_proc("session", "export", out, "--bids", tmp_path / "bids", "--subject", "01", name="export")
+    assert ex.wait() == 0, ex.stderr()
+    side = json.loads((tmp_path / "bids/sub-01/func/sub-01_task-neurofeedback_run-01_bold.json").read_text())
+    if vols[0].slice_timing_s is None:  # Philips PAR/REC: no slice times in the header
+        assert "SliceTiming" not in side
+    else:
+        assert side["SliceTiming"] == list(vols[0].slice_timing_s) and len(side["SliceTiming"]) == vols[0].data.shape[2]
