@@ -11,6 +11,7 @@ either side converges. Complete runs are exported to NIfTI off the hot path.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -49,6 +50,7 @@ class ReceiverStats:
         self.not_recorded = 0      # messages the disk refused (full, failing): not acked, so sent again
         self.last_disk_error: str | None = None
         self.last_disk_error_at = float("-inf")  # time.monotonic() of it
+        self.disk_full = False  # it said the disk is full (or over quota), rather than failing otherwise
         self._disk_warned_at: dict[str, float] = {}  # per kind of warning: when it was last given
 
 
@@ -225,10 +227,12 @@ class Receiver:
         st.last_disk_error = (f"{ids.get('of', 'message')} {ids.get('run_id', '?')}/{ids.get('index', '-')}: "
                               f"{err.strerror or err}")
         st.last_disk_error_at = time.monotonic()
+        st.disk_full = full = err.errno in (errno.ENOSPC, errno.EDQUOT)
         if self._disk_warning_due("record"):
             log.error("could not record %s (%s, in %s): not acked, so the scanner side keeps it and sends it "
-                      "again; make room on that disk (%d message(s) not recorded so far)", st.last_disk_error,
-                      type(err).__name__, self.out_dir, st.not_recorded)
+                      "again; %s (%d message(s) not recorded so far)", st.last_disk_error, type(err).__name__,
+                      self.out_dir, "make room on that disk" if full else "check that disk and the folder's "
+                      "permissions", st.not_recorded)
         return []
 
     def _reject(self, frames, field: str, reason: str, t_recv: float, peer: bytes) -> list:

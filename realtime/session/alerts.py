@@ -81,5 +81,6 @@ def standing_alerts(engine, receiver=None, triggers=None) -> list[str]:
     st = receiver.stats if receiver is not None else None
     if st is not None and time.monotonic() - st.last_disk_error_at < DISK_ALERT_S:
         out.append(f"disk: {st.not_recorded} message(s) not recorded (last: {st.last_disk_error}); they are sent "
-                   "again: make room on the session's disk")
+                   "again: " + ("make room on the session's disk" if st.disk_full else "check the session's disk "
+                                "and its folder's permissions"))
     return [a if len(a) < MAX_ALERT_CHARS else a[:MAX_ALERT_CHARS - 4] + " ..." for a in out[:MAX_ALERTS]]

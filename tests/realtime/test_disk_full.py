@@ -150,3 +150,29 @@ def test_the_preflight_counts_the_hours_the_disk_has_room_for(kit, b2m_proc, sma
         assert line.startswith("PASS" if ok else "FAIL"), line
         if not ok:
             assert "a session needs 1 h: make room, or give --out on another disk" in line
+
+
+def test_a_folder_that_fails_otherwise_holds_messages_back_and_says_what_to_check(tmp_path, endpoint, caplog):
+    """Not a full disk: the record's ``runs`` folder became a file (as a mistaken clean-up might leave it), so
+    creating the run's folder fails (ENOTDIR). The run start is neither acked nor refused, the advice is to
+    check the disk and the folder, not to make room; once the folder is back, the resent message is recorded."""
+    import shutil as sh
+
+    from protocols.wire import Ack, RunStart, decode, encode
+    from realtime.receiver import Receiver
+
+    out = tmp_path / "record"
+    with caplog.at_level("ERROR", logger="b2m"), Receiver(str(out), endpoint) as rx:
+        sh.rmtree(out / "runs", ignore_errors=True)
+        (out / "runs").write_text("not a folder")
+        start = encode(RunStart(run_id="r1", tr_s=2.0, n_volumes=3, shape=(4, 4, 2), dtype="<i2",
+                                affine=np.eye(4)))
+        assert rx.handle(start) == []  # no ack, no reject: the sender keeps it
+        assert rx.stats.not_recorded == 1 and not rx.stats.disk_full and rx.stats.rejected == 0
+        (msg,) = [r.getMessage() for r in caplog.records if "could not record" in r.getMessage()]
+        assert "run_start r1/-" in msg and "check that disk and the folder's permissions" in msg
+        assert "make room" not in msg and "Not a directory" in msg
+        (out / "runs").unlink()
+        (out / "runs").mkdir()
+        (reply,) = rx.handle(start)  # the sender's resend
+        assert isinstance(decode(reply), Ack) and decode(reply).status == "recorded"
