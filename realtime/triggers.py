@@ -40,7 +40,7 @@ import numpy as np
 
 log = logging.getLogger("b2m.triggers")
 
-__all__ = ["DEFAULT_KEY", "DEFAULT_BAUD", "TRIGGERS_FILE", "RESPONSES_FILE", "TriggerInput", "TriggerLog",
+__all__ = ["DEFAULT_KEY", "DEFAULT_BAUD", "TRIGGERS_FILE", "RESPONSES_FILE", "TriggerInput", "TriggerLog", "open_trigger_out",
            "RunTriggers", "read_triggers", "read_responses", "match_run", "overdue", "describe_triggers"]
 
 #: The character most trigger boxes send (or type) per volume.
@@ -69,6 +69,22 @@ def _baud_constant(baud: int):
         raise ValueError(f"--trigger-baud {baud}: not a serial speed this system knows (e.g. 9600, 19200, 57600, "
                          "115200); use the one the trigger box's manual gives")
     return const
+
+
+def open_trigger_out(path: str) -> int:
+    """The box's end of a serial line, for a stand-in scanner to write its pulses to (``--trigger-out``).
+
+    Raises
+    ------
+    ValueError
+        If it cannot be opened; the message says what to give.
+    """
+    try:
+        return os.open(path, os.O_WRONLY | os.O_NOCTTY)
+    except OSError as e:
+        raise ValueError(f"--trigger-out {path}: cannot open it for writing ({e.strerror}); give one end of a "
+                         "serial line (e.g. a pty pair: socat pty,raw,echo=0,link=/tmp/box "
+                         "pty,raw,echo=0,link=/tmp/port)") from None
 
 
 class TriggerInput:

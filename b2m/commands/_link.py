@@ -19,6 +19,20 @@ def add_sender_args(p) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress line")
 
 
+def add_trigger_out_args(p) -> None:
+    """--trigger-out, --trigger-key and --recon-delay: a stand-in scanner's trigger pulses."""
+    from realtime.triggers import DEFAULT_KEY
+
+    p.add_argument("--trigger-out", metavar="PATH", default=None,
+                   help="also play the scanner's trigger: write --trigger-key to PATH (one end of a serial line, "
+                        "e.g. of `socat pty,raw,echo=0,link=/tmp/box pty,raw,echo=0,link=/tmp/port`) as each "
+                        "volume's acquisition begins; each volume then follows one TR plus --recon-delay later "
+                        "(real time only), for `b2m session --trigger /tmp/port`")
+    p.add_argument("--trigger-key", default=DEFAULT_KEY, help=f"the pulse's character (default {DEFAULT_KEY})")
+    p.add_argument("--recon-delay", type=float, default=0.0, metavar="SECONDS",
+                   help="seconds from the end of a volume's acquisition until it is ready (default 0)")
+
+
 def report_link(console, res, connect: str, resume_hint: str) -> None:
     """On stderr: each rejected message with its field and reason, and what was never acked."""
     for key, field, reason in res.rejected:

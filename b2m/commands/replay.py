@@ -12,7 +12,7 @@ from realtime.scanner.replay import replay_nifti
 
 from ..console import stderr_console
 from ._curve import client_keys
-from ._link import add_sender_args, link_summary, ms_percentile, report_link
+from ._link import add_sender_args, add_trigger_out_args, link_summary, ms_percentile, report_link
 
 
 def add_parser(sub) -> None:
@@ -26,6 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--start", type=int, default=0, help="first volume index to send (default 0)")
     p.add_argument("--stop", type=int, default=None, help="stop before this volume index (default: the end)")
     add_sender_args(p)
+    add_trigger_out_args(p)
     p.set_defaults(func=run)
 
 
@@ -43,9 +44,12 @@ def run(args) -> int:
 
         res = replay_nifti(args.run, args.connect, tr_s=args.tr, speed=speed, run_id=args.run_id,
                            start=args.start, stop=args.stop, resend_timeout_s=args.resend_timeout,
-                           drain_timeout_s=args.drain_timeout, progress=progress, curve=curve)
+                           drain_timeout_s=args.drain_timeout, progress=progress, curve=curve,
+                           trigger_out=args.trigger_out, key=args.trigger_key, recon_delay_s=args.recon_delay)
     summary = {**link_summary(res), "held": res.held, "reconnects": res.reconnects,
                "pacing_error_ms_p99": ms_percentile(res.pacing_error_s, 99)}
+    if args.trigger_out is not None:  # when each pulse went, on this computer's clock (Unix s)
+        summary["pulses_unix"] = res.pulses_unix
     print(json.dumps(summary), file=sys.stdout, flush=True)
     report_link(console, res, args.connect, "Rerun with --start to resume.")
     return 0 if res.all_acked else 1

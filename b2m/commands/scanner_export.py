@@ -8,9 +8,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from realtime.scanner.export import export_run
 from realtime.scanner.pacing import parse_speed
-from realtime.triggers import DEFAULT_KEY
 
 from ..console import stderr_console
+from ._link import add_trigger_out_args
 
 
 def add_parser(sub) -> None:
@@ -24,14 +24,7 @@ def add_parser(sub) -> None:
     p.add_argument("--tr", type=float, default=None, help="TR in seconds (default: the header's pixdim[4])")
     p.add_argument("--speed", default="1", help="1 = real time, N = N times faster, max = as fast as possible")
     p.add_argument("--prefix", default="vol", help="file name prefix (default vol)")
-    p.add_argument("--trigger-out", metavar="PATH", default=None,
-                   help="also play the scanner's trigger: write --trigger-key to PATH (one end of a serial line, "
-                        "e.g. of `socat pty,raw,echo=0,link=/tmp/box pty,raw,echo=0,link=/tmp/port`) as each "
-                        "volume's acquisition begins; each file then follows one TR plus --recon-delay later "
-                        "(real time only)")
-    p.add_argument("--trigger-key", default=DEFAULT_KEY, help=f"the pulse's character (default {DEFAULT_KEY})")
-    p.add_argument("--recon-delay", type=float, default=0.0, metavar="SECONDS",
-                   help="seconds from the end of a volume's acquisition to its file (default 0)")
+    add_trigger_out_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

@@ -22,7 +22,8 @@ import nibabel as nib
 import numpy as np
 
 from ..nifti_io import read_nifti_run
-from .pacing import deadline
+from ..triggers import open_trigger_out
+from .pacing import PULSE, scanner_events
 
 __all__ = ["ExportResult", "export_run"]
 
@@ -41,15 +42,6 @@ class ExportResult:
 
     files: list
     pulses_unix: list = field(default_factory=list)
-
-
-def _open_trigger_out(path: str) -> int:
-    try:
-        return os.open(path, os.O_WRONLY | os.O_NOCTTY)
-    except OSError as e:
-        raise ValueError(f"--trigger-out {path}: cannot open it for writing ({e.strerror}); give one end of a "
-                         "serial line (e.g. a pty pair: socat pty,raw,echo=0,link=/tmp/box "
-                         "pty,raw,echo=0,link=/tmp/port)") from None
 
 
 def export_run(path, folder, *, tr_s: float | None = None, speed: float = 1.0, prefix: str = "vol",
@@ -95,18 +87,15 @@ def export_run(path, folder, *, tr_s: float | None = None, speed: float = 1.0, p
     header.set_xyzt_units("mm", "sec")
     n = run.n_volumes
     out = ExportResult(files=[])
-    fd = _open_trigger_out(trigger_out) if trigger_out is not None else None
-    # every event of the run on the scanner's clock: (time from t0, 0 = a pulse | 1 = a file, volume)
-    lag = (tr if fd is not None else 0.0) + recon_delay_s
-    events = sorted([(deadline(0.0, k, tr, speed) + lag, 1, k) for k in range(n)]
-                    + ([(k * tr, 0, k) for k in range(n)] if fd is not None else []))
+    fd = open_trigger_out(trigger_out) if trigger_out is not None else None
+    events = scanner_events(n, tr, speed, trigger=fd is not None, recon_delay_s=recon_delay_s)
     t0 = time.monotonic()
     try:
         for due, kind, k in events:
             wait = t0 + due - time.monotonic()
             if wait > 0:
                 time.sleep(wait)  # the scanner's clock: nothing else to service here
-            if kind == 0:
+            if kind == PULSE:
                 out.pulses_unix.append(time.time())  # as the pulse leaves: it cannot be read before this
                 os.write(fd, key.encode())
                 continue

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["parse_speed", "deadline"]
+__all__ = ["parse_speed", "deadline", "scanner_events"]
+
+PULSE, VOLUME = 0, 1  # the kinds of :func:`scanner_events`
 
 
 def parse_speed(text: str | float) -> float:
@@ -35,3 +37,19 @@ def deadline(t0: float, k: int, tr_s: float, speed: float) -> float:
     if math.isinf(speed):
         return t0
     return t0 + k * tr_s / speed
+
+
+def scanner_events(n: int, tr_s: float, speed: float, *, trigger: bool, recon_delay_s: float = 0.0) -> list:
+    """A run's events as a scanner makes them: ``(seconds from the start, kind, volume k)``, in time order.
+
+    Without a trigger, volume ``k`` is ready at ``k * TR / speed`` plus the
+    reconstruction delay. With one (real time only), volume ``k``'s pulse
+    (:data:`PULSE`) is at ``k * TR``, as its acquisition begins, and the
+    volume (:data:`VOLUME`) is ready when the acquisition has ended and been
+    reconstructed: ``(k + 1) * TR + recon_delay_s``.
+    """
+    lag = (tr_s if trigger else 0.0) + recon_delay_s
+    events = [(deadline(0.0, k, tr_s, speed) + lag, VOLUME, k) for k in range(n)]
+    if trigger:
+        events += [(k * tr_s, PULSE, k) for k in range(n)]
+    return sorted(events)

@@ -15,7 +15,8 @@ from protocols.wire import RunEnd, RunStart, VolumeMessage
 from ..nifti_io import read_nifti_run
 from ..sender import ReliableSender
 from ..transport import DEFAULT_ENDPOINT
-from .pacing import deadline
+from ..triggers import open_trigger_out
+from .pacing import PULSE, scanner_events
 
 __all__ = ["ReplayResult", "replay_nifti", "default_run_id"]
 
@@ -33,6 +34,8 @@ class ReplayResult:
     pacing_error_s : ndarray of shape (n_sent,)
         Actual first-send time minus its deadline, in seconds (>= 0 up to clock
         resolution; 0 at ``speed=max``).
+    pulses_unix : list of float
+        With a trigger output: when each pulse was written (Unix s, just before the write).
     latency_s : ndarray of shape (n_acked_volumes,)
         Send -> ack time of each volume, in seconds.
     """
@@ -48,6 +51,7 @@ class ReplayResult:
     pacing_error_s: np.ndarray = field(repr=False)
     latency_s: np.ndarray = field(repr=False)
     wall_s: float = 0.0
+    pulses_unix: list = field(default_factory=list, repr=False)  # trigger pulses written (Unix s)
 
 
 def default_run_id(path: str) -> str:
@@ -63,7 +67,8 @@ def default_run_id(path: str) -> str:
 def replay_nifti(path, endpoint: str = DEFAULT_ENDPOINT, *, tr_s: float | None = None,
                  speed: float = 1.0, run_id: str | None = None, start: int = 0, stop: int | None = None,
                  resend_timeout_s: float = 1.0, window: int = 64, drain_timeout_s: float = 60.0,
-                 progress=None, curve=None) -> ReplayResult:
+                 progress=None, curve=None, trigger_out: str | None = None, key: str = "5",
+                 recon_delay_s: float = 0.0) -> ReplayResult:
     """Stream volumes ``start..stop-1`` of a 4-D NIfTI to a receiver.
 
     Parameters
@@ -83,6 +88,14 @@ def replay_nifti(path, endpoint: str = DEFAULT_ENDPOINT, *, tr_s: float | None =
         Called as ``progress(k, n, lag_s, n_unacked)`` after each send and at the end.
     curve : realtime.transport.CurveClient, optional
         CURVE keys, for a receiver that requires them.
+    trigger_out : str, optional
+        Play the scanner's trigger too: write ``key`` here as each volume's
+        acquisition begins (real time only); volume ``k``'s pulse is then at
+        ``k * TR`` and it is sent at ``(k + 1) * TR + recon_delay_s``
+        (:func:`.pacing.scanner_events`), stamped as acquired at the end of
+        its acquisition.
+    recon_delay_s : float
+        Seconds from the end of a volume's acquisition until it is sent.
 
     Raises
     ------
@@ -100,9 +113,30 @@ def replay_nifti(path, endpoint: str = DEFAULT_ENDPOINT, *, tr_s: float | None =
     if not 0 <= start < stop <= n_total:
         raise ValueError(f"volume range [{start}, {stop}) is outside the run's 0..{n_total}")
     run_id = run_id or default_run_id(run.path)
+    if recon_delay_s < 0 or not math.isfinite(recon_delay_s):
+        raise ValueError(f"--recon-delay must be 0 or more seconds, got {recon_delay_s}")
+    if trigger_out is not None and speed != 1.0:
+        raise ValueError("--trigger-out plays the scanner's pulses in real time: use --speed 1 (a shorter --tr "
+                         "makes a quicker run)")
     n = stop - start
     pacing = np.zeros(n)
-    with ReliableSender(endpoint, resend_timeout_s=resend_timeout_s, window=window, curve=curve) as sender:
+    fd = open_trigger_out(trigger_out) if trigger_out is not None else None
+    pulses: list[float] = []
+    try:
+        return _send_run(run, ReliableSender(endpoint, resend_timeout_s=resend_timeout_s, window=window,
+                                             curve=curve), run_id, tr_s, speed, start, stop, pacing, progress,
+                         drain_timeout_s, pulses, fd, key, recon_delay_s)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _send_run(run, link: ReliableSender, run_id: str, tr_s: float, speed: float, start: int, stop: int,
+              pacing: np.ndarray, progress, drain_timeout_s: float, pulses: list, fd, key: str,
+              recon_delay_s: float) -> ReplayResult:
+    """The replay proper: ``link`` sends volumes ``start..stop-1`` (and ``fd`` gets the pulses) on schedule."""
+    n_total, n = run.n_volumes, stop - start
+    with link as sender:
         sender.send(RunStart(run_id=run_id, tr_s=tr_s, n_volumes=n_total, shape=run.data.shape[:3],
                              dtype=run.data.dtype.str, affine=run.affine,
                              meta={"source": "replay", "file": os.path.basename(run.path),
@@ -110,12 +144,17 @@ def replay_nifti(path, endpoint: str = DEFAULT_ENDPOINT, *, tr_s: float | None =
                                    "scl_slope": run.scl_slope, "scl_inter": run.scl_inter}))
         t0 = time.monotonic()
         wall0 = time.time()
-        for k in range(n):
-            due = deadline(t0, k, tr_s, speed)
+        for at, kind, k in scanner_events(n, tr_s, speed, trigger=fd is not None, recon_delay_s=recon_delay_s):
+            due = t0 + at
             sender.wait_until(due)
+            if kind == PULSE:
+                pulses.append(time.time())  # as the pulse leaves: it cannot be read before this
+                os.write(fd, key.encode())
+                continue
             vol = run.data[..., start + k]
             now = time.monotonic()
-            t_acq = wall0 + (due - t0) if not math.isinf(speed) else time.time()
+            # acquired when its acquisition ended, before the reconstruction
+            t_acq = wall0 + (at - recon_delay_s) if not math.isinf(speed) else time.time()
             sender.send(VolumeMessage(run_id=run_id, index=start + k, data=vol, affine=run.affine,
                                       tr_s=tr_s, n_volumes=n_total, t_acquired=t_acq))
             pacing[k] = now - due
@@ -130,4 +169,4 @@ def replay_nifti(path, endpoint: str = DEFAULT_ENDPOINT, *, tr_s: float | None =
         return ReplayResult(run_id=run_id, n_sent=n, all_acked=ok and not st.rejected, resent=st.resent, held=st.held,
                             reconnects=st.reconnects, rejected=list(st.rejected),
                             unacked=sorted(k for k in sender.pending), pacing_error_s=pacing,
-                            latency_s=st.volume_latencies_s(), wall_s=time.monotonic() - t0)
+                            latency_s=st.volume_latencies_s(), wall_s=time.monotonic() - t0, pulses_unix=pulses)

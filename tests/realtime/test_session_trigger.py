@@ -138,3 +138,33 @@ def test_a_missing_trigger_port_stops_the_session_before_it_starts(kit, b2m_proc
                  "--trigger", "/dev/ttyUSB97", name="session")
     assert p.wait(60) == 2
     assert "--trigger /dev/ttyUSB97: no such device or file; is the trigger box plugged in?" in p.stderr()
+
+
+@pytest.mark.timeout(180)
+def test_a_replay_plays_the_trigger_too(kit, b2m_proc, endpoint, tmp_path, serial_line):
+    """``b2m scanner replay --trigger-out``: the rehearsal of a session with its trigger. Each volume is sent a
+    TR plus the reconstruction delay after its pulse, stamped as acquired at the end of its acquisition; the
+    session finds the run's start at the first pulse written, and the same start from the stamps."""
+    box, port = serial_line
+    n, tr = 10, 0.5
+    out = tmp_path / "session"
+    sess = b2m_proc("session", "--model", kit.bundle, "--library", kit.library, "--out", out, "--bind", endpoint,
+                    "--audio", f"wav:{out}/feedback.wav", "--results", "none", "--no-dashboard", "--trigger", port,
+                    name="session")
+    sess.wait_for("ready", timeout=60)
+    tx = b2m_proc("scanner", "replay", _short_run(kit, tmp_path, n), "--connect", endpoint, "--tr", tr,
+                  "--run-id", "rehearsal", "--trigger-out", box, "--recon-delay", RECON_S, "--quiet", name="replay")
+    assert tx.wait(60) == 0, tx.stderr()
+    written = np.array(json.loads(tx.stdout().strip().splitlines()[-1])["pulses_unix"])
+    assert written.size == n
+    sess.kill(signal.SIGTERM)
+    assert sess.p.returncode == 0, sess.stderr()
+    m = json.loads((out / "summary.json").read_text())["triggers"]["runs"]["rehearsal"]
+    assert m["matched"] == n and m["start_unix"] - written[0] == pytest.approx(0.0, abs=0.01), m
+    assert RECON_S <= m["delay_ms"]["p50"] / 1e3 < RECON_S + 0.2, m["delay_ms"]
+    ds = read_decisions(decisions_path(str(out), "rehearsal"))
+    from_stamps = min(d["timestamps"]["acquired"] - (d["index"] + 1) * tr for d in ds)
+    assert from_stamps - written[0] == pytest.approx(0.0, abs=0.01)  # a replay stamps the acquisition's end
+    bad = b2m_proc("scanner", "replay", _short_run(kit, tmp_path, n), "--connect", endpoint, "--speed", "2",
+                   "--trigger-out", box, "--quiet", name="replay-fast")
+    assert bad.wait(30) == 2 and "--trigger-out plays the scanner's pulses in real time" in bad.stderr()

@@ -241,3 +241,15 @@ def test_a_trigger_box_unplugged_and_plugged_back_is_read_again(tmp_path, caplog
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "closed after 1 pulses" in said and f"the trigger input {port} is back after" in said
     assert read_triggers(tmp_path).size == 2
+
+
+def test_a_scanners_events_in_time_order():
+    """:func:`scanner_events`: with a trigger, volume k's pulse at k TR and the volume at (k + 1) TR + the
+    reconstruction delay; without, the volume at k TR / speed + the delay."""
+    from realtime.scanner.pacing import PULSE, VOLUME, scanner_events
+
+    ev = scanner_events(3, 2.0, 1.0, trigger=True, recon_delay_s=0.5)
+    assert ev == [(0.0, PULSE, 0), (2.0, PULSE, 1), (2.5, VOLUME, 0), (4.0, PULSE, 2), (4.5, VOLUME, 1),
+                  (6.5, VOLUME, 2)]
+    assert scanner_events(3, 2.0, 4.0, trigger=False) == [(0.0, VOLUME, 0), (0.5, VOLUME, 1), (1.0, VOLUME, 2)]
+    assert [e[0] for e in scanner_events(2, 2.0, float("inf"), trigger=False, recon_delay_s=0.1)] == [0.1, 0.1]
