@@ -34,6 +34,7 @@ import select
 import stat
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -299,7 +300,8 @@ class TriggerLog:
         return self
 
     def _loop(self) -> None:
-        with open(self.path, "a", buffering=1) as f, open(self.responses_path, "a", buffering=1) as g:
+        buttons = open(self.responses_path, "a", buffering=1) if self.trigger.buttons else nullcontext()
+        with open(self.path, "a", buffering=1) as f, buttons as g:
             while not self._stop.is_set():
                 pulses = self.trigger.read(0.05)
                 self.times.extend(pulses)

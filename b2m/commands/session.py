@@ -491,7 +491,8 @@ def run_export(args) -> int:
 
     protocol = Protocol.of_session(info)
     res = export_bids(args.session, args.bids, args.subject, session=args.ses, task=args.task, library=library,
-                      mode=info.get("mode", "retrieval"), runs=runs, events=events, protocol=protocol)
+                      mode=info.get("mode", "retrieval"), runs=runs, events=events, protocol=protocol,
+                      trigger_dummies=int((info.get("trigger") or {}).get("dummies") or 0))
     for run_id, number in res["runs"].items():
         print(f"{run_id}\trun-{number:02d}")
     for path in res["written"]:

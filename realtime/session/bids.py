@@ -73,7 +73,6 @@ from protocols.session import SessionRecord
 from ..nifti_io import export_run_nifti, run_export_args
 from ..triggers import RunTriggers, match_run, read_responses, read_triggers
 from .decisions import decisions_path, read_decisions
-from .replay import read_session_info
 from .yoked import read_yoked
 
 log = logging.getLogger("b2m.session")
@@ -294,14 +293,6 @@ def write_decoded_timeseries(stem: str, decisions: list[dict]) -> list[str]:
     return [path, side]
 
 
-def _trigger_dummies(session_dir: str) -> int:
-    """``--trigger-dummies`` of the session that recorded ``session_dir`` (0 if it gave none, or is no session)."""
-    try:
-        return int((read_session_info(session_dir).get("trigger") or {}).get("dummies") or 0)
-    except (OSError, ValueError):
-        return 0
-
-
 def _write_events(path: str, rows: list[dict]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
@@ -416,7 +407,7 @@ def _check_label(name: str, value: str | None) -> None:
 
 def export_bids(session_dir, out_dir, subject: str, *, session: str | None = None, task: str = "neurofeedback",
                 library=None, samplerate: int = 48000, mode: str = "retrieval", runs: list[str] | None = None,
-                events: dict[str, str] | None = None, protocol=None) -> dict:
+                events: dict[str, str] | None = None, protocol=None, trigger_dummies: int = 0) -> dict:
     """Write a session record's complete runs, with the music heard, as a BIDS dataset.
 
     Parameters
@@ -442,6 +433,9 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
         music of its decisions (``b2m present``'s record of a listening run).
     protocol : realtime.session.protocol.Protocol, optional
         The session's block design: its blocks are rows too (:func:`block_events`).
+    trigger_dummies : int
+        The session's ``--trigger-dummies``: pulses before each run's first
+        volume, skipped when its pulses are found (:func:`run_triggers`).
 
     Returns
     -------
@@ -478,7 +472,6 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
     yoked = read_yoked(session_dir)  # a sham session (b2m session --yoked-from), or None
     pulses = read_triggers(session_dir)  # the scanner's trigger, if the session read it (b2m session --trigger)
     presses = read_responses(session_dir)  # the participant's buttons on the same input (--response-keys)
-    dummies = _trigger_dummies(session_dir)
     number = 0
     begun: list[dict] = []  # every sound begun so far, on its clock: the runs before go on sounding
     todo = []
@@ -524,7 +517,7 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
         offset = run_clock_offset(decisions or [])
         if offset is not None:  # the events' onsets are placed with it (the scanner side's clock onto the session's)
             meta["b2m_clock_offset_s"] = offset
-        trig = run_triggers(run, pulses, dummies) if pulses is not None else None
+        trig = run_triggers(run, pulses, trigger_dummies) if pulses is not None else None
         trigger_start = trig.start if trig is not None else None
         if trig is not None:
             meta["b2m_trigger"] = trig.to_dict()

@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 
-from ..clocks import CLOCK_WARN_S, describe_offset
 from .alerts import standing_alerts, trigger_status
 
 __all__ = ["Dashboard"]
@@ -74,10 +73,6 @@ class Dashboard:
             lag = time.time() - r.timestamps.get("acquired", time.time()) if r.timestamps.get("acquired") else None
             head.add_row("run / volume", f"{r.run_id} / {r.index}  (decodes moment {r.decoded_index})")
             head.add_row("lag behind scanner", f"{lag:.2f} s" if lag is not None else "n/a (no acquisition time)")
-            off = (st.get("clock_offset_s") or {}).get(r.run_id, {}).get("offset_s")
-            if off is not None and abs(off) >= CLOCK_WARN_S:  # the lag above is already corrected for it
-                head.add_row("scanner clock", f"[yellow]{describe_offset(off, 'its clock')}: corrected; "
-                             "synchronise the clocks[/yellow]")
             if self.triggers is not None:
                 text, alert = trigger_status(self.triggers, e, r.run_id)
                 head.add_row("scanner trigger", f"[yellow]{text}[/yellow]" if alert else text)

@@ -52,18 +52,20 @@ class DecisionLog:
         was_held = bool(self._held)
         self._held.append((header, payload))
         try:
-            while self._held:
-                self._log.append(*self._held[0])
-                self._held.pop(0)
+            self._flush()
         except OSError:
             if not was_held:  # the first refusal of a spell: the caller says so once
                 raise
 
+    def _flush(self) -> None:
+        """Write what is held, in order; an ``OSError`` leaves the rest held."""
+        while self._held:
+            self._log.append(*self._held[0])
+            self._held.pop(0)
+
     def close(self) -> None:
         try:
-            while self._held:  # a last try for what the disk refused
-                self._log.append(*self._held[0])
-                self._held.pop(0)
+            self._flush()  # a last try for what the disk refused
         except OSError:
             pass
         self._log.close()
