@@ -19,8 +19,8 @@ from realtime.transport import TransportError
 
 from .config import CONFIG_ENV, ConfigError, apply_config, command_path
 from .console import stderr_console
-from .commands import demo, group, keys, library, monitor, present, receive, replay, scanner_export, session, \
-    simulate, study, train, watch
+from .commands import control, demo, group, keys, library, monitor, present, receive, replay, scanner_export, \
+    session, simulate, study, train, watch
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_parser(sub)
     session.add_parser(sub)
     monitor.add_parser(sub)
+    control.add_parser(sub)
     study.add_parser(sub)
     present.add_parser(sub)
     library.add_parser(sub)

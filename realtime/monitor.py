@@ -14,7 +14,19 @@ machine that can reach it, subscribes to that stream and serves one web page:
 
 It only reads the stream, so it cannot slow the session, and it shows
 nothing the results do not hold: a blinded operator sees no condition here
-either. A message that is not a result is counted and shown, never fatal.
+either.
+
+With the session's ``--control`` endpoint (:mod:`realtime.monitor_control`), the page
+also shows the sound (muted, or the level) and the operator's buttons: Mute,
+Unmute, Level -3 dB and +3 dB, plain HTML forms that POST to ``/control``;
+the monitor forwards each as an operator command (``source`` ``monitor``,
+:mod:`protocols.operator`) and redirects back to the page. A refused command
+or a session that does not answer is shown on the page; a POST from another
+site (its ``Origin`` or ``Referer`` not this page's ``Host``) is refused with
+403. The sound's state is asked for (``status``) at most once a second, when
+the page or ``/state.json`` is requested.
+
+A message that is not a result is counted and shown, never fatal.
 Results published before the monitor connected are not seen (PUB/SUB);
 the session's own record has them all.
 """
@@ -32,13 +44,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import zmq
 
+from protocols.errors import MessageError
 from protocols.wire import Result, decode
 
+from .monitor_control import MAX_FORM_BYTES, ControlLink, cross_site, parse_form, render_sound
 from .results import latency_summary
 
 log = logging.getLogger("b2m.monitor")
 
-__all__ = ["MonitorState", "ResultsSubscriber", "MonitorServer", "render_panel"]
+__all__ = ["MonitorState", "ResultsSubscriber", "ControlLink", "MonitorServer", "render_panel"]
 
 KEPT = 2000  # results held per run (about 50 min at TR 1.5 s)
 STAGES = ("preprocessed", "decoded", "decided", "audio_scheduled", "total")
@@ -163,13 +177,17 @@ class ResultsSubscriber:
 _PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>b2m monitor</title>
 <style>body{{font-family:sans-serif;margin:1em 2em;color:#222}}th{{text-align:left;padding:2px 14px 2px 0;
 font-weight:normal;color:#555}}td{{padding:2px 10px 2px 0}}.bad{{color:#b00;font-weight:bold}}
-h2{{font-size:1.05em;margin:1em 0 .3em}}svg{{background:#fafafa;border:1px solid #ddd}}</style></head>
-<body><h1>b2m session monitor</h1><p>results from <code>{endpoint}</code>; refreshed every second</p>
+h2{{font-size:1.05em;margin:1em 0 .3em}}svg{{background:#fafafa;border:1px solid #ddd}}
+.controls form{{display:inline;margin-right:.5em}}.controls button{{font-size:1.05em;padding:.3em .9em}}
+.old{{color:#777}}</style></head>
+<body><h1>b2m session monitor</h1><p>results from <code>{endpoint}</code>{control}; refreshed every second</p>
 <div id="panel">{panel}</div>
-<script>setInterval(async () => {{ try {{ const r = await fetch("panel", {{cache: "no-store"}});
+<script>setInterval(async () => {{ if (document.querySelector("#panel .controls:hover")) return;
+try {{ const r = await fetch("panel", {{cache: "no-store"}});
 document.getElementById("panel").innerHTML = await r.text(); }} catch (e) {{
 document.getElementById("panel").insertAdjacentHTML("afterbegin",
 "<p class=bad>the monitor itself does not answer</p>"); }} }}, 1000);</script></body></html>"""
+# (the panel is not replaced under the pointer on the buttons: a click is not lost to a refresh)
 
 
 def _colour(clip: str | None) -> str:
@@ -222,7 +240,7 @@ def render_panel(snap: dict, fd_threshold_mm: float = 0.5, stale_s: float = 10.0
     """The panel of :func:`MonitorState.snapshot` as HTML (tables and inline SVG)."""
     e = html.escape
     c, last = snap["counts"], snap["last"]
-    out = []
+    out = [render_sound(snap)] if snap.get("control") else []
     if last is None:
         out.append(f"<p>waiting for the first result from <code>{e(snap['endpoint'])}</code> ...</p>")
     else:
@@ -267,18 +285,28 @@ def render_panel(snap: dict, fd_threshold_mm: float = 0.5, stale_s: float = 10.0
 
 
 class MonitorServer:
-    """The web page over HTTP, in its own threads (``port`` 0: any free port; see :attr:`url`)."""
+    """The web page over HTTP, in its own threads (``port`` 0: any free port; see :attr:`url`).
+
+    ``control``: a :class:`ControlLink` for the buttons (None: the page is read-only, POST /control 404).
+    """
 
     def __init__(self, state: MonitorState, host: str = "127.0.0.1", port: int = 8080,
-                 fd_threshold_mm: float = 0.5):
+                 fd_threshold_mm: float = 0.5, control: ControlLink | None = None):
         monitor = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (http.server's name)
                 path = self.path.split("?", 1)[0]
-                snap = state.snapshot()
+                if path == "/control":
+                    self._reply(405, "/control takes the buttons' POST; the page is /", Allow="POST")
+                    return
+                if monitor.control is not None and path in ("/", "/panel", "/state.json"):
+                    monitor.control.poll()
+                snap = monitor.snapshot()
                 if path == "/":
-                    body, kind = _PAGE.format(endpoint=html.escape(state.endpoint),
+                    ctl = "" if monitor.control is None else \
+                        f"; operator control on <code>{html.escape(monitor.control.endpoint)}</code>"
+                    body, kind = _PAGE.format(endpoint=html.escape(state.endpoint), control=ctl,
                                               panel=render_panel(snap, monitor.fd_threshold_mm)), "text/html"
                 elif path == "/panel":
                     body, kind = render_panel(snap, monitor.fd_threshold_mm), "text/html"
@@ -287,24 +315,76 @@ class MonitorServer:
                 else:
                     self.send_error(404, "the monitor serves /, /panel and /state.json")
                     return
+                self._reply(200, body, kind)
+
+            def do_POST(self):  # noqa: N802
+                try:
+                    self._post()
+                except Exception as e:  # a bug here: logged; the browser gets a line, never a stack trace
+                    log.exception("POST %s failed", self.path)
+                    try:
+                        self._reply(500, f"the monitor could not take this command ({type(e).__name__}: {e})")
+                    except OSError:
+                        pass
+
+            def _post(self):
+                length = self.headers.get("Content-Length")
+                if length is None or not length.strip().isdigit():
+                    self._reply(400, f"Content-Length: a form's length in bytes is needed; got {length!r}")
+                    return
+                if int(length) > MAX_FORM_BYTES:
+                    self._reply(413, f"Content-Length: a button's form is at most {MAX_FORM_BYTES} bytes; "
+                                     f"got {int(length)}")
+                    return
+                body = self.rfile.read(int(length))  # read before any answer: an unread body can reset it
+                if self.path.split("?", 1)[0] != "/control":
+                    self._reply(404, "the monitor takes POST on /control only")
+                    return
+                why = cross_site(self.headers)
+                if why:
+                    log.warning("%s from %s", why, self.address_string())
+                    self._reply(403, why)
+                    return
+                if monitor.control is None:
+                    self._reply(404, "the monitor was started without --control: its page is read-only (start "
+                                     "it with --control ENDPOINT, the session's, for the mute and level buttons)")
+                    return
+                try:
+                    cmd = parse_form(self.headers, body)
+                except MessageError as e:
+                    self._reply(400, f"malformed command: {e}")
+                    return
+                monitor.control.command(cmd)  # refused or unanswered: kept, and shown on the page
+                self._reply(303, "see /", Location="/")
+
+            def _reply(self, code: int, body: str, kind: str = "text/plain", **headers):
                 data = body.encode("utf-8")
-                self.send_response(200)
+                self.send_response(code)
                 self.send_header("Content-Type", f"{kind}; charset=utf-8")
                 self.send_header("Content-Length", str(len(data)))
                 self.send_header("Cache-Control", "no-store")
+                for k, v in headers.items():
+                    self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(data)
 
             def log_message(self, fmt, *args):  # requests are not news; errors still go to the log
                 log.debug("%s " + fmt, self.address_string(), *args)
 
-        self.fd_threshold_mm = fd_threshold_mm
+        self.state, self.fd_threshold_mm, self.control = state, fd_threshold_mm, control
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self.host, self.port = self.httpd.server_address[:2]
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{self.port}/"
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="b2m-monitor-http", daemon=True)
         self._thread.start()
+
+    def snapshot(self) -> dict:
+        """The state of ``/state.json``: the results' (:meth:`MonitorState.snapshot`), ``sound`` and ``control``
+        (:meth:`ControlLink.snapshot`; both None without it)."""
+        snap = self.state.snapshot()
+        snap.update(self.control.snapshot() if self.control is not None else {"sound": None, "control": None})
+        return snap
 
     def close(self) -> None:
         self.httpd.shutdown()

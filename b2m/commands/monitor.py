@@ -16,9 +16,15 @@ def add_parser(sub) -> None:
     p = sub.add_parser("monitor", help="a web page of a running session (from its --results stream)",
                        description="Subscribe to a session's results stream and serve a web page of it: run and "
                                    "volume, what plays, the run's clip timeline, head motion, latency per stage. "
-                                   "Open the printed address in a browser; the page refreshes itself.")
+                                   "Open the printed address in a browser; the page refreshes itself. With "
+                                   "--control, the page also shows the sound and has the operator's buttons (mute, "
+                                   "unmute, level -3/+3 dB).")
     p.add_argument("--results", default=DEFAULT_RESULTS,
                    help=f"the session's --results endpoint (default {DEFAULT_RESULTS})")
+    p.add_argument("--control", default=None, metavar="ENDPOINT",
+                   help="the session's --control endpoint (e.g. tcp://SESSION-HOST:5557): show the sound and the "
+                        "mute and level buttons, forwarded as `b2m control` would (same CURVE keys as --results). "
+                        "Default: none, the page is read-only")
     p.add_argument("--http", default="127.0.0.1:8080", metavar="HOST:PORT",
                    help="where to serve the page (default 127.0.0.1:8080; port 0: any free port)")
     p.add_argument("--fd-threshold", type=float, default=0.5, help="FD line drawn on the motion trace, mm "
@@ -37,7 +43,7 @@ def _host_port(text: str) -> tuple[str, int]:
 
 
 def run(args) -> int:
-    from realtime.monitor import MonitorServer, MonitorState, ResultsSubscriber
+    from realtime.monitor import ControlLink, MonitorServer, MonitorState, ResultsSubscriber
 
     host, port = _host_port(args.http)
     if not (host == "localhost" or _is_loopback_ip(host) or args.insecure):
@@ -45,13 +51,14 @@ def run(args) -> int:
                          "with no login; serve it on 127.0.0.1 (and use an SSH tunnel), or pass --insecure on a "
                          "private network")
     curve = client_keys(args)
+    control = ControlLink(args.control, curve=curve) if args.control not in (None, "", "none") else None
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     signal.signal(signal.SIGINT, lambda *a: stop.set())
     state = MonitorState(args.results)
     sub = ResultsSubscriber(args.results, state, curve=curve).start()
     try:
-        server = MonitorServer(state, host, port, fd_threshold_mm=args.fd_threshold)
+        server = MonitorServer(state, host, port, fd_threshold_mm=args.fd_threshold, control=control)
     except OSError as e:
         sub.close()
         raise OSError(f"--http {args.http}: cannot serve there ({e.strerror or e}); choose another port") from None
@@ -63,7 +70,9 @@ def run(args) -> int:
         server.close()
         sub.close()
     c = state.counts
-    print(f"monitor: {c['results']} results seen, {c['bad_messages']} messages that were not results")
+    print(f"monitor: {c['results']} results seen, {c['bad_messages']} messages that were not results"
+          + ("" if control is None else f"; {control.sent} operator command(s) forwarded, {control.refused} "
+                                        f"refused, {control.failed} exchange(s) unanswered"))
     return 0
 
 

@@ -14,6 +14,7 @@ import threading
 from realtime.triggers import DEFAULT_KEY
 
 from ._curve import add_server_args, server_keys
+from .control import DEFAULT_CONTROL
 
 log = logging.getLogger("b2m.session")
 
@@ -85,6 +86,10 @@ def add_parser(sub) -> None:
     p.add_argument("--participant", metavar="ID", help="with --allocation: this participant's participant_id")
     p.add_argument("--results", default=DEFAULT_RESULTS, help=f"ZeroMQ PUB endpoint for per-TR results "
                    f"(default {DEFAULT_RESULTS}; 'none' to disable)")
+    p.add_argument("--control", default=DEFAULT_CONTROL, metavar="ENDPOINT",
+                   help=f"where the operator mutes, unmutes and sets the level (`b2m control mute`, the monitor's "
+                        f"buttons; default {DEFAULT_CONTROL}, or any free port if another session holds it; "
+                        "'none' to disable). Every change is kept in SESSION/operator.tsv")
     p.add_argument("--pyneal-port", type=int, default=None,
                    help="also serve Pyneal-style results on this TCP port (0: any free port)")
     p.add_argument("--runs", type=int, default=None, help="stop after this many runs have ended (default: run "
@@ -179,7 +184,8 @@ def run_check(args) -> int:
                        curve=server_keys(args), mode=args.mode, segment_bars=args.segment_bars,
                        yoked_from=args.yoked_from, blind=args.blind, protocol=args.protocol,
                        level_dbfs=args.level_dbfs, trigger=args.trigger, trigger_key=args.trigger_key,
-                       trigger_baud=args.trigger_baud, out=args.out)
+                       trigger_baud=args.trigger_baud, out=args.out, control=args.control,
+                       control_fallback=args.control == DEFAULT_CONTROL)
     print(format_checks(checks))
     failed = [c.name for c in checks if not c.ok]
     print(f"{len(checks) - len(failed)} of {len(checks)} checks passed"
@@ -269,7 +275,7 @@ def run_live(args) -> int:
         if args.runs is not None and len(ended) >= args.runs:
             stop.set()
 
-    publisher = pyneal = dashboard = None
+    publisher = pyneal = dashboard = control = None
     not_recorded = 0
     try:
         output.start()
@@ -289,7 +295,12 @@ def run_live(args) -> int:
             caught = engine.resume(recorded_volumes(args.out), ended_runs, logged=recorded)
             log.info("continuing the session in %s: state rebuilt from %d recorded volumes of %s",
                      args.out, caught["volumes"], ", ".join(caught["runs"]) or "no open run")
+        from realtime.session.operator import OperatorControl
+
+        operator = OperatorControl(engine, args.out, level_dbfs=args.level_dbfs)
+        control = _control_server(args, operator, curve)
         info = session_info(engine, args.model, args.library, args.audio)
+        info["control"] = control.endpoint if control is not None else None
         info["protocol"] = protocol.to_dict() if protocol is not None else None
         info["trigger"] = ({"input": args.trigger, "key": args.trigger_key, "dummies": args.trigger_dummies,
                             "response_keys": args.response_keys} if triggers is not None else None)
@@ -300,14 +311,15 @@ def run_live(args) -> int:
                       on_volume=engine.on_volume, on_run_complete=run_over, on_run_gaps=run_over) as rx:
             from realtime.session.alerts import standing_alerts
 
-            engine.alerts = lambda: standing_alerts(engine, rx, triggers)  # in every result: the monitor shows them
+            # in every result: the monitor shows them
+            engine.alerts = lambda: standing_alerts(engine, rx, triggers, operator)
             if triggers is not None:
                 triggers.start()
                 print(f"trigger\t{args.trigger}\tkey {args.trigger_key!r}", file=sys.stderr, flush=True)
             print(f"ready\t{rx.endpoint}", file=sys.stderr, flush=True)
             if not args.no_dashboard:
                 dashboard = Dashboard(engine, rx, engine.preprocess.motion_config.fd_threshold_mm,
-                                      blind=args.blind, triggers=triggers).start()
+                                      blind=args.blind, triggers=triggers, operator=operator).start()
             rx.serve(stop, idle=engine.keep_playing)  # generated music goes on between runs
             rx.wait_exports()
             not_recorded = rx.stats.not_recorded
@@ -320,7 +332,7 @@ def run_live(args) -> int:
             dashboard.stop()
         if triggers is not None:
             triggers.stop()
-        for part in (publisher, pyneal):
+        for part in (control, publisher, pyneal):
             if part is not None:
                 part.close()
         for part in parts:
@@ -339,6 +351,11 @@ def run_live(args) -> int:
 
         summary["yoked"]["own_agreement"] = own_agreement(args.out)
     summary["not_recorded"] = not_recorded  # messages the disk refused at least once (each sent again)
+    summary["operator"] = operator.summary() if control is not None or operator.history else None
+    if summary["operator"] and summary["operator"]["changes"]:
+        from realtime.session.operator import describe_changes
+
+        print(f"operator\t{describe_changes(summary['operator'])}", file=sys.stderr, flush=True)
     written = True
     try:
         with open(os.path.join(args.out, "summary.json"), "w") as f:
@@ -369,6 +386,24 @@ def run_live(args) -> int:
         print(f"disk: {not_recorded} message(s) could not be recorded when they came (sent again by the scanner "
               f"side; the record holds every volume acked): check the disk of {args.out}", file=sys.stderr)
     return 0 if written else 1
+
+
+def _control_server(args, operator, curve):
+    """The operator's control socket (None for --control none); the default port, if taken, moves to a free one."""
+    from realtime.session.operator import ControlServer
+
+    if args.control in (None, "", "none"):
+        return None
+    try:
+        server = ControlServer(operator, args.control, insecure=args.insecure, curve=curve)
+    except ValueError:
+        if args.control != DEFAULT_CONTROL:
+            raise
+        server = ControlServer(operator, DEFAULT_CONTROL.rsplit(":", 1)[0] + ":*", curve=curve)
+        log.warning("%s is taken (another session?): the operator's control is on %s (b2m control --connect %s)",
+                    DEFAULT_CONTROL, server.endpoint, server.endpoint)
+    print(f"control\t{server.endpoint}", file=sys.stderr, flush=True)
+    return server.start()
 
 
 def _trigger_summary(args, triggers) -> dict | None:

@@ -25,6 +25,14 @@ class _OutputAPI:
         """See :meth:`Mixer.schedule_stop`."""
         return self.mixer.schedule_stop(at_frame, fade_frames)
 
+    def schedule_gain(self, at_frame: int, gain: float, ramp_frames: int = 0) -> int:
+        """See :meth:`Mixer.schedule_gain`."""
+        return self.mixer.schedule_gain(at_frame, gain, ramp_frames)
+
+    def current_gain(self) -> float:
+        """See :meth:`Mixer.current_gain`."""
+        return self.mixer.current_gain()
+
     def next_beat_frame(self, after_frame: int, every: int = 1) -> int | None:
         """See :meth:`Mixer.next_beat_frame`."""
         return self.mixer.next_beat_frame(after_frame, every)

@@ -8,6 +8,9 @@ counters, ``written`` (advanced only by the producer) and ``read`` (advanced
 only by the consumer):
 
 - ``commands`` (control -> audio): scheduled switches and stops;
+- ``gains`` (control -> audio): the master gain's ramps (the operator's mute and
+  level, :meth:`Mixer.schedule_gain`), a ring of its own because they come
+  "now", while switches are scheduled ahead on the next bar;
 - ``retired`` (audio -> control): commands the audio thread is done with, so
   the last reference to a clip array is dropped on the control thread (freeing
   megabytes inside the callback would be a system call);
@@ -46,18 +49,31 @@ import numpy as np
 
 from music.audio import crossfade_gains
 
-__all__ = ["Mixer", "Timeline", "check_source", "check_beats"]
+__all__ = ["Mixer", "Timeline", "check_source", "check_beats", "gain_ramp", "MAX_GAIN_RAMP"]
 
 _FREE, _CONST, _RAMP_IN, _RAMP_OUT = 0, 1, 2, 3
-_SWITCH, _STOP = 1, 2
-KIND_NAMES = {_SWITCH: "switch", _STOP: "stop"}
+_SWITCH, _STOP, _GAIN = 1, 2, 3
+KIND_NAMES = {_SWITCH: "switch", _STOP: "stop", _GAIN: "gain"}
+
+#: Longest master-gain ramp, frames (10 s at 48 kHz).
+MAX_GAIN_RAMP = 480000
+
+
+def gain_ramp(n: int) -> np.ndarray:
+    """The master gain's ramp shape: ``(1 - cos(pi (i + 1) / n)) / 2`` for ``i < n``, float32, ending at 1.
+
+    A raised cosine: no corner at either end, so a mute neither clicks nor
+    thumps. The gain at ramp sample ``i`` is ``g0 + (g1 - g0) * shape[i]``.
+    """
+    i = np.arange(1, int(n) + 1, dtype=np.float64)
+    return ((1.0 - np.cos(np.pi * i / int(n))) / 2.0).astype(np.float32)
 
 
 class _Command:
     __slots__ = ("id", "kind", "at_frame", "source", "n", "fade_out", "fade_in", "loop", "offset",
-                 "beat_frames", "length")
+                 "beat_frames", "length", "gain")
 
-    def __init__(self, id, kind, at_frame, source, n, fade_out, fade_in, loop, offset, beat_frames):
+    def __init__(self, id, kind, at_frame, source, n, fade_out, fade_in, loop, offset, beat_frames, gain=1.0):
         self.id = id
         self.kind = kind
         self.at_frame = at_frame
@@ -69,6 +85,7 @@ class _Command:
         self.offset = offset
         self.beat_frames = beat_frames
         self.length = 0 if source is None else source.shape[0]
+        self.gain = gain
 
 
 class _Voice:
@@ -162,7 +179,20 @@ class Mixer:
         self._log_exec = np.zeros(self._log_size, np.int64)
         self._log_block = np.zeros(self._log_size, np.int64)
         self._log_time = np.full(self._log_size, np.nan, np.float64)
+        self._log_gain = np.full(self._log_size, np.nan, np.float64)
         self._log_written = 0
+        # master gain ring: control -> audio, and the gain's state (audio thread)
+        self._gain_slots: list = [None] * int(queue_size)
+        self._gain_written = 0
+        self._gain_read = 0
+        self._gain_cleared = 0
+        self._gain_last_at = 0
+        self.master_gain = 1.0             # the gain reached (amplitude); during a ramp, its start
+        self._g_to = 1.0
+        self._g_table = None
+        self._g_idx = 0
+        self._g_n = 0
+        self._gbuf = np.zeros(self._max_block, np.float32)
         self.frame = 0
         self.late_commands = 0
         self.voice_steals = 0
@@ -172,6 +202,7 @@ class Mixer:
         self._next_id = 0
         self._cmd_cleared = 0
         self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._ramps: dict[int, np.ndarray] = {}
         self._timeline = Timeline()
 
     # ------------------------------------------------------------------ control thread
@@ -254,6 +285,60 @@ class Mixer:
             self._next_id += 1
             return self._push(cmd)
 
+    def schedule_gain(self, at_frame: int, gain: float, ramp_frames: int = 0) -> int:
+        """Ramp the master gain (applied to everything mixed) to ``gain`` from output frame ``at_frame``.
+
+        The operator's hand on the sound: a mute is ``gain = 0``, a level
+        change its amplitude ratio. Switches and stops go on underneath,
+        unchanged, so what the session decides and records does not depend
+        on it. The ramp is :func:`gain_ramp` from the gain reached when it
+        starts (another ramp may be under way), so ``out[at_frame + i] =
+        mixed * (g0 + (gain - g0) * shape[i])``, then ``gain`` holds.
+
+        Parameters
+        ----------
+        at_frame : int
+            Output frame of the ramp's first sample. Gain commands have their
+            own queue, in time order: one for a frame before the last gain
+            command's is moved to that frame; one for a frame already rendered
+            starts with the next block (not counted in ``late_commands``: "as
+            soon as possible" is what an operator asks for).
+        gain : float
+            Amplitude gain in [0, 1] (1: as mixed; never louder).
+        ramp_frames : int
+            Ramp length, frames (0: a step; at most :data:`MAX_GAIN_RAMP`).
+
+        Returns
+        -------
+        int
+            The command id, as found in :meth:`executed` (kind ``"gain"``).
+        """
+        try:
+            g = float(gain)
+        except (TypeError, ValueError):
+            g = math.nan
+        if not (0.0 <= g <= 1.0):
+            raise ValueError(f"gain must be an amplitude ratio in [0, 1] (0 mutes, 1 plays as mixed), got {gain!r}")
+        n = _nonneg_int(ramp_frames, "ramp_frames")
+        if n > MAX_GAIN_RAMP:
+            raise ValueError(f"ramp_frames must be at most {MAX_GAIN_RAMP}, got {n}")
+        with self._lock:
+            self.collect()
+            at = max(int(at_frame), self._gain_last_at)
+            n_slots = len(self._gain_slots)
+            if self._gain_written - self._gain_read >= n_slots:
+                raise RuntimeError(f"{n_slots} gain commands are already pending (the queue is full); "
+                                   "is the output running?")
+            table = self._ramps.get(n)
+            if table is None and n:
+                table = self._ramps[n] = gain_ramp(n)   # kept for the mixer's life, like the crossfades
+            cmd = _Command(self._next_id, _GAIN, at, None, n, None, table, False, 0, None, g)
+            self._next_id += 1
+            self._gain_slots[self._gain_written % n_slots] = cmd      # fill the slot ...
+            self._gain_written += 1                                    # ... then publish it
+            self._gain_last_at = at
+            return cmd.id
+
     def next_beat_frame(self, after_frame: int, every: int = 1) -> int | None:
         """The first output frame at or after ``after_frame`` on a beat of what will be playing then.
 
@@ -287,22 +372,34 @@ class Mixer:
         while self._cmd_cleared < r:       # slots the audio thread has consumed
             self._cmd_slots[self._cmd_cleared % n_cmd] = None
             self._cmd_cleared += 1
+        n_gain = len(self._gain_slots)
+        r = self._gain_read
+        while self._gain_cleared < r:
+            self._gain_slots[self._gain_cleared % n_gain] = None
+            self._gain_cleared += 1
         return ids
+
+    def current_gain(self) -> float:
+        """The master gain of the last sample rendered (amplitude; from the control thread, as of the last block)."""
+        table, i = self._g_table, self._g_idx
+        if table is not None and i < self._g_n:
+            return self.master_gain + (self._g_to - self.master_gain) * float(table[i - 1]) if i else self.master_gain
+        return self._g_to
 
     @property
     def pending(self) -> int:
         """Commands scheduled but not yet executed."""
-        return self._cmd_written - self._cmd_read
+        return self._cmd_written - self._cmd_read + self._gain_written - self._gain_read
 
     def executed(self) -> list[dict]:
         """The executed commands, oldest first (the last ``log_size - 1`` of them).
 
-        Each is a dict with ``id``, ``kind`` ("switch" or "stop"),
+        Each is a dict with ``id``, ``kind`` ("switch", "stop" or "gain"),
         ``scheduled_frame``, ``frame`` (where it took effect; equal unless it
         came late), ``block_frame`` (the first frame of the block it fell in)
         and ``time`` (the output clock time of ``frame``: the stream's DAC
         time for a device, ``frame / samplerate`` for a WAV sink; nan if the
-        renderer gave no clock).
+        renderer gave no clock); a gain command also has ``gain``.
         """
         w = self._log_written
         first = max(0, w - self._log_size + 1)    # the oldest slot may be being rewritten
@@ -312,6 +409,8 @@ class Mixer:
             rows.append({"id": int(self._log_id[i]), "kind": KIND_NAMES[int(self._log_kind[i])],
                          "scheduled_frame": int(self._log_sched[i]), "frame": int(self._log_exec[i]),
                          "block_frame": int(self._log_block[i]), "time": float(self._log_time[i])})
+            if self._log_kind[i] == _GAIN:
+                rows[-1]["gain"] = float(self._log_gain[i])
         return rows
 
     # ------------------------------------------------------------------ audio thread
@@ -339,6 +438,8 @@ class Mixer:
         done = 0
         slots = self._cmd_slots
         n_slots = len(slots)
+        gslots = self._gain_slots
+        n_gslots = len(gslots)
         while done < n:
             f = frame0 + done
             end = n if n - done <= self._max_block else done + self._max_block
@@ -351,13 +452,57 @@ class Mixer:
                 self._execute(cmd, f, frame0, t0)
                 cmd = None                 # the control thread drops commands, never this one
                 self._cmd_read += 1
+            while self._gain_read < self._gain_written:
+                cmd = gslots[self._gain_read % n_gslots]
+                if cmd.at_frame > f:
+                    if cmd.at_frame - frame0 < end:
+                        end = cmd.at_frame - frame0
+                    break
+                self._execute_gain(cmd, f, frame0, t0)
+                cmd = None
+                self._gain_read += 1
             if end > done:
                 seg = out[done:end]
                 for v in self._voices:
                     if v.state != _FREE:
                         self._mix_voice(v, seg, end - done)
+                self._apply_gain(seg, end - done)
             done = end
         self.frame = frame0 + n
+
+    def _execute_gain(self, cmd: _Command, f: int, frame0: int, t0: float) -> None:
+        self.master_gain = self.current_gain()   # a ramp under way starts the next from where it got
+        self._g_to = cmd.gain
+        self._g_table = cmd.fade_in
+        self._g_idx = 0
+        self._g_n = cmd.n
+        if cmd.n == 0:
+            self.master_gain = cmd.gain
+            self._g_table = None
+        self._log_gain[self._log_written % self._log_size] = cmd.gain   # filled before _log publishes the row
+        self._log(cmd, f, frame0, t0)
+
+    def _apply_gain(self, seg: np.ndarray, m: int) -> None:
+        done = 0
+        if self._g_table is not None:
+            k = self._g_n - self._g_idx
+            if k > m:
+                k = m
+            g = self._gbuf[:k]
+            g0 = self.master_gain
+            np.multiply(self._g_table[self._g_idx:self._g_idx + k], self._g_to - g0, out=g)
+            np.add(g, g0, out=g)
+            for c in range(self.channels):  # a column at a time: a (k, 1) operand would allocate
+                col = seg[:k, c]
+                np.multiply(col, g, out=col)
+            self._g_idx += k
+            done = k
+            if self._g_idx >= self._g_n:
+                self.master_gain = self._g_to
+                self._g_table = None
+        if done < m and self.master_gain != 1.0:
+            rest = seg[done:m]
+            np.multiply(rest, self.master_gain, out=rest)
 
     def _log(self, cmd: _Command, f: int, frame0: int, t0: float) -> None:
         i = self._log_written % self._log_size
@@ -493,7 +638,11 @@ class Mixer:
 
 
 def _nonneg_int(x, name: str) -> int:
-    if int(x) != x or x < 0:
+    try:
+        ok = float(x).is_integer() and x >= 0   # NaN and infinities are not integers
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
         raise ValueError(f"{name} must be a non-negative integer number of frames, got {x!r}")
     return int(x)
 

@@ -169,6 +169,10 @@ def _child_main(conn, shm_name, device, samplerate, blocksize, channels, latency
                     reply = ("ok", None)
                 elif op == "stop":
                     reply = ("ok", out.mixer.schedule_stop(msg[1], msg[2]))
+                elif op == "gain":
+                    reply = ("ok", out.mixer.schedule_gain(msg[1], msg[2], msg[3]))
+                elif op == "current_gain":
+                    reply = ("ok", out.mixer.current_gain())
                 elif op == "executed":
                     reply = ("ok", out.mixer.executed())
                 elif op == "info":
@@ -409,6 +413,14 @@ class IsolatedOutput(_CallbackCounters):
         cid = self._request(("stop", int(at_frame), n))
         self._timeline.record(_STOP, at_frame, 0, 0, False, None)
         return cid
+
+    def schedule_gain(self, at_frame: int, gain: float, ramp_frames: int = 0) -> int:
+        """See :meth:`Mixer.schedule_gain` (checked in the child, whose error comes back here)."""
+        return self._request(("gain", int(at_frame), float(gain), _nonneg_int(ramp_frames, "ramp_frames")))
+
+    def current_gain(self) -> float:
+        """See :meth:`Mixer.current_gain`."""
+        return float(self._request(("current_gain",)))
 
     def next_beat_frame(self, after_frame: int, every: int = 1) -> int | None:
         """See :meth:`Mixer.next_beat_frame`."""

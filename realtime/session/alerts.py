@@ -2,8 +2,9 @@
 
 A session's own state says some things (the scanner side's clock is off);
 the parts around it say the rest: the trigger input (it closed, or volumes
-whose pulse came are overdue) and the receiver (the disk refused a message
-in the last :data:`DISK_ALERT_S` seconds). :func:`standing_alerts` gathers
+whose pulse came are overdue), the receiver (the disk refused a message
+in the last :data:`DISK_ALERT_S` seconds) and the operator (the sound is
+muted). :func:`standing_alerts` gathers
 them as short sentences; the engine puts them in each
 :class:`protocols.wire.Result` (``alerts``), so the control-room monitor
 shows them too, and the dashboard draws them in red.
@@ -66,9 +67,15 @@ def trigger_status(triggers, engine, run_id: str | None) -> tuple[str, str | Non
     return text, None
 
 
-def standing_alerts(engine, receiver=None, triggers=None) -> list[str]:
-    """Every alert standing now (at most :data:`protocols.wire.MAX_ALERTS`, each cut to fit the wire)."""
+def standing_alerts(engine, receiver=None, triggers=None, operator=None) -> list[str]:
+    """Every alert standing now (at most :data:`protocols.wire.MAX_ALERTS`, each cut to fit the wire).
+
+    ``operator`` (:class:`realtime.session.operator.OperatorControl`) adds the sound muted by the operator.
+    """
     out = []
+    muted = operator.alert() if operator is not None else None
+    if muted:
+        out.append(muted)
     last = engine.last
     run_id = last.run_id if last is not None else None
     run = engine.runs.get(run_id) if run_id is not None else None

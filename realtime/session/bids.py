@@ -9,8 +9,9 @@
                                                                      (a sham session: whose music it played;
                                                                      the clock offset the onsets used)
     DIR/sub-01[/ses-S]/func/sub-01[_ses-S]_task-T_run-NN_events.tsv     one row per clip or piece heard (music),
-                                                                     silence, protocol block (block_*) and
-                                                                     button press (response)
+                                                                     silence, protocol block (block_*),
+                                                                     button press (response) and the
+                                                                     operator's mute or level (operator_*)
     DIR/stimuli/LIBRARY/...                                           the audio files of the clips heard
                                                                      (events.tsv's stim_file is relative to
                                                                      DIR/stimuli, as BIDS has it)
@@ -73,16 +74,17 @@ from protocols.session import SessionRecord
 from ..nifti_io import export_run_nifti, run_export_args
 from ..triggers import RunTriggers, match_run, read_responses, read_triggers
 from .decisions import decisions_path, read_decisions
+from .operator import read_operator
 from .yoked import read_yoked
 
 log = logging.getLogger("b2m.session")
 
 __all__ = ["EVENT_COLUMNS", "run_clock_offset", "run_triggers", "music_events", "sounds_begun", "block_events",
-           "response_events", "write_decoded_timeseries", "export_bids"]
+           "response_events", "operator_events", "write_decoded_timeseries", "export_bids"]
 
 #: Columns of ``*_events.tsv``, in order.
 EVENT_COLUMNS = ("onset", "duration", "trial_type", "clip", "genre", "stim_file", "clip_start_s", "decided_run",
-                 "decided_volume", "action", "response")
+                 "decided_volume", "action", "response", "level_db")
 
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
@@ -249,6 +251,46 @@ def response_events(presses, run_start: float, run_s: float) -> list[dict]:
             for t, button in presses if 0.0 <= t - run_start < run_s]
 
 
+def operator_events(changes: list[dict], starts: dict, run_s: float) -> list[dict]:
+    """The operator's hand on the sound during a run, as rows of ``events.tsv``.
+
+    Parameters
+    ----------
+    changes : list of dict
+        The session's operator changes (:func:`realtime.session.operator.read_operator`), each placed on its
+        ``clock`` at ``at_s`` (when its ramp began to sound).
+    starts : dict
+        When the run's first volume began on each clock (``"session"``, ``"wall"``; :func:`_run_starts`).
+    run_s : float
+        The run's length, s.
+
+    Returns
+    -------
+    list of dict
+        ``operator_mute``: a stretch the participant heard no music (from a mute to the unmute, or the run's
+        end); ``operator_level``: the level from a change until the next one (``level_db``: dB below the
+        session's level). One standing as the run begins starts at onset 0. Changes on a clock the run cannot
+        be placed on are left out.
+    """
+    rest = {k: "n/a" for k in EVENT_COLUMNS if k not in ("onset", "duration", "trial_type", "level_db")}
+    placed = sorted(((c["at_s"] - starts[c["clock"]], c) for c in changes
+                     if c.get("at_s") is not None and starts.get(c["clock"]) is not None), key=lambda t: t[0])
+    rows = []
+    for kind, key in (("operator_mute", "muted"), ("operator_level", "level_db")):
+        state, since = (False if key == "muted" else 0.0), 0.0
+        for t, c in [*placed, (float("inf"), None)]:
+            new = c[key] if c is not None else None
+            if c is not None and new == state:
+                continue
+            keep = state if key == "muted" else state != 0.0
+            lo, hi = max(since, 0.0), min(t, run_s)
+            if keep and hi > lo:
+                rows.append({"onset": lo, "duration": hi - lo, "trial_type": kind, **rest,
+                             "level_db": "n/a" if key == "muted" else f"{state:g}"})
+            state, since = new, t
+    return sorted(rows, key=lambda r: r["onset"])
+
+
 def write_decoded_timeseries(stem: str, decisions: list[dict]) -> list[str]:
     """A run's decisions as a BIDS derivative time series: ``STEM_desc-decoded_timeseries.tsv`` and its ``.json``.
 
@@ -338,6 +380,8 @@ EVENT_DESCRIPTIONS = {
                    "Levels": {"music": "a library clip (or, in generation mode, a piece composed live) heard",
                               "silence": "the music faded out (a silence block)",
                               "response": "the participant pressed a button (b2m session --response-keys)",
+                              "operator_mute": "the operator muted the sound: no music was heard (b2m control)",
+                              "operator_level": "the operator set the level below the session's (level_db)",
                               "block_feedback": "protocol block: music follows the decoding",
                               "block_silence": "protocol block: no music",
                               "block_neutral": "protocol block: the neutral clip, whatever is decoded"}},
@@ -354,6 +398,8 @@ EVENT_DESCRIPTIONS = {
                           "keep": "the clip went on", "hold": "a motion hold: the clip went on",
                           "silence": "the music faded out", "continued": "still sounding from before the run"}},
     "response": {"Description": "the button pressed (a response row), n/a otherwise"},
+    "level_db": {"Description": "an operator_level row: the level set, relative to the session's --level-dbfs; "
+                                "n/a otherwise", "Units": "dB"},
 }
 
 
@@ -472,6 +518,7 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
     yoked = read_yoked(session_dir)  # a sham session (b2m session --yoked-from), or None
     pulses = read_triggers(session_dir)  # the scanner's trigger, if the session read it (b2m session --trigger)
     presses = read_responses(session_dir)  # the participant's buttons on the same input (--response-keys)
+    changes = read_operator(session_dir)  # the operator's mutes and levels (b2m control, the monitor's buttons)
     number = 0
     begun: list[dict] = []  # every sound begun so far, on its clock: the runs before go on sounding
     todo = []
@@ -546,6 +593,9 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
             if presses and wall is not None:
                 rows = sorted(rows + response_events(presses, wall, int(run.n_volumes) * tr_s),
                               key=lambda r: r["onset"])
+            if changes:
+                rows = sorted(rows + operator_events(changes, _run_starts(decisions, trigger_start),
+                                                     int(run.n_volumes) * tr_s), key=lambda r: r["onset"])
             for r in rows:  # the audio heard goes with the dataset
                 if r.get("stim_file", "n/a") == "n/a":
                     continue

@@ -41,10 +41,13 @@ class Dashboard:
     triggers : realtime.triggers.TriggerLog, optional
         The scanner's trigger (``--trigger``): pulses so far, the last one's
         age, and the latest volumes' image delay.
+    operator : realtime.session.operator.OperatorControl, optional
+        The sound as the operator set it (muted, or the level), on its own
+        row, and the muted alert.
     """
 
     def __init__(self, engine, receiver=None, fd_threshold_mm: float = 0.5, console=None, blind: bool = False,
-                 triggers=None):
+                 triggers=None, operator=None):
         from rich.console import Console
 
         self.engine = engine
@@ -52,6 +55,7 @@ class Dashboard:
         self.fd_threshold_mm = fd_threshold_mm
         self.blind = blind
         self.triggers = triggers
+        self.operator = operator
         self.console = console or Console(stderr=True)
         self._live = None
         self._t0 = time.monotonic()
@@ -67,6 +71,9 @@ class Dashboard:
         head = Table.grid(padding=(0, 2))
         head.add_column(style="bold")
         head.add_column()
+        if self.operator is not None:  # first: what the participant hears, whatever the decoder does
+            sound = self.operator.describe()
+            head.add_row("sound", f"[bold red]{sound.upper()}[/bold red]" if self.operator.muted else sound)
         if r is None:
             head.add_row("waiting", "for the first volume ...")
         else:
@@ -123,7 +130,7 @@ class Dashboard:
                 f"audio underruns {audio.get('underruns', 'n/a')}  late audio commands "
                 f"{audio.get('late_commands', 'n/a')}  uptime {time.monotonic() - self._t0:.0f} s")
         parts = [head, lat, foot]
-        parts += [f"[red]{escape(a)}[/red]" for a in standing_alerts(e, self.receiver, self.triggers)]
+        parts += [f"[red]{escape(a)}[/red]" for a in standing_alerts(e, self.receiver, self.triggers, self.operator)]
         return Panel(Group(*parts), title="b2m session", border_style="cyan")
 
     def __rich__(self):

@@ -43,6 +43,7 @@ bug) gets an ``error`` result with the reason; the session continues.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -201,6 +202,7 @@ class SessionEngine:
             self.clips = ClipCache(library, output.samplerate, output.channels, stage=output.stage,
                                    unstage=output.unstage, level_dbfs=self.options.level_dbfs)
         self._audio_started = False
+        self._render_lock = threading.Lock()  # a WAV sink's render, against the operator's commands
         self._last_cmd_frame = 0
         self._segment_end = 0      # generation: output frame where the last scheduled segment ends
         self._beats_per_bar = 4    # of what plays (generation: the piece's meter)
@@ -469,6 +471,31 @@ class SessionEngine:
             return out.time_to_frame(t_scan)
         return out.time_to_frame(out.now() + self.options.lead_s)
 
+    def operator_gain(self, gain: float, ramp_s: float) -> tuple[str, float]:
+        """Ramp the output's master gain to ``gain`` now (the operator's command, from any thread).
+
+        Where "now" is on the output: for a WAV sink, the frame rendered so far,
+        the session time of the latest decision (taken under the render lock,
+        so a render under way cannot overtake it); for a device, the frame
+        heard ``lead_s`` from now, or the next one rendered if that is later.
+
+        Returns
+        -------
+        (clock, at_s)
+            ``("session", s)`` for a WAV sink, ``("wall", Unix s)`` for a
+            device: when the ramp begins to sound.
+        """
+        out = self.output
+        ramp = int(round(ramp_s * out.samplerate))
+        if self._session_clock:
+            with self._render_lock:
+                frame = out.frame
+                out.schedule_gain(frame, gain, ramp)
+            return "session", frame / out.samplerate
+        frame = max(out.time_to_frame(out.now() + self.options.lead_s), out.frame)
+        out.schedule_gain(frame, gain, ramp)
+        return "wall", time.time() + (frame - out.heard_frame()) / out.samplerate
+
     def _on_grid(self, at: int) -> int:
         """Output frame ``at`` moved to the next bar (or beat) of what plays, as the policy's ``align`` asks."""
         if self.policy_config.align == "none":
@@ -567,7 +594,8 @@ class SessionEngine:
     def _render(self, t_scan: float) -> None:
         """A WAV sink renders up to the decision's session time (after the result is out)."""
         if self._session_clock and not self._catching_up:
-            self.output.advance_to(self.output.time_to_frame(t_scan))
+            with self._render_lock:
+                self.output.advance_to(self.output.time_to_frame(t_scan))
 
     def resume(self, volumes, ended_runs=(), logged=()) -> dict:
         """Rebuild the state of an interrupted session from its record before serving again.
@@ -615,7 +643,8 @@ class SessionEngine:
             at = max(at, out.frame, self._last_cmd_frame + fade)  # let the last crossfade finish
             out.schedule_stop(at, fade)
             if self._session_clock:
-                out.advance_to(at + fade + out.samplerate // 10)
+                with self._render_lock:
+                    out.advance_to(at + fade + out.samplerate // 10)
         if self.clips is not None:
             self.clips.close()
         if self.pieces is not None:

@@ -1,14 +1,15 @@
 """``b2m session --check``: try every part a session needs before the scanner starts.
 
 Run it at the console on the day, with the same ``--model``, ``--library``,
-``--audio``, ``--bind``, ``--results`` and ``--pyneal-port`` the session
-will get. Each check uses the real part, exactly as the session opens it:
+``--audio``, ``--bind``, ``--results``, ``--control`` and ``--pyneal-port``
+the session will get. Each check uses the real part, exactly as the session opens it:
 
 - the model bundle (its manifest and sha256s) and the music library load;
 - they share one embedder;
 - the ONNX decoder's time per TR (one thread, as in the session);
-- the scanner endpoint, the results endpoint and the Pyneal port can be
-  bound (nothing else holds them; CURVE rules as in the session);
+- the scanner endpoint, the results endpoint, the operator's control
+  endpoint and the Pyneal port can be bound (nothing else holds them; CURVE
+  rules as in the session);
 - with ``--mode generation``, the library is a generator atlas, and the
   neutral piece's first segments are rendered and timed;
 - with ``--yoked-from SOURCE`` (a sham session), the source session's played
@@ -129,7 +130,8 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
               insecure: bool = False, curve=None, seconds: float = 2.0, mode: str = "retrieval",
               segment_bars: int = 4, yoked_from: str | None = None, blind: bool = False,
               protocol: str | None = None, level_dbfs: float | None = -20.0, trigger: str | None = None,
-              trigger_key: str = "5", trigger_baud: int | None = None, out: str | None = None) -> list[Check]:
+              trigger_key: str = "5", trigger_baud: int | None = None, out: str | None = None,
+              control: str | None = None, control_fallback: bool = False) -> list[Check]:
     """Run every check (see the module doc) and return them in order.
 
     Parameters
@@ -140,8 +142,11 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
         ``--audio``: a device name or index, ``"default"`` or ``"wav:PATH"``.
     isolate : bool
         Open a device in its own process, as the session does by default.
-    bind, results : str or None
-        Scanner and results endpoints (None or ``"none"``: not checked).
+    bind, results, control : str or None
+        Scanner, results and operator-control endpoints (None or ``"none"``: not checked).
+    control_fallback : bool
+        The control endpoint is the default, which a session moves to a free
+        port if it is taken: a taken one is then no failure.
     pyneal_port : int or None
     insecure : bool
         Allow non-loopback endpoints without CURVE keys, as ``--insecure``.
@@ -205,6 +210,9 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
         checks.append(_attempt("scanner endpoint", lambda: _bind_router(bind, insecure, curve))[0])
     if results and results != "none":
         checks.append(_attempt("results endpoint", lambda: _bind_publisher(results, insecure, curve))[0])
+    if control and control != "none":
+        checks.append(_attempt("operator control", lambda: _bind_control(control, insecure, curve,
+                                                                             control_fallback))[0])
     if pyneal_port is not None:
         checks.append(_attempt("Pyneal port", lambda: _bind_pyneal(pyneal_port, insecure))[0])
     if mode == "generation":
@@ -321,6 +329,30 @@ def _bind_publisher(endpoint: str, insecure: bool, curve=None) -> tuple[str, Non
         return f"{pub.endpoint} can be bound (then released); {describe_curve(curve)}", None
     finally:
         pub.close()
+
+
+def _bind_control(endpoint: str, insecure: bool, curve=None, fallback: bool = False) -> tuple[str, None]:
+    import types
+
+    from realtime.transport import describe_curve
+
+    from .operator import ControlServer, OperatorControl
+
+    # a control with nothing to control (no engine output, no record): the socket is what is checked
+    control = OperatorControl(types.SimpleNamespace(output=None))
+    try:
+        srv = ControlServer(control, endpoint, insecure=insecure, curve=curve)
+        said = f"{srv.endpoint} can be bound (then released)"
+    except ValueError:
+        if not fallback:
+            raise
+        srv = ControlServer(control, endpoint.rsplit(":", 1)[0] + ":*", insecure=insecure, curve=curve)
+        said = (f"{endpoint} is taken (another session?): the session will take a free port and print it "
+                f"(b2m control --connect ...), e.g. {srv.endpoint}")
+    try:
+        return f"{said}; {describe_curve(curve)}", None
+    finally:
+        srv.close()
 
 
 def _bind_pyneal(port: int, insecure: bool) -> tuple[str, None]:

@@ -204,6 +204,11 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
             f"{run}: {describe_triggers(m)}" for run, m in trig["runs"].items()) or "no run"))
         if trig.get("response_keys"):
             rows.append((f"Participant's buttons ({trig['response_keys']})", f"{trig['presses']} presses"))
+    op = summary.get("operator")
+    if op and op.get("changes"):  # the operator muted or turned the music down: the report says so
+        from .operator import describe_changes
+
+        rows.append(("Operator's hand on the sound (SESSION/operator.tsv)", describe_changes(op)))
     pieces = summary.get("pieces")
     rows.insert(0, ("Music", "generated live from the library's generator points" if pieces is not None
                     else "retrieved from the library"))

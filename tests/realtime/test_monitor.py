@@ -12,7 +12,9 @@ import json
 import re
 import signal
 import time
+import types
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -153,3 +155,188 @@ def test_the_panel_shows_the_block_and_silence():
     assert "<th>block</th><td>silence</td>" in panel and "nothing (silence)" in panel
     state.add(Result(run_id="r", index=2, action="keep", clip="a"))  # a session without blocks: no row
     assert "<th>block</th>" not in render_panel(state.snapshot())
+
+
+# ---- the operator's buttons (--control) -------------------------------------------------------------------------
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # the 303 itself is what is checked
+        return None
+
+
+def post(url: str, fields: dict | bytes, headers: dict | None = None) -> tuple[int, dict, str]:
+    data = urllib.parse.urlencode(fields).encode() if isinstance(fields, dict) else fields
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST")
+    try:
+        with urllib.request.build_opener(_NoRedirect).open(req, timeout=10) as r:
+            return r.status, dict(r.headers), r.read().decode("utf-8")
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read().decode("utf-8", "replace")
+
+
+@pytest.fixture
+def operator_room(tmp_path):
+    """A session's real operator control (no audio output: recorded in operator.tsv only) on a loopback
+    ControlServer, and a real monitor with the buttons on a free port."""
+    from realtime.monitor import ControlLink, MonitorServer
+    from realtime.session.operator import ControlServer, OperatorControl
+
+    control = OperatorControl(types.SimpleNamespace(output=None), record_dir=tmp_path, level_dbfs=-20.0)
+    server = ControlServer(control, "tcp://127.0.0.1:*").start()
+    mon = MonitorServer(MonitorState("tcp://127.0.0.1:1"), port=0, control=ControlLink(server.endpoint))
+    try:
+        yield types.SimpleNamespace(control=control, server=server, mon=mon, url=mon.url, dir=tmp_path,
+                                    origin=f"http://127.0.0.1:{mon.port}")
+    finally:
+        mon.close()
+        server.close()
+
+
+def test_the_monitor_s_buttons_mute_unmute_and_set_the_level_of_the_session(operator_room):
+    from realtime.session.operator import read_operator
+
+    room = operator_room
+    status, page = get(room.url)
+    assert status == 200 and 'action="/control"' in page and ">Mute</button>" in page
+    assert "sound: level 0.0 dB (-20.0 dBFS RMS)" in page and "as the session started" in page
+    assert json.loads(get(room.url + "state.json")[1])["sound"]["muted"] is False
+
+    status, headers, _ = post(room.url + "control", {"op": "mute"}, {"Origin": room.origin})
+    assert status == 303 and headers["Location"] == "/"
+    assert room.control.muted and room.control.source == "monitor"
+    sound = json.loads(get(room.url + "state.json")[1])["sound"]
+    assert sound["muted"] is True and sound["source"] == "monitor" and sound["commands"] == 1
+    rows = read_operator(room.dir)
+    assert [(r["command"], r["source"], r["muted"]) for r in rows] == [("mute", "monitor", True)]
+    page = get(room.url)[1]
+    assert '<span class="bad">MUTED</span>' in page and "by monitor" in page
+
+    # the page's own "Level -3 dB" form, as a browser posts it (a Referer and no Origin)
+    minus = re.search(r'name="value" value="([^"]+)"><button type="submit" title="to ([^"]+) dB">Level &minus;3', page)
+    assert minus and minus.group(1) == "-3.0"
+    status, _, _ = post(room.url + "control", {"op": "level", "value": minus.group(1)}, {"Referer": room.url})
+    assert status == 303 and room.control.level_db == -3.0 and room.control.muted  # the level, still muted
+    assert post(room.url + "control", {"op": "level", "value": "-6"})[0] == 303  # a script: no Origin, no Referer
+    assert post(room.url + "control", {"op": "unmute"}, {"Origin": room.origin})[0] == 303
+    page = get(room.url)[1]
+    assert "sound: level -6.0 dB (-26.0 dBFS RMS)" in page and "MUTED" not in page
+    assert 'value="-9.0"' in page and 'value="-3.0"' in page  # the -3 and +3 buttons from -6
+    assert [(r["command"], r["value"], r["source"], r["muted"], r["level_db"]) for r in read_operator(room.dir)] == [
+        ("mute", None, "monitor", True, 0.0), ("level", -3.0, "monitor", True, -3.0),
+        ("level", -6.0, "monitor", True, -6.0), ("unmute", None, "monitor", False, -6.0)]
+    snap = json.loads(get(room.url + "state.json")[1])
+    assert snap["sound"]["level_dbfs"] == -26.0 and snap["control"]["commands_sent"] == 4
+    assert snap["control"]["last_error"] is None
+
+
+def test_the_level_buttons_stop_at_the_range():
+    from realtime.monitor import render_sound
+
+    snap = {"control": {"endpoint": "tcp://127.0.0.1:1", "answered_unix": 1.0, "last_error": None},
+            "sound": {"muted": False, "level_db": -38.5, "level_dbfs": None, "since_unix": 1.0, "source": "cli",
+                      "commands": 3}}
+    html_ = render_sound(snap)
+    assert "sound: level -38.5 dB since" in html_ and "by cli" in html_ and "dBFS" not in html_
+    assert 'value="-40.0"><button type="submit" title="to -40.0 dB">Level &minus;3' in html_
+    snap["sound"]["level_db"] = -40.0
+    assert 'value="-40.0"><button type="submit" disabled title="to -40.0 dB">Level &minus;3' in render_sound(snap)
+    snap["sound"]["level_db"] = 0.0
+    assert 'value="0.0"><button type="submit" disabled title="to 0.0 dB">Level +3' in render_sound(snap)
+    snap["sound"] = None  # not known yet: mute and unmute work, the level buttons wait
+    html_ = render_sound(snap)
+    assert "unknown" in html_ and html_.count(" disabled") == 2 and ">Mute</button>" in html_
+
+
+def test_a_post_from_another_site_is_refused_and_changes_nothing(operator_room):
+    room = operator_room
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"},
+                    {"Origin": f"http://127.0.0.1:{room.mon.port + 1}"},
+                    {"Origin": "http://evil.example", "Referer": room.url},  # the Origin decides
+                    {"Referer": "http://evil.example/page.html"}):
+        status, _, body = post(room.url + "control", {"op": "mute"}, headers)
+        assert status == 403 and "another site" in body, (headers, status, body)
+    assert not room.control.muted and room.control.history == []
+    assert not (room.dir / "operator.tsv").exists()
+    assert post(room.url + "control", {"op": "mute"}, {"Origin": f"http://LOCALHOST:{room.mon.port}",
+                                                       "Host": f"localhost:{room.mon.port}"})[0] == 303
+    assert room.control.muted
+
+
+def test_a_malformed_post_gets_400_naming_the_field(operator_room):
+    room = operator_room
+    for fields, field in (({}, "op"), ({"op": "reboot"}, "op"), ({"op": "level"}, "value"),
+                          ({"op": "level", "value": "loud"}, "value"), ({"op": "level", "value": "-60"}, "value"),
+                          ({"op": "level", "value": "nan"}, "value"), ({"op": "mute", "value": "-3"}, "value"),
+                          ({"op": "mute", "volume": "1"}, "volume"), (b"op=mute&op=unmute", "op"),
+                          (b"\xff\xfe", "body")):
+        status, _, body = post(room.url + "control", fields)
+        assert status == 400 and body.startswith(f"malformed command: {field}: "), (fields, status, body)
+    status, _, body = post(room.url + "control", b'{"op": "mute"}', {"Content-Type": "application/json"})
+    assert status == 400 and "Content-Type" in body
+    assert post(room.url + "control", b"op=mute&" + b"x" * 2000)[0] == 413
+    assert post(room.url + "elsewhere", {"op": "mute"})[0] == 404
+    assert get(room.url + "control")[0] == 405
+    assert not room.control.muted and room.control.history == []
+    assert get(room.url)[0] == 200
+
+
+def test_a_session_that_does_not_answer_shows_on_the_page(tmp_path):
+    from conftest import free_port
+
+    from realtime.monitor import ControlLink, MonitorServer
+
+    nobody = f"tcp://127.0.0.1:{free_port()}"
+    mon = MonitorServer(MonitorState("tcp://127.0.0.1:1"), port=0, control=ControlLink(nobody, timeout_s=0.3))
+    try:
+        t0 = time.monotonic()
+        status, page = get(mon.url)
+        assert status == 200 and "sound: unknown" in page
+        assert f"no session answered on {nobody}" in page and 'class="bad"' in page
+        snap = json.loads(get(mon.url + "state.json")[1])
+        assert snap["sound"] is None and snap["control"]["answered_unix"] is None
+        assert nobody in snap["control"]["last_error"]["message"]
+        assert snap["control"]["last_error"]["time_unix"] == pytest.approx(time.time(), abs=5)
+        status, headers, _ = post(mon.url + "control", {"op": "mute"})
+        assert status == 303 and headers["Location"] == "/"  # told on the page, not as a failure of the page
+        snap = json.loads(get(mon.url + "state.json")[1])
+        assert snap["control"]["failed"] >= 2 and snap["control"]["commands_sent"] == 0
+        assert get(mon.url + "panel")[0] == 200
+        assert time.monotonic() - t0 < 5
+    finally:
+        mon.close()
+    with pytest.raises(ValueError, match="not a ZeroMQ endpoint"):
+        ControlLink("localhost:5557")
+
+
+def test_without_control_the_page_is_read_only():
+    from realtime.monitor import MonitorServer
+
+    mon = MonitorServer(MonitorState("tcp://127.0.0.1:1"), port=0)
+    try:
+        status, _, body = post(mon.url + "control", {"op": "mute"})
+        assert status == 404 and "without --control" in body
+        assert json.loads(get(mon.url + "state.json")[1])["sound"] is None
+        page = get(mon.url)[1]
+        assert "Mute" not in page and "sound:" not in page
+    finally:
+        mon.close()
+
+
+def test_b2m_monitor_control_forwards_the_buttons(b2m_proc, tmp_path):
+    from realtime.session.operator import ControlServer, OperatorControl, read_operator
+
+    control = OperatorControl(types.SimpleNamespace(output=None), record_dir=tmp_path)
+    server = ControlServer(control, "tcp://127.0.0.1:*").start()
+    try:
+        mon = b2m_proc("monitor", "--results", "tcp://127.0.0.1:1", "--control", server.endpoint,
+                       "--http", "127.0.0.1:0", name="monitor")
+        mon.wait_for("monitor\thttp://", timeout=30)
+        url = re.search(r"monitor\t(\S+)", mon.stderr()).group(1)
+        assert "sound: level 0.0 dB since" in get(url)[1]
+        assert post(url + "control", {"op": "mute"}, {"Origin": url.rstrip("/")})[0] == 303
+        assert control.muted and read_operator(tmp_path)[-1]["source"] == "monitor"
+        mon.kill(signal.SIGTERM)
+        assert mon.wait(timeout=30) == 0, mon.stderr()
+        assert "1 operator command(s) forwarded, 0 refused" in mon.stdout()
+    finally:
+        server.close()

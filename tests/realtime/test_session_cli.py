@@ -156,14 +156,15 @@ def test_session_check_passes_and_plays_the_neutral_clip_sample_exact(kit, b2m_p
 
     wav = tmp_path / "check.wav"
     chk = b2m_proc("session", "--check", "--model", kit.bundle, "--library", kit.library, "--bind", endpoint,
-                   "--results", "tcp://127.0.0.1:*", "--pyneal-port", "0", "--audio", f"wav:{wav}", name="check")
+                   "--results", "tcp://127.0.0.1:*", "--control", "tcp://127.0.0.1:*", "--pyneal-port", "0",
+                   "--audio", f"wav:{wav}", name="check")
     assert chk.wait(120) == 0, chk.stdout() + chk.stderr()
     lines = chk.stdout().splitlines()
     names = ["model bundle", "music library", "bundle and library", "decoder speed", "scanner endpoint",
-             "results endpoint", "Pyneal port", "audio output"]
+             "results endpoint", "operator control", "Pyneal port", "audio output"]
     assert [line.split("  ")[1].strip() for line in lines] == names
     assert all(line.startswith("PASS") for line in lines)
-    assert "8 of 8 checks passed" in chk.stderr()
+    assert "9 of 9 checks passed" in chk.stderr()
     # what played is the neutral clip itself at the session's level (-20 dBFS RMS): fade-in from 0.1 s for
     # 50 ms, then its samples exactly, for 2 s
     lib = Library(kit.library)

@@ -1,0 +1,63 @@
+"""``b2m control``: the operator's hand on a running session's sound (mute, unmute, level, status)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from ._curve import add_client_args, client_keys
+
+DEFAULT_CONTROL = "tcp://127.0.0.1:5557"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("control", help="mute, unmute or set the level of a running session's music",
+                       description="Send one command to a running `b2m session` (its --control endpoint): mute "
+                                   "(the music fades out within 50 ms; decoding and recording go on), unmute, level "
+                                   "DB (relative to the session's --level-dbfs, the loudest it plays: -40 to 0), or "
+                                   "status. Prints the sound's state after it. Exit 0 done, 1 refused by the "
+                                   "session, 3 no session answered.")
+    p.add_argument("command", choices=["mute", "unmute", "level", "status"])
+    p.add_argument("db", nargs="?", type=float, default=None, help="with level: dB, -40 to 0 (e.g. -6)")
+    p.add_argument("--connect", default=DEFAULT_CONTROL, help=f"the session's --control endpoint "
+                                                              f"(default {DEFAULT_CONTROL})")
+    p.add_argument("--source", default="cli", help="who sends it, for the session's record (default cli)")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the session (default 3)")
+    p.add_argument("--json", action="store_true", help="print the state as JSON")
+    add_client_args(p, who="operator", server="session")
+    p.set_defaults(func=run)
+
+
+def describe_state(state: dict) -> str:
+    """The sound's state in a line."""
+    since = time.strftime("%H:%M:%S", time.localtime(state["since_unix"]))
+    if state["muted"]:
+        sound = "MUTED"
+    else:
+        sound = f"level {state['level_db']:+.1f} dB" + (f" ({state['level_dbfs']:.1f} dBFS RMS)"
+                                                          if state.get("level_dbfs") is not None else "")
+    who = f" by {state['source']}" if state.get("source") else ""
+    return f"{sound} (since {since}{who}; {state['commands']} change(s) this session)"
+
+
+def run(args) -> int:
+    from protocols.operator import OperatorCommand
+    from realtime.session.operator import send_command
+    from realtime.transport import TransportError
+
+    if (args.command == "level") != (args.db is not None):
+        print("error: give a level in dB with `level` (e.g. b2m control level -6), and only with it",
+              file=sys.stderr)
+        return 2
+    cmd = OperatorCommand(args.command, args.db, args.source)  # out of range: a clear error, exit 2 (cli.py)
+    try:
+        reply = send_command(args.connect, cmd, curve=client_keys(args), timeout_s=args.timeout)
+    except TransportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    if not reply["ok"]:
+        print(f"error: the session refused it: {reply['error']}", file=sys.stderr)
+        return 1
+    print(json.dumps(reply["state"]) if args.json else describe_state(reply["state"]))
+    return 0

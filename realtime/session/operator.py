@@ -1,0 +1,348 @@
+"""The operator's hand on the sound: mute, unmute and the level of a running session, each change recorded.
+
+A participant squeezes the alarm ball, says over the intercom that the music
+is too loud, or the operator needs silence to talk between runs: the sound
+must change now, whatever the decoder is doing, and the record must say when.
+
+- :class:`OperatorControl` holds the state (muted, and the level in dB below
+  the session's ``--level-dbfs``, which is the loudest it plays) and turns a
+  command into a ramp of the audio output's master gain
+  (:meth:`realtime.audio.Mixer.schedule_gain`, 50 ms raised cosine). The
+  decoder, the policy, the switches and the record go on underneath
+  unchanged, so ``b2m session replay`` reproduces every decision as before.
+- Every change is appended to ``SESSION/operator.tsv`` (flushed and synced)
+  with when it was asked for and when it sounds, on the clock the export uses
+  (a WAV sink's session time, or the wall clock for a device), so ``b2m
+  session export`` lists muted stretches and level changes as events. A
+  change the disk refuses is kept in memory and written with the next one.
+- A session continued after a crash comes back as the operator left it: a
+  muted session stays muted.
+- While muted, an alert stands in every result (:mod:`.alerts`): the
+  dashboard and the control-room monitor show it in red.
+- :class:`ControlServer` takes commands over ZeroMQ (``b2m session --control
+  ENDPOINT``; the wire is :mod:`protocols.operator`) from ``b2m control``,
+  the monitor's buttons or a script; a bad message gets an error reply that
+  names the field, and the server goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import threading
+import time
+
+import zmq
+
+from protocols.errors import MessageError
+from protocols.operator import OperatorCommand, decode_command, decode_reply, encode_command, encode_reply
+
+from ..transport import TransportError, check_exposure, set_curve_server, start_authenticator
+
+log = logging.getLogger("b2m.session")
+
+__all__ = ["OPERATOR_FILE", "OPERATOR_COLUMNS", "RAMP_S", "OperatorControl", "ControlServer", "read_operator",
+           "db_to_gain", "describe_changes", "send_command"]
+
+OPERATOR_FILE = "operator.tsv"
+#: Columns of ``operator.tsv``: when the command came (Unix s), what and who, the state after it, and
+#: when it sounds on ``clock`` (``session``: a WAV sink's session time, s; ``wall``: Unix s; ``none``: no output).
+OPERATOR_COLUMNS = ("time_unix", "command", "value", "source", "muted", "level_db", "clock", "at_s")
+#: Every change ramps over this long (s): no click, and still "now" to a listener.
+RAMP_S = 0.05
+
+
+def db_to_gain(level_db: float, muted: bool = False) -> float:
+    """The master gain (amplitude) for a level in dB, 0 when muted."""
+    return 0.0 if muted else 10.0 ** (float(level_db) / 20.0)
+
+
+def read_operator(session_dir) -> list[dict]:
+    """The operator's changes recorded in ``SESSION/operator.tsv`` (``[]`` if none), oldest first.
+
+    Values are typed: ``time_unix``, ``level_db`` and ``at_s`` floats (``at_s`` None for ``none``), ``muted``
+    a bool, ``value`` a float or None. A row cut short by a crash (the last one) is skipped with a warning.
+    """
+    path = os.path.join(os.fspath(session_dir), OPERATOR_FILE)
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path, newline="") as f:
+        for k, r in enumerate(csv.DictReader(f, delimiter="\t"), start=2):
+            try:
+                rows.append({"time_unix": float(r["time_unix"]), "command": r["command"],
+                             "value": None if r["value"] in ("", "n/a") else float(r["value"]),
+                             "source": r["source"], "muted": r["muted"] == "true",
+                             "level_db": float(r["level_db"]), "clock": r["clock"],
+                             "at_s": None if r["at_s"] in ("", "n/a") else float(r["at_s"])})
+            except (KeyError, TypeError, ValueError) as e:
+                log.warning("%s line %d is not a complete operator row (%s): skipped", path, k, e)
+    return rows
+
+
+class OperatorControl:
+    """The sound's state under the operator's hand, applied to the output and recorded.
+
+    Parameters
+    ----------
+    engine : SessionEngine
+        Its output takes the gain (:meth:`SessionEngine.operator_gain` places
+        "now" on it); no output: the state is recorded only.
+    record_dir : path-like or None
+        Session folder for ``operator.tsv`` (None: nothing recorded). An
+        existing file is a continued session: its last state is restored.
+    level_dbfs : float or None
+        The session's ``--level-dbfs``, for saying what the level is in dBFS.
+    """
+
+    def __init__(self, engine, record_dir=None, level_dbfs: float | None = None):
+        self.engine = engine
+        self.level_dbfs = level_dbfs
+        self.path = os.path.join(os.fspath(record_dir), OPERATOR_FILE) if record_dir is not None else None
+        self._lock = threading.Lock()
+        self._unwritten: list[dict] = []
+        self.history = read_operator(record_dir) if record_dir is not None else []
+        last = self.history[-1] if self.history else None
+        self.muted = bool(last["muted"]) if last else False
+        self.level_db = float(last["level_db"]) if last else 0.0
+        self.since = float(last["time_unix"]) if last else time.time()
+        self.source = last["source"] if last else None
+        if last is not None and (self.muted or self.level_db != 0.0):
+            self._schedule(0)  # before any sound of this process: as the operator left it
+            log.warning("continuing with the operator's last setting: %s", self.describe())
+
+    # ---- state ---------------------------------------------------------------
+
+    def state(self) -> dict:
+        """``muted``, ``level_db``, ``level_dbfs`` (None if the session plays files at their own level),
+        ``since_unix``, ``source`` and ``commands`` (changes so far, the restored ones included)."""
+        return {"muted": self.muted, "level_db": self.level_db,
+                "level_dbfs": None if self.level_dbfs is None else self.level_dbfs + self.level_db,
+                "since_unix": self.since, "source": self.source, "commands": len(self.history)}
+
+    def describe(self) -> str:
+        if self.muted:
+            return "muted"
+        if self.level_dbfs is not None:
+            return f"level {self.level_db:+.1f} dB ({self.level_dbfs + self.level_db:.1f} dBFS RMS)"
+        return f"level {self.level_db:+.1f} dB"
+
+    def alert(self) -> str | None:
+        """The standing alert while muted (for every result), else None."""
+        if not self.muted:
+            return None
+        when = time.strftime("%H:%M:%S", time.localtime(self.since))
+        return (f"sound muted by the operator ({self.source}) since {when}: the participant hears no music; "
+                "unmute when ready")
+
+    # ---- commands --------------------------------------------------------------
+
+    def apply(self, cmd: OperatorCommand) -> dict:
+        """Carry out one command (from any thread) and return the state after it.
+
+        ``status`` changes nothing. A command that leaves the state as it is
+        (``mute`` while muted) is answered and not recorded. Raises
+        ValueError if the output refuses the gain (the state is then unchanged).
+        """
+        with self._lock:
+            if cmd.op == "status":
+                return self.state()
+            muted, level = self.muted, self.level_db
+            if cmd.op == "mute":
+                muted = True
+            elif cmd.op == "unmute":
+                muted = False
+            else:
+                level = float(cmd.value)
+            if (muted, level) == (self.muted, self.level_db):
+                return self.state()
+            before = self.muted, self.level_db
+            self.muted, self.level_db = muted, level
+            try:
+                clock, at_s = self._schedule(None)
+            except Exception:
+                self.muted, self.level_db = before
+                raise
+            now = time.time()
+            self.since, self.source = now, cmd.source
+            row = {"time_unix": now, "command": cmd.op, "value": cmd.value, "source": cmd.source,
+                   "muted": self.muted, "level_db": self.level_db, "clock": clock, "at_s": at_s}
+            self.history.append(row)
+            self._write(row)
+            log.warning("operator (%s): %s; sound now %s", cmd.source,
+                        cmd.op if cmd.value is None else f"{cmd.op} {cmd.value:+.1f} dB", self.describe())
+            return self.state()
+
+    def _schedule(self, at_frame: int | None) -> tuple[str, float | None]:
+        """Ramp the output's gain to the state's; returns the clock and the time on it when the ramp starts."""
+        out = getattr(self.engine, "output", None)
+        if out is None:
+            return "none", None
+        gain = db_to_gain(self.level_db, self.muted)
+        if at_frame is not None:  # restoring: a step, before anything sounds
+            out.schedule_gain(at_frame, gain, 0)
+            return "session" if hasattr(out, "advance_to") else "wall", None
+        return self.engine.operator_gain(gain, RAMP_S)
+
+    def _write(self, row: dict) -> None:
+        if self.path is None:
+            return
+        self._unwritten.append(row)
+        try:
+            torn = _torn(self.path)
+            with open(self.path, "a", newline="") as f:
+                w = csv.writer(f, delimiter="\t", lineterminator="\n")
+                if torn is None:
+                    w.writerow(OPERATOR_COLUMNS)
+                elif torn:  # a row cut short by a crash: end it, so this one stands on its own line
+                    f.write("\n")
+                for r in self._unwritten:
+                    w.writerow([_cell(r[k]) for k in OPERATOR_COLUMNS])
+                f.flush()
+                os.fsync(f.fileno())
+            self._unwritten.clear()
+        except OSError as e:  # the change is made; the record gets it with the next one
+            log.error("could not record the operator's change in %s (%s): %d change(s) held in memory", self.path,
+                      e.strerror or e, len(self._unwritten))
+
+    def summary(self) -> dict:
+        """The state at the end and every change (this process's and the restored ones)."""
+        return {**self.state(), "changes": [dict(r) for r in self.history], "unwritten": len(self._unwritten)}
+
+
+def _torn(path: str) -> bool | None:
+    """None if ``path`` is absent or empty, else whether its last line lacks its newline (a crash mid-row)."""
+    try:
+        with open(path, "rb") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return None
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except FileNotFoundError:
+        return None
+
+
+def describe_changes(summary: dict) -> str:
+    """:meth:`OperatorControl.summary` in a line: how many changes, how long muted, the state at the end."""
+    changes = summary["changes"]
+    muted_s, start = 0.0, None
+    for r in changes:
+        if r["muted"] and start is None:
+            start = r["time_unix"]
+        elif not r["muted"] and start is not None:
+            muted_s, start = muted_s + r["time_unix"] - start, None
+    end = "muted at the end" if summary["muted"] else f"level {summary['level_db']:+.1f} dB at the end"
+    return f"{len(changes)} change(s); muted for {muted_s:.1f} s{' (and still)' if start is not None else ''}; {end}"
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else "n/a"
+    return str(v)
+
+
+class ControlServer:
+    """A ZeroMQ REP socket that takes operator commands for an :class:`OperatorControl`, on a thread.
+
+    Parameters
+    ----------
+    control : OperatorControl
+    endpoint : str
+        Where to bind (``tcp://127.0.0.1:5557``; port ``*``: any free one).
+        A non-loopback endpoint needs ``curve`` or ``insecure``, as the scanner link.
+    curve : realtime.transport.CurveServer, optional
+        The session's keys: only listed clients may mute it.
+    """
+
+    def __init__(self, control: OperatorControl, endpoint: str, *, insecure: bool = False, curve=None,
+                 ctx: zmq.Context | None = None):
+        check_exposure(endpoint, curve=curve is not None, insecure=insecure)
+        self.control = control
+        self.served = self.refused = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="b2m-operator", daemon=True)
+        self.ctx = ctx or zmq.Context.instance()
+        self._auth = start_authenticator(self.ctx, curve)
+        self.sock = self.ctx.socket(zmq.REP)
+        set_curve_server(self.sock, curve)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        try:
+            self.sock.bind(endpoint)
+        except zmq.ZMQError as e:
+            self.close()
+            raise ValueError(f"--control {endpoint}: cannot bind there ({e}); choose another port") from None
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def start(self) -> "ControlServer":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(200):  # wakes to see the stop flag
+                continue
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError:
+                continue
+            self.sock.send(self.handle(frames))
+
+    def handle(self, frames: list[bytes]) -> bytes:
+        """One request's reply (never raises: a bad request gets an error reply naming the field)."""
+        try:
+            if len(frames) != 1:
+                raise MessageError("frames", f"an operator command is 1 frame; got {len(frames)}")
+            state = self.control.apply(decode_command(frames[0]))
+            self.served += 1
+            return encode_reply(state)
+        except (MessageError, ValueError) as e:
+            self.refused += 1
+            log.warning("operator command refused: %s", e)
+            return encode_reply(error=str(e))
+        except Exception as e:  # the session goes on; the operator is told
+            self.refused += 1
+            log.exception("operator command failed")
+            return encode_reply(error=f"the session could not carry it out ({type(e).__name__}: {e}); see its log")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2.0)
+        self.sock.close(0)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+
+
+def send_command(endpoint: str, cmd: OperatorCommand, *, curve=None, timeout_s: float = 3.0,
+                 ctx: zmq.Context | None = None) -> dict:
+    """Send one command to a session's ``--control`` endpoint and return its reply (``ok``, ``state`` or ``error``).
+
+    ``curve`` is a :class:`realtime.transport.CurveClient` for a session with
+    keys. Raises :class:`realtime.transport.TransportError` if no reply comes
+    within ``timeout_s`` (no session there, or the keys do not match).
+    """
+    ctx = ctx or zmq.Context.instance()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        sock.curve_secretkey = curve.secret
+        sock.curve_publickey = curve.public
+        sock.curve_serverkey = curve.server_public
+    try:
+        sock.connect(endpoint)
+        sock.send(encode_command(cmd))
+        if not sock.poll(int(timeout_s * 1000)):
+            raise TransportError(f"no session answered on {endpoint} within {timeout_s:g} s: is `b2m session` "
+                                 "running with this --control endpoint (and, with CURVE, are the keys right)?")
+        return decode_reply(sock.recv())
+    finally:
+        sock.close(0)

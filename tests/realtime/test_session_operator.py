@@ -1,0 +1,183 @@
+"""The operator's hand on the sound of a live session: ``b2m control mute|unmute|level`` against a real ``b2m
+session`` over a real ZeroMQ socket, with a recorded run replayed into it at TR pace.
+
+The reference for what the participant heard is the same run through a second session without any command: a
+WAV sink renders on the session clock, so the two WAVs hold the same samples except where the operator's gain
+applies, which must be exactly 0 while muted, the raised-cosine ramp where it changes, and 10^(dB/20) after."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+import soundfile as sf
+import zmq
+from conftest import assert_valid_bids, free_port
+from session_kit import kit_fixture
+
+from protocols.operator import OperatorCommand, decode_reply
+from realtime.audio._mixer import gain_ramp
+from realtime.session.operator import RAMP_S, read_operator, send_command
+
+TR = 0.5
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory, fmri1_nii):
+    return kit_fixture(tmp_path_factory, fmri1_nii)
+
+
+@pytest.fixture(scope="module")
+def run24(kit, tmp_path_factory) -> str:
+    """The kit's run cut to its first 24 volumes (12 s at TR 0.5 s)."""
+    img = nib.load(kit.nifti)
+    path = tmp_path_factory.mktemp("run24") / "run24.nii"
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj.get_unscaled())[..., :24], img.affine, img.header), path)
+    return str(path)
+
+
+def _session(b2m_proc, kit, out, endpoint, control, name):
+    p = b2m_proc("session", "--model", kit.bundle, "--library", kit.library, "--out", out, "--bind", endpoint,
+                 "--audio", f"wav:{out}/feedback.wav", "--results", "none", "--no-dashboard", "--control", control,
+                 "--runs", 1, name=name)
+    p.wait_for("ready", timeout=60)
+    return p
+
+
+def _replay(b2m_proc, run, endpoint, name):
+    return b2m_proc("scanner", "replay", run, "--connect", endpoint, "--tr", TR, "--speed", 1, "--run-id", "run-01",
+                    "--quiet", name=name)
+
+
+def _control(b2m_proc, control, *args):
+    p = b2m_proc("control", *args, "--connect", control, name="control-" + "-".join(map(str, args)))
+    assert p.wait(30) == 0, p.stderr()
+    return p.stdout().strip()
+
+
+@pytest.mark.timeout(240)
+def test_the_operator_mutes_and_sets_the_level_and_the_record_says_when(kit, run24, b2m_proc, tmp_path,
+                                                                        bids_validator):
+    control = f"tcp://127.0.0.1:{free_port()}"
+    out, ref = tmp_path / "session", tmp_path / "reference"
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    sess = _session(b2m_proc, kit, out, ep, control, "session")
+    assert f"control\t{control}" in sess.stderr()
+    tx = _replay(b2m_proc, run24, ep, "replay")
+    time.sleep(4.0)
+    assert _control(b2m_proc, control, "mute").startswith("MUTED")
+    time.sleep(1.5)
+    assert _control(b2m_proc, control, "level", "-6").startswith("MUTED")  # set while muted: heard at the unmute
+    time.sleep(1.5)
+    state = json.loads(_control(b2m_proc, control, "unmute", "--json"))
+    assert state["muted"] is False and state["level_db"] == -6.0 and state["commands"] == 3
+    assert state["level_dbfs"] == pytest.approx(-26.0)  # the session's default -20 dBFS, 6 dB down
+    assert tx.wait(120) == 0, tx.stderr()
+    assert sess.wait(120) == 0, sess.stderr()
+    muted_s = read_operator(out)[2]["time_unix"] - read_operator(out)[0]["time_unix"]
+    assert f"operator\t3 change(s); muted for {muted_s:.1f} s; level -6.0 dB at the end" in sess.stderr()
+
+    # the same run with no command: the reference the operator's gain applies to
+    ep2 = f"tcp://127.0.0.1:{free_port()}"
+    sess2 = _session(b2m_proc, kit, ref, ep2, f"tcp://127.0.0.1:{free_port()}", "reference")
+    tx2 = _replay(b2m_proc, run24, ep2, "replay-ref")
+    assert tx2.wait(120) == 0 and sess2.wait(120) == 0, sess2.stderr()
+
+    changes = read_operator(out)
+    assert [c["command"] for c in changes] == ["mute", "level", "unmute"]
+    assert [c["source"] for c in changes] == ["cli"] * 3 and all(c["clock"] == "session" for c in changes)
+    got, sr = sf.read(out / "feedback.wav", dtype="float32")
+    want, sr2 = sf.read(ref / "feedback.wav", dtype="float32")
+    assert sr == sr2 and got.shape == want.shape
+    f_mute, f_level, f_unmute = (int(round(c["at_s"] * sr)) for c in changes)
+    ramp = int(round(RAMP_S * sr))
+    assert f_mute + ramp < f_level <= f_unmute  # the commands landed in order, on decisions' session times
+    shape = gain_ramp(ramp)[:, None]
+    np.testing.assert_array_equal(got[:f_mute], want[:f_mute])
+    np.testing.assert_allclose(got[f_mute:f_mute + ramp], want[f_mute:f_mute + ramp] * (1 - shape), atol=1e-7)
+    assert np.all(got[f_mute + ramp:f_unmute] == 0.0) and np.any(want[f_mute + ramp:f_unmute] != 0.0)
+    g = 10 ** (-6 / 20)
+    np.testing.assert_allclose(got[f_unmute:f_unmute + ramp], want[f_unmute:f_unmute + ramp] * (g * shape),
+                               atol=1e-7)
+    np.testing.assert_allclose(got[f_unmute + ramp:], want[f_unmute + ramp:] * g, atol=1e-7)
+    assert np.abs(want[f_unmute + ramp:]).max() > 0.01  # music was playing there
+
+    assert "hand on the sound (SESSION/operator.tsv)" in (out / "report.html").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["operator"]["muted"] is False and len(summary["operator"]["changes"]) == 3
+    rep = b2m_proc("session", "replay", out, name="session-replay")  # the operator changes no decision
+    assert rep.wait() == 0 and "identical" in rep.stdout(), rep.stderr() + rep.stdout()
+
+    exp = b2m_proc("session", "export", out, "--bids", tmp_path / "bids", "--subject", "01", name="export-bids")
+    assert exp.wait() == 0, exp.stderr()
+    with open(tmp_path / "bids/sub-01/func/sub-01_task-neurofeedback_run-01_events.tsv") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    offset = 0.0  # the session's first run starts at session time 0
+    (mute,) = [r for r in rows if r["trial_type"] == "operator_mute"]
+    assert float(mute["onset"]) == pytest.approx(changes[0]["at_s"] - offset, abs=1e-4)
+    assert float(mute["duration"]) == pytest.approx(changes[2]["at_s"] - changes[0]["at_s"], abs=1e-4)
+    (level,) = [r for r in rows if r["trial_type"] == "operator_level"]
+    assert level["level_db"] == "-6" and float(level["onset"]) == pytest.approx(changes[1]["at_s"], abs=1e-4)
+    assert float(level["onset"]) + float(level["duration"]) == pytest.approx(24 * TR, abs=1e-3)  # to the run's end
+    assert all(r["level_db"] == "n/a" for r in rows if r["trial_type"] != "operator_level")
+    assert_valid_bids(bids_validator, tmp_path / "bids")
+
+
+@pytest.mark.timeout(180)
+def test_a_session_continued_after_a_crash_stays_muted_and_bad_commands_are_refused(kit, run24, b2m_proc, tmp_path):
+    control = f"tcp://127.0.0.1:{free_port()}"
+    out = tmp_path / "session"
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    sess = _session(b2m_proc, kit, out, ep, control, "session")
+    # bad input on the control socket: an error naming the field, and the session serves on
+    ctx = zmq.Context.instance()
+    for frames, field in (([b"\xc1garbage"], "frame"), ([b"a", b"b"], "frames")):
+        s = ctx.socket(zmq.REQ)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(control)
+        s.send_multipart(frames)
+        assert s.poll(5000)
+        reply = decode_reply(s.recv())
+        s.close(0)
+        assert reply["ok"] is False and reply["error"].startswith(field + ":"), reply
+    bad = b2m_proc("control", "level", "5", "--connect", control, name="control-bad-level")
+    assert bad.wait(30) == 2 and "value: level must be between -40 and 0 dB" in bad.stderr()
+    assert send_command(control, OperatorCommand("mute", source="test"))["state"]["muted"] is True
+    sess.kill(signal.SIGKILL)
+    sess.wait(10)
+
+    sess = _session(b2m_proc, kit, out, ep, control, "session-again")
+    assert "continuing with the operator's last setting: muted" in sess.stderr()
+    state = send_command(control, OperatorCommand("status"))["state"]
+    assert state["muted"] is True and state["source"] == "test" and state["commands"] == 1
+    tx = _replay(b2m_proc, run24, ep, "replay")
+    assert tx.wait(120) == 0 and sess.wait(120) == 0, sess.stderr()
+    heard, _ = sf.read(out / "feedback.wav", dtype="float32")
+    assert heard.size and np.all(heard == 0.0)  # the participant heard nothing from the restarted session
+    assert json.loads((out / "summary.json").read_text())["operator"]["muted"] is True
+
+    nobody = b2m_proc("control", "status", "--connect", f"tcp://127.0.0.1:{free_port()}", "--timeout", 0.5,
+                      name="control-nobody")
+    assert nobody.wait(30) == 3 and "no session answered" in nobody.stderr()
+
+
+def test_the_preflight_finds_the_default_control_port_taken_and_says_what_the_session_will_do():
+    from realtime.session.preflight import _bind_control
+
+    ctx = zmq.Context.instance()
+    held = ctx.socket(zmq.REP)
+    held.setsockopt(zmq.LINGER, 0)
+    port = held.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        taken = f"tcp://127.0.0.1:{port}"
+        with pytest.raises(ValueError, match=f"--control {taken}: cannot bind there"):
+            _bind_control(taken, False)  # an endpoint the site chose: taken is a failure
+        said, _ = _bind_control(taken, False, fallback=True)  # the default: the session moves to a free port
+        assert said.startswith(f"{taken} is taken (another session?)") and "tcp://127.0.0.1:" in said
+    finally:
+        held.close(0)
