@@ -66,14 +66,14 @@ def shared_data() -> str:
 class Proc:
     """A ``b2m`` subprocess whose stderr/stdout go to files, stopped by PID."""
 
-    def __init__(self, args, log_dir, name, prefix=()):
+    def __init__(self, args, log_dir, name, prefix=(), stdin=subprocess.DEVNULL):
         self.out_path = os.path.join(log_dir, f"{name}.out")
         self.err_path = os.path.join(log_dir, f"{name}.err")
         self._out = open(self.out_path, "w")
         self._err = open(self.err_path, "w")
         env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="200")
         self.p = subprocess.Popen([*prefix, sys.executable, "-m", "b2m", *args], stdout=self._out,
-                                  stderr=self._err, stdin=subprocess.DEVNULL, env=env, cwd=REPO)
+                                  stderr=self._err, stdin=stdin, env=env, cwd=REPO)
 
     @property
     def pid(self) -> int:
@@ -113,12 +113,13 @@ class Proc:
 def b2m_proc(tmp_path):
     """Start ``b2m`` subcommands as processes; all are killed at teardown.
 
-    ``prefix``: a command the process runs under (e.g. ``faketime -f +3s``).
+    ``prefix``: a command the process runs under (e.g. ``faketime -f +3s``); ``stdin``: its standard input
+    (a file descriptor, e.g. a pseudo-terminal's; none by default).
     """
     procs: list[Proc] = []
 
-    def start(*args, name=None, prefix=()):
-        proc = Proc([str(a) for a in args], tmp_path, name or f"p{len(procs)}", prefix=prefix)
+    def start(*args, name=None, prefix=(), stdin=subprocess.DEVNULL):
+        proc = Proc([str(a) for a in args], tmp_path, name or f"p{len(procs)}", prefix=prefix, stdin=stdin)
         procs.append(proc)
         return proc
 

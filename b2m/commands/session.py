@@ -275,7 +275,7 @@ def run_live(args) -> int:
         if args.runs is not None and len(ended) >= args.runs:
             stop.set()
 
-    publisher = pyneal = dashboard = control = None
+    publisher = pyneal = dashboard = control = keys = None
     not_recorded = 0
     try:
         output.start()
@@ -309,17 +309,23 @@ def run_live(args) -> int:
         write_session_info(args.out, info)
         with Receiver(args.out, args.bind, insecure=args.insecure, curve=curve, sync=not args.no_fsync,
                       on_volume=engine.on_volume, on_run_complete=run_over, on_run_gaps=run_over) as rx:
-            from realtime.session.alerts import standing_alerts
+            from realtime.session.alerts import AudioWatch, standing_alerts
 
+            audio = AudioWatch(output)  # a device that stops (a JACK server gone) is said, not silent
             # in every result: the monitor shows them
-            engine.alerts = lambda: standing_alerts(engine, rx, triggers, operator)
+            engine.alerts = lambda: standing_alerts(engine, rx, triggers, operator, audio)
             if triggers is not None:
                 triggers.start()
                 print(f"trigger\t{args.trigger}\tkey {args.trigger_key!r}", file=sys.stderr, flush=True)
             print(f"ready\t{rx.endpoint}", file=sys.stderr, flush=True)
             if not args.no_dashboard:
+                from realtime.session.keys import OperatorKeys
+
+                if args.trigger not in ("-", "stdin"):  # stdin may carry the trigger box's keys instead
+                    keys = OperatorKeys(operator).start()  # None unless stdin is a terminal
                 dashboard = Dashboard(engine, rx, engine.preprocess.motion_config.fd_threshold_mm,
-                                      blind=args.blind, triggers=triggers, operator=operator).start()
+                                      blind=args.blind, triggers=triggers, operator=operator,
+                                      keys=keys is not None, audio=audio).start()
             rx.serve(stop, idle=engine.keep_playing)  # generated music goes on between runs
             rx.wait_exports()
             not_recorded = rx.stats.not_recorded
@@ -328,6 +334,8 @@ def run_live(args) -> int:
         except Exception:  # the audio's tail (a WAV sink on a full disk, a device gone): the record is safe
             log.exception("could not finish the audio output; the session record is complete as received")
     finally:
+        if keys is not None:
+            keys.stop()  # the terminal's settings back
         if dashboard is not None:
             dashboard.stop()
         if triggers is not None:

@@ -33,6 +33,10 @@ class _OutputAPI:
         """See :meth:`Mixer.current_gain`."""
         return self.mixer.current_gain()
 
+    def level(self, seconds: float = 1.0) -> dict | None:
+        """See :meth:`Mixer.level`."""
+        return self.mixer.level(seconds)
+
     def next_beat_frame(self, after_frame: int, every: int = 1) -> int | None:
         """See :meth:`Mixer.next_beat_frame`."""
         return self.mixer.next_beat_frame(after_frame, every)

@@ -14,7 +14,9 @@ only by the consumer):
 - ``retired`` (audio -> control): commands the audio thread is done with, so
   the last reference to a clip array is dropped on the control thread (freeing
   megabytes inside the callback would be a system call);
-- the execution log (audio -> control): preallocated int64/float64 arrays.
+- the execution log (audio -> control): preallocated int64/float64 arrays;
+- the level meter (audio -> control): each rendered block's first frame,
+  length, sum of squares and peak, for :meth:`Mixer.level`.
 
 Why this is safe in CPython without a lock: storing a list slot and
 storing an int attribute are single bytecodes, each atomic under the GIL,
@@ -130,6 +132,9 @@ class Mixer:
         Capacity of the command ring (pending commands).
     log_size : int
         Capacity of the execution log ring.
+    meter_size : int
+        Render calls the level meter remembers (:meth:`level`; 4096 blocks
+        of 256 frames are 22 s at 48 kHz).
 
     Attributes
     ----------
@@ -153,7 +158,7 @@ class Mixer:
     """
 
     def __init__(self, samplerate: int, channels: int = 2, *, max_block: int = 8192, voices: int = 4,
-                 queue_size: int = 256, log_size: int = 4096):
+                 queue_size: int = 256, log_size: int = 4096, meter_size: int = 4096):
         if int(samplerate) != samplerate or samplerate <= 0:
             raise ValueError(f"samplerate must be a positive integer number of Hz, got {samplerate!r}")
         if int(channels) != channels or channels < 1:
@@ -193,6 +198,13 @@ class Mixer:
         self._g_idx = 0
         self._g_n = 0
         self._gbuf = np.zeros(self._max_block, np.float32)
+        # level meter: audio -> control, one row per render call
+        self._m_size = int(meter_size)
+        self._m_frame = np.zeros(self._m_size, np.int64)
+        self._m_n = np.zeros(self._m_size, np.int64)
+        self._m_sumsq = np.zeros(self._m_size, np.float64)
+        self._m_peak = np.zeros(self._m_size, np.float64)
+        self._m_written = 0
         self.frame = 0
         self.late_commands = 0
         self.voice_steals = 0
@@ -379,6 +391,43 @@ class Mixer:
             self._gain_cleared += 1
         return ids
 
+    def level(self, seconds: float = 1.0) -> dict | None:
+        """The output's level over (at least) the last ``seconds`` rendered, from the control thread.
+
+        Returns
+        -------
+        dict or None
+            ``rms_dbfs`` (RMS over every sample and channel, dB re full scale 1.0),
+            ``peak_dbfs`` (largest absolute sample), ``seconds`` (the span
+            measured, the whole blocks that cover ``seconds``, or less if less
+            was rendered) and ``end_frame``. Silence gives ``-inf``. None
+            before anything was rendered.
+        """
+        w = self._m_written
+        rows = min(w, self._m_size - 1)  # the oldest slot may be being rewritten
+        want = float(seconds) * self.samplerate
+        frames = 0
+        sq = pk = 0.0
+        end = None
+        for k in range(w - 1, w - 1 - rows, -1):
+            i = k % self._m_size
+            n = int(self._m_n[i])
+            if end is None:
+                end = int(self._m_frame[i]) + n
+            frames += n
+            sq += float(self._m_sumsq[i])
+            pk = max(pk, float(self._m_peak[i]))
+            if frames >= want:
+                break
+        if not frames:
+            return None
+
+        def db(x: float) -> float:
+            return 20.0 * math.log10(x) if x > 0 else -math.inf
+
+        return {"rms_dbfs": db(math.sqrt(sq / (frames * self.channels))), "peak_dbfs": db(pk),
+                "seconds": frames / self.samplerate, "end_frame": end}
+
     def current_gain(self) -> float:
         """The master gain of the last sample rendered (amplitude; from the control thread, as of the last block)."""
         table, i = self._g_table, self._g_idx
@@ -468,7 +517,30 @@ class Mixer:
                         self._mix_voice(v, seg, end - done)
                 self._apply_gain(seg, end - done)
             done = end
+        self._meter(out, frame0, n)
         self.frame = frame0 + n
+
+    def _meter(self, out: np.ndarray, frame0: int, n: int) -> None:
+        """One row of the level meter for this block (what is sent out, after the master gain)."""
+        sq = pk = 0.0
+        done = 0
+        while done < n:
+            k = n - done if n - done <= self._max_block else self._max_block
+            seg = out[done:done + k]
+            a = self._work[:k]
+            np.abs(seg, out=a)
+            p = float(a.max())
+            if p > pk:
+                pk = p
+            np.multiply(seg, seg, out=a)
+            sq += float(a.sum())  # float32's pairwise sum: a float64 one would buffer a cast copy
+            done += k
+        i = self._m_written % self._m_size
+        self._m_frame[i] = frame0
+        self._m_n[i] = n
+        self._m_sumsq[i] = sq
+        self._m_peak[i] = pk
+        self._m_written += 1                                  # filled, then published
 
     def _execute_gain(self, cmd: _Command, f: int, frame0: int, t0: float) -> None:
         self.master_gain = self.current_gain()   # a ramp under way starts the next from where it got

@@ -173,6 +173,8 @@ def _child_main(conn, shm_name, device, samplerate, blocksize, channels, latency
                     reply = ("ok", out.mixer.schedule_gain(msg[1], msg[2], msg[3]))
                 elif op == "current_gain":
                     reply = ("ok", out.mixer.current_gain())
+                elif op == "level":
+                    reply = ("ok", out.mixer.level(msg[1]))
                 elif op == "executed":
                     reply = ("ok", out.mixer.executed())
                 elif op == "info":
@@ -421,6 +423,10 @@ class IsolatedOutput(_CallbackCounters):
     def current_gain(self) -> float:
         """See :meth:`Mixer.current_gain`."""
         return float(self._request(("current_gain",)))
+
+    def level(self, seconds: float = 1.0) -> dict | None:
+        """See :meth:`Mixer.level` (measured in the child, which renders)."""
+        return self._request(("level", float(seconds)))
 
     def next_beat_frame(self, after_frame: int, every: int = 1) -> int | None:
         """See :meth:`Mixer.next_beat_frame`."""

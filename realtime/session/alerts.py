@@ -3,8 +3,9 @@
 A session's own state says some things (the scanner side's clock is off);
 the parts around it say the rest: the trigger input (it closed, or volumes
 whose pulse came are overdue), the receiver (the disk refused a message
-in the last :data:`DISK_ALERT_S` seconds) and the operator (the sound is
-muted). :func:`standing_alerts` gathers
+in the last :data:`DISK_ALERT_S` seconds), the sound device (its stream
+stopped, its process exited, or it sends out nothing while music should
+play: :class:`AudioWatch`) and the operator (the sound is muted). :func:`standing_alerts` gathers
 them as short sentences; the engine puts them in each
 :class:`protocols.wire.Result` (``alerts``), so the control-room monitor
 shows them too, and the dashboard draws them in red.
@@ -21,10 +22,77 @@ from protocols.wire import MAX_ALERT_CHARS, MAX_ALERTS
 from ..clocks import CLOCK_WARN_S, describe_offset
 from ..triggers import match_run, overdue
 
-__all__ = ["DISK_ALERT_S", "trigger_status", "standing_alerts"]
+__all__ = ["DISK_ALERT_S", "STALL_S", "SILENT_S", "SILENT_DBFS", "AudioWatch", "trigger_status",
+           "standing_alerts"]
 
 #: A disk refusal is alerted this long after the last one (s).
 DISK_ALERT_S = 30.0
+#: A sound device whose callbacks have not run for this long has stopped (s).
+STALL_S = 1.0
+#: Music that should play but has measured below SILENT_DBFS peak for this long is alerted (s).
+SILENT_S = 10.0
+SILENT_DBFS = -90.0
+
+
+class AudioWatch:
+    """Whether the participant can hear anything: the sound device's stream and what it sends out.
+
+    A sound device can fail silently: a JACK server that dies, or a USB
+    interface pulled out, stops the stream's callbacks while every schedule
+    call still succeeds, and an isolated output's process can exit. Each
+    :meth:`alert` looks at the output (the callbacks counted since the last
+    look, the process, the level meter of :meth:`realtime.audio.Mixer.level`)
+    and says what is wrong now, if anything. A WAV sink is rendered by the
+    session itself: nothing to watch.
+
+    Parameters
+    ----------
+    output : audio output or None
+    stall_s, silent_s : float
+        :data:`STALL_S` and :data:`SILENT_S`.
+    """
+
+    def __init__(self, output, stall_s: float = STALL_S, silent_s: float = SILENT_S):
+        self.output = output
+        self.stall_s, self.silent_s = float(stall_s), float(silent_s)
+        self._callbacks = None
+        self._moved_at = time.monotonic()
+        self._should_since = None  # since when music should have been sounding (monotonic s)
+
+    def alert(self, engine=None, operator=None) -> str | None:
+        """The output's alert now (None: it plays as it should). ``engine`` says whether music should sound,
+        ``operator`` whether it is muted."""
+        out = self.output
+        if out is None or hasattr(out, "advance_to"):
+            return None
+        proc = getattr(out, "_proc", None)
+        if proc is not None and proc.poll() is not None:
+            return (f"audio: the audio process exited (code {proc.returncode}): the participant hears nothing; "
+                    "see the session's log, then restart the session on the same --out to continue")
+        now = time.monotonic()
+        n = out.callbacks
+        if n != self._callbacks:
+            self._callbacks, self._moved_at = n, now
+        elif now - self._moved_at > self.stall_s:
+            return (f"audio: the output stream stopped {now - self._moved_at:.0f} s ago "
+                    f"({getattr(out, 'device_name', 'the device')}): the participant hears nothing; check the "
+                    "audio interface, its cable and, on JACK, that the server still runs")
+        should = engine is not None and engine._audio_started and not (operator is not None and operator.muted)
+        if not should:
+            self._should_since = None
+            return None
+        if self._should_since is None:
+            self._should_since = now
+        if now - self._should_since < self.silent_s + 1.0:  # music just (re)started: its first bar may be ahead
+            return None
+        try:
+            long = out.level(self.silent_s)
+        except Exception as e:  # the meter is a nicety: its failure is said, never fatal
+            return f"audio: the output's level cannot be read ({type(e).__name__}: {e})"
+        if long is not None and long["seconds"] >= self.silent_s and long["peak_dbfs"] < SILENT_DBFS:
+            return (f"audio: nothing audible sent out for {long['seconds']:.0f} s though music should play "
+                    f"(peak {long['peak_dbfs']:.0f} dBFS): check the library's clips and the session's log")
+        return None
 
 
 def trigger_status(triggers, engine, run_id: str | None) -> tuple[str, str | None]:
@@ -67,12 +135,16 @@ def trigger_status(triggers, engine, run_id: str | None) -> tuple[str, str | Non
     return text, None
 
 
-def standing_alerts(engine, receiver=None, triggers=None, operator=None) -> list[str]:
+def standing_alerts(engine, receiver=None, triggers=None, operator=None, audio=None) -> list[str]:
     """Every alert standing now (at most :data:`protocols.wire.MAX_ALERTS`, each cut to fit the wire).
 
-    ``operator`` (:class:`realtime.session.operator.OperatorControl`) adds the sound muted by the operator.
+    ``operator`` (:class:`realtime.session.operator.OperatorControl`) adds the sound muted by the operator,
+    ``audio`` (:class:`AudioWatch`) a sound device that stopped or sends out nothing.
     """
     out = []
+    heard = audio.alert(engine, operator) if audio is not None else None
+    if heard:
+        out.append(heard)
     muted = operator.alert() if operator is not None else None
     if muted:
         out.append(muted)

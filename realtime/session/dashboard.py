@@ -25,6 +25,19 @@ def sparkline(values, hi: float) -> str:
     return "".join(_SPARK[int(round(x * (len(_SPARK) - 1)))] for x in v)
 
 
+def _describe_level(output) -> str:
+    """What the output sent out over the last second, as RMS and peak dBFS."""
+    try:
+        lv = output.level(1.0)
+    except Exception as e:  # a device gone: the alert says it; the row must not break the view
+        return f"n/a ({type(e).__name__})"
+    if lv is None:
+        return "nothing rendered yet"
+    if lv["peak_dbfs"] == float("-inf"):
+        return "silence"
+    return f"{lv['rms_dbfs']:.1f} dBFS RMS, peak {lv['peak_dbfs']:.1f} dBFS"
+
+
 class Dashboard:
     """Live view of a :class:`~realtime.session.engine.SessionEngine` (and its receiver).
 
@@ -44,10 +57,15 @@ class Dashboard:
     operator : realtime.session.operator.OperatorControl, optional
         The sound as the operator set it (muted, or the level), on its own
         row, and the muted alert.
+    keys : bool
+        The console's keys change the sound (:mod:`.keys`): say which.
+    audio : realtime.session.alerts.AudioWatch, optional
+        The output's level over the last second, and its alerts (a stream
+        that stopped).
     """
 
     def __init__(self, engine, receiver=None, fd_threshold_mm: float = 0.5, console=None, blind: bool = False,
-                 triggers=None, operator=None):
+                 triggers=None, operator=None, keys: bool = False, audio=None):
         from rich.console import Console
 
         self.engine = engine
@@ -56,6 +74,8 @@ class Dashboard:
         self.blind = blind
         self.triggers = triggers
         self.operator = operator
+        self.keys = keys
+        self.audio = audio
         self.console = console or Console(stderr=True)
         self._live = None
         self._t0 = time.monotonic()
@@ -73,7 +93,12 @@ class Dashboard:
         head.add_column()
         if self.operator is not None:  # first: what the participant hears, whatever the decoder does
             sound = self.operator.describe()
-            head.add_row("sound", f"[bold red]{sound.upper()}[/bold red]" if self.operator.muted else sound)
+            from .keys import KEYS_HELP
+
+            head.add_row("sound", (f"[bold red]{sound.upper()}[/bold red]" if self.operator.muted else sound)
+                         + (f"  [dim](keys: {KEYS_HELP})[/dim]" if self.keys else ""))
+        if self.audio is not None and self.audio.output is not None:
+            head.add_row("output level (1 s)", _describe_level(self.audio.output))
         if r is None:
             head.add_row("waiting", "for the first volume ...")
         else:
@@ -130,7 +155,8 @@ class Dashboard:
                 f"audio underruns {audio.get('underruns', 'n/a')}  late audio commands "
                 f"{audio.get('late_commands', 'n/a')}  uptime {time.monotonic() - self._t0:.0f} s")
         parts = [head, lat, foot]
-        parts += [f"[red]{escape(a)}[/red]" for a in standing_alerts(e, self.receiver, self.triggers, self.operator)]
+        parts += [f"[red]{escape(a)}[/red]" for a in standing_alerts(e, self.receiver, self.triggers, self.operator,
+                                                                     self.audio)]
         return Panel(Group(*parts), title="b2m session", border_style="cyan")
 
     def __rich__(self):

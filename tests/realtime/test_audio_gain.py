@@ -409,3 +409,30 @@ def test_isolated_output_takes_the_gain_in_its_child_process(jackd):
     assert math.isfinite(rows[0]["time"])
     assert [r["frame"] for r in log if r["kind"] == "switch"] == [first]
     assert gain == 0.25
+
+
+# ---------------------------------------------------------------------------- the level meter
+
+
+def test_the_level_meter_matches_numpy_over_the_blocks_that_cover_the_span(rng):
+    m = Mixer(SR, 2, max_block=100)  # blocks longer than max_block are metered in pieces
+    assert m.level(1.0) is None  # nothing rendered yet
+    src = (0.2 * rng.standard_normal((SR, 2))).astype(np.float32)
+    m.schedule_switch(0, src, 0)
+    m.schedule_gain(30000, 0.5, 0)
+    out = np.zeros((60000, 2), np.float32)
+    sizes = rng.integers(1, 700, size=400)
+    edges = np.minimum(np.concatenate([[0], np.cumsum(sizes)]), 60000)
+    for a, b in zip(edges[:-1], edges[1:]):
+        if b > a:
+            m.render(out[a:b])
+    for span in (0.01, 0.3, 0.5, 5.0):
+        lv = m.level(span)
+        n = int(round(lv["seconds"] * SR))
+        assert n >= min(span * SR, 60000) and lv["end_frame"] == 60000
+        seg = out[60000 - n:].astype(np.float64)
+        assert lv["rms_dbfs"] == pytest.approx(20 * np.log10(np.sqrt(np.mean(seg ** 2))), abs=1e-4)
+        assert lv["peak_dbfs"] == pytest.approx(20 * np.log10(np.abs(seg).max()), abs=1e-6)
+    silent = Mixer(SR, 2)
+    silent.render(np.zeros((256, 2), np.float32))
+    assert silent.level(1.0)["peak_dbfs"] == -np.inf and silent.level(1.0)["rms_dbfs"] == -np.inf

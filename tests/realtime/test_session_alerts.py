@@ -8,6 +8,7 @@ import dataclasses
 import os
 import time
 
+import jack_fixture
 import pytest
 from session_kit import kit_fixture, volumes
 
@@ -16,6 +17,9 @@ from realtime.decoder import Decoder
 from realtime.session import SessionEngine
 from realtime.session.alerts import standing_alerts
 from realtime.triggers import TriggerInput, TriggerLog
+
+
+jackd = jack_fixture.jackd  # the shared JACK dummy server (a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +75,54 @@ def test_the_trigger_input_raises_alerts_when_it_needs_the_operator(kit, tmp_pat
         if box is not None:
             os.close(box)
         os.close(port)
+
+
+# ---- the sound device: a stream that stops, a process that exits, music that should play and is silent ----
+
+
+def _wait_alert(watch, engine, operator=None, timeout: float = 5.0) -> str | None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        alert = watch.alert(engine, operator)
+        if alert:
+            return alert
+        time.sleep(0.1)
+    return None
+
+
+@pytest.mark.audio
+@pytest.mark.timeout(60)
+def test_the_audio_watch_measures_the_output_and_says_when_music_that_should_play_is_silent(jackd):
+    import math
+    import types
+
+    import numpy as np
+
+    from realtime.audio import open_output
+    from realtime.session.alerts import AudioWatch
+
+    out = open_output("system", isolate=True).start()
+    try:
+        playing = types.SimpleNamespace(_audio_started=True)  # the engine's word that music should sound
+        watch = AudioWatch(out, silent_s=0.5)
+        t = np.arange(out.samplerate) / out.samplerate
+        tone = np.repeat((0.25 * np.sin(2 * np.pi * 440 * t))[:, None], 2, axis=1).astype(np.float32)
+        out.schedule_switch(out.frame + 512, tone)
+        assert watch.alert(playing) is None  # music just started: no word on its level yet
+        time.sleep(2.0)  # past the watch's grace (0.5 s + 1 s): the level is judged now, and it is audible
+        assert watch.alert(playing) is None
+        lv = out.level(0.5)  # a sine of amplitude 0.25: RMS 0.25 / sqrt(2), peak 0.25
+        assert lv["rms_dbfs"] == pytest.approx(20 * math.log10(0.25 / math.sqrt(2)), abs=0.05)
+        assert lv["peak_dbfs"] == pytest.approx(20 * math.log10(0.25), abs=0.01) and lv["seconds"] >= 0.5
+        out.schedule_switch(out.frame + 512, np.zeros((4800, 2), np.float32))  # the clip is silence
+        alert = _wait_alert(watch, playing)
+        assert alert is not None and alert.startswith("audio: nothing audible sent out for"), alert
+        muted = types.SimpleNamespace(muted=True)
+        assert watch.alert(playing, muted) is None  # the operator muted it: silence is what should be
+        assert watch.alert(types.SimpleNamespace(_audio_started=False)) is None  # nothing should play
+        os.kill(out._proc.pid, 9)  # the audio process dies (a real SIGKILL)
+        out._proc.wait(10)
+        alert = _wait_alert(watch, playing)
+        assert alert is not None and alert.startswith("audio: the audio process exited (code -9)"), alert
+    finally:
+        out.close()

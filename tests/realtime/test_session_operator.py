@@ -181,3 +181,103 @@ def test_the_preflight_finds_the_default_control_port_taken_and_says_what_the_se
         assert said.startswith(f"{taken} is taken (another session?)") and "tcp://127.0.0.1:" in said
     finally:
         held.close(0)
+
+
+@pytest.mark.timeout(120)
+def test_the_consoles_keys_mute_and_set_the_level_and_the_terminal_is_given_back(kit, b2m_proc, tmp_path):
+    import os
+    import termios
+
+    master, slave = os.openpty()  # a real terminal for the session's standard input
+    before = termios.tcgetattr(slave)
+    control = f"tcp://127.0.0.1:{free_port()}"
+    out = tmp_path / "session"
+    try:
+        sess = b2m_proc("session", "--model", kit.bundle, "--library", kit.library, "--out", out, "--bind",
+                        f"tcp://127.0.0.1:{free_port()}", "--audio", f"wav:{out}/feedback.wav", "--results", "none",
+                        "--control", control, name="session", stdin=slave)
+        sess.wait_for("ready", timeout=60)
+
+        def pressed(keys: bytes, want) -> dict:
+            os.write(master, keys)
+            end = time.monotonic() + 10
+            while time.monotonic() < end:
+                state = send_command(control, OperatorCommand("status"))["state"]
+                if want(state):
+                    return state
+                time.sleep(0.05)
+            raise AssertionError(f"{keys!r} did not change the sound: {state}\n{sess.stderr()}")
+
+        assert pressed(b"m", lambda s: s["muted"])["source"] == "keyboard"
+        assert pressed(b"--", lambda s: s["level_db"] == -6.0)["muted"] is True
+        assert pressed(b"x+", lambda s: s["level_db"] == -3.0)["commands"] == 4  # other keys do nothing
+        assert pressed(b"m", lambda s: not s["muted"])["commands"] == 5
+        assert termios.tcgetattr(slave)[3] & termios.ICANON == 0  # cbreak while the session runs
+        sess.kill(signal.SIGTERM)
+        assert sess.p.returncode == 0, sess.stderr()
+        assert termios.tcgetattr(slave) == before  # the terminal as the session found it
+        changes = read_operator(out)
+        assert [(c["command"], c["value"]) for c in changes] == [("mute", None), ("level", -3.0), ("level", -6.0),
+                                                                  ("level", -3.0), ("unmute", None)]
+        assert {c["source"] for c in changes} == {"keyboard"}
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+@pytest.mark.audio
+@pytest.mark.timeout(180)
+def test_a_sound_device_that_stops_is_an_alert_in_every_result_and_the_session_goes_on(kit, run24, b2m_proc,
+                                                                                        tmp_path, monkeypatch):
+    """A JACK server of the test's own (the shared one serves other tests), killed with SIGKILL mid-run: the
+    stream's callbacks stop while every schedule call still succeeds, so only the watch can tell."""
+    import os
+    import shutil
+    import subprocess
+
+    name = f"b2m-stop-{os.getpid()}"
+    log = open(tmp_path / "jackd.log", "w")
+    jackd = subprocess.Popen([shutil.which("jackd"), "-n", name, "-d", "dummy", "-r", "48000", "-p", "256"],
+                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             env=dict(os.environ, JACK_NO_AUDIO_RESERVATION="1"))
+    try:
+        up = subprocess.run(["jack_wait", "-s", name, "-w", "-t", "20"], capture_output=True, text=True)
+        assert up.returncode == 0, up.stdout + up.stderr + (tmp_path / "jackd.log").read_text()
+        monkeypatch.setenv("JACK_DEFAULT_SERVER", name)  # the session (a child process) plays on this server
+        results, ep, out = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}", tmp_path / "session"
+        sess = b2m_proc("session", "--model", kit.bundle, "--library", kit.library, "--out", out, "--bind", ep,
+                        "--audio", "system", "--results", results, "--no-dashboard", "--control", "none",
+                        "--runs", 1, name="session")
+        sess.wait_for("ready", timeout=60)
+        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.connect(results)
+        time.sleep(0.3)  # the subscription reaches the publisher
+        tx = _replay(b2m_proc, run24, ep, "replay")
+        from protocols.wire import decode
+
+        got, killed_at = [], None
+        end = time.monotonic() + 60
+        while time.monotonic() < end and (not got or got[-1][1].index < 23):
+            if sub.poll(500):
+                got.append((time.monotonic(), decode(sub.recv_multipart())))
+                if killed_at is None and got[-1][1].index == 6:
+                    jackd.send_signal(signal.SIGKILL)  # the server dies under the session's stream
+                    jackd.wait(10)
+                    killed_at = time.monotonic()
+        assert tx.wait(60) == 0, tx.stderr()
+        assert [r.index for _, r in got] == list(range(24)) and killed_at is not None
+        before = [r for t, r in got if t < killed_at]
+        late = [r for t, r in got if t > killed_at + 2.0]  # the watch needs its second to see no callback
+        assert before and not any(a.startswith("audio:") for r in before for a in r.alerts), before[-1].alerts
+        assert len(late) >= 5 and all(any(a.startswith("audio: the output stream stopped") for a in r.alerts)
+                                      for r in late), [r.alerts for r in late]
+        assert all(r.action != "error" and r.embedding is not None for r in late)  # decoding went on
+        assert sess.wait(60) == 0, sess.stderr()
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["counts"]["decoded"] == 24 - 2 and summary["counts"]["errors"] == 0  # lag 2 TRs
+    finally:
+        if jackd.poll() is None:
+            jackd.kill()
+        log.close()

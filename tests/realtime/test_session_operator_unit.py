@@ -416,3 +416,16 @@ def test_events_on_a_clock_the_run_cannot_be_placed_on_are_left_out():
 def test_events_no_changes_no_rows():
     assert operator_events([], {"session": 0.0, "wall": 0.0}, 60.0) == []
     assert operator_events([], {}, 60.0) == []
+
+
+def test_the_consoles_keys_map_to_commands_and_stop_at_the_levels_ends():
+    from realtime.session.keys import STEP_DB, key_command
+
+    assert key_command("m", False, 0.0) == OperatorCommand("mute", source="keyboard")
+    assert key_command("M", True, -6.0) == OperatorCommand("unmute", source="keyboard")
+    assert key_command("-", False, -6.0) == OperatorCommand("level", -6.0 - STEP_DB, source="keyboard")
+    assert key_command("=", True, -6.0) == OperatorCommand("level", -6.0 + STEP_DB, source="keyboard")
+    assert key_command("+", False, -1.5) == OperatorCommand("level", 0.0, source="keyboard")  # clamped to the top
+    assert key_command("-", False, -38.0) == OperatorCommand("level", -40.0, source="keyboard")
+    assert key_command("+", False, 0.0) is None and key_command("-", False, -40.0) is None  # at an end: nothing
+    assert key_command("x", False, 0.0) is None and key_command("\n", True, 0.0) is None
