@@ -275,7 +275,7 @@ def run_live(args) -> int:
         if args.runs is not None and len(ended) >= args.runs:
             stop.set()
 
-    publisher = pyneal = dashboard = control = keys = None
+    publisher = pyneal = dashboard = control = keys = engine = keeper = None
     not_recorded = 0
     try:
         output.start()
@@ -299,6 +299,14 @@ def run_live(args) -> int:
 
         operator = OperatorControl(engine, args.out, level_dbfs=args.level_dbfs)
         control = _control_server(args, operator, curve)
+        from realtime.session.alerts import AudioWatch
+
+        audio = AudioWatch(output)  # a device that stops (a JACK server gone) is said, not silent
+        keeper = _audio_keeper(args, engine, audio, output)
+        if keeper is not None:
+            parts.append(keeper)
+            engine.on_new_output = lambda out: (operator.reapply(out), keeper.taken(out))
+            keeper.start()
         info = session_info(engine, args.model, args.library, args.audio)
         info["control"] = control.endpoint if control is not None else None
         info["protocol"] = protocol.to_dict() if protocol is not None else None
@@ -309,9 +317,8 @@ def run_live(args) -> int:
         write_session_info(args.out, info)
         with Receiver(args.out, args.bind, insecure=args.insecure, curve=curve, sync=not args.no_fsync,
                       on_volume=engine.on_volume, on_run_complete=run_over, on_run_gaps=run_over) as rx:
-            from realtime.session.alerts import AudioWatch, standing_alerts
+            from realtime.session.alerts import standing_alerts
 
-            audio = AudioWatch(output)  # a device that stops (a JACK server gone) is said, not silent
             # in every result: the monitor shows them
             engine.alerts = lambda: standing_alerts(engine, rx, triggers, operator, audio)
             if triggers is not None:
@@ -343,8 +350,10 @@ def run_live(args) -> int:
         for part in (control, publisher, pyneal):
             if part is not None:
                 part.close()
-        for part in parts:
+        for part in reversed(parts):  # the keeper before the output it watches
             part.close()
+        if engine is not None and engine.output is not output:  # a device reopened mid-session
+            engine.output.close()
     from realtime.session.decisions import session_results
     from realtime.session.report import music_match, write_session_report
 
@@ -360,6 +369,11 @@ def run_live(args) -> int:
         summary["yoked"]["own_agreement"] = own_agreement(args.out)
     summary["not_recorded"] = not_recorded  # messages the disk refused at least once (each sent again)
     summary["operator"] = operator.summary() if control is not None or operator.history else None
+    summary["audio_outages"] = keeper.summary() if keeper is not None else None
+    for o in (summary["audio_outages"] or []):
+        print(f"audio\t{o['why']}: " + (f"no sound for {o['end_unix'] - o['start_unix']:.1f} s, then reopened"
+                                        if o["end_unix"] is not None else "not reopened before the session ended"),
+              file=sys.stderr, flush=True)
     if summary["operator"] and summary["operator"]["changes"]:
         from realtime.session.operator import describe_changes
 
@@ -394,6 +408,16 @@ def run_live(args) -> int:
         print(f"disk: {not_recorded} message(s) could not be recorded when they came (sent again by the scanner "
               f"side; the record holds every volume acked): check the disk of {args.out}", file=sys.stderr)
     return 0 if written else 1
+
+
+def _audio_keeper(args, engine, watch, output):
+    """Reopens the sound device if it stops: for a device in its own process (the default), not a WAV sink."""
+    from realtime.audio import IsolatedOutput, open_output
+    from realtime.session.audio_keeper import AudioKeeper
+
+    if not isinstance(output, IsolatedOutput):
+        return None
+    return AudioKeeper(engine, watch, lambda: open_output(args.audio, isolate=True), args.out)
 
 
 def _control_server(args, operator, curve):

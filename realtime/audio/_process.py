@@ -305,13 +305,18 @@ class IsolatedOutput(_CallbackCounters):
                     "RuntimeError": RuntimeError}.get(kind, RuntimeError)
         raise exc_type(text)
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, stream_dead: bool = False) -> None:
         if not self._closed:
             self._closed = True
+            if stream_dead and self._proc.poll() is None:
+                # PortAudio asserts (and aborts the process, loudly) when it closes a stream whose server is
+                # gone: the process is stopped instead, and the system reclaims what it held
+                self._proc.kill()
             try:
-                self._conn.send(("close",))
-                if self._conn.poll(10):
-                    self._conn.recv()
+                if not stream_dead:
+                    self._conn.send(("close",))
+                    if self._conn.poll(10):
+                        self._conn.recv()
             except (OSError, EOFError):
                 pass
             try:
@@ -341,6 +346,10 @@ class IsolatedOutput(_CallbackCounters):
     def close(self) -> None:
         """Stop the stream and the audio process (idempotent)."""
         self._shutdown()
+
+    def abandon(self) -> None:
+        """Close an output whose stream stopped for good (its server or device gone): the process is killed."""
+        self._shutdown(stream_dead=True)
 
     def __enter__(self):
         return self.start()

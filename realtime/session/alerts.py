@@ -59,24 +59,42 @@ class AudioWatch:
         self._moved_at = time.monotonic()
         self._should_since = None  # since when music should have been sounding (monotonic s)
 
-    def alert(self, engine=None, operator=None) -> str | None:
-        """The output's alert now (None: it plays as it should). ``engine`` says whether music should sound,
-        ``operator`` whether it is muted."""
+    def rewatch(self, output) -> None:
+        """Watch ``output`` from now on (a device reopened after it stopped)."""
+        self.output = output
+        self._callbacks, self._moved_at, self._should_since = None, time.monotonic(), None
+
+    def down(self) -> tuple[str, float] | None:
+        """Why the device plays nothing and since when (Unix s), or None while it runs (or for a WAV sink)."""
         out = self.output
         if out is None or hasattr(out, "advance_to"):
             return None
         proc = getattr(out, "_proc", None)
         if proc is not None and proc.poll() is not None:
-            return (f"audio: the audio process exited (code {proc.returncode}): the participant hears nothing; "
-                    "see the session's log, then restart the session on the same --out to continue")
+            return f"the audio process exited (code {proc.returncode})", time.time() - (time.monotonic() -
+                                                                                       self._moved_at)
         now = time.monotonic()
         n = out.callbacks
         if n != self._callbacks:
             self._callbacks, self._moved_at = n, now
         elif now - self._moved_at > self.stall_s:
-            return (f"audio: the output stream stopped {now - self._moved_at:.0f} s ago "
-                    f"({getattr(out, 'device_name', 'the device')}): the participant hears nothing; check the "
-                    "audio interface, its cable and, on JACK, that the server still runs")
+            return (f"the output stream stopped ({getattr(out, 'device_name', 'the device')})",
+                    time.time() - (now - self._moved_at))
+        return None
+
+    def alert(self, engine=None, operator=None) -> str | None:
+        """The output's alert now (None: it plays as it should). ``engine`` says whether music should sound,
+        ``operator`` whether it is muted."""
+        out = self.output
+        down = self.down()
+        if down is not None:
+            why, since = down
+            return (f"audio: {why} {time.time() - since:.0f} s ago: the participant hears nothing; check the audio "
+                    "interface, its cable and, on JACK, that the server runs (the session reopens it when it "
+                    "can)")
+        if out is None or hasattr(out, "advance_to"):
+            return None
+        now = time.monotonic()
         should = engine is not None and engine._audio_started and not (operator is not None and operator.muted)
         if not should:
             self._should_since = None

@@ -10,8 +10,10 @@
                                                                      the clock offset the onsets used)
     DIR/sub-01[/ses-S]/func/sub-01[_ses-S]_task-T_run-NN_events.tsv     one row per clip or piece heard (music),
                                                                      silence, protocol block (block_*),
-                                                                     button press (response) and the
+                                                                     button press (response), the
                                                                      operator's mute or level (operator_*)
+                                                                     and the sound device down
+                                                                     (audio_outage)
     DIR/stimuli/LIBRARY/...                                           the audio files of the clips heard
                                                                      (events.tsv's stim_file is relative to
                                                                      DIR/stimuli, as BIDS has it)
@@ -74,13 +76,14 @@ from protocols.session import SessionRecord
 from ..nifti_io import export_run_nifti, run_export_args
 from ..triggers import RunTriggers, match_run, read_responses, read_triggers
 from .decisions import decisions_path, read_decisions
+from .audio_keeper import outage_spans, read_outages
 from .operator import read_operator
 from .yoked import read_yoked
 
 log = logging.getLogger("b2m.session")
 
 __all__ = ["EVENT_COLUMNS", "run_clock_offset", "run_triggers", "music_events", "sounds_begun", "block_events",
-           "response_events", "operator_events", "write_decoded_timeseries", "export_bids"]
+           "response_events", "operator_events", "outage_events", "write_decoded_timeseries", "export_bids"]
 
 #: Columns of ``*_events.tsv``, in order.
 EVENT_COLUMNS = ("onset", "duration", "trial_type", "clip", "genre", "stim_file", "clip_start_s", "decided_run",
@@ -291,6 +294,22 @@ def operator_events(changes: list[dict], starts: dict, run_s: float) -> list[dic
     return sorted(rows, key=lambda r: r["onset"])
 
 
+def outage_events(spans, wall_start: float | None, run_s: float) -> list[dict]:
+    """The sound device's outages within a run (:func:`realtime.session.audio_keeper.outage_spans`, Unix s) as
+    ``audio_outage`` rows: the participant heard nothing then, whatever the music rows say. An outage never
+    reopened lasts to the run's end; none without the run's start on the wall clock."""
+    if wall_start is None:
+        return []
+    rest = {k: "n/a" for k in EVENT_COLUMNS if k not in ("onset", "duration", "trial_type")}
+    rows = []
+    for start, end, why in spans:
+        lo = max(start - wall_start, 0.0)
+        hi = run_s if end is None else min(end - wall_start, run_s)
+        if hi > lo:
+            rows.append({"onset": lo, "duration": hi - lo, "trial_type": "audio_outage", **rest})
+    return rows
+
+
 def write_decoded_timeseries(stem: str, decisions: list[dict]) -> list[str]:
     """A run's decisions as a BIDS derivative time series: ``STEM_desc-decoded_timeseries.tsv`` and its ``.json``.
 
@@ -382,6 +401,8 @@ EVENT_DESCRIPTIONS = {
                               "response": "the participant pressed a button (b2m session --response-keys)",
                               "operator_mute": "the operator muted the sound: no music was heard (b2m control)",
                               "operator_level": "the operator set the level below the session's (level_db)",
+                              "audio_outage": "the sound device was down: nothing was heard, whatever the "
+                                              "music rows say",
                               "block_feedback": "protocol block: music follows the decoding",
                               "block_silence": "protocol block: no music",
                               "block_neutral": "protocol block: the neutral clip, whatever is decoded"}},
@@ -519,6 +540,7 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
     pulses = read_triggers(session_dir)  # the scanner's trigger, if the session read it (b2m session --trigger)
     presses = read_responses(session_dir)  # the participant's buttons on the same input (--response-keys)
     changes = read_operator(session_dir)  # the operator's mutes and levels (b2m control, the monitor's buttons)
+    outages = outage_spans(read_outages(session_dir))  # the sound device down: nothing heard
     number = 0
     begun: list[dict] = []  # every sound begun so far, on its clock: the runs before go on sounding
     todo = []
@@ -596,6 +618,9 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
             if changes:
                 rows = sorted(rows + operator_events(changes, _run_starts(decisions, trigger_start),
                                                      int(run.n_volumes) * tr_s), key=lambda r: r["onset"])
+            if outages:
+                rows = sorted(rows + outage_events(outages, wall, int(run.n_volumes) * tr_s),
+                              key=lambda r: r["onset"])
             for r in rows:  # the audio heard goes with the dataset
                 if r.get("stim_file", "n/a") == "n/a":
                     continue

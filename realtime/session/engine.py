@@ -74,6 +74,13 @@ STAGES = ("received", "preprocessed", "decoded", "decided", "audio_scheduled")
 MODES = ("retrieval", "generation")
 
 
+def _close_quietly(output) -> None:
+    try:
+        getattr(output, "abandon", output.close)()  # a stopped device's stream cannot be closed cleanly
+    except Exception:  # a dead device's stream may not close cleanly; it plays nothing either way
+        log.warning("the stopped audio output did not close cleanly", exc_info=True)
+
+
 @dataclass(frozen=True)
 class SessionOptions:
     """Session options beyond the policy's.
@@ -195,12 +202,9 @@ class SessionEngine:
         if self.generating:
             atlas_points(library)  # a library that is not generated is refused before anything starts
         self.clips = self.pieces = None
-        if output is not None and self.generating:
-            self.pieces = LivePieces(library, output.samplerate, output.channels, self.options.segment_bars,
-                                     stage=output.stage, unstage=output.unstage, level_dbfs=self.options.level_dbfs)
-        elif output is not None:
-            self.clips = ClipCache(library, output.samplerate, output.channels, stage=output.stage,
-                                   unstage=output.unstage, level_dbfs=self.options.level_dbfs)
+        self._bind_audio(output)
+        self._new_output = None    # a sound device reopened on another thread, taken at the next TR
+        self.on_new_output = None  # called (engine thread) with it once taken: the operator's gain goes on it
         self._audio_started = False
         self._render_lock = threading.Lock()  # a WAV sink's render, against the operator's commands
         self._last_cmd_frame = 0
@@ -227,6 +231,42 @@ class SessionEngine:
             self.clips.preload(self.policy.neutral_clip)
         if self.pieces is not None:  # nor for the first segment's render
             self.pieces.prepare(self.policy.neutral_clip)
+
+    def _bind_audio(self, output) -> None:
+        """The clip cache (or the live pieces) that prepare sources for ``output``."""
+        if output is not None and self.generating:
+            self.pieces = LivePieces(self.library, output.samplerate, output.channels, self.options.segment_bars,
+                                     stage=output.stage, unstage=output.unstage, level_dbfs=self.options.level_dbfs)
+        elif output is not None:
+            self.clips = ClipCache(self.library, output.samplerate, output.channels, stage=output.stage,
+                                   unstage=output.unstage, level_dbfs=self.options.level_dbfs)
+
+    def use_output(self, output) -> None:
+        """Play on ``output`` (started) from the next TR on: a sound device reopened after it stopped.
+
+        Safe from any thread: the engine takes it at its next volume (the
+        sources are prepared again for it, and the clip the participant
+        should hear starts on it, as after a restart).
+        """
+        self._new_output = output
+
+    def _take_output(self) -> None:
+        out, self._new_output = self._new_output, None
+        for part in (self.clips, self.pieces):
+            if part is not None:
+                part.close()
+        old, self.output = self.output, out
+        self.clips = self.pieces = None
+        self._bind_audio(out)
+        self._audio_started = False  # what should be heard starts again on the new device, this TR
+        self._last_cmd_frame = self._segment_end = 0
+        self._playing = None
+        if self.on_new_output is not None:
+            self.on_new_output(out)
+        if old is not None:  # on a thread: a dead device's process may take seconds to go, and the TR cannot wait
+            threading.Thread(target=_close_quietly, args=(old,), name="b2m-audio-close", daemon=True).start()
+        log.warning("audio: playing on the reopened output (%s) from this decision on",
+                    getattr(out, "device_name", out))
 
     # ---- runs -----------------------------------------------------------
 
@@ -322,6 +362,8 @@ class SessionEngine:
 
     def _step(self, run: _Run, msg, volume: np.ndarray, t_recv: float, *, stand_in: bool,
               index: int | None = None) -> Result:
+        if self._new_output is not None and not self._catching_up:
+            self._take_output()
         if self.pieces is not None:  # the generator's worker waits while this TR is worked on
             self.pieces.pause()
         try:

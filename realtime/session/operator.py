@@ -39,7 +39,9 @@ import zmq
 from protocols.errors import MessageError
 from protocols.operator import OperatorCommand, decode_command, decode_reply, encode_command, encode_reply
 
+from ..audio import AudioDeviceError
 from ..transport import TransportError, check_exposure, set_curve_server, start_authenticator
+from .tables import append_rows
 
 log = logging.getLogger("b2m.session")
 
@@ -162,6 +164,10 @@ class OperatorControl:
             self.muted, self.level_db = muted, level
             try:
                 clock, at_s = self._schedule(None)
+            except AudioDeviceError as e:  # the device is down: the change stands, and goes on it when reopened
+                log.warning("the sound device is down (%s): the operator's change is kept and applies when it "
+                            "is reopened", e)
+                clock, at_s = "none", None
             except Exception:
                 self.muted, self.level_db = before
                 raise
@@ -174,6 +180,11 @@ class OperatorControl:
             log.warning("operator (%s): %s; sound now %s", cmd.source,
                         cmd.op if cmd.value is None else f"{cmd.op} {cmd.value:+.1f} dB", self.describe())
             return self.state()
+
+    def reapply(self, output) -> None:
+        """Put the state on a new output before it plays (a device reopened; the engine's ``on_new_output``)."""
+        with self._lock:
+            output.schedule_gain(0, db_to_gain(self.level_db, self.muted), 0)
 
     def _schedule(self, at_frame: int | None) -> tuple[str, float | None]:
         """Ramp the output's gain to the state's; returns the clock and the time on it when the ramp starts."""
@@ -191,17 +202,8 @@ class OperatorControl:
             return
         self._unwritten.append(row)
         try:
-            torn = _torn(self.path)
-            with open(self.path, "a", newline="") as f:
-                w = csv.writer(f, delimiter="\t", lineterminator="\n")
-                if torn is None:
-                    w.writerow(OPERATOR_COLUMNS)
-                elif torn:  # a row cut short by a crash: end it, so this one stands on its own line
-                    f.write("\n")
-                for r in self._unwritten:
-                    w.writerow([_cell(r[k]) for k in OPERATOR_COLUMNS])
-                f.flush()
-                os.fsync(f.fileno())
+            append_rows(self.path, OPERATOR_COLUMNS, [[_cell(r[k]) for k in OPERATOR_COLUMNS]
+                                                      for r in self._unwritten])
             self._unwritten.clear()
         except OSError as e:  # the change is made; the record gets it with the next one
             log.error("could not record the operator's change in %s (%s): %d change(s) held in memory", self.path,
@@ -210,18 +212,6 @@ class OperatorControl:
     def summary(self) -> dict:
         """The state at the end and every change (this process's and the restored ones)."""
         return {**self.state(), "changes": [dict(r) for r in self.history], "unwritten": len(self._unwritten)}
-
-
-def _torn(path: str) -> bool | None:
-    """None if ``path`` is absent or empty, else whether its last line lacks its newline (a crash mid-row)."""
-    try:
-        with open(path, "rb") as f:
-            if f.seek(0, os.SEEK_END) == 0:
-                return None
-            f.seek(-1, os.SEEK_END)
-            return f.read(1) != b"\n"
-    except FileNotFoundError:
-        return None
 
 
 def describe_changes(summary: dict) -> str:

@@ -1,6 +1,9 @@
-"""The small tab-separated tables a session is given: a block design, an allocation.
+"""The small tab-separated tables of a session: those it is given (a block design, an allocation) and those it
+keeps (the operator's changes, the sound device's outages).
 
-One reader, so both name the file, the line and the column the same way.
+One reader, so both name the file, the line and the column the same way;
+one appender, so every table the session keeps is synced alike and survives
+a crash mid-row.
 """
 
 from __future__ import annotations
@@ -8,7 +11,7 @@ from __future__ import annotations
 import csv
 import os
 
-__all__ = ["read_table"]
+__all__ = ["read_table", "append_rows"]
 
 
 def read_table(path, option: str, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
@@ -41,3 +44,22 @@ def read_table(path, option: str, columns: tuple[str, ...]) -> list[tuple[int, d
             raise ValueError(f"{path}, line {line}: {len(row)} fields for {len(header)} columns (tab-separated)")
         out.append((line, {name: value.strip() for name, value in zip(header, row)}))
     return out
+
+
+def append_rows(path: str, header, rows) -> None:
+    """Append ``rows`` (lists of cells) to the table at ``path``, synced; the header first if it is new.
+
+    A last line a crash cut short (no newline) is ended first, so the new rows
+    stand on their own lines (a reader skips the torn one). Raises OSError if
+    the disk refuses: the caller keeps the rows and gives them again.
+    """
+    with open(path, "a+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        torn = False
+        if size:
+            f.seek(size - 1)
+            torn = f.read(1) != b"\n"
+        lines = ([] if size else ["\t".join(header)]) + ["\t".join(map(str, r)) for r in rows]
+        f.write((("\n" if torn else "") + "\n".join(lines) + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())

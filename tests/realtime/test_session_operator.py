@@ -225,24 +225,36 @@ def test_the_consoles_keys_mute_and_set_the_level_and_the_terminal_is_given_back
         os.close(slave)
 
 
-@pytest.mark.audio
-@pytest.mark.timeout(180)
-def test_a_sound_device_that_stops_is_an_alert_in_every_result_and_the_session_goes_on(kit, run24, b2m_proc,
-                                                                                        tmp_path, monkeypatch):
-    """A JACK server of the test's own (the shared one serves other tests), killed with SIGKILL mid-run: the
-    stream's callbacks stop while every schedule call still succeeds, so only the watch can tell."""
+def _start_jackd(name: str, log_path):
     import os
     import shutil
     import subprocess
 
+    log = open(log_path, "a")
+    p = subprocess.Popen([shutil.which("jackd"), "-n", name, "-d", "dummy", "-r", "48000", "-p", "256"],
+                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                         env=dict(os.environ, JACK_NO_AUDIO_RESERVATION="1"))
+    log.close()
+    up = subprocess.run(["jack_wait", "-s", name, "-w", "-t", "20"], capture_output=True, text=True)
+    assert up.returncode == 0, up.stdout + up.stderr + open(log_path).read()
+    return p
+
+
+@pytest.mark.audio
+@pytest.mark.timeout(240)
+def test_a_sound_device_that_stops_is_an_alert_then_reopened_and_the_outage_is_an_event(kit, b2m_proc, tmp_path,
+                                                                                       monkeypatch, bids_validator):
+    """A JACK server of the test's own (the shared one serves other tests), killed with SIGKILL mid-run: the
+    stream's callbacks stop while every schedule call still succeeds, so only the watch can tell. The server
+    is then started again under its name, as a site would: the session opens its device again by itself."""
+    import os
+
+    from protocols.wire import decode
+    from realtime.session.decisions import decisions_path, read_decisions
+
     name = f"b2m-stop-{os.getpid()}"
-    log = open(tmp_path / "jackd.log", "w")
-    jackd = subprocess.Popen([shutil.which("jackd"), "-n", name, "-d", "dummy", "-r", "48000", "-p", "256"],
-                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             env=dict(os.environ, JACK_NO_AUDIO_RESERVATION="1"))
+    jackd = _start_jackd(name, tmp_path / "jackd.log")
     try:
-        up = subprocess.run(["jack_wait", "-s", name, "-w", "-t", "20"], capture_output=True, text=True)
-        assert up.returncode == 0, up.stdout + up.stderr + (tmp_path / "jackd.log").read_text()
         monkeypatch.setenv("JACK_DEFAULT_SERVER", name)  # the session (a child process) plays on this server
         results, ep, out = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}", tmp_path / "session"
         sess = b2m_proc("session", "--model", kit.bundle, "--library", kit.library, "--out", out, "--bind", ep,
@@ -254,30 +266,51 @@ def test_a_sound_device_that_stops_is_an_alert_in_every_result_and_the_session_g
         sub.setsockopt(zmq.LINGER, 0)
         sub.connect(results)
         time.sleep(0.3)  # the subscription reaches the publisher
-        tx = _replay(b2m_proc, run24, ep, "replay")
-        from protocols.wire import decode
-
-        got, killed_at = [], None
-        end = time.monotonic() + 60
-        while time.monotonic() < end and (not got or got[-1][1].index < 23):
+        tx = _replay(b2m_proc, kit.nifti, ep, "replay")  # 40 volumes at TR 0.5 s
+        got, killed_at, back_at = [], None, None
+        end = time.monotonic() + 90
+        while time.monotonic() < end and (not got or got[-1][1].index < 39):
             if sub.poll(500):
                 got.append((time.monotonic(), decode(sub.recv_multipart())))
-                if killed_at is None and got[-1][1].index == 6:
+                i = got[-1][1].index
+                if killed_at is None and i == 6:
                     jackd.send_signal(signal.SIGKILL)  # the server dies under the session's stream
                     jackd.wait(10)
-                    killed_at = time.monotonic()
+                    killed_at = time.time()
+                elif back_at is None and i == 18:
+                    jackd = _start_jackd(name, tmp_path / "jackd.log")  # the site starts it again
+                    back_at = time.time()
         assert tx.wait(60) == 0, tx.stderr()
-        assert [r.index for _, r in got] == list(range(24)) and killed_at is not None
-        before = [r for t, r in got if t < killed_at]
-        late = [r for t, r in got if t > killed_at + 2.0]  # the watch needs its second to see no callback
-        assert before and not any(a.startswith("audio:") for r in before for a in r.alerts), before[-1].alerts
-        assert len(late) >= 5 and all(any(a.startswith("audio: the output stream stopped") for a in r.alerts)
-                                      for r in late), [r.alerts for r in late]
-        assert all(r.action != "error" and r.embedding is not None for r in late)  # decoding went on
+        assert [r.index for _, r in got] == list(range(40)) and back_at is not None
+        stopped = [r for t, r in got if killed_at + 2.0 < time.time() - (time.monotonic() - t) < back_at]
+        assert len(stopped) >= 5 and all(any(a.startswith("audio: the output stream stopped") for a in r.alerts)
+                                         for r in stopped), [r.alerts for r in stopped]
+        assert all(r.action != "error" and r.embedding is not None for r in stopped)  # decoding went on
+        assert not any(a.startswith("audio:") for a in got[-1][1].alerts), got[-1][1].alerts  # heard again
         assert sess.wait(60) == 0, sess.stderr()
+        assert "audio: reopened after" in sess.stderr()
         summary = json.loads((out / "summary.json").read_text())
-        assert summary["counts"]["decoded"] == 24 - 2 and summary["counts"]["errors"] == 0  # lag 2 TRs
+        assert summary["counts"]["decoded"] == 40 - 2 and summary["counts"]["errors"] == 0  # lag 2 TRs
+        (outage,) = summary["audio_outages"]
+        assert outage["why"].startswith("the output stream stopped")
+        assert killed_at - 0.5 < outage["start_unix"] < killed_at + 0.1  # the last callback before the kill
+        assert back_at < outage["end_unix"] < back_at + 15
+        # the decision that took the reopened device started what should be heard on it, on its clock
+        ds = read_decisions(decisions_path(str(out), "run-01"))
+        after = [d for d in ds if d["timestamps"]["audio_scheduled"] >= outage["end_unix"]]
+        assert after and after[0]["audio_frame"] is not None and after[0]["audio_lead_s"] is not None
+        assert "audio\tthe output stream stopped" in sess.stderr()
+
+        exp = b2m_proc("session", "export", out, "--bids", tmp_path / "bids", "--subject", "01",
+                       name="export-bids")
+        assert exp.wait() == 0, exp.stderr()
+        with open(tmp_path / "bids/sub-01/func/sub-01_task-neurofeedback_run-01_bold.json") as f:
+            start = json.load(f)["b2m_run_start_unix"]
+        with open(tmp_path / "bids/sub-01/func/sub-01_task-neurofeedback_run-01_events.tsv") as f:
+            (row,) = [r for r in csv.DictReader(f, delimiter="\t") if r["trial_type"] == "audio_outage"]
+        assert float(row["onset"]) == pytest.approx(outage["start_unix"] - start, abs=1e-3)
+        assert float(row["duration"]) == pytest.approx(outage["end_unix"] - outage["start_unix"], abs=1e-3)
+        assert_valid_bids(bids_validator, tmp_path / "bids")
     finally:
         if jackd.poll() is None:
             jackd.kill()
-        log.close()
