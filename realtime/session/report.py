@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import time
 
 import numpy as np
 
@@ -204,6 +205,11 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
             f"{run}: {describe_triggers(m)}" for run, m in trig["runs"].items()) or "no run"))
         if trig.get("response_keys"):
             rows.append((f"Participant's buttons ({trig['response_keys']})", f"{trig['presses']} presses"))
+    for o in summary.get("audio_outages") or []:  # the sound device down: the participant heard nothing
+        when = time.strftime("%H:%M:%S", time.localtime(o["start_unix"]))
+        rows.append((f"Sound device down at {when}", (f"{o['why']}; no sound for {o['end_unix'] - o['start_unix']:.1f} "
+                                                      f"s, then reopened" if o["end_unix"] is not None else
+                                                      f"{o['why']}; not reopened before the session ended")))
     op = summary.get("operator")
     if op and op.get("changes"):  # the operator muted or turned the music down: the report says so
         from .operator import describe_changes

@@ -300,6 +300,7 @@ def test_a_sound_device_that_stops_is_an_alert_then_reopened_and_the_outage_is_a
         after = [d for d in ds if d["timestamps"]["audio_scheduled"] >= outage["end_unix"]]
         assert after and after[0]["audio_frame"] is not None and after[0]["audio_lead_s"] is not None
         assert "audio\tthe output stream stopped" in sess.stderr()
+        assert "Sound device down at" in (out / "report.html").read_text()
 
         exp = b2m_proc("session", "export", out, "--bids", tmp_path / "bids", "--subject", "01",
                        name="export-bids")
