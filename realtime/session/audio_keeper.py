@@ -20,13 +20,12 @@ be restarted under the running session.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import threading
 import time
 
-from .tables import append_rows
+from .tables import append_rows, read_kept
 
 log = logging.getLogger("b2m.session")
 
@@ -39,19 +38,12 @@ RETRY_S = 2.0
 
 def read_outages(session_dir) -> list[dict]:
     """The rows of ``SESSION/audio_outages.tsv`` (``[]`` if none): ``time_unix`` (float), ``event``, ``detail``."""
-    path = os.path.join(os.fspath(session_dir), OUTAGES_FILE)
-    if not os.path.exists(path):
-        return []
-    rows = []
-    with open(path, newline="") as f:
-        for k, r in enumerate(csv.DictReader(f, delimiter="\t"), start=2):
-            try:
-                if r.get("event") not in ("stopped", "reopened") or r.get("detail") is None:
-                    raise ValueError(f"event {r.get('event')!r}, detail {r.get('detail')!r}")
-                rows.append({"time_unix": float(r["time_unix"]), "event": r["event"], "detail": r["detail"]})
-            except (KeyError, TypeError, ValueError) as e:  # the last row of a crash, cut short
-                log.warning("%s line %d is not a complete row (%s): skipped", path, k, e)
-    return rows
+    def parse(r):
+        if r.get("event") not in ("stopped", "reopened") or r.get("detail") is None:
+            raise ValueError(f"event {r.get('event')!r}, detail {r.get('detail')!r}")
+        return {"time_unix": float(r["time_unix"]), "event": r["event"], "detail": r["detail"]}
+
+    return read_kept(os.path.join(os.fspath(session_dir), OUTAGES_FILE), parse)
 
 
 def outage_spans(rows: list[dict], end_unix: float | None = None) -> list[tuple[float, float | None, str]]:

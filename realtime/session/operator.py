@@ -27,7 +27,6 @@ must change now, whatever the decoder is doing, and the record must say when.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -41,7 +40,7 @@ from protocols.operator import OperatorCommand, decode_command, decode_reply, en
 
 from ..audio import AudioDeviceError
 from ..transport import TransportError, check_exposure, set_curve_server, start_authenticator
-from .tables import append_rows
+from .tables import append_rows, read_kept
 
 log = logging.getLogger("b2m.session")
 
@@ -67,21 +66,13 @@ def read_operator(session_dir) -> list[dict]:
     Values are typed: ``time_unix``, ``level_db`` and ``at_s`` floats (``at_s`` None for ``none``), ``muted``
     a bool, ``value`` a float or None. A row cut short by a crash (the last one) is skipped with a warning.
     """
-    path = os.path.join(os.fspath(session_dir), OPERATOR_FILE)
-    if not os.path.exists(path):
-        return []
-    rows = []
-    with open(path, newline="") as f:
-        for k, r in enumerate(csv.DictReader(f, delimiter="\t"), start=2):
-            try:
-                rows.append({"time_unix": float(r["time_unix"]), "command": r["command"],
-                             "value": None if r["value"] in ("", "n/a") else float(r["value"]),
-                             "source": r["source"], "muted": r["muted"] == "true",
-                             "level_db": float(r["level_db"]), "clock": r["clock"],
-                             "at_s": None if r["at_s"] in ("", "n/a") else float(r["at_s"])})
-            except (KeyError, TypeError, ValueError) as e:
-                log.warning("%s line %d is not a complete operator row (%s): skipped", path, k, e)
-    return rows
+    def parse(r):
+        return {"time_unix": float(r["time_unix"]), "command": r["command"],
+                "value": None if r["value"] in ("", "n/a") else float(r["value"]),
+                "source": r["source"], "muted": r["muted"] == "true", "level_db": float(r["level_db"]),
+                "clock": r["clock"], "at_s": None if r["at_s"] in ("", "n/a") else float(r["at_s"])}
+
+    return read_kept(os.path.join(os.fspath(session_dir), OPERATOR_FILE), parse)
 
 
 class OperatorControl:

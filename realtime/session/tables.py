@@ -9,9 +9,12 @@ a crash mid-row.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 
-__all__ = ["read_table", "append_rows"]
+log = logging.getLogger("b2m.session")
+
+__all__ = ["read_table", "append_rows", "read_kept"]
 
 
 def read_table(path, option: str, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
@@ -63,3 +66,23 @@ def append_rows(path: str, header, rows) -> None:
         f.write((("\n" if torn else "") + "\n".join(lines) + "\n").encode())
         f.flush()
         os.fsync(f.fileno())
+
+
+def read_kept(path: str, parse) -> list:
+    """The rows of a table the session keeps (``[]`` if there is none), each through ``parse``.
+
+    ``parse`` turns a row (a dict of the header's columns to strings; a short
+    row's missing ones None) into the caller's value. A row it refuses
+    (KeyError, TypeError or ValueError), such as the last one of a crash cut
+    short, is skipped with a warning naming the file and line.
+    """
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path, newline="") as f:
+        for line, r in enumerate(csv.DictReader(f, delimiter="\t"), start=2):
+            try:
+                out.append(parse(r))
+            except (KeyError, TypeError, ValueError) as e:
+                log.warning("%s line %d is not a complete row (%s): skipped", path, line, e)
+    return out

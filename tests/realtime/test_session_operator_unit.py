@@ -148,7 +148,7 @@ def test_a_truncated_last_line_is_skipped_with_a_warning(tmp_path, caplog):
         rows = read_operator(tmp_path)
         again = OperatorControl(NO_AUDIO, tmp_path)
     assert [r["command"] for r in rows] == ["mute", "unmute"]
-    assert "line 4 is not a complete operator row" in caplog.text
+    assert "operator.tsv line 4 is not a complete row" in caplog.text
     assert again.muted is False and again.state()["commands"] == 2
 
 
