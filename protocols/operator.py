@@ -7,11 +7,13 @@ msgpack map (spec: ``protocols/README.md``, section 7).
 
 Command::
 
-    {"v": 1, "op": "mute" | "unmute" | "level" | "status", "value": float or None, "source": str}
+    {"v": 1, "op": "mute" | "unmute" | "level" | "soundcheck" | "status", "value": float or None, "source": str}
 
 ``value`` is the level in dB for ``level`` (:data:`MIN_LEVEL_DB` to
 :data:`MAX_LEVEL_DB`: relative to the level the session was started at,
-which is the loudest it plays), absent or None otherwise. ``source`` says who
+which is the loudest it plays), 1 (start) or 0 (stop) for ``soundcheck``
+(the neutral clip played before a run, to set the level with the
+participant), absent or None otherwise. ``source`` says who
 sent it (``cli``, ``monitor``, ``keyboard``, a script's name), for the record.
 
 Reply::
@@ -19,8 +21,9 @@ Reply::
     {"v": 1, "ok": true, "state": {...}}       or      {"v": 1, "ok": false, "error": "..."}
 
 The state: ``muted`` (bool), ``level_db`` (float), ``since_unix`` (when the
-sound last changed, Unix s) and ``commands`` (how many the session has
-taken).
+sound last changed, Unix s), ``commands`` (how many the session has
+taken), ``soundcheck`` (bool) and ``output_dbfs`` (the RMS level the output
+sent out over the last second, dBFS; None if unknown).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ __all__ = ["OPERATOR_VERSION", "OPS", "MIN_LEVEL_DB", "MAX_LEVEL_DB", "MAX_OPERA
 
 OPERATOR_VERSION = 1
 #: The commands a session takes.
-OPS = ("mute", "unmute", "level", "status")
+OPS = ("mute", "unmute", "level", "soundcheck", "status")
 #: The operator's level range, dB relative to the session's own (0: as started, the loudest).
 MIN_LEVEL_DB, MAX_LEVEL_DB = -40.0, 0.0
 #: Longest command or reply accepted, bytes.
@@ -49,9 +52,9 @@ class OperatorCommand:
 
     Parameters
     ----------
-    op : {"mute", "unmute", "level", "status"}
+    op : {"mute", "unmute", "level", "soundcheck", "status"}
     value : float or None
-        ``level`` only: dB, in [MIN_LEVEL_DB, MAX_LEVEL_DB].
+        ``level``: dB, in [MIN_LEVEL_DB, MAX_LEVEL_DB]; ``soundcheck``: 1 or 0; else None.
     source : str
         Who sent it (at most 40 characters).
     """
@@ -68,6 +71,10 @@ class OperatorCommand:
                 raise MessageError("value", f"level must be between {MIN_LEVEL_DB:g} and {MAX_LEVEL_DB:g} dB "
                                             f"(0 is the level the session was started at, the loudest it plays); "
                                             f"got {value:g}")
+            value = float(value)
+        elif op == "soundcheck":
+            if isinstance(value, bool) or value not in (0, 1):
+                raise MessageError("value", f"soundcheck takes 1 (start) or 0 (stop); got {value!r}")
             value = float(value)
         elif value is not None:
             raise MessageError("value", f"{op} takes no value; got {value!r}")

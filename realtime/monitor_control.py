@@ -168,6 +168,11 @@ def render_sound(snap: dict) -> str:
                 line += f" ({sound['level_dbfs'] + 0.0:.1f} dBFS RMS)"
         line += f" since {_clock(_number(sound.get('since_unix')))}"
         line += f" by {e(str(sound['source']))}" if sound.get("source") else " (as the session started)"
+        sent = _number(sound.get("output_dbfs"))
+        if sound.get("soundcheck"):
+            line += "; sound check playing"
+        if sent is not None:
+            line += "; sending out silence" if sent <= -120 else f"; sending out {sent:.1f} dBFS RMS"
         if down:
             line = f'<span class="old">last known ({_clock(ctl.get("answered_unix"))}): {line}</span>'
     out = [f'<div class="controls"><p>sound: {line}</p><div>']
@@ -179,6 +184,9 @@ def render_sound(snap: dict) -> str:
         else:
             to = min(MAX_LEVEL_DB, max(MIN_LEVEL_DB, level + step))
             out.append(_button(label, "level", to, disabled=to == level, title=f"to {to:.1f} dB"))
+    checking = bool(sound and sound.get("soundcheck"))
+    out.append(_button("Stop sound check" if checking else "Sound check", "soundcheck", 0.0 if checking else 1.0,
+                       title="before a run: the neutral clip plays, to set the level with the participant"))
     out.append("</div>")
     if err is not None:
         current = down or now - err["time_unix"] < ERROR_SHOWN_S
@@ -240,13 +248,13 @@ def parse_form(headers, body: bytes) -> OperatorCommand:
             raise MessageError(name, f"given {len(values)} times")
     op = fields.get("op", [None])[0]
     if op is None:
-        raise MessageError("op", "missing: mute, unmute or level")
+        raise MessageError("op", "missing: mute, unmute, level or soundcheck")
     raw, value = fields.get("value", [None])[0], None
     if raw is not None:
         try:
             value = float(raw)
         except ValueError:
-            raise MessageError("value", f"a number of dB ({MIN_LEVEL_DB:g} to {MAX_LEVEL_DB:g}); got {raw[:40]!r}") \
+            raise MessageError("value", f"a number (dB for level, 1 or 0 for soundcheck); got {raw[:40]!r}") \
                 from None
     elif op == "level":
         raise MessageError("value", f"level needs a value in dB ({MIN_LEVEL_DB:g} to {MAX_LEVEL_DB:g})")

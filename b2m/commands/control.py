@@ -15,11 +15,14 @@ def add_parser(sub) -> None:
     p = sub.add_parser("control", help="mute, unmute or set the level of a running session's music",
                        description="Send one command to a running `b2m session` (its --control endpoint): mute "
                                    "(the music fades out within 50 ms; decoding and recording go on), unmute, level "
-                                   "DB (relative to the session's --level-dbfs, the loudest it plays: -40 to 0), or "
-                                   "status. Prints the sound's state after it. Exit 0 done, 1 refused by the "
-                                   "session, 3 no session answered.")
-    p.add_argument("command", choices=["mute", "unmute", "level", "status"])
-    p.add_argument("db", nargs="?", type=float, default=None, help="with level: dB, -40 to 0 (e.g. -6)")
+                                   "DB (relative to the session's --level-dbfs, the loudest it plays: -40 to 0), "
+                                   "soundcheck [on|off] (before a run: the neutral clip plays, to set the level with "
+                                   "the participant; it ends by itself when the run starts), or status. Prints the "
+                                   "sound's state after it. Exit 0 done, 1 refused by the session, 3 no session "
+                                   "answered.")
+    p.add_argument("command", choices=["mute", "unmute", "level", "soundcheck", "status"])
+    p.add_argument("value", nargs="?", default=None,
+                   help="with level: dB, -40 to 0 (e.g. -6); with soundcheck: on (the default) or off")
     p.add_argument("--connect", default=DEFAULT_CONTROL, help=f"the session's --control endpoint "
                                                               f"(default {DEFAULT_CONTROL})")
     p.add_argument("--source", default="cli", help="who sends it, for the session's record (default cli)")
@@ -38,7 +41,10 @@ def describe_state(state: dict) -> str:
         sound = f"level {state['level_db']:+.1f} dB" + (f" ({state['level_dbfs']:.1f} dBFS RMS)"
                                                           if state.get("level_dbfs") is not None else "")
     who = f" by {state['source']}" if state.get("source") else ""
-    return f"{sound} (since {since}{who}; {state['commands']} change(s) this session)"
+    sent = state.get("output_dbfs")
+    extra = ("; sound check playing" if state.get("soundcheck") else "") + (
+        "" if sent is None else "; sending out silence" if sent <= -120 else f"; sending out {sent:.1f} dBFS RMS")
+    return f"{sound} (since {since}{who}; {state['commands']} change(s) this session{extra})"
 
 
 def run(args) -> int:
@@ -46,11 +52,23 @@ def run(args) -> int:
     from realtime.session.operator import send_command
     from realtime.transport import TransportError
 
-    if (args.command == "level") != (args.db is not None):
-        print("error: give a level in dB with `level` (e.g. b2m control level -6), and only with it",
-              file=sys.stderr)
+    value = args.value
+    if args.command == "level":
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            print(f"error: give a level in dB with `level` (e.g. b2m control level -6); got {value!r}",
+                  file=sys.stderr)
+            return 2
+    elif args.command == "soundcheck":
+        if value not in (None, "on", "off"):
+            print(f"error: soundcheck takes on or off; got {value!r}", file=sys.stderr)
+            return 2
+        value = 0.0 if value == "off" else 1.0
+    elif value is not None:
+        print(f"error: {args.command} takes no value; got {value!r}", file=sys.stderr)
         return 2
-    cmd = OperatorCommand(args.command, args.db, args.source)  # out of range: a clear error, exit 2 (cli.py)
+    cmd = OperatorCommand(args.command, value, args.source)  # out of range: a clear error, exit 2 (cli.py)
     try:
         reply = send_command(args.connect, cmd, curve=client_keys(args), timeout_s=args.timeout)
     except TransportError as e:

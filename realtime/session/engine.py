@@ -42,6 +42,7 @@ bug) gets an ``error`` result with the reason; the session continues.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import threading
 import time
@@ -141,6 +142,7 @@ class _Run:
 
 
 RESULTS_KEPT = 600  # results held in memory: 15 min at TR 1.5 s
+SOUNDCHECK_FADE_S = 0.25  # the sound check starts and stops with this fade
 
 
 class SessionEngine:
@@ -204,6 +206,9 @@ class SessionEngine:
         self.clips = self.pieces = None
         self._bind_audio(output)
         self._new_output = None    # a sound device reopened on another thread, taken at the next TR
+        self._calls: deque = deque()  # (fn, future) to run on the engine's thread (call_soon)
+        self._soundcheck = False   # the neutral clip plays for the operator's sound check
+        self._check_clips = None   # generation mode: a clip cache for the sound check alone
         self.on_new_output = None  # called (engine thread) with it once taken: the operator's gain goes on it
         self._audio_started = False
         self._render_lock = threading.Lock()  # a WAV sink's render, against the operator's commands
@@ -249,6 +254,61 @@ class SessionEngine:
         should hear starts on it, as after a restart).
         """
         self._new_output = output
+
+    def call_soon(self, fn) -> "concurrent.futures.Future":
+        """Run ``fn()`` on the engine's thread, at its next volume or idle moment (the receiver wakes it at
+        least every 200 ms); from any thread. Returns a Future of its result."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._calls.append((fn, fut))
+        return fut
+
+    def _run_calls(self) -> None:
+        while self._calls:
+            fn, fut = self._calls.popleft()
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn())
+                except Exception as e:
+                    fut.set_exception(e)
+
+    @property
+    def soundchecking(self) -> bool:
+        return self._soundcheck
+
+    def soundcheck(self, on: bool) -> bool:
+        """Start (or stop) the operator's sound check: the neutral clip, now, before a run (engine thread).
+
+        With the participant in the scanner and the scanner's noise on, the
+        operator plays the music the session starts with and sets the level
+        together with them (``level``, the keys); the level holds for the
+        session. It ends by itself when a run's first volume comes. Returns
+        whether it plays. Raises ValueError on a WAV sink (no one listens) or
+        while music plays already.
+        """
+        out = self.output
+        if out is None or self._session_clock:
+            raise ValueError("a sound check needs a sound device: this session "
+                             + ("has no audio output" if out is None else "writes a WAV file (--audio wav:PATH)"))
+        if bool(on) == self._soundcheck:
+            return self._soundcheck
+        at = max(out.time_to_frame(out.now() + self.options.lead_s), out.frame, self._last_cmd_frame)
+        fade = int(round(SOUNDCHECK_FADE_S * out.samplerate))  # the operator's word: prompt, not a musical fade
+        if on:
+            if self._audio_started:
+                raise ValueError("music is playing already: a sound check is for before a run (or a silence "
+                                 "block); set the level with `level` or the keys")
+            if self.clips is None and self._check_clips is None:  # generation mode: the library's own clip
+                self._check_clips = ClipCache(self.library, out.samplerate, out.channels, stage=out.stage,
+                                              unstage=out.unstage, level_dbfs=self.options.level_dbfs)
+            ready = (self.clips or self._check_clips).get(self.policy.neutral_clip)
+            offset = int(ready.beat_frames[0]) if ready.beat_frames.size else 0
+            out.schedule_switch(at, ready.source, fade, offset=offset, beat_frames=ready.beat_frames)
+        else:
+            out.schedule_stop(at, fade)
+        self._last_cmd_frame = at
+        self._soundcheck = bool(on)
+        log.warning("sound check: the neutral clip %s", "plays" if on else "stops")
+        return self._soundcheck
 
     def _take_output(self) -> None:
         out, self._new_output = self._new_output, None
@@ -364,6 +424,13 @@ class SessionEngine:
               index: int | None = None) -> Result:
         if self._new_output is not None and not self._catching_up:
             self._take_output()
+        self._run_calls()
+        if self._soundcheck and not self._catching_up:  # a run begins: the sound check ends, the run's music starts
+            try:
+                self.soundcheck(False)
+            except Exception:  # the device, say: the TR goes on (its own errors are handled in it)
+                self._soundcheck = False
+                log.exception("could not end the sound check")
         if self.pieces is not None:  # the generator's worker waits while this TR is worked on
             self.pieces.pause()
         try:
@@ -624,8 +691,10 @@ class SessionEngine:
 
         Segments are otherwise scheduled at each TR, so in a pause between runs the last one would loop.
         Nothing to do in retrieval mode (a clip loops by design) or for a WAV sink (its clock is the
-        session's, which stands still between runs).
+        session's, which stands still between runs). First, what other threads asked of the engine
+        (:meth:`call_soon`: the operator's sound check) is done.
         """
+        self._run_calls()
         out = self.output
         if (self.pieces is None or not self._audio_started or self._catching_up or self._session_clock
                 or time.monotonic() - self._kept_at < 0.1):  # the receiver may wake far more often
@@ -687,10 +756,9 @@ class SessionEngine:
             if self._session_clock:
                 with self._render_lock:
                     out.advance_to(at + fade + out.samplerate // 10)
-        if self.clips is not None:
-            self.clips.close()
-        if self.pieces is not None:
-            self.pieces.close()
+        for cache in (self.clips, self.pieces, self._check_clips):
+            if cache is not None:
+                cache.close()
         for run in self.runs.values():
             if run.log is not None:
                 run.log.close()

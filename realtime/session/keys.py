@@ -1,7 +1,8 @@
 """Keys at the session's console: the operator's hand on the sound without another window.
 
 While the dashboard runs in a terminal, ``m`` mutes (and unmutes), ``-`` and
-``+`` (or ``=``) move the level by :data:`STEP_DB`, through the same
+``+`` (or ``=``) move the level by :data:`STEP_DB`, ``s`` starts (and stops)
+the sound check before a run, through the same
 :class:`~realtime.session.operator.OperatorControl` as ``b2m control`` (source
 ``keyboard``), so every change is recorded alike. The terminal is put in
 cbreak mode (keys come one at a time, unechoed; Ctrl-C still stops the
@@ -25,13 +26,15 @@ __all__ = ["STEP_DB", "KEYS_HELP", "OperatorKeys", "key_command"]
 
 #: The level keys' step, dB.
 STEP_DB = 3.0
-KEYS_HELP = "m mute/unmute, - and + level"
+KEYS_HELP = "m mute/unmute, - and + level, s sound check"
 
 
-def key_command(key: str, muted: bool, level_db: float) -> OperatorCommand | None:
+def key_command(key: str, muted: bool, level_db: float, soundcheck: bool = False) -> OperatorCommand | None:
     """The command a key stands for, given the sound's state; None for any other key (or a level at its end)."""
     if key in ("m", "M"):
         return OperatorCommand("unmute" if muted else "mute", source="keyboard")
+    if key in ("s", "S"):
+        return OperatorCommand("soundcheck", 0.0 if soundcheck else 1.0, source="keyboard")
     step = {"-": -STEP_DB, "_": -STEP_DB, "+": STEP_DB, "=": STEP_DB}.get(key)
     if step is None:
         return None
@@ -91,12 +94,14 @@ class OperatorKeys:
     def handle(self, key: str) -> None:
         """Carry out one key (never raises: a refused change is logged, the session goes on)."""
         op = self.operator
-        cmd = key_command(key, op.muted, op.level_db)
+        cmd = key_command(key, op.muted, op.level_db, bool(getattr(op.engine, "soundchecking", False)))
         if cmd is None:
             return
         self.pressed += 1
         try:
             op.apply(cmd)
+        except ValueError as e:  # refused (a sound check while music plays, say): said, and the session goes on
+            log.warning("the key %r: %s", key, e)
         except Exception:
             log.exception("the key %r could not be carried out; use b2m control", key)
 

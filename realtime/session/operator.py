@@ -19,6 +19,11 @@ must change now, whatever the decoder is doing, and the record must say when.
   muted session stays muted.
 - While muted, an alert stands in every result (:mod:`.alerts`): the
   dashboard and the control-room monitor show it in red.
+- Before the first run, a sound check (``soundcheck``) plays the neutral
+  clip so the operator and the participant set the level over the scanner's
+  noise; the engine plays it (:meth:`SessionEngine.soundcheck`) and ends it
+  when a run's first volume comes. The state says what is actually sent out
+  (``output_dbfs``, the level meter over the last second).
 - :class:`ControlServer` takes commands over ZeroMQ (``b2m session --control
   ENDPOINT``; the wire is :mod:`protocols.operator`) from ``b2m control``,
   the monitor's buttons or a script; a bad message gets an error reply that
@@ -27,6 +32,7 @@ must change now, whatever the decoder is doing, and the record must say when.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import math
 import os
@@ -53,6 +59,8 @@ OPERATOR_FILE = "operator.tsv"
 OPERATOR_COLUMNS = ("time_unix", "command", "value", "source", "muted", "level_db", "clock", "at_s")
 #: Every change ramps over this long (s): no click, and still "now" to a listener.
 RAMP_S = 0.05
+#: The measured level reported for silence (dBFS): finite, so JSON carries it.
+SILENCE_DBFS = -120.0
 
 
 def db_to_gain(level_db: float, muted: bool = False) -> float:
@@ -110,10 +118,21 @@ class OperatorControl:
 
     def state(self) -> dict:
         """``muted``, ``level_db``, ``level_dbfs`` (None if the session plays files at their own level),
-        ``since_unix``, ``source`` and ``commands`` (changes so far, the restored ones included)."""
+        ``since_unix``, ``source``, ``commands`` (changes so far, the restored ones included), ``soundcheck``
+        and ``output_dbfs`` (what the output sent out over the last second, RMS dBFS, floored at
+        :data:`SILENCE_DBFS`; None if unknown)."""
         return {"muted": self.muted, "level_db": self.level_db,
                 "level_dbfs": None if self.level_dbfs is None else self.level_dbfs + self.level_db,
-                "since_unix": self.since, "source": self.source, "commands": len(self.history)}
+                "since_unix": self.since, "source": self.source, "commands": len(self.history),
+                "soundcheck": bool(getattr(self.engine, "soundchecking", False)), "output_dbfs": self._sent()}
+
+    def _sent(self) -> float | None:
+        out = getattr(self.engine, "output", None)
+        try:
+            lv = out.level(1.0) if out is not None else None
+        except Exception:  # a device gone: the alerts say so
+            return None
+        return None if lv is None else max(lv["rms_dbfs"], SILENCE_DBFS)
 
     def describe(self) -> str:
         if self.muted:
@@ -139,6 +158,8 @@ class OperatorControl:
         (``mute`` while muted) is answered and not recorded. Raises
         ValueError if the output refuses the gain (the state is then unchanged).
         """
+        if cmd.op == "soundcheck":  # on the engine's thread, which also plays the runs' music
+            return self._soundcheck(cmd)
         with self._lock:
             if cmd.op == "status":
                 return self.state()
@@ -170,6 +191,24 @@ class OperatorControl:
             self._write(row)
             log.warning("operator (%s): %s; sound now %s", cmd.source,
                         cmd.op if cmd.value is None else f"{cmd.op} {cmd.value:+.1f} dB", self.describe())
+            return self.state()
+
+    def _soundcheck(self, cmd: OperatorCommand) -> dict:
+        call = getattr(self.engine, "call_soon", None)
+        if call is None or getattr(self.engine, "output", None) is None:
+            raise ValueError("a sound check needs a sound device: this session has no audio output")
+        try:
+            playing = call(lambda: self.engine.soundcheck(bool(cmd.value))).result(timeout=5.0)
+        except concurrent.futures.TimeoutError:
+            raise ValueError("the session did not get to the sound check within 5 s (is it busy?); try "
+                             "again") from None
+        with self._lock:
+            row = {"time_unix": time.time(), "command": "soundcheck", "value": cmd.value, "source": cmd.source,
+                   "muted": self.muted, "level_db": self.level_db, "clock": "none", "at_s": None}
+            self.history.append(row)
+            self._write(row)
+            log.warning("operator (%s): sound check %s; sound %s", cmd.source, "on" if playing else "off",
+                        self.describe())
             return self.state()
 
     def reapply(self, output) -> None:

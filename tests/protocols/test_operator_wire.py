@@ -69,7 +69,7 @@ def test_the_range_ends_are_levels_and_a_missing_source_is_unknown():
     raw = encode_command(OperatorCommand("unmute", source="monitor"))
     assert decode_command(bytearray(raw)) == decode_command(memoryview(raw)) == OperatorCommand("unmute", None,
                                                                                                 "monitor")
-    assert set(OPS) == {"mute", "unmute", "level", "status"}
+    assert set(OPS) == {"mute", "unmute", "level", "soundcheck", "status"}
 
 
 def test_replies_round_trip_both_ways():
@@ -189,3 +189,15 @@ def test_the_fields_are_checked_in_order_op_value_source():
 ])
 def test_a_malformed_reply_is_refused_by_field(raw, field):
     assert field_of(decode_reply, raw) == field
+
+
+@pytest.mark.parametrize("value", [None, 2, -1, 0.5, float("nan"), True, False, "on", [1]])
+def test_a_soundcheck_takes_1_or_0_only(value):
+    assert field_of(decode_command, msgpack.packb({"v": 1, "op": "soundcheck", "value": value,
+                                                   "source": "cli"})) == "value"
+
+
+@pytest.mark.parametrize("value", [1, 0, 1.0, 0.0])
+def test_a_soundcheck_round_trips_as_a_float(value):
+    cmd = decode_command(encode_command(OperatorCommand("soundcheck", value, "cli")))
+    assert cmd == OperatorCommand("soundcheck", float(value), "cli") and isinstance(cmd.value, float)

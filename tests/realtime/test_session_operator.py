@@ -12,6 +12,7 @@ import json
 import signal
 import time
 
+import jack_fixture
 import nibabel as nib
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from realtime.audio._mixer import gain_ramp
 from realtime.session.operator import RAMP_S, read_operator, send_command
 
 TR = 0.5
+jackd = jack_fixture.jackd  # the shared JACK dummy server (a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +149,8 @@ def test_a_session_continued_after_a_crash_stays_muted_and_bad_commands_are_refu
         assert reply["ok"] is False and reply["error"].startswith(field + ":"), reply
     bad = b2m_proc("control", "level", "5", "--connect", control, name="control-bad-level")
     assert bad.wait(30) == 2 and "value: level must be between -40 and 0 dB" in bad.stderr()
+    wav = b2m_proc("control", "soundcheck", "--connect", control, name="control-soundcheck-wav")
+    assert wav.wait(30) == 1 and "a sound check needs a sound device" in wav.stderr()
     assert send_command(control, OperatorCommand("mute", source="test"))["state"]["muted"] is True
     sess.kill(signal.SIGKILL)
     sess.wait(10)
@@ -315,3 +319,42 @@ def test_a_sound_device_that_stops_is_an_alert_then_reopened_and_the_outage_is_a
     finally:
         if jackd.poll() is None:
             jackd.kill()
+
+
+@pytest.mark.audio
+@pytest.mark.timeout(180)
+def test_the_sound_check_plays_before_the_run_and_ends_when_it_begins(kit, run24, b2m_proc, tmp_path, jackd):
+    """On the shared JACK dummy server: the operator plays the neutral clip before the scan to set the level with
+    the participant; the level's effect and the exact gain are tested on WAVs above and on the mixer; here what
+    counts is that the device sends out music, then silence, and that the run takes over."""
+    control, ep, out = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}", tmp_path / "session"
+    sess = b2m_proc("session", "--model", kit.bundle, "--library", kit.library, "--out", out, "--bind", ep,
+                    "--audio", "system", "--results", "none", "--no-dashboard", "--control", control, "--runs", 1,
+                    name="session")
+    sess.wait_for("ready", timeout=60)
+
+    def status() -> dict:
+        return json.loads(_control(b2m_proc, control, "status", "--json"))
+
+    assert status()["soundcheck"] is False and status()["output_dbfs"] == -120.0  # nothing plays yet: silence
+    on = json.loads(_control(b2m_proc, control, "soundcheck", "--json"))
+    assert on["soundcheck"] is True
+    time.sleep(1.5)
+    playing = status()
+    assert playing["soundcheck"] is True and playing["output_dbfs"] > -40.0, playing  # music goes out
+    assert json.loads(_control(b2m_proc, control, "level", "-12", "--json"))["level_db"] == -12.0
+    off = json.loads(_control(b2m_proc, control, "soundcheck", "off", "--json"))
+    assert off["soundcheck"] is False
+    time.sleep(1.5)
+    assert status()["output_dbfs"] == -120.0  # stopped
+    _control(b2m_proc, control, "soundcheck")  # on again: the run's first volume ends it
+    tx = _replay(b2m_proc, run24, ep, "replay")
+    time.sleep(4.0)
+    during = b2m_proc("control", "soundcheck", "--connect", control, name="control-soundcheck-during")
+    assert during.wait(30) == 1 and "music is playing already" in during.stderr()
+    state = status()
+    assert state["soundcheck"] is False and state["output_dbfs"] > -60.0 and state["level_db"] == -12.0
+    assert tx.wait(60) == 0 and sess.wait(60) == 0, sess.stderr()
+    assert sess.stderr().count("sound check: the neutral clip stops") == 2
+    checks = [(c["command"], c["value"]) for c in read_operator(out) if c["command"] == "soundcheck"]
+    assert checks == [("soundcheck", 1.0), ("soundcheck", 0.0), ("soundcheck", 1.0)]

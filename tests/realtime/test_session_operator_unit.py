@@ -55,7 +55,7 @@ def lines(path) -> list[str]:
 def test_apply_returns_the_state_and_records_each_change(tmp_path):
     oc = OperatorControl(NO_AUDIO, tmp_path, level_dbfs=-20.0)
     assert oc.state() == {"muted": False, "level_db": 0.0, "level_dbfs": -20.0, "since_unix": oc.since,
-                          "source": None, "commands": 0}
+                          "source": None, "commands": 0, "soundcheck": False, "output_dbfs": None}
     assert oc.alert() is None and not os.path.exists(tmp_path / OPERATOR_FILE)
     t0 = time.time()
     s = oc.apply(mute("keyboard"))
@@ -429,3 +429,5 @@ def test_the_consoles_keys_map_to_commands_and_stop_at_the_levels_ends():
     assert key_command("-", False, -38.0) == OperatorCommand("level", -40.0, source="keyboard")
     assert key_command("+", False, 0.0) is None and key_command("-", False, -40.0) is None  # at an end: nothing
     assert key_command("x", False, 0.0) is None and key_command("\n", True, 0.0) is None
+    assert key_command("s", False, 0.0) == OperatorCommand("soundcheck", 1.0, source="keyboard")
+    assert key_command("s", True, -3.0, soundcheck=True) == OperatorCommand("soundcheck", 0.0, source="keyboard")
