@@ -233,6 +233,12 @@ class _CallbackCounters:
         dac0, _ = clock_offsets(self._anchors, self.callbacks, self.samplerate)
         return int(round((t - dac0) * self.samplerate))
 
+    def last_callback(self) -> float | None:
+        """``time.monotonic()`` at the start of the newest callback (None before the first): when a stream
+        that stopped last ran."""
+        n = self.callbacks
+        return None if n < 1 else float(self._anchors[3, (n - 1) % self._anchors.shape[1]])
+
     def frame_to_time(self, frame: int) -> float:
         """The stream time (seconds) at which output frame ``frame`` is heard."""
         dac0, _ = clock_offsets(self._anchors, self.callbacks, self.samplerate)

@@ -142,7 +142,12 @@ def start_jackd(log_dir: str, rate: int = JACK_RATE, period: int = JACK_PERIOD,
         server.stop()
         failures.append(f"$ {' '.join(cmd)}\n({reason})\n{server.log()}")
     os.environ.pop("JACK_DEFAULT_SERVER", None)
-    raise RuntimeError("could not start a JACK dummy server:\n" + "\n".join(failures))
+    hint = ""
+    if any("Too many servers already active" in f for f in failures):
+        hint = ("\nJACK's registry of servers (/dev/shm/jack-shm-registry, 8 places) is full: servers killed with "
+                "SIGKILL leave their place taken. With no jackd running (pgrep jackd), remove it: "
+                "rm /dev/shm/jack-shm-registry")
+    raise RuntimeError("could not start a JACK dummy server:\n" + "\n".join(failures) + hint)
 
 
 def reference_xruns(server: JackServer, seconds: float) -> dict:

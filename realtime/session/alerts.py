@@ -69,17 +69,19 @@ class AudioWatch:
         out = self.output
         if out is None or hasattr(out, "advance_to"):
             return None
+        now = time.monotonic()
+        last = getattr(out, "last_callback", lambda: None)()  # the stream's own word, to the callback
         proc = getattr(out, "_proc", None)
         if proc is not None and proc.poll() is not None:
-            return f"the audio process exited (code {proc.returncode})", time.time() - (time.monotonic() -
-                                                                                       self._moved_at)
-        now = time.monotonic()
+            since = last if last is not None else self._moved_at
+            return f"the audio process exited (code {proc.returncode})", time.time() - (now - since)
         n = out.callbacks
         if n != self._callbacks:
             self._callbacks, self._moved_at = n, now
         elif now - self._moved_at > self.stall_s:
+            since = last if last is not None and last <= self._moved_at else self._moved_at
             return (f"the output stream stopped ({getattr(out, 'device_name', 'the device')})",
-                    time.time() - (now - self._moved_at))
+                    time.time() - (now - since))
         return None
 
     def alert(self, engine=None, operator=None) -> str | None:

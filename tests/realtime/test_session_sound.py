@@ -1,0 +1,72 @@
+"""The engine's sound half (``realtime.session.sound``): calls run on the engine's thread, and an output taken
+over mid-run (a sound device reopened) plays on, in both modes. Real WAV sinks are the outputs: their frames are
+the session clock, so what each one received is exact."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import soundfile as sf
+from session_kit import kit_fixture, make_atlas, volumes
+
+from music.library import Library
+from realtime.audio import WavSink
+from realtime.decoder import Decoder
+from realtime.session import SessionEngine
+from realtime.session.engine import SessionOptions
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory, fmri1_nii):
+    return kit_fixture(tmp_path_factory, fmri1_nii)
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory):
+    return make_atlas(str(tmp_path_factory.mktemp("atlas")), 10, seed=3)
+
+
+def test_calls_run_on_the_engines_thread_at_its_next_volume(kit):
+    eng = SessionEngine(Decoder(kit.bundle), Library(kit.library), None)
+    vols = volumes(kit.nifti)
+    ran_on = []
+    ok = eng.call_soon(lambda: ran_on.append(threading.current_thread()) or 42)
+    bad = eng.call_soon(lambda: 1 / 0)
+    assert not ok.done()  # nothing runs until the engine's thread comes by
+    waiter = threading.Thread(target=lambda: eng.on_volume(vols[0], 0.0))
+    waiter.start()
+    waiter.join()
+    assert ok.result(0) == 42 and ran_on == [waiter]
+    with pytest.raises(ZeroDivisionError):
+        bad.result(0)
+    late = eng.call_soon(lambda: "idle")
+    eng.keep_playing()  # the receiver's idle hook serves them too
+    assert late.result(0) == "idle"
+
+
+@pytest.mark.parametrize("mode", ["retrieval", "generation"])
+def test_an_output_taken_over_mid_run_plays_on_from_the_next_volume(kit, atlas, tmp_path, mode):
+    lib = Library(atlas if mode == "generation" else kit.library)
+    first, second = WavSink(tmp_path / "first.wav").start(), WavSink(tmp_path / "second.wav").start()
+    eng = SessionEngine(Decoder(kit.bundle), lib, first, options=SessionOptions(mode=mode))
+    vols = volumes(kit.nifti)
+    taken = []
+    eng.on_new_output = taken.append
+    for m in vols[:12]:
+        eng.on_volume(m, 0.0)
+    at_s = 13 * vols[0].tr_s  # the session time of volume 12's decision, the first made on the second sink
+    eng.use_output(second)
+    assert eng.output is first and not taken  # taken at the next volume, on the engine's thread
+    for m in vols[12:24]:
+        eng.on_volume(m, 0.0)
+    assert eng.output is second and taken == [second]
+    eng.finish()
+    second.close()
+    got, sr = sf.read(tmp_path / "second.wav", dtype="float32")
+    at = int(round(at_s * sr))
+    assert np.all(got[:at] == 0.0)  # the new device plays nothing before that decision
+    assert np.abs(got[at:at + 2 * sr]).max() > 0.01  # and music from it on (its fade-in)
+    bound = eng.pieces if mode == "generation" else eng.clips
+    assert bound is not None and eng.counts["errors"] == 0
