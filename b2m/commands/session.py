@@ -355,13 +355,13 @@ def run_live(args) -> int:
         if engine is not None and engine.output is not output:  # a device reopened mid-session
             engine.output.close()
     from realtime.session.decisions import session_results
-    from realtime.session.report import music_match, write_session_report
+    from realtime.session.report import music_match, unheard_spans, write_session_report
 
     results = session_results(args.out)
     summary = session_summary(engine, ended)
     summary["blinded"] = args.blind
     summary["protocol"] = protocol.to_dict() if protocol is not None else None
-    summary["music_match"] = music_match(results, library)
+    summary["music_match"] = music_match(results, library, unheard_spans(args.out))  # TRs no one heard left out
     summary["triggers"] = _trigger_summary(args, triggers)
     if summary.get("yoked"):
         from realtime.session.yoked import own_agreement
@@ -394,7 +394,8 @@ def run_live(args) -> int:
     lat = summary["latency_ms"].get("total", {})
     if summary["music_match"] and not args.blind:  # a sham's music matches worse: it would unblind
         print("music heard vs decoded, mean cosine: " + ", ".join(
-            f"{k} {v['mean_cosine']:.3f} ({v['n']} TRs)" for k, v in summary["music_match"].items()))
+            f"{k} {_cos(v['mean_cosine'])} ({v['n']} TRs" + (f"; {v['unheard']} unheard left out)" if v.get("unheard")
+                                                             else ")") for k, v in summary["music_match"].items()))
     if summary.get("yoked") and not args.blind:
         y = summary["yoked"]
         agree = "n/a" if y["own_agreement"] is None else f"{y['own_agreement']:.1%}"
@@ -408,6 +409,10 @@ def run_live(args) -> int:
         print(f"disk: {not_recorded} message(s) could not be recorded when they came (sent again by the scanner "
               f"side; the record holds every volume acked): check the disk of {args.out}", file=sys.stderr)
     return 0 if written else 1
+
+
+def _cos(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
 
 
 def _audio_keeper(args, engine, watch, output):

@@ -14,7 +14,8 @@ import time
 
 import numpy as np
 
-__all__ = ["session_figures", "write_session_report", "png_base64", "html_page", "music_match", "condition_spans"]
+__all__ = ["session_figures", "write_session_report", "png_base64", "html_page", "music_match", "unheard_spans",
+           "condition_spans"]
 
 _STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}\n"
           "th{text-align:left;padding:4px 12px 4px 0;font-weight:normal;color:#555}td{font-weight:bold}\n"
@@ -38,7 +39,30 @@ def png_base64(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def music_match(results, library) -> dict:
+def unheard_spans(session_dir) -> list[tuple[float, float]]:
+    """When the participant heard no music though the session played some: ``(start, end)`` Unix s, sorted.
+
+    The operator's mutes (``operator.tsv``, from each mute to its unmute) and
+    the sound device's outages (``audio_outages.tsv``); one that never ended
+    ends at infinity.
+    """
+    from .audio_keeper import outage_spans, read_outages
+    from .operator import read_operator
+
+    spans, start = [], None
+    for c in read_operator(session_dir):
+        if c["muted"] and start is None:
+            start = c["time_unix"]
+        elif not c["muted"] and start is not None:
+            spans.append((start, c["time_unix"]))
+            start = None
+    if start is not None:
+        spans.append((start, np.inf))
+    spans += [(a, np.inf if b is None else b) for a, b, _ in outage_spans(read_outages(session_dir))]
+    return sorted(spans)
+
+
+def music_match(results, library, unheard=()) -> dict:
     """How close the music heard was to what was decoded: a check that feedback (or a sham) did what it should.
 
     For every decoded TR with a clip playing after its decision: the cosine
@@ -47,22 +71,34 @@ def music_match(results, library) -> dict:
     under ``"all"`` as well). Real feedback plays clips near the decoded point,
     a sham plays another participant's, and the neutral block one clip.
 
+    A TR decided while nothing was heard (``unheard``: :func:`unheard_spans`,
+    the operator's mutes and the sound device's outages) is left out: its
+    clip played to no one. ``"all"`` counts them as ``unheard``.
+
     Returns
     -------
     dict
-        ``condition -> {"n": TRs, "mean_cosine": float}``.
+        ``condition -> {"n": TRs, "mean_cosine": float}`` (and ``"unheard"`` under ``"all"``).
     """
     sums: dict[str, list] = {}
     emb = np.asarray(library.embeddings, np.float32)
+    left_out = 0
     for r in results:
         if r.embedding is None or r.clip is None:
+            continue
+        t = (r.timestamps or {}).get("decided")
+        if t is not None and any(a <= t < b for a, b in unheard):
+            left_out += 1
             continue
         cos = float(np.asarray(r.embedding, np.float32) @ emb[library.index_of(r.clip)])
         for key in {"all", r.condition or "all"}:
             s = sums.setdefault(key, [0.0, 0])
             s[0] += cos
             s[1] += 1
-    return {k: {"n": n, "mean_cosine": total / n} for k, (total, n) in sorted(sums.items())}
+    out = {k: {"n": n, "mean_cosine": total / n} for k, (total, n) in sorted(sums.items())}
+    if left_out:
+        out.setdefault("all", {"n": 0, "mean_cosine": None})["unheard"] = left_out
+    return out
 
 
 def condition_spans(results) -> list[tuple[int, int, str]]:
@@ -225,7 +261,8 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
     match = summary.get("music_match") or {}
     if match and not summary.get("blinded"):  # real feedback matches better than a sham: it would unblind
         rows.append(("Music heard vs decoded: mean cosine (TRs)", ", ".join(
-            f"{k} {v['mean_cosine']:.3f} ({v['n']})" for k, v in match.items())))
+            f"{k} " + ("n/a" if v["mean_cosine"] is None else f"{v['mean_cosine']:.3f}") + f" ({v['n']}"
+            + (f"; {v['unheard']} unheard left out)" if v.get("unheard") else ")") for k, v in match.items())))
     yoked = summary.get("yoked")
     if summary.get("protocol"):
         from .protocol import Protocol

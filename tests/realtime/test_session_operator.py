@@ -114,6 +114,19 @@ def test_the_operator_mutes_and_sets_the_level_and_the_record_says_when(kit, run
     assert "hand on the sound (SESSION/operator.tsv)" in (out / "report.html").read_text()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["operator"]["muted"] is False and len(summary["operator"]["changes"]) == 3
+    # music heard vs decoded leaves out the TRs decided while muted: their clip played to no one
+    from music.library import Library
+    from realtime.session.decisions import decisions_path, read_decisions
+
+    lib = Library(kit.library)
+    ds = [d for d in read_decisions(decisions_path(str(out), "run-01"))
+          if d.get("embedding") is not None and d["clip"] is not None]
+    muted = [changes[0]["time_unix"] <= d["timestamps"]["decided"] < changes[2]["time_unix"] for d in ds]
+    heard = [float(np.asarray(d["embedding"], np.float32) @ np.asarray(lib.embeddings, np.float32)[lib.index_of(
+        d["clip"])]) for d, m in zip(ds, muted) if not m]
+    match = summary["music_match"]["all"]
+    assert match["unheard"] == sum(muted) > 0 and match["n"] == len(heard)
+    assert match["mean_cosine"] == pytest.approx(np.mean(heard), abs=1e-6)
     rep = b2m_proc("session", "replay", out, name="session-replay")  # the operator changes no decision
     assert rep.wait() == 0 and "identical" in rep.stdout(), rep.stderr() + rep.stdout()
 
