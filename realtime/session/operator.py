@@ -98,6 +98,9 @@ class OperatorControl:
         The session's ``--level-dbfs``, for saying what the level is in dBFS.
     """
 
+    #: How long a sound check waits for the engine's thread (s).
+    wait_s = 5.0
+
     def __init__(self, engine, record_dir=None, level_dbfs: float | None = None):
         self.engine = engine
         self.level_dbfs = level_dbfs
@@ -197,11 +200,17 @@ class OperatorControl:
         call = getattr(self.engine, "call_soon", None)
         if call is None or getattr(self.engine, "output", None) is None:
             raise ValueError("a sound check needs a sound device: this session has no audio output")
+        was = bool(getattr(self.engine, "soundchecking", False))
+        fut = call(lambda: self.engine.soundcheck(bool(cmd.value)))
         try:
-            playing = call(lambda: self.engine.soundcheck(bool(cmd.value))).result(timeout=5.0)
+            playing = fut.result(timeout=self.wait_s)
         except concurrent.futures.TimeoutError:
-            raise ValueError("the session did not get to the sound check within 5 s (is it busy?); try "
-                             "again") from None
+            if fut.cancel():  # never carried out later, behind the operator's back
+                raise ValueError(f"the session did not get to the sound check within {self.wait_s:g} s (is it "
+                                 "busy?); try again") from None
+            playing = fut.result()  # it had just begun: its answer is a moment away
+        if playing == was:
+            return self.state()
         with self._lock:
             row = {"time_unix": time.time(), "command": "soundcheck", "value": cmd.value, "source": cmd.source,
                    "muted": self.muted, "level_db": self.level_db, "clock": "none", "at_s": None}

@@ -70,3 +70,19 @@ def test_an_output_taken_over_mid_run_plays_on_from_the_next_volume(kit, atlas, 
     assert np.abs(got[at:at + 2 * sr]).max() > 0.01  # and music from it on (its fade-in)
     bound = eng.pieces if mode == "generation" else eng.clips
     assert bound is not None and eng.counts["errors"] == 0
+
+
+def test_a_sound_check_the_engine_never_got_to_is_cancelled_not_played_later(kit, tmp_path):
+    from protocols.operator import OperatorCommand
+    from realtime.session.operator import OperatorControl
+
+    sink = WavSink(tmp_path / "out.wav").start()
+    eng = SessionEngine(Decoder(kit.bundle), Library(kit.library), sink)
+    op = OperatorControl(eng, tmp_path)
+    op.wait_s = 0.2  # no volume comes and no receiver idles: the engine's thread never comes by
+    with pytest.raises(ValueError, match="did not get to the sound check within 0.2 s"):
+        op.apply(OperatorCommand("soundcheck", 1))
+    assert len(eng._calls) == 1  # still queued, but cancelled:
+    eng.keep_playing()  # the engine's thread comes by later
+    assert not eng._calls and not eng.soundchecking and op.history == []
+    sink.close()
