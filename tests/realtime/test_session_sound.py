@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 
+import jack_fixture
 import numpy as np
 import pytest
 import soundfile as sf
@@ -86,3 +87,33 @@ def test_a_sound_check_the_engine_never_got_to_is_cancelled_not_played_later(kit
     eng.keep_playing()  # the engine's thread comes by later
     assert not eng._calls and not eng.soundchecking and op.history == []
     sink.close()
+
+
+jackd = jack_fixture.jackd  # the shared JACK dummy server (a fixture)
+
+
+@pytest.mark.audio
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["retrieval", "generation"])
+def test_the_sound_check_plays_the_neutral_clip_on_a_device_in_both_modes(kit, atlas, jackd, mode):
+    import time
+
+    from realtime.audio import open_output
+
+    lib = Library(atlas if mode == "generation" else kit.library)
+    out = open_output("system", isolate=True).start()
+    eng = SessionEngine(Decoder(kit.bundle), lib, out, options=SessionOptions(mode=mode))
+    try:
+        assert eng.soundcheck(True) is True and eng.soundchecking
+        time.sleep(1.2)
+        assert out.level(0.5)["peak_dbfs"] > -40.0  # the neutral clip goes out
+        assert eng.soundcheck(False) is False and not eng.soundchecking
+        time.sleep(0.8)
+        assert out.level(0.4)["peak_dbfs"] == -np.inf  # faded out (0.25 s) and silent since
+        eng._audio_started = True  # as once a run's music plays
+        with pytest.raises(ValueError, match="a sound check is for before a run"):
+            eng.soundcheck(True)
+        eng._audio_started = False
+    finally:
+        eng.finish()
+        out.close()
