@@ -355,7 +355,8 @@ def run_live(args) -> int:
         if engine is not None and engine.output is not output:  # a device reopened mid-session
             engine.output.close()
     from realtime.session.decisions import session_results
-    from realtime.session.report import music_match, unheard_spans, write_session_report
+    from realtime.session.operator import unheard_spans
+    from realtime.session.report import music_match, write_session_report
 
     results = session_results(args.out)
     summary = session_summary(engine, ended)

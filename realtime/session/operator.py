@@ -51,7 +51,7 @@ from .tables import append_rows, read_kept
 log = logging.getLogger("b2m.session")
 
 __all__ = ["OPERATOR_FILE", "OPERATOR_COLUMNS", "RAMP_S", "OperatorControl", "ControlServer", "read_operator",
-           "db_to_gain", "describe_changes", "send_command"]
+           "db_to_gain", "describe_changes", "send_command", "unheard_spans"]
 
 OPERATOR_FILE = "operator.tsv"
 #: Columns of ``operator.tsv``: when the command came (Unix s), what and who, the state after it, and
@@ -251,6 +251,28 @@ class OperatorControl:
     def summary(self) -> dict:
         """The state at the end and every change (this process's and the restored ones)."""
         return {**self.state(), "changes": [dict(r) for r in self.history], "unwritten": len(self._unwritten)}
+
+
+def unheard_spans(session_dir) -> list[tuple[float, float]]:
+    """When the participant heard no music though the session played some: ``(start, end)`` Unix s, sorted.
+
+    The operator's mutes (``operator.tsv``, from each mute to its unmute) and
+    the sound device's outages (``audio_outages.tsv``); one that never ended
+    ends at infinity.
+    """
+    from .audio_keeper import outage_spans, read_outages
+
+    spans, start = [], None
+    for c in read_operator(session_dir):
+        if c["muted"] and start is None:
+            start = c["time_unix"]
+        elif not c["muted"] and start is not None:
+            spans.append((start, c["time_unix"]))
+            start = None
+    if start is not None:
+        spans.append((start, math.inf))
+    spans += [(a, math.inf if b is None else b) for a, b, _ in outage_spans(read_outages(session_dir))]
+    return sorted(spans)
 
 
 def describe_changes(summary: dict) -> str:

@@ -14,8 +14,7 @@ import time
 
 import numpy as np
 
-__all__ = ["session_figures", "write_session_report", "png_base64", "html_page", "music_match", "unheard_spans",
-           "condition_spans"]
+__all__ = ["session_figures", "write_session_report", "png_base64", "html_page", "music_match", "condition_spans"]
 
 _STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}\n"
           "th{text-align:left;padding:4px 12px 4px 0;font-weight:normal;color:#555}td{font-weight:bold}\n"
@@ -39,29 +38,6 @@ def png_base64(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def unheard_spans(session_dir) -> list[tuple[float, float]]:
-    """When the participant heard no music though the session played some: ``(start, end)`` Unix s, sorted.
-
-    The operator's mutes (``operator.tsv``, from each mute to its unmute) and
-    the sound device's outages (``audio_outages.tsv``); one that never ended
-    ends at infinity.
-    """
-    from .audio_keeper import outage_spans, read_outages
-    from .operator import read_operator
-
-    spans, start = [], None
-    for c in read_operator(session_dir):
-        if c["muted"] and start is None:
-            start = c["time_unix"]
-        elif not c["muted"] and start is not None:
-            spans.append((start, c["time_unix"]))
-            start = None
-    if start is not None:
-        spans.append((start, np.inf))
-    spans += [(a, np.inf if b is None else b) for a, b, _ in outage_spans(read_outages(session_dir))]
-    return sorted(spans)
-
-
 def music_match(results, library, unheard=()) -> dict:
     """How close the music heard was to what was decoded: a check that feedback (or a sham) did what it should.
 
@@ -71,7 +47,7 @@ def music_match(results, library, unheard=()) -> dict:
     under ``"all"`` as well). Real feedback plays clips near the decoded point,
     a sham plays another participant's, and the neutral block one clip.
 
-    A TR decided while nothing was heard (``unheard``: :func:`unheard_spans`,
+    A TR decided while nothing was heard (``unheard``: :func:`realtime.session.operator.unheard_spans`,
     the operator's mutes and the sound device's outages) is left out: its
     clip played to no one. ``"all"`` counts them as ``unheard``.
 

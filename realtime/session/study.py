@@ -18,7 +18,8 @@ import numpy as np
 
 from .decisions import session_results
 from .replay import read_session_info
-from .report import music_match, unheard_spans
+from .operator import unheard_spans
+from .report import music_match
 from .yoked import own_agreement, read_yoked
 
 __all__ = ["session_row", "compare_groups", "write_study_page", "cell", "COLUMNS"]

@@ -78,7 +78,10 @@ def yoked_schedule(source_dir, library, mode: str = "retrieval", level_dbfs: flo
     """What the participant of ``source_dir`` heard: ``{"source", "mode", "runs": [{"run_id", "tr_s", "clips"}]}``.
 
     ``clips[i]`` is the library clip id playing after volume ``i`` of that run
-    (None where the source heard silence). Runs are in the order
+    (None where the source heard silence: a silence block, or a volume
+    decided while its operator had muted the sound or its sound device was
+    down, so the sham hears the stimulation the source heard;
+    ``unheard_volumes`` counts those). Runs are in the order
     they started. Raises ValueError, naming the folder and what to do, if
     ``source_dir`` holds no decisions, was another mode, or played clips that
     ``library`` does not have.
@@ -89,13 +92,20 @@ def yoked_schedule(source_dir, library, mode: str = "retrieval", level_dbfs: flo
     if not os.path.isdir(source_dir):
         raise ValueError(f"--yoked-from {source_dir}: no such folder; give the --out folder of an earlier "
                          "`b2m session`")
-    runs = []
+    from .operator import unheard_spans
+
+    unheard = unheard_spans(source_dir)  # the source's operator muted it, or its device was down
+    runs, silenced = [], 0
     for run_id, decisions in run_decisions(source_dir):
         if not decisions:
             continue
         n = max(d["index"] for d in decisions) + 1
         clips: list = [None] * n
         for d in decisions:
+            t = (d.get("timestamps") or {}).get("decided")
+            if d.get("clip") is not None and t is not None and any(a <= t < b for a, b in unheard):
+                silenced += 1  # the source heard nothing here: neither does the sham
+                continue
             clips[d["index"]] = d.get("clip")
         runs.append((float(decisions[0].get("offset_s") or 0.0), run_id,
                      {"run_id": run_id, "tr_s": float(decisions[0]["tr_s"]), "clips": clips}))
@@ -123,7 +133,11 @@ def yoked_schedule(source_dir, library, mode: str = "retrieval", level_dbfs: flo
     if unknown:
         raise ValueError(f"--yoked-from {source_dir}: it played {len(unknown)} clip(s) this library does not have "
                          f"(first: {unknown[0]!r}); give --library the library that session used")
-    return {"source": source_dir, "mode": mode, "runs": [r for _, _, r in sorted(runs, key=lambda t: t[:2])]}
+    if silenced:
+        log.info("yoked: %d volume(s) of %s were decided while its participant heard nothing (muted, or the sound "
+                 "device down): silence there for this participant too", silenced, source_dir)
+    return {"source": source_dir, "mode": mode, "runs": [r for _, _, r in sorted(runs, key=lambda t: t[:2])],
+            "unheard_volumes": silenced}
 
 
 def write_yoked(session_dir, schedule: dict) -> str:

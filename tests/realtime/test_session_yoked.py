@@ -384,3 +384,28 @@ def test_session_cli_allocation_keeps_the_operator_blind_and_the_record_true(kit
                      f"wav:{tmp_path}/x.wav", *common, name="again")
     assert again.wait(timeout=60) == 2
     assert "was run under another condition than" in again.stderr() and "sham" not in again.stderr()
+
+
+def test_where_the_source_heard_nothing_the_sham_hears_nothing(kit, source, tmp_path):
+    """The source's operator muted volumes 15-24 (its operator.tsv, placed between the decisions' own stamps):
+    those volumes play silence for the sham too, so both participants get the same stimulation."""
+    import shutil
+
+    from realtime.session.operator import OPERATOR_COLUMNS, OPERATOR_FILE
+    from realtime.session.tables import append_rows
+
+    src_dir, src_results = source
+    muted_src = tmp_path / "source-muted"
+    shutil.copytree(src_dir, muted_src)
+    decided = [d["timestamps"]["decided"] for d in decisions(muted_src)["run-01"]]
+    on, off = (decided[14] + decided[15]) / 2, (decided[24] + decided[25]) / 2
+    append_rows(str(muted_src / OPERATOR_FILE), OPERATOR_COLUMNS,
+                [[repr(on), "mute", "n/a", "cli", "true", "0.0", "session", "1.0"],
+                 [repr(off), "unmute", "n/a", "cli", "false", "0.0", "session", "2.0"]])
+    sched = yoked_schedule(muted_src, Library(kit.library))
+    want = [None if 15 <= i <= 24 else r.clip for i, r in enumerate(src_results)]
+    assert sched["runs"][0]["clips"] == want
+    assert sched["unheard_volumes"] == sum(r.clip is not None for r in src_results[15:25]) == 10
+    _, sham = session(kit, tmp_path / "sham", kit.other, volumes(kit.nifti), yoked=sched)
+    assert [r.clip for r in sham] == want
+    assert sham[15].action == "silence" and sham[25].action == "switch"  # the music fades out, then back in
