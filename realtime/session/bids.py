@@ -77,7 +77,7 @@ from ..nifti_io import export_run_nifti, run_export_args
 from ..triggers import RunTriggers, match_run, read_responses, read_triggers
 from .decisions import decisions_path, read_decisions
 from .audio_keeper import outage_spans, read_outages
-from .operator import read_operator
+from .operator import read_operator, unheard_spans
 from .yoked import read_yoked
 
 log = logging.getLogger("b2m.session")
@@ -310,12 +310,15 @@ def outage_events(spans, wall_start: float | None, run_s: float) -> list[dict]:
     return rows
 
 
-def write_decoded_timeseries(stem: str, decisions: list[dict]) -> list[str]:
+def write_decoded_timeseries(stem: str, decisions: list[dict], unheard=()) -> list[str]:
     """A run's decisions as a BIDS derivative time series: ``STEM_desc-decoded_timeseries.tsv`` and its ``.json``.
 
     One row per decided volume: ``onset`` (seconds from the run's first
     volume: the decision after volume ``i`` falls at ``(i + 1) * TR``),
     ``volume``, ``decoded_volume``, ``action``, ``clip`` (``n/a`` in silence),
+    ``heard`` (false where the clip played to no one: decided while the
+    operator had muted the sound or the sound device was down, ``unheard``
+    from :func:`realtime.session.operator.unheard_spans`; n/a in silence),
     ``condition`` and ``own_clip`` where the session had blocks or was a sham,
     ``fd_mm``, ``dvars_pct``, ``flagged``, ``stand_in``, then the decoded embedding as
     ``e000`` ... (``n/a`` before the delay stack is full). Floats are written
@@ -324,8 +327,14 @@ def write_decoded_timeseries(stem: str, decisions: list[dict]) -> list[str]:
     ds = sorted(decisions, key=lambda d: d["index"])
     dim = max((d["embedding"].size for d in ds if d.get("embedding") is not None), default=0)
     extra = [k for k in ("condition", "own_clip") if any(k in d for d in ds)]
-    cols = ["onset", "volume", "decoded_volume", "action", "clip", *extra, "fd_mm", "dvars_pct", "flagged",
+    cols = ["onset", "volume", "decoded_volume", "action", "clip", "heard", *extra, "fd_mm", "dvars_pct", "flagged",
             "stand_in"]
+
+    def heard(d) -> bool | None:
+        if d.get("clip") is None:
+            return None
+        t = (d.get("timestamps") or {}).get("decided")
+        return not (t is not None and any(a <= t < b for a, b in unheard))
     cols += [f"e{k:03d}" for k in range(dim)]
 
     def cell(v) -> str:
@@ -337,7 +346,7 @@ def write_decoded_timeseries(stem: str, decisions: list[dict]) -> list[str]:
         for d in ds:
             e = d.get("embedding")
             row = [(d["index"] + 1) * float(d["tr_s"]), d["index"], d.get("decoded_index"), d["action"], d["clip"],
-                   *(d.get(k) for k in extra), d.get("fd_mm"), d.get("dvars_pct"), d.get("flagged"), d.get("stand_in")]
+                   heard(d), *(d.get(k) for k in extra), d.get("fd_mm"), d.get("dvars_pct"), d.get("flagged"), d.get("stand_in")]
             row += [float(x) for x in e] if e is not None else [None] * dim
             f.write("\t".join(cell(v) for v in row) + "\n")
     side = stem + "_desc-decoded_timeseries.json"
@@ -346,6 +355,8 @@ def write_decoded_timeseries(stem: str, decisions: list[dict]) -> list[str]:
                    "onset": {"Units": "s", "Description": "decision time from the start of the run's first volume"},
                    "decoded_volume": {"Description": "the moment the decoder input refers to (volume - lag)"},
                    "clip": {"Description": "library clip heard after the decision (n/a: silence)"},
+                   "heard": {"Description": "false where the clip played to no one: decided while the operator had "
+                                            "muted the sound or the sound device was down (n/a: silence)"},
                    "own_clip": {"Description": "sham session: the clip this participant's own decoding chose"},
                    "fd_mm": {"Units": "mm", "Description": "framewise displacement"},
                    "dvars_pct": {"Units": "%", "Description": "DVARS: RMS change of the model's motion-corrected "
@@ -541,6 +552,7 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
     presses = read_responses(session_dir)  # the participant's buttons on the same input (--response-keys)
     changes = read_operator(session_dir)  # the operator's mutes and levels (b2m control, the monitor's buttons)
     outages = outage_spans(read_outages(session_dir))  # the sound device down: nothing heard
+    unheard = unheard_spans(session_dir)  # both, on the wall clock: the decided TRs no one heard
     number = 0
     begun: list[dict] = []  # every sound begun so far, on its clock: the runs before go on sounding
     todo = []
@@ -603,7 +615,8 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
             deriv = os.path.join(root, os.path.relpath(func, out_dir))
             os.makedirs(deriv, exist_ok=True)
             out["written"] += _describe(root, "brain2music-rt decoding and decisions", "derivative")
-            out["written"] += write_decoded_timeseries(os.path.join(deriv, os.path.basename(stem)), decisions)
+            out["written"] += write_decoded_timeseries(os.path.join(deriv, os.path.basename(stem)), decisions,
+                                                       unheard)
         if run.run_id in events:
             shutil.copyfile(events[run.run_id], stem + "_events.tsv")
             out["written"].append(stem + "_events.tsv")

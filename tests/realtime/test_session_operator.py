@@ -142,6 +142,14 @@ def test_the_operator_mutes_and_sets_the_level_and_the_record_says_when(kit, run
     assert level["level_db"] == "-6" and float(level["onset"]) == pytest.approx(changes[1]["at_s"], abs=1e-4)
     assert float(level["onset"]) + float(level["duration"]) == pytest.approx(24 * TR, abs=1e-3)  # to the run's end
     assert all(r["level_db"] == "n/a" for r in rows if r["trial_type"] != "operator_level")
+    # the derivative says, TR by TR, whether the clip played to anyone
+    with open(tmp_path / "bids/derivatives/b2m/sub-01/func/"
+              "sub-01_task-neurofeedback_run-01_desc-decoded_timeseries.tsv") as f:
+        series = list(csv.DictReader(f, delimiter="\t"))
+    every = read_decisions(decisions_path(str(out), "run-01"))
+    want = ["n/a" if d["clip"] is None else str(not changes[0]["time_unix"] <= d["timestamps"]["decided"]
+                                                 < changes[2]["time_unix"]) for d in every]
+    assert [r["heard"] for r in series] == want and "False" in want
     assert_valid_bids(bids_validator, tmp_path / "bids")
 
 
