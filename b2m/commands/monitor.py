@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
                                    "volume, what plays, the run's clip timeline, head motion, latency per stage. "
                                    "Open the printed address in a browser; the page refreshes itself. With "
                                    "--control, the page also shows the sound and has the operator's buttons (mute, "
-                                   "unmute, level -3/+3 dB).")
+                                   "unmute, level -3/+3 dB, sound check).")
     p.add_argument("--results", default=DEFAULT_RESULTS,
                    help=f"the session's --results endpoint (default {DEFAULT_RESULTS})")
     p.add_argument("--control", default=None, metavar="ENDPOINT",

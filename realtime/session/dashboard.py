@@ -92,7 +92,7 @@ class Dashboard:
         head.add_column(style="bold")
         head.add_column()
         if self.operator is not None:  # first: what the participant hears, whatever the decoder does
-            sound = self.operator.describe()
+            sound = self.operator.describe() + ("; sound check playing" if self.engine.soundchecking else "")
             from .keys import KEYS_HELP
 
             head.add_row("sound", (f"[bold red]{sound.upper()}[/bold red]" if self.operator.muted else sound)

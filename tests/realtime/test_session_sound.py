@@ -117,3 +117,34 @@ def test_the_sound_check_plays_the_neutral_clip_on_a_device_in_both_modes(kit, a
     finally:
         eng.finish()
         out.close()
+
+
+def test_the_dashboard_shows_the_sound_its_keys_and_the_level_sent_out(kit, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from protocols.operator import OperatorCommand
+    from realtime.session import Dashboard
+    from realtime.session.alerts import AudioWatch
+    from realtime.session.operator import OperatorControl
+
+    sink = WavSink(tmp_path / "out.wav").start()
+    eng = SessionEngine(Decoder(kit.bundle), Library(kit.library), sink)
+    for m in volumes(kit.nifti)[:8]:
+        eng.on_volume(m, 0.0)
+    op = OperatorControl(eng, tmp_path, level_dbfs=-20.0)
+
+    def shown() -> str:
+        console = Console(file=io.StringIO(), width=200)
+        console.print(Dashboard(eng, console=console, operator=op, keys=True, audio=AudioWatch(sink)).render())
+        return console.file.getvalue()
+
+    text = shown()
+    assert "level +0.0 dB (-20.0 dBFS RMS)" in text and "keys: m mute/unmute, - and + level, s sound check" in text
+    level = sink.level(1.0)
+    assert f"{level['rms_dbfs']:.1f} dBFS RMS, peak {level['peak_dbfs']:.1f} dBFS" in text  # what was sent out
+    op.apply(OperatorCommand("mute", source="test"))
+    text = shown()
+    assert "MUTED" in text and "sound muted by the operator (test)" in text  # the row and the alert
+    sink.close()
