@@ -431,3 +431,29 @@ def test_the_consoles_keys_map_to_commands_and_stop_at_the_levels_ends():
     assert key_command("x", False, 0.0) is None and key_command("\n", True, 0.0) is None
     assert key_command("s", False, 0.0) == OperatorCommand("soundcheck", 1.0, source="keyboard")
     assert key_command("s", True, -3.0, soundcheck=True) == OperatorCommand("soundcheck", 0.0, source="keyboard")
+
+
+def test_the_control_socket_takes_only_listed_keys_and_refuses_an_open_network_bind(tmp_path):
+    """The operator's socket can silence a session: with CURVE keys (b2m keys) only a listed client gets in."""
+    from realtime.session.operator import ControlServer, send_command
+    from realtime.transport import TransportError, generate_keys, load_curve_client, load_curve_server
+
+    keys = {name: generate_keys(tmp_path / "keys", name) for name in ("session", "console", "stranger")}
+    clients = tmp_path / "clients"
+    clients.mkdir()
+    (clients / "console.key").write_bytes(open(keys["console"][0], "rb").read())
+    op = OperatorControl(NO_AUDIO, tmp_path)
+    with pytest.raises(TransportError, match="--insecure"):
+        ControlServer(op, "tcp://0.0.0.0:*")  # a network bind with no keys: refused before binding
+    srv = ControlServer(op, "tcp://127.0.0.1:*", curve=load_curve_server(keys["session"][1], str(clients))).start()
+    try:
+        listed = load_curve_client(keys["console"][1], keys["session"][0])
+        stranger = load_curve_client(keys["stranger"][1], keys["session"][0])
+        for curve in (stranger, None):  # an unlisted key, and no CURVE at all: no answer, nothing changed
+            with pytest.raises(TransportError, match="no session answered"):
+                send_command(srv.endpoint, mute("intruder"), curve=curve, timeout_s=0.5)
+        assert op.muted is False and op.history == []
+        assert send_command(srv.endpoint, mute(), curve=listed)["state"]["muted"] is True
+        assert [r["source"] for r in read_operator(tmp_path)] == ["cli"]
+    finally:
+        srv.close()
