@@ -280,9 +280,13 @@ class TriggerLog:
 
     The file is appended to, so a session continued in the same folder keeps
     the pulses of before. :attr:`times` holds this session's pulses (Unix s).
+    :attr:`on_pulses`, if set, is called on this thread with each batch of
+    new pulses (the session ends an operator's sound check at the first
+    one: the scanner has started); its failure is logged, never fatal.
     """
 
     def __init__(self, trigger: TriggerInput, out_dir: str):
+        self.on_pulses = None
         self.trigger = trigger
         self.path = os.path.join(os.fspath(out_dir), TRIGGERS_FILE)
         self.responses_path = os.path.join(os.fspath(out_dir), RESPONSES_FILE)
@@ -305,6 +309,11 @@ class TriggerLog:
             while not self._stop.is_set():
                 pulses = self.trigger.read(0.05)
                 self.times.extend(pulses)
+                if pulses and self.on_pulses is not None:
+                    try:
+                        self.on_pulses(pulses)
+                    except Exception:
+                        log.exception("the trigger's pulse hook failed; reading goes on")
                 while self.trigger.presses:  # the participant's buttons, if the input carries them
                     t, button = self.trigger.presses.pop(0)
                     self.presses.append((t, button))

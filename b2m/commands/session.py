@@ -322,6 +322,9 @@ def run_live(args) -> int:
             # in every result: the monitor shows them
             engine.alerts = lambda: standing_alerts(engine, rx, triggers, operator, audio)
             if triggers is not None:
+                # the scanner has started: an operator's sound check ends at its first pulse, not a TR later
+                triggers.on_pulses = lambda _: engine.soundchecking and engine.call_soon(
+                    lambda: engine.soundcheck(False))
                 triggers.start()
                 print(f"trigger\t{args.trigger}\tkey {args.trigger_key!r}", file=sys.stderr, flush=True)
             print(f"ready\t{rx.endpoint}", file=sys.stderr, flush=True)

@@ -90,7 +90,8 @@ class EngineSound:
         With the participant in the scanner and the scanner's noise on, the
         operator plays the music the session starts with and sets the level
         together with them (``level``, the keys); the level holds for the
-        session. It ends by itself when a run's first volume comes. Returns
+        session. It ends by itself when a run's first volume comes (with
+        ``--trigger``, at the scanner's first pulse, a TR earlier). Returns
         whether it plays. Raises ValueError on a WAV sink (no one listens) or
         while music plays already.
         """

@@ -388,3 +388,35 @@ def test_the_sound_check_plays_before_the_run_and_ends_when_it_begins(kit, run24
     checks = [(c["command"], c["value"]) for c in read_operator(out) if c["command"] == "soundcheck"]
     assert checks == [("soundcheck", 1.0), ("soundcheck", 0.0), ("soundcheck", 1.0)]
     assert [c["source"] for c in read_operator(out)] == ["cli", "test", "cli", "test"]
+
+
+@pytest.mark.audio
+@pytest.mark.timeout(120)
+def test_the_scanners_first_pulse_ends_the_sound_check(kit, b2m_proc, tmp_path, jackd, serial_line):
+    """With the trigger box on a real serial line: the scanner starts (a '5'), and the sound check stops then,
+    not a TR and a reconstruction later when the first volume comes (no volume is sent here at all)."""
+    import os
+
+    box, port = serial_line
+    control, out = f"tcp://127.0.0.1:{free_port()}", tmp_path / "session"
+    sess = b2m_proc("session", "--model", kit.bundle, "--library", kit.library, "--out", out, "--bind",
+                    f"tcp://127.0.0.1:{free_port()}", "--audio", "system", "--results", "none", "--no-dashboard",
+                    "--control", control, "--trigger", port, name="session")
+    sess.wait_for("ready", timeout=60)
+    assert send_command(control, OperatorCommand("soundcheck", 1))["state"]["soundcheck"] is True
+    time.sleep(0.5)
+    fd = os.open(box, os.O_WRONLY | os.O_NOCTTY)
+    try:
+        os.write(fd, b"5")
+        pulsed = time.monotonic()
+        while send_command(control, OperatorCommand("status"))["state"]["soundcheck"]:
+            assert time.monotonic() - pulsed < 3.0, sess.stderr()
+            time.sleep(0.02)
+        took = time.monotonic() - pulsed
+    finally:
+        os.close(fd)
+    assert took < 1.0, took  # the engine's thread wakes at least every 200 ms between volumes
+    sess.kill(signal.SIGTERM)
+    assert sess.p.returncode == 0, sess.stderr()
+    assert "sound check: the neutral clip stops" in sess.stderr()
+    assert json.loads((out / "summary.json").read_text())["counts"]["volumes"] == 0
