@@ -95,7 +95,8 @@ class ControlLink:
             self._busy.release()
 
     def _ask(self, cmd: OperatorCommand) -> bool:
-        what = cmd.op if cmd.value is None else f"{cmd.op} {cmd.value:g} dB"
+        what = (f"level {cmd.value:g} dB" if cmd.op == "level" else
+                f"soundcheck {'on' if cmd.value else 'off'}" if cmd.op == "soundcheck" else cmd.op)
         try:
             reply = self._send_command(self.endpoint, cmd, curve=self.curve, timeout_s=self.timeout_s)
         except Exception as e:  # no session there, wrong keys, a reply not understood: shown, never fatal
