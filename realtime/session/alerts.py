@@ -22,8 +22,8 @@ from protocols.wire import MAX_ALERT_CHARS, MAX_ALERTS
 from ..clocks import CLOCK_WARN_S, describe_offset
 from ..triggers import match_run, overdue
 
-__all__ = ["DISK_ALERT_S", "STALL_S", "SILENT_S", "SILENT_DBFS", "AudioWatch", "trigger_status",
-           "standing_alerts"]
+__all__ = ["DISK_ALERT_S", "STALL_S", "SILENT_S", "SILENT_DBFS", "STALL_TRS", "STALL_MIN_S", "AudioWatch",
+           "trigger_status", "stalled_run", "standing_alerts"]
 
 #: A disk refusal is alerted this long after the last one (s).
 DISK_ALERT_S = 30.0
@@ -32,6 +32,8 @@ STALL_S = 1.0
 #: Music that should play but has measured below SILENT_DBFS peak for this long is alerted (s).
 SILENT_S = 10.0
 SILENT_DBFS = -90.0
+#: A run not ended whose volumes stopped coming for this many TRs (at least STALL_MIN_S s) is alerted.
+STALL_TRS, STALL_MIN_S = 4, 6.0
 
 
 class AudioWatch:
@@ -155,11 +157,31 @@ def trigger_status(triggers, engine, run_id: str | None) -> tuple[str, str | Non
     return text, None
 
 
+def stalled_run(engine, now: float | None = None) -> str | None:
+    """The run being decoded, if it has not ended and no volume has come for a while: the scanner's export or
+    the link may be stuck (or the scan was stopped). Quiet for :data:`STALL_TRS` TRs (at least
+    :data:`STALL_MIN_S` s) after the last volume; None otherwise, and between runs."""
+    last = engine.last
+    run = engine.runs.get(last.run_id) if last is not None else None
+    if run is None or run.pre is None or not run.n_volumes or run.next_index >= run.n_volumes:
+        return None
+    received = (last.timestamps or {}).get("received")
+    if received is None:
+        return None
+    gap = (time.time() if now is None else now) - received
+    if gap < max(STALL_TRS * run.tr_s, STALL_MIN_S):
+        return None
+    return (f"run {run.run_id}: no volume for {gap:.0f} s after {run.next_index} of {run.n_volumes} (one is due "
+            f"every {run.tr_s:g} s): check the scanner's export and the link, or was the scan stopped?")
+
+
 def standing_alerts(engine, receiver=None, triggers=None, operator=None, audio=None) -> list[str]:
     """Every alert standing now (at most :data:`protocols.wire.MAX_ALERTS`, each cut to fit the wire).
 
     ``operator`` (:class:`realtime.session.operator.OperatorControl`) adds the sound muted by the operator,
-    ``audio`` (:class:`AudioWatch`) a sound device that stopped or sends out nothing.
+    ``audio`` (:class:`AudioWatch`) a sound device that stopped or sends out nothing. Without a trigger
+    input, a run whose volumes stopped coming is said (:func:`stalled_run`; with one, the volumes overdue
+    after their pulses are). The dashboard asks several times a second, so these show between volumes too.
     """
     out = []
     heard = audio.alert(engine, operator) if audio is not None else None
@@ -177,6 +199,10 @@ def standing_alerts(engine, receiver=None, triggers=None, operator=None, audio=N
         _, alert = trigger_status(triggers, engine, run_id)
         if alert:
             out.append(alert)
+    else:
+        stalled = stalled_run(engine)
+        if stalled:
+            out.append(stalled)
     st = receiver.stats if receiver is not None else None
     if st is not None and time.monotonic() - st.last_disk_error_at < DISK_ALERT_S:
         out.append(f"disk: {st.not_recorded} message(s) not recorded (last: {st.last_disk_error}); they are sent "

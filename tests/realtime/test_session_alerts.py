@@ -126,3 +126,19 @@ def test_the_audio_watch_measures_the_output_and_says_when_music_that_should_pla
         assert alert is not None and alert.startswith("audio: the audio process exited (code -9)"), alert
     finally:
         out.close()
+
+
+def test_a_run_whose_volumes_stopped_coming_is_said_between_volumes_until_it_ends(kit):
+    from realtime.session.alerts import STALL_MIN_S, stalled_run
+
+    eng, results = _engine(kit, n=12)  # 12 of the run's 40 volumes, then nothing
+    last = results[-1].timestamps["received"]
+    tr = eng.runs["run-01"].tr_s
+    quiet = max(4 * tr, STALL_MIN_S)
+    assert stalled_run(eng, now=last + quiet - 0.1) is None  # a late volume is not yet news
+    said = stalled_run(eng, now=last + quiet + 0.1)
+    assert said.startswith(f"run run-01: no volume for {quiet + 0.1:.0f} s after 12 of 40 (one is due every "
+                           f"{tr:g} s)"), said
+    for m in volumes(kit.nifti)[12:]:  # the rest of the run comes: it ended, nothing stands
+        eng.on_volume(m, time.time())
+    assert stalled_run(eng, now=time.time() + 100) is None
