@@ -7,13 +7,15 @@ msgpack map (spec: ``protocols/README.md``, section 7).
 
 Command::
 
-    {"v": 1, "op": "mute" | "unmute" | "level" | "soundcheck" | "status", "value": float or None, "source": str}
+    {"v": 1, "op": "mute" | "unmute" | "level" | "soundcheck" | "note" | "status", "value": ..., "source": str}
 
 ``value`` is the level in dB for ``level`` (:data:`MIN_LEVEL_DB` to
 :data:`MAX_LEVEL_DB`: relative to the level the session was started at,
 which is the loudest it plays), 1 (start) or 0 (stop) for ``soundcheck``
 (the neutral clip played before a run, to set the level with the
-participant), absent or None otherwise. ``source`` says who
+participant), the text for ``note`` (the operator's log line, kept with its
+time: "participant coughed"; one line of at most :data:`MAX_NOTE_CHARS`
+printable characters), absent or None otherwise. ``source`` says who
 sent it (``cli``, ``monitor``, ``keyboard``, a script's name), for the record.
 
 Reply::
@@ -34,17 +36,20 @@ import msgpack
 
 from .errors import MessageError
 
-__all__ = ["OPERATOR_VERSION", "OPS", "MIN_LEVEL_DB", "MAX_LEVEL_DB", "MAX_OPERATOR_BYTES", "OperatorCommand",
+__all__ = ["OPERATOR_VERSION", "OPS", "MIN_LEVEL_DB", "MAX_LEVEL_DB", "MAX_OPERATOR_BYTES", "MAX_NOTE_CHARS",
+           "OperatorCommand",
            "encode_command", "decode_command", "encode_reply", "decode_reply"]
 
 OPERATOR_VERSION = 1
 #: The commands a session takes.
-OPS = ("mute", "unmute", "level", "soundcheck", "status")
+OPS = ("mute", "unmute", "level", "soundcheck", "note", "status")
 #: The operator's level range, dB relative to the session's own (0: as started, the loudest).
 MIN_LEVEL_DB, MAX_LEVEL_DB = -40.0, 0.0
 #: Longest command or reply accepted, bytes.
 MAX_OPERATOR_BYTES = 4096
 MAX_SOURCE_CHARS = 40
+#: Longest operator's note, characters.
+MAX_NOTE_CHARS = 200
 
 
 class OperatorCommand:
@@ -52,16 +57,16 @@ class OperatorCommand:
 
     Parameters
     ----------
-    op : {"mute", "unmute", "level", "soundcheck", "status"}
-    value : float or None
-        ``level``: dB, in [MIN_LEVEL_DB, MAX_LEVEL_DB]; ``soundcheck``: 1 or 0; else None.
+    op : {"mute", "unmute", "level", "soundcheck", "note", "status"}
+    value : float, str or None
+        ``level``: dB, in [MIN_LEVEL_DB, MAX_LEVEL_DB]; ``soundcheck``: 1 or 0; ``note``: its text; else None.
     source : str
         Who sent it (at most 40 characters).
     """
 
     __slots__ = ("op", "value", "source")
 
-    def __init__(self, op: str, value: float | None = None, source: str = "cli"):
+    def __init__(self, op: str, value: float | str | None = None, source: str = "cli"):
         if op not in OPS:
             raise MessageError("op", f"must be one of {', '.join(OPS)}; got {op!r}")
         if op == "level":
@@ -76,6 +81,11 @@ class OperatorCommand:
             if isinstance(value, bool) or value not in (0, 1):
                 raise MessageError("value", f"soundcheck takes 1 (start) or 0 (stop); got {value!r}")
             value = float(value)
+        elif op == "note":
+            if not isinstance(value, str) or not value.strip() or len(value) > MAX_NOTE_CHARS \
+                    or not value.isprintable():
+                raise MessageError("value", f"a note is one line of 1 to {MAX_NOTE_CHARS} printable characters "
+                                            f"(no tab or newline); got {value!r}"[:400])
         elif value is not None:
             raise MessageError("value", f"{op} takes no value; got {value!r}")
         if not isinstance(source, str) or not source or len(source) > MAX_SOURCE_CHARS \

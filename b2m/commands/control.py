@@ -17,12 +17,14 @@ def add_parser(sub) -> None:
                                    "(the music fades out within 50 ms; decoding and recording go on), unmute, level "
                                    "DB (relative to the session's --level-dbfs, the loudest it plays: -40 to 0), "
                                    "soundcheck [on|off] (before a run: the neutral clip plays, to set the level with "
-                                   "the participant; it ends by itself when the run starts), or status. Prints the "
+                                   "the participant; it ends by itself when the run starts), note TEXT (a line for "
+                                   "the session's log and the exported events), or status. Prints the "
                                    "sound's state after it. Exit 0 done, 1 refused by the session, 3 no session "
                                    "answered.")
-    p.add_argument("command", choices=["mute", "unmute", "level", "soundcheck", "status"])
+    p.add_argument("command", choices=["mute", "unmute", "level", "soundcheck", "note", "status"])
     p.add_argument("value", nargs="?", default=None,
-                   help="with level: dB, -40 to 0 (e.g. -6); with soundcheck: on (the default) or off")
+                   help="with level: dB, -40 to 0 (e.g. -6); with soundcheck: on (the default) or off; with note: "
+                        "the line to keep (quoted), e.g. \"participant coughed\"")
     p.add_argument("--connect", default=DEFAULT_CONTROL, help=f"the session's --control endpoint "
                                                               f"(default {DEFAULT_CONTROL})")
     p.add_argument("--source", default="cli", help="who sends it, for the session's record (default cli)")
@@ -65,6 +67,10 @@ def run(args) -> int:
             print(f"error: soundcheck takes on or off; got {value!r}", file=sys.stderr)
             return 2
         value = 0.0 if value == "off" else 1.0
+    elif args.command == "note":
+        if not value:
+            print('error: give the note\'s text, e.g. b2m control note "participant coughed"', file=sys.stderr)
+            return 2
     elif value is not None:
         print(f"error: {args.command} takes no value; got {value!r}", file=sys.stderr)
         return 2

@@ -87,7 +87,7 @@ __all__ = ["EVENT_COLUMNS", "run_clock_offset", "run_triggers", "music_events", 
 
 #: Columns of ``*_events.tsv``, in order.
 EVENT_COLUMNS = ("onset", "duration", "trial_type", "clip", "genre", "stim_file", "clip_start_s", "decided_run",
-                 "decided_volume", "action", "response", "level_db")
+                 "decided_volume", "action", "response", "level_db", "note")
 
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
@@ -272,13 +272,16 @@ def operator_events(changes: list[dict], starts: dict, run_s: float) -> list[dic
     list of dict
         ``operator_mute``: a stretch the participant heard no music (from a mute to the unmute, or the run's
         end); ``operator_level``: the level from a change until the next one (``level_db``: dB below the
-        session's level). One standing as the run begins starts at onset 0. Changes on a clock the run cannot
+        session's level); ``operator_note``: the operator's log line (``note``), duration 0. One standing
+        as the run begins starts at onset 0. Changes on a clock the run cannot
         be placed on are left out.
     """
     rest = {k: "n/a" for k in EVENT_COLUMNS if k not in ("onset", "duration", "trial_type", "level_db")}
     placed = sorted(((c["at_s"] - starts[c["clock"]], c) for c in changes
                      if c.get("at_s") is not None and starts.get(c["clock"]) is not None), key=lambda t: t[0])
-    rows = []
+    rows = [{"onset": t, "duration": 0.0, "trial_type": "operator_note", **rest, "level_db": "n/a",
+             "note": c["value"]} for t, c in placed if c["command"] == "note" and 0.0 <= t < run_s]
+    placed = [(t, c) for t, c in placed if c["command"] != "note"]
     for kind, key in (("operator_mute", "muted"), ("operator_level", "level_db")):
         state, since = (False if key == "muted" else 0.0), 0.0
         for t, c in [*placed, (float("inf"), None)]:
@@ -412,6 +415,7 @@ EVENT_DESCRIPTIONS = {
                               "response": "the participant pressed a button (b2m session --response-keys)",
                               "operator_mute": "the operator muted the sound: no music was heard (b2m control)",
                               "operator_level": "the operator set the level below the session's (level_db)",
+                              "operator_note": "the operator's log line (note), b2m control note",
                               "audio_outage": "the sound device was down: nothing was heard, whatever the "
                                               "music rows say",
                               "block_feedback": "protocol block: music follows the decoding",
@@ -432,6 +436,7 @@ EVENT_DESCRIPTIONS = {
     "response": {"Description": "the button pressed (a response row), n/a otherwise"},
     "level_db": {"Description": "an operator_level row: the level set, relative to the session's --level-dbfs; "
                                 "n/a otherwise", "Units": "dB"},
+    "note": {"Description": "an operator_note row: what the operator wrote; n/a otherwise"},
 }
 
 

@@ -72,11 +72,12 @@ def read_operator(session_dir) -> list[dict]:
     """The operator's changes recorded in ``SESSION/operator.tsv`` (``[]`` if none), oldest first.
 
     Values are typed: ``time_unix``, ``level_db`` and ``at_s`` floats (``at_s`` None for ``none``), ``muted``
-    a bool, ``value`` a float or None. A row cut short by a crash (the last one) is skipped with a warning.
+    a bool, ``value`` a float, a note's text, or None. A row cut short by a crash (the last one) is skipped with a warning.
     """
     def parse(r):
         return {"time_unix": float(r["time_unix"]), "command": r["command"],
-                "value": None if r["value"] in ("", "n/a") else float(r["value"]),
+                "value": None if r["value"] in ("", "n/a") else r["value"] if r["command"] == "note"
+                else float(r["value"]),
                 "source": r["source"], "muted": r["muted"] == "true", "level_db": float(r["level_db"]),
                 "clock": r["clock"], "at_s": None if r["at_s"] in ("", "n/a") else float(r["at_s"])}
 
@@ -165,6 +166,14 @@ class OperatorControl:
             return self._soundcheck(cmd)
         with self._lock:
             if cmd.op == "status":
+                return self.state()
+            if cmd.op == "note":  # the operator's log line: kept with its time, the sound unchanged
+                now = time.time()
+                row = {"time_unix": now, "command": "note", "value": cmd.value, "source": cmd.source,
+                       "muted": self.muted, "level_db": self.level_db, "clock": "wall", "at_s": now}
+                self.history.append(row)
+                self._write(row)
+                log.info("operator (%s): note: %s", cmd.source, cmd.value)
                 return self.state()
             muted, level = self.muted, self.level_db
             if cmd.op == "mute":
@@ -277,7 +286,8 @@ def unheard_spans(session_dir) -> list[tuple[float, float]]:
 
 def describe_changes(summary: dict) -> str:
     """:meth:`OperatorControl.summary` in a line: how many changes, how long muted, the state at the end."""
-    changes = summary["changes"]
+    changes = [r for r in summary["changes"] if r["command"] != "note"]
+    notes = len(summary["changes"]) - len(changes)
     muted_s, start = 0.0, None
     for r in changes:
         if r["muted"] and start is None:
@@ -285,7 +295,8 @@ def describe_changes(summary: dict) -> str:
         elif not r["muted"] and start is not None:
             muted_s, start = muted_s + r["time_unix"] - start, None
     end = "muted at the end" if summary["muted"] else f"level {summary['level_db']:+.1f} dB at the end"
-    return f"{len(changes)} change(s); muted for {muted_s:.1f} s{' (and still)' if start is not None else ''}; {end}"
+    return (f"{len(changes)} change(s); muted for {muted_s:.1f} s{' (and still)' if start is not None else ''}; "
+            f"{end}" + (f"; {notes} note(s)" if notes else ""))
 
 
 def _cell(v) -> str:

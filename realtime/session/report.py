@@ -227,6 +227,10 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
         from .operator import describe_changes
 
         rows.append(("Operator's hand on the sound (SESSION/operator.tsv)", describe_changes(op)))
+        notes = [c for c in op["changes"] if c["command"] == "note"]
+        if notes:
+            rows.append(("Operator's notes", "; ".join(
+                f"{time.strftime('%H:%M:%S', time.localtime(c['time_unix']))} {c['value']}" for c in notes)))
     pieces = summary.get("pieces")
     rows.insert(0, ("Music", "generated live from the library's generator points" if pieces is not None
                     else "retrieved from the library"))

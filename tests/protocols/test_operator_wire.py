@@ -69,7 +69,7 @@ def test_the_range_ends_are_levels_and_a_missing_source_is_unknown():
     raw = encode_command(OperatorCommand("unmute", source="monitor"))
     assert decode_command(bytearray(raw)) == decode_command(memoryview(raw)) == OperatorCommand("unmute", None,
                                                                                                 "monitor")
-    assert set(OPS) == {"mute", "unmute", "level", "soundcheck", "status"}
+    assert set(OPS) == {"mute", "unmute", "level", "soundcheck", "note", "status"}
 
 
 def test_replies_round_trip_both_ways():
@@ -201,3 +201,15 @@ def test_a_soundcheck_takes_1_or_0_only(value):
 def test_a_soundcheck_round_trips_as_a_float(value):
     cmd = decode_command(encode_command(OperatorCommand("soundcheck", value, "cli")))
     assert cmd == OperatorCommand("soundcheck", float(value), "cli") and isinstance(cmd.value, float)
+
+
+@pytest.mark.parametrize("value", [None, "", "   ", "x" * 201, "two\nlines", "a\ttab", 5, b"bytes", ["x"]])
+def test_a_note_is_one_printable_line_of_at_most_200_characters(value):
+    assert field_of(decode_command, msgpack.packb({"v": 1, "op": "note", "value": value, "source": "cli"})) == "value"
+
+
+@given(st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=200)
+       .filter(lambda t: t.strip() and t.isprintable()))
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_note_round_trips_exactly(text):
+    assert decode_command(encode_command(OperatorCommand("note", text, "cli"))).value == text

@@ -77,3 +77,4 @@ def test_the_keeper_reopens_an_output_whose_audio_process_was_killed(jackd, tmp_
         out.close()
         for o in given:
             o.close()
+

@@ -75,16 +75,17 @@ def test_the_operator_mutes_and_sets_the_level_and_the_record_says_when(kit, run
     tx = _replay(b2m_proc, run24, ep, "replay")
     time.sleep(4.0)
     assert _control(b2m_proc, control, "mute").startswith("MUTED")
-    time.sleep(1.5)
+    _control(b2m_proc, control, "note", "participant coughed; asked to keep still")  # the operator's log line
+    time.sleep(0.5)
     assert _control(b2m_proc, control, "level", "-6").startswith("MUTED")  # set while muted: heard at the unmute
     time.sleep(1.5)
     state = json.loads(_control(b2m_proc, control, "unmute", "--json"))
-    assert state["muted"] is False and state["level_db"] == -6.0 and state["commands"] == 3
+    assert state["muted"] is False and state["level_db"] == -6.0 and state["commands"] == 4  # the note too
     assert state["level_dbfs"] == pytest.approx(-26.0)  # the session's default -20 dBFS, 6 dB down
     assert tx.wait(120) == 0, tx.stderr()
     assert sess.wait(120) == 0, sess.stderr()
-    muted_s = read_operator(out)[2]["time_unix"] - read_operator(out)[0]["time_unix"]
-    assert f"operator\t3 change(s); muted for {muted_s:.1f} s; level -6.0 dB at the end" in sess.stderr()
+    muted_s = read_operator(out)[3]["time_unix"] - read_operator(out)[0]["time_unix"]
+    assert f"operator\t3 change(s); muted for {muted_s:.1f} s; level -6.0 dB at the end; 1 note(s)" in sess.stderr()
 
     # the same run with no command: the reference the operator's gain applies to
     ep2 = f"tcp://127.0.0.1:{free_port()}"
@@ -92,9 +93,13 @@ def test_the_operator_mutes_and_sets_the_level_and_the_record_says_when(kit, run
     tx2 = _replay(b2m_proc, run24, ep2, "replay-ref", speed="max")
     assert tx2.wait(120) == 0 and sess2.wait(120) == 0, sess2.stderr()
 
-    changes = read_operator(out)
+    kept = read_operator(out)
+    (note,) = [c for c in kept if c["command"] == "note"]
+    changes = [c for c in kept if c["command"] != "note"]
     assert [c["command"] for c in changes] == ["mute", "level", "unmute"]
     assert [c["source"] for c in changes] == ["cli"] * 3 and all(c["clock"] == "session" for c in changes)
+    assert note["command"] == "note" and note["value"] == "participant coughed; asked to keep still"
+    assert (note["muted"], note["level_db"], note["clock"]) == (True, 0.0, "wall")  # the sound as it was then
     got, sr = sf.read(out / "feedback.wav", dtype="float32")
     want, sr2 = sf.read(ref / "feedback.wav", dtype="float32")
     assert sr == sr2 and got.shape == want.shape
@@ -111,9 +116,10 @@ def test_the_operator_mutes_and_sets_the_level_and_the_record_says_when(kit, run
     np.testing.assert_allclose(got[f_unmute + ramp:], want[f_unmute + ramp:] * g, atol=1e-7)
     assert np.abs(want[f_unmute + ramp:]).max() > 0.01  # music was playing there
 
-    assert "hand on the sound (SESSION/operator.tsv)" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "hand on the sound (SESSION/operator.tsv)" in page and "participant coughed; asked to keep still" in page
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["operator"]["muted"] is False and len(summary["operator"]["changes"]) == 3
+    assert summary["operator"]["muted"] is False and len(summary["operator"]["changes"]) == 4  # 3 and the note
     # music heard vs decoded leaves out the TRs decided while muted: their clip played to no one
     from music.library import Library
     from realtime.session.decisions import decisions_path, read_decisions
@@ -141,6 +147,12 @@ def test_the_operator_mutes_and_sets_the_level_and_the_record_says_when(kit, run
     (level,) = [r for r in rows if r["trial_type"] == "operator_level"]
     assert level["level_db"] == "-6" and float(level["onset"]) == pytest.approx(changes[1]["at_s"], abs=1e-4)
     assert float(level["onset"]) + float(level["duration"]) == pytest.approx(24 * TR, abs=1e-3)  # to the run's end
+    with open(tmp_path / "bids/sub-01/func/sub-01_task-neurofeedback_run-01_bold.json") as f:
+        wall_start = json.load(f)["b2m_run_start_unix"]
+    (noted,) = [r for r in rows if r["trial_type"] == "operator_note"]
+    assert noted["note"] == note["value"] and float(noted["duration"]) == 0.0
+    assert float(noted["onset"]) == pytest.approx(note["at_s"] - wall_start, abs=1e-3)
+    assert all(r["note"] == "n/a" for r in rows if r["trial_type"] != "operator_note")
     assert all(r["level_db"] == "n/a" for r in rows if r["trial_type"] != "operator_level")
     # the derivative says, TR by TR, whether the clip played to anyone
     with open(tmp_path / "bids/derivatives/b2m/sub-01/func/"

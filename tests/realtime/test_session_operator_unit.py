@@ -457,3 +457,16 @@ def test_the_control_socket_takes_only_listed_keys_and_refuses_an_open_network_b
         assert [r["source"] for r in read_operator(tmp_path)] == ["cli"]
     finally:
         srv.close()
+
+
+def test_the_operators_notes_are_zero_length_events_at_their_time_within_the_run():
+    from realtime.session.bids import operator_events
+
+    def note(t, text, muted=False):
+        return {"time_unix": t, "command": "note", "value": text, "source": "cli", "muted": muted,
+                "level_db": 0.0, "clock": "wall", "at_s": t}
+
+    changes = [note(99.0, "before the run"), note(103.25, "coughed", muted=True), note(119.5, "after")]
+    rows = operator_events(changes, {"session": 0.0, "wall": 100.0}, 18.0)
+    assert [(r["trial_type"], r["onset"], r["duration"], r["note"]) for r in rows] == \
+        [("operator_note", 3.25, 0.0, "coughed")]  # a note's muted flag is the state then, not a change
