@@ -18,8 +18,8 @@ either.
 
 With the session's ``--control`` endpoint (:mod:`realtime.monitor_control`), the page
 also shows the sound (muted, or the level, and what is sent out) and the
-operator's buttons: Mute, Unmute, Level -3 dB and +3 dB, Sound check, plain
-HTML forms that POST to ``/control``;
+operator's buttons: Mute, Unmute, Level -3 dB and +3 dB, Sound check, and
+a note field, plain HTML forms that POST to ``/control``;
 the monitor forwards each as an operator command (``source`` ``monitor``,
 :mod:`protocols.operator`) and redirects back to the page. A refused command
 or a session that does not answer is shown on the page; a POST from another

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 import zmq
 
 from protocols.errors import MessageError
-from protocols.operator import MAX_LEVEL_DB, MIN_LEVEL_DB, OperatorCommand
+from protocols.operator import MAX_LEVEL_DB, MAX_NOTE_CHARS, MIN_LEVEL_DB, OperatorCommand
 
 from .transport import TransportError
 
@@ -96,7 +96,8 @@ class ControlLink:
 
     def _ask(self, cmd: OperatorCommand) -> bool:
         what = (f"level {cmd.value:g} dB" if cmd.op == "level" else
-                f"soundcheck {'on' if cmd.value else 'off'}" if cmd.op == "soundcheck" else cmd.op)
+                f"soundcheck {'on' if cmd.value else 'off'}" if cmd.op == "soundcheck" else
+                "the note" if cmd.op == "note" else cmd.op)
         try:
             reply = self._send_command(self.endpoint, cmd, curve=self.curve, timeout_s=self.timeout_s)
         except Exception as e:  # no session there, wrong keys, a reply not understood: shown, never fatal
@@ -188,6 +189,10 @@ def render_sound(snap: dict) -> str:
     checking = bool(sound and sound.get("soundcheck"))
     out.append(_button("Stop sound check" if checking else "Sound check", "soundcheck", 0.0 if checking else 1.0,
                        title="before a run: the neutral clip plays, to set the level with the participant"))
+    out.append(f'<form method="post" action="/control"><input type="hidden" name="op" value="note">'
+               f'<input type="text" name="value" maxlength="{MAX_NOTE_CHARS}" size="40" '
+               f'placeholder="a note for the record, e.g. participant coughed" required>'
+               f'<button type="submit">Note</button></form>')
     out.append("</div>")
     if err is not None:
         current = down or now - err["time_unix"] < ERROR_SHOWN_S
@@ -230,7 +235,8 @@ def cross_site(headers) -> str | None:
 
 
 def parse_form(headers, body: bytes) -> OperatorCommand:
-    """The operator command of a button's POST body (``op``, and ``value`` in dB for ``level``).
+    """The operator command of a button's POST body (``op``, and ``value``: dB for ``level``, 1 or 0 for
+    ``soundcheck``, the text of a ``note``).
 
     Raises :class:`~protocols.errors.MessageError` naming the field at fault.
     """
@@ -249,9 +255,11 @@ def parse_form(headers, body: bytes) -> OperatorCommand:
             raise MessageError(name, f"given {len(values)} times")
     op = fields.get("op", [None])[0]
     if op is None:
-        raise MessageError("op", "missing: mute, unmute, level or soundcheck")
+        raise MessageError("op", "missing: mute, unmute, level, soundcheck or note")
     raw, value = fields.get("value", [None])[0], None
-    if raw is not None:
+    if op == "note":  # the operator's log line: text, checked by OperatorCommand (one printable line)
+        value = raw
+    elif raw is not None:
         try:
             value = float(raw)
         except ValueError:

@@ -229,6 +229,22 @@ def test_the_monitor_s_buttons_mute_unmute_and_set_the_level_of_the_session(oper
     assert snap["control"]["last_error"] is None
 
 
+def test_the_monitor_s_note_field_keeps_a_line_for_the_record(operator_room):
+    from realtime.session.operator import read_operator
+
+    room = operator_room
+    page = get(room.url)[1]
+    assert 'name="op" value="note"' in page and 'maxlength="200"' in page
+    status, _, _ = post(room.url + "control", {"op": "note", "value": "participant asked for a break"},
+                        {"Origin": room.origin})
+    assert status == 303 and not room.control.muted  # the sound is unchanged
+    (row,) = read_operator(room.dir)
+    assert (row["command"], row["value"], row["source"]) == ("note", "participant asked for a break", "monitor")
+    for bad in ("", "x" * 201, "two\nlines"):  # the wire's own check: 400 naming the value, nothing sent
+        assert post(room.url + "control", {"op": "note", "value": bad}, {"Origin": room.origin})[0] == 400
+    assert len(read_operator(room.dir)) == 1
+
+
 def test_the_level_buttons_stop_at_the_range():
     from realtime.monitor import render_sound
 
