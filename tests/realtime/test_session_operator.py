@@ -362,6 +362,7 @@ def test_a_sound_device_that_stops_is_an_alert_then_reopened_and_the_outage_is_a
                 jackd.kill()
 
 
+@pytest.mark.slow  # 22 s; its parts run fast in test_session_sound (a device, both modes) and the first-pulse test
 @pytest.mark.audio
 @pytest.mark.timeout(180)
 def test_the_sound_check_plays_before_the_run_and_ends_when_it_begins(kit, run24, b2m_proc, tmp_path, jackd):
