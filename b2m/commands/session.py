@@ -358,14 +358,14 @@ def run_live(args) -> int:
         if engine is not None and engine.output is not output:  # a device reopened mid-session
             engine.output.close()
     from realtime.session.decisions import session_results
-    from realtime.session.operator import unheard_spans
+    from realtime.session.operator import read_unheard
     from realtime.session.report import music_match, write_session_report
 
     results = session_results(args.out)
     summary = session_summary(engine, ended)
     summary["blinded"] = args.blind
     summary["protocol"] = protocol.to_dict() if protocol is not None else None
-    summary["music_match"] = music_match(results, library, unheard_spans(args.out))  # TRs no one heard left out
+    summary["music_match"] = music_match(results, library, read_unheard(args.out))  # TRs no one heard left out
     summary["triggers"] = _trigger_summary(args, triggers)
     if summary.get("yoked"):
         from realtime.session.yoked import own_agreement
@@ -374,10 +374,11 @@ def run_live(args) -> int:
     summary["not_recorded"] = not_recorded  # messages the disk refused at least once (each sent again)
     summary["operator"] = operator.summary() if control is not None or operator.history else None
     summary["audio_outages"] = keeper.summary() if keeper is not None else None
-    for o in (summary["audio_outages"] or []):
-        print(f"audio\t{o['why']}: " + (f"no sound for {o['end_unix'] - o['start_unix']:.1f} s, then reopened"
-                                        if o["end_unix"] is not None else "not reopened before the session ended"),
-              file=sys.stderr, flush=True)
+    if summary["audio_outages"]:
+        from realtime.session.audio_keeper import describe_outage
+
+        for o in summary["audio_outages"]:
+            print(f"audio\t{describe_outage(o)}", file=sys.stderr, flush=True)
     if summary["operator"] and summary["operator"]["changes"]:
         from realtime.session.operator import describe_changes
 

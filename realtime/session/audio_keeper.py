@@ -25,11 +25,11 @@ import os
 import threading
 import time
 
-from .tables import append_rows, read_kept
+from .tables import KeptTable, read_kept
 
 log = logging.getLogger("b2m.session")
 
-__all__ = ["OUTAGES_FILE", "RETRY_S", "AudioKeeper", "read_outages", "outage_spans"]
+__all__ = ["OUTAGES_FILE", "RETRY_S", "AudioKeeper", "read_outages", "outage_spans", "describe_outage"]
 
 OUTAGES_FILE = "audio_outages.tsv"
 #: Seconds between attempts to open a stopped device again.
@@ -60,6 +60,13 @@ def outage_spans(rows: list[dict], end_unix: float | None = None) -> list[tuple[
     return spans
 
 
+def describe_outage(o: dict) -> str:
+    """One outage of :meth:`AudioKeeper.summary` in a line: why, and how long there was no sound."""
+    if o["end_unix"] is None:
+        return f"{o['why']}: not reopened before the session ended"
+    return f"{o['why']}: no sound for {o['end_unix'] - o['start_unix']:.1f} s, then reopened"
+
+
 class AudioKeeper:
     """Reopen the session's sound device when it stops; record each outage.
 
@@ -81,11 +88,11 @@ class AudioKeeper:
     def __init__(self, engine, watch, reopen, record_dir=None, retry_s: float = RETRY_S):
         self.engine, self.watch, self.reopen = engine, watch, reopen
         self.path = os.path.join(os.fspath(record_dir), OUTAGES_FILE) if record_dir is not None else None
+        self._table = KeptTable(self.path, ("time_unix", "event", "detail")) if self.path is not None else None
         self.retry_s = float(retry_s)
         self.outages: list[dict] = []  # {"start_unix", "end_unix", "why", "attempts"}
         self._open: dict | None = None
         self._pending = None  # a started output handed to the engine, not yet taken
-        self._unwritten: list[list[str]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="b2m-audio-keeper", daemon=True)
 
@@ -135,13 +142,10 @@ class AudioKeeper:
             self._open = None
 
     def _write(self, t: float, event: str, detail: str) -> None:
-        if self.path is None:
+        if self._table is None:
             return
-        self._unwritten.append([repr(float(t)), event, detail.replace("\t", " ").replace("\n", " ")])
-        try:
-            append_rows(self.path, ("time_unix", "event", "detail"), self._unwritten)
-            self._unwritten.clear()
-        except OSError as e:  # held, and written with the next row
+        e = self._table.append([repr(float(t)), event, detail.replace("\t", " ").replace("\n", " ")])
+        if e is not None:  # held, and written with the next row
             log.error("could not record the audio outage in %s (%s)", self.path, e.strerror or e)
 
     def stop(self) -> None:

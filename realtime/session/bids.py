@@ -77,7 +77,7 @@ from ..nifti_io import export_run_nifti, run_export_args
 from ..triggers import RunTriggers, match_run, read_responses, read_triggers
 from .decisions import decisions_path, read_decisions
 from .audio_keeper import outage_spans, read_outages
-from .operator import read_operator, unheard_spans
+from .operator import read_operator, unheard_at, unheard_spans
 from .yoked import read_yoked
 
 log = logging.getLogger("b2m.session")
@@ -336,8 +336,7 @@ def write_decoded_timeseries(stem: str, decisions: list[dict], unheard=()) -> li
     def heard(d) -> bool | None:
         if d.get("clip") is None:
             return None
-        t = (d.get("timestamps") or {}).get("decided")
-        return not (t is not None and any(a <= t < b for a, b in unheard))
+        return not unheard_at(unheard, (d.get("timestamps") or {}).get("decided"))
     cols += [f"e{k:03d}" for k in range(dim)]
 
     def cell(v) -> str:
@@ -557,7 +556,7 @@ def export_bids(session_dir, out_dir, subject: str, *, session: str | None = Non
     presses = read_responses(session_dir)  # the participant's buttons on the same input (--response-keys)
     changes = read_operator(session_dir)  # the operator's mutes and levels (b2m control, the monitor's buttons)
     outages = outage_spans(read_outages(session_dir))  # the sound device down: nothing heard
-    unheard = unheard_spans(session_dir)  # both, on the wall clock: the decided TRs no one heard
+    unheard = unheard_spans(changes, outages)  # both, on the wall clock: the decided TRs no one heard
     number = 0
     begun: list[dict] = []  # every sound begun so far, on its clock: the runs before go on sounding
     todo = []

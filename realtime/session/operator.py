@@ -46,12 +46,13 @@ from protocols.operator import OperatorCommand, decode_command, decode_reply, en
 
 from ..audio import AudioDeviceError
 from ..transport import TransportError, check_exposure, set_curve_server, start_authenticator
-from .tables import append_rows, read_kept
+from .tables import KeptTable, read_kept
 
 log = logging.getLogger("b2m.session")
 
 __all__ = ["OPERATOR_FILE", "OPERATOR_COLUMNS", "RAMP_S", "OperatorControl", "ControlServer", "read_operator",
-           "db_to_gain", "describe_changes", "send_command", "unheard_spans"]
+           "db_to_gain", "describe_changes", "send_command", "muted_spans", "unheard_spans", "read_unheard",
+           "unheard_at"]
 
 OPERATOR_FILE = "operator.tsv"
 #: Columns of ``operator.tsv``: when the command came (Unix s), what and who, the state after it, and
@@ -106,8 +107,8 @@ class OperatorControl:
         self.engine = engine
         self.level_dbfs = level_dbfs
         self.path = os.path.join(os.fspath(record_dir), OPERATOR_FILE) if record_dir is not None else None
+        self._table = KeptTable(self.path, OPERATOR_COLUMNS) if self.path is not None else None
         self._lock = threading.Lock()
-        self._unwritten: list[dict] = []
         self.history = read_operator(record_dir) if record_dir is not None else []
         last = self.history[-1] if self.history else None
         self.muted = bool(last["muted"]) if last else False
@@ -115,7 +116,8 @@ class OperatorControl:
         self.since = float(last["time_unix"]) if last else time.time()
         self.source = last["source"] if last else None
         if last is not None and (self.muted or self.level_db != 0.0):
-            self._schedule(0)  # before any sound of this process: as the operator left it
+            if getattr(engine, "output", None) is not None:
+                self.reapply(engine.output)  # before any sound of this process: as the operator left it
             log.warning("continuing with the operator's last setting: %s", self.describe())
 
     # ---- state ---------------------------------------------------------------
@@ -169,10 +171,7 @@ class OperatorControl:
                 return self.state()
             if cmd.op == "note":  # the operator's log line: kept with its time, the sound unchanged
                 now = time.time()
-                row = {"time_unix": now, "command": "note", "value": cmd.value, "source": cmd.source,
-                       "muted": self.muted, "level_db": self.level_db, "clock": "wall", "at_s": now}
-                self.history.append(row)
-                self._write(row)
+                self._record(cmd, "wall", now, now)
                 log.info("operator (%s): note: %s", cmd.source, cmd.value)
                 return self.state()
             muted, level = self.muted, self.level_db
@@ -187,7 +186,7 @@ class OperatorControl:
             before = self.muted, self.level_db
             self.muted, self.level_db = muted, level
             try:
-                clock, at_s = self._schedule(None)
+                clock, at_s = self._schedule()
             except AudioDeviceError as e:  # the device is down: the change stands, and goes on it when reopened
                 log.warning("the sound device is down (%s): the operator's change is kept and applies when it "
                             "is reopened", e)
@@ -197,10 +196,7 @@ class OperatorControl:
                 raise
             now = time.time()
             self.since, self.source = now, cmd.source
-            row = {"time_unix": now, "command": cmd.op, "value": cmd.value, "source": cmd.source,
-                   "muted": self.muted, "level_db": self.level_db, "clock": clock, "at_s": at_s}
-            self.history.append(row)
-            self._write(row)
+            self._record(cmd, clock, at_s, now)
             log.warning("operator (%s): %s; sound now %s", cmd.source,
                         cmd.op if cmd.value is None else f"{cmd.op} {cmd.value:+.1f} dB", self.describe())
             return self.state()
@@ -221,10 +217,7 @@ class OperatorControl:
         if playing == was:
             return self.state()
         with self._lock:
-            row = {"time_unix": time.time(), "command": "soundcheck", "value": cmd.value, "source": cmd.source,
-                   "muted": self.muted, "level_db": self.level_db, "clock": "none", "at_s": None}
-            self.history.append(row)
-            self._write(row)
+            self._record(cmd, "none", None, time.time())
             log.warning("operator (%s): sound check %s; sound %s", cmd.source, "on" if playing else "off",
                         self.describe())
             return self.state()
@@ -234,68 +227,77 @@ class OperatorControl:
         with self._lock:
             output.schedule_gain(0, db_to_gain(self.level_db, self.muted), 0)
 
-    def _schedule(self, at_frame: int | None) -> tuple[str, float | None]:
+    def _schedule(self) -> tuple[str, float | None]:
         """Ramp the output's gain to the state's; returns the clock and the time on it when the ramp starts."""
-        out = getattr(self.engine, "output", None)
-        if out is None:
+        if getattr(self.engine, "output", None) is None:
             return "none", None
-        gain = db_to_gain(self.level_db, self.muted)
-        if at_frame is not None:  # restoring: a step, before anything sounds
-            out.schedule_gain(at_frame, gain, 0)
-            return "session" if hasattr(out, "advance_to") else "wall", None
-        return self.engine.operator_gain(gain, RAMP_S)
+        return self.engine.operator_gain(db_to_gain(self.level_db, self.muted), RAMP_S)
 
-    def _write(self, row: dict) -> None:
-        if self.path is None:
+    def _record(self, cmd: OperatorCommand, clock: str, at_s: float | None, now: float) -> None:
+        """Keep one row (lock held): the command, the sound after it, and when it sounds on ``clock``."""
+        row = {"time_unix": now, "command": cmd.op, "value": cmd.value, "source": cmd.source, "muted": self.muted,
+               "level_db": self.level_db, "clock": clock, "at_s": at_s}
+        self.history.append(row)
+        if self._table is None:
             return
-        self._unwritten.append(row)
-        try:
-            append_rows(self.path, OPERATOR_COLUMNS, [[_cell(r[k]) for k in OPERATOR_COLUMNS]
-                                                      for r in self._unwritten])
-            self._unwritten.clear()
-        except OSError as e:  # the change is made; the record gets it with the next one
+        e = self._table.append(_cell(row[k]) for k in OPERATOR_COLUMNS)
+        if e is not None:  # the change is made; the record gets it with the next one
             log.error("could not record the operator's change in %s (%s): %d change(s) held in memory", self.path,
-                      e.strerror or e, len(self._unwritten))
+                      e.strerror or e, len(self._table.held))
 
     def summary(self) -> dict:
         """The state at the end and every change (this process's and the restored ones)."""
-        return {**self.state(), "changes": [dict(r) for r in self.history], "unwritten": len(self._unwritten)}
+        return {**self.state(), "changes": [dict(r) for r in self.history],
+                "unwritten": len(self._table.held) if self._table is not None else 0}
 
 
-def unheard_spans(session_dir) -> list[tuple[float, float]]:
-    """When the participant heard no music though the session played some: ``(start, end)`` Unix s, sorted.
-
-    The operator's mutes (``operator.tsv``, from each mute to its unmute) and
-    the sound device's outages (``audio_outages.tsv``); one that never ended
-    ends at infinity.
-    """
-    from .audio_keeper import outage_spans, read_outages
-
+def muted_spans(changes) -> list[tuple[float, float | None]]:
+    """Each stretch the operator had the sound muted, ``(start, end)`` in Unix s of the commands (``end`` None:
+    still muted at the last row), from :func:`read_operator`'s rows (or :meth:`OperatorControl.summary`'s)."""
     spans, start = [], None
-    for c in read_operator(session_dir):
+    for c in changes:
         if c["muted"] and start is None:
             start = c["time_unix"]
         elif not c["muted"] and start is not None:
             spans.append((start, c["time_unix"]))
             start = None
     if start is not None:
-        spans.append((start, math.inf))
-    spans += [(a, math.inf if b is None else b) for a, b, _ in outage_spans(read_outages(session_dir))]
-    return sorted(spans)
+        spans.append((start, None))
+    return spans
+
+
+def unheard_spans(changes, outages) -> list[tuple[float, float]]:
+    """When the participant heard no music though the session played some: ``(start, end)`` Unix s, sorted.
+
+    The operator's mutes (:func:`muted_spans` of ``changes``) and the sound
+    device's outages (``outages``: :func:`realtime.session.audio_keeper.outage_spans`);
+    one that never ended ends at infinity.
+    """
+    both = [(a, b) for a, b in muted_spans(changes)] + [(a, b) for a, b, _ in outages]
+    return sorted((a, math.inf if b is None else b) for a, b in both)
+
+
+def read_unheard(session_dir) -> list[tuple[float, float]]:
+    """:func:`unheard_spans` of a session folder (its ``operator.tsv`` and ``audio_outages.tsv``)."""
+    from .audio_keeper import outage_spans, read_outages
+
+    return unheard_spans(read_operator(session_dir), outage_spans(read_outages(session_dir)))
+
+
+def unheard_at(spans, t: float | None) -> bool:
+    """Whether Unix time ``t`` (a decision's ``decided`` stamp; None: unknown, taken as heard) falls in ``spans``."""
+    return t is not None and any(a <= t < b for a, b in spans)
 
 
 def describe_changes(summary: dict) -> str:
     """:meth:`OperatorControl.summary` in a line: how many changes, how long muted, the state at the end."""
     changes = [r for r in summary["changes"] if r["command"] != "note"]
     notes = len(summary["changes"]) - len(changes)
-    muted_s, start = 0.0, None
-    for r in changes:
-        if r["muted"] and start is None:
-            start = r["time_unix"]
-        elif not r["muted"] and start is not None:
-            muted_s, start = muted_s + r["time_unix"] - start, None
+    spans = muted_spans(changes)
+    muted_s = sum(b - a for a, b in spans if b is not None)
+    still = bool(spans) and spans[-1][1] is None
     end = "muted at the end" if summary["muted"] else f"level {summary['level_db']:+.1f} dB at the end"
-    return (f"{len(changes)} change(s); muted for {muted_s:.1f} s{' (and still)' if start is not None else ''}; "
+    return (f"{len(changes)} change(s); muted for {muted_s:.1f} s{' (and still)' if still else ''}; "
             f"{end}" + (f"; {notes} note(s)" if notes else ""))
 
 

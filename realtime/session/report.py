@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from .operator import unheard_at
+
 __all__ = ["session_figures", "write_session_report", "png_base64", "html_page", "music_match", "condition_spans"]
 
 _STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}\n"
@@ -47,7 +49,7 @@ def music_match(results, library, unheard=()) -> dict:
     under ``"all"`` as well). Real feedback plays clips near the decoded point,
     a sham plays another participant's, and the neutral block one clip.
 
-    A TR decided while nothing was heard (``unheard``: :func:`realtime.session.operator.unheard_spans`,
+    A TR decided while nothing was heard (``unheard``: :func:`realtime.session.operator.read_unheard`,
     the operator's mutes and the sound device's outages) is left out: its
     clip played to no one. ``"all"`` counts them as ``unheard``.
 
@@ -62,8 +64,7 @@ def music_match(results, library, unheard=()) -> dict:
     for r in results:
         if r.embedding is None or r.clip is None:
             continue
-        t = (r.timestamps or {}).get("decided")
-        if t is not None and any(a <= t < b for a, b in unheard):
+        if unheard_at(unheard, (r.timestamps or {}).get("decided")):
             left_out += 1
             continue
         cos = float(np.asarray(r.embedding, np.float32) @ emb[library.index_of(r.clip)])
@@ -218,10 +219,10 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
         if trig.get("response_keys"):
             rows.append((f"Participant's buttons ({trig['response_keys']})", f"{trig['presses']} presses"))
     for o in summary.get("audio_outages") or []:  # the sound device down: the participant heard nothing
+        from .audio_keeper import describe_outage
+
         when = time.strftime("%H:%M:%S", time.localtime(o["start_unix"]))
-        rows.append((f"Sound device down at {when}", (f"{o['why']}; no sound for {o['end_unix'] - o['start_unix']:.1f} "
-                                                      f"s, then reopened" if o["end_unix"] is not None else
-                                                      f"{o['why']}; not reopened before the session ended")))
+        rows.append((f"Sound device down at {when}", describe_outage(o)))
     op = summary.get("operator")
     if op and op.get("changes"):  # the operator muted or turned the music down: the report says so
         from .operator import describe_changes

@@ -18,7 +18,7 @@ import numpy as np
 
 from .decisions import session_results
 from .replay import read_session_info
-from .operator import unheard_spans
+from .operator import read_unheard
 from .report import music_match
 from .yoked import own_agreement, read_yoked
 
@@ -53,7 +53,7 @@ def session_row(session_dir) -> dict:
                          "`b2m session --out`")
     library = Library(info["library"], check_hashes=False)
     yoked = read_yoked(session_dir)
-    match = music_match(results, library, unheard_spans(session_dir))  # TRs no one heard are left out
+    match = music_match(results, library, read_unheard(session_dir))  # TRs no one heard are left out
     fd = [r.fd_mm for r in results if r.fd_mm is not None]
     return {"session": session_dir,
             "participant": (info.get("allocation") or {}).get("participant") or os.path.basename(session_dir),

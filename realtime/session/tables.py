@@ -14,7 +14,7 @@ import os
 
 log = logging.getLogger("b2m.session")
 
-__all__ = ["read_table", "append_rows", "read_kept"]
+__all__ = ["read_table", "append_rows", "read_kept", "KeptTable"]
 
 
 def read_table(path, option: str, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
@@ -86,3 +86,28 @@ def read_kept(path: str, parse) -> list:
             except (KeyError, TypeError, ValueError) as e:
                 log.warning("%s line %d is not a complete row (%s): skipped", path, line, e)
     return out
+
+
+class KeptTable:
+    """A table the session keeps, appended to row by row (:func:`append_rows`): a row the disk refuses is held
+    and written with the next one.
+
+    Parameters
+    ----------
+    path : str
+    header : sequence of str
+    """
+
+    def __init__(self, path: str, header):
+        self.path, self.header = path, tuple(header)
+        self.held: list[list] = []  # rows not on disk yet
+
+    def append(self, cells) -> OSError | None:
+        """Append one row (and any held before it); the disk's refusal is returned, the rows held."""
+        self.held.append(list(cells))
+        try:
+            append_rows(self.path, self.header, self.held)
+        except OSError as e:
+            return e
+        self.held.clear()
+        return None

@@ -92,9 +92,9 @@ def yoked_schedule(source_dir, library, mode: str = "retrieval", level_dbfs: flo
     if not os.path.isdir(source_dir):
         raise ValueError(f"--yoked-from {source_dir}: no such folder; give the --out folder of an earlier "
                          "`b2m session`")
-    from .operator import unheard_spans
+    from .operator import read_unheard, unheard_at
 
-    unheard = unheard_spans(source_dir)  # the source's operator muted it, or its device was down
+    unheard = read_unheard(source_dir)  # the source's operator muted it, or its device was down
     runs, silenced = [], 0
     for run_id, decisions in run_decisions(source_dir):
         if not decisions:
@@ -102,8 +102,7 @@ def yoked_schedule(source_dir, library, mode: str = "retrieval", level_dbfs: flo
         n = max(d["index"] for d in decisions) + 1
         clips: list = [None] * n
         for d in decisions:
-            t = (d.get("timestamps") or {}).get("decided")
-            if d.get("clip") is not None and t is not None and any(a <= t < b for a, b in unheard):
+            if d.get("clip") is not None and unheard_at(unheard, (d.get("timestamps") or {}).get("decided")):
                 silenced += 1  # the source heard nothing here: neither does the sham
                 continue
             clips[d["index"]] = d.get("clip")
