@@ -101,6 +101,7 @@ def test_session_on_jack_60s(kit, jackd, b2m_proc, endpoint, tmp_path):
     _session_at_tr_pace(kit, jackd, b2m_proc, endpoint, tmp_path, n_volumes=40, tr_s=1.5)
 
 
+@pytest.mark.slow  # CI time (47 s); the fast profile keeps generation on JACK's clock in the pause test below
 @pytest.mark.audio
 def test_generation_session_on_jack_20s(kit, jackd, b2m_proc, endpoint, tmp_path):
     """Generation mode on a real clock: 2-bar segments (1.3-3.7 s) composed live, each in the audio process

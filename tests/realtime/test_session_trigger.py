@@ -82,7 +82,7 @@ def test_a_session_places_the_run_from_the_scanners_trigger(kit, b2m_proc, endpo
     ds = read_decisions(decisions_path(str(out), "trig"))
     from_stamps = min(d["timestamps"]["acquired"] - (d["index"] + 1) * tr for d in ds)
     assert RECON_S - 0.05 < from_stamps - written[0] < RECON_S + 0.2, from_stamps - written[0]
-    assert "trigger\ttrig\t12 pulses, every 0.5" in sess.stderr()
+    assert f"trigger\ttrig\t12 pulses, every {m['tr_s']:.4f} s" in sess.stderr()  # the figure of record
     assert "Scanner trigger" in (out / "report.html").read_text()
 
     exp = b2m_proc("session", "export", out, "--bids", tmp_path / "bids", "--subject", "01", name="export-bids")
