@@ -3,7 +3,7 @@
 Run from the repository root::
 
     .venv/bin/python bench/preprocess.py             # full: one 410-volume run, ~12 min idle
-    .venv/bin/python bench/preprocess.py --quick     # 14 volumes, under ~60 s
+    .venv/bin/python bench/preprocess.py --quick     # 14 volumes (tSNR: 200), under ~60 s
     .venv/bin/python bench/preprocess.py --volumes 120
 
 Data (``bench/_motion_data.py``): until ``b2m simulate`` exists, a stand-in at
@@ -46,6 +46,14 @@ Measured:
    the true task signal, for causal detrending (GLM orders 1-3, the EMA at
    45 and 60 s) against the offline variants (whole-run regression, 240 s
    median filter).
+5. The run's temporal SNR, as the chain keeps it per volume: ``RunningTsnr.step``
+   and ``.median()`` (``realtime.preprocessing.qc``) at 60,000 and 500 voxels,
+   p50 and p99 over a run's volumes from the 20th on (the median is reported
+   from there), against the naive per-TR recomputation over the volumes so far,
+   ``np.median(y[:t+1].mean(0) / h[:t+1].std(0))`` over every voxel (what a tool
+   without running sums does), alternating volume by volume; ratio of the two.
+   Synthetic voxels (baseline 1,000-3,000, noise at tSNR 40, float32) and their
+   EMA high-pass (60 s), made before the timing.
 
 Prints a table and, as the last line, one JSON object; writes
 ``bench/results/preprocess.json`` (``preprocess-quick.json`` with ``--quick``).
@@ -87,7 +95,9 @@ RTSPM_RESLICE_FLAGS = {"quality": 0.9, "fwhm": 5, "sep": 4, "interp": 4, "wrap":
 SOURCES = ["realtime/preprocessing/motion.py", "realtime/preprocessing/_sampling.py",
            "realtime/preprocessing/_rigid.py", "realtime/preprocessing/pipeline.py",
            "realtime/preprocessing/detrend.py", "realtime/preprocessing/normalize.py",
-           "realtime/preprocessing/delays.py", "bench/_motion_data.py"]
+           "realtime/preprocessing/delays.py", "realtime/preprocessing/qc.py", "bench/_motion_data.py"]
+TSNR_VOXELS = (MASK_VOXELS, 500)  # a whole grey-matter mask, a decoder's voxels
+TSNR_QUICK_VOLUMES = 200
 
 
 def _log(msg: str) -> None:
@@ -535,6 +545,64 @@ def drift_table(noise: np.ndarray, baseline: np.ndarray, *, rng, tr_s: float = T
             "task_corr_ceiling": _mean_corr(y0, task), "methods": rows}
 
 
+def tsnr_timing(n: int, n_voxels: int, rng) -> dict:
+    """Per-volume cost of the running tSNR against the naive recomputation (section 5 of the module doc).
+
+    Both see the same float32 volumes (raw ``y`` and high-passed ``h``, shape (n, n_voxels)); their order
+    alternates volume by volume so a change of machine load favours neither. Samples from volume
+    ``TSNR_MIN_VOLUMES`` on (the running median is NaN before, at no cost).
+    """
+    from realtime.preprocessing.qc import TSNR_MIN_VOLUMES, RunningTsnr, median_tsnr
+
+    t0 = time.perf_counter()
+    base = rng.uniform(1000.0, 3000.0, n_voxels).astype(np.float32)
+    y = base + (base / np.float32(TSNR)) * rng.standard_normal((n, n_voxels), dtype=np.float32)
+    h = ema_detrend_run(y, 60.0 / TR_S)  # float32, as the chain's detrender gives it
+    build_s = time.perf_counter() - t0
+    tracker = RunningTsnr(n_voxels)
+    ts = {"step": [], "median": [], "running": [], "naive": []}
+    run_med = naive_med = float("nan")
+    for t in range(n):
+        def running():
+            s = time.perf_counter()
+            tracker.step(y[t], h[t])
+            m = time.perf_counter()
+            out = tracker.median()
+            e = time.perf_counter()
+            return out, m - s, e - m, e - s
+
+        def naive():
+            s = time.perf_counter()
+            with np.errstate(divide="ignore", invalid="ignore"):  # one volume: s.d. 0
+                out = float(np.median(y[:t + 1].mean(0) / h[:t + 1].std(0)))
+            return out, time.perf_counter() - s
+
+        if t % 2 == 0:
+            run_med, dt_step, dt_med, dt_run = running()
+            naive_med, dt_naive = naive()
+        else:
+            naive_med, dt_naive = naive()
+            run_med, dt_step, dt_med, dt_run = running()
+        if t + 1 >= TSNR_MIN_VOLUMES:
+            for k, v in (("step", dt_step), ("median", dt_med), ("running", dt_run), ("naive", dt_naive)):
+                ts[k].append(v)
+    out = {"n_voxels": n_voxels, "n_volumes": n, "from_volume": TSNR_MIN_VOLUMES, "build_s": build_s,
+           "median_stride": -(-n_voxels // 2000)}
+    for k, xs in ts.items():
+        out[k] = summarize(_ms(xs))
+    out["ratio_naive_over_running_p50"] = out["naive"]["p50"] / out["running"]["p50"]
+    out["ratio_naive_over_running_p99"] = out["naive"]["p99"] / out["running"]["p99"]
+    # the figures themselves at the run's end: the running median (strided, float64 sums) and the naive one
+    # (every voxel, float32), and the running figure against numpy's float64 over every voxel
+    ref = y.astype(np.float64).mean(0) / h.astype(np.float64).std(0)
+    out["final_median_running"] = run_med
+    out["final_median_naive"] = naive_med
+    out["final_median_float64_all_voxels"] = float(np.median(ref))
+    out["final_median_float64_strided"] = median_tsnr(ref)
+    out["max_rel_diff_running_voxels_vs_float64"] = float(np.max(np.abs(tracker.voxels() / ref - 1.0)))
+    return out
+
+
 def synthetic_noise(n: int, v: int, rng, *, phi: float = 0.3):
     """Baseline (1,000-3,000) plus AR(1) noise with marginal std baseline / TSNR."""
     base = rng.uniform(1000.0, 3000.0, v)
@@ -630,6 +698,24 @@ def print_report(res: dict) -> None:
           + " ".join(f"{x:+.3f}" for x in ag["first_volume_error"]["mm"]) + " mm "
           + " ".join(f"{x:+.3f}" for x in ag["first_volume_error"]["deg"]) + " deg")
 
+    tsnr = res.get("tsnr")
+    if tsnr:
+        print(f"\nrunning tSNR per volume (RunningTsnr.step + .median(), strided median) against the naive "
+              f"recomputation\n  np.median(y[:t+1].mean(0) / h[:t+1].std(0)) over every voxel; volumes "
+              f"{tsnr[0]['from_volume']}-{tsnr[0]['n_volumes']}, alternating (ms)")
+        print(f"  {'voxels':>8}{'step p50':>10}{'p99':>8}{'median p50':>12}{'p99':>8}{'both p50':>10}{'p99':>8}"
+              f"{'naive p50':>11}{'p99':>8}{'ratio p50':>11}{'p99':>7}")
+        for r in tsnr:
+            print(f"  {r['n_voxels']:>8d}{r['step']['p50']:>10.3f}{r['step']['p99']:>8.3f}{r['median']['p50']:>12.3f}"
+                  f"{r['median']['p99']:>8.3f}{r['running']['p50']:>10.3f}{r['running']['p99']:>8.3f}"
+                  f"{r['naive']['p50']:>11.3f}{r['naive']['p99']:>8.3f}{r['ratio_naive_over_running_p50']:>10.0f}x"
+                  f"{r['ratio_naive_over_running_p99']:>6.0f}x")
+        for r in tsnr:
+            print(f"  {r['n_voxels']} voxels at the run's end: running median {r['final_median_running']:.3f} "
+                  f"(stride {r['median_stride']}), naive {r['final_median_naive']:.3f}, float64 over every "
+                  f"voxel {r['final_median_float64_all_voxels']:.3f}; per voxel, running vs float64: max rel. diff "
+                  f"{r['max_rel_diff_running_voxels_vs_float64']:.1e}")
+
     for key, title in (("synthetic", "synthetic voxels"), ("run", "motion-corrected run voxels")):
         dt = res["drift"].get(key)
         if not dt:
@@ -656,7 +742,8 @@ def print_report(res: dict) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="14 volumes and a smaller drift set; under ~60 s")
+    p.add_argument("--quick", action="store_true",
+                   help=f"14 volumes ({TSNR_QUICK_VOLUMES} for the tSNR) and a smaller drift set; under ~60 s")
     p.add_argument("--volumes", type=int, default=None,
                    help=f"volumes in the simulated run (default {RUN_LENGTH}, 14 with --quick)")
     p.add_argument("--seed", type=int, default=0)
@@ -692,6 +779,10 @@ def main(argv=None) -> int:
     res["chain"]["meets_goal_blas1"] = res["chain"]["blas1"]["p99_ms"] <= GOAL_CHAIN_P99_MS
     _log("another day's grid...")
     res["another_grid"] = another_grid(noisy, affine, mask, true, 14 if args.quick else 60)
+
+    _log("running tSNR...")
+    n_tsnr = TSNR_QUICK_VOLUMES if args.quick else RUN_LENGTH
+    res["tsnr"] = [tsnr_timing(n_tsnr, v, np.random.default_rng(args.seed + 20)) for v in TSNR_VOXELS]
 
     _log("drift...")
     rng = np.random.default_rng(args.seed + 10)
@@ -729,6 +820,9 @@ def main(argv=None) -> int:
         "another_grid_rms_error": [res["another_grid"]["error"]["rms_error_mm"],
                                    res["another_grid"]["error"]["rms_error_deg"]],
         "rtspm_reslice_p50_ms": res["tsnr40"]["rtspm"].get("reslice_ms", {}).get("p50"),
+        "running_tsnr_ms": {str(r["n_voxels"]): {k: {"p50": r[k]["p50"], "p99": r[k]["p99"]}
+                                                 for k in ("running", "naive")} for r in res["tsnr"]},
+        "running_tsnr_ratio_naive_p50": {str(r["n_voxels"]): r["ratio_naive_over_running_p50"] for r in res["tsnr"]},
         "drift_lf_leak": {key: {m: round(v["lf_leak_ratio"], 5) for m, v in dt["methods"].items()}
                           for key, dt in res["drift"].items()},
         "drift_task_corr": {key: {m: round(v["task_corr"], 4) for m, v in dt["methods"].items()}

@@ -179,6 +179,12 @@ def write_report(out: str, metrics: dict, arrays: dict, state: dict, enc_corr: n
                f"exceed sqrt(EV), median {nc['median_sqrt_ev_selected']:.3f}, and the encoding model reaches "
                f"{nc['median_encoding_corr_selected']:.3f}. Map: <code>noise_ceiling_ev.nii.gz</code>.</p>"
                if nc else "")
+    ts = (metrics.get("qc") or {}).get("tsnr") or {}
+    per_run = [v for v in (ts.get("runs") or {}).values() if v is not None and np.isfinite(v)]
+    tsnr = (f"<p>Temporal SNR of the selected voxels in the Training runs (mean over the run / s.d. of the "
+            f"high-passed series, the live session's running figure at each run's end): median {ts['median']:.1f} "
+            f"over {len(per_run)} runs ({min(per_run):.1f}-{max(per_run):.1f}). A live run under half of it is an "
+            "alert in the session.</p>" if ts.get("median") is not None and per_run else "")
     ci = metrics.get("identification_accuracy_ci95", (np.nan, np.nan))
     wg_ci = metrics.get("within_genre_identification_accuracy_ci95", (np.nan, np.nan))
     parts = [f"<h2>{html.escape(t)}</h2><img src='data:image/png;base64,{figs[k]}'>"
@@ -208,6 +214,7 @@ Training runs);
 fit {metrics.get('causal', {}).get('fit_s', 0):.1f} s;
 wall time {metrics.get('wall_s', 0):.0f} s.</p>
 {ceiling}
+{tsnr}
 {''.join(parts)}
 {f"<p>Encoding map not drawn: {html.escape(figs['encoding_error'])}</p>" if 'encoding_error' in figs else ''}
 {f"<p>Noise-ceiling map not drawn: {html.escape(figs['ceiling_error'])}</p>" if 'ceiling_error' in figs else ''}

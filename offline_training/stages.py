@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from realtime.nifti_io import iter_volumes
-from realtime.preprocessing import PreprocessConfig, preprocess_run
+from realtime.preprocessing import PreprocessConfig, RunPreprocessed, preprocess_run
 
 from .bids import RunFiles, load_bold
 
@@ -230,7 +230,8 @@ def _release_pages(values: np.ndarray) -> None:
         mm.madvise(mmap.MADV_DONTNEED)
 
 
-def preprocess_stage(stage: MotionStage, pcfg: PreprocessConfig, tr_s: float) -> np.ndarray:
+def preprocess_stage(stage: MotionStage, pcfg: PreprocessConfig, tr_s: float, *,
+                     tsnr_curve: bool = False) -> RunPreprocessed:
     """The rest of the chain (detrend, normalise) on motion-corrected values.
 
     The values go through :func:`realtime.preprocessing.preprocess_run` as a
@@ -242,7 +243,11 @@ def preprocess_stage(stage: MotionStage, pcfg: PreprocessConfig, tr_s: float) ->
 
     Returns
     -------
-    ndarray of shape (n_volumes, n_voxels), float32
+    RunPreprocessed
+        ``values`` of shape (n_volumes, n_voxels), float32, and each voxel's
+        ``tsnr`` (the live session's running figure at the run's end) and,
+        with ``tsnr_curve``, the running median at each volume; no motion
+        fields and no delay stack.
     """
     if pcfg.motion_regressors:
         raise ValueError("motion_regressors needs the motion parameters inside the chain; train with "
@@ -250,5 +255,5 @@ def preprocess_stage(stage: MotionStage, pcfg: PreprocessConfig, tr_s: float) ->
     n, v = stage.values.shape
     data = stage.values.T.reshape(v, 1, 1, n)  # a view: volume t is column t
     flat = replace(pcfg, motion=False)
-    res = preprocess_run(data, np.eye(4), np.ones((v, 1, 1), bool), flat, tr_s=tr_s, stack=False)
-    return res.values
+    return preprocess_run(data, np.eye(4), np.ones((v, 1, 1), bool), flat, tr_s=tr_s, stack=False,
+                          tsnr_curve=tsnr_curve)

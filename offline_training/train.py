@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -181,7 +182,7 @@ def _load_runs(stages: list[MotionStage], runs: list[RunFiles], cfg: TrainConfig
     for st, rf in zip(stages, runs):
         events = read_events(rf.events)
         n = len(st.values)
-        big[start:start + n] = preprocess_stage(st, pcfg, tr)
+        big[start:start + n] = preprocess_stage(st, pcfg, tr).values
         _release_pages(st.values)
         values = big[start:start + n]
         start += n
@@ -455,13 +456,16 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
     xm = st["xm"].reshape(nd, k)[:, order].reshape(-1)
     progress("export + report", 0, 2)
     values_sel = np.concatenate([r.values[:, st["sel"][order]] for r in trn])
+    n_train = len(prep.train_files)
+    metrics["qc"] = {"tsnr": training_tsnr(prep.stages[:n_train], prep.train_files, st["sel"], pcfg, tr)}
     public = metrics
     write_bundle(out, coef=coef, x_mean=xm, y_mean=st["ym"], mask=sel_mask, affine=affine, reference=reference,
                  norm_mean=values_sel.mean(0), norm_std=values_sel.std(0), embedder=embedder.identity(),
                  embedder_spec=embedder.spec, tr_s=tr, delays=cfg.delays, preprocess=pcfg.to_dict(),
                  metrics={k: public[k] for k in ("identification_accuracy", "identification_accuracy_centred",
                                                  "within_genre_identification_accuracy")},
-                 extra={"n_volumes": int(prep.n_volumes), "subject": cfg.subject, "target": cfg.target})
+                 extra={"n_volumes": int(prep.n_volumes), "subject": cfg.subject, "target": cfg.target,
+                        "qc": metrics["qc"]})
     progress("export + report", 1, 2)
     from .report import write_report
 
@@ -476,6 +480,43 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(asdict(cfg), f, indent=2, default=_json_default)
     return public
+
+
+def training_tsnr(stages: list[MotionStage], files: list[RunFiles], sel: np.ndarray, pcfg: PreprocessConfig,
+                  tr_s: float) -> dict:
+    """The temporal SNR of the decoder's voxels in the Training runs, for the bundle's ``qc.tsnr``.
+
+    The selected voxels of each Training run (motion-corrected, in the bundle's voxel order) go through the
+    live chain again, which reports the running median a session would at every volume
+    (:meth:`realtime.preprocessing.qc.RunningTsnr.median`, same code). ``runs`` holds each run's figure at its
+    end, ``median`` their median, and ``curve`` the median over the runs at each volume count: the figure a live
+    run is compared with at the same point, as the running figure reads high in a run's first minutes.
+
+    Returns
+    -------
+    dict
+        ``median`` (float or None), ``runs`` ({name: float or None}), ``curve`` (list of float or None, one per
+        volume of the longest run), ``measure``.
+    """
+    order = np.sort(sel)  # the bundle's voxel order (C order of its mask), which the live median strides over
+    per_run, curves = {}, []
+    for st, rf in zip(stages, files):
+        sub = MotionStage(np.ascontiguousarray(st.values[:, order]), None, None)
+        _release_pages(st.values)
+        curve = preprocess_stage(sub, pcfg, tr_s, tsnr_curve=True).tsnr_curve
+        per_run[f"{rf.task}_run-{rf.run:02d}"] = float(curve[-1]) if curve.size and np.isfinite(curve[-1]) else None
+        curves.append(curve)
+    vals = [v for v in per_run.values() if v is not None]
+    n = max((c.size for c in curves), default=0)
+    table = np.full((len(curves), n), np.nan)
+    for i, c in enumerate(curves):
+        table[i, :c.size] = c
+    with warnings.catch_warnings():  # a volume count no run reached its figure at: None
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mid = np.nanmedian(table, axis=0) if len(curves) else np.empty(0)
+    return {"median": float(np.median(vals)) if vals else None, "runs": per_run,
+            "curve": [round(float(v), 3) if np.isfinite(v) else None for v in mid],  # JSON has no NaN
+            "measure": "median over the decoder's voxels of mean / s.d. of the high-passed series so far"}
 
 
 def _noise_ceiling(test_runs: list[RunData], tr_s: float, sel: np.ndarray, metrics: dict) -> np.ndarray | None:

@@ -12,6 +12,11 @@
       norm_mean.npy, norm_std.npy   float32 (n_voxels,): training statistics
                       (used when the preprocessing normalises with "bundle")
 
+The manifest may also hold ``qc.tsnr``: the temporal SNR of the decoder's
+voxels in the Training runs (``median``, at the runs' end; ``curve``, their
+running figure per volume), which a live session compares its own with
+(:func:`training_tsnr`).
+
 Everything the runtime needs loads with numpy and onnxruntime alone. Any
 file whose sha256 differs from the manifest, or a manifest that disagrees
 with the arrays, is refused with an error naming the file.
@@ -29,7 +34,7 @@ from ._manifest import read_manifest as _read_manifest
 from .errors import ProtocolError
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "BundleError", "REQUIRED_FILES", "read_bundle_manifest",
-           "validate_bundle", "write_bundle_manifest"]
+           "training_tsnr", "validate_bundle", "write_bundle_manifest"]
 
 BUNDLE_FORMAT = "b2m-model-bundle"
 BUNDLE_VERSION = 1
@@ -91,9 +96,53 @@ def validate_bundle(bundle: str | os.PathLike, *, check_hashes: bool = True) -> 
     affine = np.asarray(geom.get("affine"), dtype=np.float64)
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise BundleError(os.path.join(bundle, "manifest.json"), "mask.affine must be a finite 4x4 matrix")
+    training_tsnr(m, where=os.path.join(bundle, "manifest.json"))
     m = dict(m)
     m["arrays"] = arrays
     return m
+
+
+def training_tsnr(manifest: dict, n_volumes: int | None = None, where: str = "manifest.json") -> float | None:
+    """The Training runs' tSNR of the decoder's voxels (``qc.tsnr``), or None for a bundle made before it was
+    kept (or by training that had none to give).
+
+    Parameters
+    ----------
+    manifest : dict
+    n_volumes : int, optional
+        Volumes of a run so far: the Training runs' running figure after as many (``qc.tsnr.curve``; the last
+        one past its end), which is what a live run's figure is compared with, as it reads high early in a run.
+        Without it, or without a curve: their figure at the runs' end (``qc.tsnr.median``).
+
+    Raises
+    ------
+    BundleError
+        If the ``qc.tsnr`` block is there but malformed, naming the key.
+    """
+    qc = manifest.get("qc")
+    if qc is None:
+        return None
+    fix = "; retrain with `b2m train`, or delete the qc block"
+    if not isinstance(qc, dict) or not isinstance(qc.get("tsnr", {}), dict):
+        raise BundleError(where, "qc must be an object with a tsnr object (the Training runs' tSNR)" + fix)
+    t = qc.get("tsnr") or {}
+
+    def positive(v) -> bool:
+        return not isinstance(v, bool) and isinstance(v, (int, float)) and 0 < v < float("inf")
+
+    v = t.get("median")
+    if v is not None and not positive(v):
+        raise BundleError(where, f"qc.tsnr.median must be a positive number (the Training runs' tSNR), got {v!r}"
+                          + fix)
+    curve = t.get("curve")
+    if curve is not None and not (isinstance(curve, list) and all(c is None or positive(c) for c in curve)):
+        raise BundleError(where, "qc.tsnr.curve must be a list of positive numbers or nulls (the Training runs' "
+                                 "running tSNR per volume)" + fix)
+    if n_volumes is not None and curve:
+        c = curve[min(max(int(n_volumes), 1), len(curve)) - 1]
+        if c is not None:
+            return float(c)
+    return None if v is None else float(v)
 
 
 def write_bundle_manifest(bundle: str | os.PathLike, manifest: dict) -> str:

@@ -238,6 +238,10 @@ class Result:
     dvars_pct : float or None
         DVARS of this volume from the previous one, percent of the mean
         signal (``realtime.preprocessing.qc``). Optional on the wire.
+    tsnr : float or None
+        The run's temporal SNR so far: the median over the decoder's voxels
+        of mean / s.d. of the high-passed series (``realtime.preprocessing.qc``),
+        None for the run's first volumes. Optional on the wire.
     condition : str or None
         The block design's condition at this decision (``feedback``,
         ``silence`` or ``neutral``), None without a block design. Optional
@@ -264,6 +268,7 @@ class Result:
     clip: str | None = None
     condition: str | None = None
     dvars_pct: float | None = None
+    tsnr: float | None = None
     alerts: list = field(default_factory=list)
     type: Literal["result"] = field(default="result", init=False)
 
@@ -358,6 +363,8 @@ def encode(msg: Message) -> list:
             h["condition"] = str(msg.condition)
         if msg.dvars_pct is not None:
             h["dvars_pct"] = float(msg.dvars_pct)
+        if msg.tsnr is not None:
+            h["tsnr"] = float(msg.tsnr)
         if msg.alerts:
             h["alerts"] = [str(a) for a in msg.alerts]
     elif isinstance(msg, Reject):
@@ -641,7 +648,8 @@ def _decode_result(h: dict, frames) -> Result:
                   topk=[(c, v) for c, v in _get(h, "topk", list)], tags=[(t, v) for t, v in _get(h, "tags", list)],
                   action=_get(h, "action", str), clip=_get(h, "clip", str, optional=True),
                   condition=_get(h, "condition", str, optional=True),
-                  dvars_pct=_finite(h, "dvars_pct", optional=True), alerts=_alerts(h))
+                  dvars_pct=_finite(h, "dvars_pct", optional=True), tsnr=_finite(h, "tsnr", optional=True),
+                  alerts=_alerts(h))
 
 
 def _alerts(h: dict) -> list:

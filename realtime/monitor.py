@@ -7,9 +7,9 @@ machine that can reach it, subscribes to that stream and serves one web page:
 - ``/``: the page; it refreshes its panel every second;
 - ``/panel``: the panel as HTML with inline SVG (the session's alerts in
   red, run and volume, the lag behind the scanner, what plays and since
-  when, the clip timeline of the run, head motion, latency per stage,
-  counts), drawn here so no script or network resource is needed in the
-  browser;
+  when, the run's temporal SNR so far, the clip timeline of the run, head
+  motion, latency per stage, counts), drawn here so no script or network
+  resource is needed in the browser;
 - ``/state.json``: the same state for scripts.
 
 It only reads the stream, so it cannot slow the session, and it shows
@@ -75,7 +75,7 @@ class MonitorState:
     def add(self, r: Result) -> None:
         with self._lock:
             self._runs.setdefault(r.run_id, deque(maxlen=KEPT)).append(
-                (r.index, r.action, r.clip, r.fd_mm, r.flagged, r.condition, r.dvars_pct))
+                (r.index, r.action, r.clip, r.fd_mm, r.flagged, r.condition, r.dvars_pct, r.tsnr))
             for s in STAGES:
                 if s in r.latency_ms:
                     self._latency[s].append(float(r.latency_ms[s]))
@@ -95,7 +95,7 @@ class MonitorState:
         with self._lock:
             r = self.last
             runs = {run_id: [{"index": i, "action": a, "clip": c, "fd_mm": fd, "flagged": fl, "condition": cond,
-                              "dvars_pct": dv} for i, a, c, fd, fl, cond, dv in rows]
+                              "dvars_pct": dv, "tsnr": ts} for i, a, c, fd, fl, cond, dv, ts in rows]
                     for run_id, rows in self._runs.items()}
             lat = {s: latency_summary(q) for s, q in self._latency.items() if q}
             last = None
@@ -110,7 +110,7 @@ class MonitorState:
                 last = {"alerts": list(r.alerts),
                         "run_id": r.run_id, "index": r.index, "decoded_index": r.decoded_index, "action": r.action,
                         "clip": r.clip, "condition": r.condition, "tags": [list(t) for t in r.tags],
-                        "fd_mm": r.fd_mm, "dvars_pct": r.dvars_pct, "flagged": r.flagged,
+                        "fd_mm": r.fd_mm, "dvars_pct": r.dvars_pct, "tsnr": r.tsnr, "flagged": r.flagged,
                         "topk": [list(t) for t in r.topk], "playing_since_index": since,
                         "lag_s": (r.timestamps.get("audio_scheduled", self.last_seen) - acquired) if acquired else None}
                 # lag_s: from the volume's acquisition to its music being scheduled (scanner and session clocks)
@@ -258,6 +258,8 @@ def render_panel(snap: dict, fd_threshold_mm: float = 0.5, stale_s: float = 10.0
                 *([("block", last["condition"])] if last["condition"] else []),
                 ("playing", f"{last['clip'] or 'nothing (silence)'}"
                  + (f" (since volume {since})" if since is not None else "")),
+                ("temporal SNR, run so far", "— (too few volumes yet)" if last.get("tsnr") is None
+                 else f"{last['tsnr']:.0f}"),
                 ("tags", ", ".join(f"{t} {p:.2f}" for t, p in last["tags"]) or "-"),
                 ("candidates", ", ".join(f"{k} {s:.3f}" for k, s in last["topk"][:5]) or "-")]
         out.append("<table>" + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows) + "</table>")

@@ -82,7 +82,7 @@ def pyneal_payload(result: Result) -> dict:
     client asks.
     """
     out = {"action": result.action, "clip": result.clip, "decodedIndex": result.decoded_index,
-           "fd": result.fd_mm, "dvars": result.dvars_pct, "flagged": result.flagged}
+           "fd": result.fd_mm, "dvars": result.dvars_pct, "tsnr": result.tsnr, "flagged": result.flagged}
     if result.condition is not None:
         out["condition"] = result.condition
     if result.topk:

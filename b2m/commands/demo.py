@@ -42,6 +42,10 @@ def run(args) -> int:
     print(f"latency received -> audio scheduled: p50 {s['latency_ms']['p50']:.1f} ms, "
           f"p99 {s['latency_ms']['p99']:.1f} ms; audio underruns {s['audio_underruns']}; "
           f"{s['counts']['switches']} switches, {s['counts']['holds']} motion holds", file=sys.stdout)
+    if s.get("tsnr"):
+        from realtime.session.report import describe_tsnr
+
+        print(f"temporal SNR of the decoder's voxels: {describe_tsnr(s['tsnr'])}", file=sys.stdout)
     gen = s.get("generator")
     if gen:
         from realtime.session.generation import describe_pieces

@@ -383,6 +383,10 @@ def run_live(args) -> int:
         from realtime.session.operator import describe_changes
 
         print(f"operator\t{describe_changes(summary['operator'])}", file=sys.stderr, flush=True)
+    if summary.get("tsnr"):
+        from realtime.session.report import describe_tsnr
+
+        print(f"tsnr\t{describe_tsnr(summary['tsnr'])}", file=sys.stderr, flush=True)
     written = True
     try:
         with open(os.path.join(args.out, "summary.json"), "w") as f:
@@ -481,7 +485,8 @@ def session_summary(engine, ended) -> dict:
             "audio_underruns": audio.get("underruns"), "audio": audio, "clips": st.get("clips"),
             "pieces": st.get("pieces"), "yoked": st.get("yoked"),
             "clock_offset_s": st.get("clock_offset_s"),  # per run: this computer's clock minus the scanner side's
-            "alignment": st.get("alignment")}  # runs found against the model's reference from another session
+            "alignment": st.get("alignment"),  # runs found against the model's reference from another session
+            "tsnr": st.get("tsnr")}  # each run's temporal SNR of the decoder's voxels, and the Training runs
 
 
 def _same_protocol(out: str, protocol, *, continuing: bool) -> None:

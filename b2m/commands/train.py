@@ -200,6 +200,10 @@ def _train_one(dataset: str, out: str, cfg) -> dict:
     return m
 
 
+def _round(v, digits: int):
+    return None if v is None else round(v, digits)
+
+
 def _headline(m: dict, out: str) -> dict:
     """The figures ``b2m train`` prints (one JSON line per subject)."""
     c = m["identification_accuracy_ci95"]
@@ -215,6 +219,8 @@ def _headline(m: dict, out: str) -> dict:
         "genre_prior_identification_accuracy": round(m["genre_prior"]["identification_accuracy"], 4),
         "offline_identification_accuracy": round(m["offline"]["identification_accuracy"], 4) if "offline" in m else None,
         "deviation_scale": m["causal"]["deviation_scale"],
+        # the Training runs' tSNR of the decoder's voxels: what a live run is compared with
+        "training_tsnr": _round(((m.get("qc") or {}).get("tsnr") or {}).get("median"), 1),
         "subject": m["config"]["subject"], "bundle": out, "wall_s": round(m["wall_s"], 1), "peak_rss_mb": round(m["peak_rss_mb"]),
         "timings_s": {k: round(v, 1) for k, v in m["timings_s"].items()},
     }

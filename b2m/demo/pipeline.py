@@ -366,6 +366,7 @@ def run_demo(cfg: DemoConfig, progress=lambda stage, done, total: None) -> dict:
         "latency_ms": {"p50": total.get("p50"), "p99": total.get("p99"),
                        "stages": {k: v for k, v in st["latency_ms"].items() if k != "total"}},
         "audio_underruns": audio.get("underruns"),
+        "tsnr": st.get("tsnr"),  # the live run's temporal SNR of the decoder's voxels, and the Training runs'
         # a switch to a clip the loader had not prefetched yet reads it on the spot (counted here); at TR
         # pace the prefetch has time, at --speed max it often has not, and such TRs dominate the p99
         "clip_loads": st.get("clips"),

@@ -40,7 +40,7 @@ def _truth_figure(timeline: list[dict], summary: dict) -> list[tuple[str, str]]:
 
 def write_report(path: str, summary: dict, timeline: list[dict], results, library) -> str:
     """The demo page: headline figures, decoded vs true genre, then the session's own figures."""
-    from realtime.session.report import html_page, session_figures
+    from realtime.session.report import describe_tsnr, html_page, session_figures
 
     rows = [
         ("Live identification accuracy (heard clips of the Test run, 1 = perfect, 0.5 = chance)",
@@ -50,6 +50,7 @@ def write_report(path: str, summary: dict, timeline: list[dict], results, librar
         ("Latency, volume received → audio scheduled",
          f"p50 {summary['latency_ms']['p50']:.2f} ms, p99 {summary['latency_ms']['p99']:.2f} ms"),
         ("Audio underruns", str(summary["audio_underruns"])),
+        *([("Temporal SNR of the decoder's voxels", describe_tsnr(summary["tsnr"]))] if summary.get("tsnr") else []),
         ("Recorded run bit-exact with the replayed file", str(summary["recorded_run_bit_exact"])),
         ("Offline Test-set identification accuracy (training report)",
          str(summary["offline_test_metrics"].get("identification_accuracy"))),
@@ -64,7 +65,8 @@ def write_report(path: str, summary: dict, timeline: list[dict], results, librar
              "the Training runs; the Test run was then replayed over a real loopback socket into the live "
              "session, which decoded every TR and chose the music.</p>\n")
     page = html_page("brain2music-rt demo", "brain2music-rt demo: a simulated participant, decoded live", rows,
-                     _truth_figure(timeline, summary) + session_figures(results, library), intro, audio)
+                     _truth_figure(timeline, summary) + session_figures(
+                         results, library, training_tsnr=(summary.get("tsnr") or {}).get("training")), intro, audio)
     with open(path, "w") as f:
         f.write(page)
     return path

@@ -21,7 +21,7 @@ from .delays import DelayStack, stack_delays
 from .detrend import CausalDetrender, EmaDetrender, detrend_run_offline, median_filter_detrend, step_run
 from .motion import MotionConfig, MotionCorrector, MotionResult, realign_run
 from .normalize import RunningNormalizer, zscore_run
-from .qc import Dvars
+from .qc import Dvars, RunningTsnr, tsnr
 
 __all__ = ["PreprocessConfig", "GeometryError", "check_geometry", "causal_detrender", "OnlinePreprocessor",
            "StepResult", "RunPreprocessed", "preprocess_run"]
@@ -225,6 +225,8 @@ class OnlinePreprocessor:
         self._norm = RunningNormalizer(self.n_voxels, config.normalize, norm_mean, norm_std, config.n_baseline)
         self._stack = DelayStack(self.n_voxels, config.delays)
         self._dvars = Dvars(self.n_voxels)
+        #: the run's temporal SNR so far (:class:`.qc.RunningTsnr`): ``tsnr.median()``, ``tsnr.voxels()``
+        self.tsnr = RunningTsnr(self.n_voxels)
         self.t = 0
 
     def _make_motion(self, reference, grid=None, *, given: bool = True) -> None:
@@ -276,6 +278,7 @@ class OnlinePreprocessor:
         dvars = self._dvars.step(values)  # on the corrected voxels, before the filters change them
         if self._detrend is not None:
             values = self._detrend.step(values, motion.params if self.config.motion_regressors else None)
+        self.tsnr.step(self._raw, values)  # before normalisation, which may work in place
         values = self._norm.step(values, self._detrend.baseline if self.config.normalize == "psc" else None)
         x = self._stack.push(values)
         self.t += 1
@@ -296,6 +299,13 @@ class RunPreprocessed:
     motion_params : ndarray of shape (n_volumes, 6) or None
     fd : ndarray of shape (n_volumes,) or None
     flagged : ndarray of shape (n_volumes,), bool
+    tsnr : ndarray of shape (n_voxels,), float64
+        Each voxel's temporal SNR over the run (:func:`.qc.tsnr`, the running
+        figure at the run's last volume for a causal chain).
+    tsnr_curve : ndarray of shape (n_volumes,), float64, or None
+        With ``tsnr_curve=True`` (causal chains): the running median a live
+        session reports at each volume (:meth:`.qc.RunningTsnr.median`; NaN
+        for the first volumes).
     """
 
     x: np.ndarray | None
@@ -303,11 +313,13 @@ class RunPreprocessed:
     motion_params: np.ndarray | None
     fd: np.ndarray | None
     flagged: np.ndarray
+    tsnr: np.ndarray | None = None
+    tsnr_curve: np.ndarray | None = None
 
 
 def preprocess_run(data, affine, mask: np.ndarray, config: PreprocessConfig, *, tr_s: float | None = None,
                    reference: np.ndarray | None = None, norm_mean=None, norm_std=None,
-                   stack: bool = True, progress=None) -> RunPreprocessed:
+                   stack: bool = True, progress=None, tsnr_curve: bool = False) -> RunPreprocessed:
     """Preprocess a whole run.
 
     Causal configurations call :class:`OnlinePreprocessor` volume by volume
@@ -326,6 +338,8 @@ def preprocess_run(data, affine, mask: np.ndarray, config: PreprocessConfig, *, 
         stacking is only indexing).
     progress : callable, optional
         ``progress(done, total)`` per volume.
+    tsnr_curve : bool
+        Also keep the running median tSNR of every volume (causal chains only).
     """
     from ..nifti_io import iter_volumes  # a .nii.gz proxy is read once, not once per volume
 
@@ -342,16 +356,22 @@ def preprocess_run(data, affine, mask: np.ndarray, config: PreprocessConfig, *, 
         params = np.empty((n, 6)) if config.motion else None
         fd = np.empty(n) if config.motion else None
         flagged = np.zeros(n, bool)
+        curve = np.full(n, np.nan) if tsnr_curve else None
         for t, vol in enumerate(iter_volumes(data)):
             r = pre.process(vol)
             values[t] = r.values
+            if curve is not None:
+                curve[t] = pre.tsnr.median()
             if r.x is not None and x is not None:
                 x[t] = r.x
             if progress is not None:
                 progress(t + 1, n)
             if r.motion is not None:
                 params[t], fd[t], flagged[t] = r.motion.params, r.motion.fd, r.motion.flagged
-        return RunPreprocessed(x=x, values=values, motion_params=params, fd=fd, flagged=flagged)
+        return RunPreprocessed(x=x, values=values, motion_params=params, fd=fd, flagged=flagged,
+                               tsnr=pre.tsnr.voxels(), tsnr_curve=curve)
+    if tsnr_curve:
+        raise ValueError("tsnr_curve is the live session's running figure: it needs a causal configuration")
     # non-causal comparison path
     if config.motion:
         rm = realign_run(data, affine, config=config.motion_config, reslice_mask=mask, reference=reference)
@@ -361,12 +381,14 @@ def preprocess_run(data, affine, mask: np.ndarray, config: PreprocessConfig, *, 
         params = fd = None
         flagged = np.zeros(n, bool)
     extra = params if (config.motion_regressors and params is not None) else None
+    raw = values
     if config.detrend == "offline":
         values = detrend_run_offline(values, config.poly_order, extra)
     elif config.detrend == "median240":
         values = median_filter_detrend(values, tr_s, 240.0)
     elif config.detrend in ("causal", "ema"):  # the live detrenders, before a whole-run normalisation
         values = step_run(causal_detrender(config, values.shape[1], n, tr_s), values, extra)
+    per_voxel = tsnr(raw, values)
     if config.normalize == "zscore_run":
         values = zscore_run(values)
     elif config.normalize != "none":
@@ -374,4 +396,4 @@ def preprocess_run(data, affine, mask: np.ndarray, config: PreprocessConfig, *, 
 
         values = normalize_run(values, config.normalize, norm_mean, norm_std, config.n_baseline)
     return RunPreprocessed(x=stack_delays(values, config.delays) if stack else None, values=values,
-                           motion_params=params, fd=fd, flagged=flagged)
+                           motion_params=params, fd=fd, flagged=flagged, tsnr=per_voxel)

@@ -3,7 +3,8 @@
 A session's own state says some things (the scanner side's clock is off);
 the parts around it say the rest: the trigger input (it closed, or volumes
 whose pulse came are overdue), the receiver (the disk refused a message
-in the last :data:`DISK_ALERT_S` seconds), the sound device (its stream
+in the last :data:`DISK_ALERT_S` seconds), the signal (the run's temporal SNR
+under :data:`TSNR_ALERT_RATIO` of the Training runs': :func:`low_tsnr`), the sound device (its stream
 stopped, its process exited, or it sends out nothing while music should
 play: :class:`AudioWatch`) and the operator (the sound is muted). :func:`standing_alerts` gathers
 them as short sentences; the engine puts them in each
@@ -22,8 +23,8 @@ from protocols.wire import MAX_ALERT_CHARS, MAX_ALERTS
 from ..clocks import CLOCK_WARN_S, describe_offset
 from ..triggers import match_run, overdue
 
-__all__ = ["DISK_ALERT_S", "STALL_S", "SILENT_S", "SILENT_DBFS", "STALL_TRS", "STALL_MIN_S", "AudioWatch",
-           "trigger_status", "stalled_run", "standing_alerts"]
+__all__ = ["DISK_ALERT_S", "STALL_S", "SILENT_S", "SILENT_DBFS", "STALL_TRS", "STALL_MIN_S", "TSNR_ALERT_RATIO",
+           "AudioWatch", "trigger_status", "stalled_run", "tsnr_status", "low_tsnr", "standing_alerts"]
 
 #: A disk refusal is alerted this long after the last one (s).
 DISK_ALERT_S = 30.0
@@ -34,6 +35,9 @@ SILENT_S = 10.0
 SILENT_DBFS = -90.0
 #: A run not ended whose volumes stopped coming for this many TRs (at least STALL_MIN_S s) is alerted.
 STALL_TRS, STALL_MIN_S = 4, 6.0
+#: A run whose tSNR so far is under this share of the Training runs' is alerted: half the signal-to-noise
+#: ratio is a failed coil element, another sequence or a head far from the coil, not a day's variation.
+TSNR_ALERT_RATIO = 0.5
 
 
 class AudioWatch:
@@ -175,6 +179,29 @@ def stalled_run(engine, now: float | None = None) -> str | None:
             f"every {run.tr_s:g} s): check the scanner's export and the link, or was the scan stopped?")
 
 
+def tsnr_status(engine) -> tuple[float | None, float | None]:
+    """The latest result's temporal SNR (its run's so far) and the Training runs' after as many volumes
+    (``engine.tsnr_reference``); either None when unknown (the run's first volumes; a bundle without it)."""
+    last = engine.last
+    if last is None or getattr(last, "tsnr", None) is None:
+        return None, None
+    ref = getattr(engine, "tsnr_reference", None)
+    return last.tsnr, (ref(last.index + 1) if ref is not None else None)
+
+
+def low_tsnr(engine) -> str | None:
+    """The run being decoded, if its temporal SNR so far is under :data:`TSNR_ALERT_RATIO` of the Training
+    runs' after as many volumes (:func:`tsnr_status`); None otherwise, before the run has enough volumes for
+    the figure, or with a bundle that does not give the Training runs'."""
+    tsnr, ref = tsnr_status(engine)
+    if tsnr is None or not ref or tsnr >= TSNR_ALERT_RATIO * ref:
+        return None
+    last = engine.last
+    return (f"run {last.run_id}: tSNR of the decoder's voxels {tsnr:.0f} after {last.index + 1} volumes, under "
+            f"half the {ref:.0f} of its Training runs by then: the decoder reads noisier data than it learned "
+            "from; check the head coil (every element on), the sequence, and the participant's head in the coil")
+
+
 def standing_alerts(engine, receiver=None, triggers=None, operator=None, audio=None) -> list[str]:
     """Every alert standing now (at most :data:`protocols.wire.MAX_ALERTS`, each cut to fit the wire).
 
@@ -203,6 +230,9 @@ def standing_alerts(engine, receiver=None, triggers=None, operator=None, audio=N
         stalled = stalled_run(engine)
         if stalled:
             out.append(stalled)
+    noisy = low_tsnr(engine)
+    if noisy:
+        out.append(noisy)
     st = receiver.stats if receiver is not None else None
     if st is not None and time.monotonic() - st.last_disk_error_at < DISK_ALERT_S:
         out.append(f"disk: {st.not_recorded} message(s) not recorded (last: {st.last_disk_error}); they are sent "

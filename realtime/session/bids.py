@@ -323,15 +323,16 @@ def write_decoded_timeseries(stem: str, decisions: list[dict], unheard=()) -> li
     operator had muted the sound or the sound device was down, ``unheard``
     from :func:`realtime.session.operator.unheard_spans`; n/a in silence),
     ``condition`` and ``own_clip`` where the session had blocks or was a sham,
-    ``fd_mm``, ``dvars_pct``, ``flagged``, ``stand_in``, then the decoded embedding as
+    ``fd_mm``, ``dvars_pct``, ``tsnr`` (the run's temporal SNR so far; n/a for its first volumes, and in a
+    record made before it was kept), ``flagged``, ``stand_in``, then the decoded embedding as
     ``e000`` ... (``n/a`` before the delay stack is full). Floats are written
     with 9 significant digits, which a float32 survives exactly.
     """
     ds = sorted(decisions, key=lambda d: d["index"])
     dim = max((d["embedding"].size for d in ds if d.get("embedding") is not None), default=0)
     extra = [k for k in ("condition", "own_clip") if any(k in d for d in ds)]
-    cols = ["onset", "volume", "decoded_volume", "action", "clip", "heard", *extra, "fd_mm", "dvars_pct", "flagged",
-            "stand_in"]
+    cols = ["onset", "volume", "decoded_volume", "action", "clip", "heard", *extra, "fd_mm", "dvars_pct", "tsnr",
+            "flagged", "stand_in"]
 
     def heard(d) -> bool | None:
         if d.get("clip") is None:
@@ -348,7 +349,8 @@ def write_decoded_timeseries(stem: str, decisions: list[dict], unheard=()) -> li
         for d in ds:
             e = d.get("embedding")
             row = [(d["index"] + 1) * float(d["tr_s"]), d["index"], d.get("decoded_index"), d["action"], d["clip"],
-                   heard(d), *(d.get(k) for k in extra), d.get("fd_mm"), d.get("dvars_pct"), d.get("flagged"), d.get("stand_in")]
+                   heard(d), *(d.get(k) for k in extra), d.get("fd_mm"), d.get("dvars_pct"), d.get("tsnr"),
+                   d.get("flagged"), d.get("stand_in")]
             row += [float(x) for x in e] if e is not None else [None] * dim
             f.write("\t".join(cell(v) for v in row) + "\n")
     side = stem + "_desc-decoded_timeseries.json"
@@ -363,6 +365,9 @@ def write_decoded_timeseries(stem: str, decisions: list[dict], unheard=()) -> li
                    "fd_mm": {"Units": "mm", "Description": "framewise displacement"},
                    "dvars_pct": {"Units": "%", "Description": "DVARS: RMS change of the model's motion-corrected "
                                  "voxels from the previous volume, in percent of their mean"},
+                   "tsnr": {"Units": "", "Description": "temporal SNR of the run so far: the median over the model's "
+                            "voxels of each voxel's mean over the run's volumes up to this one divided by the standard "
+                            "deviation of its high-passed series (n/a for the run's first volumes)"},
                    "e000": {"Description": f"e000..e{dim - 1:03d}: the decoded embedding, unit norm"}}, f, indent=2)
     return [path, side]
 

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from .alerts import standing_alerts, trigger_status
+from .alerts import TSNR_ALERT_RATIO, standing_alerts, trigger_status, tsnr_status
 
 __all__ = ["Dashboard"]
 
@@ -36,6 +36,19 @@ def _describe_level(output) -> str:
     if lv["peak_dbfs"] == float("-inf"):
         return "silence"
     return f"{lv['rms_dbfs']:.1f} dBFS RMS, peak {lv['peak_dbfs']:.1f} dBFS"
+
+
+def _describe_run_tsnr(tsnr: float | None, training: float | None) -> tuple[str, bool]:
+    """The run's temporal SNR so far beside the Training runs' after as many volumes (``tSNR 52 (training
+    48)``), and whether it is low: under :data:`~realtime.session.alerts.TSNR_ALERT_RATIO` of the Training runs'.
+
+    ``tsnr`` None (the run's first volumes): ``tSNR —``; ``training`` None (a bundle without the figure): the
+    run's alone, never low.
+    """
+    if tsnr is None:
+        return "tSNR —" + (f" (training {training:.0f})" if training else ""), False
+    return (f"tSNR {tsnr:.0f}" + (f" (training {training:.0f})" if training else ""),
+            bool(training) and tsnr < TSNR_ALERT_RATIO * training)
 
 
 class Dashboard:
@@ -139,6 +152,9 @@ class Dashboard:
                 scale = 3.0 * float(np.median([v for v in dvs if v > 0] or [1.0]))
                 head.add_row(f"DVARS (last {len(dvs)}, scale {scale:.2g} %)",
                              sparkline(dvs, scale) + f"  {dvs[-1]:.2f} %")
+            tsnr, ref = tsnr_status(e)
+            text, low = _describe_run_tsnr(tsnr, ref if tsnr is not None else getattr(e, "training_tsnr", None))
+            head.add_row("signal, run so far", f"[bold red]{text}[/bold red]" if low else text)
             if r.motion:
                 head.add_row("motion", "t " + " ".join(f"{v:+.2f}" for v in r.motion[:3]) + " mm, r "
                              + " ".join(f"{np.degrees(v):+.2f}" for v in r.motion[3:]) + " deg")

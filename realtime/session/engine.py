@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from nibabel.affines import voxel_sizes
 
+from protocols.bundle import training_tsnr
 from protocols.wire import Result
 
 from ..clocks import CLOCK_WARN_S, SenderClock, describe_offset
@@ -131,6 +132,7 @@ class _Run:
     n_decoded: int = 0
     clock: SenderClock = field(default_factory=SenderClock)  # the sender's clock against this one
     clock_warned: bool = False
+    tsnr: float | None = None  # the run's temporal SNR at its latest volume (None for its first volumes)
 
 
 RESULTS_KEPT = 600  # results held in memory: 15 min at TR 1.5 s
@@ -188,6 +190,8 @@ class SessionEngine(EngineSound):
         self._arrays = m["arrays"]
         self._affine = np.asarray(m["mask"]["affine"], float)
         self._default_n = int(m.get("n_volumes") or 410)
+        #: the Training runs' tSNR of the decoder's voxels at their end (None for a bundle without it)
+        self.training_tsnr = training_tsnr(m)
         self._run_offsets = dict(run_offsets or {})
         self.runs: dict[str, _Run] = {}
         self._session_end_s = 0.0  # session time at which the latest run's last decided volume ends
@@ -365,6 +369,8 @@ class SessionEngine(EngineSound):
             lat["preprocessed"] = (p1 - p0) * 1e3
             flagged = stand_in
             res.dvars_pct = step.dvars_pct if np.isfinite(step.dvars_pct) else None
+            tsnr = run.pre.tsnr.median()
+            res.tsnr = run.tsnr = tsnr if np.isfinite(tsnr) else run.tsnr
             if step.motion is not None:
                 res.motion = [float(v) for v in step.motion.params]
                 res.fd_mm = float(step.motion.fd)
@@ -540,7 +546,8 @@ class SessionEngine(EngineSound):
         h = {"kind": "decision", "run_id": res.run_id, "index": res.index, "decoded_index": res.decoded_index,
              "action": res.action, "clip": res.clip, "topk": [list(t) for t in res.topk],
              "tags": [list(t) for t in res.tags], "fd_mm": res.fd_mm, "motion": res.motion,
-             "flagged": res.flagged, "stand_in": stand_in, "dvars_pct": res.dvars_pct, "t_scan_s": t_scan,
+             "flagged": res.flagged, "stand_in": stand_in, "dvars_pct": res.dvars_pct, "tsnr": res.tsnr,
+             "t_scan_s": t_scan,
              "offset_s": run.offset_s, "tr_s": run.tr_s, "timestamps": res.timestamps, "latency_ms": res.latency_ms,
              "audio_frame": audio_frame, "audio_lead_s": audio_lead,
              "audio_rate": self.output.samplerate if audio_frame is not None else None, "error": error,
@@ -552,6 +559,11 @@ class SessionEngine(EngineSound):
                       "until the disk takes them again; make room on it", res.run_id, res.index, e.strerror or e)
         except Exception:
             log.exception("could not append the decision for %s/%d to the record", res.run_id, res.index)
+
+    def tsnr_reference(self, n_volumes: int) -> float | None:
+        """The Training runs' tSNR a run's figure after ``n_volumes`` volumes is compared with: their own running
+        figure after as many (:func:`protocols.bundle.training_tsnr`); None for a bundle without it."""
+        return training_tsnr(self.decoder.manifest, n_volumes)
 
     def stats(self) -> dict:
         """Counts, latency medians/p99 per stage (ms) and the audio output's statistics."""
@@ -571,4 +583,7 @@ class SessionEngine(EngineSound):
                   for r in list(self.runs.values()) if r.clock.offset_s is not None}
         if clocks:  # this computer's clock minus the scanner side's, per run
             out["clock_offset_s"] = clocks
+        tsnr = {r.run_id: r.tsnr for r in list(self.runs.values()) if r.tsnr is not None}
+        if tsnr:  # each run's temporal SNR at its last volume, beside the Training runs'
+            out["tsnr"] = {"runs": tsnr, "training": self.training_tsnr}
         return out

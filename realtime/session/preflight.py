@@ -181,9 +181,12 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
     from realtime.decoder import Decoder
 
     def load_bundle():
+        from protocols.bundle import training_tsnr
+
         d = Decoder(model, threads=1)
+        ts = training_tsnr(d.manifest)
         return (f"{model}: embedder {d.embedder.get('id')}, delays {d.manifest['preprocess'].get('delays')}, "
-                f"{d.input_dim} inputs"), d
+                f"{d.input_dim} inputs" + ("" if ts is None else f", Training runs' tSNR {ts:.0f}")), d
 
     def load_library():
         lb = Library(library)

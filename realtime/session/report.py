@@ -16,7 +16,8 @@ import numpy as np
 
 from .operator import unheard_at
 
-__all__ = ["session_figures", "write_session_report", "png_base64", "html_page", "music_match", "condition_spans"]
+__all__ = ["session_figures", "write_session_report", "png_base64", "html_page", "music_match", "condition_spans",
+           "describe_tsnr"]
 
 _STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}\n"
           "th{text-align:left;padding:4px 12px 4px 0;font-weight:normal;color:#555}td{font-weight:bold}\n"
@@ -94,13 +95,42 @@ def condition_spans(results) -> list[tuple[int, int, str]]:
     return [tuple(s) for s in spans]
 
 
-def session_figures(results, library, fd_threshold_mm: float = 0.5) -> list[tuple[str, str]]:
-    """``(title, base64 PNG)`` for: the music over time, latency per stage, head motion.
+def describe_tsnr(tsnr: dict) -> str:
+    """Each run's temporal SNR of the decoder's voxels beside the Training runs', as the report and the session's
+    end say it: ``run-01 52, run-02 49 (Training runs 48)``.
+
+    A run under :data:`~realtime.session.alerts.TSNR_ALERT_RATIO` of the
+    Training runs' is flagged: the decoder read noisier data than it learned
+    from.
+
+    Parameters
+    ----------
+    tsnr : dict
+        The summary's ``"tsnr"``: ``{"runs": {run_id: figure}, "training": figure or None}``
+        (:meth:`SessionEngine.stats`).
+    """
+    from .alerts import TSNR_ALERT_RATIO
+
+    ref = tsnr.get("training")
+    parts = []
+    for run_id, v in (tsnr.get("runs") or {}).items():
+        low = bool(ref) and v is not None and v < TSNR_ALERT_RATIO * ref
+        parts.append(f"{run_id} " + ("n/a" if v is None else f"{v:.0f}")
+                     + (" (under half the Training runs': check the head coil and the sequence)" if low else ""))
+    return (", ".join(parts) or "no run") + (f" (Training runs {ref:.0f})" if ref
+                                              else " (no Training runs' figure in the model's bundle)")
+
+
+def session_figures(results, library, fd_threshold_mm: float = 0.5, *,
+                    training_tsnr: float | None = None) -> list[tuple[str, str]]:
+    """``(title, base64 PNG)`` for: the music over time, latency per stage, head motion, DVARS and the running
+    temporal SNR (the last three where the results have them).
 
     ``results`` are the session's :class:`protocols.wire.Result` in order;
     time is the volume index (one TR each), per run. The blocks of a block
     design (the results' ``condition``) are shaded behind the music (silence
-    and neutral blocks).
+    and neutral blocks). ``training_tsnr``: the Training runs' temporal SNR
+    (the bundle's ``qc.tsnr``), drawn dashed across the tSNR plot.
     """
     import matplotlib
 
@@ -181,6 +211,24 @@ def session_figures(results, library, fd_threshold_mm: float = 0.5) -> list[tupl
         ax.legend(fontsize=8)
         figs.append(("Image change (DVARS)", png_base64(fig)))
         plt.close(fig)
+    ts = [r.tsnr for r in results if r.tsnr is not None]
+    if ts:  # the signal's quality: a failed coil element or another sequence lowers it for the whole run
+        from ..preprocessing.qc import TSNR_MIN_VOLUMES
+
+        fig, ax = plt.subplots(figsize=(11, 2.6))
+        for run_id in runs:  # one line per run: the figure starts again with each run
+            pts = [(k, r.tsnr) for k, r in enumerate(results) if r.run_id == run_id and r.tsnr is not None]
+            if pts:
+                ax.plot(*np.array(pts).T, lw=0.8, color="tab:brown")
+        if training_tsnr:
+            ax.axhline(training_tsnr, color="0.3", ls="--", lw=0.8, label=f"Training runs ({training_tsnr:.0f})")
+            ax.legend(fontsize=8)
+        ax.set_ylim(0, 1.1 * max(max(ts), training_tsnr or 0.0))
+        ax.set_xlabel("TR (all runs in order)")
+        ax.set_ylabel("tSNR")
+        ax.set_title(f"Temporal SNR of the decoder's voxels, each run's so far (from its {TSNR_MIN_VOLUMES}th volume)")
+        figs.append(("Temporal SNR", png_base64(fig)))
+        plt.close(fig)
     return figs
 
 
@@ -195,6 +243,9 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
              f"p50 {lat.get('p50', float('nan')):.2f} ms, p99 {lat.get('p99', float('nan')):.2f} ms"),
             ("Audio underruns", str(summary.get("audio_underruns"))),
             ("Runs ended", ", ".join(summary.get("runs_ended") or []) or "-")]
+    tsnr = summary.get("tsnr")
+    if tsnr:
+        rows.append(("Temporal SNR of the decoder's voxels", describe_tsnr(tsnr)))
     aligned = summary.get("alignment") or {}
     if aligned:
         from ..preprocessing.motion import describe_alignment
@@ -259,7 +310,8 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
         rows.append(("Sham: the participant's own decoding chose the clip that played at",
                      f"{agree} of decoded TRs"))
     page = html_page("b2m session report", "Session report", rows,
-                     session_figures(results, library, fd_threshold_mm) if results else [])
+                     session_figures(results, library, fd_threshold_mm,
+                                     training_tsnr=(tsnr or {}).get("training")) if results else [])
     with open(path, "w") as f:
         f.write(page)
     return path

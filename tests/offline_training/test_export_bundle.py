@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -86,3 +85,65 @@ def test_bundle_loads_in_fresh_process_with_only_numpy_onnxruntime_protocols(bun
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "(1, 7) []"
+
+
+def _set_manifest(out, **top) -> None:
+    """Edit manifest.json's top-level keys (the sha256 sums cover the listed files, not the manifest)."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest.update(top)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_training_tsnr_is_read_from_the_manifests_qc_block(bundle):
+    from protocols.bundle import training_tsnr
+
+    out = bundle[0]
+    m = validate_bundle(out)
+    assert "qc" not in m and training_tsnr(m) is None  # a bundle made before the figure was kept
+    assert training_tsnr({"qc": {}}) is None and training_tsnr({"qc": {"tsnr": {"median": None}}}) is None
+    qc = {"tsnr": {"median": 41.5, "runs": {"Training_run-01": 40.0, "Training_run-02": 43.0}, "measure": "..."}}
+    _set_manifest(out, qc=qc)
+    m = validate_bundle(out)
+    assert training_tsnr(m) == 41.5 and isinstance(training_tsnr(m), float)
+    assert m["qc"] == qc
+    _set_manifest(out, qc={"tsnr": {"median": 38}})  # an integer is a number
+    assert training_tsnr(validate_bundle(out)) == 38.0
+
+
+@pytest.mark.parametrize("bad", [-1.0, 0, "40", True, float("nan"), float("inf"), [40.0]])
+def test_a_bad_training_tsnr_is_refused_by_name(bundle, bad):
+    """Negative, zero, a string, a boolean, NaN or infinity (Python's json writes and reads both) or a list in
+    ``qc.tsnr.median``: the bundle is refused, naming the key and the manifest."""
+    from protocols.bundle import training_tsnr
+
+    out = bundle[0]
+    _set_manifest(out, qc={"tsnr": {"median": bad}})
+    with pytest.raises(BundleError, match=r"qc\.tsnr\.median") as e:
+        validate_bundle(out)
+    assert e.value.field == str(out / "manifest.json")
+    with pytest.raises(BundleError, match=r"qc\.tsnr\.median"):
+        training_tsnr({"qc": {"tsnr": {"median": bad}}})
+
+
+def test_training_tsnr_after_n_volumes_reads_the_running_curve(bundle):
+    """``qc.tsnr.curve`` is the Training runs' running figure per volume: after n volumes its n-th value (the
+    last one past its end), and the end's median where it has none yet (the first volumes) or no curve."""
+    from protocols.bundle import training_tsnr
+
+    out = bundle[0]
+    _set_manifest(out, qc={"tsnr": {"median": 40.0, "curve": [None, None, 55.0, 50.0, 45.0]}})
+    m = validate_bundle(out)
+    assert [training_tsnr(m, n) for n in (1, 2, 3, 4, 5, 6, 400)] == [40.0, 40.0, 55.0, 50.0, 45.0, 45.0, 45.0]
+    assert training_tsnr(m) == 40.0 and training_tsnr({"qc": {"tsnr": {"median": 40.0}}}, 3) == 40.0
+
+
+@pytest.mark.parametrize("qc, key", [({"tsnr": {"median": 40.0, "curve": [50.0, -1.0]}}, r"qc\.tsnr\.curve"),
+                                     ({"tsnr": {"median": 40.0, "curve": "50"}}, r"qc\.tsnr\.curve"),
+                                     ({"tsnr": 41.5}, r"qc must be an object with a tsnr object"),
+                                     ([41.5], r"qc must be an object with a tsnr object")])
+def test_a_malformed_qc_block_is_refused_not_ignored(bundle, qc, key):
+    """A block that would silently turn the live tSNR alert off is refused, naming the key."""
+    out = bundle[0]
+    _set_manifest(out, qc=qc)
+    with pytest.raises(BundleError, match=key):
+        validate_bundle(out)

@@ -154,6 +154,34 @@ def test_simulated_tsnr_is_near_the_requested_value(tiny_ds):
     assert 36 < np.median(tsnr) < 44
 
 
+def test_the_live_chains_tsnr_finds_the_simulators_requested_tsnr(tiny_ds):
+    """Ground truth for the live figure: the simulator scales its noise so the brain's median tSNR is
+    ``NoiseConfig.tsnr``. The live chain (default preprocessing but motion correction, EMA high-pass of 60 s)
+    finds it at the run's end, within 15 % (the run's own sampling and the drift the EMA keeps), and within 10 %
+    of the offline figure above (SPM's 128 s DCT high-pass over the whole run). Physics of the difference: for
+    white noise the EMA's output has s.d. (1 - a) sqrt(2 / (2 - a)) of the noise's, a = TR / tau = 1 / 40, so
+    it reads about 2 % high; it keeps more of the slow drift than the DCT (a first-order roll-off at
+    1 / (2 pi 60 s) against a cut at 1 / 128 s), which reads low."""
+    from realtime.preprocessing import PreprocessConfig, preprocess_run
+    from realtime.preprocessing.qc import median_tsnr
+
+    root, _ = tiny_ds
+    requested = read_simulation_config(root)["config"]["noise"]["tsnr"]
+    assert requested == NoiseConfig().tsnr == 40.0
+    run = find_runs(root, "001")[0]
+    img, tr = load_bold(run)
+    brain = np.asarray(nib.load(root / "derivatives/simulation/sub-001/sub-001_desc-brain_mask.nii.gz").dataobj) > 0
+    res = preprocess_run(img.dataobj, img.affine, brain, PreprocessConfig(motion=False), tr_s=tr, stack=False)
+    live = median_tsnr(res.tsnr)
+    y = np.asarray(img.dataobj).astype(np.float64)[brain].T
+    b = dct_highpass_basis(y.shape[0], tr)
+    offline = np.median(y.mean(axis=0) / (y - b @ (b.T @ y)).std(axis=0))
+    print(f"\nrequested tSNR {requested:g}; live chain (EMA 60 s, {brain.sum()} voxels, stride "
+          f"{-(-brain.sum() // 2000)}) {live:.2f}; offline DCT 128 s {offline:.2f}")
+    assert live == pytest.approx(requested, rel=0.15)
+    assert live == pytest.approx(offline, rel=0.10)
+
+
 # ----------------------------------------------------------------------- determinism (also via the CLI)
 
 

@@ -60,7 +60,7 @@ def test_split_chain_equals_preprocess_run_bit_for_bit(tmp_path, rng, motion, de
     mask = reference > 300
     cfg = PreprocessConfig(motion=motion, motion_config=MOTION, detrend=detrend, ema_tau_s=6.0, normalize=normalize)
     st = motion_stage(rf, mask, reference, AFFINE, cfg)
-    got = preprocess_stage(st, cfg, 1.5)
+    got = preprocess_stage(st, cfg, 1.5).values
     ref = preprocess_run(data, AFFINE, mask, cfg, reference=reference, stack=False, tr_s=1.5)
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, ref.values)
@@ -69,7 +69,7 @@ def test_split_chain_equals_preprocess_run_bit_for_bit(tmp_path, rng, motion, de
         np.testing.assert_array_equal(st.params, ref.motion_params)
     # the non-causal comparison variant from the same motion stage
     off = cfg.offline_variant()
-    np.testing.assert_array_equal(preprocess_stage(st, off, 1.5),
+    np.testing.assert_array_equal(preprocess_stage(st, off, 1.5).values,
                                   preprocess_run(data, AFFINE, mask, off, reference=reference, stack=False,
                                                  tr_s=1.5).values)
 
@@ -170,7 +170,7 @@ def test_preprocess_stage_refuses_motion_regressors(rng):
 
     st = MotionStage(rng.standard_normal((10, 4)).astype(np.float32), np.zeros((10, 6)), np.zeros(10))
     with pytest.raises(ValueError, match="motion_regressors"):
-        preprocess_stage(st, PreprocessConfig(motion=True, motion_regressors=True), 1.5)
+        preprocess_stage(st, PreprocessConfig(motion=True, motion_regressors=True), 1.5).values
 
 
 def test_blas_threads_limits_numpy_and_scipy_blas():
@@ -190,10 +190,10 @@ def test_released_stage_pages_read_back_the_same_values(tmp_path, rng):
     fresh, expected, _, _ = _cached_stage(tmp_path, rng)
     cfg = PreprocessConfig(motion=False)
     assert isinstance(fresh.values, np.memmap)        # a fresh stage is served from its cache entry too
-    before = preprocess_stage(fresh, cfg, 1.5)
+    before = preprocess_stage(fresh, cfg, 1.5).values
     _release_pages(fresh.values)
     np.testing.assert_array_equal(fresh.values, expected)
-    np.testing.assert_array_equal(preprocess_stage(fresh, cfg, 1.5), before)
+    np.testing.assert_array_equal(preprocess_stage(fresh, cfg, 1.5).values, before)
     _release_pages(np.zeros((3, 2), np.float32))      # an in-memory stage (no cache) is left alone
 
 

@@ -330,3 +330,66 @@ def test_b2m_train_preprocessing_defaults_are_preprocess_configs():
     assert tuple(int(d) for d in args.delays.split(",")) == pre.delays
     assert (args.detrend, args.poly_order, args.ema_tau, args.normalize) == (pre.detrend, pre.poly_order,
                                                                            pre.ema_tau_s, pre.normalize)
+
+
+def _causal_glm_highpass(y: np.ndarray, order: int = 2, ridge: float = 1e-6) -> np.ndarray:
+    """CausalDetrender's documented fit, as plain batch numpy: at volume t, the Legendre polynomials of time
+    (up to ``order``, time mapped to [-1, 1] over the run) fit to volumes 0..t by least squares with a ridge of
+    ``ridge * trace(X'X) / p`` on X'X, and volume t's residual. y: (n_volumes, n_voxels), float64."""
+    n = len(y)
+    x = np.linspace(-1.0, 1.0, n)
+    legendre = [np.ones(n), x, (3 * x ** 2 - 1) / 2, (5 * x ** 3 - 3 * x) / 2][:order + 1]
+    basis = np.stack(legendre, axis=1)
+    out = np.empty_like(y)
+    for t in range(n):
+        xt = basis[:t + 1]
+        xtx = xt.T @ xt
+        lam = ridge * max(np.trace(xtx), 1e-12) / xtx.shape[0]
+        beta = np.linalg.solve(xtx + lam * np.eye(xtx.shape[0]), xt.T @ y[:t + 1])
+        out[t] = y[t] - basis[t] @ beta
+    return out
+
+
+def test_bundle_training_tsnr_is_the_median_of_the_training_runs_recomputed_from_the_bold(trained):
+    """``qc.tsnr`` of a trained bundle, recomputed from the dataset's images: each Training run's voxels at the
+    bundle's mask (motion correction off in this training), mean over the run / s.d. of the causal GLM
+    high-pass written above, the median over the bundle's voxels (60, under 2,000: all of them), then the median
+    over the runs. Float32 precision: the chain's high-passed values are float32."""
+    import json
+
+    import nibabel as nib
+
+    from protocols.bundle import training_tsnr, validate_bundle
+
+    root, out, metrics = trained
+    manifest = validate_bundle(str(out))
+    pre = manifest["preprocess"]
+    assert (pre["detrend"], pre["poly_order"], pre["motion"]) == ("causal", 2, False)
+    mask = np.load(out / "mask.npy")
+    assert mask.sum() == 60
+    want, curves = {}, []
+    for bold in sorted((root / "sub-001" / "func").glob("sub-001_task-Training_run-*_bold.nii.gz")):
+        raw = np.asarray(nib.load(bold).dataobj)[mask].T.astype(np.float64)  # (n_volumes, 60)
+        hp = _causal_glm_highpass(raw, pre["poly_order"])
+        per_voxel = raw.mean(axis=0) / hp.std(axis=0)
+        assert np.isfinite(per_voxel).all() and per_voxel.min() > 0
+        want["Training_run-" + bold.name.split("_run-")[1][:2]] = float(np.median(per_voxel))
+        # the running figure a live session reports after t + 1 volumes: the first t + 1 only
+        curves.append([np.median(raw[:t + 1].mean(axis=0) / hp[:t + 1].std(axis=0)) for t in range(19, len(raw))])
+    assert len(want) == 2
+    qc = manifest["qc"]["tsnr"]
+    assert sorted(qc["runs"]) == sorted(want)
+    for run, value in want.items():
+        assert qc["runs"][run] == pytest.approx(value, rel=1e-5), run
+    assert qc["median"] == pytest.approx(np.median(list(want.values())), rel=1e-5)
+    # the curve: nothing for the first 19 volumes, then the median over the runs of their running figures
+    curve = np.median(np.array(curves), axis=0)
+    assert qc["curve"][:19] == [None] * 19 and len(qc["curve"]) == N_VOL
+    np.testing.assert_allclose(qc["curve"][19:], curve, rtol=1e-4)  # kept to 3 decimals
+    assert qc["curve"][-1] == pytest.approx(qc["median"], abs=1e-3)
+    assert training_tsnr(manifest, 30) == qc["curve"][29]
+    assert training_tsnr(manifest) == qc["median"]  # what a live session compares its runs with
+    # metrics.json carries the same block as the manifest (and the returned metrics)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["qc"]["tsnr"] == qc == json.loads(json.dumps(metrics["qc"]["tsnr"]))
+    assert qc["measure"]

@@ -109,6 +109,23 @@ def make_bundle(folder: str, nifti: str, *, seed: int = 0, motion: bool = False,
     return out
 
 
+def with_training_tsnr(bundle: str, folder: str, median: float, curve=None) -> str:
+    """A copy of ``bundle`` whose manifest gives the Training runs' tSNR as `b2m train` writes it (``qc.tsnr``:
+    ``median`` at the runs' end and, optionally, the running ``curve`` per volume), hashed again."""
+    import json
+    import shutil
+
+    from protocols.bundle import write_bundle_manifest
+
+    out = shutil.copytree(bundle, os.path.join(folder, f"bundle-tsnr-{median:.4f}-{curve is not None}"))
+    with open(os.path.join(out, "manifest.json")) as f:
+        manifest = json.load(f)
+    manifest["qc"] = {"tsnr": {"median": median, "runs": {"Training_run-01": median},
+                               **({"curve": list(curve)} if curve is not None else {})}}
+    write_bundle_manifest(out, manifest)
+    return out
+
+
 def volumes(nifti: str, run_id: str = "run-01"):
     """The run as VolumeMessages, as the receiver hands them over (native dtype)."""
     import nibabel as nib

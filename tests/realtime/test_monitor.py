@@ -78,10 +78,13 @@ def test_monitor_shows_what_the_session_decided(kit, b2m_proc, endpoint, tmp_pat
            [(d["action"], d["clip"], d["flagged"]) for d in recorded]
     assert [r["fd_mm"] for r in rows] == pytest.approx([d["fd_mm"] for d in recorded])
     assert [r["dvars_pct"] for r in rows] == pytest.approx([d["dvars_pct"] for d in recorded])
+    assert [r["tsnr"] for r in rows] == pytest.approx([d["tsnr"] for d in recorded])  # None for the first 19
+    assert rows[0]["tsnr"] is None and rows[-1]["tsnr"] > 0
     assert state["counts"]["switches"] == sum(d["action"] == "switch" for d in recorded) >= 1
     assert state["counts"]["bad_messages"] == 0
     last = recorded[-1]
     assert state["last"]["clip"] == last["clip"] and state["last"]["index"] == 39
+    assert state["last"]["tsnr"] == pytest.approx(last["tsnr"])
     first_of_stretch = max(d["index"] for d in recorded if d["action"] == "switch")
     assert state["last"]["playing_since_index"] == first_of_stretch  # the last switch started what plays
     for stage in ("preprocessed", "decoded", "decided", "audio_scheduled", "total"):
@@ -89,6 +92,7 @@ def test_monitor_shows_what_the_session_decided(kit, b2m_proc, endpoint, tmp_pat
 
     status, panel = get(url + "panel")
     assert status == 200 and last["clip"] in panel and "<svg" in panel and "results 40" in panel
+    assert f"<th>temporal SNR, run so far</th><td>{last['tsnr']:.0f}</td>" in panel
     assert get(url + "nope")[0] == 404
     mon.kill(signal.SIGTERM)
     assert mon.wait(timeout=30) == 0, mon.stderr()
@@ -126,9 +130,14 @@ def test_the_panel_draws_one_span_per_stretch_of_a_clip_and_warns_when_results_s
     for i, c in enumerate(clips):
         action = "switch" if i and c != clips[i - 1] else "keep"
         state.add(Result(run_id="r", index=i, action=action, clip=c, fd_mm=0.1 * i, flagged=i == 6,
-                         dvars_pct=0.5 + (i == 9)))
+                         dvars_pct=0.5 + (i == 9), tsnr=40.0 + i if i >= 10 else None))
+        if i == 9:  # no figure yet
+            assert "<th>temporal SNR, run so far</th><td>— (too few volumes yet)</td>" in render_panel(
+                state.snapshot())
     snap = state.snapshot()
+    assert [r["tsnr"] for r in snap["runs"]["r"]] == [None] * 10 + [50.0, 51.0] and snap["last"]["tsnr"] == 51.0
     panel = render_panel(snap)
+    assert "<th>temporal SNR, run so far</th><td>51</td>" in panel
     assert panel.count("<rect") == 3 and panel.count('stroke="#b00" stroke-width="1.5"') == 2
     assert "volumes 0-4" in panel and "volumes 5-7" in panel and "volumes 8-11" in panel
     assert panel.count("<circle") == 1  # the held volume

@@ -178,3 +178,75 @@ def test_another_grid_without_motion_correction_is_refused_with_the_reason(fmri1
                              reference=np.asarray(data[..., 0], np.float32))
     with pytest.raises(GeometryError, match="another grid.*aligns another grid; this one has none"):
         pre.check(data.shape, other)
+
+
+def _ema_highpass(y: np.ndarray, tau: float) -> np.ndarray:
+    """EmaDetrender's documented recursion in plain numpy, float64: ``a_t = max(1 / (t + 1), 1 / tau)``,
+    ``m_t = m_{t-1} + a_t (y_t - m_{t-1})``, output ``y_t - m_t``."""
+    out = np.empty_like(y, dtype=np.float64)
+    m = np.zeros(y.shape[1])
+    for t in range(len(y)):
+        a = max(1.0 / (t + 1), 1.0 / tau)
+        m = m + a * (y[t] - m)
+        out[t] = y[t] - m
+    return out
+
+
+def test_live_tsnr_is_mean_over_sd_of_the_ema_highpass_on_a_real_run(fmri1, fmri1_nii):
+    """On nitime's real run (TR 1.35 s), the chain's running tSNR after each volume is mean(raw) / sd(EMA
+    high-pass) of the masked voxels over the volumes so far, the EMA written here from its documented
+    recursion; the running median is NaN for the first 20 volumes and numpy's median after. Float32 precision:
+    the chain's high-passed values are float32."""
+    from realtime.preprocessing.qc import TSNR_MIN_VOLUMES
+
+    data, affine, mask = fmri1
+    tr_s = float(nib.load(fmri1_nii).header.get_zooms()[3])
+    assert tr_s == pytest.approx(1.35)
+    cfg = PreprocessConfig(motion=False, detrend="ema", ema_tau_s=20.0, normalize="running", delays=(0,))
+    raw = data[mask].T.astype(np.float64)  # (n_volumes, n_voxels), C order of the mask
+    h = _ema_highpass(raw, cfg.ema_tau_s / tr_s)
+    pre = OnlinePreprocessor(mask, affine, cfg, data.shape[3], tr_s=tr_s)
+    for t in range(data.shape[3]):
+        pre.process(data[..., t])
+        sd = h[:t + 1].std(axis=0)
+        want = np.full(sd.shape, np.nan)
+        np.divide(raw[:t + 1].mean(axis=0), sd, out=want, where=sd > 0)
+        got = pre.tsnr.voxels()
+        if t == 0:  # one volume: its high-pass is 0, the figure undefined
+            assert np.isnan(got).all() and np.isnan(want).all()
+        # a voxel whose s.d. is 0 in float64 could be a few float32 roundings off 0 in the chain: compared
+        # where the s.d. is real signal (above 1e-3 of the mean; every voxel from the second volume on here)
+        real = sd > 1e-3 * np.abs(raw[:t + 1].mean(axis=0))
+        np.testing.assert_allclose(got[real], want[real], rtol=1e-5)
+        if t + 1 < TSNR_MIN_VOLUMES:
+            assert np.isnan(pre.tsnr.median())
+        else:
+            assert pre.tsnr.median() == pytest.approx(np.median(want[np.isfinite(want)]), rel=1e-5)
+    assert real.all() and mask.sum() <= 2000  # a plain median: every voxel
+    # the run path gives the figure at the last volume and, asked, the running median at every volume
+    whole = preprocess_run(data, affine, mask, cfg, tr_s=tr_s, stack=False, tsnr_curve=True)
+    np.testing.assert_allclose(whole.tsnr[real], want[real], rtol=1e-5)
+    assert whole.tsnr.dtype == np.float64 and whole.tsnr.shape == (mask.sum(),)
+    medians = [np.median(raw[:t + 1].mean(axis=0) / h[:t + 1].std(axis=0)) for t in range(TSNR_MIN_VOLUMES - 1,
+                                                                                        data.shape[3])]
+    assert np.isnan(whole.tsnr_curve[:TSNR_MIN_VOLUMES - 1]).all()
+    np.testing.assert_allclose(whole.tsnr_curve[TSNR_MIN_VOLUMES - 1:], medians, rtol=1e-5)
+    assert preprocess_run(data, affine, mask, cfg, tr_s=tr_s, stack=False).tsnr_curve is None  # only when asked
+    with pytest.raises(ValueError, match="tsnr_curve .* needs a causal configuration"):
+        preprocess_run(data, affine, mask, cfg.offline_variant(), tr_s=tr_s, stack=False, tsnr_curve=True)
+
+
+def test_offline_path_tsnr_is_mean_over_sd_of_the_whole_run_polynomial_residual(fmri1):
+    """The non-causal path (whole-run quadratic regression, whole-run z-score): tSNR before the z-score, mean of
+    the raw values over the s.d. of numpy's polyfit residuals."""
+    data, affine, mask = fmri1
+    cfg = PreprocessConfig(motion=False, detrend="offline", poly_order=2, normalize="zscore_run")
+    out = preprocess_run(data, affine, mask, cfg, tr_s=1.35, stack=False)
+    raw = data[mask].T.astype(np.float64)
+    t = np.arange(raw.shape[0], dtype=np.float64)
+    resid = raw - np.polynomial.polynomial.polyval(t, np.polynomial.polynomial.polyfit(t, raw, 2)).T
+    sd = resid.std(axis=0)
+    real = sd > 1e-3 * np.abs(raw.mean(axis=0))
+    assert real.all()
+    np.testing.assert_allclose(out.tsnr[real], raw.mean(axis=0)[real] / sd[real], rtol=1e-5)
+    np.testing.assert_allclose(out.values.mean(axis=0), 0.0, atol=1e-4)  # the values are z-scored after it

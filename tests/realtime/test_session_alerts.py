@@ -142,3 +142,50 @@ def test_a_run_whose_volumes_stopped_coming_is_said_between_volumes_until_it_end
     for m in volumes(kit.nifti)[12:]:  # the rest of the run comes: it ended, nothing stands
         eng.on_volume(m, time.time())
     assert stalled_run(eng, now=time.time() + 100) is None
+
+
+def test_a_run_much_noisier_than_the_training_runs_is_an_alert(kit, tmp_path):
+    """The run's tSNR so far (each result's ``tsnr``, from its 20th volume) against the bundle's Training runs'
+    after as many volumes: under half is an alert naming both figures; a bundle without the figure (made before
+    it was kept) never alerts. The real run (nitime's fmri1) is decoded; the Training figure is what is varied."""
+    from session_kit import with_training_tsnr
+
+    from realtime.preprocessing.qc import TSNR_MIN_VOLUMES
+    from realtime.session.alerts import TSNR_ALERT_RATIO, low_tsnr, tsnr_status
+
+    eng, results = _engine(kit, n=40)
+    assert eng.training_tsnr is None and low_tsnr(eng) is None and standing_alerts(eng) == []
+    assert all(r.tsnr is None for r in results[:TSNR_MIN_VOLUMES - 1])
+    got = [r.tsnr for r in results[TSNR_MIN_VOLUMES - 1:]]
+    assert all(t is not None and t > 0 for t in got)
+    assert eng.stats()["tsnr"] == {"runs": {"run-01": got[-1]}, "training": None}
+
+    def decoded(bundle):
+        e = SessionEngine(Decoder(bundle), Library(kit.library), None)
+        for m in volumes(kit.nifti):
+            e.on_volume(m, time.time())
+        assert e.last.tsnr == pytest.approx(got[-1])  # the same run, the same figure
+        return e
+
+    # the Training runs had 2.2 times this run's figure at their end (no curve): under half, alerted
+    noisy = decoded(with_training_tsnr(kit.bundle, str(tmp_path), 2.2 * got[-1]))
+    assert tsnr_status(noisy) == (got[-1], pytest.approx(2.2 * got[-1]))
+    assert noisy.last.tsnr < TSNR_ALERT_RATIO * noisy.training_tsnr
+    (alert,) = standing_alerts(noisy)
+    assert alert.startswith(f"run run-01: tSNR of the decoder's voxels {got[-1]:.0f} after 40 volumes, under half "
+                            f"the {2.2 * got[-1]:.0f} of its Training runs by then"), alert
+    assert "check the head coil" in alert
+    # 1.8 times: within the day-to-day spread the rule allows, no alert
+    fine = decoded(with_training_tsnr(kit.bundle, str(tmp_path), 1.8 * got[-1]))
+    assert low_tsnr(fine) is None and fine.stats()["tsnr"]["training"] == pytest.approx(1.8 * got[-1])
+
+    # with the Training runs' running curve, the figure after as many volumes is the reference, not the end's:
+    # their end at 1.8x (no alert above) but 2.2x after 40 volumes alerts; past the curve's end, its last value
+    curve = [None] * (TSNR_MIN_VOLUMES - 1) + [3.0 * got[-1]] * (40 - TSNR_MIN_VOLUMES) + [2.2 * got[-1]]
+    early = decoded(with_training_tsnr(kit.bundle, str(tmp_path), 1.8 * got[-1], curve))
+    assert early.tsnr_reference(40) == pytest.approx(2.2 * got[-1])
+    assert early.tsnr_reference(30) == pytest.approx(3.0 * got[-1])
+    assert early.tsnr_reference(400) == pytest.approx(2.2 * got[-1])
+    assert early.tsnr_reference(5) == pytest.approx(1.8 * got[-1])  # no running figure yet: the end's
+    assert low_tsnr(early).startswith(f"run run-01: tSNR of the decoder's voxels {got[-1]:.0f} after 40 volumes, "
+                                      f"under half the {2.2 * got[-1]:.0f}")

@@ -286,3 +286,23 @@ def test_button_presses_are_placed_from_the_runs_start():
     assert [(round(r["onset"], 6), r["response"], r["trial_type"], r["duration"]) for r in rows] == \
         [(2.5, "2", "response", 0.0), (29.9, "3", "response", 0.0)]
     assert set(rows[0]) == set(EVENT_COLUMNS) and rows[0]["clip"] == "n/a"
+
+
+def test_decoded_timeseries_of_a_record_without_tsnr_exports_it_as_na(tmp_path):
+    """A record made before the tSNR was kept (no ``tsnr`` key in its decisions) exports as before, with the
+    column n/a; a newer record's figures are written as recorded, n/a where None (a run's first volumes)."""
+    from realtime.session.bids import write_decoded_timeseries
+
+    def decision(i, **kw):
+        return {"index": i, "tr_s": 2.0, "decoded_index": None, "action": "keep", "clip": "a", "fd_mm": None,
+                "dvars_pct": 0.25 * i, "flagged": False, "stand_in": False, "embedding": None, **kw}
+
+    old = [decision(i) for i in range(3)]
+    path, side = write_decoded_timeseries(str(tmp_path / "old"), old)
+    rows = _read_events(path)
+    assert [r["tsnr"] for r in rows] == ["n/a"] * 3 and [r["dvars_pct"] for r in rows] == ["0", "0.25", "0.5"]
+    new = [decision(0, tsnr=None), decision(1, tsnr=48.123456789), decision(2, tsnr=47.5)]
+    path, side = write_decoded_timeseries(str(tmp_path / "new"), new)
+    rows = _read_events(path)
+    assert [r["tsnr"] for r in rows] == ["n/a", "48.1234568", "47.5"]  # 9 significant digits
+    assert json.loads(open(side).read())["tsnr"]["Units"] == ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import signal
 import socket
@@ -72,15 +73,21 @@ def test_session_end_to_end_results_pyneal_and_replay(kit, b2m_proc, endpoint, t
     past = pyneal_ask(host, int(port), 30)
     assert past["foundResults"] is True and past["clip"] == got[30].clip and past["action"] == got[30].action
     assert got[30].dvars_pct > 0 and past["dvars"] == pytest.approx(got[30].dvars_pct)  # QC reaches the results
+    assert got[30].tsnr > 0 and past["tsnr"] == pytest.approx(got[30].tsnr)
     np.testing.assert_allclose(past["embedding"], got[30].embedding, atol=1e-6)
     assert pyneal_ask(host, int(port), 400) == {"foundResults": False}  # a future volume
     sess.kill(signal.SIGTERM)
     assert sess.p.returncode == 0, sess.stderr()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["volumes"] == 40 and summary["counts"]["decoded"] == 38
-    page = (out / "report.html").read_text()
-    # music, latency and DVARS (no motion correction: no FD)
-    assert page.count("data:image/png;base64,") == 3 and "Latency per TR" in page and "Image change (DVARS)" in page
+    page = html.unescape((out / "report.html").read_text())
+    # music, latency, DVARS and tSNR (no motion correction: no FD)
+    assert page.count("data:image/png;base64,") == 4 and "Latency per TR" in page and "Image change (DVARS)" in page
+    # the run's tSNR at its last volume; the kit's bundle gives no Training runs' figure
+    assert summary["tsnr"] == {"runs": {"run-01": pytest.approx(got[-1].tsnr)}, "training": None}
+    said = f"run-01 {got[-1].tsnr:.0f} (no Training runs' figure in the model's bundle)"
+    assert f"<th>Temporal SNR of the decoder's voxels</th><td>{said}</td>" in page and "<h2>Temporal SNR</h2>" in page
+    assert f"tsnr\t{said}\n" in sess.stderr()
     assert summary["counts"]["switches"] == sum(r.action == "switch" for r in got) >= 1
     info = sf.info(str(out / "feedback.wav"))
     assert info.samplerate == 48000 and info.frames >= 40 * 1.35 * 48000  # the whole run, on the scanner's clock

@@ -8,7 +8,7 @@ import time
 import nibabel as nib
 import numpy as np
 import pytest
-from session_kit import DELAYS, kit_fixture, make_bundle, volumes
+from session_kit import DELAYS, kit_fixture, make_bundle, volumes, with_training_tsnr
 
 from music.library import Library
 from protocols.library import EmbedderMismatch
@@ -263,6 +263,42 @@ def test_dashboard_shows_the_session_state(kit, tmp_path):
         assert stage in text
     assert f"switches {eng.counts['switches']}" in text and "audio underruns 0" in text
     assert "lag behind scanner" in text and "next candidate" in text
+
+
+def test_dashboard_shows_the_runs_tsnr_beside_the_training_runs_red_under_half(kit, tmp_path):
+    """The run's tSNR so far (the latest result's) on the dashboard, beside the Training runs' from the bundle's
+    ``qc.tsnr`` (the kit's bundle has none: copies with one are made here); red, with the alert, under half the
+    Training runs'; ``tSNR —`` before the run has 20 volumes."""
+    from rich.console import Console
+
+    from realtime.preprocessing.qc import TSNR_MIN_VOLUMES
+    from realtime.session import Dashboard
+
+    def shown(engine) -> tuple[str, str]:
+        console = Console(record=True, width=200, file=open(tmp_path / "tty.txt", "w"), force_terminal=True,
+                          color_system="standard")
+        console.print(Dashboard(engine, console=console).render())
+        return console.export_text(styles=True, clear=False), console.export_text()
+
+    eng, results, _ = run_engine(kit, tmp_path, output=False, record=False)
+    tsnr = results[-1].tsnr
+    assert tsnr is not None and tsnr > 0 and eng.training_tsnr is None
+    styled, text = shown(eng)
+    row = next(line for line in text.splitlines() if "tSNR" in line)
+    assert f"tSNR {tsnr:.0f}" in row and "training" not in row  # a bundle without the figure: the run's alone
+    within = with_training_tsnr(kit.bundle, str(tmp_path), 1.5 * tsnr)  # within the rule: shown, not red
+    styled, text = shown(run_engine(kit, tmp_path, output=False, record=False, decoder=Decoder(within))[0])
+    assert f"tSNR {tsnr:.0f} (training {1.5 * tsnr:.0f})" in text
+    assert "\x1b[1;31mtSNR" not in styled and "Training runs" not in text
+    under = with_training_tsnr(kit.bundle, str(tmp_path), 2.5 * tsnr)  # under half: red, and the alert below
+    styled, text = shown(run_engine(kit, tmp_path, output=False, record=False, decoder=Decoder(under))[0])
+    assert f"\x1b[1;31mtSNR {tsnr:.0f} (training {2.5 * tsnr:.0f})" in styled
+    assert f"under half the {2.5 * tsnr:.0f} of its" in " ".join(text.split())
+
+    early, _, _ = run_engine(kit, tmp_path, msgs=volumes(kit.nifti)[:TSNR_MIN_VOLUMES - 1], output=False,
+                             record=False)
+    assert early.last.tsnr is None
+    assert "tSNR —" in shown(early)[1]
 
 
 def test_dashboard_shows_the_scanner_trigger(kit, tmp_path):

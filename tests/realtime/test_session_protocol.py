@@ -318,4 +318,13 @@ def test_export_writes_each_runs_decisions_and_decoded_embeddings_as_a_derivativ
         else:  # float32 written with 9 significant digits comes back bit for bit
             back = np.array([row[f"e{k:03d}"] for k in range(d["embedding"].size)], dtype=np.float32)
             np.testing.assert_array_equal(back, d["embedding"])
-    assert json.loads(tsv.with_suffix(".json").read_text())["onset"]["Units"] == "s"
+        # the run's tSNR so far, as each decision recorded it (n/a before the run's 20th volume)
+        if d["tsnr"] is None:
+            assert row["tsnr"] == "n/a"
+        else:  # 9 significant digits
+            assert float(row["tsnr"]) == pytest.approx(d["tsnr"], rel=1e-8)
+    assert [row["tsnr"] == "n/a" for row in rows] == [True] * 19 + [False] * 21
+    assert list(rows[0]).index("tsnr") == list(rows[0]).index("dvars_pct") + 1
+    side = json.loads(tsv.with_suffix(".json").read_text())
+    assert side["onset"]["Units"] == "s" and side["tsnr"]["Units"] == ""
+    assert "temporal SNR" in side["tsnr"]["Description"]
