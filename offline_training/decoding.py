@@ -280,6 +280,9 @@ def clip_metrics(presentations: dict[str, list[np.ndarray]], targets: StimulusTa
         "nway": ev.nway_topk(avg, true, ks=(1, 5)),
         "per_dim_correlation_mean": float(np.mean(ev.per_dim_correlation(avg, true))),
         "retrieval_genre_agreement": ev.retrieval_genre_agreement(avg, train_clip_emb, train_genres, genres),
+        "retrieval_genre_confusion": ev.retrieval_genre_confusion(avg, train_clip_emb, train_genres, genres),
+        # which genres the decoder tells their clips apart in, beyond genre (each clip against its genre's others)
+        "within_genre_identification_by_genre": ev.by_genre(within, genres),
     }
     # single presentations: each presentation alone against the test clips' targets
     sp = ev.unit_rows(np.stack([p for k in keys for p in presentations[k]]))

@@ -29,7 +29,7 @@ __all__ = ["unit_rows", "corr_matrix", "finite_mean", "identification_accuracy",
            "identification_per_presentation",
            "identification_permutation_p", "nway_topk",
            "bootstrap_ci", "per_dim_correlation", "explainable_variance", "genre_prior_predictions",
-           "retrieval_genre_agreement", "tag_agreement"]
+           "retrieval_genre_agreement", "retrieval_genre_confusion", "by_genre", "tag_agreement"]
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -262,6 +262,37 @@ def retrieval_genre_agreement(pred: np.ndarray, library_emb: np.ndarray, library
     lg = np.asarray(library_genres)
     tg = np.asarray(true_genres)
     return {f"top{k}": float(np.mean([tg[i] in set(lg[order[i, :k]]) for i in range(len(p))])) for k in ks}
+
+
+def retrieval_genre_confusion(pred: np.ndarray, library_emb: np.ndarray, library_genres, true_genres) -> dict:
+    """Which genres the retrieved clips have, for each true genre: the confusion behind ``top1`` of
+    :func:`retrieval_genre_agreement` (its diagonal over the clips is that figure).
+
+    Returns
+    -------
+    dict
+        ``genres`` (sorted, every genre of the clips or the library) and ``counts``: a list of rows, row i the
+        clips of true genre i, column j how many of them retrieved (cosine, top 1) a library clip of genre j.
+    """
+    p, lib = unit_rows(pred), unit_rows(library_emb)
+    got = np.asarray(library_genres)[np.argmax(p @ lib.T, axis=1)]
+    tg = np.asarray(true_genres)
+    labels = sorted(set(tg.tolist()) | set(np.asarray(library_genres).tolist()))
+    index = {g: i for i, g in enumerate(labels)}
+    counts = np.zeros((len(labels), len(labels)), int)
+    np.add.at(counts, ([index[g] for g in tg], [index[g] for g in got]), 1)
+    return {"genres": labels, "counts": counts.tolist()}
+
+
+def by_genre(values, genres) -> dict:
+    """The mean of per-clip ``values`` (NaN left out) within each genre, and how many clips count: ``{genre:
+    {"mean": float or None, "n_clips": int}}``, genres sorted. For within-genre identification per genre."""
+    v, g = np.asarray(values, np.float64), np.asarray(genres)
+    out = {}
+    for name in sorted(set(g.tolist())):
+        x = v[(g == name) & np.isfinite(v)]
+        out[name] = {"mean": float(x.mean()) if x.size else None, "n_clips": int(x.size)}
+    return out
 
 
 def tag_agreement(pred_tags: np.ndarray, true_tags: np.ndarray, k: int = 5) -> float:

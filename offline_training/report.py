@@ -1,8 +1,10 @@
 """``BUNDLE/report.html``: a self-contained page a scientist reads at a glance.
 
 Figures are PNGs embedded as base64: the identification matrix, per-dimension
-correlations, the chosen alphas, the encoding map on the brain, and predicted
-vs true tags of a few test clips. The encoding map is also written as
+correlations, the chosen alphas, the encoding map on the brain, the noise
+ceiling, the genre of the retrieved clip against the true one (a confusion
+matrix) beside within-genre identification per genre, and predicted vs true
+tags of a few test clips. The encoding map is also written as
 ``BUNDLE/encoding_corr.nii.gz`` in the subject's space.
 """
 
@@ -80,6 +82,49 @@ def _ceiling_figures(out: str, ev: np.ndarray, enc_corr: np.ndarray, sel: np.nda
     return figs
 
 
+def _genre_figure(res: dict) -> str | None:
+    """The genre of the Training clip retrieved from each decoded Test clip against its own (rows: true genre,
+    shares of its clips), beside within-genre identification per genre (each clip against its genre's others;
+    chance 0.5). None if the metrics have neither."""
+    conf, by = res.get("retrieval_genre_confusion"), res.get("within_genre_identification_by_genre")
+    if not conf and not by:
+        return None
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
+    if conf:
+        counts = np.asarray(conf["counts"], float)
+        share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        im = a.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        names = conf["genres"]
+        a.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+        a.set_yticks(range(len(names)), names, fontsize=8)
+        for i, j in zip(*np.nonzero(counts)):
+            a.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7,
+                   color="white" if share[i, j] > 0.6 else "black")
+        a.set_xlabel("genre of the Training clip retrieved (top 1)")
+        a.set_ylabel("true genre of the Test clip")
+        agree = np.trace(counts) / max(counts.sum(), 1)
+        a.set_title(f"Retrieved genre (agreement {agree:.2f}; numbers are clips)")
+        fig.colorbar(im, ax=a, shrink=0.8, label="share of the row's clips")
+    else:
+        a.axis("off")
+    if by:
+        names = list(by)
+        vals = [np.nan if by[g]["mean"] is None else by[g]["mean"] for g in names]
+        b.bar(range(len(names)), vals, color="#4477aa")
+        b.axhline(0.5, color="k", lw=0.8, ls="--", label="chance")
+        b.set_xticks(range(len(names)), [f"{g} ({by[g]['n_clips']})" for g in names], rotation=60, ha="right",
+                     fontsize=8)
+        b.set_ylim(0, 1)
+        b.set_ylabel("within-genre identification")
+        b.set_title("Within-genre identification per genre (clips)")
+        b.legend(fontsize=8)
+    else:
+        b.axis("off")
+    return _png(fig)
+
+
 def write_report(out: str, metrics: dict, arrays: dict, state: dict, enc_corr: np.ndarray, brain: np.ndarray,
                  affine: np.ndarray, reference: np.ndarray, targets, ev: np.ndarray | None = None) -> str:
     import matplotlib
@@ -144,6 +189,9 @@ def write_report(out: str, metrics: dict, arrays: dict, state: dict, enc_corr: n
         axes[0].legend(fontsize=8)
         fig.suptitle("Top tags of test clips: true vs read out from the decoded embedding")
         figs["tags"] = _png(fig)
+    genre_fig = _genre_figure(metrics.get("causal", {}))
+    if genre_fig:
+        figs["genres"] = genre_fig
     rows = []
 
     def row(name, key, fmt="{:.3f}"):
@@ -191,6 +239,7 @@ def write_report(out: str, metrics: dict, arrays: dict, state: dict, enc_corr: n
              for k, t in (("identification", "Identification"), ("per_dim", "Per-dimension correlation"),
                           ("alphas", "Chosen alphas"), ("encoding", "Encoding map"),
                           ("ceiling_map", "Noise ceiling map"), ("ceiling", "Encoding model against the noise ceiling"),
+                          ("genres", "Genres: what is retrieved, and what is told apart within each"),
                           ("tags", "Tags"))
              if k in figs]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>brain2music-rt model report</title>

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from offline_training.decoding import clip_metrics
 from offline_training.targets import ExcerptEmbeddings, StimulusTargets
@@ -64,3 +65,35 @@ def test_tag_agreement_reads_tags_with_a_map_fit_on_training_excerpts_only(rng):
                                                tags=np.full(n_tags, 0.5), genre=targets[test[0]].genre)
     again = clip_metrics(pres, targets, train_emb, [k[:2] for k in train], train_emb.mean(0))
     np.testing.assert_array_equal(again["_arrays"]["pred_tags"], res["_arrays"]["pred_tags"])
+
+
+def test_within_genre_identification_by_genre_counts_each_genres_comparisons(rng):
+    """Per genre: the share of each clip's comparisons with the other clips of its genre that it wins (the
+    correlation with its own target above a foil's), counted here by brute force; over the genres, weighted by
+    their clips, it is the overall within-genre figure. A genre of one clip has no foil: no figure."""
+    keys = [f"g{k % 3}.{k:05d}@000.000" for k in range(13)]  # g0 has 5 clips, g1 and g2 4 each
+    keys.append("g9.99999@000.000")  # alone in its genre
+    targets = StimulusTargets()
+    for k in keys:
+        clip = rng.standard_normal(8) + 2.0
+        targets.by_id[k] = ExcerptEmbeddings(clip=clip / np.linalg.norm(clip), windows=clip[None], tags=np.zeros(2),
+                                             genre=k[:2])
+    pres = {k: [targets[k].clip + 0.5 * rng.standard_normal(8)] for k in keys}
+    train_emb = np.stack([targets[k].clip for k in keys])
+    res = clip_metrics(pres, targets, train_emb, [k[:2] for k in keys], train_emb.mean(0))
+    by = res["within_genre_identification_by_genre"]
+    order = sorted(keys)
+    for g in ("g0", "g1", "g2"):
+        members = [k for k in order if k.startswith(g)]
+        wins = []
+        for k in members:
+            own = np.corrcoef(pres[k][0], targets[k].clip)[0, 1]
+            wins += [own > np.corrcoef(pres[k][0], targets[f].clip)[0, 1] for f in members if f != k]
+        assert by[g]["n_clips"] == len(members)
+        assert by[g]["mean"] == pytest.approx(np.mean(wins))  # each clip has the same number of foils
+    assert by["g9"] == {"mean": None, "n_clips": 0}
+    weighted = sum(v["mean"] * v["n_clips"] for v in by.values() if v["n_clips"]) / sum(v["n_clips"] for v in
+                                                                                       by.values())
+    assert weighted == pytest.approx(res["within_genre_identification_accuracy"])
+    conf = res["retrieval_genre_confusion"]
+    assert conf["genres"] == ["g0", "g1", "g2", "g9"] and np.sum(conf["counts"]) == len(keys)

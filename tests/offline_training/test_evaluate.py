@@ -10,7 +10,8 @@ from offline_training.evaluate import (bootstrap_ci, corr_matrix, explainable_va
                                        identification_accuracy, identification_per_clip,
                                        identification_per_presentation,
                                        identification_permutation_p, nway_topk,
-                                       per_dim_correlation, retrieval_genre_agreement, tag_agreement)
+                                       per_dim_correlation, retrieval_genre_agreement, retrieval_genre_confusion,
+                                       tag_agreement)
 
 
 def _brute_identification(pred, true, same=None):
@@ -167,3 +168,25 @@ def test_permutation_p_of_a_perfect_and_a_genre_only_decoder(rng):
     one_each = np.array(["a", "b", "c"])
     assert np.isnan(identification_accuracy(true[:3], true[:3], genres=one_each, foils="same_genre"))
     assert np.isnan(identification_permutation_p(true[:3], true[:3], genres=one_each, foils="same_genre"))
+
+
+def test_retrieval_genre_confusion_is_sklearns_confusion_of_the_nearest_library_clip(rng):
+    """Rows the true genre, columns the genre of the library clip nearest by cosine (found here by a loop):
+    scikit-learn's confusion matrix; its diagonal over the clips is ``retrieval_genre_agreement``'s top1."""
+    from sklearn.metrics import confusion_matrix
+
+    lib = rng.standard_normal((30, 6))
+    lib_genres = [("jazz", "rock", "metal")[k % 3] for k in range(30)]
+    pred = rng.standard_normal((20, 6))
+    true_genres = [("jazz", "rock", "metal", "pop")[k % 4] for k in range(20)]  # pop: no library clip
+    res = retrieval_genre_confusion(pred, lib, lib_genres, true_genres)
+    nearest = []
+    for p in pred:
+        cos = [p @ q / np.linalg.norm(p) / np.linalg.norm(q) for q in lib]
+        nearest.append(lib_genres[int(np.argmax(cos))])
+    labels = ["jazz", "metal", "pop", "rock"]
+    assert res["genres"] == labels
+    np.testing.assert_array_equal(res["counts"], confusion_matrix(true_genres, nearest, labels=labels))
+    counts = np.asarray(res["counts"])
+    assert np.trace(counts) / counts.sum() == retrieval_genre_agreement(pred, lib, lib_genres, true_genres)["top1"]
+    assert counts[labels.index("pop")].sum() == 5 and counts[:, labels.index("pop")].sum() == 0

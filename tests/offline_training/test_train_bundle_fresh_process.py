@@ -130,6 +130,17 @@ def test_train_writes_metrics_config_and_caches(trained):
     assert f"{saved['nway']['n_way']}-way identification, top-1" in report
     lo, hi = saved["within_genre_identification_accuracy_ci95"]  # the headline gives both goals' figures with CIs
     assert f"within-genre identification {saved['within_genre_identification_accuracy']:.3f}</b> (95% CI {lo:.3f}-{hi:.3f})" in report
+    # the genres behind the figures: the retrieved genre's confusion (its diagonal is the agreement) and
+    # within-genre identification per genre (weighted by clips, the headline figure)
+    conf = np.asarray(saved["causal"]["retrieval_genre_confusion"]["counts"])
+    assert conf.sum() == saved["causal"]["n_test_clips"]
+    assert np.trace(conf) / conf.sum() == pytest.approx(saved["causal"]["retrieval_genre_agreement"]["top1"])
+    by = saved["causal"]["within_genre_identification_by_genre"]
+    assert sorted(by) == sorted(GENRES)
+    assert sum(v["mean"] * v["n_clips"] for v in by.values()) / sum(v["n_clips"] for v in by.values()) == \
+        pytest.approx(saved["within_genre_identification_accuracy"])
+    assert "Genres: what is retrieved, and what is told apart within each" in report
+    assert "Temporal SNR of the selected voxels in the Training runs" in report
     assert json.loads((out / "config.json").read_text())["n_voxels"] == 60
     assert len(list((root / "derivatives" / "b2m" / "preproc" / "sub-001").glob("*.npy"))) == 4
     assert (out / "report.html").is_file()
