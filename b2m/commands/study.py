@@ -20,18 +20,19 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from realtime.session.study import COLUMNS, cell, compare_groups, session_row
+    from realtime.session.study import COLUMNS, QUALITY, cell, compare_groups, describe_comparison, session_row
 
     rows = [session_row(s) for s in args.sessions]
     table = "\n".join(["\t".join(COLUMNS)] + ["\t".join(cell(r[c]) for c in COLUMNS) for r in rows]) + "\n"
     cmp = compare_groups(rows)
-    line = ("music match (mean cosine of decoded and heard), real against sham: "
-            + "; ".join(f"{g} n={cmp[g]['n']} mean {cell(cmp[g]['mean'])} sd {cell(cmp[g]['sd'])}"
-                        for g in ("real", "sham"))
-            + (f"; Welch t {cmp['welch_t']:.3f}, p {cmp['p']:.4f}" if cmp["p"] is not None
-               else "; no test (it needs two sessions of each)"))
+    line = "music match (mean cosine of decoded and heard), real against sham: " + describe_comparison(cmp)
+    quality = {k: compare_groups(rows, k) for k in QUALITY}  # the confound check: these should not differ
+    names = {"mean_fd_mm": "mean FD (mm)", "median_tsnr": "tSNR of the decoder's voxels"}
+    quality_line = "data quality, real against sham: " + " | ".join(
+        f"{names[k]}: {describe_comparison(c)}" for k, c in quality.items())
     sys.stdout.write(table)
     print(line)
+    print(quality_line)
     if args.out:
         from realtime.session.study import write_study_page
 
@@ -39,7 +40,8 @@ def run(args) -> int:
         with open(os.path.join(args.out, "study.tsv"), "w") as f:
             f.write(table)
         with open(os.path.join(args.out, "study.json"), "w") as f:
-            json.dump({"sessions": rows, "music_match_real_vs_sham": cmp}, f, indent=2)
-        write_study_page(os.path.join(args.out, "study.html"), rows, cmp, line)
+            json.dump({"sessions": rows, "music_match_real_vs_sham": cmp,
+                       **{f"{k}_real_vs_sham": c for k, c in quality.items()}}, f, indent=2)
+        write_study_page(os.path.join(args.out, "study.html"), rows, cmp, line, quality_line)
         print(f"wrote {args.out}/study.tsv, study.json, study.html", file=sys.stderr)
     return 0

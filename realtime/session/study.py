@@ -3,11 +3,15 @@
 Each session folder is read from its record (the decisions, ``yoked.json`` and
 ``session_config.json``), not from its ``summary.json``, so a session that
 crashed before its summary counts too. Per session: whether it was real or a
-sham (and whose music), runs, volumes, decoded TRs, switches, mean FD, and
+sham (and whose music), runs, volumes, decoded TRs, switches, mean FD, the
+median over runs of each run's temporal SNR of the decoder's voxels, and
 :func:`~realtime.session.report.music_match` (overall and per block
 condition). Over sessions: the manipulation check, music match of real
 against sham sessions (mean, s.d., Welch's t-test), the check a reviewer asks
-for to see that real feedback followed the brain and the sham did not.
+for to see that real feedback followed the brain and the sham did not; and
+the same comparison of head motion and tSNR, the data-quality confound check
+(the groups should not differ in them, or a difference in outcome could be
+one of data quality).
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ from .operator import read_unheard
 from .report import music_match
 from .yoked import own_agreement, read_yoked
 
-__all__ = ["session_row", "compare_groups", "write_study_page", "cell", "COLUMNS"]
+__all__ = ["session_row", "compare_groups", "describe_comparison", "write_study_page", "cell", "COLUMNS", "QUALITY"]
 
 COLUMNS = ("session", "participant", "feedback", "yoked_to", "runs", "volumes", "decoded", "switches", "mean_fd_mm",
-           "music_match", "music_match_feedback", "music_match_neutral", "own_agreement")
+           "median_tsnr", "music_match", "music_match_feedback", "music_match_neutral", "own_agreement")
+#: Compared between real and sham sessions beside the music match: the groups should not differ in them.
+QUALITY = ("mean_fd_mm", "median_tsnr")
 
 
 def cell(v) -> str:
@@ -55,6 +61,10 @@ def session_row(session_dir) -> dict:
     yoked = read_yoked(session_dir)
     match = music_match(results, library, read_unheard(session_dir))  # TRs no one heard are left out
     fd = [r.fd_mm for r in results if r.fd_mm is not None]
+    last_tsnr = {}  # each run's figure at its last volume that has one (results are in order within a run)
+    for r in results:
+        if r.tsnr is not None:
+            last_tsnr[r.run_id] = r.tsnr
     return {"session": session_dir,
             "participant": (info.get("allocation") or {}).get("participant") or os.path.basename(session_dir),
             "feedback": "sham" if yoked is not None else "real",
@@ -63,6 +73,7 @@ def session_row(session_dir) -> dict:
             "decoded": sum(r.embedding is not None for r in results),
             "switches": sum(r.action == "switch" for r in results),
             "mean_fd_mm": float(np.mean(fd)) if fd else None,
+            "median_tsnr": float(np.median(list(last_tsnr.values()))) if last_tsnr else None,
             "music_match": (match.get("all") or {}).get("mean_cosine"),
             "music_match_feedback": (match.get("feedback") or {}).get("mean_cosine"),
             "music_match_neutral": (match.get("neutral") or {}).get("mean_cosine"),
@@ -72,7 +83,7 @@ def session_row(session_dir) -> dict:
 def compare_groups(rows: list[dict], key: str = "music_match") -> dict:
     """``key`` of real against sham sessions: n, mean and s.d. per group, and Welch's t-test (two-sided).
 
-    The test needs two sessions in each group; otherwise ``t`` and ``p`` are None.
+    The test needs two sessions in each group, and some spread in them; otherwise ``t`` and ``p`` are None.
     """
     from scipy import stats
 
@@ -83,14 +94,22 @@ def compare_groups(rows: list[dict], key: str = "music_match") -> dict:
         out[g] = {"n": int(v.size), "mean": float(v.mean()) if v.size else None,
                   "sd": float(v.std(ddof=1)) if v.size > 1 else None}
     t = p = None
-    if all(v.size >= 2 for v in groups.values()):
+    if all(v.size >= 2 for v in groups.values()) and any(v.var() > 0 for v in groups.values()):
         res = stats.ttest_ind(groups["real"], groups["sham"], equal_var=False)
         t, p = float(res.statistic), float(res.pvalue)
     out["welch_t"], out["p"] = t, p
     return out
 
 
-def write_study_page(path: str, rows: list[dict], comparison: dict, headline: str) -> str:
+def describe_comparison(cmp: dict) -> str:
+    """One comparison of :func:`compare_groups` in a line: each group's n, mean and s.d., then the test."""
+    return ("; ".join(f"{g} n={cmp[g]['n']} mean {cell(cmp[g]['mean'])} sd {cell(cmp[g]['sd'])}"
+                      for g in ("real", "sham"))
+            + (f"; Welch t {cmp['welch_t']:.3f}, p {cmp['p']:.4f}" if cmp["p"] is not None
+               else "; no test (it needs two sessions of each, not all alike)"))
+
+
+def write_study_page(path: str, rows: list[dict], comparison: dict, headline: str, quality: str = "") -> str:
     """``study.html``: the headline, the table, and each session's music match by group (a strip plot)."""
     import html
 
@@ -118,7 +137,9 @@ def write_study_page(path: str, rows: list[dict], comparison: dict, headline: st
     body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(r[c]))}</td>" for c in COLUMNS) + "</tr>" for r in rows)
     extra = f"<h2>Sessions</h2><table><tr>{head}</tr>{body}</table>"
     page = html_page("b2m study", "Study: real against sham feedback",
-                     [("Manipulation check", headline)], [("Music match per session", figure)], extra=extra)
+                     [("Manipulation check", headline), *([("Data quality (should not differ)", quality)]
+                                                          if quality else [])],
+                     [("Music match per session", figure)], extra=extra)
     with open(path, "w") as f:
         f.write(page)
     return path

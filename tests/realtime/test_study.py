@@ -94,6 +94,20 @@ def test_study_puts_real_and_sham_sessions_side_by_side(kit, tmp_path, b2m_proc)
     assert saved["welch_t"] == pytest.approx(t, rel=1e-9)
     assert saved["p"] == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-9)
     assert f"Welch t {t:.3f}" in lines[5]
+    # data quality, the confound check: each session's tSNR is the median over its runs of the last figure the
+    # record gives per run (read here from the decisions); the four decoded the same scan through the same
+    # mask, so the figures agree and no test is run (no spread), the FD is n/a (the kit has no motion step)
+    for row, folder in zip(rows, (real_a, real_b, sham_a, sham_b)):
+        logged = dict(run_decisions(folder))["run-01"]
+        last = [d["tsnr"] for d in sorted(logged, key=lambda d: d["index"]) if d.get("tsnr") is not None][-1]
+        assert float(row["median_tsnr"]) == pytest.approx(last, abs=1e-4) and row["mean_fd_mm"] == "n/a"
+    quality = json.loads((tmp_path / "study" / "study.json").read_text())
+    assert quality["median_tsnr_real_vs_sham"]["real"]["n"] == 2 and quality["median_tsnr_real_vs_sham"]["p"] is None
+    assert quality["median_tsnr_real_vs_sham"]["real"]["sd"] == 0.0
+    assert quality["mean_fd_mm_real_vs_sham"]["real"]["n"] == 0
+    assert lines[6].startswith("data quality, real against sham: mean FD (mm): real n=0")
+    assert "tSNR of the decoder's voxels: real n=2" in lines[6]
+    assert "Data quality (should not differ)" in (tmp_path / "study" / "study.html").read_text()
     assert "Study: real against sham feedback" in (tmp_path / "study" / "study.html").read_text()
     assert (tmp_path / "study" / "study.tsv").read_text().splitlines()[0].split("\t") == header
 
@@ -103,7 +117,7 @@ def test_study_with_one_session_per_group_runs_no_test_and_a_folder_without_deci
     real = session(kit, tmp_path / "A", kit.bundle)
     p = b2m_proc("study", real, name="study")
     assert p.wait(timeout=120) == 0, p.stderr()
-    assert "no test (it needs two sessions of each)" in p.stdout() and "sham n=0 mean n/a" in p.stdout()
+    assert "no test (it needs two sessions of each, not all alike)" in p.stdout() and "sham n=0 mean n/a" in p.stdout()
     empty = tmp_path / "empty"
     empty.mkdir()
     write_session_info(empty, {"library": kit.library})
