@@ -34,7 +34,7 @@ from ._manifest import read_manifest as _read_manifest
 from .errors import ProtocolError
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "BundleError", "REQUIRED_FILES", "read_bundle_manifest",
-           "training_tsnr", "validate_bundle", "write_bundle_manifest"]
+           "training_tsnr", "training_tsnr_curve", "validate_bundle", "write_bundle_manifest"]
 
 BUNDLE_FORMAT = "b2m-model-bundle"
 BUNDLE_VERSION = 1
@@ -143,6 +143,14 @@ def training_tsnr(manifest: dict, n_volumes: int | None = None, where: str = "ma
         if c is not None:
             return float(c)
     return None if v is None else float(v)
+
+
+def training_tsnr_curve(manifest: dict) -> list | None:
+    """The Training runs' running tSNR per volume (``qc.tsnr.curve``: entry n - 1 after n volumes, None before
+    the figure exists), checked as :func:`training_tsnr` checks it; None for a bundle without it."""
+    training_tsnr(manifest)  # refuses a malformed block
+    curve = ((manifest.get("qc") or {}).get("tsnr") or {}).get("curve")
+    return [None if c is None else float(c) for c in curve] if curve else None
 
 
 def write_bundle_manifest(bundle: str | os.PathLike, manifest: dict) -> str:

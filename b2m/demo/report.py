@@ -66,7 +66,8 @@ def write_report(path: str, summary: dict, timeline: list[dict], results, librar
              "session, which decoded every TR and chose the music.</p>\n")
     page = html_page("brain2music-rt demo", "brain2music-rt demo: a simulated participant, decoded live", rows,
                      _truth_figure(timeline, summary) + session_figures(
-                         results, library, training_tsnr=(summary.get("tsnr") or {}).get("training")), intro, audio)
+                         results, library, training_tsnr=(summary.get("tsnr") or {}).get("training"),
+                         training_curve=(summary.get("tsnr") or {}).get("training_curve")), intro, audio)
     with open(path, "w") as f:
         f.write(page)
     return path

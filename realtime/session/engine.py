@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from nibabel.affines import voxel_sizes
 
-from protocols.bundle import training_tsnr
+from protocols.bundle import training_tsnr, training_tsnr_curve
 from protocols.wire import Result
 
 from ..clocks import CLOCK_WARN_S, SenderClock, describe_offset
@@ -585,5 +585,6 @@ class SessionEngine(EngineSound):
             out["clock_offset_s"] = clocks
         tsnr = {r.run_id: r.tsnr for r in list(self.runs.values()) if r.tsnr is not None}
         if tsnr:  # each run's temporal SNR at its last volume, beside the Training runs'
-            out["tsnr"] = {"runs": tsnr, "training": self.training_tsnr}
+            out["tsnr"] = {"runs": tsnr, "training": self.training_tsnr,
+                           "training_curve": training_tsnr_curve(self.decoder.manifest)}
         return out

@@ -122,7 +122,7 @@ def describe_tsnr(tsnr: dict) -> str:
 
 
 def session_figures(results, library, fd_threshold_mm: float = 0.5, *,
-                    training_tsnr: float | None = None) -> list[tuple[str, str]]:
+                    training_tsnr: float | None = None, training_curve: list | None = None) -> list[tuple[str, str]]:
     """``(title, base64 PNG)`` for: the music over time, latency per stage, head motion, DVARS and the running
     temporal SNR (the last three where the results have them).
 
@@ -130,7 +130,9 @@ def session_figures(results, library, fd_threshold_mm: float = 0.5, *,
     time is the volume index (one TR each), per run. The blocks of a block
     design (the results' ``condition``) are shaded behind the music (silence
     and neutral blocks). ``training_tsnr``: the Training runs' temporal SNR
-    (the bundle's ``qc.tsnr``), drawn dashed across the tSNR plot.
+    (the bundle's ``qc.tsnr``), drawn dashed across the tSNR plot; with
+    ``training_curve`` (their running figure per volume), that curve is drawn
+    under each run instead, as each run's figure is compared with it.
     """
     import matplotlib
 
@@ -220,10 +222,22 @@ def session_figures(results, library, fd_threshold_mm: float = 0.5, *,
             pts = [(k, r.tsnr) for k, r in enumerate(results) if r.run_id == run_id and r.tsnr is not None]
             if pts:
                 ax.plot(*np.array(pts).T, lw=0.8, color="tab:brown")
-        if training_tsnr:
+        top = max(ts)
+        if training_curve:  # the Training runs' figure after as many volumes, what each run is compared with
+            label = "Training runs after as many volumes"
+            for run_id in runs:
+                pts = [(k, training_curve[min(r.index, len(training_curve) - 1)]) for k, r in enumerate(results)
+                       if r.run_id == run_id]
+                pts = [(k, v) for k, v in pts if v is not None]
+                if pts:
+                    ax.plot(*np.array(pts).T, color="0.3", ls="--", lw=0.8, label=label)
+                    top, label = max(top, max(v for _, v in pts)), None
+            ax.legend(fontsize=8)
+        elif training_tsnr:
             ax.axhline(training_tsnr, color="0.3", ls="--", lw=0.8, label=f"Training runs ({training_tsnr:.0f})")
             ax.legend(fontsize=8)
-        ax.set_ylim(0, 1.1 * max(max(ts), training_tsnr or 0.0))
+            top = max(top, training_tsnr)
+        ax.set_ylim(0, 1.1 * top)
         ax.set_xlabel("TR (all runs in order)")
         ax.set_ylabel("tSNR")
         ax.set_title(f"Temporal SNR of the decoder's voxels, each run's so far (from its {TSNR_MIN_VOLUMES}th volume)")
@@ -311,7 +325,8 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
                      f"{agree} of decoded TRs"))
     page = html_page("b2m session report", "Session report", rows,
                      session_figures(results, library, fd_threshold_mm,
-                                     training_tsnr=(tsnr or {}).get("training")) if results else [])
+                                     training_tsnr=(tsnr or {}).get("training"),
+                                     training_curve=(tsnr or {}).get("training_curve")) if results else [])
     with open(path, "w") as f:
         f.write(page)
     return path

@@ -158,7 +158,7 @@ def test_a_run_much_noisier_than_the_training_runs_is_an_alert(kit, tmp_path):
     assert all(r.tsnr is None for r in results[:TSNR_MIN_VOLUMES - 1])
     got = [r.tsnr for r in results[TSNR_MIN_VOLUMES - 1:]]
     assert all(t is not None and t > 0 for t in got)
-    assert eng.stats()["tsnr"] == {"runs": {"run-01": got[-1]}, "training": None}
+    assert eng.stats()["tsnr"] == {"runs": {"run-01": got[-1]}, "training": None, "training_curve": None}
 
     def decoded(bundle):
         e = SessionEngine(Decoder(bundle), Library(kit.library), None)
@@ -187,5 +187,7 @@ def test_a_run_much_noisier_than_the_training_runs_is_an_alert(kit, tmp_path):
     assert early.tsnr_reference(30) == pytest.approx(3.0 * got[-1])
     assert early.tsnr_reference(400) == pytest.approx(2.2 * got[-1])
     assert early.tsnr_reference(5) == pytest.approx(1.8 * got[-1])  # no running figure yet: the end's
+    assert early.stats()["tsnr"]["training_curve"] == pytest.approx(curve)  # for the report's figure
+    assert fine.stats()["tsnr"]["training_curve"] is None
     assert low_tsnr(early).startswith(f"run run-01: tSNR of the decoder's voxels {got[-1]:.0f} after 40 volumes, "
                                       f"under half the {2.2 * got[-1]:.0f}")

@@ -84,7 +84,8 @@ def test_session_end_to_end_results_pyneal_and_replay(kit, b2m_proc, endpoint, t
     # music, latency, DVARS and tSNR (no motion correction: no FD)
     assert page.count("data:image/png;base64,") == 4 and "Latency per TR" in page and "Image change (DVARS)" in page
     # the run's tSNR at its last volume; the kit's bundle gives no Training runs' figure
-    assert summary["tsnr"] == {"runs": {"run-01": pytest.approx(got[-1].tsnr)}, "training": None}
+    assert summary["tsnr"] == {"runs": {"run-01": pytest.approx(got[-1].tsnr)}, "training": None,
+                              "training_curve": None}
     said = f"run-01 {got[-1].tsnr:.0f} (no Training runs' figure in the model's bundle)"
     assert f"<th>Temporal SNR of the decoder's voxels</th><td>{said}</td>" in page and "<h2>Temporal SNR</h2>" in page
     assert f"tsnr\t{said}\n" in sess.stderr()

@@ -38,6 +38,14 @@ def test_session_figures_draw_the_tsnr_where_the_results_have_it():
     with_line = session_figures(_results(lambda i: 40.0 if i >= 19 else None), None, training_tsnr=90.0)
     assert with_line[-1][0] == "Temporal SNR" and with_line[-1][1] != without[-1][1]  # the Training runs' line
     assert with_line[:-1] == without[:-1]  # and nothing else changed
+    # with the Training runs' running curve, it is drawn under each run instead of the end's line
+    curve = [None] * 19 + [120.0 - k for k in range(11)]  # 30 volumes, higher early as a running figure reads
+    with_curve = session_figures(_results(lambda i: 40.0 if i >= 19 else None), None, training_tsnr=90.0,
+                                 training_curve=curve)
+    assert with_curve[-1][1] not in (with_line[-1][1], without[-1][1]) and with_curve[:-1] == without[:-1]
+    short = session_figures(_results(lambda i: 40.0 if i >= 19 else None), None, training_tsnr=90.0,
+                            training_curve=curve[:25])  # runs longer than the Training runs: its last value
+    assert short[-1][0] == "Temporal SNR" and short[-1][1] != with_curve[-1][1]
     old = session_figures(_results(lambda i: None), None)  # a record made before the figure was kept
     assert "Temporal SNR" not in [t for t, _ in old]
 
