@@ -15,7 +15,7 @@
 The manifest may also hold ``qc.tsnr``: the temporal SNR of the decoder's
 voxels in the Training runs (``median``, at the runs' end; ``curve``, their
 running figure per volume), which a live session compares its own with
-(:func:`training_tsnr`).
+(:func:`read_training_tsnr`).
 
 Everything the runtime needs loads with numpy and onnxruntime alone. Any
 file whose sha256 differs from the manifest, or a manifest that disagrees
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,7 +35,7 @@ from ._manifest import read_manifest as _read_manifest
 from .errors import ProtocolError
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "BundleError", "REQUIRED_FILES", "read_bundle_manifest",
-           "training_tsnr", "training_tsnr_curve", "validate_bundle", "write_bundle_manifest"]
+           "TrainingTsnr", "read_training_tsnr", "training_tsnr", "validate_bundle", "write_bundle_manifest"]
 
 BUNDLE_FORMAT = "b2m-model-bundle"
 BUNDLE_VERSION = 1
@@ -96,28 +97,46 @@ def validate_bundle(bundle: str | os.PathLike, *, check_hashes: bool = True) -> 
     affine = np.asarray(geom.get("affine"), dtype=np.float64)
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise BundleError(os.path.join(bundle, "manifest.json"), "mask.affine must be a finite 4x4 matrix")
-    training_tsnr(m, where=os.path.join(bundle, "manifest.json"))
+    read_training_tsnr(m, where=os.path.join(bundle, "manifest.json"))
     m = dict(m)
     m["arrays"] = arrays
     return m
 
 
-def training_tsnr(manifest: dict, n_volumes: int | None = None, where: str = "manifest.json") -> float | None:
-    """The Training runs' tSNR of the decoder's voxels (``qc.tsnr``), or None for a bundle made before it was
-    kept (or by training that had none to give).
+@dataclass(frozen=True)
+class TrainingTsnr:
+    """The Training runs' tSNR of the decoder's voxels, read once from a manifest (:func:`read_training_tsnr`).
 
-    Parameters
+    Attributes
     ----------
-    manifest : dict
-    n_volumes : int, optional
-        Volumes of a run so far: the Training runs' running figure after as many (``qc.tsnr.curve``; the last
-        one past its end), which is what a live run's figure is compared with, as it reads high early in a run.
-        Without it, or without a curve: their figure at the runs' end (``qc.tsnr.median``).
+    median : float or None
+        Their figure at the runs' end (``qc.tsnr.median``).
+    curve : tuple or None
+        Their running figure per volume (``qc.tsnr.curve``): entry n - 1 after n volumes, None before the
+        figure exists.
+    """
+
+    median: float | None
+    curve: tuple | None
+
+    def at(self, n_volumes: int | None = None) -> float | None:
+        """The figure a run's after ``n_volumes`` volumes is compared with: the curve's after as many (its last
+        past its end), as the running figure reads high early in a run; without ``n_volumes``, or where the
+        curve has none, the end's ``median``."""
+        if n_volumes is not None and self.curve:
+            c = self.curve[min(max(int(n_volumes), 1), len(self.curve)) - 1]
+            if c is not None:
+                return c
+        return self.median
+
+
+def read_training_tsnr(manifest: dict, where: str = "manifest.json") -> TrainingTsnr | None:
+    """The manifest's ``qc.tsnr`` block, checked; None for a bundle made before it was kept.
 
     Raises
     ------
     BundleError
-        If the ``qc.tsnr`` block is there but malformed, naming the key.
+        If the block is there but malformed, naming the key.
     """
     qc = manifest.get("qc")
     if qc is None:
@@ -138,19 +157,14 @@ def training_tsnr(manifest: dict, n_volumes: int | None = None, where: str = "ma
     if curve is not None and not (isinstance(curve, list) and all(c is None or positive(c) for c in curve)):
         raise BundleError(where, "qc.tsnr.curve must be a list of positive numbers or nulls (the Training runs' "
                                  "running tSNR per volume)" + fix)
-    if n_volumes is not None and curve:
-        c = curve[min(max(int(n_volumes), 1), len(curve)) - 1]
-        if c is not None:
-            return float(c)
-    return None if v is None else float(v)
+    return TrainingTsnr(None if v is None else float(v),
+                        tuple(None if c is None else float(c) for c in curve) if curve else None)
 
 
-def training_tsnr_curve(manifest: dict) -> list | None:
-    """The Training runs' running tSNR per volume (``qc.tsnr.curve``: entry n - 1 after n volumes, None before
-    the figure exists), checked as :func:`training_tsnr` checks it; None for a bundle without it."""
-    training_tsnr(manifest)  # refuses a malformed block
-    curve = ((manifest.get("qc") or {}).get("tsnr") or {}).get("curve")
-    return [None if c is None else float(c) for c in curve] if curve else None
+def training_tsnr(manifest: dict, n_volumes: int | None = None, where: str = "manifest.json") -> float | None:
+    """:meth:`TrainingTsnr.at` of the manifest's block (:func:`read_training_tsnr`), or None without one."""
+    t = read_training_tsnr(manifest, where)
+    return None if t is None else t.at(n_volumes)
 
 
 def write_bundle_manifest(bundle: str | os.PathLike, manifest: dict) -> str:

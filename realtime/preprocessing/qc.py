@@ -104,12 +104,12 @@ def tsnr(raw, highpassed) -> np.ndarray:
     ndarray of shape (n_voxels,), float64
         NaN where the high-passed series is constant.
     """
-    y, h = np.asarray(raw, np.float64), np.asarray(highpassed, np.float64)
+    y, h = np.asarray(raw), np.asarray(highpassed)
     if y.shape != h.shape or y.ndim != 2:
         raise ValueError(f"raw and highpassed must both be (n_volumes, n_voxels); got {y.shape} and {h.shape}")
-    sd = h.std(axis=0)
+    sd = h.std(axis=0, dtype=np.float64)  # float64 sums without a float64 copy of a whole run
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(sd > 0, y.mean(axis=0) / sd, np.nan)
+        return np.where(sd > 0, y.mean(axis=0, dtype=np.float64) / sd, np.nan)
 
 
 def _stride(n_voxels: int) -> int:
@@ -172,12 +172,12 @@ class RunningTsnr:
     def voxels(self, pick=slice(None)) -> np.ndarray:
         """Each voxel's tSNR over the volumes so far, shape (n_voxels,), float64 (NaN where undefined);
         ``pick`` (an index) for some voxels only."""
-        n = max(self.n, 1)
-        m = self._sh[pick] / n
-        sd = np.sqrt(np.maximum(self._shh[pick] / n - m * m, 0.0))
+        if self.n == 0:
+            return np.full(self._sy[pick].shape, np.nan)
+        m = self._sh[pick] / self.n
+        sd = np.sqrt(np.maximum(self._shh[pick] / self.n - m * m, 0.0))
         with np.errstate(divide="ignore", invalid="ignore"):
-            out = np.where(sd > 0, self._sy[pick] / n / sd, np.nan)
-        return out if self.n else np.full(out.shape, np.nan)
+            return np.where(sd > 0, self._sy[pick] / self.n / sd, np.nan)
 
     def median(self) -> float:
         """:func:`median_tsnr` of the voxels so far, or NaN before ``min_volumes`` volumes."""

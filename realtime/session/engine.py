@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from nibabel.affines import voxel_sizes
 
-from protocols.bundle import training_tsnr, training_tsnr_curve
+from protocols.bundle import read_training_tsnr
 from protocols.wire import Result
 
 from ..clocks import CLOCK_WARN_S, SenderClock, describe_offset
@@ -190,8 +190,10 @@ class SessionEngine(EngineSound):
         self._arrays = m["arrays"]
         self._affine = np.asarray(m["mask"]["affine"], float)
         self._default_n = int(m.get("n_volumes") or 410)
-        #: the Training runs' tSNR of the decoder's voxels at their end (None for a bundle without it)
-        self.training_tsnr = training_tsnr(m)
+        # the Training runs' tSNR of the decoder's voxels, read once (None for a bundle without it)
+        self._training_tsnr = read_training_tsnr(m)
+        #: their figure at the runs' end (None for a bundle without it)
+        self.training_tsnr = None if self._training_tsnr is None else self._training_tsnr.median
         self._run_offsets = dict(run_offsets or {})
         self.runs: dict[str, _Run] = {}
         self._session_end_s = 0.0  # session time at which the latest run's last decided volume ends
@@ -562,8 +564,8 @@ class SessionEngine(EngineSound):
 
     def tsnr_reference(self, n_volumes: int) -> float | None:
         """The Training runs' tSNR a run's figure after ``n_volumes`` volumes is compared with: their own running
-        figure after as many (:func:`protocols.bundle.training_tsnr`); None for a bundle without it."""
-        return training_tsnr(self.decoder.manifest, n_volumes)
+        figure after as many (:meth:`protocols.bundle.TrainingTsnr.at`); None for a bundle without it."""
+        return None if self._training_tsnr is None else self._training_tsnr.at(n_volumes)
 
     def stats(self) -> dict:
         """Counts, latency medians/p99 per stage (ms) and the audio output's statistics."""
@@ -585,6 +587,7 @@ class SessionEngine(EngineSound):
             out["clock_offset_s"] = clocks
         tsnr = {r.run_id: r.tsnr for r in list(self.runs.values()) if r.tsnr is not None}
         if tsnr:  # each run's temporal SNR at its last volume, beside the Training runs'
+            curve = None if self._training_tsnr is None else self._training_tsnr.curve
             out["tsnr"] = {"runs": tsnr, "training": self.training_tsnr,
-                           "training_curve": training_tsnr_curve(self.decoder.manifest)}
+                           "training_curve": list(curve) if curve else None}
         return out

@@ -224,10 +224,11 @@ def session_figures(results, library, fd_threshold_mm: float = 0.5, *,
                 ax.plot(*np.array(pts).T, lw=0.8, color="tab:brown")
         top = max(ts)
         if training_curve:  # the Training runs' figure after as many volumes, what each run is compared with
-            label = "Training runs after as many volumes"
+            from protocols.bundle import TrainingTsnr
+
+            label, ref = "Training runs after as many volumes", TrainingTsnr(None, tuple(training_curve))
             for run_id in runs:
-                pts = [(k, training_curve[min(r.index, len(training_curve) - 1)]) for k, r in enumerate(results)
-                       if r.run_id == run_id]
+                pts = [(k, ref.at(r.index + 1)) for k, r in enumerate(results) if r.run_id == run_id]
                 pts = [(k, v) for k, v in pts if v is not None]
                 if pts:
                     ax.plot(*np.array(pts).T, color="0.3", ls="--", lw=0.8, label=label)

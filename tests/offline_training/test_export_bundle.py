@@ -128,15 +128,15 @@ def test_a_bad_training_tsnr_is_refused_by_name(bundle, bad):
 def test_training_tsnr_after_n_volumes_reads_the_running_curve(bundle):
     """``qc.tsnr.curve`` is the Training runs' running figure per volume: after n volumes its n-th value (the
     last one past its end), and the end's median where it has none yet (the first volumes) or no curve."""
-    from protocols.bundle import training_tsnr, training_tsnr_curve
+    from protocols.bundle import read_training_tsnr, training_tsnr
 
     out = bundle[0]
     _set_manifest(out, qc={"tsnr": {"median": 40.0, "curve": [None, None, 55.0, 50.0, 45.0]}})
     m = validate_bundle(out)
     assert [training_tsnr(m, n) for n in (1, 2, 3, 4, 5, 6, 400)] == [40.0, 40.0, 55.0, 50.0, 45.0, 45.0, 45.0]
     assert training_tsnr(m) == 40.0 and training_tsnr({"qc": {"tsnr": {"median": 40.0}}}, 3) == 40.0
-    assert training_tsnr_curve(m) == [None, None, 55.0, 50.0, 45.0]
-    assert training_tsnr_curve({"qc": {"tsnr": {"median": 40.0}}}) is None and training_tsnr_curve({}) is None
+    assert read_training_tsnr(m).curve == (None, None, 55.0, 50.0, 45.0)
+    assert read_training_tsnr({"qc": {"tsnr": {"median": 40.0}}}).curve is None and read_training_tsnr({}) is None
 
 
 @pytest.mark.parametrize("qc, key", [({"tsnr": {"median": 40.0, "curve": [50.0, -1.0]}}, r"qc\.tsnr\.curve"),
