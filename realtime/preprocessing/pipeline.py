@@ -261,8 +261,15 @@ class OnlinePreprocessor:
             self.grid = (tuple(int(n) for n in shape[:3]), np.asarray(affine, np.float64))
             self._make_motion(self._reference, self.grid)
 
-    def process(self, volume: np.ndarray) -> StepResult:
-        """Run one volume of shape (nx, ny, nz) (any real dtype) through the chain."""
+    def process(self, volume: np.ndarray, *, stand_in: bool = False) -> StepResult:
+        """Run one volume of shape (nx, ny, nz) (any real dtype) through the chain.
+
+        ``stand_in``: the volume repeats an earlier one in place of a missing
+        volume (the live session's rule). It goes through the filters, so the
+        delays stay in step, but it is no measurement: it leaves the tSNR and
+        DVARS as they were (its DVARS is NaN), since a repeated volume would
+        lower the variance they measure.
+        """
         expected = self.mask.shape if self.grid is None else self.grid[0]
         if volume.shape[:3] != expected:
             raise GeometryError(f"volume shape {volume.shape} does not match the run's grid {expected}")
@@ -275,10 +282,12 @@ class OnlinePreprocessor:
         else:
             values = self._raw
             np.copyto(values, volume[self.mask], casting="unsafe")
-        dvars = self._dvars.step(values)  # on the corrected voxels, before the filters change them
+        # on the corrected voxels, before the filters change them
+        dvars = float("nan") if stand_in else self._dvars.step(values)
         if self._detrend is not None:
             values = self._detrend.step(values, motion.params if self.config.motion_regressors else None)
-        self.tsnr.step(self._raw, values)  # before normalisation, which may work in place
+        if not stand_in:
+            self.tsnr.step(self._raw, values)  # before normalisation, which may work in place
         values = self._norm.step(values, self._detrend.baseline if self.config.normalize == "psc" else None)
         x = self._stack.push(values)
         self.t += 1

@@ -362,7 +362,7 @@ class SessionEngine(EngineSound):
         try:
             if run.error is not None:
                 raise ValueError(run.error)
-            step = run.pre.process(volume)
+            step = run.pre.process(volume, stand_in=stand_in)
             if step.t == 0 and run.pre.alignment is not None:
                 self._aligned(run)
             run.last_volume = volume if not stand_in else run.last_volume

@@ -236,6 +236,38 @@ def test_live_tsnr_is_mean_over_sd_of_the_ema_highpass_on_a_real_run(fmri1, fmri
         preprocess_run(data, affine, mask, cfg.offline_variant(), tr_s=tr_s, stack=False, tsnr_curve=True)
 
 
+def test_a_stand_in_volume_is_filtered_but_not_measured(fmri1, fmri1_nii):
+    """A stand-in (the previous volume again, in place of a missing one) goes through the EMA, so the volumes
+    after it are filtered as the live chain filters them, but the tSNR is of the real volumes only and the
+    stand-in's DVARS is NaN (a repeated volume would lower the variance both measure). Reference: the EMA's
+    recursion over the series with the repeat, then numpy over the rows of real volumes; the DVARS of the
+    volume after the gap is against the last real volume."""
+    data, affine, mask = fmri1
+    tr_s = float(nib.load(fmri1_nii).header.get_zooms()[3])
+    cfg = PreprocessConfig(motion=False, detrend="ema", ema_tau_s=20.0, normalize="running", delays=(0,))
+    gap = 12
+    order = list(range(data.shape[3]))
+    order[gap] = gap - 1  # volume 12 missing: volume 11 stands in
+    raw = data[mask].T.astype(np.float64)[order]
+    h = _ema_highpass(raw, cfg.ema_tau_s / tr_s)
+    pre = OnlinePreprocessor(mask, affine, cfg, data.shape[3], tr_s=tr_s)
+    steps = [pre.process(data[..., k], stand_in=(t == gap)) for t, k in enumerate(order)]
+    real = np.arange(len(order)) != gap
+    want = raw[real].mean(axis=0) / h[real].std(axis=0)
+    np.testing.assert_allclose(pre.tsnr.voxels(), want, rtol=1e-5)
+    assert pre.tsnr.n == len(order) - 1
+    with_it = raw.mean(axis=0) / h.std(axis=0)  # what counting the stand-in would give: a different figure
+    assert np.abs(with_it / want - 1).max() > 1e-4
+    assert np.isnan(steps[gap].dvars_pct)
+    after = 100 * np.sqrt(np.mean((raw[gap + 1] - raw[gap - 1]) ** 2)) / raw[gap + 1].mean()
+    assert steps[gap + 1].dvars_pct == pytest.approx(after, rel=1e-5)
+    # the filtered values carry on from the stand-in, as without the flag
+    plain = OnlinePreprocessor(mask, affine, cfg, data.shape[3], tr_s=tr_s)
+    for k in order:
+        last = plain.process(data[..., k])
+    np.testing.assert_array_equal(steps[-1].values, last.values)
+
+
 def test_offline_path_tsnr_is_mean_over_sd_of_the_whole_run_polynomial_residual(fmri1):
     """The non-causal path (whole-run quadratic regression, whole-run z-score): tSNR before the z-score, mean of
     the raw values over the s.d. of numpy's polyfit residuals."""

@@ -189,6 +189,7 @@ def test_a_missing_volume_is_stood_in_for_and_held(kit, tmp_path):
     assert [r.index for r in got] == list(range(40))
     r10 = got[10]
     assert r10.flagged and r10.action == "hold"
+    assert r10.dvars_pct is None and got[11].dvars_pct > 0  # a repeated volume measures nothing
     assert eng.counts["stand_ins"] == 1 and eng.counts["late"] == 1
 
 
