@@ -242,6 +242,11 @@ class Result:
         The run's temporal SNR so far: the median over the decoder's voxels
         of mean / s.d. of the high-passed series (``realtime.preprocessing.qc``),
         None for the run's first volumes. Optional on the wire.
+    tsnr_training : float or None
+        What ``tsnr`` is compared with: the Training runs' running median
+        after as many volumes (the model bundle's ``qc.tsnr`` curve), None
+        where ``tsnr`` is None or the bundle has no such figure. Optional on
+        the wire.
     condition : str or None
         The block design's condition at this decision (``feedback``,
         ``silence`` or ``neutral``), None without a block design. Optional
@@ -269,6 +274,7 @@ class Result:
     condition: str | None = None
     dvars_pct: float | None = None
     tsnr: float | None = None
+    tsnr_training: float | None = None
     alerts: list = field(default_factory=list)
     type: Literal["result"] = field(default="result", init=False)
 
@@ -365,6 +371,8 @@ def encode(msg: Message) -> list:
             h["dvars_pct"] = float(msg.dvars_pct)
         if msg.tsnr is not None:
             h["tsnr"] = float(msg.tsnr)
+        if msg.tsnr_training is not None:
+            h["tsnr_training"] = float(msg.tsnr_training)
         if msg.alerts:
             h["alerts"] = [str(a) for a in msg.alerts]
     elif isinstance(msg, Reject):
@@ -649,7 +657,7 @@ def _decode_result(h: dict, frames) -> Result:
                   action=_get(h, "action", str), clip=_get(h, "clip", str, optional=True),
                   condition=_get(h, "condition", str, optional=True),
                   dvars_pct=_finite(h, "dvars_pct", optional=True), tsnr=_finite(h, "tsnr", optional=True),
-                  alerts=_alerts(h))
+                  tsnr_training=_finite(h, "tsnr_training", optional=True), alerts=_alerts(h))
 
 
 def _alerts(h: dict) -> list:

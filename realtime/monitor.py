@@ -8,7 +8,8 @@ machine that can reach it, subscribes to that stream and serves one web page:
 - ``/panel``: the panel as HTML with inline SVG (the session's alerts in
   red, run and volume, the lag behind the scanner, what plays and since
   when, the run's temporal SNR so far, the clip timeline of the run, head
-  motion, latency per stage, counts), drawn here so no script or network
+  motion, DVARS, the run's tSNR over the Training runs' curve, latency per
+  stage, counts), drawn here so no script or network
   resource is needed in the browser;
 - ``/state.json``: the same state for scripts.
 
@@ -49,6 +50,7 @@ from protocols.errors import MessageError
 from protocols.wire import Result, decode
 
 from .monitor_control import MAX_FORM_BYTES, ControlLink, cross_site, parse_form, render_sound
+from .preprocessing.qc import TSNR_MIN_VOLUMES
 from .results import latency_summary
 
 log = logging.getLogger("b2m.monitor")
@@ -75,7 +77,7 @@ class MonitorState:
     def add(self, r: Result) -> None:
         with self._lock:
             self._runs.setdefault(r.run_id, deque(maxlen=KEPT)).append(
-                (r.index, r.action, r.clip, r.fd_mm, r.flagged, r.condition, r.dvars_pct, r.tsnr))
+                (r.index, r.action, r.clip, r.fd_mm, r.flagged, r.condition, r.dvars_pct, r.tsnr, r.tsnr_training))
             for s in STAGES:
                 if s in r.latency_ms:
                     self._latency[s].append(float(r.latency_ms[s]))
@@ -95,7 +97,8 @@ class MonitorState:
         with self._lock:
             r = self.last
             runs = {run_id: [{"index": i, "action": a, "clip": c, "fd_mm": fd, "flagged": fl, "condition": cond,
-                              "dvars_pct": dv, "tsnr": ts} for i, a, c, fd, fl, cond, dv, ts in rows]
+                              "dvars_pct": dv, "tsnr": ts, "tsnr_training": tt}
+                             for i, a, c, fd, fl, cond, dv, ts, tt in rows]
                     for run_id, rows in self._runs.items()}
             lat = {s: latency_summary(q) for s, q in self._latency.items() if q}
             last = None
@@ -110,7 +113,8 @@ class MonitorState:
                 last = {"alerts": list(r.alerts),
                         "run_id": r.run_id, "index": r.index, "decoded_index": r.decoded_index, "action": r.action,
                         "clip": r.clip, "condition": r.condition, "tags": [list(t) for t in r.tags],
-                        "fd_mm": r.fd_mm, "dvars_pct": r.dvars_pct, "tsnr": r.tsnr, "flagged": r.flagged,
+                        "fd_mm": r.fd_mm, "dvars_pct": r.dvars_pct, "tsnr": r.tsnr,
+                        "tsnr_training": r.tsnr_training, "flagged": r.flagged,
                         "topk": [list(t) for t in r.topk], "playing_since_index": since,
                         "lag_s": (r.timestamps.get("audio_scheduled", self.last_seen) - acquired) if acquired else None}
                 # lag_s: from the volume's acquisition to its music being scheduled (scanner and session clocks)
@@ -219,22 +223,31 @@ def _timeline_svg(rows: list[dict], width: int = 900, height: int = 34) -> str:
     return f'<svg width="{width}" height="{height}">{"".join(parts)}</svg>'
 
 
-def _trace_svg(rows: list[dict], key: str, level: float, *, color: str, level_color: str, held: bool,
+def _trace_svg(rows: list[dict], key: str, level: float | str, *, color: str, level_color: str, held: bool,
                missing: str, width: int = 900, height: int = 80) -> str:
-    """``rows[...][key]`` over the run's volumes, a horizontal line at ``level`` dashed, held volumes in red."""
+    """``rows[...][key]`` over the run's volumes, held volumes in red, and dashed: a horizontal line at
+    ``level``, or (``level`` a key) the rows' own ``rows[...][level]`` (nothing where it is None)."""
     pts = [(r["index"], r[key]) for r in rows if r.get(key) is not None]
     if not pts:
         return f"<p>{missing}</p>"
     n = max(r["index"] for r in rows) + 1
-    top = max(max(v for _, v in pts), level) * 1.15 or 1.0
+    ref = [(r["index"], r[level]) for r in rows if r.get(level) is not None] if isinstance(level, str) else []
+    top = max(max(v for _, v in pts + ref), 0.0 if isinstance(level, str) else level) * 1.15 or 1.0
     x = lambda i: width * i / max(n - 1, 1)  # noqa: E731
     y = lambda v: height - 2 - (height - 4) * v / top  # noqa: E731
     line = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in pts)
     dots = "".join(f'<circle cx="{x(r["index"]):.1f}" cy="{y(r[key]):.1f}" r="2.5" fill="#b00"/>'
                    for r in rows if held and r["flagged"] and r.get(key) is not None)
-    return (f'<svg width="{width}" height="{height}"><polyline points="{line}" fill="none" stroke="{color}" '
-            f'stroke-width="1.2"/><line x1="0" x2="{width}" y1="{y(level):.1f}" y2="{y(level):.1f}" '
-            f'stroke="{level_color}" stroke-dasharray="4 3"/>{dots}</svg>')
+    dash = f'stroke="{level_color}" stroke-dasharray="4 3"'
+    if not isinstance(level, str):
+        under = f'<line x1="0" x2="{width}" y1="{y(level):.1f}" y2="{y(level):.1f}" {dash}/>'
+    elif ref:
+        under = ('<polyline points="' + " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in ref)
+                 + f'" fill="none" {dash}/>')
+    else:
+        under = ""
+    return (f'<svg width="{width}" height="{height}">{under}<polyline points="{line}" fill="none" '
+            f'stroke="{color}" stroke-width="1.2"/>{dots}</svg>')
 
 
 def render_panel(snap: dict, fd_threshold_mm: float = 0.5, stale_s: float = 10.0) -> str:
@@ -259,7 +272,8 @@ def render_panel(snap: dict, fd_threshold_mm: float = 0.5, stale_s: float = 10.0
                 ("playing", f"{last['clip'] or 'nothing (silence)'}"
                  + (f" (since volume {since})" if since is not None else "")),
                 ("temporal SNR, run so far", "— (too few volumes yet)" if last.get("tsnr") is None
-                 else f"{last['tsnr']:.0f}"),
+                 else f"{last['tsnr']:.0f}" + (f" (Training runs {last['tsnr_training']:.0f} after as many volumes)"
+                                               if last.get("tsnr_training") else "")),
                 ("tags", ", ".join(f"{t} {p:.2f}" for t, p in last["tags"]) or "-"),
                 ("candidates", ", ".join(f"{k} {s:.3f}" for k, s in last["topk"][:5]) or "-")]
         out.append("<table>" + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows) + "</table>")
@@ -273,6 +287,10 @@ def render_panel(snap: dict, fd_threshold_mm: float = 0.5, stale_s: float = 10.0
         out.append(f"<h2>Image change, DVARS in % of the mean (dashed: the run's median, {med:.2f} %)</h2>"
                    + _trace_svg(run, "dvars_pct", med, color="#73b", level_color="#888", held=False,
                                 missing="no DVARS yet"))
+        out.append("<h2>Temporal SNR of the decoder's voxels, run so far (dashed: the Training runs' after as "
+                   "many volumes)</h2>"
+                   + _trace_svg(run, "tsnr", "tsnr_training", color="#d70", level_color="#555", held=False,
+                                missing=f"no tSNR yet (from the run's {TSNR_MIN_VOLUMES}th volume)"))
     if snap["latency_ms"]:
         out.append("<h2>Latency per stage (ms)</h2><table><tr><th>stage</th><th>last</th><th>p50</th><th>p99</th>"
                    "<th>n</th></tr>" + "".join(

@@ -82,7 +82,8 @@ def pyneal_payload(result: Result) -> dict:
     client asks.
     """
     out = {"action": result.action, "clip": result.clip, "decodedIndex": result.decoded_index,
-           "fd": result.fd_mm, "dvars": result.dvars_pct, "tsnr": result.tsnr, "flagged": result.flagged}
+           "fd": result.fd_mm, "dvars": result.dvars_pct, "tsnr": result.tsnr,
+           "tsnrTraining": result.tsnr_training, "flagged": result.flagged}
     if result.condition is not None:
         out["condition"] = result.condition
     if result.topk:

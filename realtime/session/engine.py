@@ -373,6 +373,8 @@ class SessionEngine(EngineSound):
             res.dvars_pct = step.dvars_pct if np.isfinite(step.dvars_pct) else None
             tsnr = run.pre.tsnr.median()
             res.tsnr = run.tsnr = tsnr if np.isfinite(tsnr) else run.tsnr
+            if res.tsnr is not None:  # what the alert compares it with, for every view of the results
+                res.tsnr_training = self.tsnr_reference(index + 1)
             if step.motion is not None:
                 res.motion = [float(v) for v in step.motion.params]
                 res.fd_mm = float(step.motion.fd)

@@ -478,18 +478,19 @@ def test_result_alerts_are_optional_and_bounded_on_the_wire():
         assert e.value.field == "header.alerts"
 
 
-def test_result_tsnr_is_optional_and_finite_on_the_wire():
+@pytest.mark.parametrize("key", ["tsnr", "tsnr_training"])
+def test_result_tsnr_is_optional_and_finite_on_the_wire(key):
     from protocols.wire import Result
 
-    got = decode(encode(Result(run_id="run1", index=30, tsnr=41.5)))
-    assert got.tsnr == 41.5 and isinstance(got.tsnr, float)
+    got = decode(encode(Result(run_id="run1", index=30, **{key: 41.5})))
+    assert getattr(got, key) == 41.5 and isinstance(getattr(got, key), float)
     frames = encode(Result(run_id="run1", index=3))  # a run's first volumes: no figure yet
     h = msgpack.unpackb(bytes(frames[0]), raw=False)
-    assert "tsnr" not in h and decode(frames).tsnr is None
-    h["tsnr"] = 40  # an integer from another sender is a number
-    assert decode([msgpack.packb(h, use_bin_type=True), *frames[1:]]).tsnr == 40.0
+    assert key not in h and getattr(decode(frames), key) is None
+    h[key] = 40  # an integer from another sender is a number
+    assert getattr(decode([msgpack.packb(h, use_bin_type=True), *frames[1:]]), key) == 40.0
     for bad, why in (("x", "a number"), (math.inf, "finite"), (math.nan, "finite"), (True, "boolean")):
-        h["tsnr"] = bad
+        h[key] = bad
         with pytest.raises(MessageError, match=why) as e:
             decode([msgpack.packb(h, use_bin_type=True), *frames[1:]])
-        assert e.value.field == "header.tsnr"
+        assert e.value.field == f"header.{key}"

@@ -92,7 +92,8 @@ def test_monitor_shows_what_the_session_decided(kit, b2m_proc, endpoint, tmp_pat
 
     status, panel = get(url + "panel")
     assert status == 200 and last["clip"] in panel and "<svg" in panel and "results 40" in panel
-    assert f"<th>temporal SNR, run so far</th><td>{last['tsnr']:.0f}</td>" in panel
+    assert f"<th>temporal SNR, run so far</th><td>{last['tsnr']:.0f}</td>" in panel  # the kit's bundle: no
+    assert all(r["tsnr_training"] is None for r in rows) and "Temporal SNR of the decoder" in panel  # Training's
     assert get(url + "nope")[0] == 404
     mon.kill(signal.SIGTERM)
     assert mon.wait(timeout=30) == 0, mon.stderr()
@@ -130,14 +131,22 @@ def test_the_panel_draws_one_span_per_stretch_of_a_clip_and_warns_when_results_s
     for i, c in enumerate(clips):
         action = "switch" if i and c != clips[i - 1] else "keep"
         state.add(Result(run_id="r", index=i, action=action, clip=c, fd_mm=0.1 * i, flagged=i == 6,
-                         dvars_pct=0.5 + (i == 9), tsnr=40.0 + i if i >= 10 else None))
+                         dvars_pct=0.5 + (i == 9), tsnr=40.0 + i if i >= 10 else None,
+                         tsnr_training=60.0 - i if i >= 10 else None))
         if i == 9:  # no figure yet
             assert "<th>temporal SNR, run so far</th><td>— (too few volumes yet)</td>" in render_panel(
                 state.snapshot())
     snap = state.snapshot()
     assert [r["tsnr"] for r in snap["runs"]["r"]] == [None] * 10 + [50.0, 51.0] and snap["last"]["tsnr"] == 51.0
     panel = render_panel(snap)
-    assert "<th>temporal SNR, run so far</th><td>51</td>" in panel
+    assert "<th>temporal SNR, run so far</th><td>51 (Training runs 49 after as many volumes)</td>" in panel
+    # the run's tSNR over the Training runs' curve (dashed), both on one scale: 900 px over the 12 volumes, the
+    # top of the 80 px plot at 1.15 x the largest of both (51 and 50)
+    scale = lambda v: 78 - 76 * v / (1.15 * 51)  # noqa: E731
+    run_line = f"{900 * 10 / 11:.1f},{scale(50):.1f} {900.0:.1f},{scale(51):.1f}"
+    training_line = f"{900 * 10 / 11:.1f},{scale(50):.1f} {900.0:.1f},{scale(49):.1f}"
+    assert f'<polyline points="{run_line}" fill="none" stroke="#d70"' in panel
+    assert f'<polyline points="{training_line}" fill="none" stroke="#555" stroke-dasharray="4 3"/>' in panel
     assert panel.count("<rect") == 3 and panel.count('stroke="#b00" stroke-width="1.5"') == 2
     assert "volumes 0-4" in panel and "volumes 5-7" in panel and "volumes 8-11" in panel
     assert panel.count("<circle") == 1  # the held volume

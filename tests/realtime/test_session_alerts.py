@@ -160,10 +160,11 @@ def test_a_run_much_noisier_than_the_training_runs_is_an_alert(kit, tmp_path):
     assert all(t is not None and t > 0 for t in got)
     assert eng.stats()["tsnr"] == {"runs": {"run-01": got[-1]}, "training": None, "training_curve": None}
 
+    assert all(r.tsnr_training is None for r in results)  # nothing to compare with
+
     def decoded(bundle):
         e = SessionEngine(Decoder(bundle), Library(kit.library), None)
-        for m in volumes(kit.nifti):
-            e.on_volume(m, time.time())
+        e.results = [r for m in volumes(kit.nifti) for r in e.on_volume(m, time.time())]
         assert e.last.tsnr == pytest.approx(got[-1])  # the same run, the same figure
         return e
 
@@ -189,5 +190,11 @@ def test_a_run_much_noisier_than_the_training_runs_is_an_alert(kit, tmp_path):
     assert early.tsnr_reference(5) == pytest.approx(1.8 * got[-1])  # no running figure yet: the end's
     assert early.stats()["tsnr"]["training_curve"] == pytest.approx(curve)  # for the report's figure
     assert fine.stats()["tsnr"]["training_curve"] is None
+    # every result carries what its figure is compared with (for the monitor's trace): the curve's entry after as
+    # many volumes, or the end's figure without a curve; nothing while the run has no figure
+    n0 = TSNR_MIN_VOLUMES - 1
+    assert [r.tsnr_training for r in early.results[:n0]] == [None] * n0
+    assert [r.tsnr_training for r in early.results[n0:]] == pytest.approx(curve[n0:])
+    assert [r.tsnr_training for r in fine.results] == [None] * n0 + [pytest.approx(1.8 * got[-1])] * (40 - n0)
     assert low_tsnr(early).startswith(f"run run-01: tSNR of the decoder's voxels {got[-1]:.0f} after 40 volumes, "
                                       f"under half the {2.2 * got[-1]:.0f}")

@@ -74,6 +74,7 @@ def test_session_end_to_end_results_pyneal_and_replay(kit, b2m_proc, endpoint, t
     assert past["foundResults"] is True and past["clip"] == got[30].clip and past["action"] == got[30].action
     assert got[30].dvars_pct > 0 and past["dvars"] == pytest.approx(got[30].dvars_pct)  # QC reaches the results
     assert got[30].tsnr > 0 and past["tsnr"] == pytest.approx(got[30].tsnr)
+    assert past["tsnrTraining"] is None  # the kit's bundle has no Training runs' figure
     np.testing.assert_allclose(past["embedding"], got[30].embedding, atol=1e-6)
     assert pyneal_ask(host, int(port), 400) == {"foundResults": False}  # a future volume
     sess.kill(signal.SIGTERM)
