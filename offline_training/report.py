@@ -125,6 +125,19 @@ def _genre_figure(res: dict) -> str | None:
     return _png(fig)
 
 
+def _genre_blocks(genres) -> list[tuple[str, int, int]] | None:
+    """``(genre, first, end)`` of each run of equal genres in clip order, or None unless every genre forms
+    exactly one run (the Test clips sorted by genre, as the evaluation orders them)."""
+    if genres is None or len(genres) == 0:
+        return None
+    blocks, start = [], 0
+    for k in range(1, len(genres) + 1):
+        if k == len(genres) or genres[k] != genres[start]:
+            blocks.append((str(genres[start]), start, k))
+            start = k
+    return blocks if len({g for g, _, _ in blocks}) == len(blocks) else None
+
+
 def write_report(out: str, metrics: dict, arrays: dict, state: dict, enc_corr: np.ndarray, brain: np.ndarray,
                  affine: np.ndarray, reference: np.ndarray, targets, ev: np.ndarray | None = None) -> str:
     import matplotlib
@@ -140,6 +153,14 @@ def write_report(out: str, metrics: dict, arrays: dict, state: dict, enc_corr: n
     ax.set_xlabel("true clip embedding")
     ax.set_ylabel("decoded clip (4 repeats averaged)")
     ax.set_title("Identification matrix: corr(decoded i, true j)")
+    blocks = _genre_blocks(arrays.get("genres"))
+    if blocks:  # clips in genre order: name each genre's block, and outline the within-genre comparisons
+        centres = [(a + b - 1) / 2 for _, a, b in blocks]
+        names = [g for g, _, _ in blocks]
+        ax.set_xticks(centres, names, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(centres, names, fontsize=7)
+        for _, a, b in blocks:
+            ax.add_patch(plt.Rectangle((a - 0.5, a - 0.5), b - a, b - a, fill=False, lw=0.6, ec="k"))
     fig.colorbar(im, ax=ax, shrink=0.8)
     figs["identification"] = _png(fig)
     # per-dimension correlations

@@ -273,7 +273,7 @@ def unheard_spans(changes, outages) -> list[tuple[float, float]]:
     device's outages (``outages``: :func:`realtime.session.audio_keeper.outage_spans`);
     one that never ended ends at infinity.
     """
-    both = [(a, b) for a, b in muted_spans(changes)] + [(a, b) for a, b, _ in outages]
+    both = list(muted_spans(changes)) + [(a, b) for a, b, _ in outages]
     return sorted((a, math.inf if b is None else b) for a, b in both)
 
 

@@ -218,10 +218,12 @@ def session_figures(results, library, fd_threshold_mm: float = 0.5, *,
         from ..preprocessing.qc import TSNR_MIN_VOLUMES
 
         fig, ax = plt.subplots(figsize=(11, 2.6))
+        label = "this session's runs"
         for run_id in runs:  # one line per run: the figure starts again with each run
             pts = [(k, r.tsnr) for k, r in enumerate(results) if r.run_id == run_id and r.tsnr is not None]
             if pts:
-                ax.plot(*np.array(pts).T, lw=0.8, color="tab:brown")
+                ax.plot(*np.array(pts).T, lw=0.8, color="tab:brown", label=label)
+                label = None
         top = max(ts)
         if training_curve:  # the Training runs' figure after as many volumes, what each run is compared with
             from protocols.bundle import TrainingTsnr
