@@ -84,6 +84,7 @@ __all__ = [
     "BoldRun",
     "find_subjects",
     "find_runs",
+    "dataset_files",
     "shared_tracks",
     "subject_label",
     "read_sidecar",
@@ -345,6 +346,36 @@ class RunFiles:
 
 #: Alias of :class:`RunFiles`.
 BoldRun = RunFiles
+
+
+def dataset_files(dataset_root: os.PathLike | str, runs: Sequence[RunFiles]) -> list[dict[str, Any]]:
+    """Which files of a dataset a model was made from, for its provenance.
+
+    Each run's events and sidecar are identified by their sha256 (small files);
+    its BOLD image by its size in bytes only, since hashing gigabytes of images
+    would add about a minute to training.
+
+    Returns
+    -------
+    list of dict
+        Per run, in the order given: ``task``, ``run``, ``bold`` (path relative
+        to ``dataset_root``), ``bold_bytes``, ``events_sha256``,
+        ``sidecar_sha256``.
+    """
+    import hashlib
+
+    def digest(path) -> str:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+    root = Path(dataset_root)
+    out = []
+    for r in runs:
+        bold = Path(r.bold) if r.bold is not None else None
+        out.append({"task": r.task, "run": r.run,
+                    "bold": None if bold is None else os.path.relpath(bold, root),
+                    "bold_bytes": None if bold is None else bold.stat().st_size,
+                    "events_sha256": digest(r.events), "sidecar_sha256": digest(r.sidecar)})
+    return out
 
 
 def shared_tracks(train_runs: Sequence[RunFiles], test_runs: Sequence[RunFiles]) -> list[tuple[str, str, str]]:

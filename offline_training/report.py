@@ -254,6 +254,13 @@ def write_report(out: str, metrics: dict, arrays: dict, state: dict, enc_corr: n
             f"high-passed series, the live session's running figure at each run's end): median {ts['median']:.1f} "
             f"over {len(per_run)} runs ({min(per_run):.1f}-{max(per_run):.1f}). A live run under half of it is an "
             "alert in the session.</p>" if ts.get("median") is not None and per_run else "")
+    from protocols.provenance import describe_provenance
+
+    runs = metrics.get("dataset_files") or []
+    made = (f"<p>Made by {html.escape(describe_provenance(metrics.get('provenance')))}. Data: "
+            f"{html.escape(str(metrics.get('dataset', '?')))}, {sum(r['task'] == 'Training' for r in runs)} Training "
+            f"and {sum(r['task'] == 'Test' for r in runs)} Test runs (their events' and sidecars' sha256 and the "
+            "images' sizes in <code>metrics.json</code>, <code>dataset_files</code>).</p>")
     ci = metrics.get("identification_accuracy_ci95", (np.nan, np.nan))
     wg_ci = metrics.get("within_genre_identification_accuracy_ci95", (np.nan, np.nan))
     parts = [f"<h2>{html.escape(t)}</h2><img src='data:image/png;base64,{figs[k]}'>"
@@ -285,6 +292,7 @@ fit {metrics.get('causal', {}).get('fit_s', 0):.1f} s;
 wall time {metrics.get('wall_s', 0):.0f} s.</p>
 {ceiling}
 {tsnr}
+{made}
 {''.join(parts)}
 {f"<p>Encoding map not drawn: {html.escape(figs['encoding_error'])}</p>" if 'encoding_error' in figs else ''}
 {f"<p>Noise-ceiling map not drawn: {html.escape(figs['ceiling_error'])}</p>" if 'ceiling_error' in figs else ''}

@@ -40,9 +40,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from protocols.provenance import provenance
 from realtime.preprocessing import PreprocessConfig
 
-from .bids import RunFiles, find_runs, load_bold, read_events, shared_tracks
+from .bids import RunFiles, dataset_files, find_runs, load_bold, read_events, shared_tracks
 from .ceiling import EV_LAG_S, noise_ceiling, repeat_rows
 from .decoding import DEVIATION_SCALES, decoded_events, evaluate_decoder, fit_decoder, presentation_ids
 from .encoding import delay_features, fit_encoding, run_folds, select_regions, select_voxels, within_genre_scores
@@ -382,7 +383,10 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
     # the dataset identifies the subject beside its label: b2m group pools sub-001 of two datasets as two people
     metrics: dict = {"config": asdict(cfg), "dataset": os.path.abspath(ds), "preprocess": pcfg.to_dict(),
                      "tr_s": tr, "n_brain_voxels": int(bmask.sum()), "timings_s": timings,
-                     "shared_tracks": [list(t) for t in prep.shared_tracks]}
+                     "shared_tracks": [list(t) for t in prep.shared_tracks],
+                     # which code, software and files made this bundle (a reviewer's first question)
+                     "provenance": provenance(),
+                     "dataset_files": dataset_files(ds, [*prep.train_files, *prep.test_files])}
 
     def fit_eval(pc: PreprocessConfig, tag: str) -> tuple[dict, dict]:
         t0 = time.monotonic()
@@ -465,7 +469,7 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
                  metrics={k: public[k] for k in ("identification_accuracy", "identification_accuracy_centred",
                                                  "within_genre_identification_accuracy")},
                  extra={"n_volumes": int(prep.n_volumes), "subject": cfg.subject, "target": cfg.target,
-                        "qc": metrics["qc"]})
+                        "qc": metrics["qc"], "provenance": metrics["provenance"]})
     progress("export + report", 1, 2)
     from .report import write_report
 

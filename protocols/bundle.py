@@ -15,7 +15,8 @@
 The manifest may also hold ``qc.tsnr``: the temporal SNR of the decoder's
 voxels in the Training runs (``median``, at the runs' end; ``curve``, their
 running figure per volume), which a live session compares its own with
-(:func:`read_training_tsnr`).
+(:func:`read_training_tsnr`), and ``provenance``: the code, software and
+command that made the bundle (:mod:`protocols.provenance`).
 
 Everything the runtime needs loads with numpy and onnxruntime alone. Any
 file whose sha256 differs from the manifest, or a manifest that disagrees
@@ -33,6 +34,7 @@ import numpy as np
 from ._manifest import check_listed_files, sha256_file
 from ._manifest import read_manifest as _read_manifest
 from .errors import ProtocolError
+from .provenance import check_provenance
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "BundleError", "REQUIRED_FILES", "read_bundle_manifest",
            "TrainingTsnr", "read_training_tsnr", "training_tsnr", "validate_bundle", "write_bundle_manifest"]
@@ -48,11 +50,14 @@ class BundleError(ProtocolError):
 
 
 def read_bundle_manifest(bundle: str | os.PathLike) -> dict:
-    """Load and check ``BUNDLE/manifest.json`` (format, version, required keys); errors name file and key."""
-    return _read_manifest(bundle, error=BundleError, fmt=BUNDLE_FORMAT, version=BUNDLE_VERSION,
-                          required=_REQUIRED_KEYS, what="bundle",
-                          if_missing="is this a model bundle? Make one with `b2m train`",
-                          if_newer="; retrain or upgrade")
+    """Load and check ``BUNDLE/manifest.json`` (format, version, required keys, and ``provenance`` where
+    present: :mod:`protocols.provenance`); errors name file and key."""
+    m = _read_manifest(bundle, error=BundleError, fmt=BUNDLE_FORMAT, version=BUNDLE_VERSION,
+                       required=_REQUIRED_KEYS, what="bundle",
+                       if_missing="is this a model bundle? Make one with `b2m train`",
+                       if_newer="; retrain or upgrade")
+    check_provenance(m.get("provenance"), os.path.join(os.fspath(bundle), "manifest.json"), BundleError)
+    return m
 
 
 def validate_bundle(bundle: str | os.PathLike, *, check_hashes: bool = True) -> dict:

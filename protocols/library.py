@@ -33,6 +33,7 @@ import numpy as np
 from ._manifest import check_listed_files, sha256_file
 from ._manifest import read_manifest as _read_manifest
 from .errors import ProtocolError
+from .provenance import check_provenance
 
 __all__ = [
     "LIBRARY_FORMAT", "LIBRARY_VERSION", "CLIP_COLUMNS", "LibraryError", "EmbedderMismatch", "Clip",
@@ -136,11 +137,14 @@ def read_beats(path: str | os.PathLike, n_clips: int) -> tuple[np.ndarray, np.nd
 
 
 def read_manifest(lib: str | os.PathLike) -> dict:
-    """Load and check ``LIB/manifest.json`` (format, version, required keys); errors name file and key."""
-    return _read_manifest(lib, error=LibraryError, fmt=LIBRARY_FORMAT, version=LIBRARY_VERSION,
-                          required=("embedder", "n_clips", "files"), what="library",
-                          if_missing="is this a music library folder? Build one with "
-                                     "`b2m library build ... --out LIB`")
+    """Load and check ``LIB/manifest.json`` (format, version, required keys, and ``provenance`` where present:
+    :mod:`protocols.provenance`); errors name file and key."""
+    m = _read_manifest(lib, error=LibraryError, fmt=LIBRARY_FORMAT, version=LIBRARY_VERSION,
+                       required=("embedder", "n_clips", "files"), what="library",
+                       if_missing="is this a music library folder? Build one with "
+                                  "`b2m library build ... --out LIB`")
+    check_provenance(m.get("provenance"), os.path.join(os.fspath(lib), "manifest.json"), LibraryError)
+    return m
 
 
 def validate_library(lib: str | os.PathLike, *, check_hashes: bool = True) -> dict:

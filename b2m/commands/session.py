@@ -229,7 +229,7 @@ def run_live(args) -> int:
     # an --out with decisions in it is an interrupted session, continued: read them once, here
     recorded, offsets = recorded_decisions(args.out)
     yoked = _yoked(args, library, continuing=bool(recorded))
-    _same_protocol(args.out, protocol, continuing=bool(recorded))
+    _same_setup(args.out, protocol, decoder, library, args.model, args.library, continuing=bool(recorded))
     os.makedirs(args.out, exist_ok=True)
     if yoked is not None:
         from realtime.session.yoked import write_yoked
@@ -364,6 +364,10 @@ def run_live(args) -> int:
     results = session_results(args.out)
     summary = session_summary(engine, ended)
     summary["blinded"] = args.blind
+    from protocols.provenance import provenance
+
+    # which code ran the session, and which trained its model (the bundle's own block)
+    summary["provenance"], summary["model_provenance"] = provenance(), decoder.manifest.get("provenance")
     summary["protocol"] = protocol.to_dict() if protocol is not None else None
     summary["music_match"] = music_match(results, library, read_unheard(args.out))  # TRs no one heard left out
     summary["triggers"] = _trigger_summary(args, triggers)
@@ -489,14 +493,20 @@ def session_summary(engine, ended) -> dict:
             "tsnr": st.get("tsnr")}  # each run's temporal SNR of the decoder's voxels, and the Training runs
 
 
-def _same_protocol(out: str, protocol, *, continuing: bool) -> None:
-    """A session continued in ``out`` keeps the block design it began with (else its decisions would not replay)."""
+def _same_setup(out: str, protocol, decoder, library, model: str, library_path: str, *, continuing: bool) -> None:
+    """A session continued in ``out`` keeps the model, library and block design it began with (else its
+    decisions would not replay)."""
     from realtime.session.protocol import Protocol
-    from realtime.session.replay import SESSION_JSON, read_session_info
+    from realtime.session.replay import SESSION_JSON, changed_parts, read_session_info
 
     if not continuing or not os.path.exists(os.path.join(out, SESSION_JSON)):
         return
-    before = Protocol.of_session(read_session_info(out))
+    info = read_session_info(out)
+    changed = changed_parts(info, decoder, library, model, library_path)
+    if changed:  # its state is rebuilt by deciding its recorded volumes again: with other parts, other decisions
+        raise ValueError("; ".join(changed) + f". Continue {out} with the model and library it began with, or "
+                         "start a new --out")
+    before = Protocol.of_session(info)
     if (before and before.blocks) != (protocol and protocol.blocks):
         raise ValueError(f"{out} began " + (f"with the blocks of {before.source}" if before else "without a --protocol")
                          + "; continue it with the same --protocol, or start a new --out")
@@ -590,12 +600,20 @@ def run_replay(session: str) -> int:
 
     from realtime.session import SessionEngine, read_session_info, replay_session
     from realtime.session.engine import SessionOptions
+    from realtime.session.replay import changed_parts
     from realtime.session.protocol import Protocol
     from realtime.session.yoked import read_yoked
     from realtime.feedback import PolicyConfig
 
     info = read_session_info(session)
     decoder, library = open_parts(info["model"], info["library"])
+    changed = changed_parts(info, decoder, library)
+    if changed:
+        for line in changed:
+            print(f"error: {line}", file=sys.stderr)
+        print("a replay needs the parts the session ran with: put them back at those paths (the record's "
+              "session_config.json names them)", file=sys.stderr)
+        return 2
     policy = PolicyConfig(**info["policy"])
     options = SessionOptions(**info.get("options", {}))
     yoked = read_yoked(session)

@@ -30,6 +30,7 @@ import numpy as np
 
 from protocols.library import (LIBRARY_FORMAT, LIBRARY_VERSION, Clip, check_same_embedder, sha256_file,
                                write_beats, write_clips_tsv)
+from protocols.provenance import provenance
 from protocols.record import RecordLog
 
 from ..audio import read_audio, read_segment, write_audio
@@ -404,7 +405,7 @@ def _write_library(out: str, ident: dict, tag_names, n_tags: int, skipped: list,
             f.write(f"{src}\t{reason}\n".replace("\r", " "))
     manifest = {"format": LIBRARY_FORMAT, "version": LIBRARY_VERSION, "embedder": ident,
                 "n_clips": len(ids), "tag_names": list(tag_names), "files": files,
-                "audio_sr": LIBRARY_SR, "created_unix": time.time(), **(extra or {})}
+                "audio_sr": LIBRARY_SR, "created_unix": time.time(), "provenance": provenance(), **(extra or {})}
     tmp = os.path.join(out, "manifest.json.tmp")
     with open(tmp, "w") as f:
         json.dump(manifest, f, indent=2)

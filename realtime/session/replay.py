@@ -8,6 +8,11 @@ clock (each run's ``offset_s``), and compares decision by decision: the
 action, the clip, the top-k clips and the decoded embedding. The policy's
 clock is the scanner's, so a replay at any speed must reproduce the session
 exactly; any difference is reported with the first volume where it occurs.
+
+The session config keeps the sha256 of every file of the bundle and the
+library it ran with; a replay on parts changed since (a bundle trained again
+into the same folder) is refused, naming the files (:func:`changed_parts`),
+since its differences would say nothing about the session.
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ import time
 
 import numpy as np
 
+from protocols.provenance import provenance
 from protocols.session import SessionRecord, write_json_atomic
 from protocols.wire import VolumeMessage
 
 from .decisions import run_decisions
 
-__all__ = ["SESSION_JSON", "session_info", "write_session_info", "read_session_info", "read_record_json",
-           "recorded_volumes", "recorded_decisions", "replay_session"]
+__all__ = ["SESSION_JSON", "session_info", "changed_parts", "write_session_info", "read_session_info",
+           "read_record_json", "recorded_volumes", "recorded_decisions", "replay_session"]
 
 SESSION_JSON = "session_config.json"  # session.json belongs to the record itself (protocols.session)
 
@@ -39,8 +45,34 @@ def session_info(engine, model: str, library: str, audio: str) -> dict:
     return {"model": os.path.abspath(model), "library": os.path.abspath(library),
             "policy": engine.policy_config.to_dict(), "options": engine.options.__dict__, "mode": engine.options.mode,
             "audio": audio, "started_unix": time.time(),
-            "embedder": decoder.embedder, "bundle_sha256": decoder.manifest.get("sha256", {}),
+            # the sha256 of each file of both (their manifests' "files"): a replay checks it has the same parts
+            "embedder": decoder.embedder, "bundle_sha256": dict(decoder.manifest.get("files", {})),
+            "library_sha256": dict(engine.library.manifest.get("files", {})), "provenance": provenance(),
             "yoked_from": engine.yoke.schedule["source"] if engine.yoke is not None else None}
+
+
+def changed_parts(info: dict, decoder, library, model: str | None = None, library_path: str | None = None
+                  ) -> list[str]:
+    """What differs between the parts a session ran with (its ``session_config.json``: ``info``) and the
+    ``decoder`` and ``library`` opened now (from ``model`` and ``library_path``; default the recorded folders).
+
+    Parts are compared by content (the sha256 of each file), not by folder. Returns one line per part that
+    differs, naming its files whose sha256 changed, that were added or that are missing; empty if both are
+    the same, or if the session recorded no sha256s (one made before they were kept).
+    """
+    out = []
+    for what, key, then_path, now_path, now in (
+            ("model bundle", "bundle_sha256", info.get("model"), model, decoder.manifest),
+            ("library", "library_sha256", info.get("library"), library_path, library.manifest)):
+        then, current = info.get(key) or {}, now.get("files", {})
+        names = sorted(n for n in set(then) | set(current) if then.get(n) != current.get(n)) if then else []
+        if names:
+            where = then_path if now_path is None or os.path.abspath(now_path) == then_path else \
+                f"{os.path.abspath(now_path)} (the session ran with {then_path})"
+            state = lambda n: "changed" if n in then and n in current else "added" if n in current else "missing"  # noqa: E731
+            out.append(f"the {what} {where} is not the one the session ran with: "
+                       + ", ".join(f"{n} {state(n)}" for n in names))
+    return out
 
 
 def write_session_info(session_dir, info: dict) -> str:

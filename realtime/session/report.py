@@ -260,6 +260,11 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
              f"p50 {lat.get('p50', float('nan')):.2f} ms, p99 {lat.get('p99', float('nan')):.2f} ms"),
             ("Audio underruns", str(summary.get("audio_underruns"))),
             ("Runs ended", ", ".join(summary.get("runs_ended") or []) or "-")]
+    if "provenance" in summary:
+        from protocols.provenance import describe_provenance
+
+        rows += [("Software of this session", describe_provenance(summary["provenance"])),
+                 ("The model was trained by", describe_provenance(summary.get("model_provenance")))]
     tsnr = summary.get("tsnr")
     if tsnr:
         rows.append(("Temporal SNR of the decoder's voxels", describe_tsnr(tsnr)))

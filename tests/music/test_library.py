@@ -263,6 +263,7 @@ def test_bad_beats_file_is_refused_and_an_older_library_has_none(tmp_path, click
         validate_library(lib_dir, check_hashes=False)
     # a library built before beats were stored: no entry, no file; it loads and has no beats
     m = json.loads((lib_dir / "manifest.json").read_text())
+    assert m["provenance"]["packages"]["numpy"] == np.__version__  # which code built it
     del m["files"]["beats.npz"]
     (lib_dir / "manifest.json").write_text(json.dumps(m))
     os.remove(lib_dir / "beats.npz")

@@ -141,6 +141,20 @@ def test_train_writes_metrics_config_and_caches(trained):
         pytest.approx(saved["within_genre_identification_accuracy"])
     assert "Genres: what is retrieved, and what is told apart within each" in report
     assert "Temporal SNR of the selected voxels in the Training runs" in report
+    # provenance: the code that made the bundle (in its manifest too) and the files it was made from
+    import hashlib
+
+    prov = saved["provenance"]
+    assert prov == json.loads((out / "manifest.json").read_text())["provenance"]
+    assert prov["packages"]["numpy"] == np.__version__ and prov["created_utc"].endswith("+00:00")
+    files = saved["dataset_files"]
+    assert [(f["task"], f["run"]) for f in files] == [("Training", 1), ("Training", 2), ("Test", 1), ("Test", 2)]
+    for f in files:
+        bold = root / f["bold"]
+        assert f["bold_bytes"] == bold.stat().st_size
+        events = str(bold).replace("_bold.nii.gz", "_events.tsv").replace("_bold.nii", "_events.tsv")
+        assert f["events_sha256"] == hashlib.sha256(open(events, "rb").read()).hexdigest()
+    assert "2 Training and 2 Test runs" in report and f"Made by b2m {prov['b2m']}" in report
     assert json.loads((out / "config.json").read_text())["n_voxels"] == 60
     assert len(list((root / "derivatives" / "b2m" / "preproc" / "sub-001").glob("*.npy"))) == 4
     assert (out / "report.html").is_file()

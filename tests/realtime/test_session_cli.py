@@ -81,6 +81,8 @@ def test_session_end_to_end_results_pyneal_and_replay(kit, b2m_proc, endpoint, t
     assert sess.p.returncode == 0, sess.stderr()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["volumes"] == 40 and summary["counts"]["decoded"] == 38
+    assert summary["provenance"]["command"][:2] == ["b2m", "session"]  # which code ran it
+    assert summary["model_provenance"] is None  # the kit's bundle was not made by `b2m train`
     page = html.unescape((out / "report.html").read_text())
     # music, latency, DVARS and tSNR (no motion correction: no FD)
     assert page.count("data:image/png;base64,") == 4 and "Latency per TR" in page and "Image change (DVARS)" in page
@@ -89,6 +91,8 @@ def test_session_end_to_end_results_pyneal_and_replay(kit, b2m_proc, endpoint, t
                               "training_curve": None}
     said = f"run-01 {got[-1].tsnr:.0f} (no Training runs' figure in the model's bundle)"
     assert f"<th>Temporal SNR of the decoder's voxels</th><td>{said}</td>" in page and "<h2>Temporal SNR</h2>" in page
+    assert f"<th>Software of this session</th><td>b2m {summary['provenance']['b2m']}" in page
+    assert "<th>The model was trained by</th><td>not recorded" in page
     assert f"tsnr\t{said}\n" in sess.stderr()
     assert summary["counts"]["switches"] == sum(r.action == "switch" for r in got) >= 1
     info = sf.info(str(out / "feedback.wav"))

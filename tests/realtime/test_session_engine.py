@@ -139,6 +139,48 @@ def test_decisions_are_recorded_and_a_replay_reproduces_them(kit, tmp_path):
     assert report["n_compared"] == 40 and report["embedding_max_abs_diff"] == 0.0
 
 
+def test_a_replay_or_a_continued_session_refuses_a_bundle_changed_since(kit, tmp_path, capsys):
+    """session_config.json keeps the sha256 of every file of the bundle and the library the session ran with
+    (checked here with hashlib) and the code's provenance. `b2m session replay` replays identically (exit 0)
+    while they are the same; once a bundle is trained again into the same folder it is refused (exit 2),
+    naming the file, and a session continued with it is refused too."""
+    import hashlib
+    import json
+    import shutil
+
+    from b2m.commands.session import _same_setup, run_replay
+    from protocols.session import SessionRecord
+    from realtime.session import session_info, write_session_info
+
+    def sha256s(folder):
+        files = json.load(open(os.path.join(folder, "manifest.json")))["files"]
+        return {n: hashlib.sha256(open(os.path.join(folder, n), "rb").read()).hexdigest() for n in files}
+
+    bundle = str(shutil.copytree(kit.bundle, tmp_path / "bundle"))
+    eng, _, _ = run_engine(kit, tmp_path, output=False, decoder=Decoder(bundle))
+    info = session_info(eng, bundle, kit.library, "none")
+    assert info["bundle_sha256"] == sha256s(bundle) and len(info["bundle_sha256"]) >= 5
+    assert info["library_sha256"] == sha256s(kit.library) and "embeddings.npy" in info["library_sha256"]
+    assert info["provenance"]["b2m"] and info["provenance"]["packages"]["onnxruntime"]
+    folder = tmp_path / "session"
+    write_session_info(folder, info)
+    rec = SessionRecord(str(folder), sync=False)
+    for m in volumes(kit.nifti):
+        rec.append_volume(m, memoryview(np.ascontiguousarray(m.data)).cast("B"), time.time(), "C")
+    assert run_replay(str(folder)) == 0
+    assert "identical" in capsys.readouterr().out
+
+    other = make_bundle(str(tmp_path / "retrained"), kit.nifti, seed=1)  # another decoder, the same layout
+    shutil.rmtree(bundle)
+    shutil.copytree(other, bundle)
+    assert run_replay(str(folder)) == 2
+    err = capsys.readouterr().err
+    assert f"the model bundle {bundle} is not the one the session ran with: decoder.onnx changed" in err
+    assert "mask.npy" not in err  # only what differs
+    with pytest.raises(ValueError, match="decoder.onnx changed. Continue .* with the model and library it began with"):
+        _same_setup(str(folder), None, Decoder(bundle), Library(kit.library), bundle, kit.library, continuing=True)
+
+
 def test_the_whole_session_is_read_back_while_memory_keeps_only_the_newest(kit, tmp_path, monkeypatch):
     from realtime.session import engine as engine_mod
     from realtime.session.decisions import session_results

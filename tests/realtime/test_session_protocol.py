@@ -233,9 +233,15 @@ def test_a_silence_shorter_than_a_bar_never_schedules_out_of_order(kit, tmp_path
 
 
 def test_a_session_is_continued_only_with_the_blocks_it_began_with(kit, tmp_path):
-    from b2m.commands.session import _same_protocol
+    from b2m.commands.session import _same_setup
+    from music.library import Library
+    from realtime.decoder import Decoder
     from realtime.session import write_session_info
     from realtime.session.replay import recorded_decisions
+
+    parts = Decoder(kit.bundle), Library(kit.library), kit.bundle, kit.library
+    _same_protocol = lambda folder, proto, continuing: _same_setup(folder, proto, *parts,  # noqa: E731
+                                                                   continuing=continuing)
 
     (tmp_path / "b.tsv").write_text(BLOCKS)
     proto = read_protocol(tmp_path / "b.tsv")
