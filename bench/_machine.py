@@ -4,7 +4,8 @@ Every benchmark records the machine it ran on next to its figures, writes one
 JSON file to ``bench/results/<name>.json`` (git-ignored) and summarises timing
 samples the same way, so results from different scripts and machines compare.
 
-Nothing here imports the project's packages; the helpers are generic.
+The git state is :func:`protocols.provenance.git_state`, which a bundle's and
+a session's provenance use too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import math
 import os
 import platform
 import socket
-import subprocess
 import sys
 
 __all__ = ["RESULTS_DIR", "machine_info", "source_digest", "write_json", "summarize"]
@@ -24,6 +24,10 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(BENCH_DIR)
 #: Where :func:`write_json` puts results (``bench/results/``, git-ignored).
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
+if REPO_DIR not in sys.path:  # a benchmark run as a script from a clone that is not installed
+    sys.path.insert(0, REPO_DIR)
+
+from protocols.provenance import git_state  # noqa: E402
 
 
 def _cpu_model() -> str | None:
@@ -50,14 +54,6 @@ def _total_ram_bytes() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
-
-
-def _git(*args: str) -> str | None:
-    try:
-        r = subprocess.run(["git", "-C", REPO_DIR, *args], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return r.stdout.strip() if r.returncode == 0 else None
 
 
 def _versions() -> dict:
@@ -94,8 +90,7 @@ def machine_info() -> dict:
         nproc = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         nproc = os.cpu_count()
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    commit, dirty = git_state(REPO_DIR)
     info = {
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
@@ -109,7 +104,7 @@ def machine_info() -> dict:
     info.update(_versions())
     info.update(
         git_commit=commit,
-        git_dirty=None if status is None else bool(status),
+        git_dirty=dirty,
         timestamp_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
     return info
