@@ -402,9 +402,15 @@ def _describe(root: str, name: str, kind: str) -> list[str]:
     path = os.path.join(root, "dataset_description.json")
     if os.path.exists(path):
         return []
+    from protocols.provenance import provenance
+
+    made = provenance()
+    by = {"Name": "brain2music-rt", "Version": made["b2m"] or "unknown",
+          "Description": "b2m session export" + (f" (git {made['git_commit']}"
+                                                 + (", with uncommitted changes" if made["git_dirty"] else "") + ")"
+                                                 if made["git_commit"] else "")}
     with open(path, "w") as f:
-        json.dump({"Name": name, "BIDSVersion": "1.9.0", "DatasetType": kind,
-                   "GeneratedBy": [{"Name": "brain2music-rt", "Description": "b2m session export"}]}, f, indent=2)
+        json.dump({"Name": name, "BIDSVersion": "1.9.0", "DatasetType": kind, "GeneratedBy": [by]}, f, indent=2)
     return [path]
 
 

@@ -60,7 +60,10 @@ def test_export_writes_the_run_bit_exact_and_events_where_the_music_changes(kit,
     assert ex.stdout().strip() == "nf-a\trun-01\nnf-b\trun-02"
     func = bids / "sub-01" / "ses-nf" / "func"
     stem = func / "sub-01_ses-nf_task-neurofeedback_run-01"
-    assert json.loads((bids / "dataset_description.json").read_text())["BIDSVersion"]
+    desc = json.loads((bids / "dataset_description.json").read_text())
+    from importlib.metadata import version
+
+    assert desc["BIDSVersion"] and desc["GeneratedBy"][0]["Version"] == version("brain2music-rt")
     src = nib.load(kit.nifti)
     bold = nib.load(f"{stem}_bold.nii.gz")
     assert np.array_equal(np.asanyarray(bold.dataobj.get_unscaled()), np.asanyarray(src.dataobj.get_unscaled()))
