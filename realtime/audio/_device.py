@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 import weakref
 
@@ -156,9 +158,25 @@ def _match(device, rows: list[dict]) -> int:
                            + _device_listing(found) + hint)
 
 
-# Counters the callback keeps in one int64 array (shareable with another process).
-STAT_FIELDS = ("callbacks", "underruns", "xruns", "callback_errors", "frame", "late_commands", "voice_steals")
-_CB, _UNDER, _XRUN, _ERR, _FRAME, _LATE, _STEAL = range(len(STAT_FIELDS))
+# Counters the callback keeps in one int64 array (shareable with another process). The last three are written
+# by the first callback: its thread's scheduling policy plus 1 (0: no callback yet), real-time priority and id.
+STAT_FIELDS = ("callbacks", "underruns", "xruns", "callback_errors", "frame", "late_commands", "voice_steals",
+               "sched_policy_plus_1", "sched_priority", "thread_id")
+_CB, _UNDER, _XRUN, _ERR, _FRAME, _LATE, _STEAL, _POLICY, _PRIO, _TID = range(len(STAT_FIELDS))
+_POLICIES = {getattr(os, n): n for n in ("SCHED_OTHER", "SCHED_FIFO", "SCHED_RR", "SCHED_BATCH", "SCHED_IDLE")
+             if hasattr(os, n)}
+_REALTIME = {"SCHED_FIFO", "SCHED_RR"}
+
+
+def _note_thread(st) -> None:
+    """The first callback's thread: its scheduling, read once (two system calls), so a site can tell whether
+    its audio runs real-time (:attr:`_CallbackCounters.scheduling`)."""
+    try:
+        st[_TID] = threading.get_native_id()
+        st[_PRIO] = os.sched_getparam(0).sched_priority
+        st[_POLICY] = os.sched_getscheduler(0) + 1
+    except (AttributeError, OSError):  # not Linux: unknown
+        pass
 # Per-callback clock anchors, float64 rows: first frame, its DAC time, the callback's
 # stream time and time.monotonic() at the callback's start.
 ANCHOR_ROWS = 4
@@ -213,6 +231,17 @@ class _CallbackCounters:
         return int(self._stat[_CB])
 
     @property
+    def scheduling(self) -> dict | None:
+        """How the OS runs the callback's thread, from its first callback: ``{"policy": "SCHED_FIFO",
+        "priority": 5, "realtime": True, "thread_id": ...}``; None before it (or where it cannot be read)."""
+        code = int(self._stat[_POLICY]) - 1
+        if code < 0:
+            return None
+        name = _POLICIES.get(code, f"policy {code}")
+        return {"policy": name, "priority": int(self._stat[_PRIO]), "realtime": name in _REALTIME,
+                "thread_id": int(self._stat[_TID])}
+
+    @property
     def underruns(self) -> int:
         return int(self._stat[_UNDER])
 
@@ -257,7 +286,7 @@ class _CallbackCounters:
                 "callbacks": self.callbacks, "underruns": self.underruns, "xruns": self.xruns,
                 "callback_errors": self.callback_errors, "late_commands": self.late_commands,
                 "voice_steals": self.voice_steals, "clock_slip_ms": clock_slip_ms(self),
-                "latency_s": latency_s}
+                "latency_s": latency_s, "callback_scheduling": self.scheduling}
 
     def __repr__(self):
         return (f"{type(self).__name__}({self.device_name!r}, {self.samplerate} Hz, {self.channels} ch, "
@@ -343,6 +372,8 @@ class DeviceOutput(_CallbackCounters, _OutputAPI):
     # ------------------------------------------------------------------ audio thread
     def _callback(self, outdata, frames, time_info, status):
         st = self._stat
+        if not st[_POLICY]:
+            _note_thread(st)
         if status:
             if status.output_underflow:
                 st[_UNDER] += 1

@@ -17,7 +17,8 @@ the session will get. Each check uses the real part, exactly as the session open
   the same without saying whether the participant is a sham);
 - with ``--protocol``, the block design is read;
 - the audio output opens and plays the neutral clip for a few seconds, with
-  its callbacks and underruns counted.
+  its callbacks and underruns counted, and says whether its callback thread
+  runs real-time (``SCHED_FIFO`` or ``SCHED_RR``) and, if not, what to do.
 
 Nothing is written except what ``--audio wav:PATH`` asks for. A failing
 check says what failed and what to do; the others still run.
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Check", "preflight", "format_checks"]
+__all__ = ["Check", "preflight", "format_checks", "describe_scheduling"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,17 @@ def _generator_speed(library, segment_bars: int, samplerate: int = 48000) -> tup
             f"{seg_ms:.0f} ms ({audio_s * 1e3 / max(seg_ms, 1e-6):.0f}x real time)"), None
 
 
+def describe_scheduling(sched: dict | None) -> str:
+    """The audio callback thread's scheduling for the check's line (empty for a WAV sink, which has none)."""
+    if not sched:
+        return ""
+    if sched["realtime"]:
+        return f"; its callback runs real-time ({sched['policy']}, priority {sched['priority']})"
+    return (f"; its callback is NOT real-time ({sched['policy']}): other programs can delay it into underruns. "
+            "On JACK, run jackd with -R (its default) by a user allowed real-time priority; otherwise give the "
+            "session's user a real-time limit (e.g. the audio group's rtprio in /etc/security/limits.d)")
+
+
 def _play(library, spec: str, isolate: bool, seconds: float, level_dbfs: float | None) -> tuple[str, None]:
     from realtime.audio import open_output
     from realtime.feedback import FeedbackPolicy, PolicyConfig
@@ -118,7 +130,8 @@ def _play(library, spec: str, isolate: bool, seconds: float, level_dbfs: float |
         out.close()
     bad = st.get("underruns", 0) + st.get("callback_errors", 0)
     text = (f"{out!r}: {seconds:g} s of '{library.clips[index].id}' at {sr} Hz, {st.get('callbacks', 0)} callbacks, "
-            f"{st.get('underruns', 0)} underruns, {st.get('callback_errors', 0)} callback errors")
+            f"{st.get('underruns', 0)} underruns, {st.get('callback_errors', 0)} callback errors"
+            + describe_scheduling(st.get("callback_scheduling")))
     if bad:
         raise RuntimeError(text + ": the output could not keep up; close other audio programs or pick another "
                                   "device with --audio")

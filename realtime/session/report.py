@@ -249,6 +249,13 @@ def session_figures(results, library, fd_threshold_mm: float = 0.5, *,
     return figs
 
 
+def _scheduling(summary: dict) -> str:
+    """How the sound device's callback thread ran (real-time or not), after the underruns it explains."""
+    from .preflight import describe_scheduling
+
+    return describe_scheduling((summary.get("audio") or {}).get("callback_scheduling"))
+
+
 def write_session_report(path: str, summary: dict, results, library, fd_threshold_mm: float = 0.5) -> str:
     """Write ``path`` (HTML) with the headline counts and :func:`session_figures`."""
     c = summary["counts"]
@@ -258,7 +265,7 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
             ("Volumes stood in for (missing) / arrived too late", f"{c['stand_ins']} / {c['late']}"),
             ("Latency, received -> audio scheduled",
              f"p50 {lat.get('p50', float('nan')):.2f} ms, p99 {lat.get('p99', float('nan')):.2f} ms"),
-            ("Audio underruns", str(summary.get("audio_underruns"))),
+            ("Audio underruns", str(summary.get("audio_underruns")) + _scheduling(summary)),
             ("Runs ended", ", ".join(summary.get("runs_ended") or []) or "-")]
     if "provenance" in summary:
         from protocols.provenance import describe_provenance

@@ -345,6 +345,39 @@ def test_device_output_switches_at_the_scheduled_frame(jackd, kind):
 
 
 @pytest.mark.audio
+@pytest.mark.parametrize("kind", [DeviceOutput, IsolatedOutput])
+def test_the_callback_threads_scheduling_is_what_the_kernel_says(jackd, kind):
+    """The first callback notes its thread's policy and real-time priority (in the audio process, for an
+    isolated output); the kernel's own account of that thread, /proc/TID/stat fields 40 (rt_priority) and 41
+    (policy), read while the stream runs, says the same. Whether it is real-time depends on the server (jackd
+    -R) and the user's limits, so that is reported, not asserted."""
+    from realtime.session.preflight import describe_scheduling
+
+    names = {0: "SCHED_OTHER", 1: "SCHED_FIFO", 2: "SCHED_RR", 3: "SCHED_BATCH", 5: "SCHED_IDLE"}
+    with kind("system", blocksize=jackd.period) as out:
+        sched = out.scheduling
+        with open(f"/proc/{sched['thread_id']}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # fields 3 onwards
+        stats = out.stats()
+    assert sched["policy"] == names[int(fields[41 - 3])] and sched["priority"] == int(fields[40 - 3])
+    assert sched["realtime"] == (sched["policy"] in ("SCHED_FIFO", "SCHED_RR"))
+    assert stats["callback_scheduling"] == sched
+    if kind is IsolatedOutput:
+        assert sched["thread_id"] not in {t.native_id for t in threading.enumerate()}  # another process's
+    print(f"{kind.__name__}: callback thread {sched}{describe_scheduling(sched)}")
+
+
+def test_the_pre_flight_says_what_to_do_about_a_callback_that_is_not_real_time():
+    from realtime.session.preflight import describe_scheduling
+
+    fifo = describe_scheduling({"policy": "SCHED_FIFO", "priority": 5, "realtime": True, "thread_id": 1})
+    assert fifo == "; its callback runs real-time (SCHED_FIFO, priority 5)"
+    other = describe_scheduling({"policy": "SCHED_OTHER", "priority": 0, "realtime": False, "thread_id": 1})
+    assert "NOT real-time (SCHED_OTHER)" in other and "jackd with -R" in other and "rtprio" in other
+    assert describe_scheduling(None) == ""  # a WAV sink has no callback thread
+
+
+@pytest.mark.audio
 def test_busy_python_thread_starves_an_in_process_stream_not_an_isolated_one(jackd):
     # Why IsolatedOutput exists, and proof that check_no_underruns catches a starved callback.
     stop = threading.Event()

@@ -61,6 +61,10 @@ def _run_session(kit, jackd, b2m_proc, endpoint, tmp_path, n_volumes: int, tr_s:
     assert summary["counts"]["switches"] >= 2
     assert audio["callback_errors"] == 0 and audio["late_commands"] == 0
     assert audio["callbacks"] * audio["blocksize"] >= 0.8 * seconds * audio["samplerate"]  # a real clock ran
+    # how the audio process's callback thread ran, in the summary and the report (real-time or not: jackd -R)
+    sched = audio["callback_scheduling"]
+    assert sched["policy"].startswith("SCHED_") and sched["thread_id"] > 0
+    assert f"({sched['policy']}" in (out / "report.html").read_text()
     if check is not None:
         check(summary)
     check_no_underruns(types.SimpleNamespace(underruns=audio["underruns"], callbacks=audio["callbacks"]),
