@@ -15,7 +15,11 @@ score (4 repeats averaged, causal preprocessing as deployed). For each metric
   the clips of each drawn subject, so the interval carries both the
   between-subject and the clip-sampling variability.
 
-The genre-prior baseline is summarised the same way. Pure functions here;
+The genre-prior baseline is summarised the same way. A reviewer's first
+check, that every subject went through the same analysis, is made too: the
+code that trained each bundle (its ``provenance``: b2m's version and git
+commit) and its settings (``config``, paths and thread counts aside) are
+compared, and any difference is named. Pure functions here;
 :func:`write_group_report` writes ``group.json`` and ``group.html``.
 """
 
@@ -33,7 +37,8 @@ import numpy as np
 from .evaluate import bootstrap_ci, finite_mean
 
 __all__ = ["METRICS", "BRAIN2MUSIC_REFERENCE", "SubjectScores", "read_subject", "subject_labels",
-           "hierarchical_bootstrap_ci", "group_summary", "format_group", "write_group_report"]
+           "hierarchical_bootstrap_ci", "training_code", "analysis_differences", "describe_differences",
+           "group_summary", "format_group", "write_group_report"]
 
 #: Per-clip score keys of ``metrics.json`` -> label. Chance is 0.5 for all three.
 METRICS = {"identification": "identification (raw)",
@@ -75,6 +80,8 @@ class SubjectScores:
     per_clip: dict
     genre_prior: dict = field(default_factory=dict)
     dataset: str | None = None
+    config: dict = field(default_factory=dict)
+    provenance: dict | None = None
 
 
 _PRIOR_KEYS = {"identification": "identification_accuracy",
@@ -127,7 +134,8 @@ def read_subject(bundle: os.PathLike | str) -> SubjectScores:
                          bundle=os.fspath(bundle), embedder=str(cfg.get("embedder", "unknown")),
                          excerpts=[str(e) for e in excerpts], per_clip=per_clip,
                          genre_prior={k: float(prior[v]) for k, v in _PRIOR_KEYS.items() if v in prior},
-                         dataset=str(dataset) if isinstance(dataset, str) and dataset else None)
+                         dataset=str(dataset) if isinstance(dataset, str) and dataset else None, config=cfg,
+                         provenance=m.get("provenance") if isinstance(m.get("provenance"), dict) else None)
 
 
 def subject_labels(subjects: Sequence[SubjectScores]) -> list[str]:
@@ -228,6 +236,44 @@ def _t_test_greater(means: np.ndarray, chance: float) -> tuple[float, float]:
     return t, float(t_dist.sf(t, n - 1))
 
 
+#: ``config`` keys that may differ between subjects without the analysis differing (where files were, threads).
+_NOT_ANALYSIS = ("subject", "cache", "stimuli", "preproc_cache", "threads")
+
+
+def training_code(provenance: dict | None) -> str:
+    """The code that trained a bundle, as one comparable string (``b2m 0.1.0, git 0123456789``)."""
+    if not provenance:
+        return "not recorded"
+    commit = provenance.get("git_commit")
+    return (f"b2m {provenance.get('b2m') or '?'}" + (f", git {commit[:10]}" if commit else "")
+            + (" with uncommitted changes" if provenance.get("git_dirty") else ""))
+
+
+def analysis_differences(subjects: Sequence[SubjectScores], labels: Sequence[str]) -> dict:
+    """Where the subjects' analyses differ: ``{"code": {code: [labels]}, "settings": {key: {label: value}}}``,
+    ``code`` only with more than one, ``settings`` the ``config`` keys with more than one value (paths and
+    threads aside)."""
+    codes: dict = {}
+    for lab, s in zip(labels, subjects):
+        codes.setdefault(training_code(s.provenance), []).append(lab)
+    keys = sorted({k for s in subjects for k in s.config} - set(_NOT_ANALYSIS))
+    settings = {k: {lab: s.config.get(k) for lab, s in zip(labels, subjects)} for k in keys
+                if len({json.dumps(s.config.get(k), sort_keys=True) for s in subjects}) > 1}
+    return {"code": codes if len(codes) > 1 else {}, "settings": settings}
+
+
+def describe_differences(diff: dict) -> list[str]:
+    """:func:`analysis_differences` as notes for the text and the page (empty when the analyses are the same)."""
+    out = []
+    if diff["code"]:
+        out.append("the bundles were trained by different code: " + "; ".join(
+            f"{code} ({', '.join('sub-' + lab for lab in labs)})" for code, labs in diff["code"].items()))
+    for key, by in diff["settings"].items():
+        out.append(f"the bundles were trained with different {key}: " + ", ".join(
+            f"sub-{lab} {json.dumps(v)}" for lab, v in by.items()))
+    return out
+
+
 def group_summary(subjects: Sequence[SubjectScores], *, n_boot: int = 10000, seed: int = 0) -> dict:
     """Per-subject and group figures of every :data:`METRICS` entry.
 
@@ -250,7 +296,9 @@ def group_summary(subjects: Sequence[SubjectScores], *, n_boot: int = 10000, see
                  "embedder": embedders[0], "chance": CHANCE,
                  "same_test_clips": all(sorted(s.excerpts) == sorted(subjects[0].excerpts) for s in subjects),
                  "n_boot": n_boot, "metrics": {}, "genre_prior": {},
-                 "reference": BRAIN2MUSIC_REFERENCE}
+                 "reference": BRAIN2MUSIC_REFERENCE,
+                 "code": {lab: training_code(s.provenance) for lab, s in zip(labels, subjects)},
+                 "differences": analysis_differences(subjects, labels)}
     for i, key in enumerate(METRICS):
         per_sub = [s.per_clip[key] for s in subjects]
         means = np.array([finite_mean(v) for v in per_sub])
@@ -301,6 +349,7 @@ def format_group(summary: dict) -> str:
                  f"{ref['mean']:.3f} +- {ref['sd']:.3f} (mean +- s.d. over subjects)")
     if not summary["same_test_clips"]:
         lines.append("note: the subjects' Test clip sets differ; their accuracies are not over the same clips")
+    lines += [f"note: {d}" for d in describe_differences(summary["differences"])]
     return "\n".join(lines)
 
 
@@ -374,7 +423,8 @@ def write_group_report(out: os.PathLike | str, summary: dict) -> str:
                     f"<td>{_fmt_p(g['p_greater_than_chance'])}</td></tr>")
     prior = "".join(f"<td>{_fmt(summary['genre_prior'][k])}</td>" for k in summary["metrics"])
     ref = summary["reference"]
-    bundles = "".join(f"<li>sub-{html.escape(s)}: {html.escape(b)}</li>" for s, b in zip(subs, summary["bundles"]))
+    bundles = "".join(f"<li>sub-{html.escape(s)}: {html.escape(b)} (trained by {html.escape(summary['code'][s])})</li>"
+                      for s, b in zip(subs, summary["bundles"]))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>brain2music-rt group report</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}td,th{{padding:4px 10px;text-align:right}}
 td:first-child{{text-align:left}}table{{border-collapse:collapse}}tr:nth-child(even){{background:#f3f3f3}}</style></head>
@@ -391,6 +441,7 @@ each drawn subject's clips ({summary['n_boot']} replicates); t and p test the su
 <p>Brain2Music ({html.escape(ref['embedding'])}, real fMRI, {ref['n_subjects']} subjects): identification
 {ref['mean']:.3f} &plusmn; {ref['sd']:.3f} (mean &plusmn; s.d. over subjects).</p>
 {'' if summary['same_test_clips'] else '<p><b>The subjects were tested on different clip sets.</b></p>'}
+{''.join(f'<p><b>Note: {html.escape(d)}.</b></p>' for d in describe_differences(summary['differences']))}
 <img src='data:image/png;base64,{_figure(summary)}'>
 <h2>Bundles</h2><ul>{bundles}</ul>
 </body></html>"""

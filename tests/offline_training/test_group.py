@@ -206,3 +206,36 @@ def test_group_report_is_strict_json_and_self_contained_html(tmp_path, rng):
     assert saved["metrics"]["within_genre"]["mean"] == pytest.approx(g["metrics"]["within_genre"]["mean"])
 
 
+
+
+def test_the_group_names_subjects_trained_by_other_code_or_settings(tmp_path, rng):
+    """A reviewer's first check: every subject through the same analysis. Bundles trained by another commit,
+    or with another setting, are named (paths and thread counts may differ); the same analysis gives no note."""
+    prov = {"b2m": "0.1.0", "git_commit": "a" * 40, "git_dirty": False}
+    cfg = {"embedder": "musicnn-msd", "n_voxels": 500, "delays": [2, 3, 4], "cache": "/tmp/x", "threads": 1}
+
+    def bundle(name, subject, provenance, **config):
+        m = _subject_metrics(rng, subject, noise=2.0)
+        m["config"] = {**cfg, "subject": subject, **config}
+        m["provenance"] = provenance
+        return read_subject(_write_bundle(tmp_path / name, m))
+
+    same = [bundle("a", "001", prov), bundle("b", "002", prov, cache="/elsewhere", threads=2)]
+    g = group_summary(same, n_boot=200)
+    assert g["differences"] == {"code": {}, "settings": {}} and "note" not in format_group(g)
+    assert g["code"] == {"001": "b2m 0.1.0, git aaaaaaaaaa", "002": "b2m 0.1.0, git aaaaaaaaaa"}
+
+    other = bundle("c", "003", {**prov, "git_commit": "b" * 40, "git_dirty": True}, n_voxels=1000)
+    old = bundle("d", "004", None)  # trained before provenance was kept
+    g = group_summary([*same, other, old], n_boot=200)
+    assert g["differences"]["code"] == {"b2m 0.1.0, git aaaaaaaaaa": ["001", "002"],
+                                        "b2m 0.1.0, git bbbbbbbbbb with uncommitted changes": ["003"],
+                                        "not recorded": ["004"]}
+    assert g["differences"]["settings"] == {"n_voxels": {"001": 500, "002": 500, "003": 1000, "004": 500}}
+    text = format_group(g)
+    assert ("note: the bundles were trained by different code: b2m 0.1.0, git aaaaaaaaaa (sub-001, sub-002); "
+            "b2m 0.1.0, git bbbbbbbbbb with uncommitted changes (sub-003); not recorded (sub-004)") in text
+    assert "note: the bundles were trained with different n_voxels: sub-001 500, sub-002 500, sub-003 1000" in text
+    page = open(write_group_report(tmp_path / "out", g)).read()
+    assert "trained with different n_voxels" in page and "(trained by not recorded)" in page
+    assert json.load(open(tmp_path / "out" / "group.json"))["differences"]["settings"]["n_voxels"]["003"] == 1000
