@@ -51,7 +51,8 @@ def add_parser(sub) -> None:
                     "export SESSION --bids DIR --subject 01` writes its runs as BIDS, with the music heard as "
                     "each run's events.tsv.")
     p.add_argument("action", nargs="?", choices=["replay", "export"],
-                   help="replay a recorded session, or export it as BIDS (give its folder)")
+                   help="replay a recorded session (with --out NEW: rerun it with another --model, --library, "
+                        "--protocol or policy, into a new record), or export it as BIDS (give its folder)")
     p.add_argument("session", nargs="?", help="with `replay` or `export`: the session folder")
     p.add_argument("--model", help="model bundle folder (from `b2m train`)")
     p.add_argument("--library", help="music library folder (from `b2m library build`)")
@@ -127,15 +128,17 @@ def add_parser(sub) -> None:
     e.add_argument("--events", action="append", default=[], metavar="RUN_ID=FILE",
                    help="use FILE (`b2m present --out`) as that run's events.tsv (repeat per run); it is checked "
                         "as `b2m train` reads it")
-    g = p.add_argument_group("feedback policy")
-    g.add_argument("--smooth-trs", type=int, default=d.smooth_trs, help=f"TRs averaged (default {d.smooth_trs})")
-    g.add_argument("--top-k", type=int, default=d.k, help=f"candidates retrieved (default {d.k})")
-    g.add_argument("--margin", type=float, default=d.margin,
+    # the policy's defaults are None here, so a rerun (`replay SESSION --out NEW`) keeps the recorded value of
+    # every option not given; a live session takes PolicyConfig's (_policy)
+    g = p.add_argument_group("feedback policy (with `replay SESSION --out NEW`: the session's own, unless given)")
+    g.add_argument("--smooth-trs", type=int, default=None, help=f"TRs averaged (default {d.smooth_trs})")
+    g.add_argument("--top-k", type=int, default=None, help=f"candidates retrieved (default {d.k})")
+    g.add_argument("--margin", type=float, default=None,
                    help=f"cosine margin a new clip must win by (default {d.margin})")
-    g.add_argument("--min-dwell", type=float, default=d.min_dwell_s,
+    g.add_argument("--min-dwell", type=float, default=None,
                    help=f"minimum seconds between switches (default {d.min_dwell_s})")
-    g.add_argument("--crossfade", type=float, default=d.crossfade_s, help=f"seconds (default {d.crossfade_s})")
-    g.add_argument("--align", default=d.align, choices=["bar", "beat", "none"],
+    g.add_argument("--crossfade", type=float, default=None, help=f"seconds (default {d.crossfade_s})")
+    g.add_argument("--align", default=None, choices=["bar", "beat", "none"],
                    help=f"where switches land in the music (default {d.align})")
     p.set_defaults(func=run)
 
@@ -146,11 +149,14 @@ def argparse_suppress():
     return argparse.SUPPRESS
 
 
-def _policy(args):
+def _policy(args, base=None):
+    """The feedback policy the options give; an option not given is ``base``'s (default: PolicyConfig's)."""
     from realtime.feedback import PolicyConfig
 
-    return PolicyConfig(smooth_trs=args.smooth_trs, k=args.top_k, margin=args.margin, min_dwell_s=args.min_dwell,
-                        crossfade_s=args.crossfade, align=args.align)
+    base = base or PolicyConfig()
+    given = {"smooth_trs": args.smooth_trs, "k": args.top_k, "margin": args.margin, "min_dwell_s": args.min_dwell,
+             "crossfade_s": args.crossfade, "align": args.align}
+    return PolicyConfig(**{**base.to_dict(), **{k: v for k, v in given.items() if v is not None}})
 
 
 def run(args) -> int:
@@ -158,6 +164,8 @@ def run(args) -> int:
     if args.action == "replay":
         if not args.session:
             raise ValueError("`b2m session replay` needs the session folder: b2m session replay SESSION")
+        if args.out:
+            return run_rerun(args)
         return run_replay(args.session)
     if args.action == "export":
         missing = [o for o, v in (("SESSION", args.session), ("--bids", args.bids), ("--subject", args.subject)) if not v]
@@ -593,6 +601,72 @@ def run_export(args) -> int:
         print(f"skipped run {run_id}: {why}; it is still in the record (export it again once complete)",
               file=sys.stderr)
     return 1 if res["skipped"] else 0
+
+
+def run_rerun(args) -> int:
+    """``b2m session replay SESSION --out NEW``: what another model, library, block design or feedback policy
+    would have played to the session's recorded volumes, as a new session record (its volumes copied, its
+    decisions, the music as NEW/feedback.wav, summary.json and report.html), compared with the session's.
+    What is not given is the session's own; its mode, segment length and level always are."""
+    from rich.progress import Progress
+
+    from protocols.provenance import provenance
+    from protocols.session import SessionRecord
+    from realtime.audio import open_output
+    from realtime.feedback import PolicyConfig
+    from realtime.session import SessionEngine, read_session_info, session_info, write_session_info
+    from realtime.session.decisions import session_results
+    from realtime.session.engine import SessionOptions
+    from realtime.session.protocol import Protocol, read_protocol
+    from realtime.session.replay import compare_reruns, copy_received, recorded_decisions, recorded_volumes
+    from realtime.session.report import write_session_report
+    from realtime.session.yoked import read_yoked, write_yoked
+
+    info = read_session_info(args.session)
+    recorded, offsets = recorded_decisions(args.session)
+    if not recorded:
+        raise ValueError(f"{args.session} holds no decisions to compare with: give a folder written by b2m session")
+    model, library_path = args.model or info["model"], args.library or info["library"]
+    decoder, library = open_parts(model, library_path)
+    policy = _policy(args, PolicyConfig(**info["policy"]))
+    options = SessionOptions(**info.get("options", {}))
+    protocol = read_protocol(args.protocol) if args.protocol else Protocol.of_session(info)
+    yoked = read_yoked(args.session)
+    copied = copy_received(args.session, args.out)
+    if yoked is not None:
+        write_yoked(args.out, yoked)
+    wav = os.path.join(args.out, "feedback.wav")
+    output = open_output(f"wav:{wav}").start()
+    engine = SessionEngine(decoder, library, output, policy, options, record_dir=args.out, run_offsets=offsets,
+                           yoked=yoked, protocol=protocol)
+    new = session_info(engine, model, library_path, f"wav:{wav}")
+    new["protocol"] = protocol.to_dict() if protocol is not None else None
+    new["rerun_of"] = {k: info.get(k) for k in ("model", "library", "policy", "protocol")}
+    new["rerun_of"]["session"] = os.path.abspath(args.session)
+    write_session_info(args.out, new)
+    vols = list(recorded_volumes(args.session))
+    with Progress(transient=True) as bar:
+        task = bar.add_task("rerunning", total=len(vols))
+        for msg, t_recv in vols:
+            engine.on_volume(msg, t_recv)
+            bar.advance(task)
+    engine.finish()
+    output.close()
+    ended = [r for r, run in SessionRecord(args.out, sync=False).runs.items() if run.ended]
+    summary = session_summary(engine, ended)
+    summary["provenance"], summary["model_provenance"] = provenance(), decoder.manifest.get("provenance")
+    summary["rerun_of"] = new["rerun_of"]
+    summary["comparison"] = cmp = compare_reruns(recorded, recorded_decisions(args.out)[0])
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    write_session_report(os.path.join(args.out, "report.html"), summary, session_results(args.out), library,
+                         engine.preprocess.motion_config.fd_threshold_mm)
+    print(f"rerun: {cmp['n_compared']} decisions; the same music as the session's after {100 * cmp['same_clip']:.1f} % "
+          f"of them; switches {cmp['switches'][0]} -> {cmp['switches'][1]}"
+          + (f"; first difference at {cmp['first_difference']}" if cmp["first_difference"] else ""))
+    print(f"wrote {args.out} ({copied / 2**20:.0f} MB of volumes copied), {wav}, "
+          f"{os.path.join(args.out, 'report.html')}", file=sys.stderr)
+    return 0
 
 
 def run_replay(session: str) -> int:

@@ -13,6 +13,12 @@ The session config keeps the sha256 of every file of the bundle and the
 library it ran with; a replay on parts changed since (a bundle trained again
 into the same folder) is refused, naming the files (:func:`changed_parts`),
 since its differences would say nothing about the session.
+
+A rerun asks the other question, what another model, library, policy or
+block design would have played to the same volumes: the recorded volumes go
+through a new engine whose record is a new folder (:func:`copy_received`
+puts the received volumes there first), and its decisions are compared with
+the session's (:func:`compare_reruns`).
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from protocols.wire import VolumeMessage
 from .decisions import run_decisions
 
 __all__ = ["SESSION_JSON", "session_info", "changed_parts", "write_session_info", "read_session_info",
-           "read_record_json", "recorded_volumes", "recorded_decisions", "replay_session"]
+           "read_record_json", "recorded_volumes", "recorded_decisions", "replay_session", "copy_received",
+           "compare_reruns"]
 
 SESSION_JSON = "session_config.json"  # session.json belongs to the record itself (protocols.session)
 
@@ -187,3 +194,46 @@ def replay_session(session_dir, engine_factory, progress=None) -> dict:
     out["identical"] = (out["n_compared"] == out["n_recorded"] and out["first_mismatch"] is None
                         and out["embedding_max_abs_diff"] == 0.0)
     return out
+
+
+def copy_received(session_dir, out_dir) -> int:
+    """Copy the receiver's part of a session record (``session.json``, each run's ``volumes.log`` and
+    ``summary.json``) into ``out_dir``, so a rerun there is a record of its own (replayable, exportable).
+
+    Returns the bytes copied. Raises ValueError if ``out_dir`` already holds a session record.
+    """
+    import shutil
+
+    src, dst = os.path.abspath(os.fspath(session_dir)), os.path.abspath(os.fspath(out_dir))
+    if src == dst:
+        raise ValueError(f"--out {out_dir} is the recorded session itself; give a new folder for the rerun")
+    if os.path.exists(os.path.join(dst, "session.json")):
+        raise ValueError(f"{out_dir} already holds a session record; give a new folder for the rerun")
+    copied = 0
+    for rel in ["session.json"] + sorted(os.path.join("runs", r, name) for r in os.listdir(os.path.join(src, "runs"))
+                                         for name in ("volumes.log", "summary.json")):
+        if os.path.exists(os.path.join(src, rel)):
+            os.makedirs(os.path.dirname(os.path.join(dst, rel)), exist_ok=True)
+            shutil.copyfile(os.path.join(src, rel), os.path.join(dst, rel))
+            copied += os.path.getsize(os.path.join(dst, rel))
+    return copied
+
+
+def compare_reruns(recorded: dict, rerun: dict) -> dict:
+    """How a rerun's decisions (other parts or policy) differ from the session's: both ``{(run_id, index):
+    decision}`` (:func:`recorded_decisions`).
+
+    Returns
+    -------
+    dict
+        ``n_compared``, ``same_clip`` (fraction of the volumes after which the same clip, or the same
+        silence, played), ``switches`` (``[session's, rerun's]``) and ``first_difference`` (``run/index``
+        or None).
+    """
+    keys = sorted(set(recorded) & set(rerun), key=lambda k: (float(recorded[k].get("offset_s") or 0.0), k[1]))
+    same = [recorded[k]["clip"] == rerun[k]["clip"] for k in keys]
+    first = next((f"{k[0]}/{k[1]}" for k, s in zip(keys, same) if not s), None)
+    return {"n_compared": len(keys), "same_clip": float(np.mean(same)) if keys else float("nan"),
+            "switches": [sum(recorded[k]["action"] == "switch" for k in keys),
+                         sum(rerun[k]["action"] == "switch" for k in keys)],
+            "first_difference": first}

@@ -181,6 +181,56 @@ def test_a_replay_or_a_continued_session_refuses_a_bundle_changed_since(kit, tmp
         _same_setup(str(folder), None, Decoder(bundle), Library(kit.library), bundle, kit.library, continuing=True)
 
 
+def test_a_rerun_with_the_sessions_parts_plays_the_same_music_and_another_policy_is_compared(kit, tmp_path,
+                                                                                               b2m_proc):
+    """`b2m session replay SESSION --out NEW` (a real process) reruns the recorded volumes into a new record.
+    With nothing changed, its WAV is the live session's own, sample for sample, and it replays identically; with
+    another policy (--smooth-trs 1 --min-dwell 4; the rest kept from the session), the comparison it prints is
+    what the two decision logs say, counted here."""
+    import json
+
+    import soundfile as sf
+
+    from protocols.session import SessionRecord
+    from realtime.session import session_info, write_session_info
+
+    eng, _, _ = run_engine(kit, tmp_path)  # the live session: its music to tmp_path/feedback.wav
+    folder = tmp_path / "session"
+    write_session_info(folder, session_info(eng, kit.bundle, kit.library, "wav"))
+    rec = SessionRecord(str(folder), sync=False)
+    for m in volumes(kit.nifti):
+        rec.append_volume(m, memoryview(np.ascontiguousarray(m.data)).cast("B"), time.time(), "C")
+
+    same = b2m_proc("session", "replay", folder, "--out", tmp_path / "same", name="same")
+    assert same.wait() == 0, same.stderr()
+    assert "the same music as the session's after 100.0 % of them" in same.stdout()
+    live, sr = sf.read(tmp_path / "feedback.wav", dtype="float32")
+    again, sr2 = sf.read(tmp_path / "same" / "feedback.wav", dtype="float32")
+    assert sr == sr2 and live.shape == again.shape and np.array_equal(live, again)
+    check = b2m_proc("session", "replay", tmp_path / "same", name="check")  # a record of its own
+    assert check.wait() == 0 and "identical" in check.stdout(), check.stderr()
+
+    other = b2m_proc("session", "replay", folder, "--out", tmp_path / "other", "--smooth-trs", "1", "--min-dwell", "4",
+                     name="other")
+    assert other.wait() == 0, other.stderr()
+    config = json.loads((tmp_path / "other" / "session_config.json").read_text())
+    assert config["policy"] == {**POLICY.to_dict(), "smooth_trs": 1, "min_dwell_s": 4.0}  # the rest: the session's
+    assert config["rerun_of"]["policy"] == POLICY.to_dict() and config["rerun_of"]["session"] == str(folder)
+    a = read_decisions(decisions_path(folder, "run-01"))
+    b = read_decisions(decisions_path(tmp_path / "other", "run-01"))
+    assert [d["index"] for d in a] == [d["index"] for d in b] == list(range(40))
+    same_clip = np.mean([x["clip"] == y["clip"] for x, y in zip(a, b)])
+    assert same_clip < 1.0  # the other policy did play otherwise
+    switches = [sum(d["action"] == "switch" for d in a), sum(d["action"] == "switch" for d in b)]
+    assert f"the same music as the session's after {100 * same_clip:.1f} % of them; switches " \
+           f"{switches[0]} -> {switches[1]}" in other.stdout()
+    summary = json.loads((tmp_path / "other" / "summary.json").read_text())
+    assert summary["comparison"]["same_clip"] == pytest.approx(same_clip) and summary["comparison"]["switches"] == switches
+    assert (tmp_path / "other" / "report.html").is_file()
+    again = b2m_proc("session", "replay", folder, "--out", tmp_path / "other", name="again")
+    assert again.wait() == 2 and "already holds a session record" in again.stderr()
+
+
 def test_the_whole_session_is_read_back_while_memory_keeps_only_the_newest(kit, tmp_path, monkeypatch):
     from realtime.session import engine as engine_mod
     from realtime.session.decisions import session_results
