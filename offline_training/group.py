@@ -34,10 +34,12 @@ from typing import Sequence
 
 import numpy as np
 
+from protocols.provenance import code_version
+
 from .evaluate import bootstrap_ci, finite_mean
 
 __all__ = ["METRICS", "BRAIN2MUSIC_REFERENCE", "SubjectScores", "read_subject", "subject_labels",
-           "hierarchical_bootstrap_ci", "training_code", "analysis_differences", "describe_differences",
+           "hierarchical_bootstrap_ci", "analysis_differences", "describe_differences",
            "group_summary", "format_group", "write_group_report"]
 
 #: Per-clip score keys of ``metrics.json`` -> label. Chance is 0.5 for all three.
@@ -240,22 +242,13 @@ def _t_test_greater(means: np.ndarray, chance: float) -> tuple[float, float]:
 _NOT_ANALYSIS = ("subject", "cache", "stimuli", "preproc_cache", "threads")
 
 
-def training_code(provenance: dict | None) -> str:
-    """The code that trained a bundle, as one comparable string (``b2m 0.1.0, git 0123456789``)."""
-    if not provenance:
-        return "not recorded"
-    commit = provenance.get("git_commit")
-    return (f"b2m {provenance.get('b2m') or '?'}" + (f", git {commit[:10]}" if commit else "")
-            + (" with uncommitted changes" if provenance.get("git_dirty") else ""))
-
-
 def analysis_differences(subjects: Sequence[SubjectScores], labels: Sequence[str]) -> dict:
     """Where the subjects' analyses differ: ``{"code": {code: [labels]}, "settings": {key: {label: value}}}``,
     ``code`` only with more than one, ``settings`` the ``config`` keys with more than one value (paths and
     threads aside)."""
     codes: dict = {}
     for lab, s in zip(labels, subjects):
-        codes.setdefault(training_code(s.provenance), []).append(lab)
+        codes.setdefault(code_version(s.provenance), []).append(lab)
     keys = sorted({k for s in subjects for k in s.config} - set(_NOT_ANALYSIS))
     settings = {k: {lab: s.config.get(k) for lab, s in zip(labels, subjects)} for k in keys
                 if len({json.dumps(s.config.get(k), sort_keys=True) for s in subjects}) > 1}
@@ -297,7 +290,7 @@ def group_summary(subjects: Sequence[SubjectScores], *, n_boot: int = 10000, see
                  "same_test_clips": all(sorted(s.excerpts) == sorted(subjects[0].excerpts) for s in subjects),
                  "n_boot": n_boot, "metrics": {}, "genre_prior": {},
                  "reference": BRAIN2MUSIC_REFERENCE,
-                 "code": {lab: training_code(s.provenance) for lab, s in zip(labels, subjects)},
+                 "code": {lab: code_version(s.provenance) for lab, s in zip(labels, subjects)},
                  "differences": analysis_differences(subjects, labels)}
     for i, key in enumerate(METRICS):
         per_sub = [s.per_clip[key] for s in subjects]

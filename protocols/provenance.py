@@ -28,7 +28,8 @@ from importlib import metadata
 
 from .errors import ProtocolError
 
-__all__ = ["PACKAGES", "provenance", "git_state", "package_versions", "check_provenance", "describe_provenance"]
+__all__ = ["PACKAGES", "provenance", "git_state", "package_versions", "check_provenance", "code_version",
+           "describe_provenance"]
 
 #: The distributions whose versions decide a figure (numerics, file formats, models).
 PACKAGES = ("numpy", "scipy", "scikit-learn", "himalaya", "onnxruntime", "onnx", "torch", "nibabel", "pyzmq",
@@ -104,13 +105,21 @@ def check_provenance(block, where: str, error: type[ProtocolError] = ProtocolErr
                        "write the file again with this version, or remove the key")
 
 
+def code_version(block: dict | None) -> str:
+    """The code that made a file, as one comparable string (``b2m 0.1.0, git 0123456789``, with ``with
+    uncommitted changes`` where the checkout had them); ``not recorded`` without a block."""
+    if not block:
+        return "not recorded"
+    commit = block.get("git_commit")
+    return (f"b2m {block.get('b2m') or '?'}" + (f", git {commit[:10]}" if commit else "")
+            + (" with uncommitted changes" if commit and block.get("git_dirty") else ""))
+
+
 def describe_provenance(block: dict | None) -> str:
     """One line for a report: the code's version and commit, when, where and with what it was made."""
     if not block:
         return "not recorded (made before provenance was kept)"
-    commit = block.get("git_commit")
-    code = f"b2m {block.get('b2m') or '?'}" + (
-        f" (git {commit[:10]}{', with uncommitted changes' if block.get('git_dirty') else ''})" if commit else "")
+    code = code_version(block)
     pk = block.get("packages") or {}
     libs = ", ".join(f"{k} {v}" for k, v in pk.items() if v and k in ("numpy", "scikit-learn", "onnxruntime",
                                                                         "torch", "nibabel"))

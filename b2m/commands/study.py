@@ -20,7 +20,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from realtime.session.study import COLUMNS, QUALITY, cell, compare_groups, describe_comparison, session_row
+    from realtime.session.study import (COLUMNS, QUALITY, cell, compare_groups, describe_comparison, session_row,
+                                        setup_differences)
 
     rows = [session_row(s) for s in args.sessions]
     table = "\n".join(["\t".join(COLUMNS)] + ["\t".join(cell(r[c]) for c in COLUMNS) for r in rows]) + "\n"
@@ -30,9 +31,12 @@ def run(args) -> int:
     names = {"mean_fd_mm": "mean FD (mm)", "median_tsnr": "tSNR of the decoder's voxels"}
     quality_line = "data quality, real against sham: " + " | ".join(
         f"{names[k]}: {describe_comparison(c)}" for k, c in quality.items())
+    notes = setup_differences(rows)
     sys.stdout.write(table)
     print(line)
     print(quality_line)
+    for n in notes:
+        print(f"note: {n}")
     if args.out:
         from realtime.session.study import write_study_page
 
@@ -41,7 +45,7 @@ def run(args) -> int:
             f.write(table)
         with open(os.path.join(args.out, "study.json"), "w") as f:
             json.dump({"sessions": rows, "music_match_real_vs_sham": cmp,
-                       **{f"{k}_real_vs_sham": c for k, c in quality.items()}}, f, indent=2)
-        write_study_page(os.path.join(args.out, "study.html"), rows, cmp, line, quality_line)
+                       **{f"{k}_real_vs_sham": c for k, c in quality.items()}, "not_run_alike": notes}, f, indent=2)
+        write_study_page(os.path.join(args.out, "study.html"), rows, cmp, line, quality_line, notes)
         print(f"wrote {args.out}/study.tsv, study.json, study.html", file=sys.stderr)
     return 0

@@ -11,7 +11,8 @@ against sham sessions (mean, s.d., Welch's t-test), the check a reviewer asks
 for to see that real feedback followed the brain and the sham did not; and
 the same comparison of head motion and tSNR, the data-quality confound check
 (the groups should not differ in them, or a difference in outcome could be
-one of data quality).
+one of data quality). Sessions run by other code, or with another feedback
+policy or mode, are named (:func:`setup_differences`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ import os
 
 import numpy as np
 
+from protocols.provenance import code_version
+
 from .decisions import session_results
 from .replay import read_session_info
 from .operator import read_unheard
 from .report import music_match
 from .yoked import own_agreement, read_yoked
 
-__all__ = ["session_row", "compare_groups", "describe_comparison", "write_study_page", "cell", "COLUMNS", "QUALITY"]
+__all__ = ["session_row", "setup_differences", "compare_groups", "describe_comparison", "write_study_page", "cell",
+           "COLUMNS", "QUALITY"]
 
 COLUMNS = ("session", "participant", "feedback", "yoked_to", "runs", "volumes", "decoded", "switches", "mean_fd_mm",
            "median_tsnr", "music_match", "music_match_feedback", "music_match_neutral", "own_agreement")
@@ -77,7 +81,34 @@ def session_row(session_dir) -> dict:
             "music_match": (match.get("all") or {}).get("mean_cosine"),
             "music_match_feedback": (match.get("feedback") or {}).get("mean_cosine"),
             "music_match_neutral": (match.get("neutral") or {}).get("mean_cosine"),
-            "own_agreement": own_agreement(session_dir)}
+            "own_agreement": own_agreement(session_dir),
+            # not columns: what ran it, compared over sessions (setup_differences)
+            "code": code_version(info.get("provenance")), "policy": info.get("policy"),
+            "mode": info.get("mode")}
+
+
+def setup_differences(rows: list[dict]) -> list[str]:
+    """Where the sessions were not run alike: by other code (b2m's version and git commit), with another feedback
+    policy or mode. One note per difference, naming the sessions; empty when all were run alike. Each
+    participant's own model is expected to differ, so models are not compared."""
+    name = {r["session"]: os.path.basename(r["session"]) for r in rows}
+    notes = []
+    codes: dict = {}
+    for r in rows:
+        codes.setdefault(r["code"], []).append(name[r["session"]])
+    if len(codes) > 1:
+        notes.append("the sessions were run by different code: " + "; ".join(
+            f"{c} ({', '.join(s)})" for c, s in codes.items()))
+    if len({r["mode"] for r in rows}) > 1:
+        notes.append("the sessions were run in different modes: " + ", ".join(
+            f"{name[r['session']]} {r['mode']}" for r in rows))
+    keys = sorted({k for r in rows for k in (r["policy"] or {})})
+    for k in keys:
+        values = [(r["policy"] or {}).get(k) for r in rows]
+        if len(set(map(repr, values))) > 1:
+            notes.append(f"the sessions were run with different feedback policies: {k} " + ", ".join(
+                f"{name[r['session']]} {v}" for r, v in zip(rows, values)))
+    return notes
 
 
 def compare_groups(rows: list[dict], key: str = "music_match") -> dict:
@@ -109,7 +140,8 @@ def describe_comparison(cmp: dict) -> str:
                else "; no test (it needs two sessions of each, not all alike)"))
 
 
-def write_study_page(path: str, rows: list[dict], comparison: dict, headline: str, quality: str = "") -> str:
+def write_study_page(path: str, rows: list[dict], comparison: dict, headline: str, quality: str = "",
+                     notes: list[str] = ()) -> str:
     """``study.html``: the headline, the table, and each session's music match by group (a strip plot)."""
     import html
 
@@ -138,7 +170,8 @@ def write_study_page(path: str, rows: list[dict], comparison: dict, headline: st
     extra = f"<h2>Sessions</h2><table><tr>{head}</tr>{body}</table>"
     page = html_page("b2m study", "Study: real against sham feedback",
                      [("Manipulation check", headline), *([("Data quality (should not differ)", quality)]
-                                                          if quality else [])],
+                                                          if quality else []),
+                      *[("Not run alike", n) for n in notes]],
                      [("Music match per session", figure)], extra=extra)
     with open(path, "w") as f:
         f.write(page)

@@ -50,6 +50,6 @@ def test_the_report_line_gives_the_commit_and_says_when_none_was_kept():
     p = {"b2m": "0.1.0", "git_commit": "0123456789abcdef", "git_dirty": True, "created_utc": "2026-11-29T03:00:00+00:00",
          "command": ["b2m", "train"], "python": "3.11.7", "hostname": "lab", "packages": {"numpy": "2.4.6", "faiss-cpu": None}}
     line = describe_provenance(p)
-    assert line.startswith("b2m 0.1.0 (git 0123456789, with uncommitted changes) on lab, 2026-11-29T03:00:00+00:00")
+    assert line.startswith("b2m 0.1.0, git 0123456789 with uncommitted changes on lab, 2026-11-29T03:00:00+00:00")
     assert "numpy 2.4.6" in line and "faiss" not in line and line.endswith("command: b2m train")
     assert describe_provenance(None).startswith("not recorded")

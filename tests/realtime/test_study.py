@@ -110,6 +110,25 @@ def test_study_puts_real_and_sham_sessions_side_by_side(kit, tmp_path, b2m_proc)
     assert "Data quality (should not differ)" in (tmp_path / "study" / "study.html").read_text()
     assert "Study: real against sham feedback" in (tmp_path / "study" / "study.html").read_text()
     assert (tmp_path / "study" / "study.tsv").read_text().splitlines()[0].split("\t") == header
+    # all four were run by this code with one policy: nothing to name
+    assert quality["not_run_alike"] == [] and not any(line.startswith("note:") for line in lines)
+    assert {s["code"] for s in sessions} == {s["code"] for s in sessions[:1]} != {"not recorded"}
+
+
+def test_sessions_not_run_alike_are_named():
+    """Other code, another feedback policy or mode between sessions is named; each participant's own model
+    is not compared (it differs by design)."""
+    from realtime.session.study import setup_differences
+
+    base = {"code": "b2m 0.1.0, git aaaaaaaaaa", "policy": POLICY.to_dict(), "mode": "retrieval"}
+    rows = [{"session": "/s/A", **base}, {"session": "/s/B", **base}]
+    assert setup_differences(rows) == []
+    rows.append({"session": "/s/C", **base, "code": "not recorded", "policy": {**POLICY.to_dict(), "smooth_trs": 3},
+                 "mode": "generation"})
+    assert setup_differences(rows) == [
+        "the sessions were run by different code: b2m 0.1.0, git aaaaaaaaaa (A, B); not recorded (C)",
+        "the sessions were run in different modes: A retrieval, B retrieval, C generation",
+        "the sessions were run with different feedback policies: smooth_trs A 1, B 1, C 3"]
 
 
 def test_study_with_one_session_per_group_runs_no_test_and_a_folder_without_decisions_is_named(kit, tmp_path,
