@@ -177,6 +177,8 @@ def _note_thread(st) -> None:
         st[_POLICY] = os.sched_getscheduler(0) + 1
     except (AttributeError, OSError):  # not Linux: unknown
         pass
+
+
 # Per-callback clock anchors, float64 rows: first frame, its DAC time, the callback's
 # stream time and time.monotonic() at the callback's start.
 ANCHOR_ROWS = 4
