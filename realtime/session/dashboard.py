@@ -38,6 +38,17 @@ def _describe_level(output) -> str:
     return f"{lv['rms_dbfs']:.1f} dBFS RMS, peak {lv['peak_dbfs']:.1f} dBFS"
 
 
+def _not_realtime(audio: dict) -> str:
+    """`` (callback not real-time: SCHED_OTHER)`` in red after the underruns, when the sound device's callback
+    thread runs without real-time priority (what may explain them); empty otherwise (or for a WAV sink)."""
+    from rich.markup import escape
+
+    sched = audio.get("callback_scheduling")
+    if not sched or sched.get("realtime"):
+        return ""
+    return f" [red](callback not real-time: {escape(str(sched.get('policy')))})[/red]"
+
+
 def _describe_run_tsnr(tsnr: float | None, training: float | None) -> tuple[str, bool]:
     """The run's temporal SNR so far beside the Training runs' after as many volumes (``tSNR 52 (training
     48)``), and whether it is low: under :data:`~realtime.session.alerts.TSNR_ALERT_RATIO` of the Training runs'.
@@ -168,7 +179,7 @@ class Dashboard:
         rejected = self.receiver.stats.rejected if self.receiver is not None else 0
         foot = (f"volumes {c['volumes']}  decoded {c['decoded']}  switches {c['switches']}  motion holds "
                 f"{c['holds']}  errors {c['errors']}  stand-ins {c['stand_ins']}  rejected messages {rejected}  "
-                f"audio underruns {audio.get('underruns', 'n/a')}  late audio commands "
+                f"audio underruns {audio.get('underruns', 'n/a')}{_not_realtime(audio)}  late audio commands "
                 f"{audio.get('late_commands', 'n/a')}  uptime {time.monotonic() - self._t0:.0f} s")
         parts = [head, lat, foot]
         parts += [f"[red]{escape(a)}[/red]" for a in standing_alerts(e, self.receiver, self.triggers, self.operator,

@@ -375,6 +375,12 @@ def test_the_pre_flight_says_what_to_do_about_a_callback_that_is_not_real_time()
     other = describe_scheduling({"policy": "SCHED_OTHER", "priority": 0, "realtime": False, "thread_id": 1})
     assert "NOT real-time (SCHED_OTHER)" in other and "jackd with -R" in other and "rtprio" in other
     assert describe_scheduling(None) == ""  # a WAV sink has no callback thread
+    from realtime.session.dashboard import _not_realtime  # the dashboard says it in red after the underruns
+
+    assert _not_realtime({"callback_scheduling": {"policy": "SCHED_OTHER", "realtime": False}}) == \
+        " [red](callback not real-time: SCHED_OTHER)[/red]"
+    assert _not_realtime({"callback_scheduling": {"policy": "SCHED_FIFO", "realtime": True}}) == ""
+    assert _not_realtime({}) == ""
 
 
 @pytest.mark.audio
