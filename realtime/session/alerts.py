@@ -180,13 +180,13 @@ def stalled_run(engine, now: float | None = None) -> str | None:
 
 
 def tsnr_status(engine) -> tuple[float | None, float | None]:
-    """The latest result's temporal SNR (its run's so far) and the Training runs' after as many volumes
-    (``engine.tsnr_reference``); either None when unknown (the run's first volumes; a bundle without it)."""
+    """The latest result's temporal SNR (its run's so far) and the Training runs' after as many volumes, which
+    the result carries (``tsnr_training``, from ``engine.tsnr_reference``); either None when unknown (the run's
+    first volumes; a bundle without it)."""
     last = engine.last
     if last is None or getattr(last, "tsnr", None) is None:
         return None, None
-    ref = getattr(engine, "tsnr_reference", None)
-    return last.tsnr, (ref(last.index + 1) if ref is not None else None)
+    return last.tsnr, getattr(last, "tsnr_training", None)
 
 
 def low_tsnr(engine) -> str | None:
