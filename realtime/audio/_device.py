@@ -159,7 +159,8 @@ def _match(device, rows: list[dict]) -> int:
 
 
 # Counters the callback keeps in one int64 array (shareable with another process). The last three are written
-# by the first callback: its thread's scheduling policy plus 1 (0: no callback yet), real-time priority and id.
+# by the first callback: its thread's scheduling policy plus 1 (0: no callback yet; -1: not readable here),
+# real-time priority and id.
 STAT_FIELDS = ("callbacks", "underruns", "xruns", "callback_errors", "frame", "late_commands", "voice_steals",
                "sched_policy_plus_1", "sched_priority", "thread_id")
 _CB, _UNDER, _XRUN, _ERR, _FRAME, _LATE, _STEAL, _POLICY, _PRIO, _TID = range(len(STAT_FIELDS))
@@ -175,8 +176,8 @@ def _note_thread(st) -> None:
         st[_TID] = threading.get_native_id()
         st[_PRIO] = os.sched_getparam(0).sched_priority
         st[_POLICY] = os.sched_getscheduler(0) + 1
-    except (AttributeError, OSError):  # not Linux: unknown
-        pass
+    except (AttributeError, OSError):  # not Linux: unknown, and not asked again on every callback
+        st[_POLICY] = -1
 
 
 # Per-callback clock anchors, float64 rows: first frame, its DAC time, the callback's
