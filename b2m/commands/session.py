@@ -372,10 +372,6 @@ def run_live(args) -> int:
     results = session_results(args.out)
     summary = session_summary(engine, ended)
     summary["blinded"] = args.blind
-    from protocols.provenance import provenance
-
-    # which code ran the session, and which trained its model (the bundle's own block)
-    summary["provenance"], summary["model_provenance"] = provenance(), decoder.manifest.get("provenance")
     summary["protocol"] = protocol.to_dict() if protocol is not None else None
     summary["music_match"] = music_match(results, library, read_unheard(args.out))  # TRs no one heard left out
     summary["triggers"] = _trigger_summary(args, triggers)
@@ -491,6 +487,8 @@ def _trigger_summary(args, triggers) -> dict | None:
 
 
 def session_summary(engine, ended) -> dict:
+    from protocols.provenance import provenance
+
     st = engine.stats()
     audio = st.get("audio") or {}
     return {"runs_ended": ended, "mode": engine.options.mode, "counts": st["counts"], "latency_ms": st["latency_ms"],
@@ -498,7 +496,9 @@ def session_summary(engine, ended) -> dict:
             "pieces": st.get("pieces"), "yoked": st.get("yoked"),
             "clock_offset_s": st.get("clock_offset_s"),  # per run: this computer's clock minus the scanner side's
             "alignment": st.get("alignment"),  # runs found against the model's reference from another session
-            "tsnr": st.get("tsnr")}  # each run's temporal SNR of the decoder's voxels, and the Training runs
+            "tsnr": st.get("tsnr"),  # each run's temporal SNR of the decoder's voxels, and the Training runs
+            # which code ran the session, and which trained its model (the bundle's own block)
+            "provenance": provenance(), "model_provenance": engine.decoder.manifest.get("provenance")}
 
 
 def _same_setup(out: str, protocol, decoder, library, model: str, library_path: str, *, continuing: bool) -> None:
@@ -610,7 +610,6 @@ def run_rerun(args) -> int:
     What is not given is the session's own; its mode, segment length and level always are."""
     from rich.progress import Progress
 
-    from protocols.provenance import provenance
     from protocols.session import SessionRecord
     from realtime.audio import open_output
     from realtime.feedback import PolicyConfig
@@ -618,13 +617,12 @@ def run_rerun(args) -> int:
     from realtime.session.decisions import session_results
     from realtime.session.engine import SessionOptions
     from realtime.session.protocol import Protocol, read_protocol
-    from realtime.session.replay import compare_reruns, copy_received, recorded_decisions, recorded_volumes
+    from realtime.session.replay import copy_received, recorded_decisions, replay_session
     from realtime.session.report import write_session_report
     from realtime.session.yoked import read_yoked, write_yoked
 
     info = read_session_info(args.session)
-    recorded, offsets = recorded_decisions(args.session)
-    if not recorded:
+    if not recorded_decisions(args.session)[0]:
         raise ValueError(f"{args.session} holds no decisions to compare with: give a folder written by b2m session")
     model, library_path = args.model or info["model"], args.library or info["library"]
     decoder, library = open_parts(model, library_path)
@@ -637,26 +635,31 @@ def run_rerun(args) -> int:
         write_yoked(args.out, yoked)
     wav = os.path.join(args.out, "feedback.wav")
     output = open_output(f"wav:{wav}").start()
-    engine = SessionEngine(decoder, library, output, policy, options, record_dir=args.out, run_offsets=offsets,
-                           yoked=yoked, protocol=protocol)
-    new = session_info(engine, model, library_path, f"wav:{wav}")
-    new["protocol"] = protocol.to_dict() if protocol is not None else None
-    new["rerun_of"] = {k: info.get(k) for k in ("model", "library", "policy", "protocol")}
-    new["rerun_of"]["session"] = os.path.abspath(args.session)
-    write_session_info(args.out, new)
-    vols = list(recorded_volumes(args.session))
+    rerun_of = {**{k: info.get(k) for k in ("model", "library", "policy", "protocol")},
+                "session": os.path.abspath(args.session)}
+    engines = []
+
+    def engine_at(offsets):  # the replay's engine, recording into the new folder
+        engine = SessionEngine(decoder, library, output, policy, options, record_dir=args.out, run_offsets=offsets,
+                               yoked=yoked, protocol=protocol)
+        new = session_info(engine, model, library_path, f"wav:{wav}")
+        new["protocol"] = protocol.to_dict() if protocol is not None else None
+        new["rerun_of"] = rerun_of
+        write_session_info(args.out, new)
+        engines.append(engine)
+        return engine
+
     with Progress(transient=True) as bar:
-        task = bar.add_task("rerunning", total=len(vols))
-        for msg, t_recv in vols:
-            engine.on_volume(msg, t_recv)
-            bar.advance(task)
-    engine.finish()
+        task = bar.add_task("rerunning", total=None)
+        report = replay_session(args.session, engine_at, progress=lambda d, t: bar.update(task, completed=d, total=t))
     output.close()
+    engine = engines[0]
     ended = [r for r, run in SessionRecord(args.out, sync=False).runs.items() if run.ended]
     summary = session_summary(engine, ended)
-    summary["provenance"], summary["model_provenance"] = provenance(), decoder.manifest.get("provenance")
-    summary["rerun_of"] = new["rerun_of"]
-    summary["comparison"] = cmp = compare_reruns(recorded, recorded_decisions(args.out)[0])
+    summary["rerun_of"] = rerun_of
+    n = report["n_compared"]
+    summary["comparison"] = cmp = {"n_compared": n, "same_clip": (n - report["clip_mismatches"]) / n if n else float("nan"),
+                                   "switches": report["switches"], "first_difference": report["first_clip_mismatch"]}
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     write_session_report(os.path.join(args.out, "report.html"), summary, session_results(args.out), library,

@@ -15,10 +15,9 @@ into the same folder) is refused, naming the files (:func:`changed_parts`),
 since its differences would say nothing about the session.
 
 A rerun asks the other question, what another model, library, policy or
-block design would have played to the same volumes: the recorded volumes go
-through a new engine whose record is a new folder (:func:`copy_received`
-puts the received volumes there first), and its decisions are compared with
-the session's (:func:`compare_reruns`).
+block design would have played to the same volumes: :func:`replay_session`
+with an engine whose record is a new folder (:func:`copy_received` puts the
+received volumes there first), its report read for how the music differed.
 """
 
 from __future__ import annotations
@@ -36,8 +35,7 @@ from protocols.wire import VolumeMessage
 from .decisions import run_decisions
 
 __all__ = ["SESSION_JSON", "session_info", "changed_parts", "write_session_info", "read_session_info",
-           "read_record_json", "recorded_volumes", "recorded_decisions", "replay_session", "copy_received",
-           "compare_reruns"]
+           "read_record_json", "recorded_volumes", "recorded_decisions", "replay_session", "copy_received"]
 
 SESSION_JSON = "session_config.json"  # session.json belongs to the record itself (protocols.session)
 
@@ -144,8 +142,9 @@ def replay_session(session_dir, engine_factory, progress=None) -> dict:
     ----------
     session_dir : path-like
     engine_factory : callable
-        ``engine_factory(run_offsets) -> SessionEngine`` (no record dir, so the
-        original record is left untouched).
+        ``engine_factory(run_offsets) -> SessionEngine``: without a record dir,
+        so the original record is left untouched, or (a rerun) recording into
+        a new folder.
     progress : callable, optional
         ``progress(done, total)``.
 
@@ -154,7 +153,10 @@ def replay_session(session_dir, engine_factory, progress=None) -> dict:
     dict
         ``n_recorded``, ``n_replayed``, ``n_compared``, ``action_mismatches``,
         ``clip_mismatches``, ``topk_mismatches``, ``embedding_max_abs_diff``,
-        ``first_mismatch`` (or None) and ``identical`` (bool).
+        ``first_mismatch`` (or None), ``first_clip_mismatch`` (``run/index`` of
+        the first decision after which other music played, or None),
+        ``switches`` (``[recorded, replayed]`` over the decisions compared) and
+        ``identical`` (bool).
     """
     recorded, offsets = recorded_decisions(session_dir)
     engine = engine_factory(offsets)
@@ -168,12 +170,15 @@ def replay_session(session_dir, engine_factory, progress=None) -> dict:
     engine.finish()
     out = {"n_recorded": len(recorded), "n_replayed": len(replayed), "n_compared": 0, "action_mismatches": 0,
            "clip_mismatches": 0, "topk_mismatches": 0, "embedding_max_abs_diff": 0.0, "first_mismatch": None,
+           "first_clip_mismatch": None, "switches": [0, 0],
            "missing_in_replay": sorted(f"{r}/{i}" for r, i in set(recorded) - set(replayed))[:10]}
     for key in sorted(recorded, key=lambda k: (offsets.get(k[0], 0.0), k[1])):
         rec, new = recorded[key], replayed.get(key)
         if new is None:
             continue
         out["n_compared"] += 1
+        out["switches"][0] += rec["action"] == "switch"
+        out["switches"][1] += new.action == "switch"
         bad = []
         if rec["action"] != new.action:
             out["action_mismatches"] += 1
@@ -181,6 +186,8 @@ def replay_session(session_dir, engine_factory, progress=None) -> dict:
         if rec["clip"] != new.clip:
             out["clip_mismatches"] += 1
             bad.append(f"clip {rec['clip']} -> {new.clip}")
+            if out["first_clip_mismatch"] is None:
+                out["first_clip_mismatch"] = f"{key[0]}/{key[1]}"
         if [t[0] for t in rec["topk"]] != [t[0] for t in new.topk]:
             out["topk_mismatches"] += 1
             bad.append("top-k differs")
@@ -218,22 +225,3 @@ def copy_received(session_dir, out_dir) -> int:
             copied += os.path.getsize(os.path.join(dst, rel))
     return copied
 
-
-def compare_reruns(recorded: dict, rerun: dict) -> dict:
-    """How a rerun's decisions (other parts or policy) differ from the session's: both ``{(run_id, index):
-    decision}`` (:func:`recorded_decisions`).
-
-    Returns
-    -------
-    dict
-        ``n_compared``, ``same_clip`` (fraction of the volumes after which the same clip, or the same
-        silence, played), ``switches`` (``[session's, rerun's]``) and ``first_difference`` (``run/index``
-        or None).
-    """
-    keys = sorted(set(recorded) & set(rerun), key=lambda k: (float(recorded[k].get("offset_s") or 0.0), k[1]))
-    same = [recorded[k]["clip"] == rerun[k]["clip"] for k in keys]
-    first = next((f"{k[0]}/{k[1]}" for k, s in zip(keys, same) if not s), None)
-    return {"n_compared": len(keys), "same_clip": float(np.mean(same)) if keys else float("nan"),
-            "switches": [sum(recorded[k]["action"] == "switch" for k in keys),
-                         sum(rerun[k]["action"] == "switch" for k in keys)],
-            "first_difference": first}
