@@ -196,8 +196,11 @@ def run_check(args) -> int:
                        control_fallback=args.control == DEFAULT_CONTROL)
     print(format_checks(checks))
     failed = [c.name for c in checks if not c.ok]
+    warned = [c.name for c in checks if c.ok and c.warn]
     print(f"{len(checks) - len(failed)} of {len(checks)} checks passed"
-          + (f"; fix: {', '.join(failed)}" if failed else ": ready for a session"), file=sys.stderr)
+          + (f"; fix: {', '.join(failed)}" if failed else ": ready for a session")
+          + (f" ({len(warned)} with a warning, worth putting right: {', '.join(warned)})" if warned else ""),
+          file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -488,6 +491,7 @@ def _trigger_summary(args, triggers) -> dict | None:
 
 def session_summary(engine, ended) -> dict:
     from protocols.provenance import provenance
+    from realtime.clocks import host_clock_sync
 
     st = engine.stats()
     audio = st.get("audio") or {}
@@ -497,6 +501,7 @@ def session_summary(engine, ended) -> dict:
             "clock_offset_s": st.get("clock_offset_s"),  # per run: this computer's clock minus the scanner side's
             "alignment": st.get("alignment"),  # runs found against the model's reference from another session
             "tsnr": st.get("tsnr"),  # each run's temporal SNR of the decoder's voxels, and the Training runs
+            "host_clock": host_clock_sync(),  # whether NTP (or PTP) kept this computer's clock, at the session's end
             # which code ran the session, and which trained its model (the bundle's own block)
             "provenance": provenance(), "model_provenance": engine.decoder.manifest.get("provenance")}
 
@@ -657,6 +662,7 @@ def run_rerun(args) -> int:
     ended = [r for r, run in SessionRecord(args.out, sync=False).runs.items() if run.ended]
     summary = session_summary(engine, ended)
     summary["rerun_of"] = rerun_of
+    del summary["host_clock"]  # a rerun has no clock to keep against a scanner's: its times are the record's
     n = report["n_compared"]
     summary["comparison"] = cmp = {"n_compared": n, "same_clip": (n - report["clip_mismatches"]) / n if n else float("nan"),
                                    "switches": report["switches"], "first_difference": report["first_clip_mismatch"]}

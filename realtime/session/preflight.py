@@ -16,12 +16,15 @@ the session will get. Each check uses the real part, exactly as the session open
   clips are read and every one is found in the library (with ``--allocation``,
   the same without saying whether the participant is a sham);
 - with ``--protocol``, the block design is read;
+- this computer's clock is synchronised (NTP, PTP), as the kernel reports it;
 - the audio output opens and plays the neutral clip for a few seconds, with
   its callbacks and underruns counted, and says whether its callback thread
   runs real-time (``SCHED_FIFO`` or ``SCHED_RR``) and, if not, what to do.
 
 Nothing is written except what ``--audio wav:PATH`` asks for. A failing
-check says what failed and what to do; the others still run.
+check says what failed and what to do; the others still run. A check that
+passes with a warning (``WARN``: an unsynchronised clock, a callback that is
+not real-time) lets the session run, but says what to put right.
 """
 
 from __future__ import annotations
@@ -37,19 +40,34 @@ __all__ = ["Check", "preflight", "format_checks", "describe_scheduling"]
 
 @dataclass(frozen=True)
 class Check:
-    """One pre-flight check: its name, whether it passed, and what it found."""
+    """One pre-flight check: its name, whether it passed, what it found, and whether what it found, though no
+    failure, needs putting right (``warn``)."""
 
     name: str
     ok: bool
     detail: str
+    warn: bool = False
+
+    @property
+    def status(self) -> str:
+        """``"PASS"``, ``"WARN"`` (passed, with a warning) or ``"FAIL"``."""
+        return "FAIL" if not self.ok else ("WARN" if self.warn else "PASS")
 
 
 def _attempt(name: str, fn) -> tuple[Check, object]:
+    """Run one check: ``fn()`` returns ``(detail, value)``, or ``(detail, value, warn)``; an exception fails it."""
     try:
-        detail, value = fn()
-        return Check(name, True, detail), value
+        detail, value, *warn = fn()
+        return Check(name, True, detail, bool(warn and warn[0])), value
     except Exception as exc:  # every failure is reported, none stops the other checks
         return Check(name, False, f"{type(exc).__name__}: {exc}"), None
+
+
+def _host_clock() -> tuple[str, None, bool]:
+    from ..clocks import describe_host_clock, host_clock_sync
+
+    text, warn = describe_host_clock(host_clock_sync())
+    return text, None, warn
 
 
 def _decoder_speed(decoder, n: int = 200) -> tuple[str, None]:
@@ -99,7 +117,7 @@ def describe_scheduling(sched: dict | None) -> str:
             "session's user a real-time limit (e.g. the audio group's rtprio in /etc/security/limits.d)")
 
 
-def _play(library, spec: str, isolate: bool, seconds: float, level_dbfs: float | None) -> tuple[str, None]:
+def _play(library, spec: str, isolate: bool, seconds: float, level_dbfs: float | None) -> tuple[str, None, bool]:
     from realtime.audio import open_output
     from realtime.feedback import FeedbackPolicy, PolicyConfig
 
@@ -135,7 +153,8 @@ def _play(library, spec: str, isolate: bool, seconds: float, level_dbfs: float |
     if bad:
         raise RuntimeError(text + ": the output could not keep up; close other audio programs or pick another "
                                   "device with --audio")
-    return text, None
+    sched = st.get("callback_scheduling")
+    return text, None, bool(sched) and not sched.get("realtime")
 
 
 def preflight(model: str, library: str, *, audio: str = "default", isolate: bool = True,
@@ -253,6 +272,7 @@ def preflight(model: str, library: str, *, audio: str = "default", isolate: bool
             checks.append(_attempt(name, allocated)[0])
         else:
             checks.append(_attempt(name, lambda: _yoked_source(yoked_from, lib, mode, level_dbfs))[0])
+    checks.append(_attempt("host clock", _host_clock)[0])
     if lib is not None:
         checks.append(_attempt("audio output", lambda: _play(lib, audio, isolate, seconds, level_dbfs))[0])
     else:
@@ -382,6 +402,6 @@ def _bind_pyneal(port: int, insecure: bool) -> tuple[str, None]:
 
 
 def format_checks(checks: list[Check]) -> str:
-    """One line per check: ``PASS``/``FAIL``, its name, what it found."""
+    """One line per check: ``PASS``/``WARN``/``FAIL``, its name, what it found."""
     width = max(len(c.name) for c in checks)
-    return "\n".join(f"{'PASS' if c.ok else 'FAIL'}  {c.name:<{width}}  {c.detail}" for c in checks)
+    return "\n".join(f"{c.status}  {c.name:<{width}}  {c.detail}" for c in checks)

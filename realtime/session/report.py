@@ -290,6 +290,10 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
             f"{run}: " + (describe_offset(c["offset_s"]) + " (synchronise the clocks)"
                           if abs(c["offset_s"]) >= CLOCK_WARN_S else f"agrees within {1e3 * abs(c['offset_s']):.1f} ms")
             for run, c in clocks.items())))
+    if "host_clock" in summary:
+        from ..clocks import describe_host_clock
+
+        rows.append(("This computer's clock", describe_host_clock(summary["host_clock"])[0]))
     trig = summary.get("triggers")
     if trig:
         from ..triggers import describe_triggers

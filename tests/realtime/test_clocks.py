@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
-from realtime.clocks import SenderClock, describe_offset, sender_offset
+from realtime.clocks import SenderClock, describe_host_clock, describe_offset, host_clock_sync, sender_offset
 
 
 def test_the_estimate_is_the_offset_plus_the_least_latency(rng):
@@ -42,3 +44,36 @@ def test_unstamped_messages_give_no_sample():
 def test_the_wording_says_which_way():
     assert describe_offset(-3.0) == "the scanner side's clock is 3.00 s ahead of this computer's"
     assert describe_offset(0.5, "its clock") == "its clock is 0.50 s behind this computer's"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="adjtimex(2) is Linux's")
+def test_the_host_clock_reading_agrees_with_glibcs_ntp_gettime():
+    """adjtimex(2) read through our struct layout gives the clock state and error bounds that glibc's
+    ntp_gettime(3), with its own struct (ntptimeval), gives for the same kernel clock."""
+    import ctypes
+    import ctypes.util
+
+    class NtpTimeval(ctypes.Structure):
+        _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long), ("maxerror", ctypes.c_long),
+                    ("esterror", ctypes.c_long), ("tai", ctypes.c_long), ("reserved", ctypes.c_long * 4)]
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    ntv = NtpTimeval()
+    state = libc.ntp_gettime(ctypes.byref(ntv))
+    sync = host_clock_sync()
+    states = ["TIME_OK", "TIME_INS", "TIME_DEL", "TIME_OOP", "TIME_WAIT", "TIME_ERROR"]
+    assert sync["state"] == states[state]
+    assert sync["synchronised"] == (state != 5)  # ntp_gettime reports TIME_ERROR while STA_UNSYNC is set
+    # the maximum error grows by the tolerance (500 ppm) between the two reads while synchronised
+    assert sync["max_error_s"] == pytest.approx(ntv.maxerror * 1e-6, abs=1e-3)
+    assert sync["est_error_s"] == pytest.approx(ntv.esterror * 1e-6, abs=1e-3)
+
+
+def test_the_host_clock_wording_warns_only_when_not_kept():
+    ok, warn = describe_host_clock({"synchronised": True, "state": "TIME_OK", "est_error_s": 0.0005,
+                                    "max_error_s": 0.012})
+    assert (ok, warn) == ("synchronised (the kernel's estimated error 0.5 ms, at most 12 ms)", False)
+    text, warn = describe_host_clock({"synchronised": False, "state": "TIME_ERROR", "est_error_s": 16.0,
+                                      "max_error_s": 16.0})
+    assert warn and text.startswith("NOT synchronised") and "TIME_ERROR" in text and "chrony" in text
+    assert describe_host_clock(None) == ("not known on this system (no adjtimex)", False)
