@@ -132,6 +132,10 @@ class RecordLog:
     sync : bool
         If True (default), every append is followed by ``fdatasync`` so the
         record survives a crash or power loss once ``append`` returns.
+    read_only : bool
+        Read what is there and change nothing: no torn tail moved aside, no
+        reserved space trimmed (another process is appending to it); appends
+        are refused.
 
     Attributes
     ----------
@@ -141,14 +145,20 @@ class RecordLog:
         Where a torn tail found at open was moved, if any.
     """
 
-    def __init__(self, path: str | os.PathLike, *, sync: bool = True):
+    def __init__(self, path: str | os.PathLike, *, sync: bool = True, read_only: bool = False):
         self.path = os.fspath(path)
         self.sync = sync
+        self.read_only = read_only
+        self.torn_path = None
+        if read_only:  # a live writer's tail may be a record being written: leave it be
+            self.records, end = scan_records(self.path, payloads=False)
+            self._fd = os.open(self.path, os.O_RDONLY)
+            self._end = self._alloc_end = end
+            return
         folder = os.path.dirname(self.path) or "."
         new_dir = not os.path.isdir(folder)
         os.makedirs(folder, exist_ok=True)
         existed = os.path.exists(self.path)
-        self.torn_path = None
         if existed:
             # payload CRCs too: a crash can leave a record whole but for its payload
             self.records, end = scan_records(self.path, payloads=False, check_payloads=True)
@@ -189,7 +199,7 @@ class RecordLog:
         (e.g. right after an ack).
         """
         target = self._end + int(nbytes)
-        if target <= self._alloc_end:
+        if target <= self._alloc_end or self.read_only:
             return
         zeros = bytes(min(chunk, target - self._alloc_end))
         off = self._alloc_end
@@ -201,7 +211,7 @@ class RecordLog:
         self._alloc_end = target
 
     def append(self, header: dict, payload=b"", payload_crc: int | None = None) -> Record:
-        """Append one record and make it durable.
+        """Append one record and make it durable (refused, RecordError, if opened read-only).
 
         Parameters
         ----------
@@ -217,6 +227,9 @@ class RecordLog:
         Record
             Where it was written (payload not attached).
         """
+        if self.read_only:
+            raise RecordError(self.path, "was opened read-only: another process is writing this session; "
+                                         "append through that process")
         hbytes = msgpack.packb(header, use_bin_type=True)
         if len(hbytes) > _MAX_HEADER:
             raise RecordError("header", f"record header is {len(hbytes)} bytes; limit {_MAX_HEADER}")
@@ -243,7 +256,7 @@ class RecordLog:
     def close(self) -> None:
         """Trim unused reserved space and close the file."""
         if self._fd >= 0:
-            if self._alloc_end > self._end:
+            if self._alloc_end > self._end and not self.read_only:
                 os.ftruncate(self._fd, self._end)
                 os.fdatasync(self._fd)
             os.close(self._fd)

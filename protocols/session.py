@@ -20,8 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import fcntl
 import json
 import os
+import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 
@@ -32,8 +35,8 @@ from .errors import RecordError
 from .record import PREFIX_BYTES, RecordLog, scan_records
 from .wire import RunEnd, RunStart, VolumeMessage
 
-__all__ = ["SESSION_FORMAT", "SESSION_VERSION", "RunRecord", "SessionRecord", "load_run", "run_volumes", "list_runs",
-           "write_json_atomic"]
+__all__ = ["SESSION_FORMAT", "SESSION_VERSION", "RunRecord", "SessionRecord", "SessionLock", "written_elsewhere",
+           "load_run", "run_volumes", "list_runs", "write_json_atomic"]
 
 SESSION_FORMAT = "b2m-session-record"
 # Reservation ahead of appends (see SessionRecord.top_up): keep room for this
@@ -102,7 +105,9 @@ class RunRecord:
         rec = self.received[index]
         g = self.geometry
         buf = self.log.read_payload(rec)
-        return np.frombuffer(buf, dtype=np.dtype(g["dtype"])).reshape(g["shape"], order=g["order"])
+        # each volume in its own memory order (a receiver before 2026-11-29 took runs that mixed them)
+        return np.frombuffer(buf, dtype=np.dtype(g["dtype"])).reshape(g["shape"],
+                                                                      order=rec.header.get("order", g["order"]))
 
     def _absorb(self, header: dict, rec) -> None:
         kind = header.get("kind")
@@ -129,6 +134,88 @@ class RunRecord:
                 self.n_volumes = header["n_volumes"]
 
 
+#: The file a writer holds locked in a session folder (its PID and command inside, for the error message).
+LOCK_NAME = "session.lock"
+_held: dict[str, list] = {}       # folder (real path) -> [fd, holds]: this process's locks
+_held_guard = threading.Lock()
+
+
+class SessionLock:
+    """This process's claim to write a session folder: one writer at a time.
+
+    Two receivers (or two sessions) appending to one folder would overwrite
+    each other's records. The claim is an exclusive ``flock`` on
+    ``FOLDER/session.lock``, which the kernel frees when the process ends,
+    however it ends (a crash or ``kill -9`` leaves no stale lock). Claims
+    within one process nest (a session and its receiver).
+
+    Raises
+    ------
+    RecordError
+        Another process holds the folder: names it and says what to do.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.path.realpath(os.fspath(path))
+        with _held_guard:
+            entry = _held.get(self.path)
+            if entry is None:
+                os.makedirs(self.path, exist_ok=True)
+                lock_path = os.path.join(self.path, LOCK_NAME)
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+                    os.close(fd)
+                    raise RecordError(os.fspath(path), f"is being written by {holder}; one process at a time "
+                                      "writes a session folder: stop that one first, or give another --out") from None
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"PID {os.getpid()} ({' '.join(sys.argv)[:200]}), since "
+                              f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+                entry = _held[self.path] = [fd, 0]
+            entry[1] += 1
+        self._released = False
+
+    def release(self) -> None:
+        """Give the claim back (idempotent); the lock goes with this process's last claim."""
+        with _held_guard:
+            if self._released:
+                return
+            self._released = True
+            entry = _held[self.path]
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _held[self.path]
+                fcntl.flock(entry[0], fcntl.LOCK_UN)
+                os.close(entry[0])
+
+    def __enter__(self) -> "SessionLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def written_elsewhere(path: str | os.PathLike) -> bool:
+    """Whether another process holds ``path``'s :class:`SessionLock` now (a live session or receiver)."""
+    real = os.path.realpath(os.fspath(path))
+    with _held_guard:
+        if real in _held:
+            return False
+    try:
+        fd = os.open(os.path.join(real, LOCK_NAME), os.O_RDONLY)
+    except OSError:
+        return False  # never claimed
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing frees the shared lock, if taken
+
+
 class SessionRecord:
     """Open (or create) a session record folder and append to it.
 
@@ -142,12 +229,26 @@ class SessionRecord:
         The session folder.
     sync : bool
         fdatasync every record before returning (default True).
+    read_only : bool or None
+        Read the record and change nothing (no torn tail moved aside), so that
+        another process may be appending to it. None (default): read-only when
+        another process holds the folder's :class:`SessionLock` (a session
+        running), else as a writer would open it.
+
+    Attributes
+    ----------
+    read_only : bool
     """
 
-    def __init__(self, path: str | os.PathLike, *, sync: bool = True):
+    def __init__(self, path: str | os.PathLike, *, sync: bool = True, read_only: bool | None = None):
         self.path = os.fspath(path)
         self.sync = sync
-        os.makedirs(os.path.join(self.path, "runs"), exist_ok=True)
+        self.read_only = written_elsewhere(self.path) if read_only is None else bool(read_only)
+        if not self.read_only:
+            os.makedirs(os.path.join(self.path, "runs"), exist_ok=True)
+        elif not os.path.isdir(os.path.join(self.path, "runs")):
+            raise RecordError(self.path, "has no runs/ folder: is it a session record (b2m session --out, "
+                                         "b2m receive --out)?")
         meta_path = os.path.join(self.path, "session.json")
         if os.path.exists(meta_path):
             try:
@@ -164,7 +265,7 @@ class SessionRecord:
             if meta.get("version") != SESSION_VERSION:
                 raise RecordError(meta_path, f"session record version {meta.get('version')} is not supported "
                                              f"(this is version {SESSION_VERSION})")
-        else:
+        elif not self.read_only:
             write_json_atomic(meta_path, {"format": SESSION_FORMAT, "version": SESSION_VERSION,
                                      "created_unix": time.time()})
         self.runs: dict[str, RunRecord] = {}
@@ -176,7 +277,8 @@ class SessionRecord:
         self._rejected: RecordLog | None = None
 
     def _open_run(self, run_id: str) -> RunRecord:
-        log = RecordLog(os.path.join(self.path, "runs", run_id, "volumes.log"), sync=self.sync)
+        log = RecordLog(os.path.join(self.path, "runs", run_id, "volumes.log"), sync=self.sync,
+                        read_only=self.read_only)
         if log.torn_path:
             self.torn.append(log.torn_path)
         run = RunRecord(run_id=run_id, log=log)
@@ -187,7 +289,15 @@ class SessionRecord:
 
     def run(self, run_id: str) -> RunRecord:
         """The run's record, created if new."""
-        return self.runs.get(run_id) or self._open_run(run_id)
+        run = self.runs.get(run_id)
+        if run is None:
+            self._writable()
+            run = self._open_run(run_id)
+        return run
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise RecordError(self.path, "was opened read-only: another process is writing this session")
 
     # ---- appending -------------------------------------------------------
 
@@ -245,6 +355,7 @@ class SessionRecord:
     def append_rejected(self, frames, field_: str, reason: str, t_recv: float, peer: bytes = b"",
                         max_bytes: int = 64 << 20) -> None:
         """Keep a refused message (frames capped at ``max_bytes``) with its reason."""
+        self._writable()
         if self._rejected is None:
             self._rejected = RecordLog(os.path.join(self.path, "rejected.log"), sync=self.sync)
         lens = [len(f) for f in frames]
@@ -320,7 +431,7 @@ def run_volumes(path: str | os.PathLike, run_id: str) -> tuple[dict, list[dict],
                 if want is not None and crc32(buf) != int(want) & 0xFFFFFFFF:
                     raise RecordError(log_path, f"volume {i} of run {run_id!r} no longer matches its CRC-32: "
                                                 "the file was changed after it was recorded")
-                yield np.frombuffer(buf, dtype=dtype).reshape(shape, order=order)
+                yield np.frombuffer(buf, dtype=dtype).reshape(shape, order=rec.header.get("order", order))
 
     return geometry, [vols[i].header for i in range(n)], read()
 

@@ -30,6 +30,7 @@ __all__ = [
     "valid_run_id",
     "MAX_HEADER_BYTES",
     "MAX_PAYLOAD_BYTES",
+    "MAX_RUN_VOLUMES",
     "MAX_ALERTS",
     "MAX_ALERT_CHARS",
     "ALLOWED_DTYPES",
@@ -68,7 +69,8 @@ ALLOWED_DTYPES = (
     "<f4", ">f4", "<f8", ">f8",
 )
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # used with fullmatch
-_MAX_INDEX = 2**31 - 1
+#: The most volumes a run may have (100,000: 2.8 h at TR 0.1 s); indices are below it.
+MAX_RUN_VOLUMES = 100_000
 _MAX_TR_S = 60.0
 
 # Every numpy dtype str normalised to the explicit-byte-order spelling above.
@@ -445,9 +447,20 @@ def _run_id(h: dict, *, optional: bool = False) -> str | None:
 
 
 def _index(h: dict, key: str = "index", *, optional: bool = False) -> int | None:
+    """A volume's 0-based index in its run: in [0, MAX_RUN_VOLUMES)."""
     v = _get(h, key, int, optional=optional)
-    if v is not None and not 0 <= v <= _MAX_INDEX:
-        raise MessageError(f"header.{key}", f"must be in [0, {_MAX_INDEX}], got {v}")
+    if v is not None and not 0 <= v < MAX_RUN_VOLUMES:
+        raise MessageError(f"header.{key}", f"must be in [0, {MAX_RUN_VOLUMES - 1}], got {v}: a run's volumes are "
+                                            "numbered from 0 in acquisition order")
+    return v
+
+
+def _n_volumes(h: dict, *, optional: bool = False) -> int | None:
+    """A run's volume count: in [1, MAX_RUN_VOLUMES]."""
+    v = _get(h, "n_volumes", int, optional=optional)
+    if v is not None and not 1 <= v <= MAX_RUN_VOLUMES:
+        raise MessageError("header.n_volumes", f"must be in [1, {MAX_RUN_VOLUMES}], got {v}: the number of "
+                           "volumes the run has" + (" (nil if not known yet)" if optional else ""))
     return v
 
 
@@ -465,8 +478,10 @@ def _shape(h: dict, *, optional: bool = False) -> tuple[int, ...] | None:
     v = _get(h, "shape", list, optional=optional)
     if v is None:
         return None
-    if not 1 <= len(v) <= 4:
-        raise MessageError("header.shape", f"expected 1 to 4 dimensions, got {len(v)}")
+    if len(v) != 3:
+        raise MessageError("header.shape", f"a volume is 3-D (x, y, z), got {len(v)} dimension(s) {_short(v)}: "
+                           + ("send a 4-D series as one message per 3-D volume" if len(v) > 3 else
+                              "send whole volumes (b2m scanner watch assembles a GE scanner's slices)"))
     for s in v:
         if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= MAX_AXIS:
             raise MessageError("header.shape", f"each extent must be an integer in [1, {MAX_AXIS}], got {_short(v)}")
@@ -523,7 +538,8 @@ def decode_header(frame) -> dict:
             timestamp=0,
         )
     except Exception as e:  # msgpack raises several unrelated types
-        raise MessageError("header", f"is not valid msgpack ({type(e).__name__}: {e}); this port speaks "
+        raise MessageError("header", f"is not valid msgpack ({type(e).__name__}{': ' + str(e) if str(e) else ''});"
+                                     " this port speaks "
                                      "brain2music-rt wire v1: send a msgpack map (protocols/README.md), and check "
                                      "that nothing else is pointed at this port") from None
     if not isinstance(h, dict):
@@ -576,7 +592,7 @@ def decode(frames) -> Message:
 def _decode_volume(h: dict, frames) -> VolumeMessage:
     run_id = _run_id(h)
     index = _index(h)
-    n_volumes = _index(h, "n_volumes", optional=True)
+    n_volumes = _n_volumes(h, optional=True)
     if n_volumes is not None and index >= n_volumes:
         raise MessageError("header.index", f"volume {index} is past the run's own n_volumes={n_volumes} "
                                            "(indices are 0-based)")
@@ -598,7 +614,8 @@ def _decode_volume(h: dict, frames) -> VolumeMessage:
             f"needs {expected}: the frame was truncated or the header is wrong"
         )
     if expected > MAX_PAYLOAD_BYTES:
-        raise MessageError("payload", f"{expected} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit")
+        raise MessageError("payload", f"{expected} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit: check the "
+                                      "header's shape and dtype (one 3-D volume per message)")
     got = payload_checksum(payload)
     if got != crc:
         raise MessageError("header.crc32", f"payload CRC-32 is {got:#010x} but the header says "
@@ -615,14 +632,14 @@ def _decode_run_start(h: dict, frames) -> RunStart:
             raise MessageError("header.meta", f"keys must be strings, got {_short(k)}")
     dtype = _dtype(h, optional=True)
     return RunStart(
-        run_id=_run_id(h), tr_s=_tr(h), n_volumes=_index(h, "n_volumes", optional=True),
+        run_id=_run_id(h), tr_s=_tr(h), n_volumes=_n_volumes(h, optional=True),
         shape=_shape(h, optional=True), dtype=None if dtype is None else dtype.str,
         affine=_affine(h, optional=True), meta=meta, t_sent=_finite(h, "t_send"),
     )
 
 
 def _decode_run_end(h: dict, frames) -> RunEnd:
-    return RunEnd(run_id=_run_id(h), n_volumes=_index(h, "n_volumes"), t_sent=_finite(h, "t_send"))
+    return RunEnd(run_id=_run_id(h), n_volumes=_n_volumes(h), t_sent=_finite(h, "t_send"))
 
 
 def _decode_heartbeat(h: dict, frames) -> Heartbeat:

@@ -24,7 +24,7 @@ import msgpack
 import zmq
 
 from protocols.errors import MessageError
-from protocols.session import RunRecord, SessionRecord
+from protocols.session import RunRecord, SessionLock, SessionRecord
 from protocols.wire import Ack, Heartbeat, Reject, RunEnd, RunStart, VolumeMessage, decode, encode
 
 from .nifti_io import export_run_nifti, run_export_args
@@ -74,6 +74,50 @@ def _peek(frames) -> dict:
     return out
 
 
+def _memory_order(data) -> str:
+    """``"F"`` for a Fortran-ordered (NIfTI-ordered) array, else ``"C"``."""
+    return "F" if (data.flags.f_contiguous and not data.flags.c_contiguous) else "C"
+
+
+def _same_start(run: RunRecord, msg: RunStart) -> None:
+    """A run_start sent again says what the recorded one said (else: a new run under an old id)."""
+    was = run.start
+    now = {"tr_s": msg.tr_s, "n_volumes": msg.n_volumes, "shape": None if msg.shape is None else list(msg.shape),
+           "dtype": msg.dtype}
+    for key, value in now.items():
+        if was.get(key) != value:
+            raise MessageError(f"header.{key}", f"run {msg.run_id} was started already with {key} "
+                               f"{was.get(key)!r}, not {value!r}; a run_start sent again must be the same: give "
+                               "a new run a new run id")
+
+
+def _start_fits(run: RunRecord, msg: RunStart) -> None:
+    """A run_start that comes after some of its volumes agrees with what they recorded."""
+    g, last = run.geometry, max(run.received)
+    if msg.shape is not None and list(msg.shape) != list(g["shape"]):
+        raise MessageError("header.shape", f"{list(msg.shape)} differs from the shape {g['shape']} of run "
+                           f"{msg.run_id}'s recorded volumes; give a new run a new run id")
+    if msg.dtype is not None and msg.dtype != g["dtype"]:
+        raise MessageError("header.dtype", f"{msg.dtype} differs from the dtype {g['dtype']} of run "
+                           f"{msg.run_id}'s recorded volumes; give a new run a new run id")
+    if msg.n_volumes is not None and (msg.n_volumes <= last or run.n_volumes not in (None, msg.n_volumes)):
+        raise MessageError("header.n_volumes", f"{msg.n_volumes} does not fit run {msg.run_id}'s recorded volumes "
+                           f"(up to index {last}" + (f", of {run.n_volumes}" if run.n_volumes else "")
+                           + "); send the number of volumes the run has")
+
+
+def _end_fits(run: RunRecord, msg: RunEnd) -> None:
+    """A run_end agrees with the run's known length and with the volumes recorded."""
+    if run.n_volumes is not None and msg.n_volumes != run.n_volumes:
+        raise MessageError("header.n_volumes", f"{msg.n_volumes} differs from run {msg.run_id}'s "
+                           f"{run.n_volumes} volumes (from its run_start, its volumes or an earlier run_end); "
+                           "send the number of volumes the run has")
+    if run.received and max(run.received) >= msg.n_volumes:
+        raise MessageError("header.n_volumes", f"{msg.n_volumes} is too few: run {msg.run_id} has volume "
+                           f"{max(run.received)} recorded (indices are 0-based); send the number of volumes "
+                           "the run has")
+
+
 class Receiver:
     """Record-only receiver; later stages hook in through ``on_volume``.
 
@@ -110,7 +154,12 @@ class Receiver:
                  export: bool = True, sync: bool = True, ctx: zmq.Context | None = None):
         self.out_dir = os.fspath(out_dir)
         check_exposure(bind, curve=curve is not None, insecure=insecure)  # refuse before touching the disk
-        self.record = SessionRecord(self.out_dir, sync=sync)
+        self._claim = SessionLock(self.out_dir)  # one writer per folder: a second receiver is refused here
+        try:
+            self.record = SessionRecord(self.out_dir, sync=sync, read_only=False)
+        except BaseException:
+            self._claim.release()
+            raise
         for torn in self.record.torn:
             log.warning("a torn record from an earlier crash was moved to %s; its sender will resend it", torn)
         self._own_ctx = ctx is None
@@ -121,6 +170,8 @@ class Receiver:
         except BaseException:
             if self._auth is not None:
                 self._auth.stop()
+            self.record.close()
+            self._claim.release()
             raise
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.on_volume = on_volume
@@ -253,30 +304,48 @@ class Receiver:
         if isinstance(msg, RunStart):
             self.stats.controls += 1
             run = self.record.runs.get(msg.run_id)
-            if run is None or run.start is None:
-                run = self.record.append_run_start(msg, t_recv)
-                self._last_run = msg.run_id
-                log.info("run %s started (%s volumes, TR %.3f s)", msg.run_id, msg.n_volumes, msg.tr_s)
+            if run is not None and run.start is not None:  # sent again (an ack lost): it must say the same
+                _same_start(run, msg)
+                return Ack(of="run_start", run_id=msg.run_id, status="duplicate")
+            if run is not None and run.received:  # its volumes overtook it: it must agree with them
+                _start_fits(run, msg)
+            run = self.record.append_run_start(msg, t_recv)
+            self._last_run = msg.run_id
+            log.info("run %s started (%s volumes, TR %.3f s)", msg.run_id, msg.n_volumes, msg.tr_s)
             return Ack(of="run_start", run_id=msg.run_id, status="recorded")
         if isinstance(msg, RunEnd):
             self.stats.controls += 1
             run = self.record.runs.get(msg.run_id)
-            if run is None or not run.ended:
-                run = self.record.append_run_end(msg, t_recv)
-            self._maybe_finalise(run, ended=True)
+            if run is not None:
+                _end_fits(run, msg)
+                if run.ended:
+                    return Ack(of="run_end", run_id=msg.run_id, status="duplicate")
+            run = self.record.append_run_end(msg, t_recv)
+            if run.received:
+                self._maybe_finalise(run, ended=True)
+            else:  # not a run that happened (yet): nothing to report as ended
+                log.warning("run %s ended (%d volumes) before any of its volumes was recorded: recorded; a "
+                            "misspelt run id? Its volumes, if they come, complete it", msg.run_id, msg.n_volumes)
             return Ack(of="run_end", run_id=msg.run_id, status="recorded")
         if isinstance(msg, Heartbeat):
             return Ack(of="heartbeat", status="ok")
-        raise MessageError("header.type", f"a receiver does not accept {msg.type!r} messages")
+        raise MessageError("header.type", f"a receiver does not accept {msg.type!r} messages: send volume, "
+                                          "run_start, run_end or heartbeat (protocols/README.md)")
 
     def _on_volume(self, msg: VolumeMessage, payload, t_recv: float):
         run = self.record.runs.get(msg.run_id)
         if run is not None and msg.index in run.received:
+            was = run.received[msg.index].header.get("crc32")
+            if was is not None and was != msg.checksum:  # not a resend: other data under a recorded index
+                raise MessageError("payload", f"volume {msg.index} of run {msg.run_id} was recorded already with "
+                                   f"other data (CRC-32 {was:#010x}, this one {msg.checksum:#010x}); the first is "
+                                   "kept and this one is in rejected.log. Check the sender's numbering: each "
+                                   "volume of a run needs its own index")
             self.stats.duplicates += 1
             return Ack(of="volume", run_id=msg.run_id, index=msg.index, status="duplicate")
         if run is not None:
             self._check_geometry(run, msg)
-        order = "F" if (msg.data.flags.f_contiguous and not msg.data.flags.c_contiguous) else "C"
+        order = _memory_order(msg.data)
         run = self.record.append_volume(msg, payload, t_recv, order)
         self._last_run = msg.run_id
         self.stats.recorded += 1
@@ -295,12 +364,19 @@ class Receiver:
             if start.get("shape") and tuple(start["shape"]) != msg.data.shape:
                 raise MessageError("header.shape", f"{list(msg.data.shape)} differs from the run start's "
                                    f"{start['shape']}; start a new run for a new geometry")
+            if start.get("dtype") and start["dtype"] != msg.data.dtype.str:
+                raise MessageError("header.dtype", f"{msg.data.dtype.str} differs from the run start's "
+                                   f"{start['dtype']}; send the scanner's native dtype the run start announced")
             return
         if tuple(g["shape"]) != msg.data.shape:
             raise MessageError("header.shape", f"{list(msg.data.shape)} differs from this run's "
                                f"{g['shape']}; start a new run id for a new geometry")
         if g["dtype"] != msg.data.dtype.str:
             raise MessageError("header.dtype", f"{msg.data.dtype.str} differs from this run's {g['dtype']}")
+        order = _memory_order(msg.data)
+        if order != g["order"] and sum(n > 1 for n in msg.data.shape) > 1:
+            raise MessageError("header.order", f"{order} differs from this run's {g['order']}: send every volume "
+                               "of a run in one memory order")
         if [float(v) for v in msg.affine.ravel()] != g["affine"]:
             # Kept, not refused: some scanners update the affine (prospective motion correction).
             self.stats.affine_changes += 1
@@ -361,6 +437,7 @@ class Receiver:
         if self._auth is not None:
             self._auth.stop()
         self.record.close()
+        self._claim.release()
         if self._own_ctx:
             self.ctx.term()
 

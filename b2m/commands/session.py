@@ -13,6 +13,7 @@ import threading
 
 from realtime.triggers import DEFAULT_KEY
 
+from ..console import stderr_console
 from ._curve import add_server_args, server_keys
 from .control import DEFAULT_CONTROL
 
@@ -159,6 +160,35 @@ def _policy(args, base=None):
     return PolicyConfig(**{**base.to_dict(), **{k: v for k, v in given.items() if v is not None}})
 
 
+#: The policy's fields by the option that sets them.
+_POLICY_OPTIONS = {"smooth_trs": "--smooth-trs", "k": "--top-k", "margin": "--margin", "min_dwell_s": "--min-dwell",
+                   "crossfade_s": "--crossfade", "align": "--align"}
+
+
+def _same_parts_without_out(args) -> None:
+    """`b2m session replay SESSION` checks the session's own decisions: an option that would change them
+    (another model, library, block design or policy) needs ``--out NEW``, a rerun; said, not ignored."""
+    from realtime.feedback import PolicyConfig
+    from realtime.session import read_session_info
+    from realtime.session.protocol import Protocol, read_protocol
+
+    info = read_session_info(args.session)
+    other = [f"--{k}" for k in ("model", "library")
+             if getattr(args, k) and os.path.realpath(getattr(args, k)) != os.path.realpath(info[k])]
+    if args.protocol:
+        ran_blocks = Protocol.of_session(info)
+        if ran_blocks is None or read_protocol(args.protocol).blocks != ran_blocks.blocks:
+            other.append("--protocol")
+    ran = PolicyConfig(**info["policy"]).to_dict()
+    asked = _policy(args, PolicyConfig(**info["policy"])).to_dict()
+    other += [opt for field, opt in _POLICY_OPTIONS.items() if asked[field] != ran[field]]
+    if other:
+        raise ValueError(f"{', '.join(other)} would change what the session decided, and a replay checks its "
+                         "decisions with the parts and policy it ran with. To hear what they would have played "
+                         f"to the same volumes, rerun it: b2m session replay {args.session} --out NEW "
+                         f"{' '.join(other)} ...")
+
+
 def run(args) -> int:
     args.blind = _allocate(args)
     if args.action == "replay":
@@ -166,6 +196,7 @@ def run(args) -> int:
             raise ValueError("`b2m session replay` needs the session folder: b2m session replay SESSION")
         if args.out:
             return run_rerun(args)
+        _same_parts_without_out(args)
         return run_replay(args.session)
     if args.action == "export":
         missing = [o for o, v in (("SESSION", args.session), ("--bids", args.bids), ("--subject", args.subject)) if not v]
@@ -215,7 +246,7 @@ def run_live(args) -> int:
     from realtime.audio import AudioDeviceError, open_output
     from realtime.receiver import Receiver
     from realtime.results import PynealResultsServer, ResultsPublisher
-    from protocols.session import SessionRecord
+    from protocols.session import SessionLock, SessionRecord
     from realtime.session import Dashboard, SessionEngine, session_info, write_session_info
     from realtime.session.engine import SessionOptions
     from realtime.session.generation import atlas_points
@@ -237,11 +268,15 @@ def run_live(args) -> int:
     protocol = read_protocol(args.protocol) if args.protocol else None
     if args.mode == "generation":
         atlas_points(library)  # a library that is not generated: the error says what to do, before anything opens
+    # one session writes a folder: a second one (an operator who thinks the first has hung) is refused
+    # before it reads or repairs anything
+    claim = SessionLock(args.out) if os.path.isdir(args.out) else None
     # an --out with decisions in it is an interrupted session, continued: read them once, here
     recorded, offsets = recorded_decisions(args.out)
     yoked = _yoked(args, library, continuing=bool(recorded))
     _same_setup(args.out, protocol, decoder, library, args.model, args.library, continuing=bool(recorded))
     os.makedirs(args.out, exist_ok=True)
+    claim = claim or SessionLock(args.out)  # held until this process ends
     if yoked is not None:
         from realtime.session.yoked import write_yoked
 
@@ -281,6 +316,8 @@ def run_live(args) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     def run_over(run_id, *_):
+        if run_id in ended:  # a run that ended with gaps and was completed later ends once
+            return
         ended.append(run_id)
         print(f"run\t{run_id}\tended", file=sys.stderr, flush=True)
         if args.runs is not None and len(ended) >= args.runs:
@@ -654,7 +691,7 @@ def run_rerun(args) -> int:
         engines.append(engine)
         return engine
 
-    with Progress(transient=True) as bar:
+    with Progress(console=stderr_console(), transient=True) as bar:  # stdout is for the results
         task = bar.add_task("rerunning", total=None)
         report = replay_session(args.session, engine_at, progress=lambda d, t: bar.update(task, completed=d, total=t))
     output.close()
@@ -701,7 +738,7 @@ def run_replay(session: str) -> int:
     options = SessionOptions(**info.get("options", {}))
     yoked = read_yoked(session)
     protocol = Protocol.of_session(info)
-    with Progress(transient=True) as bar:
+    with Progress(console=stderr_console(), transient=True) as bar:  # stdout is for the report
         task = bar.add_task("replaying", total=None)
         report = replay_session(session, lambda offsets: SessionEngine(decoder, library, None, policy, options,
                                                                         run_offsets=offsets, yoked=yoked,

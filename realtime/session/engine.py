@@ -35,6 +35,9 @@ the switch lands on the first bar at least ``lead_s`` after the decision.
 not arrived when ``max_wait`` later ones have is stood in for by the last
 volume (flagged, so the policy holds), because the causal filters need one
 input per TR. The real volume, arriving later, is recorded but not decoded.
+A volume more than ``max_gap`` past the next one due (a sender's numbering
+gone wrong; after so long a gap the run's filters would hold nothing of
+it) is recorded but not decoded either, and the run goes on without it.
 
 **Errors.** A volume that cannot be processed (wrong grid for the model, a
 bug) gets an ``error`` result with the reason; the session continues.
@@ -86,6 +89,9 @@ class SessionOptions:
         (room for the command to reach the audio thread), seconds.
     max_wait : int
         Volumes that may arrive after a missing one before it is stood in for.
+    max_gap : int
+        A volume further than this past the next one due is not decoded (each
+        volume stood in for costs a TR's work: a wrong index must not stall the session).
     n_tags : int
         Tags of the playing clip reported per result.
     mode : {"retrieval", "generation"}
@@ -102,6 +108,7 @@ class SessionOptions:
 
     lead_s: float = 0.05
     max_wait: int = 4
+    max_gap: int = 500
     n_tags: int = 3
     mode: str = "retrieval"
     segment_bars: int = 4
@@ -225,7 +232,7 @@ class SessionEngine(EngineSound):
         self.alerts = None
         self.latency_ms = {s: deque(maxlen=2000) for s in STAGES[1:] + ("total",)}
         self.counts = {"volumes": 0, "decoded": 0, "switches": 0, "holds": 0, "errors": 0, "stand_ins": 0,
-                       "late": 0}
+                       "late": 0, "too_far_ahead": 0}
         self.last: Result | None = None
         self.next_candidate: str | None = None
         self.alignments: dict[str, dict] = {}  # run -> how its first volume was found (:meth:`_aligned`)
@@ -281,13 +288,19 @@ class SessionEngine(EngineSound):
             self.counts["late"] += 1
             log.warning("%s/%d arrived after it was stood in for; recorded, not decoded", msg.run_id, msg.index)
             return out
+        if msg.index - run.next_index > self.options.max_gap:
+            self.counts["too_far_ahead"] += 1
+            log.warning("%s/%d is %d volumes past the next one due (%d), more than %d: recorded, not decoded. "
+                        "A run's volumes are numbered from 0 in acquisition order: check the sender's numbering",
+                        msg.run_id, msg.index, msg.index - run.next_index, run.next_index, self.options.max_gap)
+            return out
         run.waiting[msg.index] = (msg, t_recv)
         while True:
             if run.next_index in run.waiting:
                 m, t = run.waiting.pop(run.next_index)
                 out.append(self._step(run, m, m.data, t, stand_in=False))
-            elif run.waiting and (max(run.waiting) - run.next_index >= self.options.max_wait) \
-                    and run.last_volume is not None:
+            # the volumes waiting all come after the missing one: stand in once max_wait of them are here
+            elif len(run.waiting) >= self.options.max_wait and run.last_volume is not None:
                 self.counts["stand_ins"] += 1
                 log.warning("%s/%d missing after %d later volumes: the previous volume stands in (flagged)",
                             run.run_id, run.next_index, self.options.max_wait)

@@ -296,8 +296,14 @@ def _disk_space(out: str, decoder) -> tuple[str, None]:
     import shutil
 
     where = os.path.abspath(out)
+    if os.path.exists(where) and not os.path.isdir(where):
+        raise ValueError(f"{out} is a file: --out is the session's folder (a new one, or an interrupted "
+                         "session's to continue)")
     while not os.path.exists(where):
         where = os.path.dirname(where)
+    if not os.path.isdir(where) or not os.access(where, os.W_OK | os.X_OK):
+        raise ValueError(f"{out} cannot be written: {where} is " + ("a file" if not os.path.isdir(where) else
+                         "not writable by this user") + "; give --out a folder this user may create")
     free = shutil.disk_usage(where).free
     mask = decoder.manifest["mask"]
     tr_s = float(decoder.manifest.get("tr_s") or 2.0)

@@ -262,7 +262,8 @@ def write_session_report(path: str, summary: dict, results, library, fd_threshol
     lat = summary["latency_ms"].get("total", {})
     rows = [("Volumes / decoded", f"{c['volumes']} / {c['decoded']}"),
             ("Switches / motion holds / errors", f"{c['switches']} / {c['holds']} / {c['errors']}"),
-            ("Volumes stood in for (missing) / arrived too late", f"{c['stand_ins']} / {c['late']}"),
+            ("Volumes stood in for (missing) / arrived too late / too far ahead (not decoded)",
+             f"{c['stand_ins']} / {c['late']} / {c.get('too_far_ahead', 0)}"),
             ("Latency, received -> audio scheduled",
              f"p50 {lat.get('p50', float('nan')):.2f} ms, p99 {lat.get('p99', float('nan')):.2f} ms"),
             ("Audio underruns", str(summary.get("audio_underruns")) + _scheduling(summary)),

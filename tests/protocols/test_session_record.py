@@ -204,3 +204,68 @@ def test_per_volume_index_keeps_only_what_varies_and_a_changed_affine(rng, tmp_p
     np.testing.assert_array_equal(got[0].affine, AFFINE)
     np.testing.assert_array_equal(got[2].affine, moved)
     assert np.array_equal(got[2].data, vols[2])
+
+
+def test_a_run_recorded_in_mixed_memory_orders_reads_back_as_sent(rng, tmp_path):
+    """A receiver before 2026-11-29 took a run whose volumes came in both orders (the wire allows either per
+    message); each volume reads back in its own order, one by one and as the whole run."""
+    vols = _volumes(rng, 4, "F")
+    vols[2] = np.ascontiguousarray(vols[2])
+    rec = SessionRecord(tmp_path)
+    for i, v in enumerate(vols):
+        _append_volume(rec, "run1", i, v, n_volumes=4)
+    for i, v in enumerate(vols):
+        np.testing.assert_array_equal(rec.runs["run1"].volume(i), v)
+    rec.close()
+    data, _, _ = load_run(tmp_path, "run1")
+    np.testing.assert_array_equal(data, np.stack(vols, axis=-1))
+
+
+def _hold_in_another_process(folder):
+    """A real second process that claims ``folder`` and waits (killed by the caller)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from protocols.session import SessionLock; SessionLock(sys.argv[1]); "
+            "print('held', flush=True); time.sleep(600)")
+    p = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_one_process_at_a_time_writes_a_session_folder(rng, tmp_path):
+    """Two writers would overwrite each other's records: a folder another process holds is refused, naming
+    that process; a reader then opens it read-only (nothing repaired or trimmed under a live writer); the
+    claim dies with its process, even killed with SIGKILL."""
+    import signal
+
+    from protocols.session import SessionLock, written_elsewhere
+
+    rec = SessionRecord(tmp_path)
+    _append_volume(rec, "run1", 0, _volumes(rng, 1, "C")[0])
+    rec.close()
+    other = _hold_in_another_process(tmp_path)
+    try:
+        assert written_elsewhere(tmp_path)
+        with pytest.raises(RecordError, match=rf"is being written by PID {other.pid} .*stop that one first"):
+            SessionLock(tmp_path)
+        size = os.path.getsize(tmp_path / "runs" / "run1" / "volumes.log")
+        with open(tmp_path / "runs" / "run1" / "volumes.log", "ab") as f:
+            f.write(b"B2MR" + bytes(40))  # as if the live writer were half-way through a record
+        reader = SessionRecord(tmp_path)
+        assert reader.read_only and sorted(reader.runs["run1"].received) == [0] and reader.torn == []
+        with pytest.raises(RecordError, match="read-only"):
+            _append_volume(reader, "run1", 1, _volumes(rng, 1, "C")[0])
+        with pytest.raises(RecordError, match="read-only"):
+            reader.run("run2")
+        reader.close()
+        assert os.path.getsize(tmp_path / "runs" / "run1" / "volumes.log") == size + 44  # left as it was
+    finally:
+        other.send_signal(signal.SIGKILL)
+        other.wait()
+    assert not written_elsewhere(tmp_path)
+    with SessionLock(tmp_path), SessionLock(tmp_path):  # free again; claims nest within a process
+        assert not written_elsewhere(tmp_path)
+        writer = SessionRecord(tmp_path)
+        assert not writer.read_only and writer.torn  # the half record, moved aside by the writer
+        writer.close()

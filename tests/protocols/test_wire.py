@@ -15,6 +15,7 @@ from protocols.errors import MessageError
 from protocols.wire import (
     ALLOWED_DTYPES,
     MAX_HEADER_BYTES,
+    MAX_RUN_VOLUMES,
     PROTOCOL_VERSION,
     Ack,
     Heartbeat,
@@ -36,12 +37,12 @@ fuzz = settings(deadline=None, max_examples=150, suppress_health_check=[HealthCh
 # --------------------------------------------------------------------------
 
 run_ids = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z", fullmatch=True)
-indices = st.integers(0, 2**31 - 1)
-n_volumes = st.none() | indices
+indices = st.integers(0, MAX_RUN_VOLUMES - 1)
+n_volumes = st.none() | st.integers(1, MAX_RUN_VOLUMES)
 trs = st.floats(min_value=0.0, max_value=60.0, exclude_min=True, allow_nan=False)
 times = st.floats(min_value=1.0, max_value=4e9, allow_nan=False)  # 0.0 means "now" to encode
 finite = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, allow_infinity=False)
-shapes = st.lists(st.integers(1, 5), min_size=1, max_size=4).map(tuple)
+shapes = st.lists(st.integers(1, 5), min_size=3, max_size=3).map(tuple)  # a volume is 3-D
 
 
 @st.composite
@@ -164,7 +165,7 @@ def test_decode_run_start_roundtrip_exact(run_id, tr_s, n, shape, dtype, affine,
 
 
 @fuzz
-@given(run_id=run_ids, n=indices, t_send=times)
+@given(run_id=run_ids, n=st.integers(1, MAX_RUN_VOLUMES), t_send=times)
 def test_decode_run_end_roundtrip_exact(run_id, n, t_send):
     got = decode(encode(RunEnd(run_id=run_id, n_volumes=n, t_sent=t_send)))
     assert isinstance(got, RunEnd)
@@ -226,10 +227,13 @@ _IDENT = np.eye(4).ravel().tolist()
 _BAD_FIELDS = [
     ("run_id", 5), ("run_id", ""), ("run_id", "../etc"), ("run_id", "run 1"), ("run_id", "a" * 129),
     ("run_id", "-run"), ("run_id", True), ("run_id", None), ("run_id", _DROP),
-    ("index", -1), ("index", 2**31), ("index", 5.0), ("index", True), ("index", "5"), ("index", _DROP),
-    ("n_volumes", -1), ("n_volumes", True), ("n_volumes", 10.0), ("n_volumes", "10"),
+    ("index", -1), ("index", 2**31), ("index", MAX_RUN_VOLUMES), ("index", 5.0), ("index", True), ("index", "5"),
+    ("index", _DROP),
+    ("n_volumes", -1), ("n_volumes", 0), ("n_volumes", MAX_RUN_VOLUMES + 1), ("n_volumes", True),
+    ("n_volumes", 10.0), ("n_volumes", "10"),
     ("shape", []), ("shape", [1, 1, 1, 1, 24]), ("shape", [0, 3, 2]), ("shape", [4, 3, True]),
-    ("shape", [4.0, 3, 2]), ("shape", [-4, 3, 2]), ("shape", [5000, 1]), ("shape", "4x3x2"),
+    ("shape", [4.0, 3, 2]), ("shape", [-4, 3, 2]), ("shape", [5000, 3, 2]), ("shape", "4x3x2"),
+    ("shape", [24]), ("shape", [4, 6]), ("shape", [4, 3, 2, 1]),
     ("shape", {"x": 4}), ("shape", _DROP),
     ("dtype", "<f16"), ("dtype", "float64"), ("dtype", "f8"), ("dtype", "int16"), ("dtype", "<c8"),
     ("dtype", "|O"), ("dtype", "<i8"), ("dtype", 3), ("dtype", b"<i2"), ("dtype", _DROP),

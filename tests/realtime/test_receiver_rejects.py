@@ -266,3 +266,92 @@ def test_the_idle_hook_runs_between_messages_and_its_failure_does_not_stop_servi
         t.join(5)
     assert isinstance(reply, Ack) and not t.is_alive()
     assert len(calls) >= 10 and max(np.diff(calls)) < 0.5  # every wake-up, at least every poll_ms (+ slack)
+
+
+def test_receiver_refuses_other_data_under_a_recorded_index_and_keeps_it(rng, tmp_path, endpoint, client, serving):
+    """A resend is the same bytes (a duplicate); other bytes under an index already recorded are a sender's
+    numbering gone wrong: refused (naming the payload), the first kept, the second in rejected.log."""
+    out = tmp_path / "session"
+    first, other = volume_frames(rng, index=1), volume_frames(rng, index=1)
+    with serving(out, endpoint) as rx:
+        assert ask(client, first).status == "recorded"
+        assert ask(client, first).status == "duplicate"
+        reply = ask(client, other)
+        assert isinstance(reply, Reject) and (reply.field, reply.index) == ("payload", 1)
+        assert "recorded already with other data" in reply.reason and "numbering" in reply.reason
+        assert rx.stats.duplicates == 1 and rx.stats.rejected == 1
+        kept = rx.record.runs["run1"].volume(1)
+    assert kept.tobytes(order="A") == first[1]
+    rejected, _ = scan_records(out / "rejected.log", payloads=True)
+    assert [r.header["field"] for r in rejected] == ["payload"] and other[1] in bytes(rejected[0].payload)
+
+
+def test_receiver_holds_a_run_to_its_start_and_its_end(rng, tmp_path, endpoint, client, serving):
+    """run_start and run_end sent again are duplicates; one that contradicts the run's record (another
+    length, shape or dtype than its volumes, or than the start before it) is refused, naming the field."""
+    with serving(tmp_path / "session", endpoint) as rx:
+        start = encode(RunStart("run1", 1.5, n_volumes=10, shape=(4, 3, 2), dtype="<i2", t_sent=1.0))
+        assert ask(client, start).status == "recorded"
+        assert ask(client, start).status == "duplicate"
+        again = ask(client, encode(RunStart("run1", 1.5, n_volumes=2, shape=(4, 3, 2), dtype="<i2", t_sent=1.0)))
+        assert isinstance(again, Reject) and again.field == "header.n_volumes" and "new run id" in again.reason
+        wrong = ask(client, volume_frames(rng, index=0, dtype="<f4"))  # not what the start announced
+        assert isinstance(wrong, Reject) and wrong.field == "header.dtype" and "<i2" in wrong.reason
+        assert ask(client, volume_frames(rng, index=3)).status == "recorded"
+        short = ask(client, encode(RunEnd("run1", 3, t_sent=2.0)))
+        assert isinstance(short, Reject) and short.field == "header.n_volumes"
+        assert ask(client, encode(RunEnd("run1", 10, t_sent=2.0))).status == "recorded"
+        assert ask(client, encode(RunEnd("run1", 10, t_sent=2.0))).status == "duplicate"
+        # a run whose volumes came before its start: the start must fit them
+        assert ask(client, volume_frames(rng, index=5, run_id="run2")).status == "recorded"
+        late = ask(client, encode(RunStart("run2", 1.5, n_volumes=4, t_sent=3.0)))
+        assert isinstance(late, Reject) and late.field == "header.n_volumes" and "index 5" in late.reason
+        shape = ask(client, encode(RunStart("run2", 1.5, shape=(4, 3, 3), t_sent=3.0)))
+        assert isinstance(shape, Reject) and shape.field == "header.shape"
+        assert ask(client, encode(RunStart("run2", 1.5, n_volumes=6, t_sent=3.0))).status == "recorded"
+        assert rx.record.runs["run1"].n_volumes == 10 and rx.record.runs["run2"].n_volumes == 6
+
+
+def test_receiver_refuses_a_change_of_memory_order_within_a_run(rng, tmp_path, endpoint, client, serving):
+    data = rng.integers(-1000, 1000, size=(4, 3, 2)).astype("<i2")
+    f_order = encode(VolumeMessage("run1", 0, np.asfortranarray(data), AFFINE, 1.5, t_acquired=1.0, t_sent=1.0))
+    c_order = encode(VolumeMessage("run1", 1, np.ascontiguousarray(data), AFFINE, 1.5, t_acquired=1.0, t_sent=1.0))
+    with serving(tmp_path / "session", endpoint):
+        assert ask(client, f_order).status == "recorded"
+        reply = ask(client, c_order)
+    assert isinstance(reply, Reject) and reply.field == "header.order" and "one memory order" in reply.reason
+
+
+def test_a_run_end_is_reported_once_and_only_for_a_run_that_had_volumes(rng, tmp_path, endpoint, client, serving):
+    """What `b2m session --runs N` counts: a run_end sent again, a run_end of a run no volume came for, and
+    the run completed later by its missing volume report nothing more."""
+    gaps, complete = [], []
+    with serving(tmp_path / "session", endpoint, on_run_gaps=lambda r, m: gaps.append((r, list(m))),
+                 on_run_complete=lambda r, n: complete.append(r)) as rx:
+        assert ask(client, encode(RunEnd("typo", 3, t_sent=1.0))).status == "recorded"
+        for i in (0, 2):
+            assert ask(client, volume_frames(rng, index=i)).status == "recorded"
+        assert ask(client, encode(RunEnd("run1", 3, t_sent=1.0))).status == "recorded"
+        assert ask(client, encode(RunEnd("run1", 3, t_sent=1.0))).status == "duplicate"
+        assert ask(client, volume_frames(rng, index=1)).status == "recorded"
+        rx.wait_exports(30)
+    assert gaps == [("run1", [1])] and complete == ["run1"]
+
+
+def test_a_second_receiver_on_a_folder_in_use_is_refused(rng, tmp_path, endpoint, client, serving, b2m_proc):
+    """Two writers on one folder would overwrite each other's acked volumes: `b2m receive` (or `b2m session`)
+    on a folder a running receiver holds stops at once, naming the process, and the first goes on."""
+    import os
+    import socket
+
+    out = tmp_path / "session"
+    with serving(out, endpoint) as rx:
+        assert ask(client, volume_frames(rng, index=0)).status == "recorded"
+        with socket.socket() as s:  # a free port for the second one (it must not fail on the port)
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        second = b2m_proc("receive", "--out", out, "--bind", f"tcp://127.0.0.1:{port}", name="second")
+        assert second.wait(60) == 2
+        assert f"is being written by PID {os.getpid()}" in second.stderr() and "another --out" in second.stderr()
+        assert ask(client, volume_frames(rng, index=1)).status == "recorded"
+        assert sorted(rx.record.runs["run1"].received) == [0, 1]

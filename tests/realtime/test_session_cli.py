@@ -104,11 +104,17 @@ def test_session_end_to_end_results_pyneal_and_replay(kit, b2m_proc, endpoint, t
     assert summary["counts"]["switches"] == sum(r.action == "switch" for r in got) >= 1
     info = sf.info(str(out / "feedback.wav"))
     assert info.samplerate == 48000 and info.frames >= 40 * 1.35 * 48000  # the whole run, on the scanner's clock
-    rep = b2m_proc("session", "replay", out, name="session-replay")
+    # the model the session ran with, named again (a site's config file does): the same replay
+    rep = b2m_proc("session", "replay", out, "--model", kit.bundle, name="session-replay")
     assert rep.wait() == 0, rep.stderr() + rep.stdout()
-    assert "identical" in rep.stdout()
+    assert "identical" in rep.stdout() and rep.stdout().startswith("{")  # its progress went to stderr
     report = json.loads(rep.stdout()[: rep.stdout().rindex("}") + 1])
     assert report["n_compared"] == 40 and report["embedding_max_abs_diff"] == 0.0
+    # another policy without --out would not be what the session decided: said, not ignored
+    other = b2m_proc("session", "replay", out, "--min-dwell", "99", name="session-replay-other")
+    assert other.wait() == 2 and other.stdout() == ""
+    assert "--min-dwell would change what the session decided" in other.stderr()
+    assert f"b2m session replay {out} --out NEW --min-dwell" in other.stderr()
 
 
 def test_session_missing_audio_device_is_a_clear_error(kit, b2m_proc, endpoint, tmp_path):

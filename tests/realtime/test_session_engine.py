@@ -285,6 +285,35 @@ def test_a_missing_volume_is_stood_in_for_and_held(kit, tmp_path):
     assert eng.counts["stand_ins"] == 1 and eng.counts["late"] == 1
 
 
+def test_one_early_volume_waits_and_stands_in_for_nothing(kit, tmp_path):
+    """Volume 30 overtakes 4-29 (a resend after a reconnect): only one later volume is here, so nothing is
+    stood in for; 4-29 then arrive and every volume is decoded from its own data, as if in order."""
+    msgs = volumes(kit.nifti)
+    eng, got, _ = run_engine(kit, tmp_path, msgs[:4] + [msgs[30]] + msgs[4:30] + msgs[31:], output=False,
+                             record=False)
+    _, ref, _ = run_engine(kit, tmp_path / "ref", output=False, record=False)
+    assert [r.index for r in got] == list(range(40)) and not any(r.flagged for r in got)
+    assert eng.counts["stand_ins"] == 0 and eng.counts["late"] == 0
+    np.testing.assert_array_equal(np.stack([r.embedding for r in got[2:]]), np.stack([r.embedding for r in ref[2:]]))
+
+
+def test_a_volume_numbered_far_past_the_run_is_recorded_not_decoded(kit, tmp_path):
+    """A sender's index gone wrong (2e9 in a 40-volume run whose length it did not say) must not make the
+    session stand in for two billion volumes: it is counted, not decoded, and the run goes on in order."""
+    from dataclasses import replace
+
+    msgs = [replace(m, n_volumes=None) for m in volumes(kit.nifti)]
+    wild = replace(msgs[5], index=2_000_000_000)
+    t0 = time.monotonic()
+    eng, got, _ = run_engine(kit, tmp_path, msgs[:5] + [wild] + msgs[5:], output=False, record=False)
+    assert time.monotonic() - t0 < 60
+    assert [r.index for r in got] == list(range(40)) and not any(r.flagged for r in got)
+    assert eng.counts["too_far_ahead"] == 1 and eng.counts["stand_ins"] == 0
+    # within max_gap, a gap is a gap: 4 volumes after it, the missing ones are stood in for
+    eng, got, _ = run_engine(kit, tmp_path / "gap", msgs[:5] + msgs[25:], output=False, record=False)
+    assert [r.index for r in got] == list(range(40)) and [r.index for r in got if r.flagged] == list(range(5, 25))
+
+
 def test_wrong_grid_gives_error_results_and_the_session_goes_on(kit, tmp_path, functional_nii):
     msgs = volumes(functional_nii, run_id="wrong-grid") + volumes(kit.nifti, run_id="right")
     eng, got, _ = run_engine(kit, tmp_path, msgs, output=False, record=True)
