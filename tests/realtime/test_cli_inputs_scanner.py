@@ -1,0 +1,89 @@
+"""Bad input to the scanner-side commands (scanner replay/export/watch, receive, control, monitor, keys):
+each is refused up front with an ``error:`` line that names the file or option and says what to do,
+exit 2, and never a Python traceback. Real files, real processes, real sockets."""
+
+from __future__ import annotations
+
+import os
+
+import nibabel as nib
+import pytest
+from nibabel.testing import data_path
+
+EXAMPLE4D = os.path.join(data_path, "example4d.nii.gz")
+
+
+def _refused(proc, *names: str, timeout: float = 60.0) -> str:
+    """``proc`` exits 2 with one ``error:`` line naming each of ``names``, and no traceback; its stderr."""
+    rc = proc.wait(timeout=timeout)
+    err = proc.stderr()
+    assert rc == 2, (rc, err)
+    assert "Traceback" not in err, err
+    line = next((ln for ln in err.splitlines() if ln.startswith("error: ")), None)
+    assert line is not None, err
+    for name in names:
+        assert name in line, (name, line)
+    return line
+
+
+def _head_c(src, dest, n_bytes: int) -> str:
+    """``head -c n_bytes src > dest``: a copy cut short, as an interrupted transfer leaves it."""
+    with open(src, "rb") as f:
+        blob = f.read(n_bytes)
+    with open(dest, "wb") as f:
+        f.write(blob)
+    return os.fspath(dest)
+
+
+# ---- 1. a truncated or corrupt run ------------------------------------------------------------------------
+
+@pytest.fixture
+def damaged_runs(tmp_path):
+    """nibabel's example4d.nii.gz cut to half its length, and with 100 of its compressed bytes flipped
+    (the gzip CRC then fails), and its uncompressed .nii cut to half."""
+    size = os.path.getsize(EXAMPLE4D)
+    trunc = _head_c(EXAMPLE4D, tmp_path / "trunc.nii.gz", size // 2)
+    blob = bytearray(open(EXAMPLE4D, "rb").read())
+    for i in range(size // 3, size // 3 + 100):
+        blob[i] ^= 0xFF
+    flipped = tmp_path / "flipped.nii.gz"
+    flipped.write_bytes(bytes(blob))
+    full = tmp_path / "full.nii"
+    nib.save(nib.load(EXAMPLE4D), full)
+    trunc_nii = _head_c(full, tmp_path / "trunc.nii", os.path.getsize(full) // 2)
+    return {"trunc": trunc, "flipped": os.fspath(flipped), "trunc_nii": trunc_nii}
+
+
+@pytest.mark.parametrize("which", ["trunc", "flipped", "trunc_nii"])
+def test_read_nifti_run_names_a_truncated_or_corrupt_file(damaged_runs, which):
+    from realtime.nifti_io import read_nifti_run
+
+    with pytest.raises(ValueError) as e:
+        read_nifti_run(damaged_runs[which])
+    msg = str(e.value)
+    assert msg.startswith(f"{damaged_runs[which]}: truncated or corrupt (") and "re-copy or re-download it" in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("which", ["trunc", "flipped"])
+def test_iter_volumes_names_a_truncated_or_corrupt_gzip(damaged_runs, which):
+    from realtime.nifti_io import iter_volumes
+
+    vols = []
+    with pytest.raises(ValueError, match="truncated or corrupt") as e:
+        for v in iter_volumes(nib.load(damaged_runs[which])):
+            vols.append(v)
+    assert str(e.value).startswith(f"{damaged_runs[which]}: volume {len(vols)}: truncated or corrupt")
+    assert len(vols) < 2  # it stopped at the damage, within the run's two volumes
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("which", ["trunc", "flipped"])
+def test_scanner_replay_and_export_refuse_a_damaged_run(b2m_proc, endpoint, tmp_path, damaged_runs, which):
+    path = damaged_runs[which]
+    rp = b2m_proc("scanner", "replay", path, "--tr", "2", "--connect", endpoint, "--quiet", name="replay")
+    line = _refused(rp, path, "truncated or corrupt", "re-copy or re-download")
+    ex = b2m_proc("scanner", "export", path, tmp_path / "out", "--tr", "2", "--speed", "max", "--quiet",
+                  name="export")
+    assert _refused(ex, path) == line
+    assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
