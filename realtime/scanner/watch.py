@@ -34,6 +34,7 @@ from ..clocks import CLOCK_WARN_S
 from ..sender import ReliableSender
 from ..transport import DEFAULT_ENDPOINT
 from .inotify import FolderEvents
+from .pacing import check_count, check_seconds
 from .vendors import VENDORS, ScannerVolume, VendorFileError, read_ge_slice, read_nifti_volume, \
     philips_rec_path, read_philips_parrec, read_siemens_mosaic, stack_ge_slices
 
@@ -350,10 +351,20 @@ def watch_folder(folder, vendor: str, endpoint: str = DEFAULT_ENDPOINT, *, run_i
     Raises
     ------
     ValueError
-        Bad folder, vendor or run id, or no TR; the message says what to give.
+        Bad folder, vendor or run id, no TR, or a duration or count that is not positive (``--tr``,
+        ``--idle-timeout``, ``--poll``, ``--volumes``, ``--slices``); the message names the option and says
+        what to give.
     """
     if run_id is not None and not valid_run_id(run_id):
-        raise ValueError(f"run id {run_id!r}: use 1-128 characters of [A-Za-z0-9._-], starting with a letter or digit")
+        raise ValueError(f"--run-id {run_id!r}: use 1-128 characters of [A-Za-z0-9._-], starting with a letter or "
+                         "digit (it names the run's folder in the session record)")
+    tr_s = check_seconds(tr_s, "--tr")
+    idle_timeout_s = check_seconds(idle_timeout_s, "--idle-timeout")
+    poll_s = check_seconds(poll_s, "--poll")
+    n_volumes = check_count(n_volumes, "--volumes")  # 0 would end a run of no volume before it began
+    check_count(slices_per_volume, "--slices")
+    if not give_up_s >= 0 or not np.isfinite(give_up_s):
+        raise ValueError(f"--give-up must be 0 or more seconds, got {give_up_s!r}")
     stop = stop or (lambda: False)
     if new_subfolder:
         folder = _wait_for_subfolder(folder, poll_s, stop, ready)

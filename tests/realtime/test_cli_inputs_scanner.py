@@ -87,3 +87,71 @@ def test_scanner_replay_and_export_refuse_a_damaged_run(b2m_proc, endpoint, tmp_
                   name="export")
     assert _refused(ex, path) == line
     assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
+
+
+# ---- 2, 9. options checked before anything is read, written or sent --------------------------------------
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("option, value, says", [
+    ("--tr", "-1", "--tr must be a positive number of seconds, got -1.0"),
+    ("--tr", "0", "--tr must be a positive number of seconds, got 0.0"),
+    ("--prefix", "../esc", "--prefix '../esc': give a plain file name prefix"),
+    ("--prefix", "sub/vol", "--prefix 'sub/vol': give a plain file name prefix"),
+    ("--prefix", "..", "--prefix '..': give a plain file name prefix"),
+])
+def test_scanner_export_refuses_a_bad_option_and_writes_nothing(b2m_proc, functional_nii, tmp_path, option, value,
+                                                                 says):
+    out = tmp_path / "sub" / "export"
+    ex = b2m_proc("scanner", "export", functional_nii, out, option, value, "--speed", "max", "--quiet")
+    _refused(ex, says)
+    assert not (tmp_path / "sub").exists()  # nothing written, and nothing beside the folder either
+    assert sorted(os.listdir(tmp_path)) == ["p0.err", "p0.out"]
+
+
+def test_scanner_export_writes_with_a_plain_prefix(functional_nii, tmp_path):
+    from realtime.scanner.export import export_run
+
+    res = export_run(functional_nii, tmp_path / "out", speed=float("inf"), prefix="epi-run1")
+    assert len(res.files) == 20
+    assert all(os.path.dirname(f) == os.fspath(tmp_path / "out") for f in res.files)
+    assert os.path.basename(res.files[0]) == "epi-run1_00001.nii"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("option, value, says", [
+    ("--tr", "-2", "--tr must be a positive number of seconds, got -2.0"),
+    ("--tr", "nan", "--tr must be a positive number of seconds, got nan"),
+    ("--idle-timeout", "-1", "--idle-timeout must be a positive number of seconds, got -1.0"),
+    ("--poll", "0", "--poll must be a positive number of seconds, got 0.0"),
+    ("--volumes", "0", "--volumes must be a whole number of at least 1, got 0"),
+    ("--slices", "0", "--slices must be a whole number of at least 1, got 0"),
+    ("--give-up", "-1", "--give-up must be 0 or more seconds, got -1.0"),
+    ("--run-id", "_x", "--run-id '_x': use 1-128 characters"),
+])
+def test_scanner_watch_refuses_a_bad_option_before_watching(b2m_proc, endpoint, tmp_path, option, value, says):
+    """Refused at once (no receiver is needed to find out, and none is sent a run end for no run)."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    tx = b2m_proc("scanner", "watch", folder, "--vendor", "nifti", "--connect", endpoint, option, value, "--quiet")
+    _refused(tx, says, timeout=30)
+    assert "watching" not in tx.stderr()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("option, value, says", [
+    ("--tr", "-1.5", "--tr must be a positive number of seconds, got -1.5"),
+    ("--tr", "0", "--tr must be a positive number of seconds, got 0.0"),
+    ("--run-id", "_bad", "--run-id '_bad': use 1-128 characters of [A-Za-z0-9._-], starting with a letter or digit"),
+    ("--run-id", "has space", "--run-id 'has space'"),
+])
+def test_scanner_replay_refuses_a_bad_option_before_sending(b2m_proc, endpoint, tmp_path, serving, functional_nii,
+                                                            option, value, says):
+    """A receiver is listening: it is sent nothing at all, where before it was sent the whole run and
+    refused every message of it."""
+    from protocols.session import SessionRecord
+
+    with serving(tmp_path / "session", endpoint):
+        rp = b2m_proc("scanner", "replay", functional_nii, option, value, "--speed", "max", "--connect", endpoint,
+                      "--quiet")
+        _refused(rp, says, timeout=30)
+    assert SessionRecord(str(tmp_path / "session"), sync=False).runs == {}
