@@ -155,3 +155,138 @@ def test_scanner_replay_refuses_a_bad_option_before_sending(b2m_proc, endpoint, 
                       "--quiet")
         _refused(rp, says, timeout=30)
     assert SessionRecord(str(tmp_path / "session"), sync=False).runs == {}
+
+
+# ---- 3. endpoints and ports: one check, before any socket ------------------------------------------------
+
+@pytest.mark.parametrize("endpoint, bind, says", [
+    ("nowhere", False, "'nowhere' is not an endpoint: use tcp://HOST:PORT (port 1-65535) or ipc://PATH"),
+    ("tcp://127.0.0.1:99999", True, "port '99999' is not a TCP port; use tcp://HOST:PORT (port 0-65535"),
+    ("tcp://127.0.0.1:99999", False, "port '99999' is not a TCP port; use tcp://HOST:PORT (port 1-65535)"),
+    ("tcp://127.0.0.1:0", False, "port '0' is not a TCP port"),
+    ("tcp://127.0.0.1:*", False, "port '*' is not a TCP port"),
+    ("tcp://127.0.0.1", True, "is not an endpoint: use tcp://HOST:PORT"),
+    ("tcp://:5555", True, "is not an endpoint: use tcp://HOST:PORT"),
+    ("tcp://[::1:5555", False, "an IPv6 address goes in brackets"),
+    ("ipc://", True, "ipc:// needs a path"),
+    ("http://127.0.0.1:5555", False, "is not an endpoint"),
+])
+def test_check_endpoint_refuses_what_is_not_an_endpoint(endpoint, bind, says):
+    from realtime.transport import EndpointError, TransportError, check_endpoint
+
+    with pytest.raises(EndpointError) as e:
+        check_endpoint(endpoint, bind=bind)
+    assert isinstance(e.value, TransportError) and isinstance(e.value, ValueError)
+    assert repr(endpoint) in str(e.value) and says in str(e.value)
+
+
+@pytest.mark.parametrize("endpoint, bind", [
+    ("tcp://127.0.0.1:5555", False), ("tcp://127.0.0.1:*", True), ("tcp://127.0.0.1:0", True),
+    ("tcp://*:5555", True), ("tcp://[::1]:5555", False), ("tcp://scanner-host.local:5555", False),
+    ("ipc:///tmp/b2m.sock", True), ("inproc://link", True), ("tcp://127.0.0.1:65535", False),
+])
+def test_check_endpoint_takes_every_form_the_commands_use(endpoint, bind):
+    from realtime.transport import check_endpoint
+
+    assert check_endpoint(endpoint, bind=bind) == endpoint
+
+
+def test_every_binder_refuses_a_port_out_of_range_instead_of_wrapping_it(tmp_path):
+    """ZeroMQ took tcp://127.0.0.1:99999 as port 34463; the socket module raised OverflowError."""
+    from realtime.monitor import MonitorServer, MonitorState
+    from realtime.receiver import Receiver
+    from realtime.results import PynealResultsServer, ResultsPublisher
+    from realtime.session.operator import ControlServer
+    from realtime.transport import EndpointError
+
+    bad = "tcp://127.0.0.1:99999"
+    for make in (lambda: Receiver(tmp_path / "rx", bad), lambda: ResultsPublisher(bad),
+                 lambda: ControlServer(None, bad)):
+        with pytest.raises(EndpointError, match=r"'tcp://127.0.0.1:99999' is not an endpoint: port '99999'"):
+            make()
+    assert not (tmp_path / "rx").exists()  # refused before touching the disk
+    with pytest.raises(EndpointError, match=r"--pyneal-port 99999: port 99999 is not a TCP port; use 0-65535"):
+        PynealResultsServer(port=99999)
+    with pytest.raises(EndpointError, match=r"--http 127.0.0.1:99999: port 99999 is not a TCP port"):
+        MonitorServer(MonitorState("tcp://127.0.0.1:5556"), "127.0.0.1", 99999)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("args, says", [
+    (("--bind", "tcp://127.0.0.1:99999"), ["'tcp://127.0.0.1:99999' is not an endpoint", "port '99999'",
+                                          "tcp://HOST:PORT (port 0-65535"]),
+    (("--bind", "nowhere"), ["'nowhere' is not an endpoint: use tcp://HOST:PORT"]),
+    (("--bind", "tcp://nowhere.invalid:5599", "--insecure"),
+     ["cannot bind tcp://nowhere.invalid:5599: 'nowhere.invalid' is neither an address of this computer nor one "
+      "of its network interfaces", "tcp://127.0.0.1:PORT"]),
+    (("--bind", "tcp://nowhere.invalid:5599"), ["cannot bind tcp://nowhere.invalid:5599: 'nowhere.invalid'"]),
+])
+def test_receive_refuses_an_endpoint_it_cannot_bind_and_says_why(b2m_proc, tmp_path, args, says):
+    """Not "reachable from the network, no CURVE keys", nor "another receiver on that port"."""
+    rx = b2m_proc("receive", *args, "--out", tmp_path / "rx")
+    line = _refused(rx, *says, timeout=30)
+    assert "another receiver" not in line and "CURVE" not in line
+
+
+def test_a_taken_port_still_says_another_receiver(tmp_path, endpoint):
+    import zmq
+
+    from realtime.transport import TransportError, bind_router
+
+    ctx = zmq.Context()
+    first = bind_router(ctx, endpoint)
+    try:
+        with pytest.raises(TransportError, match=f"cannot bind {endpoint}: .*Is another receiver running"):
+            bind_router(ctx, endpoint)
+    finally:
+        first.close(0)
+        ctx.term()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("args, says", [
+    (("control", "status", "--connect", "nowhere"), ["--connect 'nowhere' is not an endpoint: use tcp://HOST:PORT"]),
+    (("control", "mute", "--connect", "tcp://127.0.0.1:99999"), ["--connect 'tcp://127.0.0.1:99999'", "port '99999'"]),
+    (("monitor", "--results", "nowhere", "--http", "127.0.0.1:0"), ["--results 'nowhere' is not an endpoint"]),
+    (("monitor", "--http", "127.0.0.1:99999"), ["--http 127.0.0.1:99999: port 99999 is not a TCP port; use 0-65535"]),
+    (("scanner", "watch", ".", "--vendor", "nifti", "--connect", "nowhere", "--quiet"),
+     ["'nowhere' is not an endpoint"]),
+])
+def test_connecting_commands_refuse_a_malformed_endpoint(b2m_proc, args, says):
+    """A ZMQError traceback (control, monitor) or an OverflowError (monitor --http) before."""
+    _refused(b2m_proc(*args), *says, timeout=30)
+
+
+@pytest.mark.timeout(60)
+def test_scanner_replay_refuses_a_malformed_connect(b2m_proc, functional_nii):
+    _refused(b2m_proc("scanner", "replay", functional_nii, "--connect", "tcp://127.0.0.1:70000", "--quiet"),
+             "'tcp://127.0.0.1:70000' is not an endpoint", timeout=30)
+
+
+# ---- 4. control --timeout -------------------------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
+def test_control_refuses_a_timeout_that_would_wait_for_ever(b2m_proc, endpoint, value):
+    """--timeout -1 waited until Ctrl-C (a negative poll timeout is infinite)."""
+    _refused(b2m_proc("control", "status", "--connect", endpoint, "--timeout", value),
+             "--timeout must be a positive number of seconds", timeout=30)
+
+
+def test_control_with_no_session_still_exits_3(b2m_proc, endpoint):
+    p = b2m_proc("control", "status", "--connect", endpoint, "--timeout", "0.2")
+    assert p.wait(timeout=30) == 3
+    assert f"no session answered on {endpoint} within 0.2 s" in p.stderr() and "Traceback" not in p.stderr()
+
+
+# ---- 5. keys: the name is positional ----------------------------------------------------------------------
+
+def test_keys_made_twice_says_to_choose_another_name_not_a_name_option(b2m_proc, tmp_path):
+    first = b2m_proc("keys", "receiver", "--out", tmp_path / "keys1")
+    assert first.wait(timeout=30) == 0
+    secret = tmp_path / "keys1" / "receiver.key_secret"
+    before = secret.read_bytes()
+    line = _refused(b2m_proc("keys", "receiver", "--out", tmp_path / "keys1"), f"{secret} already exists",
+                    "choose another NAME or --out folder", timeout=30)
+    assert "--name" not in line
+    assert secret.read_bytes() == before  # the old key is kept
