@@ -290,3 +290,128 @@ def test_keys_made_twice_says_to_choose_another_name_not_a_name_option(b2m_proc,
                     "choose another NAME or --out folder", timeout=30)
     assert "--name" not in line
     assert secret.read_bytes() == before  # the old key is kept
+
+
+# ---- 6. NIfTI volumes keep their own index when a file is bad ---------------------------------------------
+
+class _Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def _nifti_folder(folder, source, names, bad=()):
+    """One 3-D NIfTI per volume of ``source`` as ``names[k]``; the names in ``bad`` get junk instead."""
+    import numpy as np
+
+    img = nib.load(source)
+    data = np.asanyarray(img.dataobj.get_unscaled())
+    folder.mkdir(exist_ok=True)
+    for k, name in enumerate(names):
+        if name in bad:
+            (folder / name).write_bytes(b"not a NIfTI" * 50)
+        else:
+            nib.save(nib.Nifti1Image(np.ascontiguousarray(data[..., k]), img.affine), folder / name)
+    return data
+
+
+def _scan_all(w, clock, rounds=40):
+    got = []
+    for _ in range(rounds):
+        got += w.scan()
+        clock.t += 0.1
+    return got
+
+
+@pytest.mark.parametrize("names, bad, indices, bad_index", [
+    # 1-based numbers, as scanners and b2m scanner export write them: vol_00001.nii is volume 0
+    ([f"vol_{k:05d}.nii" for k in range(1, 6)], {"vol_00002.nii"}, [0, 2, 3, 4], 1),
+    # a series numbered from 0, whose first file is the bad one: the numbering is still taken from it
+    ([f"img{k}.nii" for k in range(0, 5)], {"img0.nii"}, [1, 2, 3, 4], 0),
+    # Siemens-style session_series_volume names: the last number is the volume's
+    ([f"001_000012_{k:06d}.nii" for k in range(1, 5)], {"001_000012_000004.nii"}, [0, 1, 2], 3),
+    # no number in the names: the order found, a bad file keeping its place
+    (["a.nii", "b.nii", "c.nii", "d.nii"], {"b.nii"}, [0, 2, 3], 1),
+])
+def test_nifti_watcher_indexes_volumes_by_file_not_by_arrival(tmp_path, functional_nii, names, bad, indices,
+                                                              bad_index):
+    import numpy as np
+
+    from realtime.scanner.watch import FolderWatcher
+
+    clock = _Clock()
+    data = _nifti_folder(tmp_path / "export", functional_nii, names, bad)
+    w = FolderWatcher(tmp_path / "export", "nifti", give_up_s=0.5, clock=clock, events=False, include_existing=True)
+    got = _scan_all(w, clock)
+    assert [v.index for v in got] == indices
+    for v in got:  # each volume is the source's volume of that index, not its neighbour's
+        k = names.index(os.path.basename(v.files[0]))
+        assert v.index == k
+        np.testing.assert_array_equal(v.data, data[..., k])
+    assert set(w.bad) == set(bad) and w.bad_indices() == {bad_index}
+    w.close()
+
+
+def test_nifti_watcher_reads_files_in_the_order_they_come(tmp_path, functional_nii):
+    """Files written one by one, a bad one in the middle: the one after it is still volume 2."""
+    from realtime.scanner.watch import FolderWatcher
+
+    clock = _Clock()
+    folder = tmp_path / "export"
+    folder.mkdir()
+    w = FolderWatcher(folder, "nifti", give_up_s=0.3, clock=clock, events=False)
+    got = []
+    for k, name in enumerate(["v_1.nii", "v_2.nii", "v_3.nii"]):
+        _nifti_folder(folder, functional_nii, ["v_1.nii", "v_2.nii", "v_3.nii"][: k + 1],
+                      bad={"v_2.nii"})
+        got += _scan_all(w, clock, rounds=3)  # the bad one is not yet given up when the next one comes
+    got += _scan_all(w, clock, rounds=10)
+    assert [v.index for v in got] == [0, 2] and list(w.bad) == ["v_2.nii"]
+    w.close()
+
+
+def test_nifti_volume_number_is_the_last_number_of_the_name():
+    from realtime.scanner.watch import nifti_volume_number
+
+    assert nifti_volume_number("vol_00007.nii") == 7
+    assert nifti_volume_number("sub-01_run-2_vol0012.nii.gz") == 12
+    assert nifti_volume_number("001_000012_000005.NII") == 5
+    assert nifti_volume_number("epi.nii") is None
+
+
+@pytest.mark.timeout(120)
+def test_watch_with_a_bad_file_sends_the_rest_at_their_index_and_exits_1(b2m_proc, endpoint, serving,
+                                                                         functional_nii, tmp_path):
+    """The run's 3rd file is corrupt: volumes 0, 1, 3, 4, 5 are recorded at those indices with the source's
+    data, volume 2 is reported missing in the summary, and the exit code says the run is not whole."""
+    import json
+
+    import numpy as np
+
+    from protocols.session import SessionRecord
+    from realtime.scanner.export import export_run
+
+    folder = tmp_path / "export"
+    short = tmp_path / "short.nii"
+    src = nib.load(functional_nii)
+    data = np.asanyarray(src.dataobj.get_unscaled())[..., :6]
+    nib.save(nib.Nifti1Image(data, src.affine, src.header), short)
+    export_run(short, folder, speed=float("inf"))
+    (folder / "vol_00003.nii").write_bytes(b"\0" * 100)  # cut short: not a NIfTI
+    with serving(tmp_path / "session", endpoint):
+        tx = b2m_proc("scanner", "watch", folder, "--vendor", "nifti", "--connect", endpoint, "--include-existing",
+                      "--volumes", 6, "--idle-timeout", 1, "--give-up", 0.3, "--run-id", "gap", "--quiet")
+        rc = tx.wait(timeout=60)
+        err = tx.stderr()
+        assert rc == 1, err
+        assert "Traceback" not in err and "vol_00003.nii" in err and "went without 1 volume(s)" in err
+    summary = json.loads(tx.stdout().strip().splitlines()[-1])
+    assert summary["missing_volumes"] == [2] and list(summary["bad_files"]) == ["vol_00003.nii"]
+    assert summary["sent"] == 5 and summary["all_acked"]
+    run = SessionRecord(str(tmp_path / "session"), sync=False).runs["gap"]
+    assert sorted(run.received) == [0, 1, 3, 4, 5] and run.missing() == [2] and run.n_volumes == 6
+    for k in run.received:
+        np.testing.assert_array_equal(run.volume(k), data[..., k])
+
