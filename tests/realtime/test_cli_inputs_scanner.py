@@ -415,3 +415,51 @@ def test_watch_with_a_bad_file_sends_the_rest_at_their_index_and_exits_1(b2m_pro
     for k in run.received:
         np.testing.assert_array_equal(run.volume(k), data[..., k])
 
+
+# ---- 7. messages point to a file that is in the repository ------------------------------------------------
+
+def test_audio_messages_point_to_the_readme_section_that_starts_jackd():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from realtime.audio._device import _device_listing
+
+    readme = open(os.path.join(REPO, "README.md")).read()
+    assert "## A session in one minute" in readme
+    section = readme.split("## A session in one minute", 1)[1].split("\n## ", 1)[0]
+    assert "jackd -d dummy -r 48000 -p 256" in section
+    listing = _device_listing([])
+    assert "README.md, 'A session in one minute'" in listing and "DESIGN.md" not in listing
+    # jackd not on PATH: start_jackd's message, from a real process that cannot find it
+    code = ("from realtime.audio.jack import start_jackd\n"
+            "try:\n    start_jackd('.')\nexcept RuntimeError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PATH="/nonexistent"))
+    assert "jackd is not installed" in out.stdout, out.stderr
+    assert "README.md, 'A session in one minute'" in out.stdout and "DESIGN.md" not in out.stdout
+
+
+# ---- 8. a damaged decoder.onnx whose sha256 matches ---------------------------------------------------------
+
+def test_a_decoder_onnx_that_does_not_load_is_named_with_what_to_do(tmp_path, fmri1_nii):
+    import json
+
+    from protocols._manifest import sha256_file
+    from realtime.decoder import Decoder
+    from session_kit import make_bundle
+
+    bundle = make_bundle(str(tmp_path), fmri1_nii)
+    Decoder(bundle)  # loads as made
+    onnx = os.path.join(bundle, "decoder.onnx")
+    blob = open(onnx, "rb").read()
+    with open(onnx, "wb") as f:  # damaged before the manifest was written: the sha256 matches
+        f.write(blob[: len(blob) // 3] + b"\xff" * 64)
+    man = os.path.join(bundle, "manifest.json")
+    m = json.load(open(man))
+    m["files"]["decoder.onnx"] = sha256_file(onnx)
+    json.dump(m, open(man, "w"))
+    with pytest.raises(ValueError) as e:
+        Decoder(bundle)
+    msg = str(e.value)
+    assert msg.startswith(f"{onnx}: onnxruntime cannot load it (") and "re-export the bundle with `b2m train`" in msg
