@@ -15,6 +15,16 @@ from protocols.bundle import validate_bundle
 __all__ = ["Decoder"]
 
 
+def _ort_load_errors() -> tuple[type[Exception], ...]:
+    """onnxruntime's errors for a model file it cannot load (InvalidProtobuf, InvalidGraph, Fail, ...): they share
+    no public base class, so they are taken from its binding module, with RuntimeError for any it adds."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("InvalidProtobuf", "InvalidGraph", "InvalidArgument", "Fail", "NoSuchFile", "NoModel", "NotImplemented",
+             "RuntimeException")
+    return tuple(getattr(state, n) for n in names if isinstance(getattr(state, n, None), type)) + (RuntimeError,)
+
+
 class Decoder:
     """Load a bundle and decode delay-stacked voxel vectors into embeddings.
 
@@ -30,6 +40,13 @@ class Decoder:
     manifest : dict
         The bundle manifest, with its arrays under ``manifest["arrays"]``.
     input_dim, dim : int
+
+    Raises
+    ------
+    protocols.bundle.BundleError
+        A missing or modified file, or inconsistent shapes (:func:`protocols.bundle.validate_bundle`).
+    ValueError
+        A ``decoder.onnx`` onnxruntime cannot load, or whose shapes disagree with the manifest.
     """
 
     def __init__(self, bundle, threads: int = 1):
@@ -43,8 +60,14 @@ class Decoder:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(os.path.join(self.path, "decoder.onnx"), sess_options=opts,
-                                            providers=["CPUExecutionProvider"])
+        onnx_path = os.path.join(self.path, "decoder.onnx")
+        try:
+            self.session = ort.InferenceSession(onnx_path, sess_options=opts, providers=["CPUExecutionProvider"])
+        except _ort_load_errors() as e:
+            why = " ".join(str(e).split())
+            raise ValueError(f"{onnx_path}: onnxruntime cannot load it ({type(e).__name__}: {why}); the bundle is "
+                             "damaged even though its sha256 matches the manifest: re-export the bundle with "
+                             "`b2m train`") from None
         inp, out = self.session.get_inputs()[0], self.session.get_outputs()[0]
         if inp.shape[1] != self.input_dim or out.shape[1] != self.dim:
             raise ValueError(f"{self.path}/decoder.onnx: shapes {inp.shape} -> {out.shape} disagree with the "

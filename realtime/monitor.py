@@ -52,6 +52,7 @@ from protocols.wire import Result, decode
 from .monitor_control import MAX_FORM_BYTES, ControlLink, cross_site, parse_form, render_sound
 from .preprocessing.qc import TSNR_MIN_VOLUMES
 from .results import latency_summary
+from .transport import check_endpoint, check_port
 
 log = logging.getLogger("b2m.monitor")
 
@@ -133,9 +134,15 @@ class ResultsSubscriber:
     state : MonitorState
     curve : realtime.transport.CurveClient, optional
         Keys for an encrypted results stream (``b2m keys``; the session's public key as server key).
+
+    Raises
+    ------
+    realtime.transport.EndpointError
+        If ``endpoint`` is not an endpoint (:func:`realtime.transport.check_endpoint`).
     """
 
     def __init__(self, endpoint: str, state: MonitorState, curve=None, ctx: zmq.Context | None = None):
+        check_endpoint(endpoint)
         self.state = state
         self.ctx = ctx or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.SUB)
@@ -393,6 +400,7 @@ class MonitorServer:
                 log.debug("%s " + fmt, self.address_string(), *args)
 
         self.state, self.fd_threshold_mm, self.control = state, fd_threshold_mm, control
+        check_port(port, f"--http {host}:{port}")  # else an OverflowError from the socket
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self.host, self.port = self.httpd.server_address[:2]

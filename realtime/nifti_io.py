@@ -9,6 +9,7 @@ import io
 import logging
 import math
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -27,6 +28,24 @@ _TIME_UNIT_S = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
 #: The TRs taken from a header as a volume's TR, seconds: outside, it is a unit error or a placeholder
 #: (Philips XTC writes 1 ms), and ``--tr`` gives the TR. The one rule for NIfTI, DICOM and PAR headers.
 TR_RANGE_S = (0.1, 60.0)
+
+
+def _damaged_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions reading a damaged file's data raises: a gzip stream cut short (``EOFError``) or
+    altered (``gzip.BadGzipFile``, an ``OSError``, or ``zlib``'s and isal's own errors), or a ``.nii``
+    shorter than its header says (nibabel's ``OSError``)."""
+    errors: tuple[type[BaseException], ...] = (EOFError, zlib.error, OSError)
+    try:
+        from isal.isal_zlib import error as isal_error
+    except ImportError:  # pragma: no cover - isal is a dependency
+        return errors
+    return errors + (isal_error,)
+
+
+def _damaged(path: str, e: BaseException) -> ValueError:
+    """The error for a file whose data cannot be read to the end: it names the file and what to do."""
+    why = " ".join(str(e).split())  # nibabel's own message runs over two lines
+    return ValueError(f"{path}: truncated or corrupt ({type(e).__name__}: {why}); re-copy or re-download it")
 
 
 def implausible_tr(tr_s: float) -> bool:
@@ -121,7 +140,7 @@ def read_nifti_run(path: str | os.PathLike) -> NiftiRun:
     Raises
     ------
     ValueError
-        If the file is not a 4-D NIfTI; the message names the file.
+        If the file is not a 4-D NIfTI, or is truncated or corrupt; the message names the file.
     """
     path = os.fspath(path)
     try:
@@ -132,7 +151,10 @@ def read_nifti_run(path: str | os.PathLike) -> NiftiRun:
         raise ValueError(f"{path}: is a {type(img).__name__}, not NIfTI; convert it to NIfTI first")
     if len(img.shape) != 4:
         raise ValueError(f"{path}: has shape {img.shape}; replay needs a 4-D run (x, y, z, time)")
-    data = np.asanyarray(img.dataobj.get_unscaled())
+    try:
+        data = np.asanyarray(img.dataobj.get_unscaled())
+    except _damaged_errors() as e:  # the header read, the data did not: cut short or altered
+        raise _damaged(path, e) from None
     tr, note = tr_seconds(img.header)
     return NiftiRun(path=path, data=data, affine=np.asarray(img.affine, dtype=np.float64),
                     tr_s=tr, tr_note=note, header_bytes=img.header.binaryblock,
@@ -254,6 +276,11 @@ def iter_volumes(img) -> Iterator[np.ndarray]:
     ------
     ndarray of shape (nx, ny, nz)
         The stored dtype when the image is unscaled, else nibabel's scaled dtype.
+
+    Raises
+    ------
+    ValueError
+        If the file is truncated or corrupt; the message names the file and the volume.
     """
     from nibabel.arrayproxy import ArrayProxy
     from nibabel.volumeutils import apply_read_scaling
@@ -262,8 +289,15 @@ def iter_volumes(img) -> Iterator[np.ndarray]:
     shape = tuple(proxy.shape)
     if (not isinstance(proxy, ArrayProxy) or proxy.order != "F" or len(shape) != 4
             or not isinstance(proxy.file_like, (str, os.PathLike))):
+        where = getattr(proxy, "file_like", None)
         for t in range(shape[3]):
-            yield np.asarray(proxy[..., t])
+            try:
+                vol = np.asarray(proxy[..., t])
+            except _damaged_errors() as e:
+                if not isinstance(where, (str, os.PathLike)):
+                    raise
+                raise _damaged(f"{os.fspath(where)}: volume {t}", e) from None
+            yield vol
         return
     path = os.fspath(proxy.file_like)
     if path.endswith(".gz"):
@@ -280,9 +314,13 @@ def iter_volumes(img) -> Iterator[np.ndarray]:
     if np.can_cast(inter, slope.dtype):  # as ArrayProxy._get_scaled does with dtype=None
         inter = inter.astype(slope.dtype)
     with opener(path, "rb") as f:
-        f.seek(proxy.offset)
         for t in range(shape[3]):
-            buf = f.read(n_bytes)
+            try:
+                if t == 0:
+                    f.seek(proxy.offset)
+                buf = f.read(n_bytes)
+            except _damaged_errors() as e:  # a gzip stream cut short or altered
+                raise _damaged(f"{path}: volume {t}", e) from None
             if len(buf) != n_bytes:
                 raise ValueError(f"{path}: volume {t} is truncated ({len(buf)} of {n_bytes} bytes); "
                                  "the file is incomplete, re-export or re-download it")

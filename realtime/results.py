@@ -21,7 +21,7 @@ import zmq
 
 from protocols.wire import Result, encode
 
-from .transport import CurveServer, check_exposure, set_curve_server, start_authenticator
+from .transport import CurveServer, check_exposure, check_port, set_curve_server, start_authenticator
 
 __all__ = ["ResultsPublisher", "PynealResultsServer", "pyneal_payload", "latency_summary"]
 
@@ -100,9 +100,15 @@ class PynealResultsServer:
     ----------
     host, port : str, int
         Where to listen (loopback by default; port 0 picks a free one).
+
+    Raises
+    ------
+    realtime.transport.EndpointError
+        A port outside 0-65535 (``--pyneal-port``), or a host that is not this computer's.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 5558, insecure: bool = False):
+        check_port(port, f"--pyneal-port {port}")
         check_exposure(f"tcp://{host}:{port}", curve=False, insecure=insecure)
         self._results: dict[int, dict] = {}
         self._lock = threading.Lock()  # server thread only contends with a dict store per TR

@@ -26,7 +26,8 @@ from urllib.parse import urlsplit
 
 import zmq
 
-__all__ = ["TransportError", "is_loopback", "check_exposure", "bind_router", "connect_dealer", "CurveServer",
+__all__ = ["TransportError", "EndpointError", "check_endpoint", "check_port", "is_loopback", "check_exposure",
+           "bind_router", "connect_dealer", "CurveServer",
            "CurveClient", "generate_keys", "load_curve_server", "load_curve_client", "start_authenticator",
            "set_curve_server", "describe_curve"]
 
@@ -35,6 +36,55 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 
 class TransportError(RuntimeError):
     """An endpoint cannot be used as asked; the message says what to do."""
+
+
+class EndpointError(TransportError, ValueError):
+    """A string that is not an endpoint at all (a mistyped option): a :class:`TransportError` and a
+    :class:`ValueError` both, so callers that handle either report it."""
+
+
+def check_port(port, what: str) -> int:
+    """``port`` as an int if it is a TCP port number, 0-65535 (0: any free port), else an :class:`EndpointError`
+    that names ``what`` (the option or the endpoint) and the value."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise EndpointError(f"{what}: port {port!r} is not a TCP port; use 0-65535 (0: any free port)")
+    return port
+
+
+def check_endpoint(endpoint, *, bind: bool = False) -> str:
+    """``endpoint`` if it has a ZeroMQ endpoint's form, else an :class:`EndpointError` that names it and says the form.
+
+    The one check of the endpoints the commands take (``--bind``, ``--connect``, ``--results``,
+    ``--control``), made before a socket is made: ZeroMQ itself raises a bare ``ZMQError`` on
+    ``nowhere``, and takes ``tcp://HOST:99999`` as port 34463 (99999 - 65536).
+
+    Accepted: ``tcp://HOST:PORT``, PORT 1-65535 (binding: 0-65535 or ``*``, any free port), HOST a name,
+    an address (IPv6 in brackets), an interface name or ``*`` (binding); ``ipc://PATH``; ``inproc://NAME``.
+    Whether HOST exists is not checked here (:func:`check_exposure` does for a bind).
+    """
+    ports = "0-65535, or * for any free port" if bind else "1-65535"
+    form = f"use tcp://HOST:PORT (port {ports}) or ipc://PATH"
+    if not isinstance(endpoint, str):
+        raise EndpointError(f"{endpoint!r} is not an endpoint: {form}")
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep or scheme not in ("tcp", "ipc", "inproc"):
+        raise EndpointError(f"{endpoint!r} is not an endpoint: {form}")
+    if scheme in ("ipc", "inproc"):
+        if not rest or "\0" in rest:
+            raise EndpointError(f"{endpoint!r} is not an endpoint: {scheme}:// needs a "
+                                f"{'path' if scheme == 'ipc' else 'name'}; {form}")
+        return endpoint
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host or any(c.isspace() or c == "/" for c in rest):
+        raise EndpointError(f"{endpoint!r} is not an endpoint: {form}")
+    if host.startswith("[") != host.endswith("]"):
+        raise EndpointError(f"{endpoint!r} is not an endpoint: an IPv6 address goes in brackets, "
+                            "e.g. tcp://[::1]:5555")
+    if port == "*" and bind:
+        return endpoint
+    if not port.isdigit() or not (0 if bind else 1) <= int(port) <= 65535:
+        raise EndpointError(f"{endpoint!r} is not an endpoint: port {port!r} is not a TCP port; {form}")
+    return endpoint
 
 
 def is_loopback(endpoint: str) -> bool:
@@ -65,18 +115,52 @@ def is_loopback(endpoint: str) -> bool:
 def check_exposure(endpoint: str, *, curve: bool, insecure: bool) -> None:
     """Refuse to expose the scanner link on a network without encryption.
 
+    Every binder calls this first, so it also checks the endpoint's form (:func:`check_endpoint`) and, for
+    TCP, that its host is this computer's to bind: an address or name that resolves, an interface, or ``*``.
+
     Raises
     ------
+    EndpointError
+        If ``endpoint`` is not an endpoint, or its host cannot be bound.
     TransportError
         If ``endpoint`` is not loopback, CURVE keys are not configured and
         ``insecure`` is False.
     """
+    check_endpoint(endpoint, bind=True)
+    if endpoint.startswith("tcp://"):
+        host = endpoint[len("tcp://"):].rpartition(":")[0]
+        if not _bindable_host(host):
+            raise EndpointError(f"cannot bind {endpoint}: {host!r} is neither an address of this computer nor one of "
+                                "its network interfaces; bind tcp://127.0.0.1:PORT, tcp://*:PORT or one of this "
+                                "computer's addresses")
     if not (is_loopback(endpoint) or curve or insecure):
         raise TransportError(
             f"refusing to bind {endpoint}: it is reachable from the network and no CURVE keys "
             "were given. Give CURVE keys, bind tcp://127.0.0.1:PORT, or pass --insecure if "
             "this network is private to the scanner."
         )
+
+
+def _bindable_host(host: str) -> bool:
+    """Whether ZeroMQ can bind on ``host``: ``*``, an address or a name that resolves, or an interface name."""
+    host = host.split(";")[-1].strip("[]")
+    if host == "*":
+        return True
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    try:
+        if host in {name for _, name in socket.if_nameindex()}:
+            return True
+    except OSError:  # pragma: no cover - no interface list on this platform: let the bind decide
+        return True
+    try:
+        socket.getaddrinfo(host, None)
+        return True
+    except (OSError, UnicodeError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -122,7 +206,7 @@ def generate_keys(directory, name: str) -> tuple[str, str]:
     os.makedirs(directory, exist_ok=True)
     secret = os.path.join(os.fspath(directory), f"{name}.key_secret")
     if os.path.exists(secret):
-        raise TransportError(f"{secret} already exists; remove it first or choose another --name "
+        raise TransportError(f"{secret} already exists; remove it first, or choose another NAME or --out folder "
                              "(a new key locks out every side that holds the old public key)")
     public, secret = zmq.auth.create_certificates(os.fspath(directory), name)
     os.chmod(secret, 0o600)
@@ -216,7 +300,10 @@ def bind_router(ctx: zmq.Context, endpoint: str, *, insecure: bool = False,
         sock.bind(endpoint)
     except zmq.ZMQError as e:
         sock.close(0)
-        raise TransportError(f"cannot bind {endpoint}: {e}. Is another receiver running on that port?") from None
+        if e.errno == zmq.EADDRINUSE:
+            raise TransportError(f"cannot bind {endpoint}: {e}. Is another receiver running on that port?") from None
+        raise TransportError(f"cannot bind {endpoint}: {e}. Bind tcp://127.0.0.1:PORT, tcp://*:PORT or one of this "
+                             "computer's addresses") from None
     return sock
 
 
@@ -228,7 +315,9 @@ def connect_dealer(ctx: zmq.Context, endpoint: str, monitor_events: int = 0, cur
 
     Returns the socket, or ``(socket, monitor)`` when ``monitor_events`` is
     given: the monitor is attached *before* connecting so no event is missed.
+    An ``endpoint`` that is not one raises :class:`EndpointError` (:func:`check_endpoint`).
     """
+    check_endpoint(endpoint)
     sock = ctx.socket(zmq.DEALER)
     if curve is not None:
         sock.curve_secretkey = curve.secret
@@ -248,5 +337,6 @@ def connect_dealer(ctx: zmq.Context, endpoint: str, monitor_events: int = 0, cur
             sock.disable_monitor()
             monitor.close(0)
         sock.close(0)
-        raise TransportError(f"cannot connect to {endpoint}: {e}. Use the form tcp://HOST:PORT.") from None
+        raise TransportError(f"cannot connect to {endpoint}: {e}. Use the form tcp://HOST:PORT or ipc://PATH.") \
+            from None
     return (sock, monitor) if monitor_events else sock

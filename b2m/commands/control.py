@@ -19,8 +19,8 @@ def add_parser(sub) -> None:
                                    "soundcheck [on|off] (before a run: the neutral clip plays, to set the level with "
                                    "the participant; it ends by itself when the run starts), note TEXT (a line for "
                                    "the session's log and the exported events), or status. Prints the "
-                                   "sound's state after it. Exit 0 done, 1 refused by the session, 3 no session "
-                                   "answered.")
+                                   "sound's state after it. Exit 0 done, 1 refused by the session, 2 a bad option, 3 no "
+                                   "session answered.")
     p.add_argument("command", choices=["mute", "unmute", "level", "soundcheck", "note", "status"])
     p.add_argument("value", nargs="?", default=None,
                    help="with level: dB, -40 to 0 (e.g. -6); with soundcheck: on (the default) or off; with note: "
@@ -52,7 +52,7 @@ def describe_state(state: dict) -> str:
 def run(args) -> int:
     from protocols.operator import OperatorCommand
     from realtime.session.operator import send_command
-    from realtime.transport import TransportError
+    from realtime.transport import EndpointError, TransportError
 
     value = args.value
     if args.command == "level":
@@ -77,6 +77,8 @@ def run(args) -> int:
     cmd = OperatorCommand(args.command, value, args.source)  # out of range: a clear error, exit 2 (cli.py)
     try:
         reply = send_command(args.connect, cmd, curve=client_keys(args), timeout_s=args.timeout)
+    except EndpointError as e:  # --connect is not an endpoint: a mistake, not a session that did not answer
+        raise ValueError(f"--connect {e}") from None
     except TransportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3

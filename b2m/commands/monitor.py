@@ -36,14 +36,17 @@ def add_parser(sub) -> None:
 
 
 def _host_port(text: str) -> tuple[str, int]:
+    from realtime.transport import check_port
+
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"--http {text!r}: give HOST:PORT, e.g. 127.0.0.1:8080")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    return host.strip("[]") or "127.0.0.1", check_port(int(port), f"--http {text}")
 
 
 def run(args) -> int:
     from realtime.monitor import ControlLink, MonitorServer, MonitorState, ResultsSubscriber
+    from realtime.transport import EndpointError
 
     host, port = _host_port(args.http)
     if not (host == "localhost" or _is_loopback_ip(host) or args.insecure):
@@ -56,7 +59,10 @@ def run(args) -> int:
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     signal.signal(signal.SIGINT, lambda *a: stop.set())
     state = MonitorState(args.results)
-    sub = ResultsSubscriber(args.results, state, curve=curve).start()
+    try:
+        sub = ResultsSubscriber(args.results, state, curve=curve).start()
+    except EndpointError as e:
+        raise ValueError(f"--results {e}") from None
     try:
         server = MonitorServer(state, host, port, fd_threshold_mm=args.fd_threshold, control=control)
     except OSError as e:

@@ -24,7 +24,12 @@ def add_parser(sub) -> None:
                                    "GE: one DICOM per slice; nifti: one 3-D NIfTI per volume; philips: one PAR/REC "
                                    "pair per volume (the XTC export), sent as float32 floating-point values. "
                                    "Files are never "
-                                   "moved or deleted; an unreadable one is reported by name and skipped.")
+                                   "moved or deleted; an unreadable one is reported by name and skipped. NIfTI "
+                                   "volumes are indexed by the number in their file names (vol_00001.nii is volume "
+                                   "0; a series numbered from 0 counts from 0), else by the order they are found, "
+                                   "a bad file keeping its place. Prints a JSON summary (missing_volumes: the run's "
+                                   "volumes not sent). Exit 0: the run sent whole and acked; 1: a message never "
+                                   "acked, or a volume missing (see bad_files); 2: a bad option; 130: stopped.")
     p.add_argument("folder", help="the folder the scanner writes into")
     p.add_argument("--vendor", required=True, choices=VENDORS, help="what the scanner writes (see above)")
     p.add_argument("--run-id", default=None, help="run id (default: series-SERIESNUMBER)")
@@ -89,7 +94,7 @@ def run(args) -> int:
                            resend_timeout_s=args.resend_timeout, drain_timeout_s=args.drain_timeout,
                            stop=lambda: bool(stopping), progress=progress, curve=curve,
                            ready=lambda: print(f"watching\t{args.folder}", file=sys.stderr, flush=True))
-    summary = {**link_summary(res), "ended": res.ended, "bad_files": res.bad_files,
+    summary = {**link_summary(res), "ended": res.ended, "bad_files": res.bad_files, "missing_volumes": res.missing,
                "skipped_series": res.skipped_series, "incomplete_volumes": res.incomplete,
                "folder_lag_ms_min": ms_percentile(res.detect_lag_s, 0),
                "folder_lag_ms_p50": ms_percentile(res.detect_lag_s, 50),
@@ -100,4 +105,7 @@ def run(args) -> int:
         console.print(f"[yellow]stopped after {res.n_sent} volume(s), without a run end[/yellow]; rerun with "
                       "--include-existing and the same --run-id to resume", highlight=False)
         return 130
-    return 0 if res.all_acked else 1
+    if res.missing:
+        console.print(f"[red]the run went without {len(res.missing)} volume(s)[/red] ({res.missing[:20]}"
+                      f"{'...' if len(res.missing) > 20 else ''}; see bad_files)", highlight=False)
+    return 0 if res.all_acked and not res.missing else 1

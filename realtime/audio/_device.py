@@ -47,8 +47,8 @@ def list_output_devices() -> list[dict]:
 def _device_listing(rows: list[dict]) -> str:
     if not rows:
         return ("  (none: PortAudio sees no output device. On a machine without a sound card start "
-                "`jackd -d dummy -r 48000 -p 256` before the session (see DESIGN.md), or write a file "
-                "with --audio wav:PATH)")
+                "`jackd -d dummy -r 48000 -p 256` before the session (see README.md, 'A session in one minute'), "
+                "or write a file with --audio wav:PATH)")
     return "\n".join(f"  {r['index']}: {r['name']} ({r['hostapi']}), {r['channels']} ch, "
                      f"{r['samplerate']:g} Hz" for r in rows)
 

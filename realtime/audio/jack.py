@@ -118,7 +118,8 @@ def start_jackd(log_dir: str, rate: int = JACK_RATE, period: int = JACK_PERIOD,
     if exe is None:
         raise RuntimeError("jackd is not installed: install Debian's jackd2 and libportaudio2 "
                            "(DEBIAN_FRONTEND=noninteractive apt-get install -y jackd2 libportaudio2); "
-                           "see DESIGN.md, 'Sound on a machine without a sound card'")
+                           "see README.md, 'A session in one minute', for starting jackd on a machine without a sound "
+                           "card")
     failures = []
     for extra in ([], ["--no-realtime"]):
         name = f"{prefix}-{os.getpid()}-{secrets.token_hex(3)}"

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..nifti_io import read_nifti_run
 from ..triggers import open_trigger_out
-from .pacing import PULSE, scanner_events
+from .pacing import PULSE, check_seconds, scanner_events
 
 __all__ = ["ExportResult", "export_run"]
 
@@ -70,8 +70,11 @@ def export_run(path, folder, *, tr_s: float | None = None, speed: float = 1.0, p
     Raises
     ------
     ValueError
-        A run without a TR, a trigger output that cannot be opened, or a trigger not in real time.
+        A damaged run, a run without a TR, a TR of 0 or less, a prefix that is not a plain name, a trigger
+        output that cannot be opened, or a trigger not in real time; the message names the file or option.
     """
+    check_seconds(tr_s, "--tr")
+    _check_prefix(prefix)
     run = read_nifti_run(path)
     tr = tr_s if tr_s is not None else run.tr_s
     if tr is None:
@@ -106,6 +109,14 @@ def export_run(path, folder, *, tr_s: float | None = None, speed: float = 1.0, p
         if fd is not None:
             os.close(fd)
     return out
+
+
+def _check_prefix(prefix: str) -> None:
+    """Refuse a ``--prefix`` that is not a plain name: the files must land in the folder, not beside it."""
+    seps = {os.sep} | ({os.altsep} if os.altsep else set())
+    if not prefix or any(c in prefix for c in seps) or ".." in prefix or prefix.startswith(".") or "\0" in prefix:
+        raise ValueError(f"--prefix {prefix!r}: give a plain file name prefix (no path separator, no '..', not "
+                         "starting with '.'), e.g. vol; the folder is the second argument")
 
 
 def _write_volume(run, k: int, tr: float, header, folder, prefix: str) -> str:

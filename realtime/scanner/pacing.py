@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["parse_speed", "deadline", "scanner_events"]
+__all__ = ["parse_speed", "check_seconds", "check_count", "deadline", "scanner_events"]
 
 PULSE, VOLUME = 0, 1  # the kinds of :func:`scanner_events`
 
@@ -30,6 +30,29 @@ def parse_speed(text: str | float) -> float:
     if not v > 0 or math.isnan(v):
         raise ValueError(f"--speed must be a positive number or 'max', got {text!r}")
     return v
+
+
+def check_seconds(value: float | None, option: str) -> float | None:
+    """``value`` (seconds, None for the default) if it is a positive finite number, else a ValueError naming ``option``.
+
+    The one check of the scanner commands' durations (``--tr``, ``--idle-timeout``, ``--poll``), made before
+    anything is read or sent: a TR of 0 or less would be refused by the receiver message by message, or by
+    nibabel deep in a write.
+    """
+    if value is None:
+        return None
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{option} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def check_count(value: int | None, option: str) -> int | None:
+    """``value`` (None for the default) if it is a whole number of at least 1, else a ValueError naming ``option``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{option} must be a whole number of at least 1, got {value!r}")
+    return value
 
 
 def deadline(t0: float, k: int, tr_s: float, speed: float) -> float:

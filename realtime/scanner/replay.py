@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from protocols.wire import RunEnd, RunStart, VolumeMessage
+from protocols.wire import RunEnd, RunStart, VolumeMessage, valid_run_id
 
 from ..nifti_io import read_nifti_run
 from ..sender import ReliableSender
 from ..transport import DEFAULT_ENDPOINT
 from ..triggers import open_trigger_out
-from .pacing import PULSE, scanner_events
+from .pacing import PULSE, check_seconds, scanner_events
 
 __all__ = ["ReplayResult", "replay_nifti", "default_run_id"]
 
@@ -100,8 +100,13 @@ def replay_nifti(path, endpoint: str = DEFAULT_ENDPOINT, *, tr_s: float | None =
     Raises
     ------
     ValueError
-        If the file, TR or volume range is unusable; the message names it.
+        If the file, TR, run id or volume range is unusable; the message names it. Checked before
+        anything is sent: the receiver would refuse every message.
     """
+    check_seconds(tr_s, "--tr")
+    if run_id is not None and not valid_run_id(run_id):
+        raise ValueError(f"--run-id {run_id!r}: use 1-128 characters of [A-Za-z0-9._-], starting with a letter "
+                         "or digit (it names the run's folder in the session record)")
     run = read_nifti_run(path)
     if tr_s is None:
         if run.tr_s is None:

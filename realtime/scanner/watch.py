@@ -15,7 +15,22 @@ together, so a closed file is read at once.
 
 Files are never moved or deleted. A file that stays unreadable is reported
 once, by name, with the reason, and the run goes on without it; if it
-changes later it is read again.
+changes later it is read again. A volume the run goes without is reported
+as missing (:attr:`WatchResult.missing`), and ``b2m scanner watch`` then
+exits 1.
+
+Volume indices come from the files, never from the order they are read in
+(a skipped file would shift every later volume). DICOM and PAR files carry
+the index in their headers (:mod:`.vendors`). A NIfTI header does not, so
+for ``nifti`` the index is the volume number in the file's name: the last
+run of digits before ``.nii``/``.nii.gz`` (``vol_00007.nii``,
+``001_000012_000007.nii``). Scanners number measurements from 1, as ``b2m
+scanner export`` does, so number 1 is volume 0; a series whose first file
+seen is numbered 0 counts from 0. The first file decides this whether or
+not it can be read, so a bad first file shifts nothing. Where the names
+carry no number, a file's index is its place among the run's files in the
+order they are found (in name order within a scan), and a bad file keeps
+its place: the volumes after it keep their index, and it is missing.
 """
 
 from __future__ import annotations
@@ -23,6 +38,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -34,6 +50,7 @@ from ..clocks import CLOCK_WARN_S
 from ..sender import ReliableSender
 from ..transport import DEFAULT_ENDPOINT
 from .inotify import FolderEvents
+from .pacing import check_count, check_seconds
 from .vendors import VENDORS, ScannerVolume, VendorFileError, read_ge_slice, read_nifti_volume, \
     philips_rec_path, read_philips_parrec, read_siemens_mosaic, stack_ge_slices
 
@@ -42,6 +59,18 @@ __all__ = ["FolderWatcher", "WatchResult", "watch_folder"]
 log = logging.getLogger("b2m.scanner.watch")
 
 _SUFFIXES = {"siemens": (".dcm", ".ima"), "ge": None, "nifti": (".nii", ".nii.gz"), "philips": (".par",)}
+_LAST_NUMBER = re.compile(r"(\d+)\D*$")
+
+
+def nifti_volume_number(name: str) -> int | None:
+    """The volume number in a NIfTI file's name: its last run of digits before ``.nii``/``.nii.gz``, or None."""
+    stem = os.path.basename(name)
+    for ext in (".nii.gz", ".nii"):
+        if stem.lower().endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    m = _LAST_NUMBER.search(stem)
+    return int(m.group(1)) if m else None
 
 
 @dataclass
@@ -102,7 +131,10 @@ class FolderWatcher:
         self.skipped_series: dict[str, int] = {}
         self._emitted: set[int] = set()
         self._slices: dict[int, dict[str, object]] = {}  # GE: volume -> {name: SliceInfo}
-        self._nifti_next = 0
+        self._nifti_index: dict[str, int] = {}  # NIfTI: file name -> its volume index (see the module doc)
+        self._nifti_numbered: bool | None = None  # NIfTI: the names carry the volume number (set by the first)
+        self._nifti_base = 1  # NIfTI: the number of volume 0 in the names
+        self._nifti_next = 0  # NIfTI without numbers: the next place
         self._closed: set[str] = set()
         # watch before listing, so no file closed in between is missed
         self.events = FolderEvents(self.folder) if events else None
@@ -224,7 +256,7 @@ class FolderWatcher:
             if self.vendor == "siemens":
                 vol = read_siemens_mosaic(path)
             elif self.vendor == "nifti":
-                vol = read_nifti_volume(path, self._nifti_next)
+                vol = read_nifti_volume(path, self._nifti_index_of(name))
             elif self.vendor == "philips":
                 vol = read_philips_parrec(path, self.image_type)
             else:
@@ -246,13 +278,48 @@ class FolderWatcher:
             st.stamp = self._pair_stamp(path)
         if not self._series_ok(vol.series, name):
             return None
-        if self.vendor == "nifti":
-            self._nifti_next += 1
         if vol.index in self._emitted:
             log.warning("%s: volume %d was already sent; this copy is ignored", name, vol.index)
             return None
         self._emitted.add(vol.index)
         return vol
+
+    def _nifti_index_of(self, name: str) -> int:
+        """The volume index of NIfTI file ``name``, from its name's number or its place (the module doc).
+
+        Given once per name, when it is first read, whether or not the read succeeds.
+
+        Raises
+        ------
+        VendorFileError
+            A name without a number in a series whose names have one, or numbered below the series' first.
+        """
+        if name in self._nifti_index:
+            return self._nifti_index[name]
+        number = nifti_volume_number(name)
+        if self._nifti_numbered is None:
+            self._nifti_numbered = number is not None
+            if number == 0:
+                self._nifti_base = 0
+            log.info("NIfTI volume indices: %s", f"the number in each file's name, {self._nifti_base} for volume 0"
+                     if self._nifti_numbered else "the order the files are found in (their names have no number)")
+        path = os.path.join(self.folder, name)
+        if self._nifti_numbered:
+            if number is None:
+                raise VendorFileError(f"{path}: has no volume number in its name, unlike the series' other files; "
+                                      "its volume index cannot be known")
+            if number < self._nifti_base:
+                raise VendorFileError(f"{path}: numbered {number}, but the series counts its volumes from "
+                                      f"{self._nifti_base}")
+            index = number - self._nifti_base
+        else:
+            index, self._nifti_next = self._nifti_next, self._nifti_next + 1
+        self._nifti_index[name] = index
+        return index
+
+    def bad_indices(self) -> set[int]:
+        """Indices of the volumes whose files are bad, where the index is known (NIfTI)."""
+        return {i for name, i in self._nifti_index.items() if name in self.bad}
 
     def _complete_ge(self) -> list[ScannerVolume]:
         out = []
@@ -297,6 +364,9 @@ class WatchResult:
         be that clock running behind.
     latency_s : ndarray
         Send -> ack time of each acked volume, in seconds.
+    missing : list of int
+        Indices of the run's volumes that were not sent (a bad file, or one never written), among
+        0..n-1, n the run's length: ``n_volumes`` if given, else one past the highest index found.
     """
 
     run_id: str
@@ -313,6 +383,7 @@ class WatchResult:
     detect_lag_s: np.ndarray = field(repr=False)
     latency_s: np.ndarray = field(repr=False)
     wall_s: float = 0.0
+    missing: list = field(default_factory=list)
 
 
 def _same_geometry(a: ScannerVolume, b: ScannerVolume) -> bool:
@@ -350,10 +421,20 @@ def watch_folder(folder, vendor: str, endpoint: str = DEFAULT_ENDPOINT, *, run_i
     Raises
     ------
     ValueError
-        Bad folder, vendor or run id, or no TR; the message says what to give.
+        Bad folder, vendor or run id, no TR, or a duration or count that is not positive (``--tr``,
+        ``--idle-timeout``, ``--poll``, ``--volumes``, ``--slices``); the message names the option and says
+        what to give.
     """
     if run_id is not None and not valid_run_id(run_id):
-        raise ValueError(f"run id {run_id!r}: use 1-128 characters of [A-Za-z0-9._-], starting with a letter or digit")
+        raise ValueError(f"--run-id {run_id!r}: use 1-128 characters of [A-Za-z0-9._-], starting with a letter or "
+                         "digit (it names the run's folder in the session record)")
+    tr_s = check_seconds(tr_s, "--tr")
+    idle_timeout_s = check_seconds(idle_timeout_s, "--idle-timeout")
+    poll_s = check_seconds(poll_s, "--poll")
+    n_volumes = check_count(n_volumes, "--volumes")  # 0 would end a run of no volume before it began
+    check_count(slices_per_volume, "--slices")
+    if not give_up_s >= 0 or not np.isfinite(give_up_s):
+        raise ValueError(f"--give-up must be 0 or more seconds, got {give_up_s!r}")
     stop = stop or (lambda: False)
     if new_subfolder:
         folder = _wait_for_subfolder(folder, poll_s, stop, ready)
@@ -415,6 +496,11 @@ def _watch(watcher, vendor, endpoint, run_id, tr_s, n_volumes, idle_timeout_s, p
             if not sender.wait_until(next_scan):  # woken early by a closed file: the scan time stays
                 next_scan = time.monotonic() + poll_s
             for vol in watcher.scan():
+                if n_volumes is not None and vol.index >= n_volumes:  # the receiver would refuse it
+                    name = os.path.basename(vol.files[0])
+                    watcher.bad[name] = f"volume {vol.index} is past the run's {n_volumes} volumes (--volumes)"
+                    log.error("%s: %s; skipped", vol.files[0], watcher.bad[name])
+                    continue
                 if first is None:
                     first = vol
                     tr = tr_s if tr_s is not None else vol.tr_s
@@ -462,8 +548,15 @@ def _watch(watcher, vendor, endpoint, run_id, tr_s, n_volumes, idle_timeout_s, p
             if first is not None and time.monotonic() - last_new >= idle:
                 ended = "idle"
                 break
+        # the run's length: the protocol's, else as far as its files go (a bad last file included)
+        found = set(sent_idx) | watcher.bad_indices()
+        length = n_volumes if n_volumes is not None else (max(found) + 1 if found else 0)
+        missing = sorted(set(range(length)) - set(sent_idx))
+        if missing and ended != "interrupted":
+            log.error("the run goes without volume(s) %s%s: see the bad files above", missing[:20],
+                      "..." if len(missing) > 20 else "")
         if ended != "interrupted":
-            sender.send(RunEnd(run_id=run_id, n_volumes=len(sent_idx)))
+            sender.send(RunEnd(run_id=run_id, n_volumes=length))
         ok = sender.drain(drain_timeout_s)
         if progress is not None:
             progress(len(sent_idx), n_volumes, sent_idx[-1] if sent_idx else -1, 0.0, len(sender.pending),
@@ -474,4 +567,4 @@ def _watch(watcher, vendor, endpoint, run_id, tr_s, n_volumes, idle_timeout_s, p
                            rejected=list(st.rejected), unacked=sorted(sender.pending), bad_files=dict(watcher.bad),
                            skipped_series=dict(watcher.skipped_series), incomplete=watcher.incomplete(),
                            detect_lag_s=np.array(lags), latency_s=st.volume_latencies_s(),
-                           wall_s=time.monotonic() - t0)
+                           wall_s=time.monotonic() - t0, missing=missing)

@@ -45,7 +45,7 @@ from protocols.errors import MessageError
 from protocols.operator import OperatorCommand, decode_command, decode_reply, encode_command, encode_reply
 
 from ..audio import AudioDeviceError
-from ..transport import TransportError, check_exposure, set_curve_server, start_authenticator
+from ..transport import TransportError, check_endpoint, check_exposure, set_curve_server, start_authenticator
 from .tables import KeptTable, read_kept
 
 log = logging.getLogger("b2m.session")
@@ -392,8 +392,15 @@ def send_command(endpoint: str, cmd: OperatorCommand, *, curve=None, timeout_s: 
 
     ``curve`` is a :class:`realtime.transport.CurveClient` for a session with
     keys. Raises :class:`realtime.transport.TransportError` if no reply comes
-    within ``timeout_s`` (no session there, or the keys do not match).
+    within ``timeout_s`` (no session there, or the keys do not match). Before
+    anything is sent: :class:`realtime.transport.EndpointError` (a
+    ``ValueError`` too) for an ``endpoint`` that is not one, and ``ValueError``
+    for a ``timeout_s`` that is not a positive number of seconds (it would wait
+    for ever).
     """
+    check_endpoint(endpoint)
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s < math.inf:
+        raise ValueError(f"--timeout must be a positive number of seconds, got {timeout_s!r}")
     ctx = ctx or zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
