@@ -60,9 +60,10 @@ def add_parser(sub) -> None:
 
 def run_build(args) -> int:
     from music.embedding import get_embedder
-    from music.library import build_library, discover_sources, generated_units
+    from music.library import build_library, check_library_out, discover_sources, generated_units
 
     console = stderr_console()
+    check_library_out(args.out)  # before any source is read: --out may be a bundle's or a session's folder
     units, problems = discover_sources(args.sources, clip_s=args.clip_s)
     if args.generate:
         units += generated_units(args.generate, shared_instruments=args.shared_instruments, seed=args.seed,
