@@ -11,18 +11,22 @@ import logging
 import os
 import sys
 
-from rich.logging import RichHandler
-from rich.markup import escape
-
-from protocols.errors import ProtocolError
-from realtime.transport import TransportError
-
-from .config import CONFIG_ENV, ConfigError, apply_config, command_path
-from .console import stderr_console
-from .commands import control, demo, group, keys, library, monitor, present, receive, replay, scanner_export, \
-    session, simulate, study, train, watch
-
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+try:  # the packages take seconds to load on a busy machine: a Ctrl-C meanwhile is an interrupt like any other
+    from rich.logging import RichHandler
+    from rich.markup import escape
+
+    from protocols.errors import ProtocolError
+    from realtime.transport import TransportError
+
+    from .config import CONFIG_ENV, ConfigError, apply_config, command_path
+    from .console import stderr_console
+    from .commands import control, demo, group, keys, library, monitor, present, receive, replay, \
+        scanner_export, session, simulate, study, train, watch
+except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+    raise SystemExit(EXIT_INTERRUPTED) from None
 
 stderr = stderr_console()
 
@@ -66,6 +70,15 @@ def _log_handler() -> logging.Handler:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``b2m`` command line; return its exit code."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # in the command, or while it reads its options and config before starting
+        stderr.print("[yellow]interrupted[/yellow]")
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     pre = argparse.ArgumentParser(add_help=False)
@@ -86,9 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, handlers=[_log_handler()])
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        stderr.print("[yellow]interrupted[/yellow]")
-        return EXIT_INTERRUPTED
     except (ProtocolError, TransportError, ValueError, OSError) as e:
         stderr.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)  # a message may hold [brackets]
         return EXIT_USAGE

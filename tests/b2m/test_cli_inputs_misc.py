@@ -1,0 +1,130 @@
+"""``b2m`` as a user runs it, given bad input: a real process each time, a clear message on stderr that names
+the option or file and says what to do, no traceback, and a meaningful exit code (2 bad input, 130
+interrupted). The demo library, bundle and session of these tests are built here, small."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def b2m(*args, cwd=REPO, timeout=300, env=None):
+    """Run ``python -m b2m ARGS`` in the repository; the finished process."""
+    return subprocess.run([sys.executable, "-m", "b2m", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env=dict(os.environ, COLUMNS="200", **(env or {})))
+
+
+def assert_refused(r, *names, rc=2):
+    """Exit code ``rc``, every one of ``names`` in the one error line, and no traceback."""
+    assert r.returncode == rc, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    for name in names:
+        assert str(name) in r.stderr, (name, r.stderr)
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    """A small real library: 3 generated clips (with genres), musicnn-msd embeddings."""
+    out = tmp_path_factory.mktemp("lib") / "lib"
+    r = b2m("library", "build", "--generate", "3", "--out", out)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+# item: library build --out --------------------------------------------------------------------------------------
+
+def test_library_build_refuses_an_out_that_is_a_bundle_and_leaves_it_untouched(tmp_path):
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    manifest = json.dumps({"format": "b2m-model-bundle", "version": 1, "files": {}})
+    (bundle / "manifest.json").write_text(manifest)
+    (bundle / "decoder.onnx").write_bytes(b"onnx")
+    r = b2m("library", "build", "--generate", "2", "--out", bundle)
+    assert_refused(r, bundle, "--out", "b2m-model-bundle")
+    assert "new folder" in r.stderr
+    assert (bundle / "manifest.json").read_text() == manifest  # not overwritten
+    assert sorted(os.listdir(bundle)) == ["decoder.onnx", "manifest.json"]  # nothing added
+
+
+def test_library_build_refuses_a_folder_of_other_files_or_a_file(tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    r = b2m("library", "build", "--generate", "2", "--out", other)
+    assert_refused(r, other, "--out", "notes.txt")
+    assert sorted(os.listdir(other)) == ["notes.txt"]
+    r = b2m("library", "build", "--generate", "2", "--out", other / "notes.txt")
+    assert_refused(r, other / "notes.txt", "--out is a file")
+
+
+def test_library_build_continues_its_own_library_and_a_partial_build(library, tmp_path):
+    lib = tmp_path / "lib"
+    shutil.copytree(library, lib)
+    r = b2m("library", "build", "--generate", "4", "--out", lib)  # resumable: the 3 clips there are kept
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert (summary["n_clips"], summary["new_clips"]) == (4, 1)
+    from music.library import check_library_out
+
+    partial = tmp_path / "partial"  # interrupted before its first manifest: only .build and audio/
+    shutil.copytree(library / ".build", partial / ".build")
+    (partial / "audio").mkdir()
+    check_library_out(str(partial))  # accepted, as are an empty folder and a new path
+    (tmp_path / "empty").mkdir()
+    check_library_out(str(tmp_path / "empty"))
+    check_library_out(str(tmp_path / "new"))
+
+
+# item: --config -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content, said", [
+    (None, "a folder, not a config file"),
+    (b"[session]\nlevel-dbfs = \"\xff\xfe\"\n", "not a text file in UTF-8"),
+    (b"[session]\nlevel-dbfs = \"loud\"\n", "[session] level-dbfs: 'loud' is not a level"),
+    (b"[session]\nlevel-dbfs = 5\n", "[session] level-dbfs: "),
+])
+def test_a_config_file_that_cannot_be_used_is_named_with_its_table_and_key(tmp_path, content, said):
+    cfg = tmp_path / "site.toml"
+    if content is None:
+        cfg.mkdir()
+    else:
+        cfg.write_bytes(content)
+    r = b2m("--config", cfg, "keys", "scanner", "--out", tmp_path / "keys")
+    assert_refused(r, f"error: {cfg}: {said}")
+    assert not (tmp_path / "keys").exists()  # stopped before the command ran
+
+
+def test_a_config_value_goes_through_the_options_own_check(tmp_path):
+    from b2m.cli import build_parser
+    from b2m.config import apply_config
+
+    cfg = tmp_path / "site.toml"
+    cfg.write_text("[session]\nlevel-dbfs = -30\n")
+    parser = build_parser()
+    assert apply_config(parser, str(cfg), ("session",)) == {"level_dbfs": -30.0}
+    assert parser.parse_args(["session", "--out", "x"]).level_dbfs == -30.0
+    assert parser.parse_args(["session", "--out", "x", "--level-dbfs", "none"]).level_dbfs is None
+
+
+# item: Ctrl-C while b2m starts ----------------------------------------------------------------------------------
+
+def test_an_interrupt_while_the_commands_load_exits_130_without_a_traceback():
+    """A real SIGINT, sent by the process to itself as it imports ``b2m session``'s module."""
+    code = ("import os, runpy, signal, sys\n"
+            "class Interrupt:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'b2m.commands.session':\n"
+            "            os.kill(os.getpid(), signal.SIGINT)\n"
+            "sys.meta_path.insert(0, Interrupt())\n"
+            "sys.argv = ['b2m', 'keys', '--help']\n"
+            "runpy.run_module('b2m', run_name='__main__', alter_sys=True)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert_refused(r, "interrupted", rc=130)
+    assert r.stdout == ""  # the help was never printed: it stopped there
