@@ -128,3 +128,51 @@ def test_an_interrupt_while_the_commands_load_exits_130_without_a_traceback():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert_refused(r, "interrupted", rc=130)
     assert r.stdout == ""  # the help was never printed: it stopped there
+
+
+# item: OS errors on an --out --------------------------------------------------------------------------------------
+
+def test_an_out_that_is_a_file_is_named_with_its_option_and_what_to_do(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for args in (["group", tmp_path, "--out", afile], ["keys", "scanner", "--out", afile]):
+        r = b2m(*args)
+        assert_refused(r, f"error: --out {afile}: is a file: give a folder path that does not exist yet or is a "
+                          "folder")
+        assert "Errno" not in r.stderr and r.stdout == ""
+    r = b2m("keys", "scanner", "--out", afile / "sub")  # a file where a folder is expected, on the way
+    assert_refused(r, f"--out {afile / 'sub'}", f"a file stands where a folder is expected ({afile})")
+
+
+def test_an_out_that_cannot_be_made_says_where(tmp_path):
+    r = b2m("keys", "scanner", "--out", "/proc/b2m-no/keys")
+    assert_refused(r, "--out /proc/b2m-no/keys: /proc/b2m-no: cannot be made there: give a path in a folder you "
+                      "can write to")
+    relative = b2m("keys", "scanner", "--out", "afile", cwd=tmp_path, env={"PYTHONPATH": REPO})
+    assert relative.returncode == 0  # a relative --out is made in the working folder
+    (tmp_path / "afile2").write_text("")
+    relative = b2m("keys", "scanner", "--out", "afile2", cwd=tmp_path, env={"PYTHONPATH": REPO})
+    assert_refused(relative, "error: --out afile2: is a file")  # named as given
+
+
+def test_describe_os_error_keeps_a_commands_own_message_and_names_a_file_where_a_folder_is(tmp_path):
+    from b2m.cli import describe_os_error
+
+    own = FileNotFoundError("/data/ds: dataset folder not found; give the BIDS root")
+    assert describe_os_error(own) == str(own)
+    afile = tmp_path / "f"
+    afile.write_text("")
+    try:
+        open(afile / "x")
+    except OSError as e:
+        said = describe_os_error(e, {str(tmp_path / "f" / "x"): ("--model", "f/x")})
+    assert said == f"--model f/x: a file stands where a folder is expected ({afile})"
+
+
+def test_group_says_a_bundle_folder_is_expected_for_a_file(tmp_path):
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "metrics.json").write_text("{}")
+    r = b2m("group", bundle / "metrics.json", "--out", tmp_path / "g")
+    assert_refused(r, f"BUNDLE {bundle / 'metrics.json'}: a file, not a bundle folder", "metrics.json")
+    assert "metrics.json/metrics.json" not in r.stderr
