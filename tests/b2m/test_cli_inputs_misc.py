@@ -89,6 +89,8 @@ def test_library_build_continues_its_own_library_and_a_partial_build(library, tm
     (b"[session]\nlevel-dbfs = \"\xff\xfe\"\n", "not a text file in UTF-8"),
     (b"[session]\nlevel-dbfs = \"loud\"\n", "[session] level-dbfs: 'loud' is not a level"),
     (b"[session]\nlevel-dbfs = 5\n", "[session] level-dbfs: "),
+    (b"[library.eval]\nfolds = 1\n", "[library.eval] folds: 1 is too small: give the cross-validation folds (2 or "
+                                     "more)"),
 ])
 def test_a_config_file_that_cannot_be_used_is_named_with_its_table_and_key(tmp_path, content, said):
     cfg = tmp_path / "site.toml"
@@ -176,3 +178,56 @@ def test_group_says_a_bundle_folder_is_expected_for_a_file(tmp_path):
     r = b2m("group", bundle / "metrics.json", "--out", tmp_path / "g")
     assert_refused(r, f"BUNDLE {bundle / 'metrics.json'}: a file, not a bundle folder", "metrics.json")
     assert "metrics.json/metrics.json" not in r.stderr
+
+
+# item: library search and eval options --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, said", [
+    (["eval", "-k", "0"], "argument -k: 0 is too small"),
+    (["eval", "-k", "-1"], "argument -k: -1 is too small"),
+    (["eval", "--folds", "1"], "argument --folds: 1 is too small: give the cross-validation folds (2 or more)"),
+    (["search", "--tag", "jazz", "-k", "-3"], "argument -k: -3 is too small: give how many results (1 or more)"),
+    (["search", "--tag", "jazz", "-k", "0"], "argument -k: 0 is too small"),
+    (["search", "--tag", "jazz", "-k", "many"], "argument -k: 'many' is not a whole number"),
+])
+def test_library_k_and_folds_are_checked_before_anything_runs(library, args, said):
+    r = b2m("library", args[0], library, *args[1:])
+    assert_refused(r, said)
+    assert r.stdout == "" and "sklearn" not in r.stderr
+
+
+def test_library_search_vector_must_be_one_embedding_in_a_npy(library, tmp_path):
+    import numpy as np
+
+    emb = np.load(library / "embeddings.npy")
+    dim = emb.shape[1]
+    expected = f"give a .npy of one embedding vector, shape ({dim},)"
+    for path, said in [(library / "manifest.json", "not a .npy array"), (library / "beats.npz", "an .npz archive, not a .npy array"),
+                       (library / "embeddings.npy", f"shape {emb.shape}")]:
+        r = b2m("library", "search", library, "--vector", path)
+        assert_refused(r, f"--vector {path}: {said}; {expected}")
+    np.save(tmp_path / "short.npy", emb[0, :10])
+    assert_refused(b2m("library", "search", library, "--vector", tmp_path / "short.npy"), "shape (10,)", expected)
+    np.save(tmp_path / "one.npy", emb[1])
+    r = b2m("library", "search", library, "--vector", tmp_path / "one.npy", "-k", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    hits = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(hits) == 2 and hits[0]["rank"] == 1 and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_library_k_is_checked_where_it_is_used_too(library):
+    import numpy as np
+
+    from music.library import Library
+    from music.library.evaluate import knn_genre_accuracy
+
+    lib = Library(library)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="k \\(how many results\\) must be a whole number of 1 or more"):
+            lib.search(np.asarray(lib.embeddings[0]), bad)
+        with pytest.raises(ValueError, match="k \\(how many results\\)"):
+            lib.search_tag(lib.tag_names[0], bad)
+    with pytest.raises(ValueError, match="folds must be a whole number of 2 or more, got 1"):
+        knn_genre_accuracy(np.eye(4), ["a", "a", "b", "b"], k=1, folds=1)
+    with pytest.raises(ValueError, match="k \\(neighbours voting on a genre\\)"):
+        knn_genre_accuracy(np.eye(4), ["a", "a", "b", "b"], k=0, folds=2)
