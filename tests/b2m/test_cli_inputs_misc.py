@@ -231,3 +231,54 @@ def test_library_k_is_checked_where_it_is_used_too(library):
         knn_genre_accuracy(np.eye(4), ["a", "a", "b", "b"], k=1, folds=1)
     with pytest.raises(ValueError, match="k \\(neighbours voting on a genre\\)"):
         knn_genre_accuracy(np.eye(4), ["a", "a", "b", "b"], k=0, folds=2)
+
+
+# item: present --out and --rms-dbfs -----------------------------------------------------------------------------
+
+@pytest.fixture
+def run_design(tmp_path):
+    """A one-excerpt ds003720-style run (4 s of a GTZAN-named 220 Hz tone): (events.tsv, stimuli folder)."""
+    import numpy as np
+    import soundfile as sf
+
+    stimuli = tmp_path / "gtzan"
+    stimuli.mkdir()
+    t = np.arange(22050 * 8) / 22050
+    sf.write(stimuli / "blues.00098.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 22050)
+    events = tmp_path / "events.tsv"
+    events.write_text("onset\tduration\tgenre\ttrack\tstart\tend\n0\t4\tblues\t98\t1\t5\n")
+    return events, stimuli
+
+
+@pytest.mark.parametrize("where, said", [
+    ("/proc/played.tsv", "cannot be written"),
+    ("{tmp}/nodir/played.tsv", "its folder {tmp}/nodir does not exist"),
+    ("{tmp}", "a folder; give the events.tsv file to write in it"),
+])
+def test_present_checks_out_before_the_trigger_so_no_run_is_lost(run_design, tmp_path, where, said):
+    events, stimuli = run_design
+    out = where.format(tmp=tmp_path)
+    r = b2m("present", events, "--stimuli", stimuli, "--audio", f"wav:{tmp_path}/heard.wav", "--trigger", "now",
+            "--out", out, "--quiet")
+    assert_refused(r, f"error: --out {out}: {said.format(tmp=tmp_path)}", "nothing was played")
+    assert "ready" not in r.stderr and "trigger" not in r.stderr.replace("--trigger", "")  # never started
+    assert not os.path.exists(tmp_path / "heard.wav") or os.path.getsize(tmp_path / "heard.wav") < 1000
+
+
+def test_present_rms_dbfs_is_limited_like_the_sessions_level(run_design, tmp_path):
+    events, stimuli = run_design
+    base = ["present", events, "--stimuli", stimuli, "--audio", f"wav:{tmp_path}/heard.wav", "--trigger", "now",
+            "--out", tmp_path / "played.tsv", "--quiet"]
+    for level in ("10", "-61", "nan"):
+        r = b2m(*base, "--rms-dbfs", level)
+        assert_refused(r, f"argument --rms-dbfs: {level} dBFS RMS is out of range: give -60 to -3")
+    assert_refused(b2m(*base, "--rms-dbfs", "loud"), "argument --rms-dbfs: 'loud' is not a level")
+    r = b2m(*base, "--rms-dbfs", "-20")
+    assert r.returncode == 0, r.stderr
+    import numpy as np
+    import soundfile as sf
+
+    heard, _ = sf.read(tmp_path / "heard.wav", dtype="float64")
+    loud = heard[np.abs(heard[:, 0]) > 0][:, 0]
+    assert 20 * np.log10(np.sqrt(np.mean(loud ** 2))) == pytest.approx(-20, abs=1.0)  # 2 s fades: about -20
+    assert (tmp_path / "played.tsv").read_text().splitlines()[0].startswith("onset\tduration")
