@@ -134,16 +134,30 @@ def test_an_interrupt_while_the_commands_load_exits_130_without_a_traceback():
 
 # item: OS errors on an --out --------------------------------------------------------------------------------------
 
+def scores_bundle(folder):
+    """A bundle folder as far as `b2m group` reads it: metrics.json with per-clip Test scores of 4 excerpts."""
+    folder.mkdir()
+    per_clip = {"excerpt": ["blues.00098", "jazz.00003", "rock.00051", "pop.00010"],
+                "genre": ["blues", "jazz", "rock", "pop"], "identification": [1.0, 0.75, 0.5, 1.0],
+                "identification_centred": [1.0, 0.5, 0.75, 1.0], "within_genre": [None, None, None, None]}
+    (folder / "metrics.json").write_text(json.dumps({"config": {"subject": "001"}, "causal": {"per_clip": per_clip}}))
+    return folder
+
+
 def test_an_out_that_is_a_file_is_named_with_its_option_and_what_to_do(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("")
-    for args in (["group", tmp_path, "--out", afile], ["keys", "scanner", "--out", afile]):
+    bundle = scores_bundle(tmp_path / "bundle")
+    for args in (["group", bundle, "--out", afile, "--boot", "100"], ["keys", "scanner", "--out", afile]):
         r = b2m(*args)
         assert_refused(r, f"error: --out {afile}: is a file: give a folder path that does not exist yet or is a "
                           "folder")
         assert "Errno" not in r.stderr and r.stdout == ""
     r = b2m("keys", "scanner", "--out", afile / "sub")  # a file where a folder is expected, on the way
     assert_refused(r, f"--out {afile / 'sub'}", f"a file stands where a folder is expected ({afile})")
+    r = b2m("group", bundle, "--out", tmp_path / "g", "--boot", "100")  # and a good one is written
+    assert r.returncode == 0, r.stderr
+    assert "identification (raw)" in r.stdout and (tmp_path / "g" / "group.json").exists()
 
 
 def test_an_out_that_cannot_be_made_says_where(tmp_path):
