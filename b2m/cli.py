@@ -102,9 +102,9 @@ def describe_os_error(e: OSError, paths: dict[str, tuple[str, str]] | None = Non
     paths (:func:`_path_options`); a path inside or above one of them is named
     with that option. A message a command wrote itself is kept as it is.
     """
-    if e.filename is None or not e.strerror or not str(e).startswith("[Errno"):
+    if not isinstance(e.filename, (str, bytes, os.PathLike)) or not e.strerror or not str(e).startswith("[Errno"):
         return str(e)
-    path = os.fspath(e.filename)
+    path = os.fsdecode(e.filename)
     full = os.path.abspath(path)
     option, what = None, path
 
