@@ -50,8 +50,17 @@ def _load(path: str) -> dict:
             return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file (from --config or ${CONFIG_ENV})") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a config file (from --config or ${CONFIG_ENV}): give the "
+                          f"TOML file itself") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file in UTF-8 (byte {e.start}), so not TOML (from --config or "
+                          f"${CONFIG_ENV}): give the site's TOML file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file (from --config or ${CONFIG_ENV}): "
+                          f"{e.strerror or e}") from None
 
 
 def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -92,8 +101,11 @@ def _value(action: argparse.Action, value, where: str):
         if not isinstance(value, (str, int, float)):
             raise ConfigError(f"{where}: expected text, got {value!r}")
         value = str(value) if not isinstance(value, str) else value
-    else:  # a parsing function of the command (a speed, a path check): it takes the text, as on the command line
-        value = str(value)
+    else:  # a parsing function of the command (a level, a count): it takes the text, as on the command line
+        try:
+            value = kind(str(value))
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as e:
+            raise ConfigError(f"{where}: {e}") from None
     if action.choices is not None and value not in action.choices:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, action.choices))}")
     return value

@@ -59,10 +59,22 @@ class PolicyConfig:
     align: Literal["bar", "beat", "none"] = "bar"
 
     def __post_init__(self):
-        if self.smooth_trs < 1 or self.k < 1 or self.min_dwell_s < 0 or self.crossfade_s < 0:
-            raise ValueError(f"invalid policy options: {self}")
+        # each wrong field is named with the `b2m session` option that sets it, and what it may be
+        for name, option, least in (("smooth_trs", "--smooth-trs", 1), ("k", "--top-k", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+                raise ValueError(f"{option} ({name}) must be a whole number of {least} or more, got {value!r}")
+        for name, option, low, high, unit in (("margin", "--margin", 0.0, 2.0, " (cosine)"),
+                                              ("min_dwell_s", "--min-dwell", 0.0, None, " seconds"),
+                                              ("crossfade_s", "--crossfade", 0.0, None, " seconds")):
+            value = getattr(self, name)
+            ok = (not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+                  and np.isfinite(value) and low <= value and (high is None or value <= high))
+            if not ok:
+                allowed = f"from {low:g} to {high:g}" if high is not None else f"{low:g} or more"
+                raise ValueError(f"{option} ({name}) must be {allowed}{unit}, got {value!r}")
         if self.align not in ("bar", "beat", "none"):
-            raise ValueError(f"align must be 'bar', 'beat' or 'none', got {self.align!r}")
+            raise ValueError(f"--align (align) must be 'bar', 'beat' or 'none', got {self.align!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

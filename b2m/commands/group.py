@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from ..console import stderr_console
@@ -27,7 +28,13 @@ def run(args) -> int:
     if args.boot < 100:
         stderr_console().print(f"[red]error:[/red] --boot {args.boot}: use at least 100 replicates")
         return 2
-    summary = group_summary([read_subject(b) for b in args.bundles], n_boot=args.boot, seed=args.seed)
+    for b in args.bundles:
+        if os.path.exists(b) and not os.path.isdir(b):
+            raise ValueError(f"BUNDLE {b}: a file, not a bundle folder: give the folder `b2m train --out` wrote "
+                             "(it holds metrics.json)")
+    subjects = [read_subject(b) for b in args.bundles]
+    os.makedirs(args.out, exist_ok=True)  # an --out that cannot be written is said before the bootstrap runs
+    summary = group_summary(subjects, n_boot=args.boot, seed=args.seed)
     path = write_group_report(args.out, summary)
     print(format_group(summary), file=sys.stdout)
     stderr_console().print(f"report: {path}", highlight=False)

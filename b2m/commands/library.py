@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -11,6 +12,41 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..console import stderr_console
+
+
+def _whole(least: int, meaning: str):
+    """An argparse type: a whole number of at least ``least`` (the option's name comes with argparse's error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number: give {meaning}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} is too small: give {meaning} ({least} or more)")
+        return value
+
+    parse.__name__ = "whole number"  # what argparse names in its own "invalid ... value" message
+    return parse
+
+
+def _read_vector(path: str, dim: int) -> np.ndarray:
+    """``--vector``: a .npy holding one embedding of shape (dim,) (or (1, dim))."""
+    expected = f"give a .npy of one embedding vector, shape ({dim},) (np.save of the library embedder's output)"
+    try:
+        vec = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError) as e:  # pickled, not .npy, truncated
+        raise ValueError(f"--vector {path}: not a .npy array; {expected}") from None
+    if not isinstance(vec, np.ndarray):  # an .npz archive
+        vec.close()
+        raise ValueError(f"--vector {path}: an .npz archive, not a .npy array; {expected}")
+    if vec.dtype.kind not in "fiu":
+        raise ValueError(f"--vector {path}: holds {vec.dtype} values, not numbers; {expected}")
+    if vec.shape not in ((dim,), (1, dim)):
+        raise ValueError(f"--vector {path}: shape {vec.shape}; {expected}")
+    vec = vec.reshape(dim).astype(np.float32)
+    if not np.all(np.isfinite(vec)) or not np.any(vec):
+        raise ValueError(f"--vector {path}: holds NaN, infinity or only zeros; {expected}")
+    return vec
 
 
 def add_parser(sub) -> None:
@@ -23,7 +59,7 @@ def add_parser(sub) -> None:
                                     "selection: music21:COMPOSER[:N] or music21:PATH (e.g. music21:bach/bwv66.6).")
     b.add_argument("sources", nargs="*", metavar="SRC")
     b.add_argument("--out", required=True, help="library folder (a partial build there is continued)")
-    b.add_argument("--generate", type=int, default=0, metavar="N",
+    b.add_argument("--generate", type=_whole(0, "how many clips to generate"), default=0, metavar="N",
                    help="add N procedural clips spread over the 10 GTZAN genres")
     b.add_argument("--shared-instruments", action="store_true",
                    help="generated clips draw instruments from one pool common to all genres")
@@ -31,7 +67,7 @@ def add_parser(sub) -> None:
     b.add_argument("--first-track", type=int, default=0, help="track number of the first generated clip per genre")
     b.add_argument("--clip-s", type=float, default=15.0, help="length of clips cut from long audio (s)")
     b.add_argument("--embedder", default="musicnn-msd", help="embedder name or module:factory")
-    b.add_argument("--threads", type=int, default=2, help="embedder threads")
+    b.add_argument("--threads", type=_whole(1, "the embedder's threads"), default=2, help="embedder threads")
     b.set_defaults(func=run_build)
 
     s = lsub.add_parser("search", help="top-k clips by tag, by an audio example, or by an embedding")
@@ -40,7 +76,7 @@ def add_parser(sub) -> None:
     g.add_argument("--tag", help="a tag of the library's embedder, e.g. jazz")
     g.add_argument("--like", metavar="AUDIO", help="an audio file: clips that sound like it")
     g.add_argument("--vector", metavar="NPY", help="a .npy embedding of shape (dim,)")
-    s.add_argument("-k", type=int, default=10, help="how many results (default 10)")
+    s.add_argument("-k", type=_whole(1, "how many results"), default=10, help="how many results (default 10)")
     s.add_argument("--backend", default="auto", choices=["auto", "exact", "faiss"])
     s.add_argument("--json", action="store_true", help="print results as JSON lines")
     s.add_argument("--relevant", metavar="GENRE_OR_SOURCE",
@@ -52,17 +88,20 @@ def add_parser(sub) -> None:
                         description="Stratified 5-fold cross-validated k-NN (cosine) genre classification of the "
                                     "library's clip embeddings, over clips that have a genre label.")
     e.add_argument("library")
-    e.add_argument("-k", type=int, default=5)
-    e.add_argument("--folds", type=int, default=5)
+    e.add_argument("-k", type=_whole(1, "the neighbours that vote on a clip's genre"), default=5,
+                   help="neighbours that vote on each clip's genre (default 5)")
+    e.add_argument("--folds", type=_whole(2, "the cross-validation folds"), default=5,
+                   help="cross-validation folds (default 5)")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=run_eval)
 
 
 def run_build(args) -> int:
     from music.embedding import get_embedder
-    from music.library import build_library, discover_sources, generated_units
+    from music.library import build_library, check_library_out, discover_sources, generated_units
 
     console = stderr_console()
+    check_library_out(args.out)  # before any source is read: --out may be a bundle's or a session's folder
     units, problems = discover_sources(args.sources, clip_s=args.clip_s)
     if args.generate:
         units += generated_units(args.generate, shared_instruments=args.shared_instruments, seed=args.seed,
@@ -107,7 +146,7 @@ def run_search(args) -> int:
             vec = emb.embed(x, sr).clip
             query = f"like {args.like}"
         else:
-            vec = np.load(args.vector)
+            vec = _read_vector(args.vector, int(lib.embeddings.shape[1]))
             query = f"vector {args.vector}"
         hits = lib.search(vec, args.k)
     if args.relevant:

@@ -2,13 +2,57 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
+import os
 import signal
 import sys
 
 from ..console import stderr_console
+
+
+#: ``--rms-dbfs`` bounds, as ``b2m session --level-dbfs``'s: quieter is inaudible in a scanner, louder clips.
+RMS_DBFS_RANGE = (-60.0, -3.0)
+
+
+def _rms_dbfs(text: str) -> float:
+    """``--rms-dbfs``: a level in dBFS RMS within :data:`RMS_DBFS_RANGE`."""
+    lo, hi = RMS_DBFS_RANGE
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a level: give dBFS RMS from {lo:g} to {hi:g} "
+                                         "(e.g. -20)") from None
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise argparse.ArgumentTypeError(f"{text} dBFS RMS is out of range: give {lo:g} to {hi:g} (e.g. -20)")
+    return value
+
+
+def check_out(path: str) -> None:
+    """Make sure the played events can be written to ``path`` (--out) before anything plays.
+
+    Written only when the run ends: a folder, a missing folder or one not
+    writable found then would lose the onsets of a whole scanner run.
+    """
+    what = f"--out {path}"
+    if os.path.isdir(path):
+        raise ValueError(f"{what}: a folder; give the events.tsv file to write in it, e.g. "
+                         f"{os.path.join(path, 'run-01_events.tsv')}; nothing was played")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"{what}: its folder {parent} does not exist; make it first, or give a path in an existing "
+                         "folder; nothing was played")
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a"):  # appends nothing: an existing file is kept as it is until the run ends
+            pass
+    except OSError as e:
+        raise ValueError(f"{what}: cannot be written ({(e.strerror or str(e)).lower()}); give a path in a folder "
+                         "you can write to; nothing was played") from None
+    if not existed:
+        os.remove(path)
 
 
 def add_parser(sub) -> None:
@@ -31,8 +75,9 @@ def add_parser(sub) -> None:
                    help="start at the trigger key read on stdin (default), at once, or at the first pulse on "
                         "the trigger box's serial port (e.g. /dev/ttyUSB0), as `b2m session --trigger` reads it")
     p.add_argument("--key", default="5", help="the trigger key (default 5, what most trigger boxes type)")
-    p.add_argument("--rms-dbfs", type=float, default=None,
-                   help="scale each excerpt to this RMS level (default: as in the file)")
+    p.add_argument("--rms-dbfs", type=_rms_dbfs, default=None, metavar="DBFS",
+                   help=f"scale each excerpt to this RMS level, {RMS_DBFS_RANGE[0]:g} to {RMS_DBFS_RANGE[1]:g} dBFS "
+                        "(default: as in the file)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -79,6 +124,7 @@ def run(args) -> int:
     events = sorted(read_events(args.events), key=lambda e: e.onset_s)
     if not events:
         raise ValueError(f"{args.events}: no events to play")
+    check_out(args.out)
     try:
         output = open_output(args.audio, isolate=not args.in_process_audio)
     except AudioDeviceError as e:

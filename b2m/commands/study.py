@@ -32,6 +32,8 @@ def run(args) -> int:
     quality_line = "data quality, real against sham: " + " | ".join(
         f"{names[k]}: {describe_comparison(c)}" for k, c in quality.items())
     notes = setup_differences(rows)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)  # an --out that cannot be written is said before the table is
     sys.stdout.write(table)
     print(line)
     print(quality_line)
@@ -40,7 +42,6 @@ def run(args) -> int:
     if args.out:
         from realtime.session.study import write_study_page
 
-        os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "study.tsv"), "w") as f:
             f.write(table)
         with open(os.path.join(args.out, "study.json"), "w") as f:

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from protocols.library import (LIBRARY_FORMAT, LIBRARY_VERSION, Clip, check_same_embedder, sha256_file,
-                               write_beats, write_clips_tsv)
+from protocols.library import (LIBRARY_FORMAT, LIBRARY_VERSION, Clip, LibraryError, check_same_embedder,
+                               sha256_file, write_beats, write_clips_tsv)
 from protocols.provenance import provenance
 from protocols.record import RecordLog
 
@@ -38,8 +38,8 @@ from ..beats import clip_beats
 from ..embedding.base import Embedder
 from .index import FAISS_THRESHOLD, FaissHNSWIndex, normalize_rows
 
-__all__ = ["Unit", "BuildResult", "build_library", "discover_sources", "generated_units", "generator_point",
-           "AUDIO_EXTS", "MIDI_EXTS", "DEFAULT_CLIP_S", "LIBRARY_SR"]
+__all__ = ["Unit", "BuildResult", "build_library", "check_library_out", "discover_sources", "generated_units",
+           "generator_point", "AUDIO_EXTS", "MIDI_EXTS", "DEFAULT_CLIP_S", "LIBRARY_SR"]
 
 log = logging.getLogger("b2m.library")
 
@@ -234,6 +234,44 @@ def _clip_id(unit: Unit, k: int, n: int) -> str:
     return base if n == 1 else f"{base}#{k:03d}"
 
 
+def check_library_out(out: str) -> None:
+    """Check that a library can be built in ``out``: a new path, an empty folder, a library or a partial build.
+
+    A build writes ``manifest.json``, ``embeddings.npy`` and more into ``out``:
+    a model bundle's or a session's folder would lose its own files.
+
+    Raises
+    ------
+    LibraryError
+        ``out`` is a file, or a folder holding something other than a library.
+    """
+    out = os.fspath(out)
+    if not os.path.lexists(out):
+        return
+    if not os.path.isdir(out):
+        raise LibraryError(out, "--out is a file, not a library folder: give a folder that does not exist yet, "
+                                "an empty one, or an existing library to continue")
+    manifest = os.path.join(out, "manifest.json")
+    if os.path.lexists(manifest):
+        try:
+            with open(manifest, "rb") as f:
+                fmt = json.load(f).get("format")
+        except (OSError, ValueError, AttributeError):
+            fmt = None
+        if fmt == LIBRARY_FORMAT:
+            return  # a library: built again, or continued
+        what = f"a {fmt} folder" if isinstance(fmt, str) and fmt else "not a library folder"
+        raise LibraryError(out, f"--out is {what} (its manifest.json), not a music library; building there would "
+                                "overwrite its files: give a new folder, or an existing library to continue")
+    if os.path.isdir(os.path.join(out, ".build")):
+        return  # a partial build, interrupted before its first manifest
+    entries = sorted(os.listdir(out))
+    if entries:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise LibraryError(out, f"--out holds files ({shown}) and is not a music library; building there would "
+                                "mix with them: give a new or empty folder, or an existing library to continue")
+
+
 def build_library(out: str, units: list[Unit], embedder: Embedder, *, problems: list | None = None,
                   progress: Callable | None = None, index: str = "auto",
                   clip_s: float = DEFAULT_CLIP_S) -> BuildResult:
@@ -242,7 +280,8 @@ def build_library(out: str, units: list[Unit], embedder: Embedder, *, problems: 
     Parameters
     ----------
     out : str
-        Library folder; an interrupted or earlier build there is continued.
+        Library folder; an interrupted or earlier build there is continued. Any other
+        non-empty folder is refused (:func:`check_library_out`).
     units : list of Unit
     embedder : Embedder
     problems : list of (source, reason), optional
@@ -253,6 +292,7 @@ def build_library(out: str, units: list[Unit], embedder: Embedder, *, problems: 
         Also save a FAISS index when the library is large (auto) or always.
     """
     t0 = time.monotonic()
+    check_library_out(out)
     os.makedirs(os.path.join(out, ".build"), exist_ok=True)
     os.makedirs(os.path.join(out, "audio"), exist_ok=True)
     ident_path = os.path.join(out, ".build", "embedder.json")

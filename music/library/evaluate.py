@@ -22,6 +22,10 @@ def knn_genre_accuracy(embeddings: np.ndarray, genres, *, k: int = 5, folds: int
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.neighbors import KNeighborsClassifier
 
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k (neighbours voting on a genre) must be a whole number of 1 or more, got {k!r}")
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise ValueError(f"folds must be a whole number of 2 or more, got {folds!r}")
     y = np.asarray(genres)
     x = np.asarray(embeddings, dtype=np.float64)
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)

@@ -14,6 +14,11 @@ from .index import FAISS_THRESHOLD, ExactIndex, FaissHNSWIndex, make_index
 __all__ = ["Library", "FAISS_THRESHOLD", "ExactIndex"]  # the last two re-exported from .index
 
 
+def _check_k(k) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k (how many results) must be a whole number of 1 or more, got {k!r}")
+
+
 class Library:
     """A validated music library, embeddings memory-mapped.
 
@@ -82,11 +87,13 @@ class Library:
 
     def search(self, vector: np.ndarray, k: int = 10) -> list[tuple[Clip, float]]:
         """Top-k clips by cosine similarity to one embedding of shape (dim,)."""
+        _check_k(k)
         ids, scores = self.index.search(vector, k)
         return [(self.clips[i], float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
 
     def search_tag(self, tag: str, k: int = 10) -> list[tuple[Clip, float]]:
         """Top-k clips by the embedder's probability for ``tag`` (case-insensitive)."""
+        _check_k(k)
         if self.tags is None:
             raise LibraryError(os.path.join(self.path, "tags.npy"), "this library has no tag probabilities")
         names = [t.lower() for t in self.tag_names]

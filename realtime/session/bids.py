@@ -495,7 +495,8 @@ def _stimulus(root: str, library, path: str, copied: dict) -> str:
 
 def _check_label(name: str, value: str | None) -> None:
     if value is not None and not _LABEL.match(value):
-        raise ValueError(f"--{name} {value!r}: a BIDS label is letters and digits only (e.g. 01, nf1)")
+        option = {"session": "--ses"}.get(name, f"--{name}")  # `b2m session export`'s options
+        raise ValueError(f"{option} {value!r}: a BIDS label is letters and digits only (e.g. 01, nf1)")
 
 
 def export_bids(session_dir, out_dir, subject: str, *, session: str | None = None, task: str = "neurofeedback",
