@@ -217,6 +217,9 @@ def _load_key(path, *, secret: bool) -> tuple[bytes, bytes | None]:
     import zmq.auth
 
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise TransportError(f"{path}: a folder, not a key file; give the key file in it (b2m keys writes "
+                             "NAME.key_secret and NAME.key)")
     if not os.path.isfile(path):
         raise TransportError(f"{path}: no such key file. Make one with 'b2m keys NAME --out DIR'")
     try:

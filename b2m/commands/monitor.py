@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import signal
+import socket
 import sys
 import threading
 
@@ -67,7 +69,13 @@ def run(args) -> int:
         server = MonitorServer(state, host, port, fd_threshold_mm=args.fd_threshold, control=control)
     except OSError as e:
         sub.close()
-        raise OSError(f"--http {args.http}: cannot serve there ({e.strerror or e}); choose another port") from None
+        if e.errno == errno.EADDRINUSE:
+            hint = "another program holds that port: choose another port"
+        elif e.errno == errno.EADDRNOTAVAIL or isinstance(e, socket.gaierror):
+            hint = "that host is not an address of this computer: give one of its addresses, or 127.0.0.1"
+        else:
+            hint = "choose another address or port"
+        raise OSError(f"--http {args.http}: cannot serve there ({e.strerror or e}); {hint}") from None
     print(f"monitor\t{server.url}", file=sys.stderr, flush=True)
     try:
         while not stop.wait(0.5):  # a timed wait lets the signal handlers run

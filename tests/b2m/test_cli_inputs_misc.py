@@ -296,3 +296,16 @@ def test_present_rms_dbfs_is_limited_like_the_sessions_level(run_design, tmp_pat
     loud = heard[np.abs(heard[:, 0]) > 0][:, 0]
     assert 20 * np.log10(np.sqrt(np.mean(loud ** 2))) == pytest.approx(-20, abs=1.0)  # 2 s fades: about -20
     assert (tmp_path / "played.tsv").read_text().splitlines()[0].startswith("onset\tduration")
+
+
+# item: what is wrong with an address or a key path --------------------------------------------------------------
+
+def test_a_monitor_host_that_is_not_this_computers_is_said_to_be_the_host(tmp_path):
+    r = b2m("monitor", "--results", "tcp://127.0.0.1:5999", "--http", "no-such-host.invalid:8089", "--insecure")
+    assert_refused(r, "--http no-such-host.invalid:8089", "that host is not an address of this computer")
+    assert "choose another port" not in r.stderr
+
+
+def test_a_key_folder_given_for_a_key_file_is_said_to_be_a_folder(tmp_path):
+    r = b2m("receive", "--out", tmp_path / "rec", "--curve-secret", tmp_path)
+    assert_refused(r, str(tmp_path), "a folder, not a key file", "NAME.key_secret")
