@@ -437,11 +437,11 @@ def _image_on_grid(path: str, shape, affine, what: str, option: str) -> np.ndarr
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
-        raise ValueError(f"{path} ({option}): a {what} must be a 3-D image, got shape {data.shape}")
+        raise ValueError(f"{path} ({what}, {option}): must be a 3-D image, got shape {data.shape}")
     try:
         check_geometry(data.shape, img.affine, shape, affine, what="subject's BOLD run")
     except ValueError as e:
-        raise ValueError(f"{path} ({option}): {e}; resample it to the BOLD grid first") from None
+        raise ValueError(f"{path} ({what}, {option}): {e}; resample it to the BOLD grid first") from None
     return data
 
 

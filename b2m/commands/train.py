@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from dataclasses import replace
 
@@ -63,10 +62,7 @@ def _alphas(text: str) -> tuple[float, ...]:
 
 
 def _nifti(text: str) -> str:
-    """``--roi-mask``/``--parcellation``: an existing NIfTI file (its contents are checked by the training)."""
-    if not os.path.isfile(text):
-        raise argparse.ArgumentTypeError(f"{text}: file not found; expected a 3-D NIfTI image (.nii or .nii.gz) "
-                                         "on the subject's BOLD grid")
+    """``--roi-mask``/``--parcellation``: a NIfTI file name (the training checks the file, before any long work)."""
     if not text.endswith((".nii", ".nii.gz")):
         raise argparse.ArgumentTypeError(f"{text}: expected a NIfTI image (.nii or .nii.gz) on the subject's "
                                          "BOLD grid")

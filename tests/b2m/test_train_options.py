@@ -54,8 +54,8 @@ def test_train_roi_mask_or_parcellation_not_nifti_is_named(capsys, tmp_path):
     np.save(npy, np.ones((2, 2, 2), bool))
     assert f"argument --roi-mask: {npy}: expected a NIfTI image (.nii or .nii.gz)" in _parse_error(
         capsys, "--roi-mask", str(npy))
-    assert f"argument --parcellation: {tmp_path / 'nope.nii.gz'}: file not found" in _parse_error(
-        capsys, "--parcellation", str(tmp_path / "nope.nii.gz"), "--top-regions", "2")
+    assert f"argument --parcellation: {tmp_path / 'atlas.txt'}: expected a NIfTI image" in _parse_error(
+        capsys, "--parcellation", str(tmp_path / "atlas.txt"), "--top-regions", "2")
 
 
 def test_b2m_train_bad_alphas_exit_2_without_traceback(tmp_path):

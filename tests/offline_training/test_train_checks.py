@@ -158,6 +158,9 @@ def test_prepare_refuses_a_roi_mask_that_is_not_nifti(ds, tmp_path):
     np.save(mask, np.ones((6, 6, 4), bool))
     msg = _prepare_fails(ds, TrainConfig(motion=False, roi_mask=str(mask)))
     assert str(mask) in msg and "--roi-mask expects a NIfTI image" in msg
+    missing = tmp_path / "atlas.nii.gz"
+    msg = _prepare_fails(ds, TrainConfig(motion=False, parcellation=str(missing), top_regions=1))
+    assert f"{missing}: --parcellation file not found" in msg
 
 
 def test_train_writes_no_bundle_folder_when_an_input_is_wrong(ds, tmp_path):
