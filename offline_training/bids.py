@@ -80,6 +80,7 @@ __all__ = [
     "Event",
     "EventsFileError",
     "read_events",
+    "check_events_in_run",
     "RunFiles",
     "BoldRun",
     "find_subjects",
@@ -107,6 +108,7 @@ EVENT_COLUMNS: tuple[str, ...] = ("onset", "duration", "genre", "track", "start"
 FADE_S = 2.0
 
 _TR_TOL_S = 1e-3  # sidecar vs header TR; pixdim is float32, so 1 ms is generous
+_TIME_TOL_S = 1e-3  # events: overlap and run end, to the millisecond the files are written to
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _GENRE = re.compile(r"[A-Za-z0-9_-]+")
 _RUN_FILE = re.compile(
@@ -146,6 +148,10 @@ class Event:
         excerpt is [start_s, end_s).
     extra : dict of str to str
         Any further columns of the file, as raw strings (none in ds003720).
+    line : int or None
+        1-based line of the file the event was read from (the header is line
+        1), for messages; None if it was not read from a file. Not part of
+        the event's equality.
     """
 
     onset_s: float
@@ -155,6 +161,7 @@ class Event:
     start_s: float
     end_s: float
     extra: dict[str, str] = field(default_factory=dict, hash=False)
+    line: int | None = field(default=None, compare=False, hash=False, repr=False)
 
     @property
     def stimulus_name(self) -> str:
@@ -220,7 +227,9 @@ def read_events(path: os.PathLike | str, *, genres: Sequence[str] | None = GTZAN
     Accepts CRLF, LF or CR line endings, with or without a final line break, a
     UTF-8 byte-order mark, and genres in single quotes, with either quote missing,
     or unquoted. Columns may come in any order; columns beyond
-    :data:`EVENT_COLUMNS` are kept in :attr:`Event.extra`.
+    :data:`EVENT_COLUMNS` are kept in :attr:`Event.extra`. Events may not
+    overlap in time (each volume belongs to one excerpt); whether they fit the
+    run is :func:`check_events_in_run`'s to say, as it needs the image.
 
     Parameters
     ----------
@@ -242,8 +251,9 @@ def read_events(path: os.PathLike | str, *, genres: Sequence[str] | None = GTZAN
     FileNotFoundError
         If the file does not exist.
     EventsFileError
-        (a ValueError) If the file is not UTF-8 text, a column is missing, or a
-        row is malformed; the message names the file, the line and the column.
+        (a ValueError) If the file is not UTF-8 text, a column is missing, a
+        row is malformed, or two events overlap; the message names the file,
+        the line and the column.
     """
     path = Path(path)
     if not path.is_file():
@@ -303,8 +313,82 @@ def read_events(path: os.PathLike | str, *, genres: Sequence[str] | None = GTZAN
                                   f"expected an end within the {track_s:g} s source track, found {end}")
         events.append(Event(onset_s=onset, duration_s=duration, genre=genre, track=int(get["track"]),
                             start_s=start, end_s=end,
-                            extra={n: get[n] for n in header if n not in EVENT_COLUMNS}))
+                            extra={n: get[n] for n in header if n not in EVENT_COLUMNS}, line=lineno))
+    _check_overlaps(path, events)
     return events
+
+
+def _check_overlaps(path: Path, events: list[Event]) -> None:
+    """Two events playing at once would share volumes: one excerpt's would be labelled with the other's."""
+    last = None  # the event, so far in onset order, that ends last
+    for ev in sorted(events, key=lambda e: (e.onset_s, e.line)):
+        if last is not None and ev.onset_s < last.onset_s + last.duration_s - _TIME_TOL_S:
+            raise EventsFileError(
+                path, ev.line, "onset",
+                f"the event at {ev.onset_s:g} s starts before the event of line {last.line} "
+                f"({last.onset_s:g} s + {last.duration_s:g} s) ends at {last.onset_s + last.duration_s:g} s; "
+                "events must not overlap, or the volumes they share are labelled with one of them only. "
+                "Onsets and durations are in seconds from the run's first volume")
+        if last is None or ev.onset_s + ev.duration_s > last.onset_s + last.duration_s:
+            last = ev
+
+
+def check_events_in_run(path: os.PathLike | str, events: Sequence[Event], n_volumes: int, tr_s: float) -> None:
+    """Check that a run's events fit its image: at least one event, each inside the run and on a volume.
+
+    Volume ``t`` is labelled with the event playing at ``t * tr_s``
+    (:func:`offline_training.targets.tr_targets`), so an event past the
+    run's end, or so short that no volume starts inside it, would be dropped
+    without a word; an excerpt cut by the run's end would be labelled with
+    part of its music only.
+
+    Parameters
+    ----------
+    path : path-like
+        The events.tsv, for the messages.
+    events : sequence of Event
+        As :func:`read_events` returned them (their ``line`` is named).
+    n_volumes : int
+        Volumes of the run's image.
+    tr_s : float
+        The run's TR in seconds.
+
+    Raises
+    ------
+    EventsFileError
+        (a ValueError) If the file has no event, an event ends after
+        ``n_volumes * tr_s`` or covers no volume's start; the message names
+        the file, the line and the run's length.
+    """
+    path = Path(path)
+    run_s = n_volumes * tr_s
+    length = f"the run has {n_volumes} volumes of TR {tr_s:g} s = {run_s:g} s"
+    if not events:
+        raise EventsFileError(path, 2, "onset", "no events: the file has its header only; every run needs one "
+                                                "row per excerpt played. Fill it in, or remove the run's files "
+                                                "(its _events.tsv, _bold.json and _bold.nii.gz) to leave it out")
+    for i, ev in enumerate(events):
+        line = ev.line if ev.line is not None else i + 2
+        end = ev.onset_s + ev.duration_s
+        if end > run_s + _TIME_TOL_S:
+            if ev.duration_s >= 100 * tr_s and end / 1000 <= run_s + _TIME_TOL_S:
+                hint = ("these look like milliseconds: BIDS onsets and durations are in seconds; "
+                        "divide the onset and duration columns by 1000")
+            elif ev.onset_s >= run_s:
+                hint = ("onsets and durations are in seconds from the run's first volume; is this the events "
+                        "file of this run, or is its image cut short?")
+            else:
+                hint = ("onsets and durations are in seconds from the run's first volume; an excerpt cut by the "
+                        "run's end would be labelled with part of its music only: is the image cut short?")
+            raise EventsFileError(path, line, "onset" if ev.onset_s >= run_s else "duration",
+                                  f"the event at {ev.onset_s:g} s lasting {ev.duration_s:g} s ends at {end:g} s, "
+                                  f"after the run: {length}; {hint}")
+        first = math.ceil((ev.onset_s - 1e-9) / tr_s)  # the first volume starting inside the event
+        if not first * tr_s < end - 1e-9:
+            raise EventsFileError(path, line, "duration",
+                                  f"the event at {ev.onset_s:g} s lasting {ev.duration_s:g} s covers no volume "
+                                  f"(volumes start every {tr_s:g} s): no volume would be labelled with it. "
+                                  f"Onsets and durations are in seconds")
 
 
 # --------------------------------------------------------------------------- runs
@@ -451,19 +535,25 @@ def find_runs(dataset_root: os.PathLike | str, subject: str | int, *,
         given tasks, or a run lacks its events.tsv, bold.json or (when
         required) bold.nii[.gz]; the message names the missing file.
     ValueError
-        If a run has two files for the same role (e.g. both .nii and .nii.gz).
+        If a run has two files for the same role (e.g. both .nii and .nii.gz),
+        the subject's runs are in session folders (``sub-XXX/ses-YY/func``,
+        not read), or files name a task that differs from one of ``tasks``
+        only in case (``task-training``: BIDS labels are case-sensitive).
     """
     root = Path(dataset_root)
     label = subject_label(subject)
-    func = root / f"sub-{label}" / "func"
+    subject_dir = root / f"sub-{label}"
+    func = subject_dir / "func"
     if not func.is_dir():
-        subjects = find_subjects(root)
-        raise _not_found(func, f"folder not found; subjects present in {root}: "
-                               f"{', '.join('sub-' + s for s in subjects) or 'none'}")
+        _no_func_folder(root, subject_dir)
     found: dict[tuple[str, int], dict[str, Path]] = {}
     stems: dict[tuple[str, int], Path] = {}
+    wrong_case: list[str] = []
     for p in sorted(func.iterdir()):
         m = _RUN_FILE.fullmatch(p.name)
+        if m is not None and m["sub"] == label and m["task"] not in tasks and \
+                any(m["task"].lower() == t.lower() for t in tasks):
+            wrong_case.append(p.name)
         if m is None or m["sub"] != label or m["task"] not in tasks:
             continue
         role = "bold" if m["suffix"].startswith("bold.nii") else m["suffix"]
@@ -474,6 +564,12 @@ def find_runs(dataset_root: os.PathLike | str, subject: str | int, *,
                              f"{files[role].name} and {p.name}; keep one")
         files[role] = p
         stems.setdefault(key, func / p.name[: m.end("run")])
+    if wrong_case:
+        raise ValueError(f"{func}: {len(wrong_case)} file(s) name a task that differs from "
+                         f"{' or '.join('task-' + t for t in tasks)} only in case ({', '.join(wrong_case[:3])}"
+                         f"{', ...' if len(wrong_case) > 3 else ''}); BIDS task labels are case-sensitive, so these "
+                         f"runs would be left out. Rename them to task-{'/task-'.join(tasks)} (and their sidecars' "
+                         "TaskName to match)")
     if not found:
         raise _not_found(func, f"no run files found; expected sub-{label}_task-<task>_run-NN_"
                                f"{{bold.nii.gz,bold.json,events.tsv}} with task in {', '.join(tasks)}")
@@ -488,11 +584,38 @@ def find_runs(dataset_root: os.PathLike | str, subject: str | int, *,
                                  f"(found {', '.join(sorted(f.name for f in files.values()))})")
         if require_bold and "bold" not in files:
             raise _not_found(Path(f"{stem}_bold.nii.gz"),
-                             "missing (nor is there a _bold.nii); pass require_bold=False "
-                             "to list runs without images")
+                             f"missing (nor is there a {Path(f'{stem}_bold.nii').name}), but the run's "
+                             f"{', '.join(sorted(f.name for f in files.values()))} are there: every run needs "
+                             "its BOLD image. Put the image back (a download of only the metadata has none), or "
+                             "move the run's events.tsv and bold.json out of the folder to leave the run out")
         runs.append(RunFiles(subject=label, task=key[0], run=key[1], events=files["events.tsv"],
                              sidecar=files["bold.json"], bold=files.get("bold")))
     return runs
+
+
+def _no_func_folder(root: Path, subject_dir: Path) -> None:
+    """Say why ``subject_dir/func`` is not there, and what to do; always raises."""
+    func = subject_dir / "func"
+    if not root.is_dir():
+        raise _not_found(root, "dataset folder not found; expected a BIDS dataset root holding sub-XXX/ folders")
+    if not subject_dir.is_dir():
+        subjects = find_subjects(root)
+        raise _not_found(subject_dir, f"subject folder not found (expected its runs in {func}); subjects present "
+                                      f"in {root}: "
+                                      f"{', '.join('sub-' + s for s in subjects) or 'none'}")
+    sessions = sorted(p.name for p in subject_dir.iterdir() if p.is_dir() and p.name.startswith("ses-"))
+    if sessions:
+        with_func = [s for s in sessions if (subject_dir / s / "func").is_dir()]
+        raise ValueError(f"{subject_dir}: the runs are in session folders ({', '.join(with_func or sessions)}), "
+                         f"and b2m reads the ds003720 layout without sessions, {func}/. To train on one session, "
+                         f"copy or link its func/ folder as {func} with the _ses-<label> part taken out of the "
+                         "file names (sub-XXX_ses-YY_task-... -> sub-XXX_task-...)")
+    inside = sorted(p.name + ("/" if p.is_dir() else "") for p in subject_dir.iterdir())
+    raise _not_found(func, f"folder not found: {subject_dir} exists but "
+                           + (f"holds only {', '.join(inside[:5])}{', ...' if len(inside) > 5 else ''}"
+                              if inside else "is empty")
+                           + "; expected the subject's BOLD runs in func/ (sub-XXX_task-<task>_run-NN_"
+                             "{bold.nii.gz,bold.json,events.tsv})")
 
 
 def read_sidecar(path: os.PathLike | str) -> dict[str, Any]:

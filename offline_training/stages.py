@@ -129,7 +129,7 @@ def _motion_stage_key(path: str, mask: np.ndarray, reference: np.ndarray, pcfg: 
 
 
 def motion_stage(rf: RunFiles, mask: np.ndarray, reference: np.ndarray, affine: np.ndarray,
-                 pcfg: PreprocessConfig, *, cache_dir: str | None = None,
+                 pcfg: PreprocessConfig, *, cache_dir: str | None = None, tr_s: float | None = None,
                  progress: Callable[[int, int], None] | None = None) -> MotionStage:
     """Motion-correct (if configured) and mask one run with the realtime code, cached.
 
@@ -155,12 +155,19 @@ def motion_stage(rf: RunFiles, mask: np.ndarray, reference: np.ndarray, affine: 
     affine : ndarray of shape (4, 4)
     pcfg : PreprocessConfig
     cache_dir : str, optional
+    tr_s : float, optional
+        The TR the caller reads every run at (seconds); a run whose own TR
+        differs raises ValueError naming it, instead of being read at the
+        wrong TR.
     progress : callable, optional
         ``progress(done_volumes, n_volumes)``.
     """
     from realtime.preprocessing import GeometryError, check_geometry, realign_run
 
-    img, _ = load_bold(rf)
+    img, tr_run = load_bold(rf)
+    if tr_s is not None and abs(tr_run - tr_s) > 1e-3:
+        raise ValueError(f"{rf.sidecar} (and {rf.bold}): TR {tr_run:g} s, but the other runs are read at TR "
+                         f"{tr_s:g} s; leave out the runs recorded at another TR, or fix the files that are wrong")
     grid = None  # a run recorded on another day's grid is aligned to the shared reference, as live
     try:
         check_geometry(mask.shape, affine, img.shape, img.affine)

@@ -174,9 +174,19 @@ def tr_targets(events: list[Event], n_volumes: int, tr_s: float, targets: Stimul
         Index into ``events`` of the event playing at each TR, -1 if none.
     tr_in_event : ndarray of shape (n_volumes,), int
         Which TR of its event each TR is (0 = the TR the excerpt starts in).
+
+    Raises
+    ------
+    ValueError
+        If an event ends after the run (``n_volumes * tr_s``), covers no
+        volume, or overlaps another, which would leave it, or the volumes it
+        shares, silently unlabelled or mislabelled
+        (:func:`offline_training.bids.check_events_in_run` says the same for a
+        file, with its name).
     """
     if kind not in ("clip", "window"):
         raise ValueError(f"kind must be 'clip' or 'window', got {kind!r}")
+    run_s = n_volumes * tr_s
     dim = next(iter(targets.by_id.values())).clip.shape[0]
     y = np.full((n_volumes, dim), np.nan, np.float32)
     idx = np.full(n_volumes, -1, int)
@@ -184,6 +194,15 @@ def tr_targets(events: list[Event], n_volumes: int, tr_s: float, targets: Stimul
     t0 = np.arange(n_volumes) * tr_s
     for j, ev in enumerate(events):
         on = (t0 >= ev.onset_s - 1e-9) & (t0 < ev.onset_s + ev.duration_s - 1e-9)
+        where = f"event {j} ({excerpt_id(ev)}{f', line {ev.line}' if ev.line else ''}, {ev.onset_s:g} s + " \
+                f"{ev.duration_s:g} s)"
+        if ev.onset_s + ev.duration_s > run_s + 1e-3:
+            raise ValueError(f"{where} ends after the run: {n_volumes} volumes of TR {tr_s:g} s = {run_s:g} s; "
+                             "onsets and durations are in seconds")
+        if not on.any():
+            raise ValueError(f"{where} covers no volume of the run (TR {tr_s:g} s)")
+        if (idx[on] >= 0).any():
+            raise ValueError(f"{where} overlaps event {int(idx[on][idx[on] >= 0][0])}; each volume belongs to one")
         idx[on] = j
         k = np.round((t0[on] - ev.onset_s) / tr_s).astype(int)
         k_in[on] = k

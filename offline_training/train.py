@@ -43,7 +43,16 @@ import numpy as np
 from protocols.provenance import provenance
 from realtime.preprocessing import PreprocessConfig
 
-from .bids import RunFiles, dataset_files, find_runs, load_bold, read_events, shared_tracks
+from .bids import (
+    Event,
+    RunFiles,
+    check_events_in_run,
+    dataset_files,
+    find_runs,
+    load_bold,
+    read_events,
+    shared_tracks,
+)
 from .ceiling import EV_LAG_S, noise_ceiling, repeat_rows
 from .decoding import DEVIATION_SCALES, decoded_events, evaluate_decoder, fit_decoder, presentation_ids
 from .encoding import delay_features, fit_encoding, run_folds, select_regions, select_voxels, within_genre_scores
@@ -53,7 +62,7 @@ from .stages import MotionStage, RunData, _release_pages, motion_stage, preproce
 from .targets import StimulusTargets, embed_stimuli, excerpt_id, tr_targets
 
 __all__ = ["TrainConfig", "train", "prepare", "Prepared", "choose_voxels", "brain_mask", "peak_rss_mb",
-           "blas_threads", "WITHIN_GENRE_POOL"]
+           "blas_threads", "WITHIN_GENRE_POOL", "check_runs", "check_stimuli"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -286,36 +295,40 @@ def prepare(ds: str, cfg: TrainConfig, progress: Progress = _noop, timings: dict
         raise ValueError(f"{ds}: {len(shared)} track(s) are heard in both Training and Test runs (first: {name}, in "
                          f"{train_run} and {test_run}); Test identification would reward recognising the recording. "
                          "Fix the events, or pass --allow-shared-tracks to train anyway (metrics.json lists them)")
-    t0 = time.monotonic()
+    all_files = train_files + test_files
+    # every run's sidecar, header and events before any long work: a bad last run fails now, not after minutes
+    img0, tr, events_by_run = check_runs(all_files)
     stimuli = cfg.stimuli or os.path.join(ds, "stimuli")
-    cache = cfg.cache or os.path.join(ds, "derivatives", "b2m", "embeddings")
-    img0, tr = load_bold(train_files[0])
-    embedder = get_embedder(cfg.embedder)
-    all_events = [e for r in runs for e in read_events(r.events)]
-    targets = embed_stimuli(all_events, stimuli, embedder, tr, cache_dir=cache,
-                            progress=lambda d, t: progress("embed stimuli", d, t))
-    timings["embed_stimuli"] = time.monotonic() - t0
+    check_stimuli(stimuli, all_files, events_by_run, option="--stimuli" if cfg.stimuli else None)
     reference = np.asarray(img0.dataobj[..., 0], np.float32)
     affine = img0.affine
     bmask = brain_mask(reference)
+    # the masks are read before the long embedding and motion correction, so a wrong file fails at once
     if cfg.roi_mask:
-        bmask &= _image_on_grid(cfg.roi_mask, reference.shape, affine, "ROI mask") > 0
+        bmask &= _image_on_grid(cfg.roi_mask, reference.shape, affine, "ROI mask", "--roi-mask") > 0
         if not bmask.any():
             raise ValueError(f"{cfg.roi_mask}: the ROI mask and the brain mask share no voxel; is it the "
                              "mask of this subject, in the space of its BOLD runs?")
-    labels = None  # read before the long motion correction, so a wrong atlas fails at once
+    labels = None
     if cfg.parcellation:
-        labels = _image_on_grid(cfg.parcellation, reference.shape, affine, "parcellation")[bmask].astype(np.int64)
+        labels = _image_on_grid(cfg.parcellation, reference.shape, affine, "parcellation",
+                                "--parcellation")[bmask].astype(np.int64)
+    t0 = time.monotonic()
+    cache = cfg.cache or os.path.join(ds, "derivatives", "b2m", "embeddings")
+    embedder = get_embedder(cfg.embedder)
+    all_events = [e for r in all_files for e in events_by_run[r.name]]
+    targets = embed_stimuli(all_events, stimuli, embedder, tr, cache_dir=cache,
+                            progress=lambda d, t: progress("embed stimuli", d, t))
+    timings["embed_stimuli"] = time.monotonic() - t0
     # motion correction + masking, once per run (cached); everything after it is cheap
     t0 = time.monotonic()
     preproc_dir = None
     if cfg.preproc_cache:
         preproc_dir = os.path.join(ds, "derivatives", "b2m", "preproc", f"sub-{cfg.subject}")
-    all_files = train_files + test_files
     n_vol = img0.shape[3]
     stages = []
     for i, rf in enumerate(all_files):
-        stages.append(motion_stage(rf, bmask, reference, affine, pcfg, cache_dir=preproc_dir,
+        stages.append(motion_stage(rf, bmask, reference, affine, pcfg, cache_dir=preproc_dir, tr_s=tr,
                                    progress=lambda d, t, i=i: progress("motion correction", i * n_vol + min(d, n_vol),
                                                                        len(all_files) * n_vol)))
     timings["motion_correction"] = time.monotonic() - t0
@@ -323,22 +336,112 @@ def prepare(ds: str, cfg: TrainConfig, progress: Progress = _noop, timings: dict
                     shared)
 
 
-def _image_on_grid(path: str, shape, affine, what: str) -> np.ndarray:
-    """A 3-D NIfTI (mask or parcellation) that must lie on the BOLD grid, as an array."""
+def check_runs(runs: list[RunFiles]) -> tuple[object, float, dict[str, list[Event]]]:
+    """Check every run before any long work: sidecar, header, one TR for all, events inside each run.
+
+    Each run's sidecar and NIfTI header are read (:func:`~offline_training.bids.load_bold`; no voxel data),
+    every run's TR must equal the first run's, and its events must fit its image
+    (:func:`~offline_training.bids.check_events_in_run`).
+
+    Parameters
+    ----------
+    runs : list of RunFiles
+        The first one gives the TR (and the reference image).
+
+    Returns
+    -------
+    img0 : nibabel image
+        The first run's image (lazy: its data are not read).
+    tr_s : float
+        The TR of every run, seconds.
+    events : dict
+        Each run's events, by :attr:`RunFiles.name`.
+
+    Raises
+    ------
+    ValueError, FileNotFoundError
+        Naming the file at fault (both files, for a TR that differs between runs).
+    """
+    img0, tr, events = None, None, {}
+    for rf in runs:
+        img, tr_run = load_bold(rf)
+        if img0 is None:
+            img0, tr = img, tr_run
+        elif abs(tr_run - tr) > 1e-3:  # the sidecar/header tolerance of load_bold
+            raise ValueError(f"TR differs between runs: {rf.sidecar} (and {rf.bold}) say {tr_run:g} s but "
+                             f"{runs[0].sidecar} (and {runs[0].bold}) say {tr:g} s; one decoder reads every run at "
+                             "one TR. Leave out the runs recorded at another TR, or fix the files that are wrong")
+        ev = read_events(rf.events)
+        check_events_in_run(rf.events, ev, img.shape[3], tr_run)
+        events[rf.name] = ev
+    return img0, tr, events
+
+
+def check_stimuli(folder: str, runs: list[RunFiles], events: dict[str, list[Event]],
+                  option: str | None = None) -> None:
+    """Every track the events ask for is a file in ``folder`` (a stat per track, before any embedding).
+
+    ``option`` names where the folder came from (``"--stimuli"``), or None for the default ``DS/stimuli``.
+    Raises FileNotFoundError naming the folder, or the missing track with the events file and line asking for it.
+    """
+    given = f"given by {option}" if option else "the default, DS/stimuli; another is given by --stimuli"
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder}: stimulus folder not found ({given}); expected a folder holding the "
+                                "GTZAN tracks as WAV files named <genre>.<track:05d>.wav (e.g. blues.00098.wav)")
+    for rf in runs:
+        for ev in events[rf.name]:
+            path = os.path.join(folder, ev.stimulus_file)
+            if not os.path.isfile(path):
+                nested = os.path.join(folder, ev.genre, ev.stimulus_file)
+                hint = (f" It is in a per-genre subfolder ({nested}); move all tracks into one folder."
+                        if os.path.isfile(nested) else "")
+                raise FileNotFoundError(f"{path}: stimulus not found, asked for by {rf.events}, line {ev.line}; "
+                                        f"expected the GTZAN tracks as WAV files directly in {folder} ({given}), "
+                                        f"named <genre>.<track:05d>.wav.{hint}")
+
+
+def check_test_presentations(test_runs: list[RunData], delays) -> None:
+    """At least two Test excerpts have volumes that decode them, or identification is undefined (NaN).
+
+    Each excerpt is decoded from the volumes ``max(delays)`` TRs after it plays
+    (:func:`.decoding.decoded_events`). Raises ValueError naming the Test runs' events files.
+    """
+    usable = set()
+    for r in test_runs:
+        ev = decoded_events(r, delays)
+        usable |= {excerpt_id(r.events[j]) for j in np.unique(ev) if j >= 0}
+    if len(usable) < 2:
+        files = ", ".join(str(r.files.events) for r in test_runs)
+        raise ValueError(f"the Test runs leave {len(usable)} excerpt(s) with volumes to decode them "
+                         f"({max(delays)} TRs after they play); identification needs 2 or more, or its figures "
+                         f"would be undefined (NaN). Check the events of the Test runs ({files}) against their "
+                         "images, and --delays")
+
+
+def _image_on_grid(path: str, shape, affine, what: str, option: str) -> np.ndarray:
+    """A 3-D NIfTI (mask or parcellation, given by ``option``) that must lie on the BOLD grid, as an array."""
     import nibabel as nib
 
     from realtime.preprocessing import check_geometry
 
-    img = nib.load(path)
-    data = np.asanyarray(img.dataobj)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: {option} file not found; expected a 3-D NIfTI {what} on the BOLD grid")
+    try:
+        img = nib.load(path)
+        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+            raise ValueError(f"a {type(img).__name__}")
+        data = np.asanyarray(img.dataobj)
+    except Exception as e:  # nibabel's ImageFileError for a .npy, gzip and EOF errors for a damaged file...
+        raise ValueError(f"{path}: {option} expects a NIfTI image (.nii or .nii.gz), a 3-D {what} on the BOLD "
+                         f"grid; this file cannot be read as one ({type(e).__name__}: {e})") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
-        raise ValueError(f"{path}: a {what} must be a 3-D image, got shape {data.shape}")
+        raise ValueError(f"{path} ({what}, {option}): must be a 3-D image, got shape {data.shape}")
     try:
         check_geometry(data.shape, img.affine, shape, affine, what="subject's BOLD run")
     except ValueError as e:
-        raise ValueError(f"{path} ({what}): {e}; resample it to the BOLD grid first") from None
+        raise ValueError(f"{path} ({what}, {option}): {e}; resample it to the BOLD grid first") from None
     return data
 
 
@@ -374,9 +477,9 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
     from .export import write_bundle
 
     t_start = time.monotonic()
-    os.makedirs(out, exist_ok=True)
     timings: dict[str, float] = {}
-    prep = prepare(ds, cfg, progress, timings)
+    prep = prepare(ds, cfg, progress, timings)  # checks every input first: a bad one leaves no bundle folder
+    os.makedirs(out, exist_ok=True)
     targets, embedder, tr = prep.targets, prep.embedder, prep.tr_s
     reference, affine, bmask = prep.reference, prep.affine, prep.mask
     pcfg = cfg.preprocess()
@@ -392,6 +495,7 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
         t0 = time.monotonic()
         trn, tst, trv, tsv = prep.runs(cfg, pc, lambda d, t: progress(f"detrend + normalise ({tag})", d, t))
         timings[f"detrend_normalize_{tag}"] = time.monotonic() - t0
+        check_test_presentations(tst, cfg.delays)
         t0 = time.monotonic()
         feats, sel, sel_scores, sel_alphas, selection = choose_voxels(
             trn, trv, cfg, prep.labels, progress=lambda d, t: progress(f"select voxels ({tag})", d, t))
@@ -407,6 +511,9 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
         _, train_emb, train_genres = targets.clips(trn)
         centre = train_emb.mean(0)
         res = evaluate_decoder(tst, coef, xm, ym, sel, cfg.delays, targets, train_emb, train_genres, centre)
+        if not np.isfinite(res["identification_accuracy"]):  # never a bundle with an undefined headline
+            raise ValueError(f"{ds}: Test identification is undefined ({res['n_test_clips']} Test excerpt(s) "
+                             "decoded; it needs 2 or more): check the Test runs' events against their images")
         res["fit_s"] = fit_s
         res["alphas"] = edge_alphas(best, cfg.alphas)
         res["n_train_samples"] = dec.n_samples

@@ -55,12 +55,52 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+#: SimulationConfig's fields as the command line names them, for its messages.
+_OPTIONS = {"train_runs": "--train-runs", "test_runs": "--test-runs", "subjects": "--subjects", "seed": "--seed",
+            "grid": "--grid", "motion": "--motion", "tsnr": "--tsnr", "drift_pct": "--drift-pct"}
+
+
+def _options_named(e: ValueError) -> ValueError:
+    """A configuration error with its field names (``train_runs``) as the options that set them (``--train-runs``)."""
+    import re
+
+    text = re.sub(r"\b(" + "|".join(_OPTIONS) + r")\b", lambda m: _OPTIONS[m.group(1)], str(e))
+    return ValueError(text)
+
+
+def _check_folders(args) -> None:
+    """--stimuli-from and --metadata (or $B2M_DS003720) must be folders: checked before anything is written."""
+    import os
+
+    from offline_training.simulate import default_metadata_dir
+
+    if args.stimuli_from is not None and not os.path.isdir(args.stimuli_from):
+        raise FileNotFoundError(f"{args.stimuli_from}: folder not found (--stimuli-from); give a folder of stand-in "
+                                "WAVs written before, e.g. another simulated dataset's stimuli/, or leave the option "
+                                "out to generate them")
+    holding = "holding sub-001/func/sub-001_task-*_run-*_{events.tsv,bold.json}"
+    if args.metadata is not None:
+        if not os.path.isdir(args.metadata):
+            raise FileNotFoundError(f"{args.metadata}: folder not found (--metadata); give ds003720's metadata, a "
+                                    f"folder {holding}, or leave the option out to use the copy shipped with b2m")
+    elif not default_metadata_dir().is_dir():
+        env = os.environ.get("B2M_DS003720")
+        where = (f"$B2M_DS003720 is set to {env}, which is not a folder" if env else
+                 f"the copy shipped with b2m ({default_metadata_dir()}) is missing")
+        raise FileNotFoundError(f"ds003720 metadata not found: {where}. Give --metadata DIR (or set $B2M_DS003720), "
+                                f"a folder {holding}" + ("; or unset $B2M_DS003720" if env else ""))
+
+
 def run(args) -> int:
     from ..console import stage_progress, stderr_console
 
-    noise = NoiseConfig(tsnr=args.tsnr, drift_pct=args.drift_pct)
-    config = SimulationConfig(grid=args.grid, subjects=args.subjects, seed=args.seed, train_runs=args.train_runs,
-                              test_runs=args.test_runs, motion=args.motion, noise=noise)
+    try:
+        noise = NoiseConfig(tsnr=args.tsnr, drift_pct=args.drift_pct)
+        config = SimulationConfig(grid=args.grid, subjects=args.subjects, seed=args.seed,
+                                  train_runs=args.train_runs, test_runs=args.test_runs, motion=args.motion, noise=noise)
+    except ValueError as e:
+        raise _options_named(e) from None
+    _check_folders(args)
     err = stderr_console()
     labels = {"stimuli": "stand-in stimuli", "features": "stimulus features", "volumes": "BOLD volumes",
               "calibration": "calibration"}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import sys
 from dataclasses import replace
 
@@ -12,6 +14,59 @@ from ..console import stage_progress, stderr_console
 
 # the preprocessing defaults are PreprocessConfig's (as TrainConfig's are): one place decides what a bundle deploys
 _PRE = PreprocessConfig()
+
+
+def _voxels(text: str) -> int:
+    """``--voxels N``: a whole number >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = None
+    if n is None or n < 1:
+        raise argparse.ArgumentTypeError(f"expected how many voxels to keep, a whole number >= 1 (e.g. 500); "
+                                         f"got {text!r}")
+    return n
+
+
+def _delays(text: str) -> tuple[int, ...]:
+    """``--delays 2,3,4``: distinct whole numbers of TRs >= 0, comma-separated."""
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        bad = next(p for p in parts if not p.isdigit())
+        raise argparse.ArgumentTypeError(f"expected the hemodynamic delays as whole numbers of TRs >= 0, "
+                                         f"comma-separated (e.g. 2,3,4); {bad!r} in {text!r} is not one")
+    delays = tuple(int(p) for p in parts)
+    if len(set(delays)) != len(delays):
+        raise argparse.ArgumentTypeError(f"expected distinct delays (e.g. 2,3,4); {text!r} repeats one")
+    return delays
+
+
+def _alphas(text: str) -> tuple[float, ...]:
+    """``--alphas MIN:MAX:N``: N log-spaced ridge penalties from MIN to MAX (0 < MIN <= MAX, N >= 1)."""
+    import numpy as np
+
+    form = "MIN:MAX:N, N ridge penalties log-spaced from MIN to MAX (e.g. 1e-2:1e7:19)"
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected {form}; got {text!r} ({len(parts)} part(s))")
+    try:
+        lo, hi = float(parts[0]), float(parts[1])
+        n = int(parts[2])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {form}, MIN and MAX numbers and N a whole number; "
+                                         f"got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi) or n < 1 or (n == 1 and lo != hi):
+        raise argparse.ArgumentTypeError(f"expected {form}, with 0 < MIN <= MAX and N >= 1 (N = 1 needs "
+                                         f"MIN = MAX); got {text!r}")
+    return tuple(float(a) for a in np.logspace(np.log10(lo), np.log10(hi), n))
+
+
+def _nifti(text: str) -> str:
+    """``--roi-mask``/``--parcellation``: a NIfTI file name (the training checks the file, before any long work)."""
+    if not text.endswith((".nii", ".nii.gz")):
+        raise argparse.ArgumentTypeError(f"{text}: expected a NIfTI image (.nii or .nii.gz) on the subject's "
+                                         "BOLD grid")
+    return text
 
 
 def add_parser(sub) -> None:
@@ -26,8 +81,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="bundle folder (with several subjects, their parent folder)")
     p.add_argument("--embedder", default="musicnn-msd")
     delays = ",".join(map(str, _PRE.delays))
-    p.add_argument("--delays", default=delays, help=f"hemodynamic delays in TRs (default {delays})")
-    p.add_argument("--voxels", type=int, default=500,
+    p.add_argument("--delays", type=_delays, default=delays,
+                   help=f"hemodynamic delays in TRs, comma-separated (default {delays})")
+    p.add_argument("--voxels", type=_voxels, default=500,
                    help="voxels kept by CV encoding performance within the Training runs (default 500)")
     p.add_argument("--select-by", choices=["cv", "within-genre"], default="cv",
                    help="cv: the voxels with the best CV R^2 of the encoding model; within-genre: of the "
@@ -43,7 +99,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-readout-whitening", action="store_true",
                    help="read the ridge prediction as is instead of through the shrunk inverse covariance of "
                         "its held-out errors (offline_training.readout)")
-    p.add_argument("--alphas", default="1e-2:1e7:19", help="alpha grid as MIN:MAX:N (log-spaced)")
+    p.add_argument("--alphas", type=_alphas, default="1e-2:1e7:19", help="alpha grid as MIN:MAX:N (log-spaced)")
     p.add_argument("--preprocessing", choices=["causal", "offline"], default="causal",
                    help="causal (deployable, the only choice for a bundle); see --compare-offline")
     p.add_argument("--no-motion", action="store_true", help="skip motion correction")
@@ -72,9 +128,9 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="BLAS threads (default 1: on a 2-core machine shared with other work a second OpenBLAS "
                         "thread made training slower, 94 s against 59 s; 0 leaves BLAS's own default)")
-    p.add_argument("--roi-mask", metavar="NIFTI", default=None,
+    p.add_argument("--roi-mask", metavar="NIFTI", type=_nifti, default=None,
                    help="only voxels inside this mask (non-zero, on the BOLD grid) are candidates for selection")
-    p.add_argument("--parcellation", metavar="NIFTI", default=None,
+    p.add_argument("--parcellation", metavar="NIFTI", type=_nifti, default=None,
                    help="integer region labels on the BOLD grid (0 = none), e.g. a Destrieux atlas in subject space")
     p.add_argument("--top-regions", type=int, default=0, metavar="N",
                    help="with --parcellation: keep every voxel of the N regions whose voxels have the best mean CV "
@@ -88,16 +144,12 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    import numpy as np
-
     from offline_training.train import TrainConfig
 
-    lo, hi, n = args.alphas.split(":")
     cfg = TrainConfig(subject=args.subject, embedder=args.embedder,
-                      delays=tuple(int(d) for d in args.delays.split(",")), n_voxels=args.voxels,
+                      delays=args.delays, n_voxels=args.voxels,
                       select_by=args.select_by,
-                      target=args.target, alphas=tuple(float(a) for a in np.logspace(np.log10(float(lo)),
-                                                                                      np.log10(float(hi)), int(n))),
+                      target=args.target, alphas=args.alphas,
                       motion=not args.no_motion, detrend=args.detrend, poly_order=args.poly_order,
                       ema_tau_s=args.ema_tau, normalize=args.normalize, compare_offline=args.compare_offline,
                       preproc_cache=not args.no_preproc_cache, fit_on=args.fit_on,
@@ -197,11 +249,16 @@ def _train_one(dataset: str, out: str, cfg) -> dict:
         console.print(f"[yellow]warning:[/yellow] {edge['at_min']} of {edge['n_targets']} embedding dimensions chose "
                       f"the smallest alpha ({edge['alpha_min']:g}) and {edge['at_max']} the largest "
                       f"({edge['alpha_max']:g}); widen --alphas past that edge", highlight=False)
+    if not math.isfinite(m["within_genre_identification_accuracy"]):
+        console.print("[yellow]warning:[/yellow] within-genre identification is undefined (null): no genre has two "
+                      "Test excerpts, so no clip has a foil of its own genre; the Test runs of ds003720 have six "
+                      "per genre", highlight=False)
     return m
 
 
 def _round(v, digits: int):
-    return None if v is None else round(v, digits)
+    """``v`` rounded; None for None or NaN (JSON has no NaN: the line must parse as strict JSON)."""
+    return None if v is None or not math.isfinite(v) else round(v, digits)
 
 
 def _headline(m: dict, out: str) -> dict:
@@ -211,11 +268,12 @@ def _headline(m: dict, out: str) -> dict:
         "identification_accuracy": round(m["identification_accuracy"], 4),
         "identification_accuracy_ci95": [round(c[0], 4), round(c[1], 4)],
         "identification_accuracy_centred": round(m["identification_accuracy_centred"], 4),
-        "within_genre_identification_accuracy": round(m["within_genre_identification_accuracy"], 4),
-        "within_genre_identification_accuracy_ci95": [round(v, 4) for v in
+        # undefined (null, with a warning) when no genre has two Test excerpts: no foil of the same genre
+        "within_genre_identification_accuracy": _round(m["within_genre_identification_accuracy"], 4),
+        "within_genre_identification_accuracy_ci95": [_round(v, 4) for v in
                                                       m["within_genre_identification_accuracy_ci95"]],
         "identification_accuracy_p": m["identification_accuracy_p"],
-        "within_genre_identification_accuracy_p": m["within_genre_identification_accuracy_p"],
+        "within_genre_identification_accuracy_p": _round(m["within_genre_identification_accuracy_p"], 12),
         "genre_prior_identification_accuracy": round(m["genre_prior"]["identification_accuracy"], 4),
         "offline_identification_accuracy": round(m["offline"]["identification_accuracy"], 4) if "offline" in m else None,
         "deviation_scale": m["causal"]["deviation_scale"],

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DemoConfig", "run_demo", "demo_stamp"]
+__all__ = ["DemoConfig", "run_demo", "demo_stamp", "check_demo_config"]
 
 log = logging.getLogger("b2m.demo")
 
@@ -63,6 +63,34 @@ class DemoConfig:
     audio: str = "default"
     mode: str = "retrieval"
     atlas_points: int = 100
+
+
+def check_demo_config(cfg: DemoConfig) -> None:
+    """Check every setting before the demo writes anything (``b2m demo``'s options are named as such).
+
+    Raises
+    ------
+    ValueError
+        Naming the option (``--train-runs``) or field, what it must be and what came.
+    """
+    from offline_training.simulate import GRID_PRESETS
+
+    def whole(value, name: str, lo: int, hi: int, why: str = "") -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+            raise ValueError(f"{name} must be a whole number {lo}..{hi}; got {value!r}{why}")
+
+    # leave-one-run-out CV needs 2 Training runs; ds003720 has 12 Training runs and 6 Test runs
+    whole(cfg.train_runs, "--train-runs", 2, 12, " (the demo trains with leave-one-run-out CV over at least 2 "
+                                                 "Training runs; ds003720 has 12)")
+    whole(cfg.test_run, "test_run", 1, 6, " (ds003720's Test runs)")
+    whole(cfg.seed, "seed", 0, 2**63 - 1)
+    whole(cfg.atlas_points, "atlas_points", 1, 1_000_000)
+    if cfg.grid not in GRID_PRESETS:
+        raise ValueError(f"grid must be one of {', '.join(map(repr, GRID_PRESETS))}; got {cfg.grid!r}")
+    if cfg.mode not in ("retrieval", "generation"):
+        raise ValueError(f"--mode must be 'retrieval' or 'generation'; got {cfg.mode!r}")
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise ValueError(f"{cfg.out}: --out must be a folder (new, or a demo's earlier output); this is a file")
 
 
 def demo_stamp(cfg: DemoConfig, root: os.PathLike | str | None = None) -> dict:
@@ -332,7 +360,11 @@ def _json_safe(o):
 
 
 def run_demo(cfg: DemoConfig, progress=lambda stage, done, total: None) -> dict:
-    """Run every step; returns the summary (also written to ``OUT/summary.json``)."""
+    """Run every step; returns the summary (also written to ``OUT/summary.json``).
+
+    Every setting is checked first (:func:`check_demo_config`): a bad one writes nothing.
+    """
+    check_demo_config(cfg)
     os.makedirs(cfg.out, exist_ok=True)
     t0 = time.monotonic()
     _clear_if_stale(cfg, demo_stamp(cfg))

@@ -69,10 +69,20 @@ def write_stimuli(names: Sequence[str], stimuli_dir: os.PathLike | str, *,
     Returns
     -------
     list of Path
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``source_dir`` is given but is not a folder (asked to copy from a
+        folder that is not there, the stand-ins are not silently generated).
     """
     from music.audio import write_audio
     from music.generator import gtzan_standin
 
+    if source_dir is not None and not Path(source_dir).is_dir():
+        raise FileNotFoundError(f"{source_dir}: folder not found; the stand-in stimuli to copy (b2m simulate "
+                                "--stimuli-from) must be a folder of WAVs written before, e.g. another simulated "
+                                "dataset's stimuli/. Leave the option out to generate them")
     folder = Path(stimuli_dir)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

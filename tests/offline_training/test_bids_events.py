@@ -469,3 +469,99 @@ def test_shared_tracks_names_each_track_with_both_runs(tmp_path, rng):
                                          r"rock\.00001, in sub-001_task-Training_run-01 and sub-001_task-Test_run-01"
                                          r"\).*--allow-shared-tracks"):
         prepare(str(root), TrainConfig(subject="001"))
+
+
+# ----------------------------------------------------------------- events against the run; find_runs messages
+
+
+def test_read_events_overlapping_events_names_both_lines(tmp_path):
+    p = _write(tmp_path / "sub-001_task-Training_run-01_events.tsv",
+               HEADER + "\n0\t15\t'rock'\t1\t0\t15\n10\t15\t'jazz'\t2\t0\t15\n30\t15\t'pop'\t3\t0\t15\n")
+    with pytest.raises(EventsFileError) as info:
+        read_events(p)
+    msg = str(info.value)
+    assert str(p) in msg and "line 3" in msg and "event of line 2" in msg and "ends at 15 s" in msg
+    assert "must not overlap" in msg and (info.value.line, info.value.column) == (3, "onset")
+    # touching events (one ends where the next starts) are the ds003720 design, and are read
+    touching = _write(tmp_path / "touching_events.tsv", HEADER + "\n0\t15\t'rock'\t1\t0\t15\n15\t15\t'jazz'\t2\t0\t15\n")
+    assert [e.line for e in read_events(touching)] == [2, 3]
+
+
+@pytest.mark.parametrize("rows, n_volumes, line, expected", [
+    # the run is 10 x 1.5 s = 15 s: an event past its end, in milliseconds, cut by the end, or between volumes
+    ("0\t15\t'rock'\t1\t0\t15\n15\t15\t'jazz'\t2\t0\t15\n", 10, 3,
+     "ends at 30 s, after the run: the run has 10 volumes of TR 1.5 s = 15 s"),
+    ("0\t15000\t'rock'\t1\t0\t15\n", 1000 * 10, None, None),  # fits a run of 15000 s: not an error
+    ("0.0\t15000.0\t'rock'\t1\t0\t15\n", 10, 2, "look like milliseconds: BIDS onsets and durations are in seconds"),
+    ("0\t10\t'rock'\t1\t0\t15\n10\t10\t'jazz'\t2\t0\t15\n", 10, 3, "ends at 20 s, after the run"),
+    ("0\t1\t'rock'\t1\t0\t15\n1.6\t1\t'jazz'\t2\t0\t15\n", 10, 3, "covers no volume"),
+    ("", 10, 2, "no events: the file has its header only"),
+])
+def test_check_events_in_run_names_file_line_and_run_length(tmp_path, rows, n_volumes, line, expected):
+    from offline_training.bids import check_events_in_run
+
+    p = _write(tmp_path / "sub-001_task-Test_run-01_events.tsv", HEADER + "\n" + rows)
+    events = read_events(p)
+    if expected is None:
+        check_events_in_run(p, events, n_volumes, 1.5)
+        return
+    with pytest.raises(EventsFileError) as info:
+        check_events_in_run(p, events, n_volumes, 1.5)
+    msg = str(info.value)
+    assert str(p) in msg and f"line {line}" in msg and expected in msg
+    assert info.value.line == line
+
+
+def _func_file(folder, name, text="x"):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
+
+
+def test_find_runs_missing_image_says_which_file_and_what_to_do(tmp_path, rng):
+    root = _tiny_run(tmp_path, rng)
+    (run,) = find_runs(root, "001")
+    run.bold.unlink()
+    with pytest.raises(FileNotFoundError) as info:
+        find_runs(root, "001")
+    msg = str(info.value)
+    assert str(run.bold) in msg and "missing" in msg and run.events.name in msg
+    assert "require_bold" not in msg  # a Python argument b2m train has no option for
+    assert "Put the image back" in msg and "leave the run out" in msg
+
+
+def test_find_runs_sessions_layout_is_named_and_not_read(tmp_path):
+    func = tmp_path / "sub-001" / "ses-01" / "func"
+    for suffix in ("bold.json", "events.tsv", "bold.nii.gz"):
+        _func_file(func, f"sub-001_ses-01_task-Training_run-01_{suffix}")
+    (tmp_path / "sub-001" / "ses-02").mkdir()
+    with pytest.raises(ValueError) as info:
+        find_runs(tmp_path, "001")
+    msg = str(info.value)
+    assert str(tmp_path / "sub-001") in msg and "session folders (ses-01)" in msg
+    assert "without sessions" in msg and "_ses-<label>" in msg and "subjects present" not in msg
+
+
+def test_find_runs_task_differing_only_in_case_names_the_files(tmp_path, rng):
+    root = _tiny_run(tmp_path, rng, task="Test")
+    func = root / "sub-001" / "func"
+    for suffix in ("bold.json", "events.tsv", "bold.nii.gz"):
+        _func_file(func, f"sub-001_task-training_run-01_{suffix}")
+    with pytest.raises(ValueError) as info:
+        find_runs(root, "001")
+    msg = str(info.value)
+    assert str(func) in msg and "sub-001_task-training_run-01_bold.json" in msg
+    assert "differs from task-Training or task-Test only in case" in msg and "case-sensitive" in msg
+
+
+def test_find_runs_subject_folder_without_func_says_so(tmp_path):
+    (tmp_path / "sub-001").mkdir()
+    with pytest.raises(FileNotFoundError) as info:
+        find_runs(tmp_path, "001")
+    msg = str(info.value)
+    assert str(tmp_path / "sub-001" / "func") in msg and "exists but is empty" in msg
+    assert "subjects present" not in msg  # it is present: the old message contradicted itself
+    _func_file(tmp_path / "sub-001" / "anat", "sub-001_T1w.nii.gz")
+    with pytest.raises(FileNotFoundError, match=r"exists but holds only anat/; expected .* in func/"):
+        find_runs(tmp_path, "001")
+    with pytest.raises(FileNotFoundError, match=r"sub-002: subject folder not found .*subjects present .*: sub-001"):
+        find_runs(tmp_path, "002")

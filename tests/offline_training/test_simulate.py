@@ -459,3 +459,13 @@ def test_a_simulated_dataset_passes_the_bids_validator(tiny_ds, bids_validator):
     root, _ = tiny_ds
     report = assert_valid_bids(bids_validator, root, allowed={"UNUSED_STIMULUS", "TOO_FEW_AUTHORS"})
     assert report["summary"]["subjects"] == ["001"] and set(report["summary"]["tasks"]) == {"Training", "Test"}
+
+
+def test_write_stimuli_refuses_a_missing_source_folder(tmp_path):
+    from offline_training.simulate import write_stimuli
+
+    missing = tmp_path / "nonexistent"
+    with pytest.raises(FileNotFoundError) as info:
+        write_stimuli(["blues.00000"], tmp_path / "stimuli", source_dir=missing)
+    assert f"{missing}: folder not found" in str(info.value) and "--stimuli-from" in str(info.value)
+    assert not (tmp_path / "stimuli").exists()  # refused, not generated instead

@@ -110,3 +110,20 @@ def test_clips_lists_each_presented_excerpt_once_sorted(rng):
     assert keys == sorted([excerpt_id(a), excerpt_id(b)])
     assert genres == [targets[k].genre for k in keys] == ["jazz", "metal"]
     np.testing.assert_array_equal(emb, np.stack([targets[k].clip for k in keys]))
+
+
+def test_tr_targets_refuses_events_it_would_drop_or_mislabel(stimuli, tmp_path):
+    register_embedder("loudness", lambda **kw: LoudnessEmbedder(**kw))
+    emb = get_embedder("loudness")
+    jazz, metal = Event(0.0, 15.0, "jazz", 1, 0.0, 15.0), Event(15.0, 15.0, "metal", 2, 10.0, 25.0)
+    targets = embed_stimuli([jazz, metal], str(stimuli), emb, tr_s=1.5, sr=8000)
+    # 16 volumes = 24 s: the second excerpt would be cut, its last 6 s unlabelled
+    with pytest.raises(ValueError, match=r"event 1 \(metal.00002@010.000, 15 s \+ 15 s\) ends after the run: "
+                                         r"16 volumes of TR 1.5 s = 24 s"):
+        tr_targets([jazz, metal], 16, 1.5, targets)
+    # overlapping: the volumes both cover would go to one of them only
+    late = Event(7.5, 15.0, "metal", 2, 10.0, 25.0, line=3)
+    with pytest.raises(ValueError, match=r"event 1 \(metal.00002@010.000, line 3, 7.5 s \+ 15 s\) overlaps event 0"):
+        tr_targets([jazz, late], 24, 1.5, targets)
+    with pytest.raises(ValueError, match=r"covers no volume of the run \(TR 1.5 s\)"):
+        tr_targets([Event(0.2, 1.0, "jazz", 1, 0.0, 15.0)], 24, 1.5, targets)

@@ -229,3 +229,16 @@ def test_a_training_run_from_another_day_is_aligned_onto_the_subjects_grid(tmp_p
     assert min(r) > 0.98, r
     with pytest.raises(ValueError, match="run-02.*motion correction, a run on another grid is aligned"):
         motion_stage(rf2, mask, reference, AFFINE, PreprocessConfig(motion=False))
+
+
+def test_motion_stage_refuses_a_run_at_another_tr(tmp_path, rng):
+    # the caller reads every run at one TR: a run recorded at another is named, not read at the wrong TR
+    data = _blob_run(rng, n=6)
+    rf = _run_files(tmp_path, data, AFFINE)
+    reference = data[..., 0].astype(np.float32)
+    with pytest.raises(ValueError) as info:
+        motion_stage(rf, reference > 300, reference, AFFINE, PreprocessConfig(motion=False), tr_s=2.0)
+    msg = str(info.value)
+    assert str(rf.sidecar) in msg and str(rf.bold) in msg and "TR 1.5 s" in msg and "at TR 2 s" in msg
+    st = motion_stage(rf, reference > 300, reference, AFFINE, PreprocessConfig(motion=False), tr_s=1.5)
+    assert st.values.shape == (6, int((reference > 300).sum()))

@@ -352,7 +352,7 @@ def test_b2m_train_preprocessing_defaults_are_preprocess_configs():
     train.add_parser(p.add_subparsers())
     args = p.parse_args(["train", "DS", "--out", "OUT"])
     pre = PreprocessConfig()
-    assert tuple(int(d) for d in args.delays.split(",")) == pre.delays
+    assert args.delays == pre.delays  # parsed into whole numbers of TRs
     assert (args.detrend, args.poly_order, args.ema_tau, args.normalize) == (pre.detrend, pre.poly_order,
                                                                            pre.ema_tau_s, pre.normalize)
 
