@@ -17,7 +17,7 @@ progress callback. Conditions:
 ``scan`` (the anchor)
     folder scans every ``--poll`` seconds and a file read once unchanged
     between two scans, as polling watchers do (Pyneal's scanner side polls;
-    DESIGN.md quotes 100-200 ms for its polling). This is also what the
+    the project's design notes quote 100-200 ms for its polling). This is also what the
     watcher does on a network share.
 
 Files: real Siemens mosaic DICOMs (Pyneal's test data, 64x64x18; the three

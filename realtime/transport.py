@@ -1,4 +1,4 @@
-"""ZeroMQ sockets for the volume link, with the exposure rules of DESIGN.md.
+"""ZeroMQ sockets for the volume link, with the exposure rules of protocols/README.md, section 1.
 
 The receiver binds a ROUTER socket; a sender connects a DEALER socket. DEALER
 over TCP reconnects by itself after either side restarts, unlike Pyneal's

@@ -1,4 +1,4 @@
-"""The layering of DESIGN.md, checked with import-linter's contracts in pyproject.toml."""
+"""The layering (which package may import which), checked with import-linter's contracts in pyproject.toml."""
 
 import os
 import shutil

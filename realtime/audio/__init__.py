@@ -53,7 +53,7 @@ lost. Devices also map ``time.monotonic()`` to frames
 **Devices** are resolved when the output is made, never mid-session: a
 missing or ambiguous name raises :class:`AudioDeviceError` listing the output
 devices. Without a sound card, start ``jackd -d dummy -r 48000 -p 256`` (see
-DESIGN.md): sounddevice then lists a JACK device with a real clock.
+README.md, "A session in one minute"): sounddevice then lists a JACK device with a real clock.
 
 **Threads and the GIL.** The callback is Python, so it needs the GIL once
 per block (5.3 ms at 256 frames and 48 kHz). numpy, onnxruntime and file I/O
