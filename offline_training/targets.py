@@ -29,12 +29,57 @@ import numpy as np
 from .bids import Event, stimulus_segment
 from .evaluate import unit_rows
 
-__all__ = ["ExcerptEmbeddings", "StimulusTargets", "audio_digest", "embed_stimuli", "tr_targets", "excerpt_id"]
+__all__ = ["ExcerptEmbeddings", "StimulusTargets", "audio_digest", "embed_stimuli", "tr_targets", "excerpt_id",
+           "drop_opening_repeat"]
 
 
 def excerpt_id(ev: Event) -> str:
     """Stable name of an excerpt: ``blues.00098@012.340``."""
     return f"{ev.genre}.{ev.track:05d}@{ev.start_s:07.3f}"
+
+
+def drop_opening_repeat(runs_events: list[list[Event]], tr_s: float) -> tuple[list[list[Event]], list[Event]]:
+    """Each run's events without its opening repeat, the buffer ds003720 opens every run with.
+
+    ds003720's README: a Training run's first excerpt (0-15 s) is the previous
+    run's last one, a Test run's is its own last one. It plays while the
+    scanner's and the causal filters' warm-up lasts (the running z-score's
+    first volumes), and it would give six Test clips a fifth presentation and
+    the decoder twelve duplicate rows. The rule: a run's event starting within
+    its first TR is dropped if its excerpt is the last one of the same run or
+    of the run before it in ``runs_events`` (the first run: the last run);
+    any other design keeps every event.
+
+    Parameters
+    ----------
+    runs_events : list of list of Event
+        The events of every run of a set (the Training runs, or the Test runs), in run order.
+    tr_s : float
+
+    Returns
+    -------
+    kept : list of list of Event
+        Per run, its events without the opening repeat (the same list where there is none).
+    dropped : list of Event
+        The opening repeats dropped, one per run at most.
+    """
+    def first_last(events):
+        if not events:
+            return None, None
+        order = sorted(range(len(events)), key=lambda j: events[j].onset_s)
+        return order[0], excerpt_id(events[order[-1]])
+
+    ends = [first_last(events) for events in runs_events]
+    kept, dropped = [], []
+    for k, events in enumerate(runs_events):
+        first, own_last = ends[k]
+        previous_last = ends[k - 1][1]  # k = 0: the last run's, as ds003720's first Training run
+        if first is not None and len(events) > 1 and events[first].onset_s < tr_s \
+                and excerpt_id(events[first]) in (own_last, previous_last):
+            dropped.append(events[first])
+            events = events[:first] + events[first + 1:]
+        kept.append(events)
+    return kept, dropped
 
 
 @dataclass

@@ -59,7 +59,7 @@ from .encoding import delay_features, fit_encoding, run_folds, select_regions, s
 from .readout import READOUT_SHRINKAGES
 from .ridge import DEFAULT_ALPHAS, edge_alphas
 from .stages import MotionStage, RunData, _release_pages, motion_stage, preprocess_stage
-from .targets import StimulusTargets, embed_stimuli, excerpt_id, tr_targets
+from .targets import StimulusTargets, drop_opening_repeat, embed_stimuli, excerpt_id, tr_targets
 
 __all__ = ["TrainConfig", "train", "prepare", "Prepared", "choose_voxels", "brain_mask", "peak_rss_mb",
            "blas_threads", "WITHIN_GENRE_POOL", "check_runs", "check_stimuli"]
@@ -97,6 +97,8 @@ class TrainConfig:
     parcellation: str | None = None
     top_regions: int = 0
     allow_shared_tracks: bool = False
+    # each run's opening repeat (ds003720's buffer excerpt) is neither trained on nor scored
+    drop_opening_repeat: bool = True
 
     def preprocess(self) -> PreprocessConfig:
         return PreprocessConfig(motion=self.motion, detrend=self.detrend, poly_order=self.poly_order,
@@ -189,8 +191,10 @@ def _load_runs(stages: list[MotionStage], runs: list[RunFiles], cfg: TrainConfig
     big = np.empty((n_rows, n_vox), np.float32)
     out = []
     start = 0
-    for st, rf in zip(stages, runs):
-        events = read_events(rf.events)
+    runs_events = [read_events(rf.events) for rf in runs]
+    if cfg.drop_opening_repeat:
+        runs_events, _ = drop_opening_repeat(runs_events, tr)
+    for st, rf, events in zip(stages, runs, runs_events):
         n = len(st.values)
         big[start:start + n] = preprocess_stage(st, pcfg, tr).values
         _release_pages(st.values)
@@ -533,7 +537,8 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
     for k in ("identification_accuracy", "identification_accuracy_centred", "within_genre_identification_accuracy",
               "identification_accuracy_ci95", "within_genre_identification_accuracy_ci95",
               "identification_accuracy_p", "within_genre_identification_accuracy_p",
-              "identification_accuracy_single", "within_genre_identification_accuracy_single", "genre_prior", "nway"):
+              "identification_accuracy_single", "within_genre_identification_accuracy_single", "genre_prior", "nway",
+              "identification_accuracy_centred_ci95", "beyond_genre_prior"):
         metrics[k] = causal[k]
     if cfg.compare_offline:
         offline, _ = fit_eval(pcfg.offline_variant(), "offline")
@@ -588,9 +593,29 @@ def _train(ds: str, out: str, cfg: TrainConfig, progress: Progress) -> dict:
     metrics["peak_rss_mb"] = peak_rss_mb()
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(public, f, indent=2, default=_json_default)
+    save_test_predictions(os.path.join(out, TEST_PREDICTIONS), causal["_arrays"])
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(asdict(cfg), f, indent=2, default=_json_default)
     return public
+
+
+#: The decoder's Test-set outputs, beside metrics.json, so every figure can be recomputed without the data.
+TEST_PREDICTIONS = "test_predictions.npz"
+
+
+def save_test_predictions(path: str, arrays: dict) -> None:
+    """Write what the Test metrics were computed from (causal preprocessing, as deployed).
+
+    Arrays: ``pred`` and ``true`` (n_clips, dim), the 4-repeat average of the
+    decoded embeddings (unit norm) and the targets; ``keys`` and ``genres``
+    (n_clips,), excerpt ids and genres; ``centre`` (dim,), the mean Training
+    embedding the centred metric subtracts; ``genre_prior`` (n_clips, dim), the
+    genre-only baseline's predictions; ``single_pred`` (n_presentations, dim)
+    and ``single_clip`` (n_presentations,), each presentation's decoded
+    embedding and its clip's row; ``corr`` (n_clips, n_clips), correlation of
+    each prediction with each target; with tags, ``pred_tags`` and ``true_tags``.
+    """
+    np.savez_compressed(path, **{k: np.asarray(v) for k, v in arrays.items()})
 
 
 def training_tsnr(stages: list[MotionStage], files: list[RunFiles], sel: np.ndarray, pcfg: PreprocessConfig,

@@ -284,7 +284,7 @@ def _checks(run, live: dict, targets) -> dict:
 
     from offline_training import evaluate as ev
     from offline_training.bids import read_events
-    from offline_training.targets import excerpt_id, tr_targets
+    from offline_training.targets import drop_opening_repeat, excerpt_id, tr_targets
     from realtime.preprocessing import PreprocessConfig, preprocess_run
 
     results, decoder = live["results"], live["decoder"]
@@ -309,7 +309,7 @@ def _checks(run, live: dict, targets) -> dict:
                                     np.asanyarray(exported.dataobj.get_unscaled()))
                      and np.array_equal(img.affine, exported.affine))
     # identification of the heard clips from the live decoding (Brain2Music's metric, within this run)
-    events = read_events(run.events)
+    (events,), _ = drop_opening_repeat([read_events(run.events)], tr)  # scored as the training scores it
     _, event_index, _ = tr_targets(events, img.shape[3], tr, targets, "clip")
     by_clip: dict[str, list] = {}
     for r in results[lag:]:
@@ -335,7 +335,7 @@ def _checks(run, live: dict, targets) -> dict:
     decoded = [t for t in timeline if t["heard"] is not None and t["retrieved"] is not None]
     return {
         "live_identification_accuracy": float(np.mean(per_clip)),
-        "live_identification_ci95": ev.bootstrap_ci(per_clip),
+        "live_identification_ci95": ev.identification_bootstrap_ci(pred, true, genres=genres),
         "live_identification_p": ev.identification_permutation_p(pred, true),
         "n_test_clips": len(keys), "test_genres": sorted(set(genres)),
         "live_vs_offline_max_abs_diff": parity,

@@ -8,7 +8,7 @@ import soundfile as sf
 
 from music.embedding import Embedder, Embedding, get_embedder, register_embedder
 from offline_training.bids import Event
-from offline_training.targets import embed_stimuli, excerpt_id, tr_targets
+from offline_training.targets import drop_opening_repeat, embed_stimuli, excerpt_id, tr_targets
 
 
 class LoudnessEmbedder(Embedder):
@@ -127,3 +127,24 @@ def test_tr_targets_refuses_events_it_would_drop_or_mislabel(stimuli, tmp_path):
         tr_targets([jazz, late], 24, 1.5, targets)
     with pytest.raises(ValueError, match=r"covers no volume of the run \(TR 1.5 s\)"):
         tr_targets([Event(0.2, 1.0, "jazz", 1, 0.0, 15.0)], 24, 1.5, targets)
+
+
+def test_each_runs_opening_repeat_is_dropped_as_ds003720_designs_it():
+    """ds003720: a Training run opens with the previous run's last excerpt (the first run with the last
+    run's), a Test run with its own last one. Those openings go; any other opening stays, repeated elsewhere
+    or not, and so does every other presentation of a repeated excerpt."""
+    def ev(onset, genre, track):
+        return Event(float(onset), 15.0, genre, track, 1.0, 16.0)
+
+    run1 = [ev(0, "rock", 2), ev(15, "jazz", 1), ev(30, "pop", 3)]   # opens with run 2's last
+    run2 = [ev(0, "pop", 3), ev(15, "metal", 4), ev(30, "rock", 2)]  # opens with run 1's last
+    kept, dropped = drop_opening_repeat([run1, run2], 1.5)
+    assert kept == [run1[1:], run2[1:]] and dropped == [run1[0], run2[0]]
+    test = [ev(0, "metal", 4), ev(15, "jazz", 1), ev(30, "metal", 4)]  # a Test run: its own last
+    assert drop_opening_repeat([test], 1.5) == ([test[1:]], [test[0]])
+    # repeated elsewhere, but not a buffer of this design (a Test set whose runs share their clips): kept
+    other = [[ev(0, "jazz", 1), ev(15, "pop", 3)], [ev(0, "jazz", 1), ev(15, "soul", 7)]]
+    assert drop_opening_repeat(other, 1.5) == (other, [])
+    late = [ev(3, "jazz", 1), ev(18, "jazz", 1)]  # the run's first excerpt starts after its first TR: kept
+    assert drop_opening_repeat([late], 1.5) == ([late], [])
+    assert drop_opening_repeat([[], [ev(0, "jazz", 1)]], 1.5) == ([[], [ev(0, "jazz", 1)]], [])
