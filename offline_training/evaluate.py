@@ -212,8 +212,11 @@ def _comparisons(pred, true, genres, foils, centre) -> tuple[np.ndarray, np.ndar
 
 def _clip_draws(n: int, genres, n_boot: int, seed: int) -> np.ndarray:
     """How often each clip is drawn in each resample, shape (n_boot, n): with replacement, the same number
-    from every genre (all clips one stratum without ``genres``)."""
-    strata = np.asarray(genres) if genres is not None else np.zeros(n, int)
+    from every genre (all clips one stratum without ``genres``; the clips alone in their genre, as in one
+    run of ds003720's Test set, form one stratum together, else they could never vary)."""
+    strata = np.asarray(genres, dtype=str) if genres is not None else np.zeros(n, dtype=str)
+    values, sizes = np.unique(strata, return_counts=True)
+    strata = np.where(np.isin(strata, values[sizes == 1]), "\0alone", strata)
     rng = np.random.default_rng(seed)
     counts = np.zeros((int(n_boot), n))
     for g in np.unique(strata):

@@ -274,3 +274,16 @@ def test_the_paired_difference_and_its_sign_flip_p_match_scipy():
     assert lo - 1e-12 <= got["raw"]["difference"] <= hi + 1e-12 and "centred" in got
     same = paired_identification_difference(pred, pred, true, genres=genres)
     assert same["raw"]["difference"] == 0 and same["raw"]["ci95"] == (0.0, 0.0) and same["raw"]["p"] == 1.0
+
+
+def test_clips_alone_in_their_genre_are_resampled_together(rng):
+    """One run of ds003720's Test set has one clip per genre: stratified by genre, no resample could differ
+    from the data. Those clips form one stratum, so the CI has a width; within-genre has no foil there."""
+    from offline_training.evaluate import identification_bootstrap_ci
+
+    genres = [f"g{k}" for k in range(10)]
+    true = rng.standard_normal((10, 16))
+    pred = true + 1.5 * rng.standard_normal((10, 16))
+    lo, hi = identification_bootstrap_ci(pred, true, genres=genres)
+    assert lo < identification_accuracy(pred, true) < hi
+    assert np.isnan(identification_bootstrap_ci(pred, true, genres=genres, foils="same_genre")).all()
