@@ -10,10 +10,25 @@ score (4 repeats averaged, causal preprocessing as deployed). For each metric
 - each subject's accuracy and its clip-bootstrap CI (the one ``b2m train`` reports);
 - the mean and s.d. over subjects, the paper's form;
 - a one-sided one-sample t-test of the subject means against chance, with
-  subjects as the unit of inference (random effects);
-- a hierarchical bootstrap CI of the group mean: subjects are resampled, then
-  the clips of each drawn subject, so the interval carries both the
-  between-subject and the clip-sampling variability.
+  subjects as the unit of inference (random effects over subjects); its
+  population is subjects listening to *these* Test clips (the clips are fixed);
+- a crossed bootstrap CI of the group mean (:func:`crossed_bootstrap_ci`):
+  subjects are resampled and, in the same replicate, one resample of the Test
+  clips is shared by every drawn subject of a dataset. In ds003720 every
+  subject hears the same 60 Test clips, so a clip that is hard to identify is
+  hard for everyone (subjects and clips are crossed, not nested); the interval
+  carries the between-subject and the clip-sampling variability, and
+  generalises to other subjects *and* other clips like these. Clips are
+  aligned across subjects by their excerpt id; subjects of different datasets
+  (``001@site-a``) get their own clip resample per dataset.
+
+The nested bootstrap that resamples each subject's clips independently
+(:func:`hierarchical_bootstrap_ci`) treats the shared clip effect as if it
+averaged out across subjects: with a clip effect of s.d. 0.15 over 13
+subjects x 60 clips its nominal 95% interval covered the true mean in 79% of
+200 simulated studies, the crossed one in 96.5%
+(``tests/offline_training/test_group_crossed.py``). It is kept for designs
+where each subject hears clips of their own.
 
 The genre-prior baseline is summarised the same way. A reviewer's first
 check, that every subject went through the same analysis, is made too: the
@@ -39,7 +54,9 @@ from protocols.provenance import code_version
 from .evaluate import bootstrap_ci, finite_mean
 
 __all__ = ["METRICS", "BRAIN2MUSIC_REFERENCE", "SubjectScores", "read_subject", "subject_labels",
-           "hierarchical_bootstrap_ci", "analysis_differences", "describe_differences",
+           "align_clips", "crossed_bootstrap_ci", "clip_strata", "hierarchical_bootstrap_ci", "CI_DESIGN",
+           "T_TEST_POPULATION",
+           "analysis_differences", "describe_differences",
            "group_summary", "format_group", "write_group_report"]
 
 #: Per-clip score keys of ``metrics.json`` -> label. Chance is 0.5 for all three.
@@ -47,6 +64,13 @@ METRICS = {"identification": "identification (raw)",
            "identification_centred": "identification (centred)",
            "within_genre": "within-genre identification"}
 CHANCE = 0.5
+#: The design the reported group CI assumes (written to ``group.json`` and the report).
+CI_DESIGN = ("crossed: subjects resampled, and one resample of the Test clips (aligned by excerpt id) shared by "
+             "every drawn subject of a dataset, since all subjects of a dataset heard the same clips; clips of "
+             "different datasets are resampled separately")
+#: The population the t-test's p refers to.
+T_TEST_POPULATION = ("subjects listening to these Test clips (one mean per subject, df = subjects - 1); the clips "
+                     "are fixed, so p does not generalise to other clips (the crossed CI does)")
 #: Denk et al. (2023), Table 1: identification accuracy with MuLan, mean +- s.d. over 5 subjects (real fMRI).
 BRAIN2MUSIC_REFERENCE = {"metric": "identification", "mean": 0.876, "sd": 0.015, "n_subjects": 5,
                          "embedding": "MuLan"}
@@ -180,14 +204,149 @@ def subject_labels(subjects: Sequence[SubjectScores]) -> list[str]:
     return labels
 
 
+def align_clips(per_subject: Sequence[np.ndarray], clip_keys: Sequence[Sequence[str]]) -> tuple[list, np.ndarray]:
+    """Several subjects' per-clip scores as one matrix, the clips aligned by key.
+
+    Parameters
+    ----------
+    per_subject : sequence of ndarray, each of shape (n_clips_s,)
+        Per-clip scores of each subject.
+    clip_keys : sequence of sequence of str, each of length n_clips_s
+        The clip (excerpt id) of each score.
+
+    Returns
+    -------
+    keys : list of str, length n_clips
+        The union of the subjects' clips, sorted.
+    Y : ndarray of shape (n_subjects, n_clips), float64
+        ``Y[s, c]`` is subject ``s``'s score of clip ``keys[c]``; NaN where the
+        subject has no score for it (not tested on it, or no foil).
+
+    Raises
+    ------
+    ValueError
+        A subject's keys and scores differ in length, or a key appears twice
+        in one subject.
+    """
+    if len(per_subject) != len(clip_keys):
+        raise ValueError(f"{len(per_subject)} score arrays but {len(clip_keys)} key lists; give one of each "
+                         "per subject")
+    keys = sorted({str(k) for ks in clip_keys for k in ks})
+    col = {k: j for j, k in enumerate(keys)}
+    Y = np.full((len(per_subject), len(keys)), np.nan)
+    for s, (v, ks) in enumerate(zip(per_subject, clip_keys)):
+        v = np.asarray(v, float)
+        if v.shape != (len(ks),):
+            raise ValueError(f"subject {s}: {v.size} scores but {len(ks)} clip keys; give one key per score")
+        if len(set(ks)) != len(ks):
+            dup = sorted({k for k in ks if list(ks).count(k) > 1})
+            raise ValueError(f"subject {s}: clip key(s) {', '.join(map(str, dup[:3]))} appear more than once; "
+                             "give one score per clip")
+        Y[s, [col[str(k)] for k in ks]] = v
+    return keys, Y
+
+
+def _draw_counts(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarray:
+    """How often each of ``n`` items is drawn in each of ``n_boot`` resamples of size ``n`` with replacement:
+    float64 array of shape (n_boot, n), every row summing to ``n``."""
+    drawn = rng.integers(0, n, size=(n_boot, n)) + n * np.arange(n_boot)[:, None]
+    return np.bincount(drawn.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(float)
+
+
+def crossed_bootstrap_ci(per_subject: Sequence[np.ndarray], clip_keys: Sequence[Sequence[str]],
+                         strata: Sequence | None = None, n_boot: int = 10000, level: float = 0.95,
+                         seed: int = 0) -> tuple[float, float]:
+    """Percentile CI of the group mean by a crossed (subjects x clips) bootstrap.
+
+    The design it assumes is *crossed*: the subjects of one stratum (dataset)
+    heard the same clips, so a clip's effect (an excerpt easy or hard to
+    identify) is shared by all of them. Each replicate draws as many subjects
+    as there are, with replacement, and, for each stratum, one resample with
+    replacement of the stratum's clips (the union of its subjects' keys),
+    applied to every drawn subject of that stratum; a subject's replicate
+    score is the mean of its finite scores over the drawn clips (a clip drawn
+    twice counts twice), and the replicate is the mean over drawn subjects.
+    Clips of different strata are resampled independently, as different
+    clips, even where their keys agree.
+
+    With one subject this is the plain clip bootstrap; where all subjects
+    score every clip alike it is the subject bootstrap. Resampling both ways
+    counts the subject-by-clip residual in both margins, so the interval is a
+    little conservative (Owen 2007, "the pigeonhole bootstrap"), the more so
+    the fewer subjects a dataset has; subjects are drawn from the pool of all
+    datasets, so the split between datasets varies by replicate. The nested
+    :func:`hierarchical_bootstrap_ci` undercovers instead when clip effects
+    are shared.
+
+    Parameters
+    ----------
+    per_subject : sequence of ndarray, each of shape (n_clips_s,)
+        Per-clip scores; NaNs are dropped.
+    clip_keys : sequence of sequence of str, each of length n_clips_s
+        The clip (excerpt id) of each score; scores are aligned across the
+        subjects of a stratum by it.
+    strata : sequence, length n_subjects, optional
+        The dataset of each subject (any hashable; None is a stratum too).
+        Default: one stratum, all subjects heard the same clips.
+    n_boot : int
+    level : float in (0, 1)
+    seed : int
+
+    Returns
+    -------
+    (low, high) : tuple of float
+        NaN if no subject has a finite score.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1); got {level}")
+    if strata is None:
+        strata = [None] * len(per_subject)
+    if not len(per_subject) == len(clip_keys) == len(strata):
+        raise ValueError(f"{len(per_subject)} score arrays, {len(clip_keys)} key lists and {len(strata)} strata; "
+                         "give one of each per subject")
+    vals = [np.asarray(v, float) for v in per_subject]
+    keep = [i for i, v in enumerate(vals) if np.isfinite(v).any()]
+    if not keep:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    n_sub = len(keep)
+    positions: dict = {}  # stratum -> columns of sub_means, in order of first appearance
+    for pos, i in enumerate(keep):
+        positions.setdefault(strata[i], []).append(pos)
+    sub_means = np.empty((n_boot, n_sub))  # each subject's mean over its stratum's drawn clips
+    for stratum, cols in positions.items():
+        _, Y = align_clips([vals[keep[p]] for p in cols], [clip_keys[keep[p]] for p in cols])
+        finite = np.isfinite(Y)
+        n_clips = Y.shape[1]
+        W = _draw_counts(rng, n_clips, n_boot)  # (n_boot, n_clips): times each clip is drawn
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sub_means[:, cols] = (W @ np.where(finite, Y, 0.0).T) / (W @ finite.T.astype(float))
+    V = _draw_counts(rng, n_sub, n_boot)  # (n_boot, n_sub): times each subject is drawn
+    ok = np.isfinite(sub_means)  # False where a drawn clip set holds none of a subject's scores
+    with np.errstate(invalid="ignore", divide="ignore"):
+        reps = (V * np.where(ok, sub_means, 0.0)).sum(1) / (V * ok).sum(1)
+    reps = reps[np.isfinite(reps)]
+    a = (1 - level) / 2
+    lo, hi = np.quantile(reps, [a, 1 - a])
+    return float(lo), float(hi)
+
+
 def hierarchical_bootstrap_ci(per_subject: Sequence[np.ndarray], n_boot: int = 10000, level: float = 0.95,
                               seed: int = 0) -> tuple[float, float]:
-    """Percentile CI of the group mean by a two-level bootstrap.
+    """Percentile CI of the group mean by a nested two-level bootstrap.
 
     Each replicate draws as many subjects as there are, with replacement, and
     for every drawn subject (each draw anew) its clips with replacement; the
     replicate is the mean over drawn subjects of their clip means. With one
     subject this is the plain clip bootstrap.
+
+    The design it assumes is *nested*: each subject heard clips of their own,
+    so clip effects are independent between subjects. Where subjects heard the
+    same clips (ds003720: all subjects, the same 60 Test clips) a clip's effect
+    is shared and does not average out over subjects; this interval is then
+    too narrow (about 80% coverage of a nominal 95% with a clip effect of
+    s.d. 0.15, 13 subjects x 60 clips, in 200 simulated studies). Use :func:`crossed_bootstrap_ci` there;
+    ``b2m group`` does.
 
     Parameters
     ----------
@@ -267,6 +426,26 @@ def describe_differences(diff: dict) -> list[str]:
     return out
 
 
+def clip_strata(subjects: Sequence[SubjectScores], labels: Sequence[str]) -> list[dict]:
+    """The clip sets the crossed CI resamples, one per dataset: ``[{"dataset", "subjects": [labels],
+    "n_clips"}]`` (``n_clips`` the union of the subjects' Test excerpt ids), in order of first appearance."""
+    out: dict = {}
+    for lab, s in zip(labels, subjects):
+        st = out.setdefault(s.dataset, {"dataset": s.dataset, "subjects": [], "clips": set()})
+        st["subjects"].append(lab)
+        st["clips"].update(s.excerpts)
+    return [{"dataset": st["dataset"], "subjects": st["subjects"], "n_clips": len(st["clips"])} for st in out.values()]
+
+
+def _design_lines(summary: dict) -> list[str]:
+    """What the CI and the t-test assume, in words (for the table and the page)."""
+    strata = summary.get("clip_strata") or []
+    per = "; ".join(f"{os.path.basename(os.path.normpath(st['dataset'])) if st['dataset'] else 'dataset not recorded'}"
+                    f": {st['n_clips']} clips, {len(st['subjects'])} subject(s)" for st in strata)
+    return [f"95% CI, {summary['ci_design']} ({summary['n_boot']} replicates{'; ' + per if len(strata) > 1 else ''})",
+            f"t and p: one-sided against chance over the subject means; population: {summary['t_test_population']}"]
+
+
 def group_summary(subjects: Sequence[SubjectScores], *, n_boot: int = 10000, seed: int = 0) -> dict:
     """Per-subject and group figures of every :data:`METRICS` entry.
 
@@ -288,7 +467,8 @@ def group_summary(subjects: Sequence[SubjectScores], *, n_boot: int = 10000, see
                  "bundles": [s.bundle for s in subjects], "datasets": [s.dataset for s in subjects],
                  "embedder": embedders[0], "chance": CHANCE,
                  "same_test_clips": all(sorted(s.excerpts) == sorted(subjects[0].excerpts) for s in subjects),
-                 "n_boot": n_boot, "metrics": {}, "genre_prior": {},
+                 "n_boot": n_boot, "ci_design": CI_DESIGN, "clip_strata": clip_strata(subjects, labels),
+                 "t_test_population": T_TEST_POPULATION, "metrics": {}, "genre_prior": {},
                  "reference": BRAIN2MUSIC_REFERENCE,
                  "code": {lab: code_version(s.provenance) for lab, s in zip(labels, subjects)},
                  "differences": analysis_differences(subjects, labels)}
@@ -298,7 +478,8 @@ def group_summary(subjects: Sequence[SubjectScores], *, n_boot: int = 10000, see
         finite = means[np.isfinite(means)]
         sd = float(np.std(finite, ddof=1)) if finite.size > 1 else float("nan")
         t, p = _t_test_greater(finite, CHANCE)
-        lo, hi = hierarchical_bootstrap_ci(per_sub, n_boot=n_boot, seed=seed + i)
+        lo, hi = crossed_bootstrap_ci(per_sub, [s.excerpts for s in subjects], [s.dataset for s in subjects],
+                                      n_boot=n_boot, seed=seed + i)
         out["metrics"][key] = {
             "label": METRICS[key],
             "per_subject": {lab: {"mean": float(m), "n_clips": int(np.isfinite(v).sum()),
@@ -306,7 +487,8 @@ def group_summary(subjects: Sequence[SubjectScores], *, n_boot: int = 10000, see
                             for lab, m, v in zip(labels, means, per_sub)},
             "mean": finite_mean(finite), "sd": sd, "sem": sd / math.sqrt(finite.size) if finite.size > 1 else sd,
             "t": t, "df": int(finite.size - 1), "p_greater_than_chance": p,
-            "ci95_hierarchical": [lo, hi],
+            "ci95_crossed": [lo, hi],
+            "ci95_hierarchical": [lo, hi],  # the name older tooling reads; the crossed CI too (see ci_design)
         }
         prior = [s.genre_prior[key] for s in subjects if key in s.genre_prior]
         out["genre_prior"][key] = float(np.mean(prior)) if prior else float("nan")
@@ -329,10 +511,10 @@ def format_group(summary: dict) -> str:
              "causal preprocessing; chance 0.5"]
     w = max([9] + [len(s) + 5 for s in subs])  # 'sub-' + label, a space between columns
     head = f"{'metric':<30}" + "".join(f"{'sub-' + s:>{w}}" for s in subs) + f"{'mean':>8}{'s.d.':>7}" \
-        f"{'95% CI (subjects+clips)':>26}{'t':>9}{'p':>9}{'genre prior':>13}"
+        f"{'95% CI (crossed)':>26}{'t':>9}{'p':>9}{'genre prior':>13}"
     lines.append(head)
     for key, g in summary["metrics"].items():
-        ci = g["ci95_hierarchical"]
+        ci = g["ci95_crossed"]
         row = f"{g['label']:<30}" + "".join(f"{_fmt(g['per_subject'][s]['mean']):>{w}}" for s in subs)
         row += f"{_fmt(g['mean']):>8}{_fmt(g['sd']):>7}{_fmt(ci[0]) + '-' + _fmt(ci[1]):>26}"
         row += f"{_fmt(g['t'], 2):>9}{_fmt_p(g['p_greater_than_chance']):>9}{_fmt(summary['genre_prior'][key]):>13}"
@@ -340,6 +522,7 @@ def format_group(summary: dict) -> str:
     ref = summary["reference"]
     lines.append(f"Brain2Music ({ref['embedding']}, real fMRI, {ref['n_subjects']} subjects): identification "
                  f"{ref['mean']:.3f} +- {ref['sd']:.3f} (mean +- s.d. over subjects)")
+    lines += _design_lines(summary)
     if not summary["same_test_clips"]:
         lines.append("note: the subjects' Test clip sets differ; their accuracies are not over the same clips")
     lines += [f"note: {d}" for d in describe_differences(summary["differences"])]
@@ -365,9 +548,9 @@ def _figure(summary: dict) -> str:
         hi = [g["per_subject"][s]["ci95"][1] - m_ for s, m_ in zip(subs, m)]
         ax.errorbar(x, m, yerr=[lo, hi], fmt="o", color="tab:blue", capsize=3, label="subject (clip CI)")
         gx = len(subs) + 0.6
-        ci = g["ci95_hierarchical"]
+        ci = g["ci95_crossed"]
         ax.errorbar([gx], [g["mean"]], yerr=[[g["mean"] - ci[0]], [ci[1] - g["mean"]]], fmt="s", color="black",
-                    capsize=4, label="group mean (hierarchical CI)")
+                    capsize=4, label="group mean (crossed CI)")
         ax.axhline(CHANCE, color="grey", ls="--", lw=1, label="chance")
         prior = summary["genre_prior"][key]
         if np.isfinite(prior):
@@ -409,7 +592,7 @@ def write_group_report(out: os.PathLike | str, summary: dict) -> str:
     subs = summary["subjects"]
     rows = []
     for g in summary["metrics"].values():
-        ci = g["ci95_hierarchical"]
+        ci = g["ci95_crossed"]
         cells = "".join(f"<td>{_fmt(g['per_subject'][s]['mean'])}</td>" for s in subs)
         rows.append(f"<tr><td>{html.escape(g['label'])}</td>{cells}<td><b>{_fmt(g['mean'])}</b></td>"
                     f"<td>{_fmt(g['sd'])}</td><td>{_fmt(ci[0])}-{_fmt(ci[1])}</td><td>{_fmt(g['t'], 2)}</td>"
@@ -423,11 +606,10 @@ def write_group_report(out: os.PathLike | str, summary: dict) -> str:
 td:first-child{{text-align:left}}table{{border-collapse:collapse}}tr:nth-child(even){{background:#f3f3f3}}</style></head>
 <body><h1>Decoding across {summary['n_subjects']} subject(s)</h1>
 <p>Test clips, the 4 repeats averaged, causal preprocessing as deployed; embedder
-{html.escape(summary['embedder'])}. Chance is 0.5 for every metric. The group CI resamples subjects, then
-each drawn subject's clips ({summary['n_boot']} replicates); t and p test the subject means against chance
-(one-sided, df = subjects - 1).</p>
+{html.escape(summary['embedder'])}. Chance is 0.5 for every metric.</p>
+<ul>{''.join(f'<li>{html.escape(line)}</li>' for line in _design_lines(summary))}</ul>
 <table><tr><th>metric</th>{''.join(f'<th>sub-{html.escape(s)}</th>' for s in subs)}<th>mean</th><th>s.d.</th>
-<th>95% CI</th><th>t</th><th>p</th></tr>{''.join(rows)}</table>
+<th>95% CI (crossed)</th><th>t</th><th>p</th></tr>{''.join(rows)}</table>
 <p>Genre-prior baseline (mean over subjects): <table><tr><th></th>
 {''.join(f'<th>{html.escape(g["label"])}</th>' for g in summary['metrics'].values())}</tr>
 <tr><td>genre prior</td>{prior}</tr></table></p>

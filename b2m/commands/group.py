@@ -9,12 +9,13 @@ from ..console import stderr_console
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("group", help="summarise several subjects' bundles: mean +- s.d., t-test, group CI",
+    p = sub.add_parser("group", help="summarise several subjects' bundles: mean +- s.d., t-test, crossed group CI",
                        description="Read each bundle's per-clip Test scores (metrics.json from `b2m train`) and "
                                    "report raw, centred and within-genre identification per subject and over "
                                    "subjects (mean +- s.d., as Brain2Music reported; one-sided t-test against "
-                                   "chance; a CI that resamples subjects, then clips). Writes OUT/group.json "
-                                   "and OUT/group.html; prints the table.")
+                                   "chance, subjects as the unit; a crossed bootstrap CI that resamples subjects and, "
+                                   "shared by every subject of a dataset, the Test clips they all heard). Writes "
+                                   "OUT/group.json and OUT/group.html; prints the table.")
     p.add_argument("bundles", nargs="+", metavar="BUNDLE", help="bundle folders, one per subject")
     p.add_argument("--out", required=True, help="folder for group.json and group.html")
     p.add_argument("--boot", type=int, default=10000, help="bootstrap replicates (default 10000)")

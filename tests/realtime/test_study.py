@@ -2,7 +2,8 @@
 
 Four real sessions in process (two decoders, each also yoked to the other's
 session), then ``b2m study`` as a process. The references: the decision
-records read here with numpy, and Welch's t written out by its formula.
+records read here with numpy, Welch's t written out by its formula, and
+scipy's paired t-test over the yoked pairs.
 """
 
 from __future__ import annotations
@@ -93,7 +94,19 @@ def test_study_puts_real_and_sham_sessions_side_by_side(kit, tmp_path, b2m_proc)
     saved = json.loads((tmp_path / "study" / "study.json").read_text())["music_match_real_vs_sham"]
     assert saved["welch_t"] == pytest.approx(t, rel=1e-9)
     assert saved["p"] == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-9)
-    assert f"Welch t {t:.3f}" in lines[5]
+    assert f"Welch t {t:.3f}" in lines[5] and "(n = participants, each the mean of their sessions; 4 sessions)" \
+        in lines[5]
+    assert saved["real"]["n_sessions"] == 2 and saved["unit"].startswith("participant")
+    # beside it, each sham against the real session it was yoked to: two pairs, scipy's paired t-test
+    pairs = json.loads((tmp_path / "study" / "study.json").read_text())["music_match_yoked_pairs"]
+    ref = stats.ttest_rel(got["real"], got["sham"])
+    assert pairs["n_pairs"] == 2 and pairs["unpaired"] == []
+    assert [p["shams"] for p in pairs["pairs"]] == [[str(sham_a)], [str(sham_b)]]
+    assert pairs["mean_difference"] == pytest.approx(np.mean(np.subtract(got["real"], got["sham"])), abs=1e-6)
+    assert pairs["paired_t"] == pytest.approx(ref.statistic, rel=1e-4) and pairs["p"] == pytest.approx(ref.pvalue,
+                                                                                                          rel=1e-4)
+    assert lines[6].startswith("music match, each sham against its yoked source: n=2 pair(s)")
+    assert f"paired t {pairs['paired_t']:.3f}" in lines[6]
     # data quality, the confound check: each session's tSNR is the median over its runs of the last figure the
     # record gives per run (read here from the decisions); the four decoded the same scan through the same
     # mask, so the figures agree and no test is run (no spread), the FD is n/a (the kit has no motion step)
@@ -105,9 +118,17 @@ def test_study_puts_real_and_sham_sessions_side_by_side(kit, tmp_path, b2m_proc)
     assert quality["median_tsnr_real_vs_sham"]["real"]["n"] == 2 and quality["median_tsnr_real_vs_sham"]["p"] is None
     assert quality["median_tsnr_real_vs_sham"]["real"]["sd"] == 0.0
     assert quality["mean_fd_mm_real_vs_sham"]["real"]["n"] == 0
-    assert lines[6].startswith("data quality, real against sham: mean FD (mm): real n=0")
-    assert "tSNR of the decoder's voxels: real n=2" in lines[6]
-    assert "Data quality (should not differ)" in (tmp_path / "study" / "study.html").read_text()
+    assert lines[7].startswith("data quality, real against sham: mean FD (mm): real n=0")
+    assert "tSNR of the decoder's voxels: real n=2" in lines[7]
+    # no spread, no FD: equivalence is not tested, and is not claimed
+    assert "equivalence not tested (it needs two participants of each, not all alike); margin +-0.05 mm" in lines[7]
+    assert quality["median_tsnr_real_vs_sham"]["equivalence"]["tost"] is None
+    assert lines[8] == ("equivalence margins (TOST, alpha 0.05): mean FD +-0.05 mm, tSNR +-10% of the real "
+                        "group's mean")
+    assert quality["equivalence_margins"] == {"mean_fd_mm": 0.05, "median_tsnr_fraction_of_real_mean": 0.1,
+                                              "alpha": 0.05}
+    page = (tmp_path / "study" / "study.html").read_text()
+    assert "Data quality (equivalence, TOST)" in page and "Manipulation check, yoked pairs" in page
     assert "Study: real against sham feedback" in (tmp_path / "study" / "study.html").read_text()
     assert (tmp_path / "study" / "study.tsv").read_text().splitlines()[0].split("\t") == header
     # all four were run by this code with one policy: nothing to name
@@ -136,7 +157,8 @@ def test_study_with_one_session_per_group_runs_no_test_and_a_folder_without_deci
     real = session(kit, tmp_path / "A", kit.bundle)
     p = b2m_proc("study", real, name="study")
     assert p.wait(timeout=120) == 0, p.stderr()
-    assert "no test (it needs two sessions of each, not all alike)" in p.stdout() and "sham n=0 mean n/a" in p.stdout()
+    assert "no test (it needs two participants of each, not all alike)" in p.stdout()
+    assert "sham n=0 mean n/a" in p.stdout() and "no yoked pairs among these sessions" in p.stdout()
     empty = tmp_path / "empty"
     empty.mkdir()
     write_session_info(empty, {"library": kit.library})
