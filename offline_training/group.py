@@ -51,7 +51,7 @@ import numpy as np
 
 from protocols.provenance import code_version
 
-from .evaluate import bootstrap_ci, finite_mean
+from .evaluate import finite_mean
 
 __all__ = ["METRICS", "BRAIN2MUSIC_REFERENCE", "SubjectScores", "read_subject", "subject_labels",
            "align_clips", "crossed_bootstrap_ci", "clip_strata", "hierarchical_bootstrap_ci", "CI_DESIGN",
@@ -64,6 +64,10 @@ METRICS = {"identification": "identification (raw)",
            "identification_centred": "identification (centred)",
            "within_genre": "within-genre identification"}
 CHANCE = 0.5
+#: Per-clip score key -> the key of its 95 % CI in ``metrics.json``'s causal block (as b2m train reports it).
+_CI_KEYS = {"identification": "identification_accuracy_ci95",
+            "identification_centred": "identification_accuracy_centred_ci95",
+            "within_genre": "within_genre_identification_accuracy_ci95"}
 #: The design the reported group CI assumes (written to ``group.json`` and the report).
 CI_DESIGN = ("crossed: subjects resampled, and one resample of the Test clips (aligned by excerpt id) shared by "
              "every drawn subject of a dataset, since all subjects of a dataset heard the same clips; clips of "
@@ -108,6 +112,7 @@ class SubjectScores:
     dataset: str | None = None
     config: dict = field(default_factory=dict)
     provenance: dict | None = None
+    reported_ci: dict = field(default_factory=dict)
 
 
 _PRIOR_KEYS = {"identification": "identification_accuracy",
@@ -161,7 +166,9 @@ def read_subject(bundle: os.PathLike | str) -> SubjectScores:
                          excerpts=[str(e) for e in excerpts], per_clip=per_clip,
                          genre_prior={k: float(prior[v]) for k, v in _PRIOR_KEYS.items() if v in prior},
                          dataset=str(dataset) if isinstance(dataset, str) and dataset else None, config=cfg,
-                         provenance=m.get("provenance") if isinstance(m.get("provenance"), dict) else None)
+                         provenance=m.get("provenance") if isinstance(m.get("provenance"), dict) else None,
+                         reported_ci={k: list(causal[v]) for k, v in _CI_KEYS.items()
+                                      if isinstance(causal.get(v), (list, tuple)) and len(causal[v]) == 2})
 
 
 def subject_labels(subjects: Sequence[SubjectScores]) -> list[str]:
@@ -482,9 +489,11 @@ def group_summary(subjects: Sequence[SubjectScores], *, n_boot: int = 10000, see
                                       n_boot=n_boot, seed=seed + i)
         out["metrics"][key] = {
             "label": METRICS[key],
+            # each subject's CI as b2m train reported it (the clips resampled within genre, the accuracy
+            # recomputed); None for a bundle older than that CI
             "per_subject": {lab: {"mean": float(m), "n_clips": int(np.isfinite(v).sum()),
-                                  "ci95": list(bootstrap_ci(v))}  # as b2m train reports it
-                            for lab, m, v in zip(labels, means, per_sub)},
+                                  "ci95": s.reported_ci.get(key)}
+                            for lab, m, v, s in zip(labels, means, per_sub, subjects)},
             "mean": finite_mean(finite), "sd": sd, "sem": sd / math.sqrt(finite.size) if finite.size > 1 else sd,
             "t": t, "df": int(finite.size - 1), "p_greater_than_chance": p,
             "ci95_crossed": [lo, hi],
@@ -544,8 +553,10 @@ def _figure(summary: dict) -> str:
         g = summary["metrics"][key]
         x = np.arange(len(subs))
         m = [g["per_subject"][s]["mean"] for s in subs]
-        lo = [m_ - g["per_subject"][s]["ci95"][0] for s, m_ in zip(subs, m)]
-        hi = [g["per_subject"][s]["ci95"][1] - m_ for s, m_ in zip(subs, m)]
+        # a bundle older than its CI has none: no bar (NaN)
+        cis = [g["per_subject"][s]["ci95"] or (float("nan"), float("nan")) for s in subs]
+        lo = [m_ - c[0] for c, m_ in zip(cis, m)]
+        hi = [c[1] - m_ for c, m_ in zip(cis, m)]
         ax.errorbar(x, m, yerr=[lo, hi], fmt="o", color="tab:blue", capsize=3, label="subject (clip CI)")
         gx = len(subs) + 0.6
         ci = g["ci95_crossed"]
