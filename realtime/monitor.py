@@ -25,8 +25,16 @@ the monitor forwards each as an operator command (``source`` ``monitor``,
 :mod:`protocols.operator`) and redirects back to the page. A refused command
 or a session that does not answer is shown on the page; a POST from another
 site (its ``Origin`` or ``Referer`` not this page's ``Host``) is refused with
-403. The sound's state is asked for (``status``) at most once a second, when
-the page or ``/state.json`` is requested.
+403. The sound's state is asked for (``status``) once a second in the
+background, so a page never waits for a session that is down: it shows the
+last known state, and how old it is.
+
+Any request whose ``Host`` is not this monitor's address (the address it
+serves on, ``localhost``, ``127.0.0.1`` or ``[::1]``, with its port) is
+refused with 421: a page elsewhere that points its own name at this computer
+(DNS rebinding) can neither read the state nor press the buttons. A
+connection has :data:`HTTP_TIMEOUT_S` for each read, and at most
+:data:`MAX_CONNECTIONS` are served at once (one more gets 503).
 
 A message that is not a result is counted and shown, never fatal.
 Results published before the monitor connected are not seen (PUB/SUB);
@@ -38,6 +46,8 @@ from __future__ import annotations
 import html
 import json
 import logging
+import re
+import socket
 import threading
 import time
 from collections import deque
@@ -49,7 +59,7 @@ import zmq
 from protocols.errors import MessageError
 from protocols.wire import Result, decode
 
-from .monitor_control import MAX_FORM_BYTES, ControlLink, cross_site, parse_form, render_sound
+from .monitor_control import MAX_FORM_BYTES, ControlLink, cross_site, foreign_host, own_names, parse_form, render_sound
 from .preprocessing.qc import TSNR_MIN_VOLUMES
 from .results import latency_summary
 from .transport import check_endpoint, check_port
@@ -59,6 +69,12 @@ log = logging.getLogger("b2m.monitor")
 __all__ = ["MonitorState", "ResultsSubscriber", "ControlLink", "MonitorServer", "render_panel"]
 
 KEPT = 2000  # results held per run (about 50 min at TR 1.5 s)
+#: Seconds a connection may take for each read (its request line, headers, body) before it is dropped.
+HTTP_TIMEOUT_S = 10.0
+#: Connections served at once (a browser opens a few); one more is answered 503 and closed.
+MAX_CONNECTIONS = 64
+#: In its first seconds, a page waits this long at most for the session's first status answer.
+FIRST_STATUS_S = 3.0
 STAGES = ("preprocessed", "decoded", "decided", "audio_scheduled", "total")
 
 
@@ -312,24 +328,79 @@ def render_panel(snap: dict, fd_threshold_mm: float = 0.5, stale_s: float = 10.0
     return "\n".join(out)
 
 
+class _CappedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` at once; one more is told 503 and closed."""
+
+    daemon_threads = True
+    max_connections = MAX_CONNECTIONS
+    request_queue_size = 64
+
+    def server_activate(self):
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        self.busy_refused = 0
+        super().server_activate()
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.busy_refused += 1
+            body = f"the monitor is busy ({self.max_connections} connections open); try again in a moment\n"
+            try:
+                request.setblocking(False)
+                request.send((f"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                              f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+                              + body).encode())
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:  # no thread to be had: the slot is given back, the connection closed
+            self._slots.release()
+            self.shutdown_request(request)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class MonitorServer:
     """The web page over HTTP, in its own threads (``port`` 0: any free port; see :attr:`url`).
 
-    ``control``: a :class:`ControlLink` for the buttons (None: the page is read-only, POST /control 404).
+    ``control``: a :class:`ControlLink` for the buttons (None: the page is read-only, POST /control 404); its
+    status polling is started here (:meth:`ControlLink.start`) and stopped by :meth:`close`. ``timeout_s``:
+    how long each read of a request may take (s); ``max_connections``: served at once.
     """
 
     def __init__(self, state: MonitorState, host: str = "127.0.0.1", port: int = 8080,
-                 fd_threshold_mm: float = 0.5, control: ControlLink | None = None):
+                 fd_threshold_mm: float = 0.5, control: ControlLink | None = None,
+                 timeout_s: float = HTTP_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS):
         monitor = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = float(timeout_s)  # each read; a client that stops sending is dropped, its thread freed
+
+            def _foreign(self) -> bool:
+                """Refuse (421) a request for a name that is not this monitor's (DNS rebinding)."""
+                why = foreign_host(self.headers.get("Host"), monitor.names, monitor.port, monitor.wildcard)
+                if why is None:
+                    return False
+                log.warning("refused %s %s from %s: %s", self.command, self.path[:100], self.address_string(), why)
+                self._reply(421, why)
+                return True
+
             def do_GET(self):  # noqa: N802 (http.server's name)
+                if self._foreign():
+                    return
                 path = self.path.split("?", 1)[0]
                 if path == "/control":
                     self._reply(405, "/control takes the buttons' POST; the page is /", Allow="POST")
                     return
                 if monitor.control is not None and path in ("/", "/panel", "/state.json"):
-                    monitor.control.poll()
+                    # only in the monitor's first seconds: the first answer (or its failure) is a moment away
+                    monitor.control.asked_once.wait(max(0.0, monitor.started + FIRST_STATUS_S - time.monotonic()))
                 snap = monitor.snapshot()
                 if path == "/":
                     ctl = "" if monitor.control is None else \
@@ -348,6 +419,15 @@ class MonitorServer:
             def do_POST(self):  # noqa: N802
                 try:
                     self._post()
+                except (TimeoutError, socket.timeout):  # a body shorter than its Content-Length
+                    log.warning("POST %s from %s: the body did not come within %g s", self.path[:100],
+                                self.address_string(), self.timeout)
+                    self.close_connection = True
+                    try:
+                        self._reply(408, f"the body did not come within {self.timeout:g} s: send as many bytes "
+                                         "as Content-Length says")
+                    except OSError:
+                        pass
                 except Exception as e:  # a bug here: logged; the browser gets a line, never a stack trace
                     log.exception("POST %s failed", self.path)
                     try:
@@ -356,15 +436,22 @@ class MonitorServer:
                         pass
 
             def _post(self):
-                length = self.headers.get("Content-Length")
-                if length is None or not length.strip().isdigit():
-                    self._reply(400, f"Content-Length: a form's length in bytes is needed; got {length!r}")
+                lengths = self.headers.get_all("Content-Length") or []
+                length = lengths[0] if lengths else None
+                if length is None or not re.fullmatch(r"[0-9]{1,12}", length.strip()):
+                    self._reply(400, f"Content-Length: a form's length in bytes (ASCII digits) is needed; "
+                                     f"got {length!r}")
+                    return
+                if len({v.strip() for v in lengths}) > 1:
+                    self._reply(400, f"Content-Length: given {len(lengths)} times with different values; send one")
                     return
                 if int(length) > MAX_FORM_BYTES:
                     self._reply(413, f"Content-Length: a button's form is at most {MAX_FORM_BYTES} bytes; "
                                      f"got {int(length)}")
                     return
                 body = self.rfile.read(int(length))  # read before any answer: an unread body can reset it
+                if self._foreign():
+                    return
                 if self.path.split("?", 1)[0] != "/control":
                     self._reply(404, "the monitor takes POST on /control only")
                     return
@@ -400,13 +487,18 @@ class MonitorServer:
                 log.debug("%s " + fmt, self.address_string(), *args)
 
         self.state, self.fd_threshold_mm, self.control = state, fd_threshold_mm, control
+        self.started = time.monotonic()
         check_port(port, f"--http {host}:{port}")  # else an OverflowError from the socket
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
+        server_class = type("CappedHTTPServer", (_CappedHTTPServer,), {"max_connections": int(max_connections)})
+        self.httpd = server_class((host, port), Handler)
         self.host, self.port = self.httpd.server_address[:2]
+        self.wildcard = host in ("", "0.0.0.0", "::")
+        self.names = own_names(host) | own_names(str(self.host))  # the name as given and the address bound
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{self.port}/"
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="b2m-monitor-http", daemon=True)
         self._thread.start()
+        if control is not None:
+            control.start()
 
     def snapshot(self) -> dict:
         """The state of ``/state.json``: the results' (:meth:`MonitorState.snapshot`), ``sound`` and ``control``
@@ -418,3 +510,5 @@ class MonitorServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+        if self.control is not None:
+            self.control.stop()

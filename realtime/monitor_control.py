@@ -4,16 +4,20 @@ line and buttons on the page, and the checks on the buttons' POST (:mod:`realtim
 The buttons are plain HTML forms that POST ``op`` (and ``value`` in dB for a
 level) to ``/control``; :func:`parse_form` turns the body into an operator
 command (:mod:`protocols.operator`) or names the field at fault,
-:func:`cross_site` refuses a post from another site's page, and
-:class:`ControlLink` forwards the command (``source`` ``monitor``) and keeps
-what the session said.
+:func:`foreign_host` refuses a request for a name that is not this monitor's
+(DNS rebinding), :func:`cross_site` refuses a post from another site's page,
+and :class:`ControlLink` forwards the command (``source`` ``monitor``) and
+keeps what the session said, asking for the sound's state in the background
+so a page never waits for a session that is down.
 """
 
 from __future__ import annotations
 
 import html
+import ipaddress
 import logging
 import math
+import socket
 import threading
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -27,11 +31,13 @@ from .transport import TransportError
 
 log = logging.getLogger("b2m.monitor")
 
-__all__ = ["ControlLink", "render_sound", "cross_site", "parse_form", "LEVEL_STEP_DB", "MAX_FORM_BYTES"]
+__all__ = ["ControlLink", "render_sound", "cross_site", "foreign_host", "own_names", "parse_form", "LEVEL_STEP_DB",
+           "MAX_FORM_BYTES"]
 
 LEVEL_STEP_DB = 3.0  # the level buttons' step
 MAX_FORM_BYTES = 1024  # longest POST body taken
 ERROR_SHOWN_S = 30.0  # a command's error stays in red this long even if the session answered since
+STALE_S = 5.0  # the sound's state older than this is shown with its age
 
 
 class ControlLink:
@@ -46,7 +52,8 @@ class ControlLink:
     timeout_s : float
         How long a command or status waits for the session.
     poll_s : float
-        The sound's state is asked for at most this often (:meth:`poll`).
+        The sound's state is asked for at most this often (:meth:`poll`; in
+        the background after :meth:`start`).
 
     Every answer is kept (:attr:`sound`, the session's state after it); a
     refusal or a session that does not answer is kept as :attr:`last_error`
@@ -78,6 +85,32 @@ class ControlLink:
         self.answered_unix: float | None = None  # when it last said it
         self.last_error: dict | None = None  # {"message", "time_unix", "kind": "refused" or "failed"}
         self.sent = self.refused = self.failed = 0
+        self.asked_once = threading.Event()  # the first exchange has ended (answered or not)
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    def start(self) -> "ControlLink":
+        """Ask for the sound's state every ``poll_s`` s on a thread of its own (a page then never waits for it)."""
+        if self._poller is None:
+            self._stop.clear()
+            self._poller = threading.Thread(target=self._poll_loop, name="b2m-monitor-control", daemon=True)
+            self._poller.start()
+        return self
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll()
+            except Exception:  # never fatal: the next round tries again
+                log.exception("operator control: the status poll failed")
+            self._stop.wait(self.poll_s)
+
+    def stop(self) -> None:
+        """End the background polling (:meth:`start`)."""
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(min(self.timeout_s, 2.0) + 0.5)  # an exchange under way ends on its own (daemon)
+            self._poller = None
 
     def command(self, cmd: OperatorCommand) -> bool:
         """Forward one command (waits for any exchange under way); True if the session carried it out."""
@@ -106,6 +139,7 @@ class ControlLink:
             return False
         finally:
             self._asked = time.monotonic()
+            self.asked_once.set()
         if not reply["ok"]:
             self._fail(f"the session refused {what}: {reply['error']}", "refused")
             return False
@@ -125,10 +159,12 @@ class ControlLink:
             setattr(self, count, getattr(self, count) + 1)
 
     def snapshot(self) -> dict:
-        """``sound`` (the session's last state, None before it answered) and ``control`` (the link's own)."""
+        """``sound`` (the session's last state, None before it answered) and ``control`` (the link's own:
+        ``answered_unix`` and ``age_s``, how long ago the session last answered, None before)."""
         with self._lock:
+            age = None if self.answered_unix is None else max(0.0, time.time() - self.answered_unix)
             return {"sound": None if self.sound is None else dict(self.sound),
-                    "control": {"endpoint": self.endpoint, "answered_unix": self.answered_unix,
+                    "control": {"endpoint": self.endpoint, "answered_unix": self.answered_unix, "age_s": age,
                                 "last_error": None if self.last_error is None else dict(self.last_error),
                                 "commands_sent": self.sent, "refused": self.refused, "failed": self.failed}}
 
@@ -175,8 +211,13 @@ def render_sound(snap: dict) -> str:
             line += "; sound check playing"
         if sent is not None:
             line += "; sending out silence" if sent <= -120 else f"; sending out {sent:.1f} dBFS RMS"
+        answered = _number(ctl.get("answered_unix"))
+        age = None if answered is None else now - answered
         if down:
-            line = f'<span class="old">last known ({_clock(ctl.get("answered_unix"))}): {line}</span>'
+            ago = "" if age is None else f", {age:.0f} s ago"
+            line = f'<span class="old">last known ({_clock(answered)}{ago}): {line}</span>'
+        elif age is not None and age > STALE_S:
+            line += f' <span class="old">(as the session said {age:.0f} s ago)</span>'
     out = [f'<div class="controls"><p>sound: {line}</p><div>']
     out.append(_button("Mute", "mute"))
     out.append(_button("Unmute", "unmute"))
@@ -211,6 +252,54 @@ def _origin(url: str | None) -> tuple[str, str, int | None] | None:
         return u.scheme, u.hostname.lower(), u.port
     except ValueError:  # a port that is not a number
         return None
+
+
+def _host_port(value: str) -> tuple[str, int | None] | None:
+    """(host, port or None) of a ``Host`` header's value, the host lower-case and without IPv6 brackets."""
+    try:
+        u = urlsplit(f"//{value}")
+        return (u.hostname or "").lower(), u.port
+    except ValueError:  # a port that is not a number, an unclosed bracket
+        return None
+
+
+def _ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def own_names(bound_host: str) -> set[str]:
+    """The host names a request to a monitor bound to ``bound_host`` may give: that host, localhost, 127.0.0.1
+    and ::1; for a wildcard bind (``0.0.0.0``, ``::``) also this computer's name (any IP address is taken
+    then: DNS rebinding needs a name)."""
+    names = {bound_host.strip("[]").lower(), "localhost", "127.0.0.1", "::1"}
+    if bound_host in ("", "0.0.0.0", "::"):
+        for name in (socket.gethostname(), socket.getfqdn()):
+            names.add(name.lower())
+    return names
+
+
+def foreign_host(host: str | None, names: set[str], port: int, wildcard: bool = False) -> str | None:
+    """Why a request's ``Host`` is not this monitor's (None: it is, or there is none, as from a script).
+
+    A page on another site can point its own name at this computer (DNS
+    rebinding); the browser then sends that name as ``Host`` (and as
+    ``Origin``), so the name is what tells. ``names``: :func:`own_names`;
+    ``port``: the port served; ``wildcard``: any IP address is taken too.
+    """
+    if host is None:
+        return None
+    hp = _host_port(host.strip())
+    if hp is not None:
+        name, their_port = hp
+        if (their_port or 80) == port and (name in names or (wildcard and _ip(name))):
+            return None
+    ours = sorted(n if ":" not in n else f"[{n}]" for n in names)
+    return (f"Host {host[:100]!r} is not this monitor's address: open it as http://{ours[0]}:{port}/ "
+            f"(it answers to {', '.join(f'{n}:{port}' for n in ours)})")
 
 
 def cross_site(headers) -> str | None:

@@ -32,10 +32,12 @@ must change now, whatever the decoder is doing, and the record must say when.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 import math
 import os
+import re
 import threading
 import time
 
@@ -50,9 +52,9 @@ from .tables import KeptTable, read_kept
 
 log = logging.getLogger("b2m.session")
 
-__all__ = ["OPERATOR_FILE", "OPERATOR_COLUMNS", "RAMP_S", "OperatorControl", "ControlServer", "read_operator",
-           "db_to_gain", "describe_changes", "send_command", "muted_spans", "unheard_spans", "read_unheard",
-           "unheard_at"]
+__all__ = ["OPERATOR_FILE", "OPERATOR_COLUMNS", "RAMP_S", "MAX_NOTES", "NOTES_PER_WINDOW", "NOTE_WINDOW_S",
+           "MAX_CONTROL_FRAME_BYTES", "OperatorControl", "ControlServer", "Busy", "read_operator", "db_to_gain",
+           "describe_changes", "send_command", "muted_spans", "unheard_spans", "read_unheard", "unheard_at"]
 
 OPERATOR_FILE = "operator.tsv"
 #: Columns of ``operator.tsv``: when the command came (Unix s), what and who, the state after it, and
@@ -62,6 +64,20 @@ OPERATOR_COLUMNS = ("time_unix", "command", "value", "source", "muted", "level_d
 RAMP_S = 0.05
 #: The measured level reported for silence (dBFS): finite, so JSON carries it.
 SILENCE_DBFS = -120.0
+#: The most notes a session keeps (the restored ones of a continued session count): about one every 10 s
+#: for almost 3 hours, and the report stays readable. More are refused, saying so.
+MAX_NOTES = 1000
+#: At most this many notes in any :data:`NOTE_WINDOW_S` seconds: a person typing, not a script in a loop.
+NOTES_PER_WINDOW = 10
+NOTE_WINDOW_S = 30.0
+#: The largest frame the control socket reads (bytes): ZeroMQ drops a peer that sends a larger one, before
+#: it is held in memory. Frames between :data:`protocols.operator.MAX_OPERATOR_BYTES` and this are read and
+#: refused with a reply that says so.
+MAX_CONTROL_FRAME_BYTES = 64 * 1024
+
+
+class Busy(ValueError):
+    """A command refused for now (too many notes, too many sound changes pending): try again later."""
 
 
 def db_to_gain(level_db: float, muted: bool = False) -> float:
@@ -73,11 +89,14 @@ def read_operator(session_dir) -> list[dict]:
     """The operator's changes recorded in ``SESSION/operator.tsv`` (``[]`` if none), oldest first.
 
     Values are typed: ``time_unix``, ``level_db`` and ``at_s`` floats (``at_s`` None for ``none``), ``muted``
-    a bool, ``value`` a float, a note's text, or None. A row cut short by a crash (the last one) is skipped with a warning.
+    a bool, ``value`` a float, a note's text exactly as taken (``n/a`` or ``"stop"`` too), or None. A row cut
+    short by a crash (the last one) is skipped with a warning.
     """
     def parse(r):
+        if r["command"] == "note" and r["value"] is None:
+            raise ValueError("a note without its text")
         return {"time_unix": float(r["time_unix"]), "command": r["command"],
-                "value": None if r["value"] in ("", "n/a") else r["value"] if r["command"] == "note"
+                "value": r["value"] if r["command"] == "note" else None if r["value"] in ("", "n/a")
                 else float(r["value"]),
                 "source": r["source"], "muted": r["muted"] == "true", "level_db": float(r["level_db"]),
                 "clock": r["clock"], "at_s": None if r["at_s"] in ("", "n/a") else float(r["at_s"])}
@@ -110,6 +129,9 @@ class OperatorControl:
         self._table = KeptTable(self.path, OPERATOR_COLUMNS) if self.path is not None else None
         self._lock = threading.Lock()
         self.history = read_operator(record_dir) if record_dir is not None else []
+        self.notes = sum(1 for r in self.history if r["command"] == "note")
+        self.max_notes, self.notes_per_window, self.note_window_s = MAX_NOTES, NOTES_PER_WINDOW, NOTE_WINDOW_S
+        self._note_times: collections.deque = collections.deque()  # monotonic s of the latest notes
         last = self.history[-1] if self.history else None
         self.muted = bool(last["muted"]) if last else False
         self.level_db = float(last["level_db"]) if last else 0.0
@@ -162,7 +184,10 @@ class OperatorControl:
 
         ``status`` changes nothing. A command that leaves the state as it is
         (``mute`` while muted) is answered and not recorded. Raises
-        ValueError if the output refuses the gain (the state is then unchanged).
+        ValueError if the output refuses the gain (the state is then unchanged),
+        and :class:`Busy` (a ValueError) for a note over :data:`MAX_NOTES` or
+        :data:`NOTES_PER_WINDOW`, or a sound change while the output's queue
+        of them is full.
         """
         if cmd.op == "soundcheck":  # on the engine's thread, which also plays the runs' music
             return self._soundcheck(cmd)
@@ -170,8 +195,10 @@ class OperatorControl:
             if cmd.op == "status":
                 return self.state()
             if cmd.op == "note":  # the operator's log line: kept with its time, the sound unchanged
+                self._take_note()
                 now = time.time()
                 self._record(cmd, "wall", now, now)
+                self.notes += 1
                 log.info("operator (%s): note: %s", cmd.source, cmd.value)
                 return self.state()
             muted, level = self.muted, self.level_db
@@ -191,6 +218,11 @@ class OperatorControl:
                 log.warning("the sound device is down (%s): the operator's change is kept and applies when it "
                             "is reopened", e)
                 clock, at_s = "none", None
+            except RuntimeError as e:
+                self.muted, self.level_db = before
+                if "already pending" in str(e):  # the output's queue of gain changes is full (a flood of them)
+                    raise Busy("too many sound changes pending; try again in a moment") from None
+                raise
             except Exception:
                 self.muted, self.level_db = before
                 raise
@@ -200,6 +232,20 @@ class OperatorControl:
             log.warning("operator (%s): %s; sound now %s", cmd.source,
                         cmd.op if cmd.value is None else f"{cmd.op} {cmd.value:+.1f} dB", self.describe())
             return self.state()
+
+    def _take_note(self) -> None:
+        """Refuse a note over the session's cap or rate (lock held); else count its time."""
+        if self.notes >= self.max_notes:
+            raise Busy(f"this session has {self.notes} notes already, the most it keeps ({self.max_notes}); "
+                       "write further notes on paper")
+        now = time.monotonic()
+        while self._note_times and now - self._note_times[0] >= self.note_window_s:
+            self._note_times.popleft()
+        if len(self._note_times) >= self.notes_per_window:
+            wait = self.note_window_s - (now - self._note_times[0])
+            raise Busy(f"{len(self._note_times)} notes in the last {self.note_window_s:g} s already (the most "
+                       f"taken); try again in {max(1, math.ceil(wait))} s")
+        self._note_times.append(now)
 
     def _soundcheck(self, cmd: OperatorCommand) -> dict:
         call = getattr(self.engine, "call_soon", None)
@@ -336,6 +382,8 @@ class ControlServer:
         self.sock = self.ctx.socket(zmq.REP)
         set_curve_server(self.sock, curve)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_FRAME_BYTES)  # a larger frame drops its peer, unread
+        self._refusals: dict[str, tuple[float, int]] = {}  # a refusal's text: (monotonic s logged, repeats since)
         try:
             self.sock.bind(endpoint)
         except zmq.ZMQError as e:
@@ -369,12 +417,27 @@ class ControlServer:
             return encode_reply(state)
         except (MessageError, ValueError) as e:
             self.refused += 1
-            log.warning("operator command refused: %s", e)
+            self._log_refusal(str(e))
             return encode_reply(error=str(e))
         except Exception as e:  # the session goes on; the operator is told
             self.refused += 1
             log.exception("operator command failed")
             return encode_reply(error=f"the session could not carry it out ({type(e).__name__}: {e}); see its log")
+
+    #: The same refusal is logged at most once in this many seconds (a flood is one line, with its count).
+    REFUSAL_LOG_S = 10.0
+
+    def _log_refusal(self, why: str) -> None:
+        now = time.monotonic()
+        kind = re.sub(r"[0-9.]+", "#", why)  # "try again in 27 s" and "in 26 s" are one kind
+        key = kind if len(self._refusals) < 100 or kind in self._refusals else ""
+        last, repeats = self._refusals.get(key, (-math.inf, 0))
+        if now - last < self.REFUSAL_LOG_S:
+            self._refusals[key] = (last, repeats + 1)
+            return
+        more = f" (and {repeats} more like it in the last {now - last:.0f} s)" if repeats else ""
+        log.warning("operator command refused: %s%s", why, more)
+        self._refusals[key] = (now, 0)
 
     def close(self) -> None:
         self._stop.set()

@@ -4,6 +4,13 @@ keeps (the operator's changes, the sound device's outages).
 One reader, so both name the file, the line and the column the same way;
 one appender, so every table the session keeps is synced alike and survives
 a crash mid-row.
+
+The tables the session keeps are plain TSV, as BIDS reads them: a cell is
+written as it is, with no quoting, and read back the same way
+(:func:`read_kept`), so a note such as ``"5 inch screen`` or ``n/a`` comes
+back exactly. The one thing a cell cannot hold is the table's own
+separators: a tab, line feed or carriage return in a cell is written as a
+space (an operator's note cannot hold them anyway: :mod:`protocols.operator`).
 """
 
 from __future__ import annotations
@@ -11,10 +18,18 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
 
 log = logging.getLogger("b2m.session")
 
-__all__ = ["read_table", "append_rows", "read_kept", "KeptTable"]
+__all__ = ["read_table", "append_rows", "read_kept", "KeptTable", "tsv_cell"]
+
+_SEPARATORS = re.compile(r"[\t\n\r]")
+
+
+def tsv_cell(value) -> str:
+    """``str(value)`` as a kept table holds it: a tab, line feed or carriage return becomes a space."""
+    return _SEPARATORS.sub(" ", str(value))
 
 
 def read_table(path, option: str, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
@@ -53,8 +68,9 @@ def append_rows(path: str, header, rows) -> None:
     """Append ``rows`` (lists of cells) to the table at ``path``, synced; the header first if it is new.
 
     A last line a crash cut short (no newline) is ended first, so the new rows
-    stand on their own lines (a reader skips the torn one). Raises OSError if
-    the disk refuses: the caller keeps the rows and gives them again.
+    stand on their own lines (a reader skips the torn one). Cells are written
+    unquoted (:func:`tsv_cell`), as :func:`read_kept` reads them. Raises
+    OSError if the disk refuses: the caller keeps the rows and gives them again.
     """
     with open(path, "a+b") as f:
         size = f.seek(0, os.SEEK_END)
@@ -62,7 +78,7 @@ def append_rows(path: str, header, rows) -> None:
         if size:
             f.seek(size - 1)
             torn = f.read(1) != b"\n"
-        lines = ([] if size else ["\t".join(header)]) + ["\t".join(map(str, r)) for r in rows]
+        lines = ([] if size else ["\t".join(map(tsv_cell, header))]) + ["\t".join(map(tsv_cell, r)) for r in rows]
         f.write((("\n" if torn else "") + "\n".join(lines) + "\n").encode())
         f.flush()
         os.fsync(f.fileno())
@@ -75,12 +91,17 @@ def read_kept(path: str, parse) -> list:
     row's missing ones None) into the caller's value. A row it refuses
     (KeyError, TypeError or ValueError), such as the last one of a crash cut
     short, is skipped with a warning naming the file and line.
+
+    Cells are read as :func:`append_rows` wrote them: unquoted, so a ``"`` in
+    a cell is kept as it is and never joins rows. Bytes that are not UTF-8
+    (a character a crash cut in two) are read as U+FFFD, in a row then skipped.
     """
     if not os.path.exists(path):
         return []
     out = []
-    with open(path, newline="") as f:
-        for line, r in enumerate(csv.DictReader(f, delimiter="\t"), start=2):
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        rows = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        for line, r in enumerate(rows, start=2):
             try:
                 out.append(parse(r))
             except (KeyError, TypeError, ValueError) as e:

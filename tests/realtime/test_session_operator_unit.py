@@ -21,8 +21,8 @@ from session_kit import kit_fixture
 
 from protocols.operator import OperatorCommand, decode_reply, encode_command
 from realtime.session.bids import EVENT_COLUMNS, operator_events
-from realtime.session.operator import (OPERATOR_COLUMNS, OPERATOR_FILE, RAMP_S, ControlServer, OperatorControl,
-                                       db_to_gain, read_operator)
+from realtime.session.operator import (OPERATOR_COLUMNS, OPERATOR_FILE, RAMP_S, Busy, ControlServer,
+                                       OperatorControl, db_to_gain, read_operator)
 
 SR = 48000
 NO_AUDIO = types.SimpleNamespace(output=None)
@@ -311,10 +311,40 @@ def test_a_gain_the_output_refuses_leaves_the_state_and_record_unchanged(engine,
     oc = OperatorControl(engine, tmp_path)
     for _ in range(len(sink.mixer._gain_slots)):                   # nothing rendered: the gain queue fills
         sink.schedule_gain(0, 1.0, 0)
-    with pytest.raises(RuntimeError, match="queue is full"):
+    with pytest.raises(Busy, match="too many sound changes pending; try again in a moment"):  # plainly refused
         oc.apply(mute())
     assert oc.state()["muted"] is False and oc.state()["commands"] == 0
     assert read_operator(tmp_path) == []
+
+
+def test_a_flood_of_sound_changes_is_refused_plainly_over_the_socket_without_a_traceback(engine, tmp_path,
+                                                                                         endpoint, caplog):
+    import zmq
+
+    sink = engine.output
+    oc = OperatorControl(engine, tmp_path)
+    server = ControlServer(oc, endpoint).start()
+    ctx = zmq.Context()
+    req = ctx.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    try:
+        req.connect(server.endpoint)
+        replies = []
+        for i in range(len(sink.mixer._gain_slots) + 20):  # nothing rendered: the gain queue fills, then more
+            req.send(encode_command(mute() if i % 2 == 0 else unmute()))
+            assert req.poll(20_000), "the session did not answer"
+            replies.append(decode_reply(req.recv()))
+        refused = [r["error"] for r in replies if not r["ok"]]
+        assert refused and set(refused) == {"too many sound changes pending; try again in a moment"}
+        # every change the queue took is recorded, none refused is (an unmute after a refused mute changes nothing)
+        assert oc.state()["commands"] == len(sink.mixer._gain_slots) == len(read_operator(tmp_path))
+        assert not [r for r in caplog.records if r.exc_info], "a refusal logged a traceback"
+        logged = [r for r in caplog.records if "too many sound changes pending" in r.getMessage()]
+        assert 1 <= len(logged) < len(refused)
+    finally:
+        req.close(0)
+        server.close()
+        ctx.term()
 
 
 # ---------------------------------------------------------------------------- the server's replies
