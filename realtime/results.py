@@ -2,10 +2,15 @@
 Pyneal-compatible results server so existing feedback scripts work unchanged.
 
 Pyneal's protocol (``pyneal/src/resultsServer.py``): a client opens a TCP
-connection, sends the volume index as ASCII digits, and receives one JSON
-line: ``{"foundResults": true, ...}`` with the results of that volume, or
+connection, sends the volume index as ASCII digits, and receives
+``{"foundResults": true, ...}`` with the results of that volume, or
 ``{"foundResults": false}`` if it has not been processed yet; then the server
-closes the connection. A request it cannot answer (not digits, an index out
+closes the connection. The reply is framed as the request asks: to a request
+without a newline (Pyneal's own Python client sends ``0024``), as Pyneal's
+server frames it, a header line with the JSON's length in bytes and then the
+JSON (``'57\n{"foundResults": ...}'``, Pyneal's ``sendResults``), which that
+client reads; to a request ending in a newline (Pyneal's MATLAB client's
+``fprintf``), one JSON line, which its ``fgetl`` reads. A request it cannot answer (not digits, an index out
 of ``[0, MAX_RUN_VOLUMES - 1]``, too long, or none within
 :data:`PYNEAL_DEADLINE_S`) gets ``{"foundResults": false, "error": "..."}``
 saying what to send: a client that only reads ``foundResults`` still parses
@@ -130,6 +135,12 @@ def pyneal_payload(result: Result) -> dict:
     return out
 
 
+def frame_reply(reply: dict, line: bool) -> bytes:
+    """A Pyneal reply on the wire: one JSON line (``line``), or Pyneal's ``LENGTH\n`` header and the JSON."""
+    body = json.dumps(reply, allow_nan=False).encode()
+    return body + b"\n" if line else f"{len(body)}\n".encode() + body
+
+
 class PynealResultsServer:
     """Threaded TCP server answering Pyneal-style requests for past volumes (see the module docstring).
 
@@ -173,14 +184,20 @@ class PynealResultsServer:
         with self._lock:
             self._results[int(index)] = payload
 
-    def _read_request(self, conn: socket.socket) -> bytes | str:
-        """The request's bytes, or why there is none (a str)."""
+    def _read_request(self, conn: socket.socket) -> tuple[bytes | str, bool]:
+        """The request's bytes, or why there is none (a str); and whether it ended in a newline (a line
+        client, answered with a JSON line; else Pyneal's length header and JSON)."""
+        raw = self._read(conn)
+        return (raw[0], True) if isinstance(raw, tuple) else (raw, False)
+
+    def _read(self, conn: socket.socket) -> bytes | str | tuple:
+        """:meth:`_read_request`'s reading: a 1-tuple holds a request that ended in a newline."""
         end = time.monotonic() + self.deadline_s
         data = b""
         while True:
             text = data.strip()
             if b"\n" in data:
-                return data.split(b"\n", 1)[0]
+                return (data.split(b"\n", 1)[0],)
             if len(data) > PYNEAL_MAX_REQUEST_BYTES:
                 return (f"a request is at most {PYNEAL_MAX_REQUEST_BYTES} bytes (the volume index as ASCII digits, "
                         f"then a newline); got more")
@@ -223,10 +240,10 @@ class PynealResultsServer:
 
     def _answer(self, conn: socket.socket) -> None:
         try:
-            raw = self._read_request(conn)
+            raw, line = self._read_request(conn)
             reply = {"foundResults": False, "error": raw} if isinstance(raw, str) else self._reply(raw)
             conn.settimeout(self.deadline_s)
-            conn.sendall((json.dumps(reply, allow_nan=False) + "\n").encode())
+            conn.sendall(frame_reply(reply, line))
             _close_after_reply(conn)
         except (OSError, ValueError) as e:
             log.debug("results client dropped: %s", e)

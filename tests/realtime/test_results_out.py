@@ -13,16 +13,19 @@ from realtime.results import PynealResultsServer, ResultsPublisher, pyneal_paylo
 
 
 def _ask(port: int, text: str) -> dict:
+    """Pyneal's own Python client: the request without a newline; a header line with the reply's length in
+    bytes, then exactly that many bytes of JSON; then the server closes, as Pyneal's does."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(text.encode("ascii"))
         data = b""
         while True:
             chunk = s.recv(4096)
             if not chunk:
-                break  # the server closes after one reply, as Pyneal's does
+                break
             data += chunk
-    assert data.endswith(b"\n") and data.count(b"\n") == 1
-    return json.loads(data)
+    header, body = data.split(b"\n", 1)
+    assert int(header) == len(body), data[:200]
+    return json.loads(body)
 
 
 def test_pyneal_client_gets_past_results_and_not_future_ones(rng):

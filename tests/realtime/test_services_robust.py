@@ -108,14 +108,39 @@ def _send(port: int, payload: bytes, *, half_close: bool = False, timeout: float
 
 
 def _read_reply(s: socket.socket) -> dict:
+    """The reply, in either framing: one JSON line (to a request that ended in a newline), or Pyneal's header
+    line with the JSON's length and then exactly that JSON (to one that did not)."""
     data = b""
     while True:
         chunk = s.recv(4096)
         if not chunk:
             break
         data += chunk
-    assert data.endswith(b"\n") and data.count(b"\n") == 1, data[:200]
+    first, rest = data.split(b"\n", 1)
+    if first.strip().isdigit():
+        assert int(first) == len(rest), data[:200]
+        data = rest
+    else:
+        assert rest == b"", data[:200]
     return json.loads(data, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+
+
+def test_pyneal_replies_as_pyneal_frames_them_or_as_a_line_as_the_request_asks(pyneal):
+    """Pyneal's Python client sends '0003' and reads a length header, then that many bytes (Pyneal's
+    sendResults); its MATLAB client sends '0003' with a newline and reads one line (fgetl)."""
+    for request, line in ((b"0003", False), (b"0003\n", True)):
+        with socket.create_connection(("127.0.0.1", pyneal.port), timeout=20) as s:
+            s.sendall(request)
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        if line:
+            assert data.count(b"\n") == 1 and data.endswith(b"\n")
+            assert json.loads(data)["clip"] == "c3"
+        else:
+            header, body = data.split(b"\n", 1)
+            assert header.isdigit() and int(header) == len(body) and not body.endswith(b"\n")
+            assert json.loads(body)["clip"] == "c3"
 
 
 @pytest.fixture

@@ -23,15 +23,17 @@ def kit(tmp_path_factory, fmri1_nii):
 
 
 def pyneal_ask(host: str, port: int, index) -> dict:
+    """As Pyneal's own Python client asks: the index as 4 digits, no newline; a header line with the reply's
+    length, then that many bytes of JSON."""
     with socket.create_connection((host, port), timeout=5) as s:
-        s.sendall(str(index).encode())
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return json.loads(data)
+        s.sendall(f"{index:04d}".encode())
+        header = b""
+        while not header.endswith(b"\n"):
+            header += s.recv(1)
+        body = b""
+        while len(body) < int(header):
+            body += s.recv(int(header) - len(body))
+    return json.loads(body)
 
 
 def field(text: str, key: str) -> str:
