@@ -170,6 +170,8 @@ class Receiver:
         except BaseException:
             if self._auth is not None:
                 self._auth.stop()
+            if self._own_ctx:  # else the garbage collector's term() may wait on it
+                self.ctx.destroy(linger=0)
             self.record.close()
             self._claim.release()
             raise
