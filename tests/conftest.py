@@ -254,3 +254,14 @@ def assert_valid_bids(validator: str, root, allowed=BIDS_WARNINGS_ALLOWED) -> di
     assert not issues["errors"], said
     assert {i["key"] for i in issues["warnings"]} <= set(allowed), said
     return report
+
+
+def wait_until(fn, timeout: float = 30.0, every: float = 0.05):
+    """Call ``fn`` until it returns something true or ``timeout`` s pass; its last value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = fn()
+        if value:
+            return value
+        time.sleep(every)
+    return fn()

@@ -18,6 +18,7 @@ import urllib.parse
 import urllib.request
 
 import pytest
+from conftest import wait_until
 from session_kit import kit_fixture
 
 from protocols.wire import Result, RunEnd, encode
@@ -39,14 +40,6 @@ def get(url: str) -> tuple[int, str]:
         return e.code, e.read().decode("utf-8", "replace")
 
 
-def wait_until(fn, timeout: float = 30.0, every: float = 0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    return fn()
 
 
 def test_monitor_shows_what_the_session_decided(kit, b2m_proc, endpoint, tmp_path):

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from conftest import wait_until
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
@@ -31,14 +32,6 @@ from realtime.session.tables import KeptTable, read_kept
 NO_AUDIO = types.SimpleNamespace(output=None)
 
 
-def wait_until(fn, timeout: float = 30.0, every: float = 0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    return fn()
 
 
 # ---------------------------------------------------------------------------- the results PUB

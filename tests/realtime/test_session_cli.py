@@ -50,22 +50,24 @@ def test_session_end_to_end_results_pyneal_and_replay(kit, b2m_proc, endpoint, t
     results_ep, (host, port) = field(err, "results"), field(err, "pyneal").rsplit(":", 1)
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(results_ep)
-    time.sleep(0.5)  # PUB/SUB: let the subscription reach the publisher before the first result
-    assert pyneal_ask(host, int(port), 0) == {"foundResults": False}  # nothing processed yet
-    tx = b2m_proc("scanner", "replay", kit.nifti, "--connect", endpoint, "--speed", "max", "--run-id", "run-01",
-                  "--quiet", name="replay")
-    assert tx.wait() == 0, tx.stderr()
-    got: list[Result] = []
-    poller = zmq.Poller()
-    poller.register(sub, zmq.POLLIN)
-    end = time.monotonic() + 60
-    while len(got) < 40 and time.monotonic() < end:
-        if poller.poll(1000):
-            got.append(decode(sub.recv_multipart()))
-    sub.close(0)
-    ctx.term()
+    try:  # a failure must not leave the context to the garbage collector, whose term() would wait on it
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(results_ep)
+        time.sleep(0.5)  # PUB/SUB: let the subscription reach the publisher before the first result
+        assert pyneal_ask(host, int(port), 0) == {"foundResults": False}  # nothing processed yet
+        tx = b2m_proc("scanner", "replay", kit.nifti, "--connect", endpoint, "--speed", "max", "--run-id",
+                      "run-01", "--quiet", name="replay")
+        assert tx.wait() == 0, tx.stderr()
+        got: list[Result] = []
+        poller = zmq.Poller()
+        poller.register(sub, zmq.POLLIN)
+        end = time.monotonic() + 60
+        while len(got) < 40 and time.monotonic() < end:
+            if poller.poll(1000):
+                got.append(decode(sub.recv_multipart()))
+    finally:
+        sub.close(0)
+        ctx.term()
     assert [r.index for r in got] == list(range(40)), sess.stderr()
     assert all(set(r.latency_ms) >= {"preprocessed", "decoded", "decided", "audio_scheduled", "total"}
                for r in got[2:])
