@@ -28,7 +28,12 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["PolicyConfig", "Decision", "FeedbackPolicy"]
+__all__ = ["PolicyConfig", "POLICY_OPTIONS", "Decision", "FeedbackPolicy"]
+
+
+#: Each policy field by the ``b2m session`` option that sets it (the option's argparse dest is its name with ``_``).
+POLICY_OPTIONS = {"smooth_trs": "--smooth-trs", "k": "--top-k", "margin": "--margin", "min_dwell_s": "--min-dwell",
+                  "crossfade_s": "--crossfade", "align": "--align"}
 
 
 @dataclass(frozen=True)
@@ -60,21 +65,20 @@ class PolicyConfig:
 
     def __post_init__(self):
         # each wrong field is named with the `b2m session` option that sets it, and what it may be
-        for name, option, least in (("smooth_trs", "--smooth-trs", 1), ("k", "--top-k", 1)):
-            value = getattr(self, name)
+        for name, least in (("smooth_trs", 1), ("k", 1)):
+            value, option = getattr(self, name), POLICY_OPTIONS[name]
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
                 raise ValueError(f"{option} ({name}) must be a whole number of {least} or more, got {value!r}")
-        for name, option, low, high, unit in (("margin", "--margin", 0.0, 2.0, " (cosine)"),
-                                              ("min_dwell_s", "--min-dwell", 0.0, None, " seconds"),
-                                              ("crossfade_s", "--crossfade", 0.0, None, " seconds")):
-            value = getattr(self, name)
+        for name, low, high, unit in (("margin", 0.0, 2.0, " (cosine)"), ("min_dwell_s", 0.0, None, " seconds"),
+                                      ("crossfade_s", 0.0, None, " seconds")):
+            value, option = getattr(self, name), POLICY_OPTIONS[name]
             ok = (not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
                   and np.isfinite(value) and low <= value and (high is None or value <= high))
             if not ok:
                 allowed = f"from {low:g} to {high:g}" if high is not None else f"{low:g} or more"
                 raise ValueError(f"{option} ({name}) must be {allowed}{unit}, got {value!r}")
         if self.align not in ("bar", "beat", "none"):
-            raise ValueError(f"--align (align) must be 'bar', 'beat' or 'none', got {self.align!r}")
+            raise ValueError(f"{POLICY_OPTIONS['align']} (align) must be 'bar', 'beat' or 'none', got {self.align!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

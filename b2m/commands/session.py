@@ -152,23 +152,17 @@ def argparse_suppress():
 
 def _policy(args, base=None):
     """The feedback policy the options give; an option not given is ``base``'s (default: PolicyConfig's)."""
-    from realtime.feedback import PolicyConfig
+    from realtime.feedback import POLICY_OPTIONS, PolicyConfig
 
     base = base or PolicyConfig()
-    given = {"smooth_trs": args.smooth_trs, "k": args.top_k, "margin": args.margin, "min_dwell_s": args.min_dwell,
-             "crossfade_s": args.crossfade, "align": args.align}
+    given = {field: getattr(args, option[2:].replace("-", "_")) for field, option in POLICY_OPTIONS.items()}
     return PolicyConfig(**{**base.to_dict(), **{k: v for k, v in given.items() if v is not None}})
-
-
-#: The policy's fields by the option that sets them.
-_POLICY_OPTIONS = {"smooth_trs": "--smooth-trs", "k": "--top-k", "margin": "--margin", "min_dwell_s": "--min-dwell",
-                   "crossfade_s": "--crossfade", "align": "--align"}
 
 
 def _same_parts_without_out(args) -> None:
     """`b2m session replay SESSION` checks the session's own decisions: an option that would change them
     (another model, library, block design or policy) needs ``--out NEW``, a rerun; said, not ignored."""
-    from realtime.feedback import PolicyConfig
+    from realtime.feedback import POLICY_OPTIONS, PolicyConfig
     from realtime.session import read_session_info
     from realtime.session.protocol import Protocol, read_protocol
 
@@ -181,7 +175,7 @@ def _same_parts_without_out(args) -> None:
             other.append("--protocol")
     ran = PolicyConfig(**info["policy"]).to_dict()
     asked = _policy(args, PolicyConfig(**info["policy"])).to_dict()
-    other += [opt for field, opt in _POLICY_OPTIONS.items() if asked[field] != ran[field]]
+    other += [opt for field, opt in POLICY_OPTIONS.items() if asked[field] != ran[field]]
     if other:
         raise ValueError(f"{', '.join(other)} would change what the session decided, and a replay checks its "
                          "decisions with the parts and policy it ran with. To hear what they would have played "
@@ -268,15 +262,14 @@ def run_live(args) -> int:
     protocol = read_protocol(args.protocol) if args.protocol else None
     if args.mode == "generation":
         atlas_points(library)  # a library that is not generated: the error says what to do, before anything opens
-    # one session writes a folder: a second one (an operator who thinks the first has hung) is refused
-    # before it reads or repairs anything
-    claim = SessionLock(args.out) if os.path.isdir(args.out) else None
     # an --out with decisions in it is an interrupted session, continued: read them once, here
     recorded, offsets = recorded_decisions(args.out)
     yoked = _yoked(args, library, continuing=bool(recorded))
     _same_setup(args.out, protocol, decoder, library, args.model, args.library, continuing=bool(recorded))
-    os.makedirs(args.out, exist_ok=True)
-    claim = claim or SessionLock(args.out)  # held until this process ends
+    # one session writes a folder: a second one (an operator who thinks the first has hung) is refused before
+    # it writes anything (what it read above, it read without changing); the claim, never released, ends with
+    # this process
+    SessionLock(args.out)
     if yoked is not None:
         from realtime.session.yoked import write_yoked
 
