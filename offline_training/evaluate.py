@@ -308,9 +308,10 @@ def paired_identification_difference(pred: np.ndarray, other: np.ndarray, true: 
     for name, c in (("raw", None), ("centred", centre)):
         if name == "centred" and centre is None:
             continue
-        d = identification_per_clip(pred, true, centre=c) - identification_per_clip(other, true, centre=c)
         wa, va = _comparisons(pred, true, None, "all", c)
         wb, _ = _comparisons(other, true, None, "all", c)
+        with np.errstate(invalid="ignore", divide="ignore"):  # per clip: identification_per_clip's scores
+            d = (wa.sum(1) - wb.sum(1)) / va.sum(1)
         boot = _resampled_accuracy(wa, va, counts) - _resampled_accuracy(wb, va, counts)
         rng = np.random.default_rng(seed + 1)
         signs = rng.choice([-1.0, 1.0], size=(int(n_perm), len(d)))
@@ -332,9 +333,7 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, level: float = 0.95, se
     if v.size == 0:  # e.g. within-genre with no two test clips of one genre: undefined, not an error
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(1)
-    lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
-    return float(lo), float(hi)
+    return _percentiles(v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(1), level)
 
 
 def per_dim_correlation(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
