@@ -184,20 +184,14 @@ class PynealResultsServer:
         with self._lock:
             self._results[int(index)] = payload
 
-    def _read_request(self, conn: socket.socket) -> tuple[bytes | str, bool]:
-        """The request's bytes, or why there is none (a str); and whether it ended in a newline (a line
-        client, answered with a JSON line; else Pyneal's length header and JSON)."""
-        raw = self._read(conn)
-        return (raw[0], True) if isinstance(raw, tuple) else (raw, False)
-
-    def _read(self, conn: socket.socket) -> bytes | str | tuple:
-        """:meth:`_read_request`'s reading: a 1-tuple holds a request that ended in a newline."""
+    def _read_request(self, conn: socket.socket) -> bytes | str:
+        """The request's bytes (up to and with its newline, if it ended in one), or why there is none (a str)."""
         end = time.monotonic() + self.deadline_s
         data = b""
         while True:
             text = data.strip()
             if b"\n" in data:
-                return (data.split(b"\n", 1)[0],)
+                return data.split(b"\n", 1)[0] + b"\n"
             if len(data) > PYNEAL_MAX_REQUEST_BYTES:
                 return (f"a request is at most {PYNEAL_MAX_REQUEST_BYTES} bytes (the volume index as ASCII digits, "
                         f"then a newline); got more")
@@ -240,10 +234,11 @@ class PynealResultsServer:
 
     def _answer(self, conn: socket.socket) -> None:
         try:
-            raw, line = self._read_request(conn)
+            raw = self._read_request(conn)
             reply = {"foundResults": False, "error": raw} if isinstance(raw, str) else self._reply(raw)
             conn.settimeout(self.deadline_s)
-            conn.sendall(frame_reply(reply, line))
+            # a line client (its request ended in a newline) gets a JSON line, any other Pyneal's framing
+            conn.sendall(frame_reply(reply, line=isinstance(raw, bytes) and raw.endswith(b"\n")))
             _close_after_reply(conn)
         except (OSError, ValueError) as e:
             log.debug("results client dropped: %s", e)
