@@ -265,3 +265,11 @@ def wait_until(fn, timeout: float = 30.0, every: float = 0.05):
             return value
         time.sleep(every)
     return fn()
+
+
+def recv_until_closed(sock) -> bytes:
+    """Everything a TCP peer sends on ``sock`` until it closes the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data

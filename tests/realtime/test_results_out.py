@@ -7,6 +7,7 @@ import socket
 
 import numpy as np
 import zmq
+from conftest import recv_until_closed
 
 from protocols.wire import Result, decode
 from realtime.results import PynealResultsServer, ResultsPublisher, pyneal_payload
@@ -17,12 +18,7 @@ def _ask(port: int, text: str) -> dict:
     bytes, then exactly that many bytes of JSON; then the server closes, as Pyneal's does."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(text.encode("ascii"))
-        data = b""
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+        data = recv_until_closed(s)
     header, body = data.split(b"\n", 1)
     assert int(header) == len(body), data[:200]
     return json.loads(body)

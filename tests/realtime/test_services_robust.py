@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import wait_until
+from conftest import recv_until_closed, wait_until
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
@@ -103,12 +103,7 @@ def _send(port: int, payload: bytes, *, half_close: bool = False, timeout: float
 def _read_reply(s: socket.socket) -> dict:
     """The reply, in either framing: one JSON line (to a request that ended in a newline), or Pyneal's header
     line with the JSON's length and then exactly that JSON (to one that did not)."""
-    data = b""
-    while True:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        data += chunk
+    data = recv_until_closed(s)
     first, rest = data.split(b"\n", 1)
     if first.strip().isdigit():
         assert int(first) == len(rest), data[:200]
@@ -124,9 +119,7 @@ def test_pyneal_replies_as_pyneal_frames_them_or_as_a_line_as_the_request_asks(p
     for request, line in ((b"0003", False), (b"0003\n", True)):
         with socket.create_connection(("127.0.0.1", pyneal.port), timeout=20) as s:
             s.sendall(request)
-            data = b""
-            while chunk := s.recv(4096):
-                data += chunk
+            data = recv_until_closed(s)
         if line:
             assert data.count(b"\n") == 1 and data.endswith(b"\n")
             assert json.loads(data)["clip"] == "c3"
@@ -352,12 +345,7 @@ def test_control_a_flood_of_notes_is_refused_beyond_the_rate_and_the_cap(control
 def _raw(port: int, data: bytes, timeout: float = 20.0) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(data)
-        out = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                return out
-            out += chunk
+        return recv_until_closed(s)
 
 
 def _status(reply: bytes) -> int:
