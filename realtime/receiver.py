@@ -345,9 +345,9 @@ class Receiver:
                                    "volume of a run needs its own index")
             self.stats.duplicates += 1
             return Ack(of="volume", run_id=msg.run_id, index=msg.index, status="duplicate")
-        if run is not None:
-            self._check_geometry(run, msg)
         order = _memory_order(msg.data)
+        if run is not None:
+            self._check_geometry(run, msg, order)
         run = self.record.append_volume(msg, payload, t_recv, order)
         self._last_run = msg.run_id
         self.stats.recorded += 1
@@ -356,7 +356,7 @@ class Receiver:
         self._maybe_finalise(run)
         return Ack(of="volume", run_id=msg.run_id, index=msg.index, status="recorded")
 
-    def _check_geometry(self, run: RunRecord, msg: VolumeMessage) -> None:
+    def _check_geometry(self, run: RunRecord, msg: VolumeMessage, order: str) -> None:
         n = run.n_volumes
         if n is not None and msg.index >= n:
             raise MessageError("header.index", f"volume {msg.index} is past the run's {n} volumes")
@@ -375,7 +375,6 @@ class Receiver:
                                f"{g['shape']}; start a new run id for a new geometry")
         if g["dtype"] != msg.data.dtype.str:
             raise MessageError("header.dtype", f"{msg.data.dtype.str} differs from this run's {g['dtype']}")
-        order = _memory_order(msg.data)
         if order != g["order"] and sum(n > 1 for n in msg.data.shape) > 1:
             raise MessageError("header.order", f"{order} differs from this run's {g['order']}: send every volume "
                                "of a run in one memory order")
